@@ -1,0 +1,1 @@
+"""Benchmark suites for finechain; run ``python -m benchmarks --help``."""

@@ -1,0 +1,24 @@
+"""Dispatch: ``python -m benchmarks SUITE [options]``; ``report`` regenerates docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import sys
+
+SUITES = {
+    "split-sweep": "benchmarks.split_sweep",
+    "report": "benchmarks.report",
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in SUITES:
+        print(f"usage: python -m benchmarks {{{','.join(SUITES)}}} [--help]", file=sys.stderr)
+        raise SystemExit(2)
+    import importlib
+
+    module = importlib.import_module(SUITES[sys.argv[1]])
+    module.main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

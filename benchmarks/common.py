@@ -1,0 +1,86 @@
+"""Shared helpers: result records, machine description, dataset paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = Path(os.environ.get("FINECHAIN_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+# name -> (train file, evaluation file, what the evaluation file is)
+CLASSIFICATION_SETS = {
+    "sst2": ("sst2/train.csv", "sst2/dev.csv", "dev"),
+    "agnews": ("agnews/train.csv", "agnews/test.csv", "test"),
+    "banking77": ("banking77/train.csv", "banking77/test.csv", "test"),
+}
+
+
+def device_description(device: str) -> str:
+    """Human-readable machine string for the results table."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model}, {torch.get_num_threads()} threads"
+
+
+def versions() -> dict[str, str]:
+    """Library versions that matter for the numbers."""
+    import transformers
+
+    import finechain
+
+    return {
+        "finechain": finechain.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class Recorder:
+    """Collect ``{suite, task, system, variant, metric, value, unit, device, date}`` records and save them."""
+
+    def __init__(self, suite: str, device: str) -> None:
+        self.suite = suite
+        self.device = device_description(device)
+        self.date = dt.date.today().isoformat()
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, task: str, system: str, variant: str, metric: str, value: float, unit: str = "") -> None:
+        """Add one measurement and print it."""
+        record = {
+            "suite": self.suite,
+            "task": task,
+            "system": system,
+            "variant": variant,
+            "metric": metric,
+            "value": round(float(value), 6),
+            "unit": unit,
+            "device": self.device,
+            "date": self.date,
+        }
+        self.records.append(record)
+        print(json.dumps(record), flush=True)
+
+    def save(self, name: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``benchmarks/results/<suite>.json`` (and ``<suite>.meta.json`` with versions and settings)."""
+        from finechain.io import write_json
+
+        name = name or self.suite
+        write_json(RESULTS / f"{name}.meta.json", {"versions": versions(), "device": self.device, "date": self.date, **(extra or {})})
+        return write_json(RESULTS / f"{name}.json", self.records)

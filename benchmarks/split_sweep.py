@@ -1,0 +1,113 @@
+"""Split sweep: dev accuracy and training time of finechain at several split depths, next to a
+Hugging Face Trainer full fine-tune of the same backbone on the same data, in the same run.
+
+    python -m benchmarks split-sweep [--quick] [--train-examples 3000] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.prepare import load_task_data
+from finechain.data.readers import read_examples
+from finechain.model.backbone import resolve_backbone
+from finechain.model.heads import head_type
+
+
+def hf_trainer_full_finetune(backbone: Path, train, eval_texts, eval_labels, labels, epochs: int, max_length: int, seed: int):
+    """The peer: AutoModelForSequenceClassification + Trainer, standard recipe (lr 5e-5, batch 32)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    index = {name: i for i, name in enumerate(labels)}
+    enc = tokenizer(train.texts, truncation=True, max_length=max_length)
+    dataset = [
+        {"input_ids": ids, "attention_mask": m, "labels": index[y]}
+        for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train.labels, strict=True)
+    ]
+    model = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=len(labels), use_safetensors=True)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf-peer-"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        num_train_epochs=epochs,
+        learning_rate=5e-5,
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    ev = tokenizer(eval_texts, truncation=True, max_length=max_length)
+    eval_set = [{"input_ids": i, "attention_mask": m} for i, m in zip(ev["input_ids"], ev["attention_mask"], strict=True)]
+    predictions = trainer.predict(eval_set).predictions.argmax(-1)
+    accuracy = float((predictions == torch.tensor([index[y] for y in eval_labels]).numpy()).mean())
+    return accuracy, seconds, len(dataset) * epochs / seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks split-sweep", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny run (300 examples, 1 epoch, 2 splits, sst2) for smoke tests")
+    parser.add_argument("--tasks", default="sst2,agnews,banking77")
+    parser.add_argument("--splits", default="6,4,3,2,0")
+    parser.add_argument("--train-examples", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--no-peer", action="store_true", help="skip the Hugging Face Trainer run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", default=None, help="results name (default split_sweep, or split_sweep_quick)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.splits, args.train_examples, args.epochs = "sst2", "6,4", 300, 1
+
+    rec = Recorder("split_sweep", args.device)
+    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed)
+    for name in args.tasks.split(","):
+        train_file, eval_file, eval_kind = CLASSIFICATION_SETS[name]
+        spec = TaskSpec(name=name, train=DATASETS / train_file, max_train_examples=args.train_examples)
+        data = load_task_data(spec, head_type("classification"), args.seed)
+        evaluation = read_examples(DATASETS / eval_file)
+        eval_texts, eval_labels = [e.text for e in evaluation], [str(e.label) for e in evaluation]
+        metric_name = "accuracy"
+        for split in [int(s) for s in args.splits.split(",")]:
+            chain = Chain.from_backbone(split=split, max_length=args.max_length).to(args.device)
+            result = chain.fit(spec, training, progress=False, data=data)
+            acc = chain.score(name, eval_texts, eval_labels)["accuracy"]
+            variant = f"split={split} ({6 - split} branch layers)"
+            rec.add(name, "finechain", variant, metric_name, acc, f"{eval_kind} accuracy")
+            rec.add(name, "finechain", variant, "train_seconds", result.train_seconds, "s")
+            rec.add(
+                name, "finechain", variant, "samples_per_second", len(data.train) * len(result.history) / result.train_seconds, "samples/s"
+            )
+            rec.add(name, "finechain", variant, "epochs_run", len(result.history), "epochs")
+        if not args.no_peer:
+            acc, seconds, speed = hf_trainer_full_finetune(
+                backbone, data.train, eval_texts, eval_labels, data.labels, args.epochs, args.max_length, args.seed
+            )
+            rec.add(name, "hf-trainer", "full fine-tune", metric_name, acc, f"{eval_kind} accuracy")
+            rec.add(name, "hf-trainer", "full fine-tune", "train_seconds", seconds, "s")
+            rec.add(name, "hf-trainer", "full fine-tune", "samples_per_second", speed, "samples/s")
+            rec.add(name, "hf-trainer", "full fine-tune", "epochs_run", args.epochs, "epochs")
+    out = rec.save(args.output or ("split_sweep_quick" if args.quick else "split_sweep"), vars(args))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

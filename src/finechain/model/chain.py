@@ -1,0 +1,264 @@
+"""The Chain: one frozen trunk shared by many task tails."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from finechain.data.batching import length_batches, pad_ids, tokenize
+from finechain.errors import ArtifactError, FinechainError
+from finechain.io import read_json, write_json
+from finechain.model.backbone import (
+    DEFAULT_BACKBONE,
+    BackboneRef,
+    load_encoder,
+    load_tokenizer,
+    locate_backbone,
+    resolve_backbone,
+)
+from finechain.model.heads import Head
+from finechain.model.layers import Trunk, copy_layers
+from finechain.model.pooling import Pooling
+from finechain.model.task import TaskModel
+
+if TYPE_CHECKING:
+    from finechain.spec import TaskSpec, TrainingConfig
+    from finechain.train.trainer import FitResult
+
+MANIFEST = "finechain.json"
+FORMAT_VERSION = 1
+# Share of the backbone's layers that each task tunes on top of the frozen trunk.
+# Chosen from the split sweep in docs/benchmarks.md.
+DEFAULT_BRANCH_FRACTION = 0.5
+
+
+def default_split(num_layers: int) -> int:
+    """The trunk depth used when a spec says ``split: auto``.
+
+    Example:
+        >>> default_split(6), default_split(12)
+        (3, 6)
+    """
+    return num_layers - max(1, round(num_layers * DEFAULT_BRANCH_FRACTION))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else CPU.
+
+    Example:
+        >>> pick_device("cpu").type
+        'cpu'
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Chain(nn.Module):
+    """A pretrained encoder split at ``split``: a shared frozen trunk and per-task tails.
+
+    Example:
+        >>> chain = Chain.from_backbone("all-MiniLM-L6-v2", split=3)  # doctest: +SKIP
+        >>> chain.fit(task_spec)                                        # doctest: +SKIP
+        >>> chain.predict(["where is my card?"])                       # doctest: +SKIP
+        [{'intent': {'label': 'card_arrival', 'score': 0.97}}]
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, ref: BackboneRef, path: Path, split: int, max_length: int = 128) -> None:
+        super().__init__()
+        num_layers = len(encoder.encoder.layer)
+        if not 0 <= split <= num_layers:
+            raise FinechainError(f"split {split} is outside 0..{num_layers} for this backbone", fix=f"choose 0..{num_layers}")
+        self.encoder_config = encoder.config
+        self.tokenizer = tokenizer
+        self.backbone_ref = ref
+        self.backbone_path = path
+        self.split = split
+        self.num_layers = num_layers
+        self.max_length = max_length
+        self.trunk = Trunk(encoder, split)
+        self._pretrained_upper = list(encoder.encoder.layer)[split:]  # templates for new branches (not saved)
+        self.tasks = nn.ModuleDict()
+        self.task_info: dict[str, dict[str, Any]] = {}
+
+    # construction -------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls, backbone: str = DEFAULT_BACKBONE, split: int | str = "auto", max_length: int = 128, base_dir: Path | None = None
+    ) -> Chain:
+        """A chain with no tasks yet on a packaged backbone, local folder or hub id.
+
+        Example:
+            >>> Chain.from_backbone(split=6).num_layers  # doctest: +SKIP
+            6
+        """
+        path, ref = resolve_backbone(backbone, base_dir)
+        encoder = load_encoder(path)
+        depth = default_split(len(encoder.encoder.layer)) if split == "auto" else int(split)
+        return cls(encoder, load_tokenizer(path), ref, path, depth, max_length)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, backbone_path: str | Path | None = None, device: str = "cpu") -> Chain:
+        """Load a saved chain; the backbone is found from the manifest and its hash checked.
+
+        Example:
+            >>> chain = Chain.from_pretrained("demo-chain")  # doctest: +SKIP
+        """
+        directory = Path(directory)
+        if not (directory / MANIFEST).is_file():
+            raise ArtifactError(
+                f"no {MANIFEST} here: not a finechain folder", file=directory, fix="give the --out folder of `finechain train`"
+            )
+        manifest = read_json(directory / MANIFEST)
+        ref = BackboneRef.from_json(manifest["backbone"])
+        path = locate_backbone(ref, directory, backbone_path)
+        encoder = load_encoder(path)
+        chain = cls(encoder, load_tokenizer(path), ref, path, manifest["split"], manifest.get("max_length", 128))
+        for name, entry in manifest["tasks"].items():
+            task_dir = directory / "tasks" / name
+            missing = [f for f in entry["files"].values() if not (task_dir / f).is_file()]
+            if missing:
+                raise ArtifactError(f"task '{name}' is missing {missing}", file=task_dir, fix="re-save or retrain the chain")
+            chain.tasks[name] = TaskModel.load(task_dir, entry, chain.fresh_branch(), chain.encoder_config)
+            chain.task_info[name] = {k: entry[k] for k in ("metrics", "training", "data") if k in entry}
+        return chain.to(pick_device(device))
+
+    def fresh_branch(self) -> list[nn.Module]:
+        """New copies of the pretrained upper layers, to start a task branch from."""
+        return copy_layers(self._pretrained_upper)
+
+    def new_task(self, head_cls: type[Head], labels: list[str], pooling: Pooling = "mean", dropout: float = 0.1) -> TaskModel:
+        """An untrained tail for a task type (not yet attached to the chain).
+
+        Example:
+            >>> task = chain.new_task(ClassificationHead, ["neg", "pos"])  # doctest: +SKIP
+        """
+        head = head_cls(self.encoder_config.hidden_size, labels, dropout=dropout)
+        return TaskModel(head, self.fresh_branch(), self.encoder_config, pooling).to(self.device)
+
+    def attach(self, name: str, task: TaskModel, info: dict[str, Any] | None = None) -> None:
+        """Add (or replace) a trained task; no other task is touched."""
+        self.tasks[name] = task.eval()
+        self.task_info[name] = dict(info or {})
+
+    @property
+    def device(self) -> torch.device:
+        """Where the trunk lives."""
+        return next(self.trunk.parameters()).device
+
+    # saving -------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The JSON manifest describing this chain."""
+        from finechain import __version__
+
+        return {
+            "format": FORMAT_VERSION,
+            "finechain_version": __version__,
+            "backbone": self.backbone_ref.to_json(),
+            "split": self.split,
+            "num_layers": self.num_layers,
+            "hidden_size": self.encoder_config.hidden_size,
+            "max_length": self.max_length,
+            "tasks": {
+                name: {
+                    **task.describe(),
+                    "files": {"branch": "branch.safetensors", "head": "head.safetensors"},
+                    **self.task_info.get(name, {}),
+                }
+                for name, task in self.tasks.items()
+            },
+        }
+
+    def save_pretrained(self, directory: str | Path, copy_backbone: bool = False, tasks: list[str] | None = None) -> Path:
+        """Write the manifest and each task's safetensors (only ``tasks`` when given).
+
+        The backbone is referenced by source and sha256, and copied only with ``copy_backbone``.
+
+        Example:
+            >>> chain.save_pretrained("my-chain")  # doctest: +SKIP
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in tasks if tasks is not None else list(self.tasks):
+            self.tasks[name].save(directory / "tasks" / name)
+        if copy_backbone and self.backbone_ref.kind != "copied":
+            target = directory / "backbone"
+            staging = directory / ".backbone.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(self.backbone_path, staging, ignore=shutil.ignore_patterns("*.bin", "*.h5", "*.onnx", "*.msgpack", ".git*"))
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+            self.backbone_ref = BackboneRef(self.backbone_ref.name, "copied", "backbone", self.backbone_ref.sha256)
+            self.backbone_path = target
+        write_json(directory / MANIFEST, self.manifest())
+        return directory
+
+    # inference ----------------------------------------------------------------------------
+    def _check_tasks(self, tasks: list[str] | None) -> list[str]:
+        names = list(self.tasks) if tasks is None else list(tasks)
+        unknown = [n for n in names if n not in self.tasks]
+        if unknown:
+            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this chain has {sorted(self.tasks)}")
+        return names
+
+    @torch.inference_mode()
+    def run_tasks(self, texts: list[str], tasks: list[str] | None = None, batch_size: int = 64) -> dict[str, list[torch.Tensor]]:
+        """Raw head outputs per task, in input order; the trunk runs once per batch for all tasks."""
+        names = self._check_tasks(tasks)
+        self.eval()
+        ids = tokenize(self.tokenizer, texts, self.max_length)
+        outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(texts) for n in names}
+        pad = self.tokenizer.pad_token_id or 0
+        for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
+            input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
+            hidden = self.trunk(input_ids, mask)
+            for name in names:
+                result = self.tasks[name](hidden, mask).float().cpu()
+                for row, index in enumerate(batch):
+                    outputs[name][index] = result[row]
+        return outputs
+
+    def predict(self, texts: list[str], tasks: list[str] | None = None, batch_size: int = 64) -> list[dict[str, Any]]:
+        """Predictions for every text and requested task (default: all), one trunk pass.
+
+        Example:
+            >>> chain.predict(["great film"], tasks=["sentiment"])  # doctest: +SKIP
+            [{'sentiment': {'label': 'positive', 'score': 0.98}}]
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        raw = self.run_tasks(list(texts), tasks, batch_size)
+        decoded = {name: self.tasks[name].head.decode(torch.stack(rows)) if rows else [] for name, rows in raw.items()}
+        return [{name: decoded[name][i] for name in raw} for i in range(len(texts))]
+
+    def score(self, task: str, texts: list[str], labels: list[Any]) -> dict[str, Any]:
+        """Metrics of ``task`` on labelled texts (labels as parsed by the head type).
+
+        Example:
+            >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
+            1.0
+        """
+        head = self.tasks[task].head
+        logits = torch.stack(self.run_tasks(texts, [task])[task])
+        return head.score(logits, head.targets(labels))
+
+    # training -----------------------------------------------------------------------------
+    def fit(self, spec: TaskSpec, training: TrainingConfig | None = None, **options: Any) -> FitResult:
+        """Train the task described by ``spec`` on this chain's trunk and attach it.
+
+        ``options`` go to :func:`finechain.train.trainer.fit_task` (``run_dir``, ``resume``,
+        ``progress``, ``data``).
+
+        Example:
+            >>> chain.fit(TaskSpec(name="sentiment", train="sst2.csv"))  # doctest: +SKIP
+        """
+        from finechain.train.trainer import fit_task
+
+        return fit_task(self, spec, training, **options)
+
+
+__all__ = ["Chain", "default_split", "pick_device"]

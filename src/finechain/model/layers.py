@@ -1,0 +1,62 @@
+"""Run a slice of transformer layers: the shared trunk and each task's branch."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+
+class LayerStack(nn.Module):
+    """A list of encoder layers run in order with the backbone's attention-mask convention."""
+
+    def __init__(self, layers: list[nn.Module], config: object) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.config = config
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False) -> list[torch.Tensor]:
+        """Return the output of every layer (or only the last, when ``all_layers`` is false)."""
+        outputs = [hidden]
+        if len(self.layers):
+            bias = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+            for layer in self.layers:
+                hidden = layer(hidden, bias)
+                if all_layers:
+                    outputs.append(hidden)
+        return outputs if all_layers else [hidden]
+
+
+class Trunk(nn.Module):
+    """Embeddings plus layers ``0..split-1`` of the backbone; shared by every task, frozen.
+
+    Example:
+        >>> trunk = Trunk(encoder, split=3)  # doctest: +SKIP
+        >>> hidden = trunk(input_ids, attention_mask)  # [batch, tokens, hidden]
+    """
+
+    def __init__(self, encoder: nn.Module, split: int) -> None:
+        super().__init__()
+        layers = list(encoder.encoder.layer)
+        self.embeddings = encoder.embeddings
+        self.stack = LayerStack(layers[:split], encoder.config)
+        self.split = split
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after layer ``split - 1`` (the embeddings when ``split == 0``)."""
+        hidden = self.embeddings(input_ids=input_ids)
+        return self.stack(hidden, attention_mask)[-1]
+
+
+def copy_layers(layers: list[nn.Module]) -> list[nn.Module]:
+    """Independent deep copies of ``layers``: a new task branch starts from these.
+
+    Example:
+        >>> [type(x).__name__ for x in copy_layers([nn.Linear(2, 2)])]
+        ['Linear']
+    """
+    return [copy.deepcopy(layer) for layer in layers]

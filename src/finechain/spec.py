@@ -1,0 +1,196 @@
+"""The YAML chain spec: one validated file drives training (pydantic models + line-aware errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from finechain.data.readers import Format, read_text_file
+from finechain.errors import SpecError
+from finechain.model.backbone import DEFAULT_BACKBONE
+from finechain.model.pooling import Pooling
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Cache = Literal["memory", "disk", "off"]
+
+
+class TrainingConfig(BaseModel):
+    """Optimisation settings; set once for the chain, override any field per task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(5, ge=1, description="maximum passes over the training data")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the branch layers")
+    head_learning_rate: float = Field(1e-3, gt=0, description="learning rate of the head")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    gradient_accumulation: int = Field(1, ge=1)
+    patience: int = Field(2, ge=0, description="epochs without validation gain before stopping; 0 = never stop early")
+    precision: Precision = "auto"
+    cache: Cache = Field("memory", description="where frozen trunk outputs are kept between epochs")
+    seed: int = 13
+    eval_batch_size: int = Field(128, ge=1)
+
+
+class TrainingOverrides(BaseModel):
+    """Per-task changes to the chain's :class:`TrainingConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    head_learning_rate: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)
+    max_grad_norm: float | None = Field(None, gt=0)
+    gradient_accumulation: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=0)
+    precision: Precision | None = None
+    cache: Cache | None = None
+    seed: int | None = None
+    eval_batch_size: int | None = Field(None, ge=1)
+
+    def apply(self, base: TrainingConfig) -> TrainingConfig:
+        """``base`` with the fields set here replaced."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class TaskSpec(BaseModel):
+    """One task: its type, data files and columns, head options and training overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    type: str = "classification"
+    train: Path
+    dev: Path | None = None
+    test: Path | None = None
+    format: Format = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    label_separator: str | None = None
+    pooling: Pooling = "mean"
+    metric: str | None = None
+    dropout: float = Field(0.1, ge=0, lt=1)
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_train_examples: int | None = Field(None, ge=2, description="seeded subsample of the training file")
+    training: TrainingOverrides = Field(default_factory=TrainingOverrides)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from finechain.model.heads import HEAD_TYPES
+
+        if value not in HEAD_TYPES:
+            raise ValueError(f"unknown task type '{value}'; use one of {sorted(HEAD_TYPES)}")
+        return value
+
+    def resolve_paths(self, base: Path) -> TaskSpec:
+        """Make data paths absolute, relative to the spec file's folder."""
+        update = {k: base / v for k in ("train", "dev", "test") if (v := getattr(self, k)) is not None and not Path(v).is_absolute()}
+        return self.model_copy(update=update)
+
+
+class ChainSpec(BaseModel):
+    """A whole chain: backbone, split depth, shared training settings and tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = DEFAULT_BACKBONE
+    split: int | Literal["auto"] = "auto"
+    max_length: int = Field(128, ge=8, le=4096)
+    copy_backbone: bool = False
+    device: str = "auto"
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ChainSpec:
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        return self
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            lines[(*path, key.value)] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _line_index(value, (*path, key.value)).items() if k != (*path, key.value)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, i)))
+    return lines
+
+
+def _load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    text = read_text_file(path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise SpecError(f"invalid YAML: {getattr(err, 'problem', err)}", file=path, line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict) or node is None:
+        raise SpecError("the spec must be a YAML mapping", file=path, line=1, fix="see docs/spec.md for an example")
+    return data, _line_index(node)
+
+
+def _raise_first(err: ValidationError, path: Path, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> None:
+    first = err.errors()[0]
+    loc = tuple(part for part in first["loc"] if part not in {"function-after"})
+    line = None
+    for cut in range(len(loc), -1, -1):
+        if (*prefix, *loc[:cut]) in lines:
+            line = lines[(*prefix, *loc[:cut])]
+            break
+    field = ".".join(str(p) for p in loc) or "spec"
+    message = first["msg"].removeprefix("Value error, ")
+    hint = "remove or rename it" if first["type"] == "extra_forbidden" else "see docs/spec.md"
+    raise SpecError(f"{field}: {message}", file=path, line=line, fix=hint) from None
+
+
+def load_chain_spec(path: str | Path) -> ChainSpec:
+    """Read and validate a chain spec; data paths are made relative to the spec file.
+
+    Example:
+        >>> spec = load_chain_spec("examples/demo.yaml")  # doctest: +SKIP
+        >>> spec.tasks[0].name
+        'intent'
+    """
+    path = Path(path)
+    data, lines = _load_yaml(path)
+    try:
+        spec = ChainSpec.model_validate(data)
+    except ValidationError as err:
+        _raise_first(err, path, lines)
+    return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks]})
+
+
+def load_task_specs(path: str | Path) -> list[TaskSpec]:
+    """Read a task file for ``add-task``: one task mapping, or ``tasks: [...]``.
+
+    Example:
+        >>> load_task_specs("topic.yaml")[0].type  # doctest: +SKIP
+        'classification'
+    """
+    path = Path(path)
+    data, lines = _load_yaml(path)
+    items, prefix = (data["tasks"], ("tasks",)) if "tasks" in data else ([data], ())
+    if not isinstance(items, list) or not items:
+        raise SpecError("tasks must be a non-empty list", file=path, line=lines.get(("tasks",)))
+    specs = []
+    for i, item in enumerate(items):
+        try:
+            specs.append(TaskSpec.model_validate(item).resolve_paths(path.parent))
+        except ValidationError as err:
+            _raise_first(err, path, lines, (*prefix, i) if prefix else ())
+    return specs

@@ -1,0 +1,145 @@
+"""Training checkpoints without pickle: tensors in safetensors, the rest in JSON; swapped in atomically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from finechain.errors import FinechainError
+from finechain.io import load_tensors, read_json, save_tensors, write_json
+
+
+@dataclass
+class TrainState:
+    """Loop counters that a resumed run continues from."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    seconds: float = 0.0
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        pid, key = flat.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class Checkpointer:
+    """Save and restore the whole training state under ``run_dir/checkpoint``.
+
+    A new checkpoint is written to a side folder and swapped in with renames, so an interrupted
+    write leaves the previous checkpoint intact.
+
+    Example:
+        >>> ckpt = Checkpointer(Path("runs/intent"), fingerprint="abc")  # doctest: +SKIP
+        >>> ckpt.save(model, best_state, optimizer, scheduler, generator, state)
+    """
+
+    def __init__(self, run_dir: Path, fingerprint: str) -> None:
+        self.dir = run_dir / "checkpoint"
+        self.fingerprint = fingerprint
+
+    def _current(self) -> Path | None:
+        for candidate in (self.dir, self.dir.with_name("checkpoint.old")):
+            if (candidate / "state.json").is_file():
+                return candidate
+        return None
+
+    def exists(self) -> bool:
+        """Whether a complete checkpoint is present."""
+        return self._current() is not None
+
+    def save(
+        self,
+        model: nn.Module,
+        best: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        generator: torch.Generator,
+        state: TrainState,
+    ) -> None:
+        """Write every piece of state, then swap the folder in."""
+        staging = self.dir.with_name("checkpoint.new")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_tensors(staging / "model.safetensors", model.state_dict())
+        save_tensors(staging / "best.safetensors", best)
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_tensors(staging / "optimizer.safetensors", opt_tensors)
+        save_tensors(staging / "rng.safetensors", rng)
+        write_json(
+            staging / "state.json",
+            {"fingerprint": self.fingerprint, "loop": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict()},
+        )
+        old = self.dir.with_name("checkpoint.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.dir.exists():
+            self.dir.rename(old)
+        staging.rename(self.dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        generator: torch.Generator,
+    ) -> tuple[TrainState, dict[str, torch.Tensor]]:
+        """Restore everything saved by :meth:`save`; return the loop state and best weights."""
+        folder = self._current()
+        if folder is None:
+            raise FinechainError("no checkpoint to resume from", file=self.dir, fix="run without --resume")
+        meta = read_json(folder / "state.json")
+        if meta["fingerprint"] != self.fingerprint:
+            raise FinechainError(
+                "the checkpoint was made with different data or settings",
+                file=folder,
+                fix="resume with the same spec, or run without --resume to start over",
+            )
+        device = next(model.parameters()).device
+        model.load_state_dict(load_tensors(folder / "model.safetensors", device))
+        optimizer.load_state_dict(_unflatten_optimizer(load_tensors(folder / "optimizer.safetensors", device), meta["optimizer"]))
+        scheduler.load_state_dict(meta["scheduler"])
+        rng = load_tensors(folder / "rng.safetensors")
+        generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        return TrainState(**meta["loop"]), load_tensors(folder / "best.safetensors", device)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able run settings, to refuse resuming a different run.
+
+    Example:
+        >>> fingerprint({"a": 1}) == fingerprint({"a": 1})
+        True
+    """
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,89 @@
+"""Trunk outputs for a fixed set of texts, computed once and reused every epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from finechain.data.batching import length_batches, pad_ids
+from finechain.model.layers import Trunk
+
+
+class TrunkFeatures:
+    """Serve ``(hidden, attention_mask)`` batches for token-id sequences.
+
+    ``cache="memory"`` keeps all trunk states in one flat tensor, ``"disk"`` in a memory-mapped
+    ``.npy`` file (no pickle), ``"off"`` recomputes them each batch (saves memory, costs time).
+
+    Example:
+        >>> feats = TrunkFeatures(chain.trunk, ids, pad_id=0, cache="memory")  # doctest: +SKIP
+        >>> hidden, mask = feats.batch([0, 5, 9])
+    """
+
+    def __init__(
+        self,
+        trunk: Trunk,
+        ids: list[list[int]],
+        pad_id: int,
+        cache: str = "memory",
+        batch_size: int = 128,
+        cache_file: Path | None = None,
+    ) -> None:
+        self.trunk = trunk
+        self.ids = ids
+        self.pad_id = pad_id
+        self.cache = cache
+        self.lengths = [len(x) for x in ids]
+        self.device = next(trunk.parameters()).device
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.flat: torch.Tensor | np.ndarray | None = None
+        if cache != "off":
+            self._fill(batch_size, cache_file)
+
+    def _fill(self, batch_size: int, cache_file: Path | None) -> None:
+        hidden_size = self.trunk.stack.config.hidden_size
+        total = int(self.offsets[-1])
+        if self.cache == "disk":
+            if cache_file is None:
+                raise ValueError("cache='disk' needs a cache_file")
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            flat = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.float32, shape=(total, hidden_size))
+        else:
+            flat = torch.empty((total, hidden_size), dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            for batch in length_batches(self.lengths, batch_size, shuffle=False):
+                hidden = self._compute(batch)
+                for row, index in enumerate(batch):
+                    start, end = self.offsets[index], self.offsets[index + 1]
+                    states = hidden[row, : end - start]
+                    flat[start:end] = states.cpu().numpy() if self.cache == "disk" else states
+        if self.cache == "disk":
+            flat.flush()
+            del flat
+            self.flat = np.load(cache_file, mmap_mode="r", allow_pickle=False)
+        else:
+            self.flat = flat
+
+    def _compute(self, indices: list[int]) -> torch.Tensor:
+        input_ids, mask = pad_ids([self.ids[i] for i in indices], self.pad_id)
+        return self.trunk(input_ids.to(self.device), mask.to(self.device)).float()
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded trunk states ``[batch, tokens, hidden]`` and the attention mask."""
+        lengths = [self.lengths[i] for i in indices]
+        mask = torch.zeros((len(indices), max(lengths)), dtype=torch.long)
+        for row, n in enumerate(lengths):
+            mask[row, :n] = 1
+        mask = mask.to(self.device)
+        if self.cache == "off":
+            with torch.no_grad():
+                return self._compute(indices), mask
+        if isinstance(self.flat, np.ndarray):
+            rows = [torch.from_numpy(np.ascontiguousarray(self.flat[self.offsets[i] : self.offsets[i + 1]])) for i in indices]
+            return pad_sequence(rows, batch_first=True).to(self.device), mask
+        assert self.flat is not None
+        rows = [self.flat[self.offsets[i] : self.offsets[i + 1]] for i in indices]
+        return pad_sequence(rows, batch_first=True), mask

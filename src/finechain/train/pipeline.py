@@ -1,0 +1,123 @@
+"""Spec-driven workflows behind the CLI: train a chain, add tasks, evaluate a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from finechain.data.prepare import TaskData, check_known_labels, load_task_data, read_split
+from finechain.errors import FinechainError
+from finechain.evaluate.report import write_report
+from finechain.model.chain import MANIFEST, Chain, pick_device
+from finechain.model.heads import head_type
+from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs
+from finechain.train.trainer import FitResult
+
+Row = tuple[str, str, dict[str, Any]]
+
+
+def _load_all(specs: list[TaskSpec], training: TrainingConfig) -> dict[str, TaskData]:
+    """Read and check every task's data before any training starts."""
+    return {s.name: load_task_data(s, head_type(s.type), s.training.apply(training).seed) for s in specs}
+
+
+def _train_and_save(
+    chain: Chain, spec: TaskSpec, data: TaskData, training: TrainingConfig, out_dir: Path, resume: bool, progress: bool, console: Console
+) -> list[Row]:
+    console.print(
+        f"[bold]{spec.name}[/]: {spec.type}, {len(data.train)} train / {len(data.validation)} validation examples, "
+        f"{len(data.labels) or 'no'} labels"
+    )
+    result: FitResult = chain.fit(spec, training, run_dir=out_dir / "runs" / spec.name, resume=resume, progress=progress, data=data)
+    chain.save_pretrained(out_dir, tasks=[spec.name])
+    labels = chain.tasks[spec.name].head.labels
+    write_report(out_dir / "reports" / spec.name, spec.name, "validation", result.validation, labels)
+    rows: list[Row] = [(spec.name, "validation", _scalars(result.validation))]
+    if result.test is not None:
+        write_report(out_dir / "reports" / spec.name, spec.name, "test", result.test, labels)
+        rows.append((spec.name, "test", _scalars(result.test)))
+    return rows
+
+
+def _scalars(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+
+def train_chain(
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    copy_backbone: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> list[Row]:
+    """Train every task of a chain spec into ``out_dir``; with ``resume``, finished tasks are kept.
+
+    Example:
+        >>> rows = train_chain(Path("chain.yaml"), Path("my-chain"))  # doctest: +SKIP
+    """
+    console = console or Console(stderr=True)
+    spec = load_chain_spec(spec_path)
+    if (out_dir / MANIFEST).exists() and not resume:
+        raise FinechainError("this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out")
+    data = _load_all(spec.tasks, spec.training)
+    if resume and (out_dir / MANIFEST).exists():
+        chain = Chain.from_pretrained(out_dir, device=spec.device)
+    else:
+        chain = Chain.from_backbone(spec.backbone, spec.split, spec.max_length, base_dir=spec_path.parent).to(pick_device(spec.device))
+    console.print(
+        f"backbone {chain.backbone_ref.name}: trunk = embeddings + {chain.split} of {chain.num_layers} layers, "
+        f"each task tunes {chain.num_layers - chain.split} branch layers"
+    )
+    rows: list[Row] = []
+    for task in spec.tasks:
+        if task.name in chain.tasks:
+            console.print(f"{task.name}: already trained, kept")
+            continue
+        rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
+    chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
+    return rows
+
+
+def add_tasks(
+    chain_dir: Path, task_file: Path, *, replace: bool = False, resume: bool = False, progress: bool = True, console: Console | None = None
+) -> list[Row]:
+    """Train the task(s) in ``task_file`` onto a saved chain, leaving its other tasks untouched.
+
+    Example:
+        >>> add_tasks(Path("my-chain"), Path("topic.yaml"))  # doctest: +SKIP
+    """
+    console = console or Console(stderr=True)
+    specs = load_task_specs(task_file)
+    chain = Chain.from_pretrained(chain_dir, device="auto")
+    for spec in specs:
+        if spec.name in chain.tasks and not replace:
+            raise FinechainError(f"task '{spec.name}' already exists in this chain", file=task_file, fix="rename it, or pass --replace")
+    training = TrainingConfig()
+    data = _load_all(specs, training)
+    rows: list[Row] = []
+    for spec in specs:
+        rows += _train_and_save(chain, spec, data[spec.name], training, chain_dir, resume, progress, console)
+    return rows
+
+
+def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Score a saved task on a labelled file (read with the task's own columns) and write reports.
+
+    Example:
+        >>> scores, paths = evaluate_file(Path("my-chain"), "intent", Path("test.csv"))  # doctest: +SKIP
+    """
+    chain = Chain.from_pretrained(chain_dir, device="auto")
+    if task not in chain.tasks:
+        raise FinechainError(f"unknown task '{task}'", file=chain_dir, fix=f"this chain has {sorted(chain.tasks)}")
+    stored = chain.task_info[task].get("spec", {"name": task, "type": chain.tasks[task].type_name, "train": str(data_path)})
+    spec = TaskSpec.model_validate(stored)
+    head = chain.tasks[task].head
+    split = read_split(data_path, spec, type(head))
+    check_known_labels(split, head)
+    scores = chain.score(task, split.texts, split.labels)
+    paths = write_report(report_dir or chain_dir / "reports" / task, task, data_path.stem, scores, head.labels)
+    return scores, paths

@@ -1,0 +1,217 @@
+"""Train one task tail on a chain's frozen trunk."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from finechain.data.batching import length_batches, tokenize
+from finechain.data.prepare import TaskData, load_task_data
+from finechain.errors import SpecError
+from finechain.evaluate.metrics import is_better
+from finechain.model.heads import head_type
+from finechain.model.task import TaskModel
+from finechain.spec import TaskSpec, TrainingConfig
+from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
+from finechain.train.features import TrunkFeatures
+from finechain.train.progress import MetricsLog, TrainProgress
+
+if TYPE_CHECKING:
+    from finechain.model.chain import Chain
+
+
+@dataclass
+class FitResult:
+    """What a training run produced."""
+
+    task: str
+    metric: str
+    best_epoch: int | None
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision where asked for and supported; ``auto`` = bf16 on capable GPUs, else fp32.
+
+    Example:
+        >>> autocast_context(torch.device("cpu"), "auto").__class__.__name__
+        'nullcontext'
+    """
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _param_groups(task: TaskModel, cfg: TrainingConfig) -> list[dict[str, Any]]:
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in task.named_parameters():
+        is_head = name.startswith("head.")
+        no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((is_head, no_decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": cfg.head_learning_rate if is_head else cfg.learning_rate,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+        }
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+
+
+@torch.inference_mode()
+def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, precision: str) -> torch.Tensor:
+    """Head outputs for every cached example, in the original order."""
+    task.eval()
+    out: list[torch.Tensor | None] = [None] * len(features.lengths)
+    with autocast_context(features.device, precision):
+        for batch in length_batches(features.lengths, batch_size, shuffle=False):
+            hidden, mask = features.batch(batch)
+            logits = task(hidden, mask).float().cpu()
+            for row, index in enumerate(batch):
+                out[index] = logits[row]
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _features(chain: Chain, texts: list[str], cfg: TrainingConfig, cache_file: Path) -> TrunkFeatures:
+    ids = tokenize(chain.tokenizer, texts, chain.max_length)
+    return TrunkFeatures(chain.trunk, ids, chain.tokenizer.pad_token_id or 0, cfg.cache, cfg.eval_batch_size, cache_file)
+
+
+def fit_task(
+    chain: Chain,
+    spec: TaskSpec,
+    training: TrainingConfig | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    data: TaskData | None = None,
+) -> FitResult:
+    """Validate the data, train a new tail for ``spec`` and attach the best epoch to ``chain``.
+
+    Example:
+        >>> result = fit_task(chain, TaskSpec(name="sentiment", train="train.csv"))  # doctest: +SKIP
+        >>> result.validation["accuracy"]
+        0.89
+    """
+    cfg = spec.training.apply(training or TrainingConfig())
+    head_cls = head_type(spec.type)
+    data = data or load_task_data(spec, head_cls, cfg.seed)
+    metric = spec.metric or head_cls.default_metric
+    run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix=f"finechain-{spec.name}-"))
+    torch.manual_seed(cfg.seed)
+    task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout)
+    if hasattr(task.head, "fit_scale"):
+        task.head.fit_scale(data.train.labels)
+    device = chain.device
+
+    started = time.perf_counter()
+    train_feats = _features(chain, data.train.texts, cfg, run_path / "cache" / "train.npy")
+    val_feats = _features(chain, data.validation.texts, cfg, run_path / "cache" / "validation.npy")
+    y_train = task.head.targets(data.train.labels).to(device)
+    y_val = task.head.targets(data.validation.labels)
+    if metric not in task.head.score(torch.zeros(len(y_val), max(1, len(data.labels))), y_val):
+        raise SpecError(f"metric '{metric}' is not reported for {spec.type} tasks", fix=f"drop 'metric' to use '{head_cls.default_metric}'")
+
+    batches_per_epoch = math.ceil(len(train_feats.lengths) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(_param_groups(task, cfg), fused=device.type == "cuda")
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    checkpointer = Checkpointer(
+        run_path, fingerprint(spec.model_dump(mode="json"), cfg.model_dump(), chain.backbone_ref.sha256, chain.split)
+    )
+    state, best = TrainState(), {k: v.detach().clone() for k, v in task.state_dict().items()}
+    if resume and checkpointer.exists():
+        state, best = checkpointer.load(task, optimizer, scheduler, generator)
+    log = MetricsLog(run_path / "metrics.jsonl", fresh=not resume)
+    history: list[dict[str, Any]] = []
+    seen = 0
+
+    with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
+        epoch = state.epoch
+        while epoch < cfg.epochs and not (cfg.patience and state.bad_epochs >= cfg.patience):
+            epoch_start = time.perf_counter()
+            task.train()
+            running = torch.zeros((), device=device)
+            batches = length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)
+            for i, batch in enumerate(batches):
+                hidden, mask = train_feats.batch(batch)
+                with autocast_context(device, cfg.precision):
+                    logits = task(hidden, mask)
+                loss = task.head.loss(logits, y_train[batch]) / cfg.gradient_accumulation
+                loss.backward()
+                running += loss.detach()
+                if (i + 1) % cfg.gradient_accumulation == 0 or i + 1 == len(batches):
+                    torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                seen += len(batch)
+                bar.advance(loss=float(running) * cfg.gradient_accumulation / (i + 1) if i % 20 == 0 else None)
+            scores = task.head.score(task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision), y_val)
+            value = float(scores[metric])
+            epoch += 1
+            state.epoch = epoch
+            state.seconds += time.perf_counter() - epoch_start
+            if is_better(metric, value, state.best):
+                state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+                best = {k: v.detach().clone() for k, v in task.state_dict().items()}
+            else:
+                state.bad_epochs += 1
+            record = {
+                "epoch": epoch,
+                "step": state.step,
+                "train_loss": float(running) * cfg.gradient_accumulation / max(1, len(batches)),
+                f"validation_{metric}": value,
+                "best": state.best,
+                "seconds": round(state.seconds, 3),
+            }
+            log.write(record)
+            history.append(record)
+            bar.show_metric(f"val {metric} {value:.4f}")
+            checkpointer.save(task, best, optimizer, scheduler, generator, state)
+
+    task.load_state_dict(best)
+    val_logits = task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
+    task.head.calibrate(val_logits, y_val)
+    validation = task.head.score(val_logits, y_val)
+    train_seconds = time.perf_counter() - started
+    test_scores = None
+    info: dict[str, Any] = {
+        "metric": metric,
+        "best_epoch": state.best_epoch,
+        "training": cfg.model_dump(),
+        "data": data.provenance,
+        "spec": spec.model_dump(mode="json"),
+        "train_seconds": round(train_seconds, 3),
+    }
+    chain.attach(spec.name, task, info)
+    if data.test is not None:
+        test_scores = chain.score(spec.name, data.test.texts, data.test.labels)
+    chain.task_info[spec.name]["metrics"] = {
+        "validation": _headline(validation),
+        **({"test": _headline(test_scores)} if test_scores else {}),
+    }
+    return FitResult(spec.name, metric, state.best_epoch, validation, test_scores, train_seconds, seen / max(state.seconds, 1e-9), history)
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics only (per-class tables live in the reports)."""
+    return {k: round(v, 6) for k, v in scores.items() if isinstance(v, float)} | {"n": scores.get("n", 0)}
