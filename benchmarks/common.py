@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("FINECHAIN_RESULTS", ROOT / "benchmarks" / "results"))
 DATASETS = Path(os.environ.get("FINECHAIN_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 # name -> (train file, evaluation file, what the evaluation file is)

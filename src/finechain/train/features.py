@@ -82,7 +82,7 @@ class TrunkFeatures:
             with torch.no_grad():
                 return self._compute(indices), mask
         if isinstance(self.flat, np.ndarray):
-            rows = [torch.from_numpy(np.ascontiguousarray(self.flat[self.offsets[i] : self.offsets[i + 1]])) for i in indices]
+            rows = [torch.from_numpy(np.array(self.flat[self.offsets[i] : self.offsets[i + 1]])) for i in indices]
             return pad_sequence(rows, batch_first=True).to(self.device), mask
         assert self.flat is not None
         rows = [self.flat[self.offsets[i] : self.offsets[i + 1]] for i in indices]

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install finechain into .venv, lint, then run the whole test suite (unit + integration + doctests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1
+ruff check src tests benchmarks scripts
+python -m pytest src tests -q -p no:cacheprovider "$@"

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny randomly initialised BERT backbone and small labelled files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("FINECHAIN_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+POSITIVE = ["good", "great", "excellent", "lovely", "superb", "fine"]
+NEGATIVE = ["bad", "awful", "terrible", "poor", "dreadful", "weak"]
+FILLER = ["the", "movie", "was", "really", "plot", "and", "acting", "film", "story", "quite", "very", "music", "ending"]
+TOPICS = {"sport": ["match", "goal", "team"], "money": ["bank", "price", "market"], "tech": ["phone", "chip", "app"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer, 32-wide random BERT with a word-level WordPiece vocab, saved as safetensors."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({*POSITIVE, *NEGATIVE, *FILLER, *(w for ws in TOPICS.values() for w in ws), "not", "card", "arrive", "when"})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *(f"##{c}" for c in string.ascii_lowercase), *words]
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    assert tokenizer.convert_ids_to_tokens(tokenizer("good film")["input_ids"]) == ["[CLS]", "good", "film", "[SEP]"]
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Texts whose label is given by a positive or negative cue word."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        cue = rng.choice(POSITIVE if label == "pos" else NEGATIVE)
+        words = [*rng.sample(FILLER, 2), cue]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[object, ...]], header: tuple[str, ...] = ("text", "label"), delimiter: str = ",") -> Path:
+    """Write rows with the csv module."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def sentiment_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Train and dev CSVs of the cue-word sentiment task."""
+    return write_csv(tmp_path / "train.csv", sentiment_rows(160, 1)), write_csv(tmp_path / "dev.csv", sentiment_rows(40, 2))
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    """The real datasets beside the checkout; a missing folder fails in CI and skips elsewhere."""
+    if not SHARED.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"datasets not found at {SHARED}")
+        pytest.skip("../shared/datasets not available")
+    return SHARED

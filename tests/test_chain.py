@@ -1,0 +1,159 @@
+"""Chain behaviour on a tiny random BERT: training, heads, save/load, add-task isolation, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.errors import ArtifactError
+from finechain.train.checkpoint import Checkpointer
+from tests.conftest import TOPICS, sentiment_rows, write_csv
+
+FAST = TrainingConfig(epochs=12, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sentiment_chain(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> Chain:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    chain.fit(TaskSpec(name="sentiment", train=sentiment_files[0], dev=sentiment_files[1]), FAST, progress=False)
+    return chain
+
+
+def test_classification_learns_and_reports(sentiment_chain: Chain, sentiment_files: tuple[Path, Path]) -> None:
+    info = sentiment_chain.task_info["sentiment"]
+    assert info["metrics"]["validation"]["accuracy"] >= 0.9
+    assert info["best_epoch"] is not None and info["data"]["validation"]["source"] == "file"
+    prediction = sentiment_chain.predict(["movie superb plot", "story awful acting"])
+    assert [p["sentiment"]["label"] for p in prediction] == ["pos", "neg"]
+    assert all(0.5 <= p["sentiment"]["score"] <= 1 for p in prediction)
+
+
+@pytest.mark.parametrize("split", [0, 4])
+def test_split_extremes_full_tune_and_linear_probe(tiny_backbone: Path, sentiment_files: tuple[Path, Path], split: int) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=split, max_length=32)
+    result = chain.fit(TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), FAST, progress=False)
+    assert len(chain.tasks["s"].branch.layers) == 4 - split
+    assert result.validation["accuracy"] >= (0.9 if split == 0 else 0.65)  # a probe on random layers learns less
+    assert not any(p.requires_grad for p in chain.trunk.parameters())
+
+
+def test_save_load_roundtrip_and_no_pickle(sentiment_chain: Chain, tmp_path: Path) -> None:
+    texts = ["very good music", "weak ending and poor plot", "the movie"]
+    before = sentiment_chain.predict(texts)
+    out = sentiment_chain.save_pretrained(tmp_path / "chain")
+    assert {p.suffix for p in out.rglob("*") if p.is_file()} == {".json", ".safetensors"}
+    manifest = json.loads((out / "finechain.json").read_text())
+    assert manifest["backbone"]["kind"] == "path" and len(manifest["backbone"]["sha256"]) == 64
+    assert manifest["tasks"]["sentiment"]["head"]["labels"] == ["neg", "pos"]
+    loaded = Chain.from_pretrained(out)
+    assert loaded.predict(texts) == before
+
+
+def test_adding_a_task_changes_nothing_else(sentiment_chain: Chain, tmp_path: Path) -> None:
+    out = sentiment_chain.save_pretrained(tmp_path / "chain")
+    texts = ["the film was superb", "bad plot", "market price of the chip"]
+    old_files = {k: v for k, v in file_hashes(out).items() if k.startswith("tasks/sentiment")}
+    old_logits = sentiment_chain.run_tasks(texts, ["sentiment"])["sentiment"]
+    rows = [(f"{w} {t} news", topic) for topic, words in TOPICS.items() for w in words for t in ("today", "now", "again", "here")]
+    chain = Chain.from_pretrained(out)
+    chain.fit(TaskSpec(name="topic", train=write_csv(tmp_path / "topic.csv", rows), dev_fraction=0.25), FAST, progress=False)
+    chain.save_pretrained(out, tasks=["topic"])
+    new_files = {k: v for k, v in file_hashes(out).items() if k.startswith("tasks/sentiment")}
+    assert new_files == old_files
+    reloaded = Chain.from_pretrained(out)
+    assert set(reloaded.tasks) == {"sentiment", "topic"}
+    new_logits = reloaded.run_tasks(texts, ["sentiment", "topic"])
+    assert all(torch.equal(a, b) for a, b in zip(old_logits, new_logits["sentiment"], strict=True))
+
+
+def test_multilabel_and_regression_heads(tiny_backbone: Path, tmp_path: Path) -> None:
+    rows = sentiment_rows(160, 5)
+    ml = [(t, "|".join(sorted({"positive" if y == "pos" else "negative", *(["long"] if "really" in t else [])}))) for t, y in rows]
+    reg = [(t, 4.0 if y == "pos" else 1.0) for t, y in rows]
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    ml_result = chain.fit(TaskSpec(name="tags", type="multilabel", train=write_csv(tmp_path / "ml.csv", ml)), FAST, progress=False)
+    reg_result = chain.fit(TaskSpec(name="stars", type="regression", train=write_csv(tmp_path / "r.csv", reg)), FAST, progress=False)
+    assert ml_result.validation["micro_f1"] > 0.8
+    assert len(chain.tasks["tags"].head.thresholds) == 3
+    assert reg_result.validation["pearson"] > 0.8 and reg_result.validation["rmse"] < 1.2
+    out = chain.predict(["superb music"])[0]
+    assert "positive" in out["tags"]["labels"] and set(out["tags"]["scores"]) == {"long", "negative", "positive"}
+    assert out["stars"]["value"] > 2.5
+    reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "c"))
+    assert reloaded.predict(["superb music"])[0] == out
+
+
+def test_disk_cache_and_no_cache_match_memory(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> None:
+    results = []
+    for cache in ("memory", "disk", "off"):
+        chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+        cfg = FAST.model_copy(update={"epochs": 2, "cache": cache})
+        chain.fit(TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), cfg, progress=False)
+        results.append(torch.stack(chain.run_tasks(["good film", "awful plot"], ["s"])["s"]))
+    assert torch.allclose(results[0], results[1], atol=1e-5) and torch.allclose(results[0], results[2], atol=1e-4)
+
+
+def test_resume_after_interruption_gives_the_same_model(
+    tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1])
+    cfg = FAST.model_copy(update={"epochs": 4})
+    straight = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    straight.fit(spec, cfg, run_dir=tmp_path / "a", progress=False)
+
+    original_save = Checkpointer.save
+    calls = {"n": 0}
+
+    def save_then_crash(self, *args, **kwargs):
+        original_save(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
+    interrupted = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(spec, cfg, run_dir=tmp_path / "b", progress=False)
+    monkeypatch.setattr(Checkpointer, "save", original_save)
+    resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    resumed.fit(spec, cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+    a, b = straight.tasks["s"].state_dict(), resumed.tasks["s"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    with pytest.raises(Exception, match="different data or settings"):
+        resumed.fit(spec, cfg.model_copy(update={"seed": 99}), run_dir=tmp_path / "b", resume=True, progress=False)
+
+
+def test_backbone_hash_is_checked(sentiment_chain: Chain, tiny_backbone: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone, copy)
+    sentiment_chain.save_pretrained(tmp_path / "chain")
+    with pytest.raises(ArtifactError, match="differ"):
+        Chain.from_pretrained(tmp_path / "chain", backbone_path=copy.parent / "backbone" if False else _tampered(copy))
+    (tmp_path / "copied").mkdir()
+    sentiment_chain.save_pretrained(tmp_path / "copied", copy_backbone=True)
+    manifest = json.loads((tmp_path / "copied" / "finechain.json").read_text())
+    assert manifest["backbone"]["kind"] == "copied"
+    assert Chain.from_pretrained(tmp_path / "copied").predict(["good"]) == sentiment_chain.predict(["good"])
+
+
+def _tampered(folder: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1
+    save_file(weights, folder / "model.safetensors")
+    return folder

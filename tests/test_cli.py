@@ -1,0 +1,103 @@
+"""The CLI end to end on a tiny backbone: train, info, predict, eval, add-task, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from finechain.cli.app import main
+from tests.conftest import TOPICS, sentiment_rows, write_csv
+
+
+def cli(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stdin: str | None = None
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["finechain", *args])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        main()
+    except SystemExit as done:
+        code = int(done.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def trained(tmp_path: Path, tiny_backbone: Path, monkeypatch, capsys) -> Path:
+    write_csv(tmp_path / "train.csv", sentiment_rows(120, 1))
+    write_csv(tmp_path / "test.csv", sentiment_rows(30, 3))
+    (tmp_path / "chain.yaml").write_text(
+        f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n"
+        "training: {epochs: 3, batch_size: 16, learning_rate: 0.003, head_learning_rate: 0.01}\n"
+        "tasks:\n  - {name: sentiment, train: train.csv, test: test.csv}\n"
+    )
+    code, out, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "sentiment" in out and "accuracy" in out
+    return tmp_path / "chain"
+
+
+def test_train_writes_artifact_reports_and_logs(trained: Path) -> None:
+    assert (trained / "finechain.json").is_file()
+    assert {p.name for p in (trained / "reports" / "sentiment").iterdir()} >= {
+        "validation.json",
+        "validation.md",
+        "test.json",
+        "test.md",
+        "test_confusion.png",
+    }
+    log = [json.loads(line) for line in (trained / "runs" / "sentiment" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and "validation_accuracy" in log[0]
+    report = json.loads((trained / "reports" / "sentiment" / "test.json").read_text())
+    assert set(report["per_class"]) == {"neg", "pos"} and report["per_class"]["pos"]["support"] == 15
+
+
+def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, err = cli(["predict", str(trained)], monkeypatch, capsys, stdin="movie superb plot\n\nstory awful acting\n")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["text"] for line in lines] == ["movie superb plot", "story awful acting"]
+    assert set(lines[0]["sentiment"]) == {"label", "score"}
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "superb"}) + "\n")
+    code, _, err = cli(
+        ["predict", str(trained), "-t", "sentiment", "-i", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "o.jsonl").read_text())["text"] == "superb"
+    code, _, err = cli(["predict", str(trained), "-t", "nope"], monkeypatch, capsys, stdin="x\n")
+    assert code == 2 and "unknown task" in err
+
+
+def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "test.csv")], monkeypatch, capsys)
+    assert code == 0, err
+    assert "accuracy" in out and (trained / "reports" / "sentiment" / "test_confusion.png").stat().st_size > 1000
+    write_csv(tmp_path / "bad.csv", [("good", "pos"), ("meh", "mixed")])
+    code, _, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "bad.csv")], monkeypatch, capsys)
+    assert code == 2 and "bad.csv:3:" in err and "'mixed'" in err
+    code, out, _ = cli(["info", str(trained)], monkeypatch, capsys)
+    assert code == 0 and "sentiment" in out and "split 2 of 4" in out
+
+
+def test_add_task_and_refuse_overwrite(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    rows = [(f"{w} {t}", topic) for topic, words in TOPICS.items() for w in words for t in ("today", "now", "again", "here", "news")]
+    write_csv(tmp_path / "topic.csv", rows)
+    (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 2}\n")
+    before = (trained / "tasks" / "sentiment" / "branch.safetensors").read_bytes()
+    code, _, err = cli(["add-task", str(trained), str(tmp_path / "topic.yaml"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert (trained / "tasks" / "sentiment" / "branch.safetensors").read_bytes() == before
+    manifest = json.loads((trained / "finechain.json").read_text())
+    assert set(manifest["tasks"]) == {"sentiment", "topic"}
+    code, _, err = cli(["add-task", str(trained), str(tmp_path / "topic.yaml")], monkeypatch, capsys)
+    assert code == 2 and "already exists" in err
+    code, _, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(trained)], monkeypatch, capsys)
+    assert code == 2 and "already holds a chain" in err

@@ -1,0 +1,85 @@
+"""Readers, validation split and batching."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from finechain.data.batching import length_batches, pad_ids
+from finechain.data.prepare import load_task_data
+from finechain.data.readers import read_examples, read_texts
+from finechain.errors import DataError
+from finechain.model.heads import head_type
+from finechain.spec import TaskSpec
+from tests.conftest import write_csv
+
+
+def test_csv_keeps_line_numbers_across_quoted_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"two\nlines",a\nplain,b\n')
+    examples = read_examples(path)
+    assert [(e.text, e.label, e.line) for e in examples] == [("two\nlines", "a", 2), ("plain", "b", 4)]
+
+
+def test_tsv_jsonl_and_custom_columns(tmp_path: Path) -> None:
+    tsv = write_csv(tmp_path / "d.tsv", [("hello", "x")], header=("utterance", "intent"), delimiter="\t")
+    assert read_examples(tsv, text_column="utterance", label_column="intent")[0].label == "x"
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(json.dumps({"t": "a", "y": ["p", "q"]}) + "\n\n" + json.dumps({"t": "b", "y": []}) + "\n")
+    examples = read_examples(jsonl, text_column="t", label_column="y")
+    assert [(e.label, e.line) for e in examples] == [(["p", "q"], 1), ([], 3)]
+
+
+def test_read_texts_plain_lines(tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("first\n\n second \n")
+    assert read_texts(tmp_path / "in.txt") == ["first", "second"]
+
+
+def test_validation_split_is_stratified_seeded_and_recorded(tmp_path: Path) -> None:
+    rows = [(f"text {i}", "a" if i % 4 else "b") for i in range(200)]
+    spec = TaskSpec(name="t", train=write_csv(tmp_path / "t.csv", rows), dev_fraction=0.2)
+    first = load_task_data(spec, head_type("classification"), seed=3)
+    again = load_task_data(spec, head_type("classification"), seed=3)
+    other = load_task_data(spec, head_type("classification"), seed=4)
+    assert first.validation.texts == again.validation.texts != other.validation.texts
+    assert Counter(first.validation.labels) == {"a": 30, "b": 10}
+    assert not set(first.validation.texts) & set(first.train.texts)
+    assert first.provenance["validation"] == {"source": "cut from train", "fraction": 0.2, "seed": 3, "rows": 40}
+
+
+def test_multilabel_separator_and_regression_parse(tmp_path: Path) -> None:
+    ml = TaskSpec(
+        name="m",
+        type="multilabel",
+        train=write_csv(tmp_path / "m.csv", [("x", "a;b"), ("y", "a"), ("z", "b;a")] * 2),
+        label_separator=";",
+        dev_fraction=0.34,
+    )
+    data = load_task_data(ml, head_type("multilabel"), seed=0)
+    assert data.labels == ["a", "b"] and ["a", "b"] in data.train.labels + data.validation.labels
+    reg = TaskSpec(name="r", type="regression", train=write_csv(tmp_path / "r.csv", [("x", "1.5"), ("y", "-2"), ("z", "3")] * 3))
+    assert load_task_data(reg, head_type("regression"), seed=0).labels == []
+    bad = TaskSpec(name="r", type="regression", train=write_csv(tmp_path / "b.csv", [("x", "1.5"), ("y", "high")]))
+    with pytest.raises(DataError, match=r"b\.csv:3: label 'high' is not a number"):
+        load_task_data(bad, head_type("regression"), seed=0)
+
+
+def test_length_batches_cover_every_index_once_and_group_lengths() -> None:
+    lengths = [(i * 7) % 50 + 1 for i in range(1000)]
+    batches = length_batches(lengths, 32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    naive = sum(max(lengths[i] for i in range(s, min(s + 32, 1000))) * len(range(s, min(s + 32, 1000))) for s in range(0, 1000, 32))
+    assert padding < 0.2 * (naive - sum(lengths))
+    again = length_batches(lengths, 32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert batches == again
+
+
+def test_pad_ids() -> None:
+    ids, mask = pad_ids([[5, 6], [7]], 0)
+    assert ids.tolist() == [[5, 6], [7, 0]] and mask.tolist() == [[1, 1], [1, 0]]

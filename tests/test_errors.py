@@ -1,0 +1,131 @@
+"""Bad input: one line naming file and line, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from finechain.cli.app import main
+from tests.conftest import sentiment_rows, write_csv
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["finechain", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def write_spec(folder: Path, tasks: str, backbone: Path, extra: str = "") -> Path:
+    spec = folder / "chain.yaml"
+    spec.write_text(f"backbone: {backbone}\nsplit: 2\n{extra}training:\n  epochs: 1\ntasks:\n{tasks}")
+    return spec
+
+
+def task_block(train: str = "train.csv", dev: str | None = None, extra: str = "") -> str:
+    lines = f"  - name: s\n    type: classification\n    train: {train}\n"
+    if dev:
+        lines += f"    dev: {dev}\n"
+    return lines + extra
+
+
+def expect_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    write_csv(tmp_path / "train.csv", sentiment_rows(40, 0))
+    return tmp_path
+
+
+def test_missing_file(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    spec = write_spec(folder, task_block("nope.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "nope.csv", "file not found")
+    assert not (folder / "out").exists()
+
+
+def test_missing_column(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    write_csv(folder / "cols.csv", [("hi", "a")], header=("utterance", "label"))
+    spec = write_spec(folder, task_block("cols.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "cols.csv:1:", "text column 'text' not found", "text_column")
+
+
+def test_empty_text(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    write_csv(folder / "empty.csv", [*sentiment_rows(6, 0), ("  ", "pos")])
+    spec = write_spec(folder, task_block("empty.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "empty.csv:8:", "empty text")
+
+
+def test_unknown_label_in_dev(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    write_csv(folder / "dev.csv", [("good film", "pos"), ("odd film", "meh")])
+    spec = write_spec(folder, task_block(dev="dev.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "dev.csv:3:", "label 'meh' does not occur in the training data")
+
+
+def test_bad_encoding(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    (folder / "latin.csv").write_bytes("text,label\ngood,pos\ncaf\xe9 bad,neg\n".encode("latin-1"))
+    spec = write_spec(folder, task_block("latin.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "latin.csv:3:", "not valid UTF-8", "re-save")
+
+
+def test_label_with_one_example(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    write_csv(folder / "rare.csv", [*sentiment_rows(10, 0), ("strange film", "odd")])
+    spec = write_spec(folder, task_block("rare.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "rare.csv:12:", "label 'odd' has only 1 example")
+
+
+def test_ragged_csv_row(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    (folder / "ragged.csv").write_text("text,label\ngood,pos\nbad, really,neg\n")
+    spec = write_spec(folder, task_block("ragged.csv"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "ragged.csv:3:", "3 fields")
+
+
+def test_invalid_jsonl(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    (folder / "d.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n')
+    spec = write_spec(folder, task_block("d.jsonl"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "d.jsonl:2:", "invalid JSON")
+
+
+def test_spec_unknown_field_names_its_line(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    spec = write_spec(folder, task_block(extra="    learning_rat: 0.1\n"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:9:", "tasks.0.learning_rat", "remove or rename")
+
+
+def test_spec_bad_value_and_type(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    spec = write_spec(folder, task_block().replace("classification", "clasification"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:7:", "unknown task type 'clasification'")
+    spec.write_text(spec.read_text().replace("epochs: 1", "epochs: -3").replace("clasification", "classification"))
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:4:", "training.epochs")
+
+
+def test_invalid_yaml(folder: Path, monkeypatch, capsys) -> None:
+    (folder / "broken.yaml").write_text("tasks:\n  - name: a\n   type: x\n")
+    code, _, err = run_cli(["train", str(folder / "broken.yaml"), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "broken.yaml:3:", "invalid YAML")
+
+
+def test_missing_backbone_and_not_a_chain(folder: Path, monkeypatch, capsys) -> None:
+    spec = write_spec(folder, task_block(), folder / "no-such-model")
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "no-such-model", "not found")
+    code, _, err = run_cli(["info", str(folder)], monkeypatch, capsys)
+    expect_one_line_error(code, err, "not a finechain folder")

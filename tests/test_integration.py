@@ -1,0 +1,70 @@
+"""Integration: the real all-MiniLM-L6-v2 backbone on slices of the shared datasets, the demo, a benchmark smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.prepare import load_task_data
+from finechain.data.readers import read_examples
+from finechain.model.heads import head_type
+from finechain.spec import load_chain_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def test_real_backbone_learns_sst2_slice(shared_datasets: Path, tmp_path: Path) -> None:
+    chain = Chain.from_backbone("all-MiniLM-L6-v2")
+    assert (chain.split, chain.num_layers, chain.backbone_ref.kind) == (3, 6, "package")
+    spec = TaskSpec(name="sst2", train=shared_datasets / "sst2/train.csv", max_train_examples=800)
+    chain.fit(spec, TrainingConfig(epochs=2), progress=False)
+    dev = read_examples(shared_datasets / "sst2/dev.csv")[:300]
+    accuracy = chain.score("sst2", [e.text for e in dev], [str(e.label) for e in dev])["accuracy"]
+    assert accuracy > 0.75
+    loaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "c"))
+    assert loaded.predict(["a gorgeous, witty film"]) == chain.predict(["a gorgeous, witty film"])
+
+
+def test_bundled_demo_data_is_valid_and_attributed() -> None:
+    spec = load_chain_spec(ROOT / "src/finechain/demo/demo.yaml")
+    assert [t.name for t in spec.tasks] == ["intent", "sentiment"]
+    for task in spec.tasks:
+        data = load_task_data(task, head_type(task.type), seed=13)
+        assert data.test is not None and len(data.train) >= 400
+    attribution = (ROOT / "src/finechain/demo/data/ATTRIBUTION.md").read_text()
+    assert "BANKING77" in attribution and "SST-2" in attribution
+
+
+def test_demo_command_trains_and_queries(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "finechain", "demo", "--out", str(tmp_path / "demo"), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "demo" / "finechain.json").read_text())
+    assert manifest["tasks"]["intent"]["metrics"]["test"]["accuracy"] > 0.85
+    assert manifest["tasks"]["sentiment"]["metrics"]["test"]["accuracy"] > 0.7
+    assert "card_arrival" in done.stdout and "example predictions" in done.stdout
+
+
+def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FINECHAIN_RESULTS": str(tmp_path), "FINECHAIN_DATASETS": str(shared_datasets)}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "split-sweep", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads((tmp_path / "split_sweep_quick.json").read_text())
+    keys = {"suite", "task", "system", "variant", "metric", "value", "unit", "device", "date"}
+    assert records and all(set(r) == keys for r in records)
+    assert {r["system"] for r in records} == {"finechain", "hf-trainer"}
