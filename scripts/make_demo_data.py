@@ -62,6 +62,10 @@ def main() -> None:
     test = [{"text": r["text"], "label": names[r["label"]]} for r in per_label(rows(src / "sst2/dev.csv"), ["0", "1"], 100, rng)]
     write(OUT / "sentiment_train.csv", train)
     write(OUT / "sentiment_test.csv", test)
+    for split, source, count in (("train", "train.txt", 800), ("test", "test.txt", 200)):
+        blocks = (src / "conll2003" / source).read_text(encoding="utf-8").strip().split("\n\n")
+        chosen = sorted(rng.sample(range(len(blocks)), count))
+        (OUT / f"ner_{split}.conll").write_text("\n\n".join(blocks[i] for i in chosen) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

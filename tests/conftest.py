@@ -14,6 +14,8 @@ SHARED = Path(os.environ.get("FINECHAIN_DATASETS", Path(__file__).resolve().pare
 POSITIVE = ["good", "great", "excellent", "lovely", "superb", "fine"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "dreadful", "weak"]
 FILLER = ["the", "movie", "was", "really", "plot", "and", "acting", "film", "story", "quite", "very", "music", "ending"]
+NAMES = ["alice", "bob", "carol", "dave"]
+CITIES = ["paris", "london", "rome", "oslo"]
 TOPICS = {"sport": ["match", "goal", "team"], "money": ["bank", "price", "market"], "tech": ["phone", "chip", "app"]}
 
 
@@ -24,7 +26,8 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    words = sorted({*POSITIVE, *NEGATIVE, *FILLER, *(w for ws in TOPICS.values() for w in ws), "not", "card", "arrive", "when"})
+    topic_words = (w for ws in TOPICS.values() for w in ws)
+    words = sorted({*POSITIVE, *NEGATIVE, *FILLER, *topic_words, *NAMES, *CITIES, "new", "york", "visited", "in", "met"})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *(f"##{c}" for c in string.ascii_lowercase), *words]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     assert tokenizer.convert_ids_to_tokens(tokenizer("good film")["input_ids"]) == ["[CLS]", "good", "film", "[SEP]"]
@@ -56,6 +59,26 @@ def write_csv(path: Path, rows: list[tuple[object, ...]], header: tuple[str, ...
         writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
+    return path
+
+
+def ner_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Toy NER: person names, one- and two-word cities, filler words."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        city = [("new", "B-LOC"), ("york", "I-LOC")] if rng.random() < 0.3 else [(rng.choice(CITIES), "B-LOC")]
+        words = [(rng.choice(NAMES), "B-PER"), (rng.choice(["visited", "met"]), "O"), *city, (rng.choice(FILLER), "O")]
+        if rng.random() < 0.5:
+            words = [(rng.choice(FILLER), "O"), *words]
+        sentences.append(words)
+    return sentences
+
+
+def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
+    """One 'token TAG' line per word, blank line between sentences, with a -DOCSTART- header."""
+    blocks = ["-DOCSTART- O"] + ["\n".join(f"{w} {t}" for w, t in s) for s in sentences]
+    path.write_text("\n\n".join(blocks) + "\n")
     return path
 
 

@@ -62,7 +62,7 @@ def test_adding_a_task_changes_nothing_else(sentiment_chain: Chain, tmp_path: Pa
     out = sentiment_chain.save_pretrained(tmp_path / "chain")
     texts = ["the film was superb", "bad plot", "market price of the chip"]
     old_files = {k: v for k, v in file_hashes(out).items() if k.startswith("tasks/sentiment")}
-    old_logits = sentiment_chain.run_tasks(texts, ["sentiment"])["sentiment"]
+    old_logits = sentiment_chain.run_tasks(texts, ["sentiment"])[0]["sentiment"]
     rows = [(f"{w} {t} news", topic) for topic, words in TOPICS.items() for w in words for t in ("today", "now", "again", "here")]
     chain = Chain.from_pretrained(out)
     chain.fit(TaskSpec(name="topic", train=write_csv(tmp_path / "topic.csv", rows), dev_fraction=0.25), FAST, progress=False)
@@ -71,7 +71,7 @@ def test_adding_a_task_changes_nothing_else(sentiment_chain: Chain, tmp_path: Pa
     assert new_files == old_files
     reloaded = Chain.from_pretrained(out)
     assert set(reloaded.tasks) == {"sentiment", "topic"}
-    new_logits = reloaded.run_tasks(texts, ["sentiment", "topic"])
+    new_logits = reloaded.run_tasks(texts, ["sentiment", "topic"])[0]
     assert all(torch.equal(a, b) for a, b in zip(old_logits, new_logits["sentiment"], strict=True))
 
 
@@ -98,7 +98,7 @@ def test_disk_cache_and_no_cache_match_memory(tiny_backbone: Path, sentiment_fil
         chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
         cfg = FAST.model_copy(update={"epochs": 2, "cache": cache})
         chain.fit(TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), cfg, progress=False)
-        results.append(torch.stack(chain.run_tasks(["good film", "awful plot"], ["s"])["s"]))
+        results.append(torch.stack(chain.run_tasks(["good film", "awful plot"], ["s"])[0]["s"]))
     assert torch.allclose(results[0], results[1], atol=1e-5) and torch.allclose(results[0], results[2], atol=1e-4)
 
 

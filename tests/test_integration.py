@@ -34,12 +34,12 @@ def test_real_backbone_learns_sst2_slice(shared_datasets: Path, tmp_path: Path) 
 
 def test_bundled_demo_data_is_valid_and_attributed() -> None:
     spec = load_chain_spec(ROOT / "src/finechain/demo/demo.yaml")
-    assert [t.name for t in spec.tasks] == ["intent", "sentiment"]
+    assert [t.name for t in spec.tasks] == ["intent", "sentiment", "entities"]
     for task in spec.tasks:
         data = load_task_data(task, head_type(task.type), seed=13)
         assert data.test is not None and len(data.train) >= 400
     attribution = (ROOT / "src/finechain/demo/data/ATTRIBUTION.md").read_text()
-    assert "BANKING77" in attribution and "SST-2" in attribution
+    assert "BANKING77" in attribution and "SST-2" in attribution and "CoNLL-2003" in attribution
 
 
 def test_demo_command_trains_and_queries(tmp_path: Path) -> None:
@@ -55,6 +55,7 @@ def test_demo_command_trains_and_queries(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "demo" / "finechain.json").read_text())
     assert manifest["tasks"]["intent"]["metrics"]["test"]["accuracy"] > 0.85
     assert manifest["tasks"]["sentiment"]["metrics"]["test"]["accuracy"] > 0.7
+    assert manifest["tasks"]["entities"]["metrics"]["test"]["entity_f1"] > 0.5
     assert "card_arrival" in done.stdout and "example predictions" in done.stdout
 
 

@@ -8,12 +8,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from finechain.data.readers import Format, read_text_file
+from finechain.data.readers import read_text_file
 from finechain.errors import SpecError
 from finechain.model.backbone import DEFAULT_BACKBONE
 from finechain.model.pooling import Pooling
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+TaskFormat = Literal["auto", "csv", "tsv", "jsonl", "conll"]
 Cache = Literal["memory", "disk", "off"]
 
 
@@ -71,10 +72,15 @@ class TaskSpec(BaseModel):
     train: Path
     dev: Path | None = None
     test: Path | None = None
-    format: Format = "auto"
+    format: TaskFormat = "auto"
     text_column: str = "text"
     label_column: str = "label"
     label_separator: str | None = None
+    token_column: int = Field(0, description="tagging: CoNLL column of the token")
+    tag_column: int = Field(-1, description="tagging: CoNLL column of the tag (-1 = last)")
+    strict_bio: bool = Field(False, description="tagging: an I-X that does not continue X is an error instead of being repaired")
+    keep_docstart: bool = Field(False, description="tagging: keep -DOCSTART- lines as tokens")
+    decoding: Literal["constrained", "argmax"] = Field("constrained", description="tagging: valid-BIO Viterbi or per-word argmax")
     pooling: Pooling = "mean"
     metric: str | None = None
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -163,7 +169,7 @@ def load_chain_spec(path: str | Path) -> ChainSpec:
 
     Example:
         >>> spec = load_chain_spec("examples/demo.yaml")  # doctest: +SKIP
-        >>> spec.tasks[0].name
+        >>> spec.tasks[0].name  # doctest: +SKIP
         'intent'
     """
     path = Path(path)

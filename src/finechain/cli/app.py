@@ -155,16 +155,34 @@ def demo(
     chain = Chain.from_pretrained(out_dir)
     examples = [
         "I still haven't received my new card, when will it arrive?",
-        "My card got blocked after I typed the wrong PIN",
+        "My card got blocked in Berlin after I typed the wrong PIN",
         "an utterly charming and hilarious film",
-        "the plot is thin and the acting is wooden",
+        "Angela Merkel told Reuters the plan was thin and wooden",
     ]
     table = Table(title="example predictions (all tasks, one trunk pass)")
     for column in ("text", *chain.tasks):
         table.add_column(column)
     for text, prediction in zip(examples, chain.predict(examples), strict=True):
-        table.add_row(text, *(f"{p['label']} ({p['score']:.2f})" for p in prediction.values()))
+        table.add_row(text, *(summarize(p) for p in prediction.values()))
     out.print(table)
+
+
+def summarize(prediction: dict[str, Any]) -> str:
+    """One short cell for any task type's prediction.
+
+    Example:
+        >>> summarize({"label": "pos", "score": 0.912})
+        'pos (0.91)'
+        >>> summarize({"entities": [{"type": "PER", "text": "Ann", "score": 0.9}], "tags": ["B-PER"]})
+        'Ann/PER'
+    """
+    if "entities" in prediction:
+        return ", ".join(f"{e['text']}/{e['type']}" for e in prediction["entities"]) or "-"
+    if "labels" in prediction:
+        return ", ".join(prediction["labels"]) or "-"
+    if "value" in prediction:
+        return f"{prediction['value']:.3f}"
+    return f"{prediction['label']} ({prediction['score']:.2f})"
 
 
 def main() -> None:

@@ -2,13 +2,68 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 
+@dataclass
+class Encoded:
+    """Token ids per text, and where each word starts (for token-level heads).
+
+    ``word_starts[i][w]`` is the token position of word ``w``'s first sub-word, or ``None`` when the
+    word was truncated away; ``word_spans[i][w]`` is its ``(start, end)`` character span in the raw
+    text (``None`` for pre-split input).
+    """
+
+    ids: list[list[int]]
+    word_starts: list[list[int | None]]
+    word_spans: list[list[tuple[int, int]]] | None
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count per text."""
+        return [len(x) for x in self.ids]
+
+
+def encode(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, chunk: int = 2048) -> Encoded:
+    """Tokenise raw texts (or pre-split word lists) with the fast tokenizer, in chunks, keeping word positions.
+
+    Example:
+        >>> enc = encode(tokenizer, ["hello world"], 16)  # doctest: +SKIP
+        >>> enc.ids, enc.word_starts, enc.word_spans  # doctest: +SKIP
+        ([[101, 7592, 2088, 102]], [[1, 2]], [[(0, 5), (6, 11)]])
+    """
+    presplit = bool(texts) and isinstance(texts[0], list)
+    ids: list[list[int]] = []
+    starts: list[list[int | None]] = []
+    spans: list[list[tuple[int, int]]] = []
+    for begin in range(0, len(texts), chunk):
+        part = texts[begin : begin + chunk]
+        batch = tokenizer(part, truncation=True, max_length=max_length, is_split_into_words=presplit)
+        full = None if presplit else tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        for row in range(len(part)):
+            first: dict[int, int] = {}
+            for position, word in enumerate(batch.word_ids(row)):
+                if word is not None and word not in first:
+                    first[word] = position
+            if full is None:
+                n_words = len(part[row])
+            else:
+                word_span: dict[int, tuple[int, int]] = {}
+                for word, (s, e) in zip(full.word_ids(row), full["offset_mapping"][row], strict=True):
+                    if word is not None:
+                        word_span[word] = (word_span.get(word, (s, e))[0], e)
+                n_words = len(word_span)
+                spans.append([word_span[w] for w in range(n_words)])
+            ids.append(batch["input_ids"][row])
+            starts.append([first.get(w) for w in range(n_words)])
+    return Encoded(ids, starts, None if presplit else spans)
+
+
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, chunk: int = 2048) -> list[list[int]]:
-    """Token ids (with special tokens, truncated) for every text, using the fast tokenizer in chunks.
+    """Token ids only (with special tokens, truncated), for sequence-level tasks.
 
     Example:
         >>> tokenize(tokenizer, ["hello world"], 16)  # doctest: +SKIP
@@ -16,8 +71,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, chunk: int = 204
     """
     ids: list[list[int]] = []
     for start in range(0, len(texts), chunk):
-        encoded = tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length, add_special_tokens=True)
-        ids.extend(encoded["input_ids"])
+        ids.extend(tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length)["input_ids"])
     return ids
 
 

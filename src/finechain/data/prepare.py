@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finechain.data.conll import read_conll
 from finechain.data.readers import Example, read_examples
 from finechain.data.split import validation_split
 from finechain.errors import DataError
@@ -18,7 +19,7 @@ from finechain.spec import TaskSpec
 class Split:
     """Texts with parsed labels and where each came from."""
 
-    texts: list[str]
+    texts: list[Any]  # raw strings, or word lists for tagging
     labels: list[Any]
     lines: list[int]
     file: str
@@ -52,11 +53,18 @@ def _parse(examples: list[Example], head_cls: type[Head], file: Path, options: d
 
 
 def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
-    """Read one labelled file for ``spec`` and parse every label.
+    """Read one labelled file for ``spec`` and parse every label (CoNLL files for token-level heads).
 
     Example:
         >>> split = read_split(Path("dev.csv"), spec, ClassificationHead)  # doctest: +SKIP
     """
+    if head_cls.level == "token":
+        sentences = read_conll(
+            path, token_column=spec.token_column, tag_column=spec.tag_column, strict=spec.strict_bio, keep_docstart=spec.keep_docstart
+        )
+        return Split([s.words for s in sentences], [s.tags for s in sentences], [s.line for s in sentences], str(path))
+    if spec.format == "conll":
+        raise DataError(f"format 'conll' is for tagging tasks, not {head_cls.type_name}", file=path, fix="use csv, tsv or jsonl")
     examples = read_examples(path, fmt=spec.format, text_column=spec.text_column, label_column=spec.label_column)
     return _parse(examples, head_cls, path, {"label_separator": spec.label_separator})
 
@@ -75,7 +83,7 @@ def _label_counts(split: Split) -> Counter[str]:
 
 
 def _check_train(split: Split, head_cls: type[Head]) -> None:
-    if not head_cls.needs_label_vocabulary:
+    if not head_cls.needs_label_vocabulary or head_cls.level == "token":
         if len(split) < 2:
             raise DataError("need at least 2 training examples", file=split.file, fix="add more rows")
         return
@@ -100,12 +108,13 @@ def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
 
     Example:
         >>> data = load_task_data(spec, ClassificationHead, seed=13)  # doctest: +SKIP
-        >>> data.provenance["validation"]["source"]
+        >>> data.provenance["validation"]["source"]  # doctest: +SKIP
         'cut from train'
     """
     train = read_split(spec.train, spec, head_cls)
     provenance: dict[str, Any] = {"train_file": str(spec.train), "train_rows": len(train)}
-    stratify_key = [v if isinstance(v, str) else "|".join(v) if isinstance(v, list) else 0 for v in train.labels]
+    token_level = head_cls.level == "token"
+    stratify_key = [0 if token_level else v if isinstance(v, str) else "|".join(v) if isinstance(v, list) else 0 for v in train.labels]
     if spec.max_train_examples and spec.max_train_examples < len(train):
         fraction = 1 - spec.max_train_examples / len(train)
         keep, _ = validation_split(stratify_key, fraction, seed, stratify=head_cls.type_name == "classification")

@@ -88,7 +88,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
         >>> round(m["mae"], 3), round(m["spearman"], 3)
         (0.333, 1.0)
     """
-    constant = np.std(y_true) == 0 or np.std(y_pred) == 0
+    constant = bool(np.std(y_true) < 1e-9 or np.std(y_pred) < 1e-9 * max(1.0, float(np.abs(y_pred).max(initial=0.0))))
     return {
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "rmse": float(root_mean_squared_error(y_true, y_pred)),

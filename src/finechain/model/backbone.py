@@ -87,7 +87,7 @@ def resolve_backbone(name_or_path: str, base_dir: Path | None = None) -> tuple[P
 
     Example:
         >>> path, ref = resolve_backbone("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> ref.kind
+        >>> ref.kind  # doctest: +SKIP
         'package'
     """
     if name_or_path in PACKAGED_BACKBONES:

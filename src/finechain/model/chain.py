@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from finechain.data.batching import length_batches, pad_ids, tokenize
+from finechain.data.batching import Encoded, encode, length_batches, pad_ids, tokenize
 from finechain.errors import ArtifactError, FinechainError
 from finechain.io import read_json, write_json
 from finechain.model.backbone import (
@@ -206,11 +206,20 @@ class Chain(nn.Module):
         return names
 
     @torch.inference_mode()
-    def run_tasks(self, texts: list[str], tasks: list[str] | None = None, batch_size: int = 64) -> dict[str, list[torch.Tensor]]:
-        """Raw head outputs per task, in input order; the trunk runs once per batch for all tasks."""
+    def run_tasks(
+        self, texts: list[Any], tasks: list[str] | None = None, batch_size: int = 64
+    ) -> tuple[dict[str, list[torch.Tensor]], Encoded | None]:
+        """Raw head outputs per task, in input order, and the word positions when a tagging task ran.
+
+        The trunk runs once per batch for all requested tasks. ``texts`` are raw strings, or word
+        lists (pre-split input for tagging).
+        """
         names = self._check_tasks(tasks)
         self.eval()
-        ids = tokenize(self.tokenizer, texts, self.max_length)
+        token_level = {n for n in names if self.tasks[n].head.level == "token"}
+        presplit = bool(texts) and isinstance(texts[0], list)
+        encoded = encode(self.tokenizer, texts, self.max_length) if token_level or presplit else None
+        ids = encoded.ids if encoded else tokenize(self.tokenizer, texts, self.max_length)
         outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(texts) for n in names}
         pad = self.tokenizer.pad_token_id or 0
         for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
@@ -219,11 +228,14 @@ class Chain(nn.Module):
             for name in names:
                 result = self.tasks[name](hidden, mask).float().cpu()
                 for row, index in enumerate(batch):
-                    outputs[name][index] = result[row]
-        return outputs
+                    outputs[name][index] = result[row, : len(ids[index])] if name in token_level else result[row]
+        return outputs, encoded
 
-    def predict(self, texts: list[str], tasks: list[str] | None = None, batch_size: int = 64) -> list[dict[str, Any]]:
+    def predict(self, texts: list[Any], tasks: list[str] | None = None, batch_size: int = 64) -> list[dict[str, Any]]:
         """Predictions for every text and requested task (default: all), one trunk pass.
+
+        Classification gives ``label``/``score``, multilabel ``labels``/``scores``, regression
+        ``value``, tagging ``entities`` (type, text, character ``start``/``end``, score) and ``tags``.
 
         Example:
             >>> chain.predict(["great film"], tasks=["sentiment"])  # doctest: +SKIP
@@ -231,20 +243,24 @@ class Chain(nn.Module):
         """
         if isinstance(texts, str):
             texts = [texts]
-        raw = self.run_tasks(list(texts), tasks, batch_size)
-        decoded = {name: self.tasks[name].head.decode(torch.stack(rows)) if rows else [] for name, rows in raw.items()}
+        texts = list(texts)
+        raw, encoded = self.run_tasks(texts, tasks, batch_size)
+        decoded = {}
+        for name, rows in raw.items():
+            head = self.tasks[name].head
+            decoded[name] = head.decode(rows, encoded, texts) if head.level == "token" else head.decode(rows)
         return [{name: decoded[name][i] for name in raw} for i in range(len(texts))]
 
-    def score(self, task: str, texts: list[str], labels: list[Any]) -> dict[str, Any]:
-        """Metrics of ``task`` on labelled texts (labels as parsed by the head type).
+    def score(self, task: str, texts: list[Any], labels: list[Any]) -> dict[str, Any]:
+        """Metrics of ``task`` on labelled texts (labels as parsed by the head type; word lists for tagging).
 
         Example:
             >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
             1.0
         """
         head = self.tasks[task].head
-        logits = torch.stack(self.run_tasks(texts, [task])[task])
-        return head.score(logits, head.targets(labels))
+        outputs, encoded = self.run_tasks(texts, [task])
+        return head.score(outputs[task], head.targets(labels, encoded))
 
     # training -----------------------------------------------------------------------------
     def fit(self, spec: TaskSpec, training: TrainingConfig | None = None, **options: Any) -> FitResult:

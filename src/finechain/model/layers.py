@@ -34,7 +34,7 @@ class Trunk(nn.Module):
 
     Example:
         >>> trunk = Trunk(encoder, split=3)  # doctest: +SKIP
-        >>> hidden = trunk(input_ids, attention_mask)  # [batch, tokens, hidden]
+        >>> hidden = trunk(input_ids, attention_mask)  # [batch, tokens, hidden]  # doctest: +SKIP
     """
 
     def __init__(self, encoder: nn.Module, split: int) -> None:

@@ -19,7 +19,7 @@ class TaskModel(nn.Module):
 
     Example:
         >>> task = TaskModel(ClassificationHead(384, ["neg", "pos"]), branch_layers(encoder, 4), encoder.config)  # doctest: +SKIP
-        >>> logits = task(trunk_hidden, attention_mask)
+        >>> logits = task(trunk_hidden, attention_mask)  # doctest: +SKIP
     """
 
     def __init__(self, head: Head, layers: list[nn.Module], config: object, pooling: Pooling = "mean") -> None:

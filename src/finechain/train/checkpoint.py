@@ -55,7 +55,7 @@ class Checkpointer:
 
     Example:
         >>> ckpt = Checkpointer(Path("runs/intent"), fingerprint="abc")  # doctest: +SKIP
-        >>> ckpt.save(model, best_state, optimizer, scheduler, generator, state)
+        >>> ckpt.save(model, best_state, optimizer, scheduler, generator, state)  # doctest: +SKIP
     """
 
     def __init__(self, run_dir: Path, fingerprint: str) -> None:

@@ -20,7 +20,7 @@ class TrunkFeatures:
 
     Example:
         >>> feats = TrunkFeatures(chain.trunk, ids, pad_id=0, cache="memory")  # doctest: +SKIP
-        >>> hidden, mask = feats.batch([0, 5, 9])
+        >>> hidden, mask = feats.batch([0, 5, 9])  # doctest: +SKIP
     """
 
     def __init__(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from finechain.data.batching import length_batches, tokenize
+from finechain.data.batching import Encoded, encode, length_batches, tokenize
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import SpecError
 from finechain.evaluate.metrics import is_better
@@ -73,22 +73,26 @@ def _param_groups(task: TaskModel, cfg: TrainingConfig) -> list[dict[str, Any]]:
 
 
 @torch.inference_mode()
-def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, precision: str) -> torch.Tensor:
-    """Head outputs for every cached example, in the original order."""
+def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, precision: str) -> list[torch.Tensor]:
+    """Head outputs for every cached example, in the original order (token-level: ``[tokens, labels]`` each)."""
     task.eval()
-    out: list[torch.Tensor | None] = [None] * len(features.lengths)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(features.lengths)
     with autocast_context(features.device, precision):
         for batch in length_batches(features.lengths, batch_size, shuffle=False):
             hidden, mask = features.batch(batch)
             logits = task(hidden, mask).float().cpu()
             for row, index in enumerate(batch):
-                out[index] = logits[row]
-    return torch.stack(out)  # type: ignore[arg-type]
+                out[index] = logits[row, : features.lengths[index]] if task.head.level == "token" else logits[row]
+    return out
 
 
-def _features(chain: Chain, texts: list[str], cfg: TrainingConfig, cache_file: Path) -> TrunkFeatures:
-    ids = tokenize(chain.tokenizer, texts, chain.max_length)
-    return TrunkFeatures(chain.trunk, ids, chain.tokenizer.pad_token_id or 0, cfg.cache, cfg.eval_batch_size, cache_file)
+def _features(
+    chain: Chain, texts: list[Any], cfg: TrainingConfig, cache_file: Path, token_level: bool
+) -> tuple[TrunkFeatures, Encoded | None]:
+    encoded = encode(chain.tokenizer, texts, chain.max_length) if token_level else None
+    ids = encoded.ids if encoded else tokenize(chain.tokenizer, texts, chain.max_length)
+    features = TrunkFeatures(chain.trunk, ids, chain.tokenizer.pad_token_id or 0, cfg.cache, cfg.eval_batch_size, cache_file)
+    return features, encoded
 
 
 def fit_task(
@@ -105,7 +109,7 @@ def fit_task(
 
     Example:
         >>> result = fit_task(chain, TaskSpec(name="sentiment", train="train.csv"))  # doctest: +SKIP
-        >>> result.validation["accuracy"]
+        >>> result.validation["accuracy"]  # doctest: +SKIP
         0.89
     """
     cfg = spec.training.apply(training or TrainingConfig())
@@ -120,11 +124,13 @@ def fit_task(
     device = chain.device
 
     started = time.perf_counter()
-    train_feats = _features(chain, data.train.texts, cfg, run_path / "cache" / "train.npy")
-    val_feats = _features(chain, data.validation.texts, cfg, run_path / "cache" / "validation.npy")
-    y_train = task.head.targets(data.train.labels).to(device)
-    y_val = task.head.targets(data.validation.labels)
-    if metric not in task.head.score(torch.zeros(len(y_val), max(1, len(data.labels))), y_val):
+    token_level = head_cls.level == "token"
+    train_feats, train_enc = _features(chain, data.train.texts, cfg, run_path / "cache" / "train.npy", token_level)
+    val_feats, val_enc = _features(chain, data.validation.texts, cfg, run_path / "cache" / "validation.npy", token_level)
+    y_train = task.head.targets(data.train.labels, train_enc).to(device)
+    y_val = task.head.targets(data.validation.labels, val_enc)
+    blank = [torch.zeros(*((n,) if token_level else ()), max(1, len(data.labels))) for n in val_feats.lengths]
+    if metric not in task.head.score(blank, y_val):
         raise SpecError(f"metric '{metric}' is not reported for {spec.type} tasks", fix=f"drop 'metric' to use '{head_cls.default_metric}'")
 
     batches_per_epoch = math.ceil(len(train_feats.lengths) / cfg.batch_size)

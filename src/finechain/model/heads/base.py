@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from finechain.data.batching import Encoded
 from finechain.data.readers import RawLabel
 from finechain.errors import DataError
 
@@ -64,20 +65,20 @@ class Head(nn.Module, ABC):
                 )
 
     @abstractmethod
-    def targets(self, parsed: list[Any]) -> torch.Tensor:
-        """Training targets for a list of parsed labels."""
+    def targets(self, parsed: list[Any], encoded: Encoded | None = None) -> torch.Tensor:
+        """Training targets for parsed labels (token-level heads align them with ``encoded``)."""
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch."""
 
     @abstractmethod
-    def decode(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        """One JSON-able prediction per row of ``logits``."""
+    def decode(self, outputs: list[torch.Tensor], encoded: Encoded | None = None) -> list[dict[str, Any]]:
+        """One JSON-able prediction per text; ``outputs`` holds each text's head output."""
 
     @abstractmethod
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """Evaluation metrics for whole-split ``logits`` against ``targets``."""
+    def score(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
+        """Evaluation metrics for a whole split's ``outputs`` against ``targets``."""
 
-    def calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def calibrate(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> None:
         """Fit post-hoc settings (thresholds) on validation outputs; default: nothing."""

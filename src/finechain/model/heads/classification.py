@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finechain.data.batching import Encoded
 from finechain.data.readers import RawLabel
 from finechain.errors import DataError
 from finechain.evaluate.metrics import classification_metrics
@@ -21,7 +22,7 @@ class ClassificationHead(Head):
 
     Example:
         >>> head = ClassificationHead(4, ["neg", "pos"])
-        >>> [p["label"] in {"neg", "pos"} for p in head.decode(head(torch.zeros(1, 4)))]
+        >>> [p["label"] in {"neg", "pos"} for p in head.decode(list(head(torch.zeros(1, 4))))]
         [True]
     """
 
@@ -46,7 +47,7 @@ class ClassificationHead(Head):
             raise DataError("empty label", file=file, line=line, fix="fill in the label or remove the row")
         return text
 
-    def targets(self, parsed: list[str]) -> torch.Tensor:
+    def targets(self, parsed: list[str], encoded: Encoded | None = None) -> torch.Tensor:
         """Label indices."""
         index = {name: i for i, name in enumerate(self.labels)}
         return torch.tensor([index[name] for name in parsed], dtype=torch.long)
@@ -55,12 +56,14 @@ class ClassificationHead(Head):
         """Cross-entropy."""
         return F.cross_entropy(logits.float(), targets)
 
-    def decode(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+    def decode(self, outputs: list[torch.Tensor], encoded: Encoded | None = None) -> list[dict[str, Any]]:
         """Top label with its probability."""
-        probs = logits.float().softmax(-1)
+        if not outputs:
+            return []
+        probs = torch.stack(outputs).float().softmax(-1)
         score, best = probs.max(-1)
         return [{"label": self.labels[i], "score": round(s, 6)} for i, s in zip(best.tolist(), score.tolist(), strict=True)]
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    def score(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
         """Accuracy, F1s, per-class report and confusion matrix."""
-        return classification_metrics(targets.tolist(), logits.argmax(-1).tolist(), self.labels)
+        return classification_metrics(targets.tolist(), torch.stack(outputs).argmax(-1).tolist(), self.labels)

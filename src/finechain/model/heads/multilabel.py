@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from finechain.data.batching import Encoded
 from finechain.data.readers import RawLabel
 from finechain.errors import DataError
 from finechain.evaluate.metrics import multilabel_metrics
@@ -25,7 +26,7 @@ class MultiLabelHead(Head):
 
     Example:
         >>> head = MultiLabelHead(4, ["billing", "urgent"])
-        >>> sorted(head.decode(torch.tensor([[3.0, -3.0]]))[0]["labels"])
+        >>> sorted(head.decode([torch.tensor([3.0, -3.0])])[0]["labels"])
         ['billing']
     """
 
@@ -55,7 +56,7 @@ class MultiLabelHead(Head):
             return sorted({str(item).strip() for item in raw if str(item).strip()})
         raise DataError(f"label {raw!r} is not a list of names", file=file, line=line, fix='write ["a", "b"] or "a|b"')
 
-    def targets(self, parsed: list[list[str]]) -> torch.Tensor:
+    def targets(self, parsed: list[list[str]], encoded: Encoded | None = None) -> torch.Tensor:
         """0/1 indicator matrix."""
         index = {name: i for i, name in enumerate(self.labels)}
         out = torch.zeros(len(parsed), len(self.labels))
@@ -71,8 +72,11 @@ class MultiLabelHead(Head):
     def _predict(self, logits: torch.Tensor) -> np.ndarray:
         return (logits.float().sigmoid().numpy() >= np.asarray(self.thresholds)).astype(int)
 
-    def decode(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+    def decode(self, outputs: list[torch.Tensor], encoded: Encoded | None = None) -> list[dict[str, Any]]:
         """Labels above their threshold, and every label's probability."""
+        if not outputs:
+            return []
+        logits = torch.stack(outputs)
         probs = logits.float().sigmoid().tolist()
         chosen = self._predict(logits)
         return [
@@ -83,13 +87,13 @@ class MultiLabelHead(Head):
             for row, prob in zip(chosen, probs, strict=True)
         ]
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    def score(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
         """Micro/macro F1, subset accuracy, per-label report."""
-        return multilabel_metrics(targets.numpy().astype(int), self._predict(logits), self.labels)
+        return multilabel_metrics(targets.numpy().astype(int), self._predict(torch.stack(outputs)), self.labels)
 
-    def calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def calibrate(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> None:
         """Pick each label's threshold that maximises its F1 on validation data."""
-        probs = logits.float().sigmoid().numpy()
+        probs = torch.stack(outputs).float().sigmoid().numpy()
         truth = targets.numpy().astype(int)
         best = []
         for j in range(len(self.labels)):

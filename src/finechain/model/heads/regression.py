@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finechain.data.batching import Encoded
 from finechain.data.readers import RawLabel
 from finechain.errors import DataError
 from finechain.evaluate.metrics import regression_metrics
@@ -23,7 +24,7 @@ class RegressionHead(Head):
 
     Example:
         >>> head = RegressionHead(4, [], mean=3.0, std=2.0)
-        >>> head.decode(torch.tensor([[0.5]]))
+        >>> head.decode([torch.tensor([0.5])])
         [{'value': 4.0}]
     """
 
@@ -69,7 +70,7 @@ class RegressionHead(Head):
         self.mean = float(np.mean(values))
         self.std = float(np.std(values)) or 1.0
 
-    def targets(self, parsed: list[float]) -> torch.Tensor:
+    def targets(self, parsed: list[float], encoded: Encoded | None = None) -> torch.Tensor:
         """Standardised targets."""
         return (torch.tensor(parsed, dtype=torch.float32) - self.mean) / self.std
 
@@ -80,10 +81,10 @@ class RegressionHead(Head):
     def _values(self, logits: torch.Tensor) -> np.ndarray:
         return logits.float().squeeze(-1).numpy() * self.std + self.mean
 
-    def decode(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+    def decode(self, outputs: list[torch.Tensor], encoded: Encoded | None = None) -> list[dict[str, Any]]:
         """The predicted value on the original scale."""
-        return [{"value": round(float(v), 6)} for v in self._values(logits)]
+        return [{"value": round(float(v), 6)} for v in self._values(torch.stack(outputs))] if outputs else []
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    def score(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
         """MAE, RMSE, R², Pearson, Spearman on the original scale."""
-        return regression_metrics(targets.numpy() * self.std + self.mean, self._values(logits))
+        return regression_metrics(targets.numpy() * self.std + self.mean, self._values(torch.stack(outputs)))

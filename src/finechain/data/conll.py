@@ -1,0 +1,94 @@
+"""Read CoNLL-style token tagging files: one ``token ... TAG`` line per token, blank line between sentences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from finechain.data.readers import read_text_file
+from finechain.errors import DataError
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """Words, their BIO tags, and the line the sentence starts on."""
+
+    words: list[str]
+    tags: list[str]
+    line: int
+
+
+def _check_tag(tag: str, previous: str, path: Path, line: int, strict: bool) -> str:
+    if tag != "O" and (len(tag) < 3 or tag[:2] not in {"B-", "I-"}):
+        raise DataError(f"tag '{tag}' is not in BIO form", file=path, line=line, fix="use O, B-TYPE or I-TYPE")
+    if tag.startswith("I-") and previous[2:] != tag[2:]:
+        if strict:
+            raise DataError(
+                f"'{tag}' follows '{previous or 'the sentence start'}' (strict IOB2)",
+                file=path,
+                line=line,
+                fix=f"start the entity with B-{tag[2:]}, or set strict_bio: false to repair IOB1 input",
+            )
+        return "B-" + tag[2:]
+    return tag
+
+
+def read_conll(
+    path: str | Path,
+    *,
+    token_column: int = 0,
+    tag_column: int = -1,
+    strict: bool = False,
+    keep_docstart: bool = False,
+) -> list[TaggedSentence]:
+    """Sentences from a CoNLL file. Columns split on whitespace; ``-DOCSTART-`` lines are dropped by default.
+
+    With ``strict`` an ``I-X`` that does not continue an ``X`` entity is an error; otherwise it is
+    repaired to ``B-X`` (IOB1 -> IOB2).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.conll"
+        >>> _ = p.write_text("-DOCSTART- O\\n\\nEU B-ORG\\nrejects O\\n\\nPeter B-PER\\n")
+        >>> [(s.words, s.tags, s.line) for s in read_conll(p)]
+        [(['EU', 'rejects'], ['B-ORG', 'O'], 3), (['Peter'], ['B-PER'], 6)]
+    """
+    path = Path(path)
+    content = read_text_file(path)
+    if not content.strip():
+        raise DataError("file is empty", file=path, fix="write one 'token TAG' line per token, a blank line between sentences")
+    sentences: list[TaggedSentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    start = 0
+    needed = max(token_column, tag_column if tag_column >= 0 else -tag_column - 1) + 1
+
+    def flush() -> None:
+        if words:
+            sentences.append(TaggedSentence(list(words), list(tags), start))
+        words.clear()
+        tags.clear()
+
+    for number, raw in enumerate(content.splitlines(), start=1):
+        fields = raw.split()
+        if not fields:
+            flush()
+            continue
+        if fields[0] == "-DOCSTART-" and not keep_docstart:
+            flush()
+            continue
+        if len(fields) < max(2, needed):
+            raise DataError(
+                f"expected at least {max(2, needed)} columns (token and tag), found {len(fields)}",
+                file=path,
+                line=number,
+                fix="write 'token TAG' per line, or set token_column / tag_column",
+            )
+        if not words:
+            start = number
+        tags.append(_check_tag(fields[tag_column], tags[-1] if tags else "", path, number, strict))
+        words.append(fields[token_column])
+    flush()
+    if not sentences:
+        raise DataError("no sentences found", file=path, fix="write one 'token TAG' line per token")
+    return sentences

@@ -1,0 +1,200 @@
+"""Token tagging (NER): BIO tags on each word's first sub-word, entity-level metrics with seqeval."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from torch import nn
+
+from finechain.data.batching import Encoded
+from finechain.data.readers import RawLabel
+from finechain.errors import DataError
+from finechain.model.heads.base import Head
+from finechain.model.heads.registry import register_head
+
+IGNORE = -100
+Decoding = Literal["constrained", "argmax"]
+
+
+def allowed_transitions(labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, transition)`` masks of valid IOB2 moves: ``I-X`` only after ``B-X`` or ``I-X``.
+
+    Example:
+        >>> start, trans = allowed_transitions(["B-PER", "I-PER", "O"])
+        >>> start.tolist(), trans[2].tolist()
+        ([True, False, True], [True, False, True])
+    """
+    start = np.array([not tag.startswith("I-") for tag in labels])
+    trans = np.array([[not b.startswith("I-") or (a[2:] == b[2:] and a != "O") for b in labels] for a in labels])
+    return start, trans
+
+
+def viterbi(log_probs: np.ndarray, start: np.ndarray, trans: np.ndarray) -> list[int]:
+    """Best tag path under the IOB2 constraints for ``[words, labels]`` log-probabilities.
+
+    Example:
+        >>> lp = np.log(np.array([[0.1, 0.6, 0.3], [0.2, 0.7, 0.1]]))  # B-PER, I-PER, O
+        >>> viterbi(lp, *allowed_transitions(["B-PER", "I-PER", "O"]))
+        [0, 1]
+    """
+    penalty = np.where(trans, 0.0, -np.inf)
+    score = np.where(start, log_probs[0], -np.inf)
+    back = []
+    for row in log_probs[1:]:
+        total = score[:, None] + penalty
+        back.append(total.argmax(0))
+        score = total.max(0) + row
+    path = [int(score.argmax())]
+    for pointers in reversed(back):
+        path.append(int(pointers[path[-1]]))
+    return path[::-1]
+
+
+def spans_from_tags(tags: list[str]) -> list[tuple[str, int, int]]:
+    """``(type, first_word, last_word)`` for each entity in an IOB2 (or repaired) tag sequence.
+
+    Example:
+        >>> spans_from_tags(["B-PER", "I-PER", "O", "I-LOC"])
+        [('PER', 0, 1), ('LOC', 3, 3)]
+    """
+    spans: list[tuple[str, int, int]] = []
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            continue
+        kind = tag[2:]
+        if tag.startswith("I-") and spans and spans[-1][0] == kind and spans[-1][2] == i - 1:
+            spans[-1] = (kind, spans[-1][1], i)
+        else:
+            spans.append((kind, i, i))
+    return spans
+
+
+@register_head
+class TaggingHead(Head):
+    """One BIO tag per word, predicted from the word's first sub-word; entities as character spans.
+
+    Example:
+        >>> head = TaggingHead(4, ["B-PER", "I-PER", "O"])
+        >>> enc = Encoded([[101, 7, 8, 102]], [[1, 2]], [[(0, 6), (7, 13)]])
+        >>> out = torch.tensor([[0., 0, 9], [9, 0, 0], [0, 9, 0], [0, 0, 9]])
+        >>> head.decode([out], enc, ["Angela Merkel"])[0]["entities"][0]["text"]
+        'Angela Merkel'
+    """
+
+    type_name = "tagging"
+    level = "token"
+    default_metric = "entity_f1"
+
+    def __init__(self, hidden_size: int, labels: list[str], dropout: float = 0.1, decoding: Decoding = "constrained") -> None:
+        super().__init__(hidden_size, labels, dropout)
+        self.out = nn.Linear(hidden_size, len(labels))
+        self.decoding: Decoding = decoding
+        self._start, self._trans = allowed_transitions(self.labels)
+
+    def config(self) -> dict[str, Any]:
+        """Adds the decoding mode."""
+        return {**super().config(), "decoding": self.decoding}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``[batch, tokens, labels]``."""
+        return self.out(self.dropout(features))
+
+    @classmethod
+    def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: dict[str, Any]) -> list[str]:
+        """Tag lists come checked from the CoNLL reader."""
+        if not isinstance(raw, list):
+            raise DataError("tagging labels must be a tag per word", file=file, line=line, fix="use a CoNLL file (token TAG per line)")
+        return [str(tag) for tag in raw]
+
+    @classmethod
+    def label_names(cls, parsed: list[Any]) -> list[str]:
+        """All tags seen, plus ``O``, plus ``I-X`` for every ``B-X`` (so every entity can continue)."""
+        tags = {"O"} | {tag for row in parsed for tag in row}
+        tags |= {"I-" + tag[2:] for tag in tags if tag.startswith("B-")}
+        return sorted(tags)
+
+    def targets(self, parsed: list[list[str]], encoded: Encoded | None = None) -> torch.Tensor:
+        """Tag ids at each word's first sub-word, ``-100`` elsewhere: ``[texts, max tokens]``."""
+        if encoded is None:
+            raise ValueError("tagging targets need the encoded word positions")
+        index = {tag: i for i, tag in enumerate(self.labels)}
+        out = torch.full((len(parsed), max(encoded.lengths)), IGNORE, dtype=torch.long)
+        for row, (tags, starts) in enumerate(zip(parsed, encoded.word_starts, strict=True)):
+            for tag, position in zip(tags, starts, strict=True):
+                if position is not None:
+                    out[row, position] = index[tag]
+        return out
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Token cross-entropy over first sub-words."""
+        gold = targets[:, : logits.shape[1]]
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=IGNORE)
+
+    def word_tags(self, output: torch.Tensor, positions: list[int]) -> tuple[list[str], list[float]]:
+        """Tags and their probabilities for the words whose first sub-words are at ``positions``."""
+        if not positions:
+            return [], []
+        log_probs = output[positions].float().log_softmax(-1).numpy()
+        path = viterbi(log_probs, self._start, self._trans) if self.decoding == "constrained" else log_probs.argmax(-1).tolist()
+        return [self.labels[i] for i in path], [float(np.exp(log_probs[w, i])) for w, i in enumerate(path)]
+
+    def decode(self, outputs: list[torch.Tensor], encoded: Encoded | None = None, texts: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Per text: word tags and entities (type, text, character offsets or word indices, score)."""
+        if encoded is None:
+            raise ValueError("tagging predictions need the encoded word positions")
+        results = []
+        for row, output in enumerate(outputs):
+            starts = encoded.word_starts[row]
+            kept = [p for p in starts if p is not None]
+            tags, probs = self.word_tags(output, kept)
+            tags += ["O"] * (len(starts) - len(kept))  # words cut off by max_length
+            probs += [1.0] * (len(starts) - len(kept))
+            entities = []
+            for kind, first, last in spans_from_tags(tags):
+                entity: dict[str, Any] = {"type": kind, "score": round(float(np.mean(probs[first : last + 1])), 6)}
+                if encoded.word_spans is not None:
+                    begin, end = encoded.word_spans[row][first][0], encoded.word_spans[row][last][1]
+                    entity.update(start=begin, end=end, text=texts[row][begin:end] if texts else None)
+                else:
+                    entity.update(first_word=first, last_word=last, text=" ".join(texts[row][first : last + 1]) if texts else None)
+                entities.append(entity)
+            results.append({"entities": entities, "tags": tags})
+        return results
+
+    def _paths(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> tuple[list[list[str]], list[list[str]]]:
+        gold, pred = [], []
+        for output, target in zip(outputs, targets, strict=True):
+            positions = (target != IGNORE).nonzero().flatten().tolist()
+            gold.append([self.labels[i] for i in target[positions].tolist()])
+            pred.append(self.word_tags(output, positions)[0])
+        return gold, pred
+
+    def score(self, outputs: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
+        """Entity precision/recall/F1 (micro, seqeval) with a per-type report, and word accuracy."""
+        gold, pred = self._paths(outputs, targets)
+        report = classification_report(gold, pred, output_dict=True, zero_division=0)
+        per_type = {
+            kind: {
+                "precision": float(m["precision"]),
+                "recall": float(m["recall"]),
+                "f1": float(m["f1-score"]),
+                "support": int(m["support"]),
+            }
+            for kind, m in report.items()
+            if "avg" not in kind
+        }
+        flat_gold = [t for row in gold for t in row]
+        flat_pred = [t for row in pred for t in row]
+        return {
+            "entity_f1": float(f1_score(gold, pred, zero_division=0)),
+            "entity_precision": float(precision_score(gold, pred, zero_division=0)),
+            "entity_recall": float(recall_score(gold, pred, zero_division=0)),
+            "macro_f1": float(np.mean([m["f1"] for m in per_type.values()])) if per_type else 0.0,
+            "word_accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred, strict=True)])) if flat_gold else 0.0,
+            "per_type": per_type,
+            "n": len(gold),
+        }

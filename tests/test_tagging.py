@@ -1,0 +1,119 @@
+"""Token tagging: CoNLL reading and its errors, first-subword training, spans, constrained decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.conll import read_conll
+from finechain.errors import DataError
+from finechain.model.heads.tagging import allowed_transitions, spans_from_tags, viterbi
+from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
+
+FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+
+
+def test_conll_reader_repairs_iob1_and_columns(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("-DOCSTART- -X- O O\n\nEU NNP B-NP I-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP I-MISC\n\n")
+    (sentence,) = read_conll(path)
+    assert sentence.words == ["EU", "rejects", "German"] and sentence.tags == ["B-ORG", "O", "B-MISC"] and sentence.line == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "strict", "line", "message"),
+    [
+        ("EU B-ORG\nrejects\n", False, 2, "expected at least 2 columns"),
+        ("EU ORG\n", False, 1, "tag 'ORG' is not in BIO form"),
+        ("EU O\nUnion I-ORG\n", True, 2, "'I-ORG' follows 'O' (strict IOB2)"),
+        ("EU B-PER\nUnion I-ORG\n", True, 2, "'I-ORG' follows 'B-PER'"),
+        ("\n\n", False, None, "file is empty"),
+    ],
+)
+def test_bad_conll_is_one_line_with_file_and_line(tmp_path: Path, content: str, strict: bool, line: int | None, message: str) -> None:
+    path = tmp_path / "bad.conll"
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        read_conll(path, strict=strict)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert text.startswith(f"{path}:{line}:" if line else f"{path}:")
+
+
+def test_viterbi_never_emits_invalid_bio() -> None:
+    labels = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+    start, trans = allowed_transitions(labels)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        path = [labels[i] for i in viterbi(np.log(rng.dirichlet(np.ones(5), size=6)), start, trans)]
+        previous = "O"
+        for tag in path:
+            assert not tag.startswith("I-") or (previous[2:] == tag[2:] and previous != "O")
+            previous = tag
+    assert spans_from_tags(["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]) == [("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 4)]
+
+
+def test_tagging_learns_and_predicts_character_spans(tiny_backbone: Path, tmp_path: Path) -> None:
+    train = write_conll(tmp_path / "train.conll", ner_sentences(200, 1))
+    dev = write_conll(tmp_path / "dev.conll", ner_sentences(50, 2))
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    result = chain.fit(TaskSpec(name="ner", type="tagging", train=train, dev=dev), FAST, progress=False)
+    assert result.validation["entity_f1"] > 0.9
+    assert set(result.validation["per_type"]) == {"LOC", "PER"}
+    text = "alice visited new york"
+    (prediction,) = chain.predict([text])
+    entities = [(e["type"], e["text"], e["start"], e["end"]) for e in prediction["ner"]["entities"]]
+    assert entities == [("PER", "alice", 0, 5), ("LOC", "new york", 14, 22)]
+    reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))
+    assert reloaded.predict([text]) == [prediction]
+
+
+def test_mixed_chain_answers_any_subset_in_one_pass(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    chain.fit(
+        TaskSpec(name="ner", type="tagging", train=write_conll(tmp_path / "t.conll", ner_sentences(100, 1))),
+        FAST.model_copy(update={"epochs": 2}),
+        progress=False,
+    )
+    chain.fit(
+        TaskSpec(name="sent", train=write_csv(tmp_path / "s.csv", sentiment_rows(60, 1))),
+        FAST.model_copy(update={"epochs": 2}),
+        progress=False,
+    )
+    chain.fit(
+        TaskSpec(
+            name="score", type="regression", train=write_csv(tmp_path / "r.csv", [(t, float(len(t))) for t, _ in sentiment_rows(60, 2)])
+        ),
+        FAST.model_copy(update={"epochs": 2}),
+        progress=False,
+    )
+    calls = {"n": 0}
+    original = chain.trunk.forward
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chain.trunk, "forward", counting)
+    texts = ["bob met carol in rome", "good movie"]
+    everything = chain.predict(texts, batch_size=64)
+    assert calls["n"] == 1 and set(everything[0]) == {"ner", "sent", "score"}
+    subset = chain.predict(texts, tasks=["sent", "ner"])
+    assert subset == [{k: v for k, v in row.items() if k in {"sent", "ner"}} for row in everything]
+
+
+def test_tagging_spec_errors_through_data_loading(tmp_path: Path) -> None:
+    from finechain.data.prepare import load_task_data
+    from finechain.model.heads import head_type
+
+    train = write_conll(tmp_path / "t.conll", ner_sentences(20, 1))
+    dev = tmp_path / "d.conll"
+    dev.write_text("alice B-PER\nparis B-CITY\n")
+    with pytest.raises(DataError, match=r"d\.conll:1: label 'B-CITY' does not occur"):
+        load_task_data(TaskSpec(name="n", type="tagging", train=train, dev=dev), head_type("tagging"), seed=0)
+    csv = write_csv(tmp_path / "c.csv", sentiment_rows(10, 0))
+    with pytest.raises(DataError, match="format 'conll' is for tagging"):
+        load_task_data(TaskSpec(name="c", train=csv, format="conll"), head_type("classification"), seed=0)
