@@ -157,3 +157,25 @@ def _tampered(folder: Path) -> Path:
     weights[first] = weights[first] + 1
     save_file(weights, folder / "model.safetensors")
     return folder
+
+
+def test_lora_branch_trains_small_delta_and_roundtrips(tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    spec = TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1], branch={"mode": "lora", "rank": 4})
+    result = chain.fit(spec, FAST.model_copy(update={"learning_rate": 1e-2}), progress=False)
+    assert result.validation["accuracy"] >= 0.8
+    task = chain.tasks["s"]
+    description = task.describe()
+    assert description["branch"] == {"mode": "lora", "rank": 4, "alpha": 16, "dropout": 0.05, "targets": ["query", "key", "value", "dense"]}
+    assert description["stored_parameters"] < 0.3 * sum(p.numel() for p in task.branch.parameters())
+    pretrained = dict(chain._pretrained_upper[0].named_parameters())
+    for name, param in task.branch.layers[0].named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, pretrained[name.replace(".base_layer", "")])
+    out = chain.save_pretrained(tmp_path / "chain")
+    full = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    full.fit(TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), FAST.model_copy(update={"epochs": 1}), progress=False)
+    full_dir = full.save_pretrained(tmp_path / "full")
+    lora_size = (out / "tasks" / "s" / "branch.safetensors").stat().st_size
+    assert lora_size < 0.3 * (full_dir / "tasks" / "s" / "branch.safetensors").stat().st_size
+    assert Chain.from_pretrained(out).predict(["superb music", "awful plot"]) == chain.predict(["superb music", "awful plot"])

@@ -62,6 +62,23 @@ class TrainingOverrides(BaseModel):
         return base.model_copy(update=self.model_dump(exclude_none=True))
 
 
+class BranchConfig(BaseModel):
+    """How the task's branch layers are tuned: fully, or with LoRA adapters (peft)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["full", "lora"] = "full"
+    rank: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    targets: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"], min_length=1)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """Only the mode for full tuning; every option for LoRA."""
+        data = super().model_dump(**kwargs)
+        return {"mode": "full"} if self.mode == "full" else data
+
+
 class TaskSpec(BaseModel):
     """One task: its type, data files and columns, head options and training overrides."""
 
@@ -82,6 +99,7 @@ class TaskSpec(BaseModel):
     keep_docstart: bool = Field(False, description="tagging: keep -DOCSTART- lines as tokens")
     decoding: Literal["constrained", "argmax"] = Field("constrained", description="tagging: valid-BIO Viterbi or per-word argmax")
     pooling: Pooling = "mean"
+    branch: BranchConfig = Field(default_factory=BranchConfig)
     metric: str | None = None
     dropout: float = Field(0.1, ge=0, lt=1)
     dev_fraction: float = Field(0.1, gt=0, lt=0.5)

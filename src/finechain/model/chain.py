@@ -20,6 +20,7 @@ from finechain.model.backbone import (
     locate_backbone,
     resolve_backbone,
 )
+from finechain.model.branches import branch_mode
 from finechain.model.heads import Head
 from finechain.model.layers import Trunk, copy_layers
 from finechain.model.pooling import Pooling
@@ -131,14 +132,16 @@ class Chain(nn.Module):
         """New copies of the pretrained upper layers, to start a task branch from."""
         return copy_layers(self._pretrained_upper)
 
-    def new_task(self, head_cls: type[Head], labels: list[str], pooling: Pooling = "mean", dropout: float = 0.1) -> TaskModel:
+    def new_task(
+        self, head_cls: type[Head], labels: list[str], pooling: Pooling = "mean", dropout: float = 0.1, branch: dict[str, Any] | None = None
+    ) -> TaskModel:
         """An untrained tail for a task type (not yet attached to the chain).
 
         Example:
             >>> task = chain.new_task(ClassificationHead, ["neg", "pos"])  # doctest: +SKIP
         """
         head = head_cls(self.encoder_config.hidden_size, labels, dropout=dropout)
-        return TaskModel(head, self.fresh_branch(), self.encoder_config, pooling).to(self.device)
+        return TaskModel(head, self.fresh_branch(), self.encoder_config, pooling, branch_mode(branch)).to(self.device)
 
     def attach(self, name: str, task: TaskModel, info: dict[str, Any] | None = None) -> None:
         """Add (or replace) a trained task; no other task is touched."""

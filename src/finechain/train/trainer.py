@@ -59,6 +59,8 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 def _param_groups(task: TaskModel, cfg: TrainingConfig) -> list[dict[str, Any]]:
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in task.named_parameters():
+        if not param.requires_grad:
+            continue
         is_head = name.startswith("head.")
         no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
         groups.setdefault((is_head, no_decay), []).append(param)
@@ -118,7 +120,7 @@ def fit_task(
     metric = spec.metric or head_cls.default_metric
     run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix=f"finechain-{spec.name}-"))
     torch.manual_seed(cfg.seed)
-    task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout)
+    task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump())
     if hasattr(task.head, "fit_scale"):
         task.head.fit_scale(data.train.labels)
     device = chain.device
