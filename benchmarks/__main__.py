@@ -6,6 +6,7 @@ import sys
 
 SUITES = {
     "split-sweep": "benchmarks.split_sweep",
+    "infer": "benchmarks.infer",
     "report": "benchmarks.report",
 }
 

@@ -6,14 +6,19 @@ python -m benchmarks report
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, ROOT
 
 NOTES = ROOT / "benchmarks" / "notes"
-DOC = ROOT / "docs" / "benchmarks.md"
-SUITE_TITLES = {"split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)"}
+DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
+SUITE_TITLES = {
+    "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
+    "infer": "Inference: one chain vs separate models (CPU)",
+}
 PEER_FIRST = {"hf-trainer": 0}
 
 
@@ -55,7 +60,25 @@ def split_sweep_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-TABLES = {"split_sweep": split_sweep_table}
+def infer_table(records: list[dict[str, Any]]) -> str:
+    """Throughput and peak memory per number of tasks, with finechain's speed-up over each peer."""
+    by: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        entry = by[r["task"]][r["system"]]
+        entry[r["metric"]] = r["value"]
+        entry.setdefault("variant", r["variant"])
+    out = ["| tasks | system | variant | texts/s | finechain speed-up | peak RSS MB |", "| --- | --- | --- | --- | --- | --- |"]
+    for task, systems in sorted(by.items()):
+        ours = systems.get("finechain", {}).get("samples_per_second")
+        for system, m in systems.items():
+            speed = m.get("samples_per_second")
+            ratio = f"{ours / speed:.2f}x" if ours and speed else "-"
+            rate, rss = _fmt("samples_per_second", speed), _fmt("rss_mb", m.get("rss_mb"))
+            out.append(f"| {task} | {system} | {m['variant']} | {rate} | {ratio} | {rss} |")
+    return "\n".join(out) + "\n"
+
+
+TABLES = {"split_sweep": split_sweep_table, "infer": infer_table}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,3 +69,26 @@ def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path
     keys = {"suite", "task", "system", "variant", "metric", "value", "unit", "device", "date"}
     assert records and all(set(r) == keys for r in records)
     assert {r["system"] for r in records} == {"finechain", "hf-trainer"}
+
+
+def test_infer_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "FINECHAIN_RESULTS": str(tmp_path),
+        "FINECHAIN_DATASETS": str(shared_datasets),
+        "FINECHAIN_DOC": str(tmp_path / "benchmarks.md"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "infer", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads((tmp_path / "infer.json").read_text())
+    assert {(r["system"], r["metric"]) for r in records} >= {
+        ("finechain", "samples_per_second"),
+        ("hf-separate", "samples_per_second"),
+        ("hf-pipeline", "samples_per_second"),
+        ("finechain", "rss_mb"),
+    }
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "report"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| 4 tasks | finechain |" in (tmp_path / "benchmarks.md").read_text()
