@@ -23,11 +23,11 @@ pytestmark = pytest.mark.integration
 def test_real_backbone_learns_sst2_slice(shared_datasets: Path, tmp_path: Path) -> None:
     chain = Chain.from_backbone("all-MiniLM-L6-v2")
     assert (chain.split, chain.num_layers, chain.backbone_ref.kind) == (3, 6, "package")
-    spec = TaskSpec(name="sst2", train=shared_datasets / "sst2/train.csv", max_train_examples=800)
-    chain.fit(spec, TrainingConfig(epochs=2), progress=False)
+    spec = TaskSpec(name="sst2", train=shared_datasets / "sst2/train.csv", max_train_examples=1500)
+    chain.fit(spec, TrainingConfig(epochs=3), progress=False)
     dev = read_examples(shared_datasets / "sst2/dev.csv")[:300]
     accuracy = chain.score("sst2", [e.text for e in dev], [str(e.label) for e in dev])["accuracy"]
-    assert accuracy > 0.75
+    assert accuracy > 0.78
     loaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "c"))
     assert loaded.predict(["a gorgeous, witty film"]) == chain.predict(["a gorgeous, witty film"])
 
