@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finechain.spec import BranchConfig, ChainSpec, TaskSpec, TrainingConfig, TrainingOverrides
+from finechain.spec import BranchConfig, ChainSpec, JointConfig, TaskSpec, TrainingConfig, TrainingOverrides
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "spec.md").read_text()
 
 
 def test_every_spec_field_is_documented() -> None:
-    for model in (ChainSpec, TaskSpec, TrainingConfig, BranchConfig):
+    for model in (ChainSpec, TaskSpec, TrainingConfig, BranchConfig, JointConfig):
         for field in model.model_fields:
             assert f"| `{field}` |" in DOC, f"{model.__name__}.{field} missing from docs/spec.md"
 

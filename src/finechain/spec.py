@@ -121,6 +121,18 @@ class TaskSpec(BaseModel):
         return self.model_copy(update=update)
 
 
+class JointConfig(BaseModel):
+    """Joint multi-task fine-tuning of the trunk (``sharing: joint``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(3, ge=1, description="passes over all tasks' data, one task sampled per step")
+    temperature: float = Field(2.0, gt=0, description="task sampling: size ** (1/T); 1 = proportional, large = uniform")
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="per-task loss multipliers (default 1)")
+    trunk_learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the trunk layers")
+    refine_epochs: int = Field(1, ge=0, description="per-task epochs on the frozen tuned trunk afterwards; 0 = none")
+
+
 class ChainSpec(BaseModel):
     """A whole chain: backbone, split depth, shared training settings and tasks."""
 
@@ -131,6 +143,8 @@ class ChainSpec(BaseModel):
     max_length: int = Field(128, ge=8, le=4096)
     copy_backbone: bool = False
     device: str = "auto"
+    sharing: Literal["frozen", "joint"] = Field("frozen", description="frozen backbone trunk, or a trunk tuned on all tasks jointly")
+    joint: JointConfig = Field(default_factory=JointConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
 
@@ -140,6 +154,9 @@ class ChainSpec(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        unknown = sorted(set(self.joint.loss_weights) - set(names))
+        if unknown:
+            raise ValueError(f"joint.loss_weights names unknown tasks {unknown}")
         return self
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from finechain.data.batching import Encoded, encode, length_batches, pad_ids, tokenize
 from finechain.errors import ArtifactError, FinechainError
-from finechain.io import read_json, write_json
+from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
     DEFAULT_BACKBONE,
     BackboneRef,
@@ -85,6 +85,7 @@ class Chain(nn.Module):
         self._pretrained_upper = list(encoder.encoder.layer)[split:]  # templates for new branches (not saved)
         self.tasks = nn.ModuleDict()
         self.task_info: dict[str, dict[str, Any]] = {}
+        self.trunk_tuning: dict[str, Any] | None = None  # set when the trunk's layers were trained (joint sharing)
 
     # construction -------------------------------------------------------------------------
     @classmethod
@@ -119,6 +120,13 @@ class Chain(nn.Module):
         path = locate_backbone(ref, directory, backbone_path)
         encoder = load_encoder(path)
         chain = cls(encoder, load_tokenizer(path), ref, path, manifest["split"], manifest.get("max_length", 128))
+        if manifest.get("trunk"):
+            if not (directory / "trunk.safetensors").is_file():
+                raise ArtifactError(
+                    "the chain's tuned trunk (trunk.safetensors) is missing", file=directory, fix="re-save or retrain the chain"
+                )
+            chain.trunk.stack.layers.load_state_dict(load_tensors(directory / "trunk.safetensors"))
+            chain.trunk_tuning = manifest["trunk"]
         for name, entry in manifest["tasks"].items():
             task_dir = directory / "tasks" / name
             missing = [f for f in entry["files"].values() if not (task_dir / f).is_file()]
@@ -166,6 +174,7 @@ class Chain(nn.Module):
             "num_layers": self.num_layers,
             "hidden_size": self.encoder_config.hidden_size,
             "max_length": self.max_length,
+            "trunk": self.trunk_tuning,
             "tasks": {
                 name: {
                     **task.describe(),
@@ -186,6 +195,8 @@ class Chain(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.trunk_tuning is not None and (tasks is None or not (directory / "trunk.safetensors").exists()):
+            save_tensors(directory / "trunk.safetensors", self.trunk.stack.layers.state_dict())
         for name in tasks if tasks is not None else list(self.tasks):
             self.tasks[name].save(directory / "tasks" / name)
         if copy_backbone and self.backbone_ref.kind != "copied":

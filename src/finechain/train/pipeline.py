@@ -13,6 +13,7 @@ from finechain.evaluate.report import write_report
 from finechain.model.chain import MANIFEST, Chain, pick_device
 from finechain.model.heads import head_type
 from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs
+from finechain.train.joint import fit_joint
 from finechain.train.trainer import FitResult
 
 Row = tuple[str, str, dict[str, Any]]
@@ -32,12 +33,16 @@ def _train_and_save(
     )
     result: FitResult = chain.fit(spec, training, run_dir=out_dir / "runs" / spec.name, resume=resume, progress=progress, data=data)
     chain.save_pretrained(out_dir, tasks=[spec.name])
-    labels = chain.tasks[spec.name].head.labels
-    write_report(out_dir / "reports" / spec.name, spec.name, "validation", result.validation, labels)
-    rows: list[Row] = [(spec.name, "validation", _scalars(result.validation))]
+    return _reports(chain, spec.name, result, out_dir)
+
+
+def _reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[Row]:
+    labels = chain.tasks[name].head.labels
+    write_report(out_dir / "reports" / name, name, "validation", result.validation, labels)
+    rows: list[Row] = [(name, "validation", _scalars(result.validation))]
     if result.test is not None:
-        write_report(out_dir / "reports" / spec.name, spec.name, "test", result.test, labels)
-        rows.append((spec.name, "test", _scalars(result.test)))
+        write_report(out_dir / "reports" / name, name, "test", result.test, labels)
+        rows.append((name, "test", _scalars(result.test)))
     return rows
 
 
@@ -73,10 +78,20 @@ def train_chain(
         f"each task tunes {chain.num_layers - chain.split} branch layers"
     )
     rows: list[Row] = []
+    pending = [task for task in spec.tasks if task.name not in chain.tasks]
     for task in spec.tasks:
-        if task.name in chain.tasks:
+        if task not in pending:
             console.print(f"{task.name}: already trained, kept")
-            continue
+    if spec.sharing == "joint" and pending:
+        if chain.tasks:
+            raise FinechainError("joint training must train all tasks together", file=out_dir, fix="start again in an empty --out folder")
+        console.print(f"joint multi-task training of the trunk on {[t.name for t in pending]}")
+        results = fit_joint(chain, pending, data, spec.training, spec.joint, run_dir=out_dir / "runs", resume=resume, progress=progress)
+        chain.save_pretrained(out_dir)
+        for task in pending:
+            rows += _reports(chain, task.name, results[task.name], out_dir)
+        pending = []
+    for task in pending:
         rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
     chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
     return rows

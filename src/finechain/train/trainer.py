@@ -6,6 +6,7 @@ import contextlib
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,22 +57,28 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _param_groups(task: TaskModel, cfg: TrainingConfig) -> list[dict[str, Any]]:
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in task.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_head = name.startswith("head.")
-        no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((is_head, no_decay), []).append(param)
+def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: a learning rate per parameter name, no weight decay on biases and LayerNorm.
+
+    Example:
+        >>> groups = param_groups(torch.nn.Linear(2, 2), lambda name: 0.1, 0.01)
+        >>> [(g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
+        [(0.1, 0.01, 1), (0.1, 0.0, 1)]
+    """
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+            groups.setdefault((learning_rate(name), no_decay), []).append(param)
     return [
-        {
-            "params": params,
-            "lr": cfg.head_learning_rate if is_head else cfg.learning_rate,
-            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-        }
-        for (is_head, no_decay), params in sorted(groups.items())
+        {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay}
+        for (lr, no_decay), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
     ]
+
+
+def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
+    """Head parameters get ``head_learning_rate``, everything else ``learning_rate``."""
+    return lambda name: cfg.head_learning_rate if name.startswith("head.") or ".head." in name else cfg.learning_rate
 
 
 @torch.inference_mode()
@@ -106,8 +113,11 @@ def fit_task(
     resume: bool = False,
     progress: bool = True,
     data: TaskData | None = None,
+    init: TaskModel | None = None,
 ) -> FitResult:
     """Validate the data, train a new tail for ``spec`` and attach the best epoch to ``chain``.
+
+    ``init`` continues from an existing tail (e.g. after joint multi-task training) instead of a fresh one.
 
     Example:
         >>> result = fit_task(chain, TaskSpec(name="sentiment", train="train.csv"))  # doctest: +SKIP
@@ -120,8 +130,8 @@ def fit_task(
     metric = spec.metric or head_cls.default_metric
     run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix=f"finechain-{spec.name}-"))
     torch.manual_seed(cfg.seed)
-    task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump())
-    if hasattr(task.head, "fit_scale"):
+    task = init or chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump())
+    if init is None and hasattr(task.head, "fit_scale"):
         task.head.fit_scale(data.train.labels)
     device = chain.device
 
@@ -138,7 +148,7 @@ def fit_task(
     batches_per_epoch = math.ceil(len(train_feats.lengths) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(_param_groups(task, cfg), fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(param_groups(task, tail_learning_rate(cfg), cfg.weight_decay), fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpointer = Checkpointer(
@@ -197,27 +207,35 @@ def fit_task(
             checkpointer.save(task, best, optimizer, scheduler, generator, state)
 
     task.load_state_dict(best)
-    val_logits = task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
-    task.head.calibrate(val_logits, y_val)
-    validation = task.head.score(val_logits, y_val)
+    info = {"metric": metric, "best_epoch": state.best_epoch, "training": cfg.model_dump()}
+    validation, test_scores = attach_scored(
+        chain, spec, task, data, info, task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
+    )
     train_seconds = time.perf_counter() - started
-    test_scores = None
-    info: dict[str, Any] = {
-        "metric": metric,
-        "best_epoch": state.best_epoch,
-        "training": cfg.model_dump(),
-        "data": data.provenance,
-        "spec": spec.model_dump(mode="json"),
-        "train_seconds": round(train_seconds, 3),
-    }
-    chain.attach(spec.name, task, info)
-    if data.test is not None:
-        test_scores = chain.score(spec.name, data.test.texts, data.test.labels)
-    chain.task_info[spec.name]["metrics"] = {
-        "validation": _headline(validation),
-        **({"test": _headline(test_scores)} if test_scores else {}),
-    }
+    chain.task_info[spec.name]["train_seconds"] = round(train_seconds, 3)
     return FitResult(spec.name, metric, state.best_epoch, validation, test_scores, train_seconds, seen / max(state.seconds, 1e-9), history)
+
+
+def attach_scored(
+    chain: Chain, spec: TaskSpec, task: TaskModel, data: TaskData, info: dict[str, Any], val_outputs: list[torch.Tensor] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Calibrate a trained tail on validation data, attach it, and score validation and test splits.
+
+    Example:
+        >>> validation, test = attach_scored(chain, spec, task, data, {"metric": "accuracy"})  # doctest: +SKIP
+    """
+    chain.attach(spec.name, task, {**info, "data": data.provenance, "spec": spec.model_dump(mode="json")})
+    if val_outputs is None:
+        val_outputs, encoded = chain.run_tasks(data.validation.texts, [spec.name])
+        val_outputs = val_outputs[spec.name]
+    else:
+        encoded = encode(chain.tokenizer, data.validation.texts, chain.max_length) if task.head.level == "token" else None
+    y_val = task.head.targets(data.validation.labels, encoded)
+    task.head.calibrate(val_outputs, y_val)
+    validation = task.head.score(val_outputs, y_val)
+    test = chain.score(spec.name, data.test.texts, data.test.labels) if data.test is not None else None
+    chain.task_info[spec.name]["metrics"] = {"validation": _headline(validation), **({"test": _headline(test)} if test else {})}
+    return validation, test
 
 
 def _headline(scores: dict[str, Any]) -> dict[str, float]:

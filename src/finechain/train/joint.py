@@ -1,0 +1,193 @@
+"""Joint multi-task fine-tuning of the shared trunk (MT-DNN style), then optional per-task refinement."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from finechain.data.batching import Encoded, encode, length_batches, pad_ids, tokenize
+from finechain.data.prepare import TaskData
+from finechain.evaluate.metrics import LOWER_IS_BETTER, is_better
+from finechain.model.heads import head_type
+from finechain.model.task import TaskModel
+from finechain.spec import JointConfig, TaskSpec, TrainingConfig
+from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
+from finechain.train.features import TrunkFeatures
+from finechain.train.progress import MetricsLog, TrainProgress
+from finechain.train.trainer import FitResult, attach_scored, autocast_context, fit_task, param_groups, task_outputs
+
+if TYPE_CHECKING:
+    from finechain.model.chain import Chain
+
+
+@dataclass
+class _Job:
+    spec: TaskSpec
+    data: TaskData
+    task: TaskModel
+    metric: str
+    ids: list[list[int]]
+    targets: torch.Tensor
+    val_ids: list[list[int]]
+    val_targets: torch.Tensor
+    weight: float
+
+
+def sampling_probabilities(sizes: list[int], temperature: float) -> torch.Tensor:
+    """Task sampling: ``size ** (1 / temperature)``, normalised. 1 = proportional, large = uniform.
+
+    Example:
+        >>> sampling_probabilities([100, 400], 1.0).tolist(), sampling_probabilities([100, 400], 1e9).tolist()
+        ([0.2, 0.8], [0.5, 0.5])
+    """
+    raw = torch.tensor(sizes, dtype=torch.float64) ** (1.0 / temperature)
+    return (raw / raw.sum()).float()
+
+
+def _encode(chain: Chain, texts: list[Any], token_level: bool) -> tuple[list[list[int]], Encoded | None]:
+    encoded = encode(chain.tokenizer, texts, chain.max_length) if token_level else None
+    return (encoded.ids if encoded else tokenize(chain.tokenizer, texts, chain.max_length)), encoded
+
+
+def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], training: TrainingConfig, joint: JointConfig) -> list[_Job]:
+    jobs = []
+    for spec in specs:
+        head_cls = head_type(spec.type)
+        data = datas[spec.name]
+        task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump())
+        if hasattr(task.head, "fit_scale"):
+            task.head.fit_scale(data.train.labels)
+        token_level = head_cls.level == "token"
+        ids, enc = _encode(chain, data.train.texts, token_level)
+        val_ids, val_enc = _encode(chain, data.validation.texts, token_level)
+        jobs.append(
+            _Job(
+                spec,
+                data,
+                task,
+                spec.metric or head_cls.default_metric,
+                ids,
+                task.head.targets(data.train.labels, enc).to(chain.device),
+                val_ids,
+                task.head.targets(data.validation.labels, val_enc),
+                joint.loss_weights.get(spec.name, 1.0),
+            )
+        )
+    return jobs
+
+
+def _validate(chain: Chain, job: _Job, training: TrainingConfig) -> dict[str, Any]:
+    features = TrunkFeatures(chain.trunk, job.val_ids, chain.tokenizer.pad_token_id or 0, cache="off")
+    return job.task.head.score(task_outputs(job.task, features, training.eval_batch_size, training.precision), job.val_targets)
+
+
+def fit_joint(
+    chain: Chain,
+    specs: list[TaskSpec],
+    datas: dict[str, TaskData],
+    training: TrainingConfig,
+    joint: JointConfig,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, FitResult]:
+    """Train the trunk's layers and every task tail together, sampling one task per step; then freeze the
+    trunk and refine each tail for ``joint.refine_epochs`` on cached trunk outputs.
+
+    The epoch with the best mean validation score (sign-adjusted per metric) is kept. Checkpoints are
+    written after every epoch and ``resume`` continues exactly.
+
+    Example:
+        >>> results = fit_joint(chain, specs, datas, TrainingConfig(), JointConfig())  # doctest: +SKIP
+    """
+    run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="finechain-joint-"))
+    torch.manual_seed(training.seed)
+    device = chain.device
+    jobs = _jobs(chain, specs, datas, training, joint)
+    modules = nn.ModuleDict({"trunk": chain.trunk.stack, "tasks": nn.ModuleDict({job.spec.name: job.task for job in jobs})})
+    chain.trunk.stack.requires_grad_(True)
+
+    def learning_rate(name: str) -> float:
+        if name.startswith("trunk."):
+            return joint.trunk_learning_rate
+        return training.head_learning_rate if ".head." in name else training.learning_rate
+
+    probs = sampling_probabilities([len(job.ids) for job in jobs], joint.temperature)
+    steps_per_epoch = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
+    total = steps_per_epoch * joint.epochs
+    optimizer = torch.optim.AdamW(param_groups(modules, learning_rate, training.weight_decay), fused=device.type == "cuda")
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
+    generator = torch.Generator().manual_seed(training.seed)
+    settings = fingerprint(
+        [s.model_dump(mode="json") for s in specs], training.model_dump(), joint.model_dump(), chain.backbone_ref.sha256, chain.split
+    )
+    checkpointer = Checkpointer(run_path / "joint", settings)
+    state, best = TrainState(), {k: v.detach().clone() for k, v in modules.state_dict().items()}
+    if resume and checkpointer.exists():
+        state, best = checkpointer.load(modules, optimizer, scheduler, generator)
+    log = MetricsLog(run_path / "joint" / "metrics.jsonl", fresh=not resume)
+    pad = chain.tokenizer.pad_token_id or 0
+    started = time.perf_counter()
+
+    with TrainProgress("joint", total=total, enabled=progress, completed=steps_per_epoch * state.epoch) as bar:
+        while state.epoch < joint.epochs:
+            modules.train()
+            queues = [[] for _ in jobs]
+            choices = torch.multinomial(probs, steps_per_epoch, replacement=True, generator=generator).tolist()
+            for k in choices:
+                job = jobs[k]
+                if not queues[k]:
+                    queues[k] = length_batches([len(x) for x in job.ids], training.batch_size, shuffle=True, generator=generator)
+                batch = queues[k].pop()
+                input_ids, mask = (t.to(device) for t in pad_ids([job.ids[i] for i in batch], pad))
+                with autocast_context(device, training.precision):
+                    logits = job.task(chain.trunk(input_ids, mask), mask)
+                loss = job.task.head.loss(logits, job.targets[batch]) * job.weight
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(modules.parameters(), training.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                bar.advance(loss=float(loss.detach()) if state.step % 20 == 0 else None)
+            chain.trunk.eval()
+            scores = {job.spec.name: float(_validate(chain, job, training)[job.metric]) for job in jobs}
+            mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(jobs, scores.values(), strict=True)) / len(jobs)
+            state.epoch += 1
+            if is_better("mean", mean, state.best):
+                state.best, state.best_epoch, state.bad_epochs = mean, state.epoch, 0
+                best = {k: v.detach().clone() for k, v in modules.state_dict().items()}
+            log.write({"epoch": state.epoch, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
+            bar.show_metric(f"val mean {mean:.4f}")
+            checkpointer.save(modules, best, optimizer, scheduler, generator, state)
+
+    modules.load_state_dict(best)
+    chain.trunk.requires_grad_(False)
+    chain.trunk.eval()
+    chain.trunk_tuning = {
+        "sharing": "joint",
+        **joint.model_dump(),
+        "best_epoch": state.best_epoch,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    results = {}
+    for job in jobs:
+        if joint.refine_epochs:
+            refine = training.model_copy(update={"epochs": joint.refine_epochs, "patience": 0})
+            results[job.spec.name] = fit_task(
+                chain, job.spec, refine, run_dir=run_path / job.spec.name, resume=resume, progress=progress, data=job.data, init=job.task
+            )
+        else:
+            info = {"metric": job.metric, "best_epoch": state.best_epoch, "training": training.model_dump()}
+            validation, test = attach_scored(chain, job.spec, job.task, job.data, info)
+            results[job.spec.name] = FitResult(job.spec.name, job.metric, state.best_epoch, validation, test, 0.0, 0.0)
+    return results

@@ -1,0 +1,116 @@
+"""Joint multi-task fine-tuning of the trunk: learns, stores the tuned trunk, resumes, accepts later tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.cli.app import main
+from finechain.data.prepare import load_task_data
+from finechain.model.heads import head_type
+from finechain.spec import JointConfig
+from finechain.train.checkpoint import Checkpointer
+from finechain.train.joint import fit_joint
+from tests.conftest import TOPICS, ner_sentences, sentiment_rows, write_conll, write_csv
+
+TRAINING = TrainingConfig(batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, seed=1)
+JOINT = JointConfig(epochs=8, trunk_learning_rate=1e-3, refine_epochs=1)
+
+
+def specs_and_data(folder: Path) -> tuple[list[TaskSpec], dict]:
+    specs = [
+        TaskSpec(
+            name="sent", train=write_csv(folder / "s.csv", sentiment_rows(160, 1)), dev=write_csv(folder / "sd.csv", sentiment_rows(40, 2))
+        ),
+        TaskSpec(
+            name="ner",
+            type="tagging",
+            train=write_conll(folder / "n.conll", ner_sentences(160, 1)),
+            dev=write_conll(folder / "nd.conll", ner_sentences(40, 2)),
+        ),
+    ]
+    return specs, {s.name: load_task_data(s, head_type(s.type), seed=1) for s in specs}
+
+
+def test_joint_training_tunes_trunk_and_roundtrips(tiny_backbone: Path, tmp_path: Path) -> None:
+    specs, data = specs_and_data(tmp_path)
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    before = {k: v.clone() for k, v in chain.trunk.stack.state_dict().items()}
+    embeddings = {k: v.clone() for k, v in chain.trunk.embeddings.state_dict().items()}
+    results = fit_joint(chain, specs, data, TRAINING, JOINT, run_dir=tmp_path / "run", progress=False)
+    assert results["sent"].validation["accuracy"] >= 0.9 and results["ner"].validation["entity_f1"] >= 0.8
+    assert any(not torch.equal(before[k], v) for k, v in chain.trunk.stack.state_dict().items())
+    assert all(torch.equal(embeddings[k], v) for k, v in chain.trunk.embeddings.state_dict().items())
+    assert not any(p.requires_grad for p in chain.trunk.parameters())
+    log = [json.loads(line) for line in (tmp_path / "run" / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == JOINT.epochs and set(log[0]["validation"]) == {"sent", "ner"}
+    out = chain.save_pretrained(tmp_path / "chain")
+    assert json.loads((out / "finechain.json").read_text())["trunk"]["sharing"] == "joint"
+    texts = ["alice visited paris", "superb movie"]
+    assert Chain.from_pretrained(out).predict(texts) == chain.predict(texts)
+
+
+def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    specs, data = specs_and_data(tmp_path)
+    joint = JOINT.model_copy(update={"epochs": 3, "refine_epochs": 0})
+    straight = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    fit_joint(straight, specs, data, TRAINING, joint, run_dir=tmp_path / "a", progress=False)
+    original = Checkpointer.save
+
+    def crash_after_first(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        fit_joint(
+            Chain.from_backbone(str(tiny_backbone), split=2, max_length=32),
+            specs,
+            data,
+            TRAINING,
+            joint,
+            run_dir=tmp_path / "b",
+            progress=False,
+        )
+    monkeypatch.setattr(Checkpointer, "save", original)
+    resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    fit_joint(resumed, specs, data, TRAINING, joint, run_dir=tmp_path / "b", resume=True, progress=False)
+    for a, b in ((straight.trunk.stack, resumed.trunk.stack), (straight.tasks, resumed.tasks)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_cli_joint_spec_then_add_task_keeps_tuned_trunk(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    write_csv(tmp_path / "s.csv", sentiment_rows(80, 1))
+    write_conll(tmp_path / "n.conll", ner_sentences(80, 1))
+    (tmp_path / "chain.yaml").write_text(
+        f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\nsharing: joint\njoint: {{epochs: 2, loss_weights: {{ner: 2.0}}}}\n"
+        "training: {epochs: 2, batch_size: 16}\n"
+        "tasks:\n  - {name: sent, train: s.csv}\n  - {name: ner, type: tagging, train: n.conll}\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["finechain", "train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "c"), "-q"])
+    main()
+    trunk_bytes = (tmp_path / "c" / "trunk.safetensors").read_bytes()
+    rows = [(f"{w} {t}", topic) for topic, words in TOPICS.items() for w in words for t in ("today", "now", "again", "here")]
+    write_csv(tmp_path / "topic.csv", rows)
+    (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 1}\n")
+    monkeypatch.setattr(sys, "argv", ["finechain", "add-task", str(tmp_path / "c"), str(tmp_path / "topic.yaml"), "-q"])
+    main()
+    assert (tmp_path / "c" / "trunk.safetensors").read_bytes() == trunk_bytes
+    manifest = json.loads((tmp_path / "c" / "finechain.json").read_text())
+    assert set(manifest["tasks"]) == {"sent", "ner", "topic"} and manifest["trunk"]["loss_weights"] == {"ner": 2.0}
+    capsys.readouterr()
+
+
+def test_joint_loss_weights_must_name_tasks(tmp_path: Path) -> None:
+    from finechain.errors import SpecError
+    from finechain.spec import load_chain_spec
+
+    (tmp_path / "c.yaml").write_text("sharing: joint\njoint: {loss_weights: {nope: 2}}\ntasks:\n  - {name: a, train: a.csv}\n")
+    with pytest.raises(SpecError, match="unknown tasks"):
+        load_chain_spec(tmp_path / "c.yaml")
