@@ -7,6 +7,7 @@ import sys
 SUITES = {
     "split-sweep": "benchmarks.split_sweep",
     "infer": "benchmarks.infer",
+    "sharing": "benchmarks.sharing",
     "report": "benchmarks.report",
 }
 

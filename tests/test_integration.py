@@ -92,3 +92,16 @@ def test_infer_quick_writes_result_records(shared_datasets: Path, tmp_path: Path
     done = subprocess.run([sys.executable, "-m", "benchmarks", "report"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| 4 tasks | finechain |" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FINECHAIN_RESULTS": str(tmp_path), "FINECHAIN_DATASETS": str(shared_datasets)}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "sharing", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads((tmp_path / "sharing_quick.json").read_text())
+    variants = {r["variant"] for r in records}
+    assert len(variants) == 3 and any("joint" in v for v in variants) and any("LoRA" in v for v in variants)
+    metrics = {(r["task"], r["metric"]) for r in records}
+    assert {("conll2003", "entity_f1"), ("banking77", "accuracy"), ("all four", "samples_per_second")} <= metrics

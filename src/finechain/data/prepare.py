@@ -112,6 +112,8 @@ def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
         'cut from train'
     """
     train = read_split(spec.train, spec, head_cls)
+    _check_train(train, head_cls)  # the file as given; a subsample below may hold fewer examples of rare labels
+    labels = head_cls.label_names(train.labels)
     provenance: dict[str, Any] = {"train_file": str(spec.train), "train_rows": len(train)}
     token_level = head_cls.level == "token"
     stratify_key = [0 if token_level else v if isinstance(v, str) else "|".join(v) if isinstance(v, list) else 0 for v in train.labels]
@@ -121,8 +123,6 @@ def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
         train = train.subset(keep)
         stratify_key = [stratify_key[i] for i in keep]
         provenance["subsample"] = {"examples": len(keep), "seed": seed}
-    _check_train(train, head_cls)
-    labels = head_cls.label_names(train.labels)
     if spec.dev is not None:
         validation = read_split(spec.dev, spec, head_cls)
         provenance["validation"] = {"source": "file", "file": str(spec.dev), "rows": len(validation)}

@@ -1,0 +1,201 @@
+"""Sharing modes on four tasks at once (SST-2, AG News, Banking77, CoNLL-2003): per-task metric, trainable and
+stored parameters, training time and four-task CPU throughput, next to Hugging Face Trainer single-task full
+fine-tunes of the same backbone on the same data, in the same run.
+
+    python -m benchmarks sharing [--quick] [--train-examples 2000] [--modes frozen:3,frozen:4,joint:4,lora:3]
+
+Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
+jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``lora:S`` = pretrained trunk + LoRA branches.
+Selection uses validation data only (cut from train; CoNLL's dev file); reported metrics are on the SST-2 dev and the
+AG News / Banking77 / CoNLL-2003 test files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder
+from benchmarks.split_sweep import hf_trainer_full_finetune
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.conll import read_conll
+from finechain.data.prepare import load_task_data
+from finechain.data.readers import read_examples
+from finechain.model.backbone import resolve_backbone
+from finechain.model.heads import head_type
+from finechain.spec import BranchConfig, JointConfig
+from finechain.train.joint import fit_joint
+
+METRIC = {"sst2": "accuracy", "agnews": "accuracy", "banking77": "accuracy", "conll2003": "entity_f1"}
+
+
+def task_specs(n: int, dev_sentences: int, eval_limit: int | None) -> tuple[list[TaskSpec], dict[str, tuple[list, list]]]:
+    specs = [
+        TaskSpec(name=name, train=DATASETS / CLASSIFICATION_SETS[name][0], max_train_examples=n) for name in ("sst2", "agnews", "banking77")
+    ]
+    dev = read_conll(DATASETS / "conll2003/dev.txt")[:dev_sentences]
+    dev_file = Path(tempfile.mkdtemp(prefix="conll-dev-")) / "dev.conll"
+    dev_file.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(s.words, s.tags, strict=True)) for s in dev) + "\n")
+    specs.append(TaskSpec(name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", dev=dev_file, max_train_examples=n))
+    evaluation = {}
+    for name in ("sst2", "agnews", "banking77"):
+        rows = read_examples(DATASETS / CLASSIFICATION_SETS[name][1])
+        evaluation[name] = ([r.text for r in rows][:eval_limit], [str(r.label) for r in rows][:eval_limit])
+    test = read_conll(DATASETS / "conll2003/test.txt")[:eval_limit]
+    evaluation["conll2003"] = ([s.words for s in test], [s.tags for s in test])
+    return specs, evaluation
+
+
+def hf_token_classification(backbone, train, eval_words, eval_tags, labels, epochs: int, max_length: int, seed: int):
+    """The peer for NER: AutoModelForTokenClassification + Trainer, first-subword labels, seqeval entity F1."""
+    from seqeval.metrics import f1_score
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainingArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    index = {t: i for i, t in enumerate(labels)}
+
+    def encode(words_list, tags_list):
+        enc = tokenizer(words_list, is_split_into_words=True, truncation=True, max_length=max_length)
+        rows = []
+        for i, tags in enumerate(tags_list):
+            seen, label_ids = set(), []
+            for w in enc.word_ids(i):
+                label_ids.append(-100 if w is None or w in seen else index.get(tags[w], index["O"]))
+                if w is not None:
+                    seen.add(w)
+            rows.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label_ids})
+        return rows
+
+    dataset = encode(train.texts, train.labels)
+    model = AutoModelForTokenClassification.from_pretrained(str(backbone), num_labels=len(labels), use_safetensors=True)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf-ner-"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        num_train_epochs=epochs,
+        learning_rate=5e-5,
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForTokenClassification(tokenizer))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    eval_rows = encode(eval_words, eval_tags)
+    logits = trainer.predict(eval_rows).predictions
+    gold, pred = [], []
+    for row, tags, scores in zip(eval_rows, eval_tags, logits, strict=True):
+        positions = [i for i, label in enumerate(row["labels"]) if label != -100]
+        gold.append(tags)
+        pred.append([labels[int(scores[p].argmax())] for p in positions] + ["O"] * (len(tags) - len(positions)))
+    return float(f1_score(gold, pred)), seconds
+
+
+def throughput(chain: Chain, texts: list[str], repeats: int) -> float:
+    chain.predict(texts)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        chain.predict(texts)
+        times.append(time.perf_counter() - start)
+    return len(texts) / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks sharing", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, lora:4, no peers")
+    parser.add_argument("--train-examples", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--modes", default="frozen:3,frozen:4,joint:4,lora:3")
+    parser.add_argument("--throughput-texts", type=int, default=600)
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_examples, args.epochs, args.modes, args.no_peer, args.throughput_texts = 400, 1, "frozen:4,joint:4,lora:4", True, 60
+    rec = Recorder("sharing", "cpu")
+    specs, evaluation = task_specs(args.train_examples, 1000 if not args.quick else 100, 300 if args.quick else None)
+    datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed)
+    pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
+    for mode in args.modes.split(","):
+        kind, split = mode.split(":")
+        chain = Chain.from_backbone(split=int(split))
+        variant = {
+            "frozen": f"frozen trunk, split={split}, full branches",
+            "joint": f"joint trunk (MT), split={split}",
+            "lora": f"frozen trunk, split={split}, LoRA r=8 branches",
+        }[kind]
+        start = time.perf_counter()
+        if kind == "joint":
+            fit_joint(chain, specs, datas, training, JointConfig(epochs=args.epochs), progress=False)
+        else:
+            for spec in specs:
+                if kind == "lora":  # LoRA adapters want a larger step than full weights (common practice; not tuned here)
+                    spec = spec.model_copy(update={"branch": BranchConfig(mode="lora")})
+                cfg = training.model_copy(update={"learning_rate": 5e-4}) if kind == "lora" else training
+                chain.fit(spec, cfg, progress=False, data=datas[spec.name])
+        seconds = time.perf_counter() - start
+        for name in METRIC:
+            texts, labels = evaluation[name]
+            value = chain.score(name, texts, labels)[METRIC[name]]
+            described = chain.tasks[name].describe()
+            rec.add(name, "finechain", variant, METRIC[name], value, "dev accuracy" if name == "sst2" else f"test {METRIC[name]}")
+            rec.add(name, "finechain", variant, "trainable_parameters", described["trainable_parameters"], "parameters")
+            rec.add(name, "finechain", variant, "stored_parameters", described["stored_parameters"], "parameters")
+        shared = sum(p.numel() for p in chain.trunk.stack.parameters()) if kind == "joint" else 0
+        rec.add("all four", "finechain", variant, "shared_stored_parameters", shared, "parameters")
+        rec.add("all four", "finechain", variant, "train_seconds", seconds, "s")
+        rec.add("all four", "finechain", variant, "samples_per_second", throughput(chain, pool, 3), "texts/s (4 tasks)")
+    if not args.no_peer:
+        backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+        total = 0.0
+        for spec in specs:
+            data = datas[spec.name]
+            texts, labels = evaluation[spec.name]
+            if spec.type == "tagging":
+                value, seconds = hf_token_classification(backbone, data.train, texts, labels, data.labels, args.epochs, 128, args.seed)
+            else:
+                value, seconds, _ = hf_trainer_full_finetune(backbone, data.train, texts, labels, data.labels, args.epochs, 128, args.seed)
+            total += seconds
+            rec.add(
+                spec.name,
+                "hf-trainer",
+                "full fine-tune per task",
+                METRIC[spec.name],
+                value,
+                "dev accuracy" if spec.name == "sst2" else f"test {METRIC[spec.name]}",
+            )
+            rec.add(spec.name, "hf-trainer", "full fine-tune per task", "trainable_parameters", 22_713_216, "parameters")
+        rec.add("all four", "hf-trainer", "full fine-tune per task", "train_seconds", total, "s")
+        from benchmarks.infer import build_separate, run_separate
+
+        tokenizer, models = build_separate(["sentiment", "topic", "intent", "entities"])
+        run_separate(tokenizer, models, pool)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run_separate(tokenizer, models, pool)
+            times.append(time.perf_counter() - start)
+        rec.add(
+            "all four",
+            "hf-separate",
+            "four fine-tuned models",
+            "samples_per_second",
+            len(pool) / statistics.median(times),
+            "texts/s (4 tasks)",
+        )
+    print(f"wrote {rec.save('sharing_quick' if args.quick else 'sharing', vars(args))}")
+
+
+if __name__ == "__main__":
+    main()
