@@ -2,7 +2,7 @@
 stored parameters, training time and four-task CPU throughput, next to Hugging Face Trainer single-task full
 fine-tunes of the same backbone on the same data, in the same run.
 
-    python -m benchmarks sharing [--quick] [--train-examples 2000] [--modes frozen:3,frozen:4,joint:4,lora:3]
+    python -m benchmarks sharing [--quick] [--train-examples 2000] [--modes frozen:2,frozen:4,joint:4,lora:2]
 
 Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
 jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``lora:S`` = pretrained trunk + LoRA branches.
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, lora:4, no peers")
     parser.add_argument("--train-examples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--modes", default="frozen:3,frozen:4,joint:4,lora:3")
+    parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,lora:2")
     parser.add_argument("--throughput-texts", type=int, default=600)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--seed", type=int, default=13)

@@ -45,8 +45,8 @@ def sampling_probabilities(sizes: list[int], temperature: float) -> torch.Tensor
     """Task sampling: ``size ** (1 / temperature)``, normalised. 1 = proportional, large = uniform.
 
     Example:
-        >>> sampling_probabilities([100, 400], 1.0).tolist(), sampling_probabilities([100, 400], 1e9).tolist()
-        ([0.2, 0.8], [0.5, 0.5])
+        >>> [round(p, 3) for p in sampling_probabilities([100, 400], 1.0).tolist() + sampling_probabilities([100, 400], 1e9).tolist()]
+        [0.2, 0.8, 0.5, 0.5]
     """
     raw = torch.tensor(sizes, dtype=torch.float64) ** (1.0 / temperature)
     return (raw / raw.sum()).float()
