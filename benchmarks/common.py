@@ -82,5 +82,6 @@ class Recorder:
         from finechain.io import write_json
 
         name = name or self.suite
-        write_json(RESULTS / f"{name}.meta.json", {"versions": versions(), "device": self.device, "date": self.date, **(extra or {})})
+        settings = {k: v for k, v in (extra or {}).items() if k != "device"}
+        write_json(RESULTS / f"{name}.meta.json", {**settings, "versions": versions(), "device": self.device, "date": self.date})
         return write_json(RESULTS / f"{name}.json", self.records)
