@@ -18,6 +18,7 @@ DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
 SUITE_TITLES = {
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
+    "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
 }
 PEER_FIRST = {"hf-trainer": 0}
 
@@ -78,7 +79,51 @@ def infer_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-TABLES = {"split_sweep": split_sweep_table, "infer": infer_table}
+def sharing_table(records: list[dict[str, Any]]) -> str:
+    """One row per sharing mode: the four task metrics (Δ to the per-task HF fine-tunes), sizes, time, 4-task speed."""
+    tasks = ["sst2", "agnews", "banking77", "conll2003"]
+    rows: dict[tuple[str, str], dict[tuple[str, str], float]] = defaultdict(dict)
+    for r in records:
+        rows[(r["system"], r["variant"])][(r["task"], r["metric"])] = r["value"]
+    peer = rows.get(("hf-trainer", "full fine-tune per task"), {})
+    separate = next((m for (system, _), m in rows.items() if system == "hf-separate"), {}).get(("all four", "samples_per_second"))
+
+    def score(m: dict[tuple[str, str], float], task: str) -> str:
+        value = m.get((task, "entity_f1" if task == "conll2003" else "accuracy"))
+        ref = peer.get((task, "entity_f1" if task == "conll2003" else "accuracy"))
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}" + (f" ({100 * (value - ref):+.1f})" if ref is not None and m is not peer else "")
+
+    head = "| system | variant | SST-2 acc | AG News acc | Banking77 acc | CoNLL F1 | trainable params/task | stored params/task |"
+    head += " shared stored | train s (4 tasks) | 4-task texts/s | vs 4 separate models |"
+    out = [head, "|" + " --- |" * 12]
+    for (system, variant), m in rows.items():
+        if system == "hf-separate":
+            continue
+        trainable = m.get(("sst2", "trainable_parameters"))
+        stored = m.get(("sst2", "stored_parameters"), trainable)
+        speed = m.get(("all four", "samples_per_second"))
+        ratio = f"{speed / separate:.2f}x" if speed and separate else "-"
+        cells = [score(m, t) for t in tasks]
+        shared = _millions(m.get(("all four", "shared_stored_parameters")))
+        seconds = _fmt("train_seconds", m.get(("all four", "train_seconds")))
+        out.append(
+            f"| {system} | {variant} | {' | '.join(cells)} | {_millions(trainable)} | {_millions(stored)} | {shared} | {seconds} | "
+            f"{_fmt('samples_per_second', speed)} | {ratio} |"
+        )
+    if separate:
+        out.append(
+            f"| hf-separate | four fine-tuned models | - | - | - | - | - | - | - | - | {_fmt('samples_per_second', separate)} | 1.00x |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _millions(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f}M"
+
+
+TABLES = {"split_sweep": split_sweep_table, "infer": infer_table, "sharing": sharing_table}
 
 
 def main(argv: list[str] | None = None) -> None:

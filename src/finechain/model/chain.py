@@ -213,6 +213,17 @@ class Chain(nn.Module):
         return directory
 
     # inference ----------------------------------------------------------------------------
+    def encode(self, texts: list[Any], with_words: bool = False) -> tuple[list[list[int]], Encoded | None]:
+        """Token ids for raw texts or word lists; word positions too when asked (or for word lists).
+
+        Example:
+            >>> ids, encoded = chain.encode(["hello world"])  # doctest: +SKIP
+        """
+        if with_words or (bool(texts) and isinstance(texts[0], list)):
+            encoded = encode(self.tokenizer, texts, self.max_length)
+            return encoded.ids, encoded
+        return tokenize(self.tokenizer, texts, self.max_length), None
+
     def _check_tasks(self, tasks: list[str] | None) -> list[str]:
         names = list(self.tasks) if tasks is None else list(tasks)
         unknown = [n for n in names if n not in self.tasks]
@@ -232,9 +243,7 @@ class Chain(nn.Module):
         names = self._check_tasks(tasks)
         self.eval()
         token_level = {n for n in names if self.tasks[n].head.level == "token"}
-        presplit = bool(texts) and isinstance(texts[0], list)
-        encoded = encode(self.tokenizer, texts, self.max_length) if token_level or presplit else None
-        ids = encoded.ids if encoded else tokenize(self.tokenizer, texts, self.max_length)
+        ids, encoded = self.encode(texts, with_words=bool(token_level))
         outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(texts) for n in names}
         pad = self.tokenizer.pad_token_id or 0
         for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):

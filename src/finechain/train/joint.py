@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from finechain.data.batching import Encoded, encode, length_batches, pad_ids, tokenize
+from finechain.data.batching import length_batches, pad_ids
 from finechain.data.prepare import TaskData
 from finechain.evaluate.metrics import LOWER_IS_BETTER, is_better
 from finechain.model.heads import head_type
@@ -52,11 +52,6 @@ def sampling_probabilities(sizes: list[int], temperature: float) -> torch.Tensor
     return (raw / raw.sum()).float()
 
 
-def _encode(chain: Chain, texts: list[Any], token_level: bool) -> tuple[list[list[int]], Encoded | None]:
-    encoded = encode(chain.tokenizer, texts, chain.max_length) if token_level else None
-    return (encoded.ids if encoded else tokenize(chain.tokenizer, texts, chain.max_length)), encoded
-
-
 def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], training: TrainingConfig, joint: JointConfig) -> list[_Job]:
     jobs = []
     for spec in specs:
@@ -66,8 +61,8 @@ def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], train
         if hasattr(task.head, "fit_scale"):
             task.head.fit_scale(data.train.labels)
         token_level = head_cls.level == "token"
-        ids, enc = _encode(chain, data.train.texts, token_level)
-        val_ids, val_enc = _encode(chain, data.validation.texts, token_level)
+        ids, enc = chain.encode(data.train.texts, with_words=token_level)
+        val_ids, val_enc = chain.encode(data.validation.texts, with_words=token_level)
         jobs.append(
             _Job(
                 spec,

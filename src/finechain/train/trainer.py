@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from finechain.data.batching import Encoded, encode, length_batches, tokenize
+from finechain.data.batching import Encoded, length_batches
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import SpecError
 from finechain.evaluate.metrics import is_better
@@ -98,8 +98,7 @@ def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, prec
 def _features(
     chain: Chain, texts: list[Any], cfg: TrainingConfig, cache_file: Path, token_level: bool
 ) -> tuple[TrunkFeatures, Encoded | None]:
-    encoded = encode(chain.tokenizer, texts, chain.max_length) if token_level else None
-    ids = encoded.ids if encoded else tokenize(chain.tokenizer, texts, chain.max_length)
+    ids, encoded = chain.encode(texts, with_words=token_level)
     features = TrunkFeatures(chain.trunk, ids, chain.tokenizer.pad_token_id or 0, cfg.cache, cfg.eval_batch_size, cache_file)
     return features, encoded
 
@@ -229,7 +228,7 @@ def attach_scored(
         val_outputs, encoded = chain.run_tasks(data.validation.texts, [spec.name])
         val_outputs = val_outputs[spec.name]
     else:
-        encoded = encode(chain.tokenizer, data.validation.texts, chain.max_length) if task.head.level == "token" else None
+        encoded = chain.encode(data.validation.texts, with_words=True)[1] if task.head.level == "token" else None
     y_val = task.head.targets(data.validation.labels, encoded)
     task.head.calibrate(val_outputs, y_val)
     validation = task.head.score(val_outputs, y_val)
