@@ -179,3 +179,17 @@ def test_lora_branch_trains_small_delta_and_roundtrips(tiny_backbone: Path, sent
     lora_size = (out / "tasks" / "s" / "branch.safetensors").stat().st_size
     assert lora_size < 0.3 * (full_dir / "tasks" / "s" / "branch.safetensors").stat().st_size
     assert Chain.from_pretrained(out).predict(["superb music", "awful plot"]) == chain.predict(["superb music", "awful plot"])
+
+
+def test_gradient_accumulation_takes_fewer_optimizer_steps(tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    steps = []
+    for accumulation in (1, 3):
+        chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+        cfg = FAST.model_copy(update={"epochs": 2, "gradient_accumulation": accumulation})
+        chain.fit(
+            TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), cfg, run_dir=tmp_path / str(accumulation), progress=False
+        )
+        log = [json.loads(line) for line in (tmp_path / str(accumulation) / "metrics.jsonl").read_text().splitlines()]
+        steps.append(log[-1]["step"])
+    batches = -(-160 // 16)
+    assert steps == [2 * batches, 2 * -(-batches // 3)]
