@@ -85,3 +85,25 @@ class Recorder:
         settings = {k: v for k, v in (extra or {}).items() if k != "device"}
         write_json(RESULTS / f"{name}.meta.json", {**settings, "versions": versions(), "device": self.device, "date": self.date})
         return write_json(RESULTS / f"{name}.json", self.records)
+
+
+def peer_training_args(prefix: str, epochs: int, seed: int):
+    """The Hugging Face Trainer recipe used for every peer: lr 5e-5, batch 32, no saving or logging."""
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix=prefix),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        num_train_epochs=epochs,
+        learning_rate=5e-5,
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )

@@ -18,9 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, peer_training_args
 from benchmarks.split_sweep import hf_trainer_full_finetune
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import read_conll
@@ -54,7 +52,7 @@ def task_specs(n: int, dev_sentences: int, eval_limit: int | None) -> tuple[list
 def hf_token_classification(backbone, train, eval_words, eval_tags, labels, epochs: int, max_length: int, seed: int):
     """The peer for NER: AutoModelForTokenClassification + Trainer, first-subword labels, seqeval entity F1."""
     from seqeval.metrics import f1_score
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainingArguments
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer
 
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     index = {t: i for i, t in enumerate(labels)}
@@ -73,19 +71,7 @@ def hf_token_classification(backbone, train, eval_words, eval_tags, labels, epoc
 
     dataset = encode(train.texts, train.labels)
     model = AutoModelForTokenClassification.from_pretrained(str(backbone), num_labels=len(labels), use_safetensors=True)
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf-ner-"),
-        per_device_train_batch_size=32,
-        per_device_eval_batch_size=128,
-        num_train_epochs=epochs,
-        learning_rate=5e-5,
-        seed=seed,
-        save_strategy="no",
-        report_to=[],
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-    )
+    args = peer_training_args("hf-ner-", epochs, seed)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForTokenClassification(tokenizer))
     start = time.perf_counter()
     trainer.train()

@@ -7,13 +7,12 @@ Hugging Face Trainer full fine-tune of the same backbone on the same data, in th
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, peer_training_args
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
@@ -23,7 +22,7 @@ from finechain.model.heads import head_type
 
 def hf_trainer_full_finetune(backbone: Path, train, eval_texts, eval_labels, labels, epochs: int, max_length: int, seed: int):
     """The peer: AutoModelForSequenceClassification + Trainer, standard recipe (lr 5e-5, batch 32)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -35,20 +34,7 @@ def hf_trainer_full_finetune(backbone: Path, train, eval_texts, eval_labels, lab
         for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train.labels, strict=True)
     ]
     model = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=len(labels), use_safetensors=True)
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf-peer-"),
-        per_device_train_batch_size=32,
-        per_device_eval_batch_size=128,
-        num_train_epochs=epochs,
-        learning_rate=5e-5,
-        seed=seed,
-        save_strategy="no",
-        report_to=[],
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
+    args = peer_training_args("hf-peer-", epochs, seed)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
     trainer.train()
