@@ -8,6 +8,7 @@ SUITES = {
     "split-sweep": "benchmarks.split_sweep",
     "infer": "benchmarks.infer",
     "sharing": "benchmarks.sharing",
+    "decoding": "benchmarks.decoding",
     "report": "benchmarks.report",
 }
 

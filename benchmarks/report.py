@@ -19,6 +19,7 @@ SUITE_TITLES = {
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
+    "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
 }
 PEER_FIRST = {"hf-trainer": 0}
 
@@ -123,7 +124,21 @@ def _millions(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e6:.2f}M"
 
 
-TABLES = {"split_sweep": split_sweep_table, "infer": infer_table, "sharing": sharing_table}
+def decoding_table(records: list[dict[str, Any]]) -> str:
+    """Entity precision / recall / F1 per decoding mode."""
+    by: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in records:
+        by[r["variant"]][r["metric"]] = r["value"]
+    out = ["| decoding | entity F1 | precision | recall |", "| --- | --- | --- | --- |"]
+    for variant, m in by.items():
+        out.append(
+            f"| {variant} | {_fmt('entity_f1', m.get('entity_f1'))} | {_fmt('entity_f1', m.get('entity_precision'))} | "
+            f"{_fmt('entity_f1', m.get('entity_recall'))} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+TABLES = {"split_sweep": split_sweep_table, "infer": infer_table, "sharing": sharing_table, "decoding": decoding_table}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -105,3 +105,13 @@ def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) 
     assert len(variants) == 3 and any("joint" in v for v in variants) and any("LoRA" in v for v in variants)
     metrics = {(r["task"], r["metric"]) for r in records}
     assert {("conll2003", "entity_f1"), ("banking77", "accuracy"), ("all four", "samples_per_second")} <= metrics
+
+
+def test_decoding_quick_compares_both_modes(shared_datasets: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FINECHAIN_RESULTS": str(tmp_path), "FINECHAIN_DATASETS": str(shared_datasets)}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "decoding", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads((tmp_path / "decoding_quick.json").read_text())
+    assert {r["variant"].split()[0] for r in records} == {"constrained", "argmax"}
