@@ -6,6 +6,9 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,14 @@ def peer_training_args(prefix: str, epochs: int, seed: int):
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``fn`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import DATASETS, Recorder
+from benchmarks.common import DATASETS, Recorder, timed
 from finechain.data.readers import read_examples
 
 TASKS = {"sentiment": ("classification", 2), "topic": ("classification", 4), "intent": ("classification", 77), "entities": ("tagging", 9)}
@@ -83,17 +81,6 @@ def build_pipelines(tokenizer: Any, models: dict[str, Any]):
         else pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
         for name, model in models.items()
     ]
-
-
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def memory_child(kind: str, n_tasks: int, split: str, texts: list[str]) -> float:

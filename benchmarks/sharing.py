@@ -13,12 +13,11 @@ AG News / Banking77 / CoNLL-2003 test files.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, peer_training_args
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, peer_training_args, timed
 from benchmarks.split_sweep import hf_trainer_full_finetune
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import read_conll
@@ -86,16 +85,6 @@ def hf_token_classification(backbone, train, eval_words, eval_tags, labels, epoc
     return float(f1_score(gold, pred)), seconds
 
 
-def throughput(chain: Chain, texts: list[str], repeats: int) -> float:
-    chain.predict(texts)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        chain.predict(texts)
-        times.append(time.perf_counter() - start)
-    return len(texts) / statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks sharing", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, lora:4, no peers")
@@ -141,7 +130,14 @@ def main(argv: list[str] | None = None) -> None:
         shared = sum(p.numel() for p in chain.trunk.stack.parameters()) if kind == "joint" else 0
         rec.add("all four", "finechain", variant, "shared_stored_parameters", shared, "parameters")
         rec.add("all four", "finechain", variant, "train_seconds", seconds, "s")
-        rec.add("all four", "finechain", variant, "samples_per_second", throughput(chain, pool, 3), "texts/s (4 tasks)")
+        rec.add(
+            "all four",
+            "finechain",
+            variant,
+            "samples_per_second",
+            len(pool) / timed(lambda chain=chain: chain.predict(pool), 3),
+            "texts/s (4 tasks)",
+        )
     if not args.no_peer:
         backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
         total = 0.0
@@ -166,18 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.infer import build_separate, run_separate
 
         tokenizer, models = build_separate(["sentiment", "topic", "intent", "entities"])
-        run_separate(tokenizer, models, pool)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run_separate(tokenizer, models, pool)
-            times.append(time.perf_counter() - start)
+        seconds = timed(lambda: run_separate(tokenizer, models, pool), 3)
         rec.add(
             "all four",
             "hf-separate",
             "four fine-tuned models",
             "samples_per_second",
-            len(pool) / statistics.median(times),
+            len(pool) / seconds,
             "texts/s (4 tasks)",
         )
     print(f"wrote {rec.save('sharing_quick' if args.quick else 'sharing', vars(args))}")

@@ -59,12 +59,20 @@ def test_demo_command_trains_and_queries(tmp_path: Path) -> None:
     assert "card_arrival" in done.stdout and "example predictions" in done.stdout
 
 
-def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "FINECHAIN_RESULTS": str(tmp_path), "FINECHAIN_DATASETS": str(shared_datasets)}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "split-sweep", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
+def run_benchmark(results: Path, datasets: Path, *args: str, timeout: int = 900) -> None:
+    """Run ``python -m benchmarks ARGS`` with results and the docs page redirected into ``results``."""
+    env = {
+        **os.environ,
+        "FINECHAIN_RESULTS": str(results),
+        "FINECHAIN_DATASETS": str(datasets),
+        "FINECHAIN_DOC": str(results / "benchmarks.md"),
+    }
+    done = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "split-sweep", "--quick", timeout=600)
     records = json.loads((tmp_path / "split_sweep_quick.json").read_text())
     keys = {"suite", "task", "system", "variant", "metric", "value", "unit", "device", "date"}
     assert records and all(set(r) == keys for r in records)
@@ -72,16 +80,7 @@ def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path
 
 
 def test_infer_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "FINECHAIN_RESULTS": str(tmp_path),
-        "FINECHAIN_DATASETS": str(shared_datasets),
-        "FINECHAIN_DOC": str(tmp_path / "benchmarks.md"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "infer", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_benchmark(tmp_path, shared_datasets, "infer", "--quick", timeout=900)
     records = json.loads((tmp_path / "infer.json").read_text())
     assert {(r["system"], r["metric"]) for r in records} >= {
         ("finechain", "samples_per_second"),
@@ -89,17 +88,12 @@ def test_infer_quick_writes_result_records(shared_datasets: Path, tmp_path: Path
         ("hf-pipeline", "samples_per_second"),
         ("finechain", "rss_mb"),
     }
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "report"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
     assert "| 4 tasks | finechain |" in (tmp_path / "benchmarks.md").read_text()
 
 
 def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "FINECHAIN_RESULTS": str(tmp_path), "FINECHAIN_DATASETS": str(shared_datasets)}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "sharing", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_benchmark(tmp_path, shared_datasets, "sharing", "--quick", timeout=1200)
     records = json.loads((tmp_path / "sharing_quick.json").read_text())
     variants = {r["variant"] for r in records}
     assert len(variants) == 3 and any("joint" in v for v in variants) and any("LoRA" in v for v in variants)
@@ -108,10 +102,6 @@ def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) 
 
 
 def test_decoding_quick_compares_both_modes(shared_datasets: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "FINECHAIN_RESULTS": str(tmp_path), "FINECHAIN_DATASETS": str(shared_datasets)}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "decoding", "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_benchmark(tmp_path, shared_datasets, "decoding", "--quick", timeout=600)
     records = json.loads((tmp_path / "decoding_quick.json").read_text())
     assert {r["variant"].split()[0] for r in records} == {"constrained", "argmax"}
