@@ -168,7 +168,7 @@ def test_lora_branch_trains_small_delta_and_roundtrips(tiny_backbone: Path, sent
     description = task.describe()
     assert description["branch"] == {"mode": "lora", "rank": 4, "alpha": 16, "dropout": 0.05, "targets": ["query", "key", "value", "dense"]}
     assert description["stored_parameters"] < 0.3 * sum(p.numel() for p in task.branch.parameters())
-    pretrained = dict(chain._pretrained_upper[0].named_parameters())
+    pretrained = dict(chain.upper.layers[0].named_parameters())
     for name, param in task.branch.layers[0].named_parameters():
         if "lora_" not in name:
             assert torch.equal(param, pretrained[name.replace(".base_layer", "")])
@@ -193,3 +193,20 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(tiny_backbone: Path, 
         steps.append(log[-1]["step"])
     batches = -(-160 // 16)
     assert steps == [2 * batches, 2 * -(-batches // 3)]
+
+
+@pytest.mark.parametrize("split", [0, 2, 4])
+def test_embed_equals_the_whole_backbone_mean_pooled(tiny_backbone: Path, split: int) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["very good music", "the movie had a weak ending and a poor plot", "ok"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    model = AutoModel.from_pretrained(str(tiny_backbone)).eval()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    chain = Chain.from_backbone(str(tiny_backbone), split=split, max_length=32)
+    assert torch.allclose(chain.embed(texts), expected, atol=1e-5)
+    assert not torch.allclose(chain.embed(texts, normalize=False), expected, atol=1e-3)

@@ -79,17 +79,39 @@ def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path
     assert {r["system"] for r in records} == {"finechain", "hf-trainer"}
 
 
-def test_infer_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "infer", "--quick", timeout=900)
-    records = json.loads((tmp_path / "infer.json").read_text())
-    assert {(r["system"], r["metric"]) for r in records} >= {
-        ("finechain", "samples_per_second"),
-        ("hf-separate", "samples_per_second"),
-        ("hf-pipeline", "samples_per_second"),
-        ("finechain", "rss_mb"),
+def test_train_quick_runs_both_peers_and_renders(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "train", "--quick", timeout=900)
+    records = json.loads((tmp_path / "train_quick.json").read_text())
+    assert {r["system"] for r in records} == {"finechain", "hf-trainer", "hf-lora"}
+    assert {(r["task"], r["metric"]) for r in records if r["system"] == "finechain"} >= {
+        ("sst2", "accuracy"),
+        ("conll2003", "entity_f1"),
+        ("sst2", "elapsed_seconds"),
+        ("conll2003", "train_seconds"),
     }
+    (tmp_path / "train.json").write_text((tmp_path / "train_quick.json").read_text())
     run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
-    assert "| 4 tasks | finechain |" in (tmp_path / "benchmarks.md").read_text()
+    assert "| finechain | default (split=2), 1 epochs |" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "infer", "--quick", timeout=900)
+    records = json.loads((tmp_path / "infer_quick.json").read_text())
+    assert {(r["task"], r["system"]) for r in records} >= {
+        ("4 tasks", "finechain"),
+        ("4 tasks", "hf-separate"),
+        ("4 tasks", "hf-pipeline"),
+        ("embeddings", "sentence-transformers"),
+    }
+    cosine = next(r["value"] for r in records if r["metric"] == "min_cosine_to_peer")
+    assert cosine > 0.999  # Chain.embed gives sentence-transformers' embeddings
+
+
+def test_memory_quick_measures_fresh_processes(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "memory", "--quick", timeout=600)
+    records = json.loads((tmp_path / "memory_quick.json").read_text())
+    rss = {r["task"]: r["value"] for r in records if r["metric"] == "rss_mb"}
+    assert set(rss) == {"1 task", "4 tasks"} and 200 < rss["1 task"] <= rss["4 tasks"] < 4000
 
 
 def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) -> None:

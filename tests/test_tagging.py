@@ -91,13 +91,13 @@ def test_mixed_chain_answers_any_subset_in_one_pass(tiny_backbone: Path, tmp_pat
         progress=False,
     )
     calls = {"n": 0}
-    original = chain.trunk.forward
+    original = chain.trunk.embeddings.forward  # every trunk pass starts with the embeddings
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(chain.trunk, "forward", counting)
+    monkeypatch.setattr(chain.trunk.embeddings, "forward", counting)
     texts = ["bob met carol in rome", "good movie"]
     everything = chain.predict(texts, batch_size=64)
     assert calls["n"] == 1 and set(everything[0]) == {"ner", "sent", "score"}

@@ -99,6 +99,7 @@ class TaskSpec(BaseModel):
     keep_docstart: bool = Field(False, description="tagging: keep -DOCSTART- lines as tokens")
     decoding: Literal["constrained", "argmax"] = Field("constrained", description="tagging: valid-BIO Viterbi or per-word argmax")
     pooling: Pooling = "mean"
+    layer_mix: bool = Field(False, description="the head reads a learned weighted mix of the embeddings and every layer")
     branch: BranchConfig = Field(default_factory=BranchConfig)
     metric: str | None = None
     dropout: float = Field(0.1, ge=0, lt=1)

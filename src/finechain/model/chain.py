@@ -22,8 +22,8 @@ from finechain.model.backbone import (
 )
 from finechain.model.branches import branch_mode
 from finechain.model.heads import Head
-from finechain.model.layers import Trunk, copy_layers
-from finechain.model.pooling import Pooling
+from finechain.model.layers import LayerStack, Trunk, copy_layers
+from finechain.model.pooling import Pooling, pool
 from finechain.model.task import TaskModel
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class Chain(nn.Module):
         self.num_layers = num_layers
         self.max_length = max_length
         self.trunk = Trunk(encoder, split)
-        self._pretrained_upper = list(encoder.encoder.layer)[split:]  # templates for new branches (not saved)
+        # The backbone's own upper layers: templates for new branches and the rest of the encoder for embed()
+        # (frozen, never saved: they are the backbone's).
+        self.upper = LayerStack(list(encoder.encoder.layer)[split:], encoder.config).requires_grad_(False).eval()
         self.tasks = nn.ModuleDict()
         self.task_info: dict[str, dict[str, Any]] = {}
         self.trunk_tuning: dict[str, Any] | None = None  # set when the trunk's layers were trained (joint sharing)
@@ -139,18 +141,27 @@ class Chain(nn.Module):
 
     def fresh_branch(self) -> list[nn.Module]:
         """New copies of the pretrained upper layers, to start a task branch from."""
-        return copy_layers(self._pretrained_upper)
+        return copy_layers(list(self.upper.layers))
 
     def new_task(
-        self, head_cls: type[Head], labels: list[str], pooling: Pooling = "mean", dropout: float = 0.1, branch: dict[str, Any] | None = None
+        self,
+        head_cls: type[Head],
+        labels: list[str],
+        pooling: Pooling = "mean",
+        dropout: float = 0.1,
+        branch: dict[str, Any] | None = None,
+        layer_mix: bool = False,
     ) -> TaskModel:
         """An untrained tail for a task type (not yet attached to the chain).
+
+        ``layer_mix`` makes the head read a learned mix of the embeddings and every layer's output.
 
         Example:
             >>> task = chain.new_task(ClassificationHead, ["neg", "pos"])  # doctest: +SKIP
         """
         head = head_cls(self.encoder_config.hidden_size, labels, dropout=dropout)
-        return TaskModel(head, self.fresh_branch(), self.encoder_config, pooling, branch_mode(branch)).to(self.device)
+        mix = self.num_layers + 1 if layer_mix else 0
+        return TaskModel(head, self.fresh_branch(), self.encoder_config, pooling, branch_mode(branch), mix).to(self.device)
 
     def attach(self, name: str, task: TaskModel, info: dict[str, Any] | None = None) -> None:
         """Add (or replace) a trained task; no other task is touched."""
@@ -248,12 +259,39 @@ class Chain(nn.Module):
         pad = self.tokenizer.pad_token_id or 0
         for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
             input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
-            hidden = self.trunk(input_ids, mask)
+            states = self.trunk.all_states(input_ids, mask)
             for name in names:
-                result = self.tasks[name](hidden, mask).float().cpu()
+                task = self.tasks[name]
+                result = task(states if task.needs_trunk_states else states[-1], mask).float().cpu()
                 for row, index in enumerate(batch):
                     outputs[name][index] = result[row, : len(ids[index])] if name in token_level else result[row]
         return outputs, encoded
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
+        """Sentence embeddings from the untouched backbone: trunk + the backbone's upper layers, mean pooled.
+
+        For sentence-transformers backbones such as all-MiniLM-L6-v2 these match ``SentenceTransformer.encode``
+        (mean pooling, L2-normalised). Not available once the trunk itself was fine-tuned (``sharing: joint``).
+
+        Example:
+            >>> chain.embed(["a cat", "a kitten"]).shape  # doctest: +SKIP
+            torch.Size([2, 384])
+        """
+        if self.trunk_tuning is not None:
+            raise FinechainError(
+                "this chain's trunk was fine-tuned (sharing: joint), so it no longer gives the backbone's embeddings",
+                fix="embed with Chain.from_backbone(...) or a chain trained with sharing: frozen",
+            )
+        self.eval()
+        ids = tokenize(self.tokenizer, list(texts), self.max_length)
+        out = torch.empty((len(ids), self.encoder_config.hidden_size))
+        pad = self.tokenizer.pad_token_id or 0
+        for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
+            input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
+            vectors = pool(self.upper(self.trunk(input_ids, mask), mask)[-1], mask, "mean").float()
+            out[batch] = (torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors).cpu()
+        return out
 
     def predict(self, texts: list[Any], tasks: list[str] | None = None, batch_size: int = 64) -> list[dict[str, Any]]:
         """Predictions for every text and requested task (default: all), one trunk pass.

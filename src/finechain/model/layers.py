@@ -51,6 +51,10 @@ class Trunk(nn.Module):
         hidden = self.embeddings(input_ids=input_ids)
         return self.stack(hidden, attention_mask)[-1]
 
+    def all_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The embeddings and every trunk layer's output (``split + 1`` tensors; the last is :meth:`forward`'s)."""
+        return self.stack(self.embeddings(input_ids=input_ids), attention_mask, all_layers=True)
+
 
 def copy_layers(layers: list[nn.Module]) -> list[nn.Module]:
     """Independent deep copies of ``layers``: a new task branch starts from these.

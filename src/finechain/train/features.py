@@ -17,6 +17,7 @@ class TrunkFeatures:
 
     ``cache="memory"`` keeps all trunk states in one flat tensor, ``"disk"`` in a memory-mapped
     ``.npy`` file (no pickle), ``"off"`` recomputes them each batch (saves memory, costs time).
+    With ``all_states`` (for layer-mixing tasks) ``hidden`` is the list of every trunk state, not only the last.
 
     Example:
         >>> feats = TrunkFeatures(chain.trunk, ids, pad_id=0, cache="memory")  # doctest: +SKIP
@@ -31,8 +32,10 @@ class TrunkFeatures:
         cache: str = "memory",
         batch_size: int = 128,
         cache_file: Path | None = None,
+        all_states: bool = False,
     ) -> None:
         self.trunk = trunk
+        self.depth = trunk.split + 1 if all_states else 1
         self.ids = ids
         self.pad_id = pad_id
         self.cache = cache
@@ -50,9 +53,9 @@ class TrunkFeatures:
             if cache_file is None:
                 raise ValueError("cache='disk' needs a cache_file")
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            flat = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.float32, shape=(total, hidden_size))
+            flat = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.float32, shape=(total, self.depth, hidden_size))
         else:
-            flat = torch.empty((total, hidden_size), dtype=torch.float32, device=self.device)
+            flat = torch.empty((total, self.depth, hidden_size), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             for batch in length_batches(self.lengths, batch_size, shuffle=False):
                 hidden = self._compute(batch)
@@ -68,11 +71,16 @@ class TrunkFeatures:
             self.flat = flat
 
     def _compute(self, indices: list[int]) -> torch.Tensor:
+        """``[batch, tokens, depth, hidden]``: the last ``depth`` trunk states of each token."""
         input_ids, mask = pad_ids([self.ids[i] for i in indices], self.pad_id)
-        return self.trunk(input_ids.to(self.device), mask.to(self.device)).float()
+        states = self.trunk.all_states(input_ids.to(self.device), mask.to(self.device))
+        return torch.stack(states[-self.depth :], dim=2).float()
 
-    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded trunk states ``[batch, tokens, hidden]`` and the attention mask."""
+    def _unstack(self, hidden: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return hidden[:, :, 0] if self.depth == 1 else list(hidden.unbind(2))
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """Padded trunk states ``[batch, tokens, hidden]`` (a list of them with ``all_states``) and the attention mask."""
         lengths = [self.lengths[i] for i in indices]
         mask = torch.zeros((len(indices), max(lengths)), dtype=torch.long)
         for row, n in enumerate(lengths):
@@ -80,10 +88,10 @@ class TrunkFeatures:
         mask = mask.to(self.device)
         if self.cache == "off":
             with torch.no_grad():
-                return self._compute(indices), mask
+                return self._unstack(self._compute(indices)), mask
         if isinstance(self.flat, np.ndarray):
             rows = [torch.from_numpy(np.array(self.flat[self.offsets[i] : self.offsets[i + 1]])) for i in indices]
-            return pad_sequence(rows, batch_first=True).to(self.device), mask
+            return self._unstack(pad_sequence(rows, batch_first=True).to(self.device)), mask
         assert self.flat is not None
         rows = [self.flat[self.offsets[i] : self.offsets[i + 1]] for i in indices]
-        return pad_sequence(rows, batch_first=True), mask
+        return self._unstack(pad_sequence(rows, batch_first=True)), mask

@@ -57,7 +57,7 @@ def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], train
     for spec in specs:
         head_cls = head_type(spec.type)
         data = datas[spec.name]
-        task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump())
+        task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump(), spec.layer_mix)
         if hasattr(task.head, "fit_scale"):
             task.head.fit_scale(data.train.labels)
         token_level = head_cls.level == "token"
@@ -80,7 +80,8 @@ def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], train
 
 
 def _validate(chain: Chain, job: _Job, training: TrainingConfig) -> dict[str, Any]:
-    features = TrunkFeatures(chain.trunk, job.val_ids, chain.tokenizer.pad_token_id or 0, cache="off")
+    pad = chain.tokenizer.pad_token_id or 0
+    features = TrunkFeatures(chain.trunk, job.val_ids, pad, cache="off", all_states=job.task.needs_trunk_states)
     return job.task.head.score(task_outputs(job.task, features, training.eval_batch_size, training.precision), job.val_targets)
 
 
@@ -145,7 +146,8 @@ def fit_joint(
                 batch = queues[k].pop()
                 input_ids, mask = (t.to(device) for t in pad_ids([job.ids[i] for i in batch], pad))
                 with autocast_context(device, training.precision):
-                    logits = job.task(chain.trunk(input_ids, mask), mask)
+                    states = chain.trunk.all_states(input_ids, mask)
+                    logits = job.task(states if job.task.needs_trunk_states else states[-1], mask)
                 loss = job.task.head.loss(logits, job.targets[batch]) * job.weight
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(modules.parameters(), training.max_grad_norm)

@@ -77,8 +77,9 @@ def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float],
 
 
 def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
-    """Head parameters get ``head_learning_rate``, everything else ``learning_rate``."""
-    return lambda name: cfg.head_learning_rate if name.startswith("head.") or ".head." in name else cfg.learning_rate
+    """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate``."""
+    head_like = ("head.", "layer_mix.")
+    return lambda name: cfg.head_learning_rate if name.startswith(head_like) or ".head." in name else cfg.learning_rate
 
 
 @torch.inference_mode()
@@ -96,11 +97,11 @@ def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, prec
 
 
 def _features(
-    chain: Chain, texts: list[Any], cfg: TrainingConfig, cache_file: Path, token_level: bool
+    chain: Chain, texts: list[Any], cfg: TrainingConfig, cache_file: Path, token_level: bool, all_states: bool
 ) -> tuple[TrunkFeatures, Encoded | None]:
     ids, encoded = chain.encode(texts, with_words=token_level)
-    features = TrunkFeatures(chain.trunk, ids, chain.tokenizer.pad_token_id or 0, cfg.cache, cfg.eval_batch_size, cache_file)
-    return features, encoded
+    pad = chain.tokenizer.pad_token_id or 0
+    return TrunkFeatures(chain.trunk, ids, pad, cfg.cache, cfg.eval_batch_size, cache_file, all_states), encoded
 
 
 def fit_task(
@@ -113,10 +114,13 @@ def fit_task(
     progress: bool = True,
     data: TaskData | None = None,
     init: TaskModel | None = None,
+    on_epoch_end: Callable[[int, TaskModel], None] | None = None,
 ) -> FitResult:
     """Validate the data, train a new tail for ``spec`` and attach the best epoch to ``chain``.
 
     ``init`` continues from an existing tail (e.g. after joint multi-task training) instead of a fresh one.
+    ``on_epoch_end(epoch, task)`` is called after each epoch (e.g. to watch another evaluation set); the
+    time it takes is left out of ``train_seconds`` and of each history record's ``elapsed_seconds``.
 
     Example:
         >>> result = fit_task(chain, TaskSpec(name="sentiment", train="train.csv"))  # doctest: +SKIP
@@ -129,15 +133,16 @@ def fit_task(
     metric = spec.metric or head_cls.default_metric
     run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix=f"finechain-{spec.name}-"))
     torch.manual_seed(cfg.seed)
-    task = init or chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump())
+    task = init or chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump(), spec.layer_mix)
     if init is None and hasattr(task.head, "fit_scale"):
         task.head.fit_scale(data.train.labels)
     device = chain.device
 
     started = time.perf_counter()
     token_level = head_cls.level == "token"
-    train_feats, train_enc = _features(chain, data.train.texts, cfg, run_path / "cache" / "train.npy", token_level)
-    val_feats, val_enc = _features(chain, data.validation.texts, cfg, run_path / "cache" / "validation.npy", token_level)
+    all_states = task.needs_trunk_states
+    train_feats, train_enc = _features(chain, data.train.texts, cfg, run_path / "cache" / "train.npy", token_level, all_states)
+    val_feats, val_enc = _features(chain, data.validation.texts, cfg, run_path / "cache" / "validation.npy", token_level, all_states)
     y_train = task.head.targets(data.train.labels, train_enc).to(device)
     y_val = task.head.targets(data.validation.labels, val_enc)
     blank = [torch.zeros(*((n,) if token_level else ()), max(1, len(data.labels))) for n in val_feats.lengths]
@@ -158,7 +163,7 @@ def fit_task(
         state, best = checkpointer.load(task, optimizer, scheduler, generator)
     log = MetricsLog(run_path / "metrics.jsonl", fresh=not resume)
     history: list[dict[str, Any]] = []
-    seen = 0
+    seen, observed = 0, 0.0
 
     with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
         epoch = state.epoch
@@ -199,18 +204,23 @@ def fit_task(
                 f"validation_{metric}": value,
                 "best": state.best,
                 "seconds": round(state.seconds, 3),
+                "elapsed_seconds": round(time.perf_counter() - started - observed, 3),
             }
             log.write(record)
             history.append(record)
             bar.show_metric(f"val {metric} {value:.4f}")
             checkpointer.save(task, best, optimizer, scheduler, generator, state)
+            if on_epoch_end is not None:
+                pause = time.perf_counter()
+                on_epoch_end(epoch, task)
+                observed += time.perf_counter() - pause
 
     task.load_state_dict(best)
     info = {"metric": metric, "best_epoch": state.best_epoch, "training": cfg.model_dump()}
     validation, test_scores = attach_scored(
         chain, spec, task, data, info, task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
     )
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started - observed
     chain.task_info[spec.name]["train_seconds"] = round(train_seconds, 3)
     return FitResult(spec.name, metric, state.best_epoch, validation, test_scores, train_seconds, seen / max(state.seconds, 1e-9), history)
 
