@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 
 SUITES = {
+    "train": "benchmarks.train",
     "split-sweep": "benchmarks.split_sweep",
     "infer": "benchmarks.infer",
+    "memory": "benchmarks.memory",
     "sharing": "benchmarks.sharing",
     "decoding": "benchmarks.decoding",
     "report": "benchmarks.report",

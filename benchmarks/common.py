@@ -90,24 +90,26 @@ class Recorder:
         return write_json(RESULTS / f"{name}.json", self.records)
 
 
-def peer_training_args(prefix: str, epochs: int, seed: int):
-    """The Hugging Face Trainer recipe used for every peer: lr 5e-5, batch 32, no saving or logging."""
+def peer_training_args(prefix: str, epochs: int, seed: int, learning_rate: float = 5e-5, device: str = "cpu"):
+    """The Hugging Face Trainer recipe used for every peer: batch 32, no saving or logging; bf16 on CUDA."""
     import tempfile
 
     from transformers import TrainingArguments
 
+    cuda = device.startswith("cuda")
     return TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix=prefix),
         per_device_train_batch_size=32,
         per_device_eval_batch_size=128,
         num_train_epochs=epochs,
-        learning_rate=5e-5,
+        learning_rate=learning_rate,
         seed=seed,
         save_strategy="no",
         report_to=[],
         logging_strategy="no",
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
+        bf16=cuda,
         dataloader_num_workers=0,
     )
 

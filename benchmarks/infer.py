@@ -1,7 +1,8 @@
-"""Inference: throughput of one chain answering 1 and 4 tasks vs four separate fine-tuned-size models
-(plain transformers and ``pipeline``), and peak memory of each way of serving them. CPU by default.
+"""Inference: throughput of one chain answering 1 and 4 tasks vs separate fine-tuned-size models (plain
+transformers and ``pipeline``), at all threads and at 1 thread; sentence-embedding throughput vs
+sentence-transformers ``encode``. Peak memory is the ``memory`` suite.
 
-    python -m benchmarks infer [--quick] [--texts 1000] [--repeats 3] [--split auto]
+    python -m benchmarks infer [--quick] [--texts 1200] [--repeats 3] [--split auto] [--device cpu|cuda]
 
 Speed does not depend on the weights' values, so heads here are freshly initialised: every system
 has exactly the architecture and size of the fine-tuned models it stands for.
@@ -10,11 +11,6 @@ has exactly the architecture and size of the fine-tuned models it stands for.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,7 +41,7 @@ def build_chain(split: str, tasks: list[str]):
     return chain
 
 
-def build_separate(tasks: list[str]):
+def build_separate(tasks: list[str], device: str = "cpu"):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -59,7 +55,7 @@ def build_separate(tasks: list[str]):
     for name in tasks:
         kind, n = TASKS[name]
         cls = AutoModelForTokenClassification if kind == "tagging" else AutoModelForSequenceClassification
-        models[name] = cls.from_pretrained(path, num_labels=n, use_safetensors=True).eval()
+        models[name] = cls.from_pretrained(path, num_labels=n, use_safetensors=True).eval().to(device)
     return tokenizer, models
 
 
@@ -69,33 +65,39 @@ def run_separate(tokenizer: Any, models: dict[str, Any], texts: list[str], batch
         for model in models.values():
             for start in range(0, len(texts), batch_size):
                 batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
-                model(**batch).logits.argmax(-1)
+                model(**batch.to(model.device)).logits.argmax(-1).cpu()
 
 
-def build_pipelines(tokenizer: Any, models: dict[str, Any]):
+def build_pipelines(tokenizer: Any, models: dict[str, Any], device: str = "cpu"):
     from transformers import pipeline
 
+    index = 0 if device.startswith("cuda") else -1
     return [
-        pipeline("token-classification", model=model, tokenizer=tokenizer, device=-1, aggregation_strategy="simple")
+        pipeline("token-classification", model=model, tokenizer=tokenizer, device=index, aggregation_strategy="simple")
         if TASKS[name][0] == "tagging"
-        else pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
+        else pipeline("text-classification", model=model, tokenizer=tokenizer, device=index)
         for name, model in models.items()
     ]
 
 
-def memory_child(kind: str, n_tasks: int, split: str, texts: list[str]) -> float:
-    """Peak RSS (MB) of a process that loads the system and predicts ``texts``."""
-    tasks = list(TASKS)[:n_tasks]
-    if kind == "finechain":
-        build_chain(split, tasks).predict(texts)
-    else:
-        tokenizer, models = build_separate(tasks)
-        run_separate(tokenizer, models, texts)
-    # VmHWM belongs to this process's own address space; ru_maxrss would inherit the parent's peak across fork+exec.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def embedding_peer(texts: list[str], repeats: int, device: str, rec: Recorder) -> None:
+    """Sentence embeddings: ``Chain.embed`` vs sentence-transformers ``encode`` on the same texts and backbone."""
+    from sentence_transformers import SentenceTransformer
+
+    from finechain import Chain
+    from finechain.model.backbone import resolve_backbone
+
+    path = str(resolve_backbone("all-MiniLM-L6-v2")[0])
+    model = SentenceTransformer(path, device=device)
+    chain = Chain.from_backbone(path).to(device)
+    theirs_vectors = torch.from_numpy(model.encode(texts, batch_size=64, convert_to_numpy=True))
+    agreement = torch.nn.functional.cosine_similarity(chain.embed(texts), theirs_vectors).min()
+    n = len(texts)
+    ours = timed(lambda: chain.embed(texts), repeats)
+    theirs = timed(lambda: model.encode(texts, batch_size=64), repeats)
+    rec.add("embeddings", "finechain", "Chain.embed", "samples_per_second", n / ours, "texts/s")
+    rec.add("embeddings", "finechain", "Chain.embed", "min_cosine_to_peer", float(agreement), "cosine")
+    rec.add("embeddings", "sentence-transformers", "SentenceTransformer.encode", "samples_per_second", n / theirs, "texts/s")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,64 +106,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--texts", type=int, default=1200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--split", default="auto")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the transformers.pipeline peer (slow)")
-    parser.add_argument("--memory-child", nargs=2, metavar=("SYSTEM", "TASKS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.texts, args.repeats = 200, 1
     texts = load_texts(args.texts)
-    if args.memory_child:
-        print(json.dumps({"rss_mb": memory_child(args.memory_child[0], int(args.memory_child[1]), args.split, texts[:200])}))
-        return
-
-    rec = Recorder("infer", "cpu")
-    chain = build_chain(args.split, list(TASKS))
+    rec = Recorder("infer", args.device)
+    chain = build_chain(args.split, list(TASKS)).to(args.device)
     variant = f"split={chain.split}"
-    tokenizer, models = build_separate(list(TASKS))
+    tokenizer, models = build_separate(list(TASKS), args.device)
     n = len(texts)
+    threads = torch.get_num_threads()
     for n_tasks in (1, 4):
         names = list(TASKS)[:n_tasks]
         label = f"{n_tasks} task{'s' if n_tasks > 1 else ''}"
         ours = timed(lambda names=names: chain.predict(texts, tasks=names), args.repeats)
         rec.add(label, "finechain", variant, "samples_per_second", n / ours, "texts/s")
+        if args.device == "cpu" and threads > 1 and not args.quick:
+            torch.set_num_threads(1)  # what one worker per core gets (e.g. several server processes)
+            single = timed(lambda names=names: chain.predict(texts, tasks=names), args.repeats)
+            torch.set_num_threads(threads)
+            rec.add(label, "finechain", f"{variant}, 1 thread", "samples_per_second", n / single, "texts/s")
         subset = {k: models[k] for k in names}
         theirs = timed(lambda subset=subset: run_separate(tokenizer, subset, texts), args.repeats)
         rec.add(label, "hf-separate", "plain transformers, one model per task", "samples_per_second", n / theirs, "texts/s")
         if not args.no_pipeline:
-            pipes = build_pipelines(tokenizer, subset)
+            pipes = build_pipelines(tokenizer, subset, args.device)
             piped = timed(lambda pipes=pipes: [list(p(texts, batch_size=64)) for p in pipes], args.repeats)
             rec.add(label, "hf-pipeline", "transformers.pipeline, one per task", "samples_per_second", n / piped, "texts/s")
-    for system in ("finechain", "hf-separate"):
-        for n_tasks in (1, 4):
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks",
-                    "infer",
-                    "--memory-child",
-                    system,
-                    str(n_tasks),
-                    "--split",
-                    args.split,
-                    "--texts",
-                    "200",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
-            rss = json.loads(done.stdout.strip().splitlines()[-1])["rss_mb"]
-            rec.add(
-                f"{n_tasks} task{'s' if n_tasks > 1 else ''}",
-                system,
-                variant if system == "finechain" else "one model per task",
-                "rss_mb",
-                rss,
-                "MB",
-            )
-    print(f"wrote {rec.save(extra={k: v for k, v in vars(args).items() if k != 'memory_child'})}")
+    embedding_peer(texts, args.repeats, args.device, rec)
+    print(f"wrote {rec.save('infer_quick' if args.quick else 'infer', vars(args))}")
 
 
 if __name__ == "__main__":

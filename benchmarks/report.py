@@ -16,6 +16,8 @@ from benchmarks.common import RESULTS, ROOT
 NOTES = ROOT / "benchmarks" / "notes"
 DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
 SUITE_TITLES = {
+    "train": "Training: a new task, finechain vs the Hugging Face Trainer (full and LoRA)",
+    "memory": "Memory: serving 1 and 4 tasks",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
@@ -62,22 +64,73 @@ def split_sweep_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def infer_table(records: list[dict[str, Any]]) -> str:
-    """Throughput and peak memory per number of tasks, with finechain's speed-up over each peer."""
-    by: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+def _rows(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], dict[str, float]]]:
+    """task -> (system, variant) -> metric -> value, in first-seen order."""
+    by: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(dict)
     for r in records:
-        entry = by[r["task"]][r["system"]]
-        entry[r["metric"]] = r["value"]
-        entry.setdefault("variant", r["variant"])
-    out = ["| tasks | system | variant | texts/s | finechain speed-up | peak RSS MB |", "| --- | --- | --- | --- | --- | --- |"]
-    for task, systems in sorted(by.items()):
-        ours = systems.get("finechain", {}).get("samples_per_second")
-        for system, m in systems.items():
+        by[r["task"]].setdefault((r["system"], r["variant"]), {})[r["metric"]] = r["value"]
+    return by
+
+
+def infer_table(records: list[dict[str, Any]]) -> str:
+    """Throughput per number of tasks (and for embeddings), with finechain's speed-up over each peer."""
+    out = ["| tasks | system | variant | texts/s | finechain speed-up |", "| --- | --- | --- | --- | --- |"]
+    for task, rows in _rows(records).items():
+        ours = next((m.get("samples_per_second") for (system, _), m in rows.items() if system == "finechain"), None)
+        for (system, variant), m in rows.items():
             speed = m.get("samples_per_second")
-            ratio = f"{ours / speed:.2f}x" if ours and speed else "-"
-            rate, rss = _fmt("samples_per_second", speed), _fmt("rss_mb", m.get("rss_mb"))
-            out.append(f"| {task} | {system} | {m['variant']} | {rate} | {ratio} | {rss} |")
+            ratio = f"{ours / speed:.2f}x" if ours and speed and system != "finechain" else "-"
+            note = f" (min cosine to peer {m['min_cosine_to_peer']:.5f})" if "min_cosine_to_peer" in m else ""
+            out.append(f"| {task} | {system} | {variant}{note} | {_fmt('samples_per_second', speed)} | {ratio} |")
     return "\n".join(out) + "\n"
+
+
+def memory_table(records: list[dict[str, Any]]) -> str:
+    """Peak memory per number of tasks; finechain's saving against one model per task."""
+    out = ["| tasks | system | variant | peak RSS MB | peak GPU MB | vs one model per task |", "| --- | --- | --- | --- | --- | --- |"]
+    for task, rows in _rows(records).items():
+        peer = next((m.get("rss_mb") for (system, _), m in rows.items() if system == "hf-separate"), None)
+        for (system, variant), m in rows.items():
+            rss = m.get("rss_mb")
+            ratio = f"{rss / peer:.2f}x" if rss and peer else "-"
+            out.append(f"| {task} | {system} | {variant} | {_fmt('rss_mb', rss)} | {_fmt('rss_mb', m.get('gpu_peak_mb'))} | {ratio} |")
+    return "\n".join(out) + "\n"
+
+
+def train_table(records: list[dict[str, Any]]) -> str:
+    """Per task: each system's dev metric, time and speed, ratios to the HF Trainer; then finechain's dev curve."""
+    out = []
+    for task, rows in _rows(records).items():
+        metric = next(k for m in rows.values() for k in m if k in {"accuracy", "entity_f1"})
+        peer = next((m for (system, _), m in rows.items() if system == "hf-trainer"), {})
+        targets = {v: m["time_to_target_seconds"] for (_, v), m in rows.items() if "time_to_target_seconds" in m}
+        out += [
+            f"**{task}** (dev {metric}, %)",
+            "",
+            f"| system | variant | dev {metric} | Δ vs HF full (points) | train s | samples/s | speed-up vs HF full (time) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for (system, variant), m in rows.items():
+            if "train_seconds" not in m:
+                continue
+            delta = f"{100 * (m[metric] - peer[metric]):+.1f}" if peer and system != "hf-trainer" else "-"
+            speed = f"{peer['train_seconds'] / m['train_seconds']:.1f}x" if peer else "-"
+            out.append(
+                f"| {system} | {variant} | {_fmt(metric, m[metric])} | {delta} | {_fmt('train_seconds', m['train_seconds'])} | "
+                f"{_fmt('samples_per_second', m.get('samples_per_second'))} | {speed} |"
+            )
+        curve = [(v, m) for (system, v), m in rows.items() if system == "finechain" and "elapsed_seconds" in m]
+        if curve:
+            out += ["", f"finechain's dev {metric} after each epoch (time since the start of `fit`, dev evaluation not counted):", ""]
+            out += ["| epoch | elapsed s | dev " + metric + " | speed-up vs HF full at this point |", "| --- | --- | --- | --- |"]
+            for variant, m in curve:
+                speed = f"{peer['train_seconds'] / m['elapsed_seconds']:.1f}x" if peer else "-"
+                out.append(f"| {variant} | {m['elapsed_seconds']:.1f} | {_fmt(metric, m[metric])} | {speed} |")
+        for variant, seconds in targets.items():
+            speed = f" = **{peer['train_seconds'] / seconds:.1f}x** the HF full fine-tune's end-to-end time" if peer else ""
+            out += ["", f"Time for finechain {variant}: {seconds:.1f} s{speed}."]
+        out.append("")
+    return "\n".join(out)
 
 
 def sharing_table(records: list[dict[str, Any]]) -> str:
@@ -138,7 +191,14 @@ def decoding_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-TABLES = {"split_sweep": split_sweep_table, "infer": infer_table, "sharing": sharing_table, "decoding": decoding_table}
+TABLES = {
+    "train": train_table,
+    "split_sweep": split_sweep_table,
+    "infer": infer_table,
+    "memory": memory_table,
+    "sharing": sharing_table,
+    "decoding": decoding_table,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

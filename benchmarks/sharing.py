@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, peer_training_args, timed
-from benchmarks.split_sweep import hf_trainer_full_finetune
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, timed
+from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import read_conll
 from finechain.data.prepare import load_task_data
@@ -46,43 +46,6 @@ def task_specs(n: int, dev_sentences: int, eval_limit: int | None) -> tuple[list
     test = read_conll(DATASETS / "conll2003/test.txt")[:eval_limit]
     evaluation["conll2003"] = ([s.words for s in test], [s.tags for s in test])
     return specs, evaluation
-
-
-def hf_token_classification(backbone, train, eval_words, eval_tags, labels, epochs: int, max_length: int, seed: int):
-    """The peer for NER: AutoModelForTokenClassification + Trainer, first-subword labels, seqeval entity F1."""
-    from seqeval.metrics import f1_score
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    index = {t: i for i, t in enumerate(labels)}
-
-    def encode(words_list, tags_list):
-        enc = tokenizer(words_list, is_split_into_words=True, truncation=True, max_length=max_length)
-        rows = []
-        for i, tags in enumerate(tags_list):
-            seen, label_ids = set(), []
-            for w in enc.word_ids(i):
-                label_ids.append(-100 if w is None or w in seen else index.get(tags[w], index["O"]))
-                if w is not None:
-                    seen.add(w)
-            rows.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label_ids})
-        return rows
-
-    dataset = encode(train.texts, train.labels)
-    model = AutoModelForTokenClassification.from_pretrained(str(backbone), num_labels=len(labels), use_safetensors=True)
-    args = peer_training_args("hf-ner-", epochs, seed)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForTokenClassification(tokenizer))
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    eval_rows = encode(eval_words, eval_tags)
-    logits = trainer.predict(eval_rows).predictions
-    gold, pred = [], []
-    for row, tags, scores in zip(eval_rows, eval_tags, logits, strict=True):
-        positions = [i for i, label in enumerate(row["labels"]) if label != -100]
-        gold.append(tags)
-        pred.append([labels[int(scores[p].argmax())] for p in positions] + ["O"] * (len(tags) - len(positions)))
-    return float(f1_score(gold, pred)), seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,10 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         for spec in specs:
             data = datas[spec.name]
             texts, labels = evaluation[spec.name]
-            if spec.type == "tagging":
-                value, seconds = hf_token_classification(backbone, data.train, texts, labels, data.labels, args.epochs, 128, args.seed)
-            else:
-                value, seconds, _ = hf_trainer_full_finetune(backbone, data.train, texts, labels, data.labels, args.epochs, 128, args.seed)
+            peer_fn = hf_token_classification if spec.type == "tagging" else hf_sequence_classification
+            peer = peer_fn(backbone, data.train, {"eval": (texts, labels)}, data.labels, epochs=args.epochs, seed=args.seed)
+            value, seconds = peer.scores["eval"], peer.seconds
             total += seconds
             rec.add(
                 spec.name,

@@ -7,43 +7,14 @@ Hugging Face Trainer full fine-tune of the same backbone on the same data, in th
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
-import torch
-
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, peer_training_args
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder
+from benchmarks.peers import hf_sequence_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
 from finechain.model.backbone import resolve_backbone
 from finechain.model.heads import head_type
-
-
-def hf_trainer_full_finetune(backbone: Path, train, eval_texts, eval_labels, labels, epochs: int, max_length: int, seed: int):
-    """The peer: AutoModelForSequenceClassification + Trainer, standard recipe (lr 5e-5, batch 32)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    index = {name: i for i, name in enumerate(labels)}
-    enc = tokenizer(train.texts, truncation=True, max_length=max_length)
-    dataset = [
-        {"input_ids": ids, "attention_mask": m, "labels": index[y]}
-        for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train.labels, strict=True)
-    ]
-    model = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=len(labels), use_safetensors=True)
-    args = peer_training_args("hf-peer-", epochs, seed)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    ev = tokenizer(eval_texts, truncation=True, max_length=max_length)
-    eval_set = [{"input_ids": i, "attention_mask": m} for i, m in zip(ev["input_ids"], ev["attention_mask"], strict=True)]
-    predictions = trainer.predict(eval_set).predictions.argmax(-1)
-    accuracy = float((predictions == torch.tensor([index[y] for y in eval_labels]).numpy()).mean())
-    return accuracy, seconds, len(dataset) * epochs / seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,9 +55,17 @@ def main(argv: list[str] | None = None) -> None:
             )
             rec.add(name, "finechain", variant, "epochs_run", len(result.history), "epochs")
         if not args.no_peer:
-            acc, seconds, speed = hf_trainer_full_finetune(
-                backbone, data.train, eval_texts, eval_labels, data.labels, args.epochs, args.max_length, args.seed
+            peer = hf_sequence_classification(
+                backbone,
+                data.train,
+                {"eval": (eval_texts, eval_labels)},
+                data.labels,
+                epochs=args.epochs,
+                seed=args.seed,
+                max_length=args.max_length,
+                device=args.device,
             )
+            acc, seconds, speed = peer.scores["eval"], peer.seconds, peer.samples_per_second
             rec.add(name, "hf-trainer", "full fine-tune", metric_name, acc, f"{eval_kind} accuracy")
             rec.add(name, "hf-trainer", "full fine-tune", "train_seconds", seconds, "s")
             rec.add(name, "hf-trainer", "full fine-tune", "samples_per_second", speed, "samples/s")

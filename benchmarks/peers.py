@@ -1,0 +1,138 @@
+"""The peers every suite runs next to finechain: Hugging Face ``Trainer`` fine-tunes of the same backbone.
+
+``method="full"`` is the usual full fine-tune (lr 5e-5, batch 32, dynamic padding); ``method="lora"`` wraps
+the same model with ``peft`` LoRA (rank 8, alpha 16 on query/value, peft's default for BERT; lr 5e-4).
+Both report the wall time of ``trainer.train()`` only: their tokenising and evaluation are not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import peer_training_args
+
+LEARNING_RATE = {"full": 5e-5, "lora": 5e-4}
+
+
+@dataclass
+class PeerRun:
+    """What one peer fine-tune produced: a metric per evaluation set, train time and size."""
+
+    scores: dict[str, float]
+    seconds: float
+    samples_per_second: float
+    trainable_parameters: int
+
+
+def _model(cls: Any, backbone: Path, num_labels: int, method: str, task_type: str) -> torch.nn.Module:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = cls.from_pretrained(str(backbone), num_labels=num_labels, use_safetensors=True)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=task_type, r=8, lora_alpha=16, lora_dropout=0.1))
+    elif method != "full":
+        raise ValueError(f"unknown peer method {method!r}")
+    return model
+
+
+def _train(model: torch.nn.Module, rows: list[dict[str, Any]], collator: Any, epochs: int, seed: int, method: str, device: str):
+    from transformers import Trainer
+
+    args = peer_training_args(f"hf-{method}-", epochs, seed, LEARNING_RATE[method], device)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return trainer, seconds
+
+
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def hf_sequence_classification(
+    backbone: Path,
+    train: Any,
+    evaluations: dict[str, tuple[list[str], list[str]]],
+    labels: list[str],
+    *,
+    epochs: int,
+    seed: int,
+    method: str = "full",
+    max_length: int = 128,
+    device: str = "cpu",
+) -> PeerRun:
+    """``AutoModelForSequenceClassification`` + ``Trainer``; accuracy on each evaluation set."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    index = {name: i for i, name in enumerate(labels)}
+    enc = tokenizer(train.texts, truncation=True, max_length=max_length)
+    rows = [
+        {"input_ids": ids, "attention_mask": m, "labels": index[y]}
+        for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train.labels, strict=True)
+    ]
+    model = _model(AutoModelForSequenceClassification, backbone, len(labels), method, "SEQ_CLS")
+    trainer, seconds = _train(model, rows, DataCollatorWithPadding(tokenizer), epochs, seed, method, device)
+    scores = {}
+    for name, (texts, gold) in evaluations.items():
+        ev = tokenizer(texts, truncation=True, max_length=max_length)
+        eval_rows = [{"input_ids": i, "attention_mask": m} for i, m in zip(ev["input_ids"], ev["attention_mask"], strict=True)]
+        predictions = trainer.predict(eval_rows).predictions.argmax(-1)
+        scores[name] = float((predictions == np.array([index[y] for y in gold])).mean())
+    return PeerRun(scores, seconds, len(rows) * epochs / seconds, _trainable(model))
+
+
+def hf_token_classification(
+    backbone: Path,
+    train: Any,
+    evaluations: dict[str, tuple[list[list[str]], list[list[str]]]],
+    labels: list[str],
+    *,
+    epochs: int,
+    seed: int,
+    method: str = "full",
+    max_length: int = 128,
+    device: str = "cpu",
+) -> PeerRun:
+    """``AutoModelForTokenClassification`` + ``Trainer`` with first-sub-word labels; seqeval entity F1 per evaluation set."""
+    from seqeval.metrics import f1_score
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    index = {t: i for i, t in enumerate(labels)}
+
+    def encode(words_list: list[list[str]], tags_list: list[list[str]]) -> list[dict[str, Any]]:
+        enc = tokenizer(words_list, is_split_into_words=True, truncation=True, max_length=max_length)
+        rows = []
+        for i, tags in enumerate(tags_list):
+            seen, label_ids = set(), []
+            for w in enc.word_ids(i):
+                label_ids.append(-100 if w is None or w in seen else index.get(tags[w], index["O"]))
+                if w is not None:
+                    seen.add(w)
+            rows.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label_ids})
+        return rows
+
+    rows = encode(train.texts, train.labels)
+    model = _model(AutoModelForTokenClassification, backbone, len(labels), method, "TOKEN_CLS")
+    trainer, seconds = _train(model, rows, DataCollatorForTokenClassification(tokenizer), epochs, seed, method, device)
+    scores = {}
+    for name, (words, tags_list) in evaluations.items():
+        eval_rows = encode(words, tags_list)
+        logits = trainer.predict(eval_rows).predictions
+        pred = []
+        for row, tags, row_scores in zip(eval_rows, tags_list, logits, strict=True):
+            positions = [i for i, label in enumerate(row["labels"]) if label != -100]
+            pred.append([labels[int(row_scores[p].argmax())] for p in positions] + ["O"] * (len(tags) - len(positions)))
+        scores[name] = float(f1_score(tags_list, pred))
+    return PeerRun(scores, seconds, len(rows) * epochs / seconds, _trainable(model))
