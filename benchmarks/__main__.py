@@ -11,6 +11,7 @@ SUITES = {
     "memory": "benchmarks.memory",
     "sharing": "benchmarks.sharing",
     "decoding": "benchmarks.decoding",
+    "mixing": "benchmarks.mixing",
     "report": "benchmarks.report",
 }
 

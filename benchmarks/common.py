@@ -90,8 +90,8 @@ class Recorder:
         return write_json(RESULTS / f"{name}.json", self.records)
 
 
-def peer_training_args(prefix: str, epochs: int, seed: int, learning_rate: float = 5e-5, device: str = "cpu"):
-    """The Hugging Face Trainer recipe used for every peer: batch 32, no saving or logging; bf16 on CUDA."""
+def peer_training_args(prefix: str, epochs: int, seed: int, learning_rate: float = 5e-5, device: str = "cpu", bf16: bool | None = None):
+    """The Hugging Face Trainer recipe used for every peer: batch 32, no saving or logging; bf16 on CUDA (or when asked)."""
     import tempfile
 
     from transformers import TrainingArguments
@@ -109,7 +109,7 @@ def peer_training_args(prefix: str, epochs: int, seed: int, learning_rate: float
         logging_strategy="no",
         disable_tqdm=True,
         use_cpu=not cuda,
-        bf16=cuda,
+        bf16=cuda if bf16 is None else bf16,
         dataloader_num_workers=0,
     )
 

@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.common import DATASETS, Recorder, timed
 from finechain.data.readers import read_examples
+from finechain.model.precision import autocast_context, resolve_precision
 
 TASKS = {"sentiment": ("classification", 2), "topic": ("classification", 4), "intent": ("classification", 77), "entities": ("tagging", 9)}
 NER_TAGS = ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
@@ -88,16 +89,20 @@ def embedding_peer(texts: list[str], repeats: int, device: str, rec: Recorder) -
     from finechain.model.backbone import resolve_backbone
 
     path = str(resolve_backbone("all-MiniLM-L6-v2")[0])
-    model = SentenceTransformer(path, device=device)
     chain = Chain.from_backbone(path).to(device)
+    model = SentenceTransformer(path, device=device)
+    model.max_seq_length = chain.max_length  # same truncation for both (its config says 256, finechain's default is 128)
     theirs_vectors = torch.from_numpy(model.encode(texts, batch_size=64, convert_to_numpy=True))
-    agreement = torch.nn.functional.cosine_similarity(chain.embed(texts), theirs_vectors).min()
     n = len(texts)
-    ours = timed(lambda: chain.embed(texts), repeats)
+    for precision in ("auto", "fp32") if resolve_precision(device) != "fp32" else ("auto",):
+        chain.precision = precision
+        agreement = torch.nn.functional.cosine_similarity(chain.embed(texts), theirs_vectors).min()
+        ours = timed(lambda: chain.embed(texts), repeats)
+        variant = f"Chain.embed, {resolve_precision(device, precision)}"
+        rec.add("embeddings", "finechain", variant, "samples_per_second", n / ours, "texts/s")
+        rec.add("embeddings", "finechain", variant, "min_cosine_to_peer", float(agreement), "cosine")
     theirs = timed(lambda: model.encode(texts, batch_size=64), repeats)
-    rec.add("embeddings", "finechain", "Chain.embed", "samples_per_second", n / ours, "texts/s")
-    rec.add("embeddings", "finechain", "Chain.embed", "min_cosine_to_peer", float(agreement), "cosine")
-    rec.add("embeddings", "sentence-transformers", "SentenceTransformer.encode", "samples_per_second", n / theirs, "texts/s")
+    rec.add("embeddings", "sentence-transformers", "SentenceTransformer.encode, fp32", "samples_per_second", n / theirs, "texts/s")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,23 +123,41 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer, models = build_separate(list(TASKS), args.device)
     n = len(texts)
     threads = torch.get_num_threads()
+    bf16 = resolve_precision(args.device, "auto") == "bf16"
     for n_tasks in (1, 4):
         names = list(TASKS)[:n_tasks]
         label = f"{n_tasks} task{'s' if n_tasks > 1 else ''}"
-        ours = timed(lambda names=names: chain.predict(texts, tasks=names), args.repeats)
-        rec.add(label, "finechain", variant, "samples_per_second", n / ours, "texts/s")
+        for precision in ("auto", "fp32") if bf16 else ("auto",):
+            chain.precision = precision
+            ours = timed(lambda names=names: chain.predict(texts, tasks=names), args.repeats)
+            rec.add(
+                label, "finechain", f"{variant}, {resolve_precision(args.device, precision)}", "samples_per_second", n / ours, "texts/s"
+            )
+        chain.precision = "auto"
         if args.device == "cpu" and threads > 1 and not args.quick:
             torch.set_num_threads(1)  # what one worker per core gets (e.g. several server processes)
             single = timed(lambda names=names: chain.predict(texts, tasks=names), args.repeats)
             torch.set_num_threads(threads)
-            rec.add(label, "finechain", f"{variant}, 1 thread", "samples_per_second", n / single, "texts/s")
+            rec.add(
+                label, "finechain", f"{variant}, {resolve_precision(args.device)}, 1 thread", "samples_per_second", n / single, "texts/s"
+            )
         subset = {k: models[k] for k in names}
         theirs = timed(lambda subset=subset: run_separate(tokenizer, subset, texts), args.repeats)
-        rec.add(label, "hf-separate", "plain transformers, one model per task", "samples_per_second", n / theirs, "texts/s")
+        rec.add(label, "hf-separate", "plain transformers, one model per task, fp32", "samples_per_second", n / theirs, "texts/s")
+        if bf16:
+
+            def autocast_separate(subset: dict[str, Any] = subset) -> None:
+                with autocast_context(args.device, "bf16"):
+                    run_separate(tokenizer, subset, texts)
+
+            theirs = timed(autocast_separate, args.repeats)
+            rec.add(
+                label, "hf-separate", "plain transformers, one model per task, bf16 autocast", "samples_per_second", n / theirs, "texts/s"
+            )
         if not args.no_pipeline:
             pipes = build_pipelines(tokenizer, subset, args.device)
             piped = timed(lambda pipes=pipes: [list(p(texts, batch_size=64)) for p in pipes], args.repeats)
-            rec.add(label, "hf-pipeline", "transformers.pipeline, one per task", "samples_per_second", n / piped, "texts/s")
+            rec.add(label, "hf-pipeline", "transformers.pipeline, one per task, fp32", "samples_per_second", n / piped, "texts/s")
     embedding_peer(texts, args.repeats, args.device, rec)
     print(f"wrote {rec.save('infer_quick' if args.quick else 'infer', vars(args))}")
 

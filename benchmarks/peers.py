@@ -1,7 +1,8 @@
 """The peers every suite runs next to finechain: Hugging Face ``Trainer`` fine-tunes of the same backbone.
 
 ``method="full"`` is the usual full fine-tune (lr 5e-5, batch 32, dynamic padding); ``method="lora"`` wraps
-the same model with ``peft`` LoRA (rank 8, alpha 16 on query/value, peft's default for BERT; lr 5e-4).
+the same model with ``peft`` LoRA (rank 8, alpha 16 on query/value, peft's default for BERT; lr 5e-4);
+``full-bf16`` / ``lora-bf16`` add the Trainer's bf16 mixed precision (``bf16=True``, on CPU too).
 Both report the wall time of ``trainer.train()`` only: their tokenising and evaluation are not counted.
 """
 
@@ -18,6 +19,7 @@ import torch
 from benchmarks.common import peer_training_args
 
 LEARNING_RATE = {"full": 5e-5, "lora": 5e-4}
+# a method may end in "-bf16": the same recipe with the Trainer's bf16 mixed precision (also on CPU)
 
 
 @dataclass
@@ -35,11 +37,11 @@ def _model(cls: Any, backbone: Path, num_labels: int, method: str, task_type: st
 
     hf_logging.set_verbosity_error()
     model = cls.from_pretrained(str(backbone), num_labels=num_labels, use_safetensors=True)
-    if method == "lora":
+    if method.startswith("lora"):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=task_type, r=8, lora_alpha=16, lora_dropout=0.1))
-    elif method != "full":
+    elif method not in {"full", "full-bf16"}:
         raise ValueError(f"unknown peer method {method!r}")
     return model
 
@@ -47,7 +49,8 @@ def _model(cls: Any, backbone: Path, num_labels: int, method: str, task_type: st
 def _train(model: torch.nn.Module, rows: list[dict[str, Any]], collator: Any, epochs: int, seed: int, method: str, device: str):
     from transformers import Trainer
 
-    args = peer_training_args(f"hf-{method}-", epochs, seed, LEARNING_RATE[method], device)
+    base, _, bf16 = method.partition("-")
+    args = peer_training_args(f"hf-{base}-", epochs, seed, LEARNING_RATE[base], device, bf16=bool(bf16) or None)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
     start = time.perf_counter()
     trainer.train()

@@ -18,6 +18,8 @@ DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
 SUITE_TITLES = {
     "train": "Training: a new task, finechain vs the Hugging Face Trainer (full and LoRA)",
     "memory": "Memory: serving 1 and 4 tasks",
+    "mixing": "Layer mixing: a learned mix of every layer vs the last layer only (CPU)",
+    "sharing_large": "Sharing modes at 5,000 training examples per task (CPU)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
@@ -191,6 +193,26 @@ def decoding_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def mixing_table(records: list[dict[str, Any]]) -> str:
+    """One row per split and head input: SST-2 accuracy and CoNLL F1, with the gain from mixing."""
+    rows: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+    for r in records:
+        rows[r["variant"]][(r["task"], r["metric"])] = r["value"]
+    out = ["| variant | SST-2 dev acc | CoNLL test F1 | train s (both) |", "| --- | --- | --- | --- |"]
+    for variant, m in rows.items():
+        base = rows.get(variant.replace("layer mix", "last layer"), {}) if "layer mix" in variant else {}
+        cells = []
+        for task, metric in (("sst2", "accuracy"), ("conll2003", "entity_f1")):
+            value, ref = m.get((task, metric)), base.get((task, metric))
+            gain = f" ({100 * (value - ref):+.1f})" if value is not None and ref is not None else ""
+            cells.append(_fmt(metric, value) + gain)
+        seconds = sum(v for (_, metric), v in m.items() if metric == "train_seconds")
+        out.append(f"| {variant} | {' | '.join(cells)} | {seconds:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+# result files in page order; a name like sharing_large is a second run of the ``sharing`` suite (``--output``)
+SECTIONS = ["train", "infer", "memory", "sharing_large", "sharing", "split_sweep", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -198,6 +220,7 @@ TABLES = {
     "memory": memory_table,
     "sharing": sharing_table,
     "decoding": decoding_table,
+    "mixing": mixing_table,
 }
 
 
@@ -211,11 +234,12 @@ def main(argv: list[str] | None = None) -> None:
         "prose from `benchmarks/notes/`. Every number comes from a command in this repository.",
         "",
     ]
-    for suite, render in TABLES.items():
+    for suite in SECTIONS:
         path = RESULTS / f"{suite}.json"
         if not path.exists():
             continue
         records = json.loads(path.read_text())
+        render = TABLES[records[0]["suite"]] if records else TABLES[suite]
         meta_path = RESULTS / f"{suite}.meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         parts += [f"## {SUITE_TITLES.get(suite, suite)}", ""]

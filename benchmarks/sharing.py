@@ -5,7 +5,9 @@ fine-tunes of the same backbone on the same data, in the same run.
     python -m benchmarks sharing [--quick] [--train-examples 2000] [--modes frozen:2,frozen:4,joint:4,lora:2]
 
 Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
-jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``lora:S`` = pretrained trunk + LoRA branches.
+jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``joint-add:S`` = the same on AG News,
+Banking77 and CoNLL only, then SST-2 trained later on the frozen tuned trunk (what ``add-task`` does);
+``lora:S`` = pretrained trunk + LoRA branches.
 Selection uses validation data only (cut from train; CoNLL's dev file); reported metrics are on the SST-2 dev and the
 AG News / Banking77 / CoNLL-2003 test files.
 """
@@ -50,16 +52,20 @@ def task_specs(n: int, dev_sentences: int, eval_limit: int | None) -> tuple[list
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks sharing", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, lora:4, no peers")
+    parser.add_argument(
+        "--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, joint-add:4, lora:4, no peers"
+    )
     parser.add_argument("--train-examples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,lora:2")
+    parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,joint-add:4,lora:2")
     parser.add_argument("--throughput-texts", type=int, default=600)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--output", default=None, help="results name (default sharing, or sharing_quick)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_examples, args.epochs, args.modes, args.no_peer, args.throughput_texts = 400, 1, "frozen:4,joint:4,lora:4", True, 60
+        args.train_examples, args.epochs, args.no_peer, args.throughput_texts = 400, 1, True, 60
+        args.modes = "frozen:4,joint:4,joint-add:4,lora:4"
     rec = Recorder("sharing", "cpu")
     specs, evaluation = task_specs(args.train_examples, 1000 if not args.quick else 100, 300 if args.quick else None)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
@@ -71,11 +77,15 @@ def main(argv: list[str] | None = None) -> None:
         variant = {
             "frozen": f"frozen trunk, split={split}, full branches",
             "joint": f"joint trunk (MT), split={split}",
+            "joint-add": f"joint trunk on 3 tasks, split={split}; sst2 added later",
             "lora": f"frozen trunk, split={split}, LoRA r=8 branches",
         }[kind]
         start = time.perf_counter()
-        if kind == "joint":
-            fit_joint(chain, specs, datas, training, JointConfig(epochs=args.epochs), progress=False)
+        if kind in ("joint", "joint-add"):
+            first = specs if kind == "joint" else specs[1:]
+            fit_joint(chain, first, datas, training, JointConfig(epochs=args.epochs), progress=False)
+            if kind == "joint-add":  # what add-task does: a new branch on the (now frozen) tuned trunk
+                chain.fit(specs[0], training, progress=False, data=datas[specs[0].name])
         else:
             for spec in specs:
                 if kind == "lora":  # LoRA adapters want a larger step than full weights (common practice; not tuned here)
@@ -90,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             rec.add(name, "finechain", variant, METRIC[name], value, "dev accuracy" if name == "sst2" else f"test {METRIC[name]}")
             rec.add(name, "finechain", variant, "trainable_parameters", described["trainable_parameters"], "parameters")
             rec.add(name, "finechain", variant, "stored_parameters", described["stored_parameters"], "parameters")
-        shared = sum(p.numel() for p in chain.trunk.stack.parameters()) if kind == "joint" else 0
+        shared = sum(p.numel() for p in chain.trunk.stack.parameters()) if kind.startswith("joint") else 0
         rec.add("all four", "finechain", variant, "shared_stored_parameters", shared, "parameters")
         rec.add("all four", "finechain", variant, "train_seconds", seconds, "s")
         rec.add(
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             len(pool) / seconds,
             "texts/s (4 tasks)",
         )
-    print(f"wrote {rec.save('sharing_quick' if args.quick else 'sharing', vars(args))}")
+    print(f"wrote {rec.save(args.output or ('sharing_quick' if args.quick else 'sharing'), vars(args))}")
 
 
 if __name__ == "__main__":

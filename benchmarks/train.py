@@ -21,6 +21,7 @@ from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
 from finechain.model.backbone import resolve_backbone
 from finechain.model.heads import head_type
+from finechain.model.precision import resolve_precision
 
 TASKS: dict[str, dict[str, Any]] = {
     "sst2": {"type": "classification", "train": "sst2/train.csv", "dev": "sst2/dev.csv", "metric": "accuracy"},
@@ -60,12 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-examples", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev rows")
-    parser.add_argument("--peers", default="full,lora", help="Trainer methods to run next to finechain ('' for none)")
+    parser.add_argument(
+        "--peers", default="full,full-bf16,lora", help="Trainer methods to run next to finechain: full, lora, full-bf16, lora-bf16"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-fp32", dest="finechain_fp32", action="store_false", help="skip finechain's fp32 run when auto is bf16")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_examples, args.epochs, args.dev_limit = 300, 1, 200
+        args.train_examples, args.epochs, args.dev_limit, args.peers, args.finechain_fp32 = 300, 1, 200, "full,lora", False
 
     rec = Recorder("train", args.device)
     backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
@@ -81,24 +85,31 @@ def main(argv: list[str] | None = None) -> None:
             peer = peer_fn(
                 backbone, data.train, {"dev": dev}, data.labels, epochs=args.epochs, seed=args.seed, method=method, device=args.device
             )
-            system, variant = f"hf-{'trainer' if method == 'full' else method}", f"{method} fine-tune, {args.epochs} epochs"
-            targets[system] = peer.scores["dev"]
+            base, _, bf16 = method.partition("-")
+            system = "hf-trainer" if base == "full" else f"hf-{base}"
+            variant = f"{base} fine-tune, {'bf16' if bf16 else 'fp32'}, {args.epochs} epochs"
+            targets[f"{system} {'bf16' if bf16 else 'fp32'}"] = peer.scores["dev"]
             rec.add(name, system, variant, metric, peer.scores["dev"], f"dev {metric}")
             rec.add(name, system, variant, "train_seconds", peer.seconds, "s")
             rec.add(name, system, variant, "samples_per_second", peer.samples_per_second, "samples/s")
             rec.add(name, system, variant, "trainable_parameters", peer.trainable_parameters, "parameters")
-        ours = run_finechain(name, data, dev, training, args.device)
-        variant = f"default (split={ours['split']}), {args.epochs} epochs"
-        rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best epoch on validation)")
-        rec.add(name, "finechain", variant, "train_seconds", ours["seconds"], "s")
-        rec.add(name, "finechain", variant, "samples_per_second", ours["rate"], "samples/s")
-        for epoch, (seconds, value) in enumerate(ours["curve"], start=1):
-            rec.add(name, "finechain", f"after epoch {epoch}", metric, value, f"dev {metric}")
-            rec.add(name, "finechain", f"after epoch {epoch}", "elapsed_seconds", seconds, "s")
-        for system, target in targets.items():
-            reached = next((seconds for seconds, value in ours["curve"] if value >= target), None)
-            if reached is not None:
-                rec.add(name, "finechain", f"to reach {system}'s dev {metric}", "time_to_target_seconds", reached, "s")
+        extra = ("fp32",) if args.finechain_fp32 and resolve_precision(args.device, "auto") != "fp32" else ()
+        for precision in ("auto", *extra):
+            ours = run_finechain(name, data, dev, training.model_copy(update={"precision": precision}), args.device)
+            resolved = resolve_precision(args.device, precision)
+            label = f"{'default' if precision == 'auto' else 'precision: fp32'} (split={ours['split']}, {resolved})"
+            variant = f"{label}, {args.epochs} epochs"
+            rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best epoch on validation)")
+            rec.add(name, "finechain", variant, "train_seconds", ours["seconds"], "s")
+            rec.add(name, "finechain", variant, "samples_per_second", ours["rate"], "samples/s")
+            for epoch, (seconds, value) in enumerate(ours["curve"], start=1):
+                rec.add(name, "finechain", f"{label}: after epoch {epoch}", metric, value, f"dev {metric}")
+                rec.add(name, "finechain", f"{label}: after epoch {epoch}", "elapsed_seconds", seconds, "s")
+            for peer_name, target in targets.items():
+                reached = next((seconds for seconds, value in ours["curve"] if value >= target), None)
+                if reached is not None:
+                    to = f"{label}: to reach {peer_name}'s dev {metric}"
+                    rec.add(name, "finechain", to, "time_to_target_seconds", reached, "s")
     print(f"wrote {rec.save('train_quick' if args.quick else 'train', vars(args))}")
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from finechain.cli.app import main
 from tests.conftest import TOPICS, sentiment_rows, write_csv
@@ -65,12 +66,26 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert [line["text"] for line in lines] == ["movie superb plot", "story awful acting"]
     assert set(lines[0]["sentiment"]) == {"label", "score"}
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "superb"}) + "\n")
+    threads = torch.get_num_threads()
     code, _, err = cli(
-        ["predict", str(trained), "-t", "sentiment", "-i", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")],
+        [
+            "predict",
+            str(trained),
+            "-t",
+            "sentiment",
+            "-i",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--threads",
+            "1",
+        ],
         monkeypatch,
         capsys,
     )
     assert code == 0, err
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
     assert json.loads((tmp_path / "o.jsonl").read_text())["text"] == "superb"
     code, _, err = cli(["predict", str(trained), "-t", "nope"], monkeypatch, capsys, stdin="x\n")
     assert code == 2 and "unknown task" in err

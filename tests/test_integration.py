@@ -91,7 +91,7 @@ def test_train_quick_runs_both_peers_and_renders(shared_datasets: Path, tmp_path
     }
     (tmp_path / "train.json").write_text((tmp_path / "train_quick.json").read_text())
     run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
-    assert "| finechain | default (split=2), 1 epochs |" in (tmp_path / "benchmarks.md").read_text()
+    assert "| finechain | default (split=2, " in (tmp_path / "benchmarks.md").read_text()
 
 
 def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_path: Path) -> None:
@@ -103,8 +103,9 @@ def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_pa
         ("4 tasks", "hf-pipeline"),
         ("embeddings", "sentence-transformers"),
     }
-    cosine = next(r["value"] for r in records if r["metric"] == "min_cosine_to_peer")
-    assert cosine > 0.999  # Chain.embed gives sentence-transformers' embeddings
+    cosines = {r["variant"]: r["value"] for r in records if r["metric"] == "min_cosine_to_peer"}
+    assert max(cosines.values()) > 0.9999  # Chain.embed gives sentence-transformers' embeddings (fp32) ...
+    assert min(cosines.values()) > 0.99  # ... and nearly the same under bf16 autocast
 
 
 def test_memory_quick_measures_fresh_processes(shared_datasets: Path, tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) 
     run_benchmark(tmp_path, shared_datasets, "sharing", "--quick", timeout=1200)
     records = json.loads((tmp_path / "sharing_quick.json").read_text())
     variants = {r["variant"] for r in records}
-    assert len(variants) == 3 and any("joint" in v for v in variants) and any("LoRA" in v for v in variants)
+    assert len(variants) == 4 and any("added later" in v for v in variants) and any("LoRA" in v for v in variants)
     metrics = {(r["task"], r["metric"]) for r in records}
     assert {("conll2003", "entity_f1"), ("banking77", "accuracy"), ("all four", "samples_per_second")} <= metrics
 

@@ -114,3 +114,24 @@ def test_joint_loss_weights_must_name_tasks(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("sharing: joint\njoint: {loss_weights: {nope: 2}}\ntasks:\n  - {name: a, train: a.csv}\n")
     with pytest.raises(SpecError, match="unknown tasks"):
         load_chain_spec(tmp_path / "c.yaml")
+
+
+def test_auto_sharing_trains_two_tasks_jointly_at_the_joint_split(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from finechain.spec import load_chain_spec
+
+    write_csv(tmp_path / "s.csv", sentiment_rows(80, 1))
+    write_conll(tmp_path / "n.conll", ner_sentences(80, 1))
+    (tmp_path / "chain.yaml").write_text(
+        f"backbone: {tiny_backbone}\nmax_length: 32\njoint: {{epochs: 1}}\ntraining: {{batch_size: 16}}\n"
+        "tasks:\n  - {name: sent, train: s.csv}\n  - {name: ner, type: tagging, train: n.conll, training: {epochs: 7}}\n"
+    )
+    assert load_chain_spec(tmp_path / "chain.yaml").sharing_mode == "joint"
+    monkeypatch.setattr(sys, "argv", ["finechain", "train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "c"), "-q"])
+    main()
+    manifest = json.loads((tmp_path / "c" / "finechain.json").read_text())
+    assert manifest["split"] == 3 and manifest["trunk"]["sharing"] == "joint"  # 4-layer backbone: joint trunk of 3
+    refine_log = (tmp_path / "c" / "runs" / "ner" / "metrics.jsonl").read_text().splitlines()
+    assert len(refine_log) == 1  # refine_epochs (1) wins over the task's own epochs (7)
+    (tmp_path / "one.yaml").write_text(f"backbone: {tiny_backbone}\ntasks:\n  - {{name: sent, train: s.csv}}\n")
+    assert load_chain_spec(tmp_path / "one.yaml").sharing_mode == "frozen"
+    capsys.readouterr()

@@ -144,10 +144,24 @@ class ChainSpec(BaseModel):
     max_length: int = Field(128, ge=8, le=4096)
     copy_backbone: bool = False
     device: str = "auto"
-    sharing: Literal["frozen", "joint"] = Field("frozen", description="frozen backbone trunk, or a trunk tuned on all tasks jointly")
+    sharing: Literal["auto", "frozen", "joint"] = Field(
+        "auto", description="frozen backbone trunk, a trunk tuned on all tasks jointly, or auto: joint for 2+ tasks"
+    )
     joint: JointConfig = Field(default_factory=JointConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
+
+    @property
+    def sharing_mode(self) -> Literal["frozen", "joint"]:
+        """``sharing`` with ``auto`` resolved: joint multi-task training when the spec has two or more tasks.
+
+        Example:
+            >>> ChainSpec(tasks=[TaskSpec(name="a", train="a.csv")]).sharing_mode
+            'frozen'
+        """
+        if self.sharing == "auto":
+            return "joint" if len(self.tasks) > 1 else "frozen"
+        return self.sharing
 
     @model_validator(mode="after")
     def _unique_names(self) -> ChainSpec:

@@ -89,14 +89,26 @@ def predict(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="JSONL output file (default stdout)")] = None,
     batch_size: Annotated[int, typer.Option(help="texts per trunk pass")] = 64,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch (default: one per core)", min=1)] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32, bf16 or fp16")
+    ] = "auto",
 ) -> None:
     """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL."""
+    import torch
+
     from finechain import Chain
     from finechain.data.readers import read_texts
     from finechain.io import write_text
 
+    if threads:
+        torch.set_num_threads(threads)
     texts = read_texts(input_file) if input_file else [line.strip() for line in sys.stdin if line.strip()]
-    chain = Chain.from_pretrained(chain_dir, device="auto")
+    if precision not in {"auto", "fp32", "bf16", "fp16"}:
+        raise FinechainError(f"unknown precision '{precision}'", fix="use auto, fp32, bf16 or fp16")
+    chain = Chain.from_pretrained(chain_dir, device=device)
+    chain.precision = precision
     predictions = chain.predict(texts, task, batch_size=batch_size)
     lines = "".join(json.dumps({"text": t, **p}, ensure_ascii=False) + "\n" for t, p in zip(texts, predictions, strict=True))
     if output:

@@ -24,6 +24,7 @@ from finechain.model.branches import branch_mode
 from finechain.model.heads import Head
 from finechain.model.layers import LayerStack, Trunk, copy_layers
 from finechain.model.pooling import Pooling, pool
+from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 
 if TYPE_CHECKING:
@@ -32,20 +33,23 @@ if TYPE_CHECKING:
 
 MANIFEST = "finechain.json"
 FORMAT_VERSION = 1
-# Share of the backbone's layers that each task tunes on top of the frozen trunk. Chosen from the split
-# sweep in docs/benchmarks.md: with 4 of 6 branch layers finechain matched or beat the HF Trainer full
-# fine-tune on SST-2, AG News and Banking77; with 3 it lost 1.0 point on SST-2.
+# Share of the backbone's layers on the task side of the split. Chosen from docs/benchmarks.md: on a frozen
+# (pretrained) trunk, each task needs its own copy of the top 2/3 of the layers to match the HF Trainer's
+# full fine-tune (split sweep; with 1/2 SST-2 lost a point). When the trunk is fine-tuned on all tasks
+# jointly, the roles swap: the trunk holds 2/3 and each task 1/3 (sharing suite: at or above the per-task
+# fine-tunes, 1.5x the throughput of the frozen default).
 DEFAULT_BRANCH_FRACTION = 2 / 3
 
 
-def default_split(num_layers: int) -> int:
-    """The trunk depth used when a spec says ``split: auto``.
+def default_split(num_layers: int, sharing: str = "frozen") -> int:
+    """The trunk depth used when a spec says ``split: auto``, for a sharing mode (``frozen`` or ``joint``).
 
     Example:
-        >>> default_split(6), default_split(12)
-        (2, 4)
+        >>> default_split(6), default_split(12), default_split(6, "joint"), default_split(12, "joint")
+        (2, 4, 4, 8)
     """
-    return num_layers - max(1, round(num_layers * DEFAULT_BRANCH_FRACTION))
+    branch = max(1, round(num_layers * DEFAULT_BRANCH_FRACTION))
+    return branch if sharing == "joint" else num_layers - branch
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -89,13 +93,22 @@ class Chain(nn.Module):
         self.tasks = nn.ModuleDict()
         self.task_info: dict[str, dict[str, Any]] = {}
         self.trunk_tuning: dict[str, Any] | None = None  # set when the trunk's layers were trained (joint sharing)
+        # inference precision: auto = bf16 autocast on GPUs and on CPUs with native bf16 (AMX), else fp32
+        self.precision = "auto"
 
     # construction -------------------------------------------------------------------------
     @classmethod
     def from_backbone(
-        cls, backbone: str = DEFAULT_BACKBONE, split: int | str = "auto", max_length: int = 128, base_dir: Path | None = None
+        cls,
+        backbone: str = DEFAULT_BACKBONE,
+        split: int | str = "auto",
+        max_length: int = 128,
+        base_dir: Path | None = None,
+        sharing: str = "frozen",
     ) -> Chain:
         """A chain with no tasks yet on a packaged backbone, local folder or hub id.
+
+        ``split="auto"`` picks the measured default trunk depth for ``sharing`` (``frozen`` or ``joint``).
 
         Example:
             >>> Chain.from_backbone(split=6).num_layers  # doctest: +SKIP
@@ -103,7 +116,7 @@ class Chain(nn.Module):
         """
         path, ref = resolve_backbone(backbone, base_dir)
         encoder = load_encoder(path)
-        depth = default_split(len(encoder.encoder.layer)) if split == "auto" else int(split)
+        depth = default_split(len(encoder.encoder.layer), sharing) if split == "auto" else int(split)
         return cls(encoder, load_tokenizer(path), ref, path, depth, max_length)
 
     @classmethod
@@ -259,10 +272,11 @@ class Chain(nn.Module):
         pad = self.tokenizer.pad_token_id or 0
         for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
             input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
-            states = self.trunk.all_states(input_ids, mask)
-            for name in names:
-                task = self.tasks[name]
-                result = task(states if task.needs_trunk_states else states[-1], mask).float().cpu()
+            with autocast_context(self.device, self.precision):
+                states = self.trunk.all_states(input_ids, mask)
+                results = {n: self.tasks[n](states if self.tasks[n].needs_trunk_states else states[-1], mask) for n in names}
+            for name, result in results.items():
+                result = result.float().cpu()
                 for row, index in enumerate(batch):
                     outputs[name][index] = result[row, : len(ids[index])] if name in token_level else result[row]
         return outputs, encoded
@@ -289,7 +303,8 @@ class Chain(nn.Module):
         pad = self.tokenizer.pad_token_id or 0
         for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
             input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
-            vectors = pool(self.upper(self.trunk(input_ids, mask), mask)[-1], mask, "mean").float()
+            with autocast_context(self.device, self.precision):
+                vectors = pool(self.upper(self.trunk(input_ids, mask), mask)[-1], mask, "mean").float()
             out[batch] = (torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors).cpu()
         return out
 

@@ -17,12 +17,13 @@ from finechain.data.batching import length_batches, pad_ids
 from finechain.data.prepare import TaskData
 from finechain.evaluate.metrics import LOWER_IS_BETTER, is_better
 from finechain.model.heads import head_type
+from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
-from finechain.train.trainer import FitResult, attach_scored, autocast_context, fit_task, param_groups, task_outputs
+from finechain.train.trainer import FitResult, attach_scored, fit_task, param_groups, task_outputs
 
 if TYPE_CHECKING:
     from finechain.model.chain import Chain
@@ -179,9 +180,12 @@ def fit_joint(
     results = {}
     for job in jobs:
         if joint.refine_epochs:
+            # a short pass: refine_epochs wins over the task's own epochs/patience; its other overrides still apply
             refine = training.model_copy(update={"epochs": joint.refine_epochs, "patience": 0})
+            overrides = job.spec.training.model_copy(update={"epochs": None, "patience": None})
+            spec = job.spec.model_copy(update={"training": overrides})
             results[job.spec.name] = fit_task(
-                chain, job.spec, refine, run_dir=run_path / job.spec.name, resume=resume, progress=progress, data=job.data, init=job.task
+                chain, spec, refine, run_dir=run_path / job.spec.name, resume=resume, progress=progress, data=job.data, init=job.task
             )
         else:
             info = {"metric": job.metric, "best_epoch": state.best_epoch, "training": training.model_dump()}

@@ -72,7 +72,8 @@ def train_chain(
     if resume and (out_dir / MANIFEST).exists():
         chain = Chain.from_pretrained(out_dir, device=spec.device)
     else:
-        chain = Chain.from_backbone(spec.backbone, spec.split, spec.max_length, base_dir=spec_path.parent).to(pick_device(spec.device))
+        chain = Chain.from_backbone(spec.backbone, spec.split, spec.max_length, spec_path.parent, spec.sharing_mode)
+        chain = chain.to(pick_device(spec.device))
     console.print(
         f"backbone {chain.backbone_ref.name}: trunk = embeddings + {chain.split} of {chain.num_layers} layers, "
         f"each task tunes {chain.num_layers - chain.split} branch layers"
@@ -82,7 +83,7 @@ def train_chain(
     for task in spec.tasks:
         if task not in pending:
             console.print(f"{task.name}: already trained, kept")
-    if spec.sharing == "joint" and pending:
+    if spec.sharing_mode == "joint" and pending:
         if chain.tasks:
             raise FinechainError("joint training must train all tasks together", file=out_dir, fix="start again in an empty --out folder")
         console.print(f"joint multi-task training of the trunk on {[t.name for t in pending]}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
@@ -19,6 +18,7 @@ from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import SpecError
 from finechain.evaluate.metrics import is_better
 from finechain.model.heads import head_type
+from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
@@ -41,20 +41,6 @@ class FitResult:
     train_seconds: float
     samples_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision where asked for and supported; ``auto`` = bf16 on capable GPUs, else fp32.
-
-    Example:
-        >>> autocast_context(torch.device("cpu"), "auto").__class__.__name__
-        'nullcontext'
-    """
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float], weight_decay: float) -> list[dict[str, Any]]:
