@@ -122,7 +122,7 @@ def test_auto_sharing_trains_two_tasks_jointly_at_the_joint_split(tiny_backbone:
     write_csv(tmp_path / "s.csv", sentiment_rows(80, 1))
     write_conll(tmp_path / "n.conll", ner_sentences(80, 1))
     (tmp_path / "chain.yaml").write_text(
-        f"backbone: {tiny_backbone}\nmax_length: 32\njoint: {{epochs: 1}}\ntraining: {{batch_size: 16}}\n"
+        f"backbone: {tiny_backbone}\nmax_length: 32\njoint: {{refine_epochs: 1}}\ntraining: {{epochs: 2, batch_size: 16}}\n"
         "tasks:\n  - {name: sent, train: s.csv}\n  - {name: ner, type: tagging, train: n.conll, training: {epochs: 7}}\n"
     )
     assert load_chain_spec(tmp_path / "chain.yaml").sharing_mode == "joint"
@@ -130,8 +130,10 @@ def test_auto_sharing_trains_two_tasks_jointly_at_the_joint_split(tiny_backbone:
     main()
     manifest = json.loads((tmp_path / "c" / "finechain.json").read_text())
     assert manifest["split"] == 3 and manifest["trunk"]["sharing"] == "joint"  # 4-layer backbone: joint trunk of 3
+    joint_log = (tmp_path / "c" / "runs" / "joint" / "metrics.jsonl").read_text().splitlines()
+    assert len(joint_log) == 2  # joint epochs default to training.epochs
     refine_log = (tmp_path / "c" / "runs" / "ner" / "metrics.jsonl").read_text().splitlines()
-    assert len(refine_log) == 1  # refine_epochs (1) wins over the task's own epochs (7)
+    assert len(refine_log) == 1  # an explicit refine_epochs (1) wins over the task's own epochs (7)
     (tmp_path / "one.yaml").write_text(f"backbone: {tiny_backbone}\ntasks:\n  - {{name: sent, train: s.csv}}\n")
     assert load_chain_spec(tmp_path / "one.yaml").sharing_mode == "frozen"
     capsys.readouterr()

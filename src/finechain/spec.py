@@ -127,11 +127,15 @@ class JointConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(3, ge=1, description="passes over all tasks' data, one task sampled per step")
+    epochs: int | None = Field(None, ge=1, description="passes over all tasks' data, one task sampled per step; default training.epochs")
     temperature: float = Field(2.0, gt=0, description="task sampling: size ** (1/T); 1 = proportional, large = uniform")
     loss_weights: dict[str, float] = Field(default_factory=dict, description="per-task loss multipliers (default 1)")
     trunk_learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the trunk layers")
-    refine_epochs: int = Field(1, ge=0, description="per-task epochs on the frozen tuned trunk afterwards; 0 = none")
+    refine_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="per-task epochs on the frozen tuned trunk afterwards; default: the task's epochs with early stopping; 0 = none",
+    )
 
 
 class ChainSpec(BaseModel):

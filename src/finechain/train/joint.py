@@ -98,7 +98,7 @@ def fit_joint(
     progress: bool = True,
 ) -> dict[str, FitResult]:
     """Train the trunk's layers and every task tail together, sampling one task per step; then freeze the
-    trunk and refine each tail for ``joint.refine_epochs`` on cached trunk outputs.
+    trunk and refine each tail on cached trunk outputs (its own epochs with early stopping, or ``joint.refine_epochs``).
 
     The epoch with the best mean validation score (sign-adjusted per metric) is kept. Checkpoints are
     written after every epoch and ``resume`` continues exactly.
@@ -113,14 +113,18 @@ def fit_joint(
     modules = nn.ModuleDict({"trunk": chain.trunk.stack, "tasks": nn.ModuleDict({job.spec.name: job.task for job in jobs})})
     chain.trunk.stack.requires_grad_(True)
 
+    per_task = {job.spec.name: job.spec.training.apply(training) for job in jobs}  # a task's overrides apply to its tail
+
     def learning_rate(name: str) -> float:
         if name.startswith("trunk."):
             return joint.trunk_learning_rate
-        return training.head_learning_rate if ".head." in name else training.learning_rate
+        cfg = per_task[name.split(".")[1]]
+        return cfg.head_learning_rate if ".head." in name or ".layer_mix." in name else cfg.learning_rate
 
     probs = sampling_probabilities([len(job.ids) for job in jobs], joint.temperature)
     steps_per_epoch = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
-    total = steps_per_epoch * joint.epochs
+    epochs = joint.epochs or training.epochs
+    total = steps_per_epoch * epochs
     optimizer = torch.optim.AdamW(param_groups(modules, learning_rate, training.weight_decay), fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(training.seed)
@@ -136,7 +140,7 @@ def fit_joint(
     started = time.perf_counter()
 
     with TrainProgress("joint", total=total, enabled=progress, completed=steps_per_epoch * state.epoch) as bar:
-        while state.epoch < joint.epochs:
+        while state.epoch < epochs:
             modules.train()
             queues = [[] for _ in jobs]
             choices = torch.multinomial(probs, steps_per_epoch, replacement=True, generator=generator).tolist()
@@ -179,8 +183,12 @@ def fit_joint(
     }
     results = {}
     for job in jobs:
-        if joint.refine_epochs:
-            # a short pass: refine_epochs wins over the task's own epochs/patience; its other overrides still apply
+        if joint.refine_epochs is None:  # the task's own epochs, early stopping and overrides; the best epoch is kept
+            results[job.spec.name] = fit_task(
+                chain, job.spec, training, run_dir=run_path / job.spec.name, resume=resume, progress=progress, data=job.data, init=job.task
+            )
+        elif joint.refine_epochs:
+            # a fixed short pass: refine_epochs wins over the task's own epochs/patience; its other overrides still apply
             refine = training.model_copy(update={"epochs": joint.refine_epochs, "patience": 0})
             overrides = job.spec.training.model_copy(update={"epochs": None, "patience": None})
             spec = job.spec.model_copy(update={"training": overrides})

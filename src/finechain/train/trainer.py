@@ -147,6 +147,9 @@ def fit_task(
     state, best = TrainState(), {k: v.detach().clone() for k, v in task.state_dict().items()}
     if resume and checkpointer.exists():
         state, best = checkpointer.load(task, optimizer, scheduler, generator)
+    elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
+        state.best = float(task.head.score(task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision), y_val)[metric])
+        state.best_epoch = 0
     log = MetricsLog(run_path / "metrics.jsonl", fresh=not resume)
     history: list[dict[str, Any]] = []
     seen, observed = 0, 0.0
