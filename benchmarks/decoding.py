@@ -19,12 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-examples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     limit = None
     if args.quick:
         args.train_examples, args.epochs, limit = 300, 1, 300
-    rec = Recorder("decoding", "cpu")
-    chain = Chain.from_backbone()
+    rec = Recorder("decoding", args.device)
+    chain = Chain.from_backbone().to(args.device)
     spec = TaskSpec(name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", max_train_examples=args.train_examples)
     chain.fit(spec, TrainingConfig(epochs=args.epochs, seed=args.seed), progress=False)
     test = read_conll(DATASETS / "conll2003/test.txt")[:limit]

@@ -128,8 +128,14 @@ def train_table(records: list[dict[str, Any]]) -> str:
             for variant, m in curve:
                 speed = f"{peer['train_seconds'] / m['elapsed_seconds']:.1f}x" if peer else "-"
                 out.append(f"| {variant} | {m['elapsed_seconds']:.1f} | {_fmt(metric, m[metric])} | {speed} |")
+        peer_times = {
+            f"{system} {'bf16' if 'bf16' in variant else 'fp32'}": (variant, m["train_seconds"])
+            for (system, variant), m in rows.items()
+            if system != "finechain" and "train_seconds" in m
+        }
         for variant, seconds in targets.items():
-            speed = f" = **{peer['train_seconds'] / seconds:.1f}x** the HF full fine-tune's end-to-end time" if peer else ""
+            reached = next(((v, t) for name, (v, t) in peer_times.items() if f"{name}'s" in variant), None)
+            speed = f" = **{reached[1] / seconds:.1f}x** faster than that peer's end-to-end {reached[1]:.1f} s" if reached else ""
             out += ["", f"Time for finechain {variant}: {seconds:.1f} s{speed}."]
         out.append("")
     return "\n".join(out)
@@ -234,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         "prose from `benchmarks/notes/`. Every number comes from a command in this repository.",
         "",
     ]
+    if (NOTES / "summary.md").exists():
+        parts += [(NOTES / "summary.md").read_text().strip(), ""]
     for suite in SECTIONS:
         path = RESULTS / f"{suite}.json"
         if not path.exists():

@@ -62,18 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", default=None, help="results name (default sharing, or sharing_quick)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     if args.quick:
         args.train_examples, args.epochs, args.no_peer, args.throughput_texts = 400, 1, True, 60
         args.modes = "frozen:4,joint:4,joint-add:4,lora:4"
-    rec = Recorder("sharing", "cpu")
+    rec = Recorder("sharing", args.device)
     specs, evaluation = task_specs(args.train_examples, 1000 if not args.quick else 100, 300 if args.quick else None)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
     for mode in args.modes.split(","):
         kind, split = mode.split(":")
-        chain = Chain.from_backbone(split=int(split))
+        chain = Chain.from_backbone(split=int(split)).to(args.device)
         variant = {
             "frozen": f"frozen trunk, split={split}, full branches",
             "joint": f"joint trunk (MT), split={split}",
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             data = datas[spec.name]
             texts, labels = evaluation[spec.name]
             peer_fn = hf_token_classification if spec.type == "tagging" else hf_sequence_classification
-            peer = peer_fn(backbone, data.train, {"eval": (texts, labels)}, data.labels, epochs=args.epochs, seed=args.seed)
+            peer = peer_fn(
+                backbone, data.train, {"eval": (texts, labels)}, data.labels, epochs=args.epochs, seed=args.seed, device=args.device
+            )
             value, seconds = peer.scores["eval"], peer.seconds
             total += seconds
             rec.add(
