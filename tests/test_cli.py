@@ -89,6 +89,10 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert json.loads((tmp_path / "o.jsonl").read_text())["text"] == "superb"
     code, _, err = cli(["predict", str(trained), "-t", "nope"], monkeypatch, capsys, stdin="x\n")
     assert code == 2 and "unknown task" in err
+    code, _, err = cli(["predict", str(trained), "--device", "foo"], monkeypatch, capsys, stdin="x\n")
+    assert code == 2 and "unknown device 'foo'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(["predict", str(trained), "--precision", "fp8"], monkeypatch, capsys, stdin="x\n")
+    assert code == 2 and "unknown precision 'fp8'" in err
 
 
 def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:

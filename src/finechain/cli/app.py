@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import click
 import typer
@@ -101,12 +101,16 @@ def predict(
     from finechain import Chain
     from finechain.data.readers import read_texts
     from finechain.io import write_text
+    from finechain.model.chain import pick_device
+    from finechain.spec import Precision
 
+    choices = get_args(Precision)
+    if precision not in choices:
+        raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
+    pick_device(device)  # a bad --device fails here, before any input is read
     if threads:
         torch.set_num_threads(threads)
     texts = read_texts(input_file) if input_file else [line.strip() for line in sys.stdin if line.strip()]
-    if precision not in {"auto", "fp32", "bf16", "fp16"}:
-        raise FinechainError(f"unknown precision '{precision}'", fix="use auto, fp32, bf16 or fp16")
     chain = Chain.from_pretrained(chain_dir, device=device)
     chain.precision = precision
     predictions = chain.predict(texts, task, batch_size=batch_size)

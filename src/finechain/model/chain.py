@@ -61,7 +61,13 @@ def pick_device(name: str = "auto") -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FinechainError(f"unknown device '{name}'", fix="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu") from None
+    return device
 
 
 class Chain(nn.Module):
@@ -274,7 +280,7 @@ class Chain(nn.Module):
             input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
             with autocast_context(self.device, self.precision):
                 states = self.trunk.all_states(input_ids, mask)
-                results = {n: self.tasks[n](states if self.tasks[n].needs_trunk_states else states[-1], mask) for n in names}
+                results = {n: self.tasks[n](states, mask) for n in names}
             for name, result in results.items():
                 result = result.float().cpu()
                 for row, index in enumerate(batch):

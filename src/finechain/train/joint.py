@@ -23,7 +23,7 @@ from finechain.spec import JointConfig, TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
-from finechain.train.trainer import FitResult, attach_scored, fit_task, param_groups, task_outputs
+from finechain.train.trainer import FitResult, attach_scored, fit_task, param_groups, tail_learning_rate, task_outputs
 
 if TYPE_CHECKING:
     from finechain.model.chain import Chain
@@ -118,8 +118,7 @@ def fit_joint(
     def learning_rate(name: str) -> float:
         if name.startswith("trunk."):
             return joint.trunk_learning_rate
-        cfg = per_task[name.split(".")[1]]
-        return cfg.head_learning_rate if ".head." in name or ".layer_mix." in name else cfg.learning_rate
+        return tail_learning_rate(per_task[name.split(".")[1]])(name)
 
     probs = sampling_probabilities([len(job.ids) for job in jobs], joint.temperature)
     steps_per_epoch = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
@@ -151,8 +150,7 @@ def fit_joint(
                 batch = queues[k].pop()
                 input_ids, mask = (t.to(device) for t in pad_ids([job.ids[i] for i in batch], pad))
                 with autocast_context(device, training.precision):
-                    states = chain.trunk.all_states(input_ids, mask)
-                    logits = job.task(states if job.task.needs_trunk_states else states[-1], mask)
+                    logits = job.task(chain.trunk.all_states(input_ids, mask), mask)
                 loss = job.task.head.loss(logits, job.targets[batch]) * job.weight
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(modules.parameters(), training.max_grad_norm)

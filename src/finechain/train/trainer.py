@@ -64,8 +64,8 @@ def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float],
 
 def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
     """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate``."""
-    head_like = ("head.", "layer_mix.")
-    return lambda name: cfg.head_learning_rate if name.startswith(head_like) or ".head." in name else cfg.learning_rate
+    head_like = {"head", "layer_mix"}
+    return lambda name: cfg.head_learning_rate if head_like & set(name.split(".")) else cfg.learning_rate
 
 
 @torch.inference_mode()
@@ -144,11 +144,15 @@ def fit_task(
     checkpointer = Checkpointer(
         run_path, fingerprint(spec.model_dump(mode="json"), cfg.model_dump(), chain.backbone_ref.sha256, chain.split)
     )
+
+    def validation_outputs() -> list[torch.Tensor]:
+        return task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
+
     state, best = TrainState(), {k: v.detach().clone() for k, v in task.state_dict().items()}
     if resume and checkpointer.exists():
         state, best = checkpointer.load(task, optimizer, scheduler, generator)
     elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
-        state.best = float(task.head.score(task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision), y_val)[metric])
+        state.best = float(task.head.score(validation_outputs(), y_val)[metric])
         state.best_epoch = 0
     log = MetricsLog(run_path / "metrics.jsonl", fresh=not resume)
     history: list[dict[str, Any]] = []
@@ -176,7 +180,7 @@ def fit_task(
                     state.step += 1
                 seen += len(batch)
                 bar.advance(loss=float(running) * cfg.gradient_accumulation / (i + 1) if i % 20 == 0 else None)
-            scores = task.head.score(task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision), y_val)
+            scores = task.head.score(validation_outputs(), y_val)
             value = float(scores[metric])
             epoch += 1
             state.epoch = epoch
@@ -206,9 +210,7 @@ def fit_task(
 
     task.load_state_dict(best)
     info = {"metric": metric, "best_epoch": state.best_epoch, "training": cfg.model_dump()}
-    validation, test_scores = attach_scored(
-        chain, spec, task, data, info, task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
-    )
+    validation, test_scores = attach_scored(chain, spec, task, data, info, validation_outputs())
     train_seconds = time.perf_counter() - started - observed
     chain.task_info[spec.name]["train_seconds"] = round(train_seconds, 3)
     return FitResult(spec.name, metric, state.best_epoch, validation, test_scores, train_seconds, seen / max(state.seconds, 1e-9), history)
