@@ -19,7 +19,7 @@ SUITE_TITLES = {
     "train": "Training: a new task, finechain vs the Hugging Face Trainer (full and LoRA)",
     "memory": "Memory: serving 1 and 4 tasks",
     "mixing": "Layer mixing: a learned mix of every layer vs the last layer only (CPU)",
-    "sharing_large": "Sharing modes at 5,000 training examples per task (CPU)",
+    "sharing_full": "Sharing at full size: every training example, the default chain vs per-task Trainer fine-tunes (CPU)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
@@ -217,8 +217,8 @@ def mixing_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-# result files in page order; a name like sharing_large is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "infer", "memory", "sharing_large", "sharing", "split_sweep", "mixing", "decoding"]
+# result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
+SECTIONS = ["train", "infer", "memory", "sharing_full", "sharing", "split_sweep", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,

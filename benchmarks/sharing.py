@@ -3,6 +3,9 @@ stored parameters, training time and four-task CPU throughput, next to Hugging F
 fine-tunes of the same backbone on the same data, in the same run.
 
     python -m benchmarks sharing [--quick] [--train-examples 2000] [--modes frozen:2,frozen:4,joint:4,lora:2]
+    python -m benchmarks sharing --train-examples 0 --modes joint:4 --peer-method full-bf16 --output sharing_full
+
+``--train-examples 0`` trains on every example of each training file (the full-data run).
 
 Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
 jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``joint-add:S`` = the same on AG News,
@@ -33,7 +36,7 @@ from finechain.train.joint import fit_joint
 METRIC = {"sst2": "accuracy", "agnews": "accuracy", "banking77": "accuracy", "conll2003": "entity_f1"}
 
 
-def task_specs(n: int, dev_sentences: int, eval_limit: int | None) -> tuple[list[TaskSpec], dict[str, tuple[list, list]]]:
+def task_specs(n: int | None, dev_sentences: int, eval_limit: int | None) -> tuple[list[TaskSpec], dict[str, tuple[list, list]]]:
     specs = [
         TaskSpec(name=name, train=DATASETS / CLASSIFICATION_SETS[name][0], max_train_examples=n) for name in ("sst2", "agnews", "banking77")
     ]
@@ -55,11 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, joint-add:4, lora:4, no peers"
     )
-    parser.add_argument("--train-examples", type=int, default=2000)
+    parser.add_argument("--train-examples", type=int, default=2000, help="per task; 0 = every training example")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,joint-add:4,lora:2")
     parser.add_argument("--throughput-texts", type=int, default=600)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--peer-method", default="full", choices=["full", "full-bf16"], help="the Trainer's fp32 default, or bf16=True")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", default=None, help="results name (default sharing, or sharing_quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         args.train_examples, args.epochs, args.no_peer, args.throughput_texts = 400, 1, True, 60
         args.modes = "frozen:4,joint:4,joint-add:4,lora:4"
     rec = Recorder("sharing", args.device)
-    specs, evaluation = task_specs(args.train_examples, 1000 if not args.quick else 100, 300 if args.quick else None)
+    specs, evaluation = task_specs(args.train_examples or None, 1000 if not args.quick else 100, 300 if args.quick else None)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
@@ -119,9 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             data = datas[spec.name]
             texts, labels = evaluation[spec.name]
             peer_fn = hf_token_classification if spec.type == "tagging" else hf_sequence_classification
-            peer = peer_fn(
-                backbone, data.train, {"eval": (texts, labels)}, data.labels, epochs=args.epochs, seed=args.seed, device=args.device
-            )
+            run = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "method": args.peer_method}
+            peer = peer_fn(backbone, data.train, {"eval": (texts, labels)}, data.labels, **run)
             value, seconds = peer.scores["eval"], peer.seconds
             total += seconds
             rec.add(
