@@ -12,6 +12,7 @@ SUITES = {
     "sharing": "benchmarks.sharing",
     "decoding": "benchmarks.decoding",
     "mixing": "benchmarks.mixing",
+    "branch-batching": "benchmarks.branch_batching",
     "report": "benchmarks.report",
 }
 

@@ -9,12 +9,12 @@ Both report the wall time of ``trainer.train()`` only: their tokenising and eval
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from benchmarks.common import peer_training_args
 
@@ -32,34 +32,44 @@ class PeerRun:
     trainable_parameters: int
 
 
-def _model(cls: Any, backbone: Path, num_labels: int, method: str, task_type: str) -> torch.nn.Module:
+def _fine_tune(
+    kind: str,
+    backbone: Path,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    num_labels: int,
+    evaluate: Callable[[Any], dict[str, float]],
+    *,
+    epochs: int,
+    seed: int,
+    method: str,
+    device: str,
+) -> PeerRun:
+    """Build the ``kind`` model (``sequence`` or ``token``), train it with the Trainer on ``rows``, then score it."""
+    import transformers
+    from transformers import Trainer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    model = cls.from_pretrained(str(backbone), num_labels=num_labels, use_safetensors=True)
-    if method.startswith("lora"):
+    auto_cls, collator_cls, task_type = {
+        "sequence": ("AutoModelForSequenceClassification", "DataCollatorWithPadding", "SEQ_CLS"),
+        "token": ("AutoModelForTokenClassification", "DataCollatorForTokenClassification", "TOKEN_CLS"),
+    }[kind]
+    base, _, bf16 = method.partition("-")
+    if base not in LEARNING_RATE or bf16 not in {"", "bf16"}:
+        raise ValueError(f"unknown peer method {method!r}")
+    model = getattr(transformers, auto_cls).from_pretrained(str(backbone), num_labels=num_labels, use_safetensors=True)
+    if base == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=task_type, r=8, lora_alpha=16, lora_dropout=0.1))
-    elif method not in {"full", "full-bf16"}:
-        raise ValueError(f"unknown peer method {method!r}")
-    return model
-
-
-def _train(model: torch.nn.Module, rows: list[dict[str, Any]], collator: Any, epochs: int, seed: int, method: str, device: str):
-    from transformers import Trainer
-
-    base, _, bf16 = method.partition("-")
     args = peer_training_args(f"hf-{base}-", epochs, seed, LEARNING_RATE[base], device, bf16=bool(bf16) or None)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=getattr(transformers, collator_cls)(tokenizer))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return trainer, seconds
-
-
-def _trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return PeerRun(evaluate(trainer), seconds, len(rows) * epochs / seconds, trainable)
 
 
 def hf_sequence_classification(
@@ -75,24 +85,27 @@ def hf_sequence_classification(
     device: str = "cpu",
 ) -> PeerRun:
     """``AutoModelForSequenceClassification`` + ``Trainer``; accuracy on each evaluation set."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     index = {name: i for i, name in enumerate(labels)}
-    enc = tokenizer(train.texts, truncation=True, max_length=max_length)
-    rows = [
-        {"input_ids": ids, "attention_mask": m, "labels": index[y]}
-        for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train.labels, strict=True)
-    ]
-    model = _model(AutoModelForSequenceClassification, backbone, len(labels), method, "SEQ_CLS")
-    trainer, seconds = _train(model, rows, DataCollatorWithPadding(tokenizer), epochs, seed, method, device)
-    scores = {}
-    for name, (texts, gold) in evaluations.items():
-        ev = tokenizer(texts, truncation=True, max_length=max_length)
-        eval_rows = [{"input_ids": i, "attention_mask": m} for i, m in zip(ev["input_ids"], ev["attention_mask"], strict=True)]
-        predictions = trainer.predict(eval_rows).predictions.argmax(-1)
-        scores[name] = float((predictions == np.array([index[y] for y in gold])).mean())
-    return PeerRun(scores, seconds, len(rows) * epochs / seconds, _trainable(model))
+
+    def encode(texts: list[str], gold: list[str]) -> list[dict[str, Any]]:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        return [
+            {"input_ids": ids, "attention_mask": m, "labels": index[y]}
+            for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], gold, strict=True)
+        ]
+
+    def evaluate(trainer: Any) -> dict[str, float]:
+        scores = {}
+        for name, (texts, gold) in evaluations.items():
+            predictions = trainer.predict(encode(texts, gold)).predictions.argmax(-1)
+            scores[name] = float((predictions == np.array([index[y] for y in gold])).mean())
+        return scores
+
+    run = {"epochs": epochs, "seed": seed, "method": method, "device": device}
+    return _fine_tune("sequence", backbone, tokenizer, encode(train.texts, train.labels), len(labels), evaluate, **run)
 
 
 def hf_token_classification(
@@ -109,7 +122,7 @@ def hf_token_classification(
 ) -> PeerRun:
     """``AutoModelForTokenClassification`` + ``Trainer`` with first-sub-word labels; seqeval entity F1 per evaluation set."""
     from seqeval.metrics import f1_score
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     index = {t: i for i, t in enumerate(labels)}
@@ -126,16 +139,17 @@ def hf_token_classification(
             rows.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label_ids})
         return rows
 
-    rows = encode(train.texts, train.labels)
-    model = _model(AutoModelForTokenClassification, backbone, len(labels), method, "TOKEN_CLS")
-    trainer, seconds = _train(model, rows, DataCollatorForTokenClassification(tokenizer), epochs, seed, method, device)
-    scores = {}
-    for name, (words, tags_list) in evaluations.items():
-        eval_rows = encode(words, tags_list)
-        logits = trainer.predict(eval_rows).predictions
-        pred = []
-        for row, tags, row_scores in zip(eval_rows, tags_list, logits, strict=True):
-            positions = [i for i, label in enumerate(row["labels"]) if label != -100]
-            pred.append([labels[int(row_scores[p].argmax())] for p in positions] + ["O"] * (len(tags) - len(positions)))
-        scores[name] = float(f1_score(tags_list, pred))
-    return PeerRun(scores, seconds, len(rows) * epochs / seconds, _trainable(model))
+    def evaluate(trainer: Any) -> dict[str, float]:
+        scores = {}
+        for name, (words, tags_list) in evaluations.items():
+            eval_rows = encode(words, tags_list)
+            logits = trainer.predict(eval_rows).predictions
+            pred = []
+            for row, tags, row_scores in zip(eval_rows, tags_list, logits, strict=True):
+                positions = [i for i, label in enumerate(row["labels"]) if label != -100]
+                pred.append([labels[int(row_scores[p].argmax())] for p in positions] + ["O"] * (len(tags) - len(positions)))
+            scores[name] = float(f1_score(tags_list, pred))
+        return scores
+
+    run = {"epochs": epochs, "seed": seed, "method": method, "device": device}
+    return _fine_tune("token", backbone, tokenizer, encode(train.texts, train.labels), len(labels), evaluate, **run)

@@ -23,6 +23,7 @@ SUITE_TITLES = {
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
+    "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -217,8 +218,22 @@ def mixing_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def branch_batching_table(records: list[dict[str, Any]]) -> str:
+    """Branch throughput per way of running equal-depth branches, with the ratio to running them one after another."""
+    speed = {r["variant"]: r["value"] for r in records if r["metric"] == "samples_per_second"}
+    gap = {r["variant"]: r["value"] for r in records if r["metric"] == "max_abs_difference"}
+    task = records[0]["task"] if records else ""
+    out = ["| branches | variant | texts/s (branches only) | vs one after another | max abs difference |", "|" + " --- |" * 5]
+    for variant, value in speed.items():
+        precision = variant.rsplit(", ", 1)[-1]
+        base = speed.get(f"one after another, {precision}")
+        ratio = f"{value / base:.2f}x" if base else "-"
+        out.append(f"| {task} | {variant} | {_fmt('samples_per_second', value)} | {ratio} | {gap.get(variant, '-')} |")
+    return "\n".join(out) + "\n"
+
+
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "infer", "memory", "sharing_full", "sharing", "split_sweep", "mixing", "decoding"]
+SECTIONS = ["train", "infer", "memory", "sharing_full", "sharing", "split_sweep", "branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -227,6 +242,7 @@ TABLES = {
     "sharing": sharing_table,
     "decoding": decoding_table,
     "mixing": mixing_table,
+    "branch_batching": branch_batching_table,
 }
 
 

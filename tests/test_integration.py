@@ -128,3 +128,12 @@ def test_decoding_quick_compares_both_modes(shared_datasets: Path, tmp_path: Pat
     run_benchmark(tmp_path, shared_datasets, "decoding", "--quick", timeout=600)
     records = json.loads((tmp_path / "decoding_quick.json").read_text())
     assert {r["variant"].split()[0] for r in records} == {"constrained", "argmax"}
+
+
+def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "branch-batching", "--quick", timeout=600)
+    records = json.loads((tmp_path / "branch_batching_quick.json").read_text())
+    speeds = {r["variant"] for r in records if r["metric"] == "samples_per_second"}
+    assert {v.split(",")[0] for v in speeds} == {"one after another", "stacked (torch.func.vmap)"}
+    gaps = {r["variant"]: r["value"] for r in records if r["metric"] == "max_abs_difference"}
+    assert gaps["stacked (torch.func.vmap), fp32"] < 1e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -261,6 +262,19 @@ class Chain(nn.Module):
             raise FinechainError(f"unknown task(s) {unknown}", fix=f"this chain has {sorted(self.tasks)}")
         return names
 
+    def padded_batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Length-bucketed batches in a fixed order: (positions in ``ids``, padded ids, mask), on the chain's device.
+
+        Example:
+            >>> ids, _ = chain.encode(["a", "a longer text"])  # doctest: +SKIP
+            >>> [positions for positions, _, _ in chain.padded_batches(ids, 64)]  # doctest: +SKIP
+            [[0, 1]]
+        """
+        pad = self.tokenizer.pad_token_id or 0
+        for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
+            input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
+            yield batch, input_ids, mask
+
     @torch.inference_mode()
     def run_tasks(
         self, texts: list[Any], tasks: list[str] | None = None, batch_size: int = 64
@@ -275,9 +289,7 @@ class Chain(nn.Module):
         token_level = {n for n in names if self.tasks[n].head.level == "token"}
         ids, encoded = self.encode(texts, with_words=bool(token_level))
         outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(texts) for n in names}
-        pad = self.tokenizer.pad_token_id or 0
-        for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
-            input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
+        for batch, input_ids, mask in self.padded_batches(ids, batch_size):
             with autocast_context(self.device, self.precision):
                 states = self.trunk.all_states(input_ids, mask)
                 results = {n: self.tasks[n](states, mask) for n in names}
@@ -306,9 +318,7 @@ class Chain(nn.Module):
         self.eval()
         ids = tokenize(self.tokenizer, list(texts), self.max_length)
         out = torch.empty((len(ids), self.encoder_config.hidden_size))
-        pad = self.tokenizer.pad_token_id or 0
-        for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
-            input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
+        for batch, input_ids, mask in self.padded_batches(ids, batch_size):
             with autocast_context(self.device, self.precision):
                 vectors = pool(self.upper(self.trunk(input_ids, mask), mask)[-1], mask, "mean").float()
             out[batch] = (torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors).cpu()
