@@ -23,7 +23,7 @@ from finechain.spec import JointConfig, TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
-from finechain.train.trainer import FitResult, attach_scored, fit_task, param_groups, tail_learning_rate, task_outputs
+from finechain.train.trainer import FitResult, adamw, attach_scored, fit_task, tail_learning_rate, task_outputs
 
 if TYPE_CHECKING:
     from finechain.model.chain import Chain
@@ -124,7 +124,7 @@ def fit_joint(
     steps_per_epoch = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
     epochs = joint.epochs or training.epochs
     total = steps_per_epoch * epochs
-    optimizer = torch.optim.AdamW(param_groups(modules, learning_rate, training.weight_decay), fused=device.type == "cuda")
+    optimizer = adamw(modules, learning_rate, training.weight_decay, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(training.seed)
     settings = fingerprint(

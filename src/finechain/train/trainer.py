@@ -62,6 +62,18 @@ def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float],
     ]
 
 
+def adamw(module: torch.nn.Module, learning_rate: Callable[[str], float], weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, with PyTorch's fused kernel on CPU and CUDA (one kernel per step
+    instead of a Python loop over every tensor; the Hugging Face Trainer's default too).
+
+    Example:
+        >>> adamw(torch.nn.Linear(2, 2), lambda name: 0.1, 0.01, torch.device("cpu")).defaults["fused"]
+        True
+    """
+    fused = device.type in {"cpu", "cuda"}
+    return torch.optim.AdamW(param_groups(module, learning_rate, weight_decay), fused=fused or None)
+
+
 def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
     """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate``."""
     head_like = {"head", "layer_mix"}
@@ -138,7 +150,7 @@ def fit_task(
     batches_per_epoch = math.ceil(len(train_feats.lengths) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(param_groups(task, tail_learning_rate(cfg), cfg.weight_decay), fused=device.type == "cuda")
+    optimizer = adamw(task, tail_learning_rate(cfg), cfg.weight_decay, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpointer = Checkpointer(
