@@ -44,8 +44,11 @@ def _fine_tune(
     seed: int,
     method: str,
     device: str,
+    learning_rate: float | None = None,
 ) -> PeerRun:
-    """Build the ``kind`` model (``sequence`` or ``token``), train it with the Trainer on ``rows``, then score it."""
+    """Build the ``kind`` model (``sequence`` or ``token``), train it with the Trainer on ``rows``, then score it.
+
+    ``learning_rate`` overrides the method's usual one (``LEARNING_RATE``)."""
     import transformers
     from transformers import Trainer
     from transformers.utils import logging as hf_logging
@@ -63,7 +66,7 @@ def _fine_tune(
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=task_type, r=8, lora_alpha=16, lora_dropout=0.1))
-    args = peer_training_args(f"hf-{base}-", epochs, seed, LEARNING_RATE[base], device, bf16=bool(bf16) or None)
+    args = peer_training_args(f"hf-{base}-", epochs, seed, learning_rate or LEARNING_RATE[base], device, bf16=bool(bf16) or None)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=getattr(transformers, collator_cls)(tokenizer))
     start = time.perf_counter()
     trainer.train()
@@ -83,6 +86,7 @@ def hf_sequence_classification(
     method: str = "full",
     max_length: int = 128,
     device: str = "cpu",
+    learning_rate: float | None = None,
 ) -> PeerRun:
     """``AutoModelForSequenceClassification`` + ``Trainer``; accuracy on each evaluation set."""
     from transformers import AutoTokenizer
@@ -104,7 +108,7 @@ def hf_sequence_classification(
             scores[name] = float((predictions == np.array([index[y] for y in gold])).mean())
         return scores
 
-    run = {"epochs": epochs, "seed": seed, "method": method, "device": device}
+    run = {"epochs": epochs, "seed": seed, "method": method, "device": device, "learning_rate": learning_rate}
     return _fine_tune("sequence", backbone, tokenizer, encode(train.texts, train.labels), len(labels), evaluate, **run)
 
 
@@ -119,6 +123,7 @@ def hf_token_classification(
     method: str = "full",
     max_length: int = 128,
     device: str = "cpu",
+    learning_rate: float | None = None,
 ) -> PeerRun:
     """``AutoModelForTokenClassification`` + ``Trainer`` with first-sub-word labels; seqeval entity F1 per evaluation set."""
     from seqeval.metrics import f1_score
@@ -151,5 +156,5 @@ def hf_token_classification(
             scores[name] = float(f1_score(tags_list, pred))
         return scores
 
-    run = {"epochs": epochs, "seed": seed, "method": method, "device": device}
+    run = {"epochs": epochs, "seed": seed, "method": method, "device": device, "learning_rate": learning_rate}
     return _fine_tune("token", backbone, tokenizer, encode(train.texts, train.labels), len(labels), evaluate, **run)

@@ -10,7 +10,8 @@ fine-tunes of the same backbone on the same data, in the same run.
 Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
 jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``joint-add:S`` = the same on AG News,
 Banking77 and CoNLL only, then SST-2 trained later on the frozen tuned trunk (what ``add-task`` does);
-``lora:S`` = pretrained trunk + LoRA branches.
+``lora:S`` = pretrained trunk + LoRA branches. ``--peer-learning-rates 5e-5,1e-4,2e-4 --peer-tasks banking77 --modes ""``
+gives the peer a learning-rate search on validation data.
 Selection uses validation data only (cut from train; CoNLL's dev file); reported metrics are on the SST-2 dev and the
 AG News / Banking77 / CoNLL-2003 test files.
 """
@@ -60,10 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--train-examples", type=int, default=2000, help="per task; 0 = every training example")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,joint-add:4,lora:2")
+    parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,joint-add:4,lora:2", help='"" = peers only')
     parser.add_argument("--throughput-texts", type=int, default=600)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--peer-method", default="full", choices=["full", "full-bf16"], help="the Trainer's fp32 default, or bf16=True")
+    parser.add_argument("--peer-tasks", default=",".join(METRIC), help="the tasks the peer fine-tunes")
+    parser.add_argument(
+        "--peer-learning-rates",
+        default="5e-5",
+        help="several = the peer trains once per rate and keeps the best on validation data (every run is recorded)",
+    )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", default=None, help="results name (default sharing, or sharing_quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         kind, split = mode.split(":")
         chain = Chain.from_backbone(split=int(split)).to(args.device)
         variant = {
@@ -117,39 +124,45 @@ def main(argv: list[str] | None = None) -> None:
             "texts/s (4 tasks)",
         )
     if not args.no_peer:
-        backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
-        total = 0.0
-        for spec in specs:
-            data = datas[spec.name]
-            texts, labels = evaluation[spec.name]
-            peer_fn = hf_token_classification if spec.type == "tagging" else hf_sequence_classification
-            run = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "method": args.peer_method}
-            peer = peer_fn(backbone, data.train, {"eval": (texts, labels)}, data.labels, **run)
-            value, seconds = peer.scores["eval"], peer.seconds
-            total += seconds
-            rec.add(
-                spec.name,
-                "hf-trainer",
-                "full fine-tune per task",
-                METRIC[spec.name],
-                value,
-                "dev accuracy" if spec.name == "sst2" else f"test {METRIC[spec.name]}",
-            )
-            rec.add(spec.name, "hf-trainer", "full fine-tune per task", "trainable_parameters", 22_713_216, "parameters")
-        rec.add("all four", "hf-trainer", "full fine-tune per task", "train_seconds", total, "s")
-        from benchmarks.infer import build_separate, run_separate
-
-        tokenizer, models = build_separate(["sentiment", "topic", "intent", "entities"])
-        seconds = timed(lambda: run_separate(tokenizer, models, pool), 3)
-        rec.add(
-            "all four",
-            "hf-separate",
-            "four fine-tuned models",
-            "samples_per_second",
-            len(pool) / seconds,
-            "texts/s (4 tasks)",
-        )
+        run_peers(rec, args, specs, datas, evaluation, pool)
     print(f"wrote {rec.save(args.output or ('sharing_quick' if args.quick else 'sharing'), vars(args))}")
+
+
+def run_peers(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], datas: dict, evaluation: dict, pool: list[str]) -> None:
+    """Hugging Face Trainer full fine-tunes, one per task (the best of ``--peer-learning-rates`` on validation data),
+    and the throughput of four separate fine-tuned models on the same texts."""
+    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    tasks = args.peer_tasks.split(",")
+    rates = [float(r) for r in args.peer_learning_rates.split(",")]
+    total = 0.0
+    for spec in (s for s in specs if s.name in tasks):
+        data, metric = datas[spec.name], METRIC[spec.name]
+        unit = "dev accuracy" if spec.name == "sst2" else f"test {metric}"
+        sets = {"eval": evaluation[spec.name]}
+        if len(rates) > 1:
+            sets["validation"] = (data.validation.texts, data.validation.labels)
+        peer_fn = hf_token_classification if spec.type == "tagging" else hf_sequence_classification
+        runs = {}
+        for rate in rates:
+            run = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "method": args.peer_method}
+            runs[rate] = peer_fn(backbone, data.train, sets, data.labels, **run, learning_rate=rate)
+            if len(rates) > 1:
+                variant = f"full fine-tune, lr {rate:g}"
+                rec.add(spec.name, "hf-trainer", variant, metric, runs[rate].scores["validation"], f"validation {metric}")
+                rec.add(spec.name, "hf-trainer", variant, metric, runs[rate].scores["eval"], unit)
+        best = max(rates, key=lambda r: runs[r].scores.get("validation", 0.0))
+        total += runs[best].seconds
+        rec.add(spec.name, "hf-trainer", "full fine-tune per task", metric, runs[best].scores["eval"], unit)
+        rec.add(spec.name, "hf-trainer", "full fine-tune per task", "learning_rate", best, "chosen on validation")
+        rec.add(spec.name, "hf-trainer", "full fine-tune per task", "trainable_parameters", runs[best].trainable_parameters, "parameters")
+    if tasks != list(METRIC):
+        return
+    rec.add("all four", "hf-trainer", "full fine-tune per task", "train_seconds", total, "s")
+    from benchmarks.infer import build_separate, run_separate
+
+    tokenizer, models = build_separate(["sentiment", "topic", "intent", "entities"])
+    seconds = timed(lambda: run_separate(tokenizer, models, pool), 3)
+    rec.add("all four", "hf-separate", "four fine-tuned models", "samples_per_second", len(pool) / seconds, "texts/s (4 tasks)")
 
 
 if __name__ == "__main__":
