@@ -20,6 +20,7 @@ SUITE_TITLES = {
     "memory": "Memory: serving 1 and 4 tasks",
     "mixing": "Layer mixing: a learned mix of every layer vs the last layer only (CPU)",
     "sharing_full": "Sharing at full size: every training example, the default chain vs per-task Trainer fine-tunes (CPU)",
+    "sharing_full_peer_lr": "The peer's learning rate at full size: Banking77, chosen on validation data (CPU)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
@@ -148,7 +149,9 @@ def sharing_table(records: list[dict[str, Any]]) -> str:
     rows: dict[tuple[str, str], dict[tuple[str, str], float]] = defaultdict(dict)
     for r in records:
         rows[(r["system"], r["variant"])][(r["task"], r["metric"])] = r["value"]
-    peer = rows.get(("hf-trainer", "full fine-tune per task"), {})
+    peers = [m for (system, _), m in rows.items() if system == "hf-trainer"]
+    # each task is compared with its strongest Trainer row (e.g. the run at a validation-chosen learning rate)
+    peer = {key: max(m[key] for m in peers if key in m) for key in {k for m in peers for k in m}}
     separate = next((m for (system, _), m in rows.items() if system == "hf-separate"), {}).get(("all four", "samples_per_second"))
 
     def score(m: dict[tuple[str, str], float], task: str) -> str:
@@ -156,7 +159,7 @@ def sharing_table(records: list[dict[str, Any]]) -> str:
         ref = peer.get((task, "entity_f1" if task == "conll2003" else "accuracy"))
         if value is None:
             return "-"
-        return f"{100 * value:.1f}" + (f" ({100 * (value - ref):+.1f})" if ref is not None and m is not peer else "")
+        return f"{100 * value:.1f}" + (f" ({100 * (value - ref):+.1f})" if ref is not None and m not in peers else "")
 
     head = "| system | variant | SST-2 acc | AG News acc | Banking77 acc | CoNLL F1 | trainable params/task | stored params/task |"
     head += " shared stored | train s (4 tasks) | 4-task texts/s | vs 4 separate models |"
@@ -232,8 +235,25 @@ def branch_batching_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def peer_learning_rate_table(records: list[dict[str, Any]]) -> str:
+    """The peer's learning-rate search: validation and test score per rate, and the rate validation chose."""
+    scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    chosen = {r["task"]: r["value"] for r in records if r["metric"] == "learning_rate"}
+    for r in records:
+        if r["system"] == "hf-trainer" and r["variant"].startswith("full fine-tune, lr "):
+            split = "validation" if r["unit"].startswith("validation") else "reported"
+            scores[(r["task"], r["variant"].removeprefix("full fine-tune, lr "))][split] = r["value"]
+    out = ["| task | learning rate | validation | test (SST-2: dev) | chosen on validation |", "| --- | --- | --- | --- | --- |"]
+    for (task, rate), m in scores.items():
+        mark = "yes" if task in chosen and float(rate) == chosen[task] else ""
+        cells = " | ".join(_fmt("accuracy", m.get(split)) for split in ("validation", "reported"))
+        out.append(f"| {task} | {rate} | {cells} | {mark} |")
+    return "\n".join(out) + "\n"
+
+
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "infer", "memory", "sharing_full", "sharing", "split_sweep", "branch_batching", "mixing", "decoding"]
+SECTIONS = ["train", "infer", "memory", "sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
+SECTIONS += ["branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -243,6 +263,7 @@ TABLES = {
     "decoding": decoding_table,
     "mixing": mixing_table,
     "branch_batching": branch_batching_table,
+    "sharing_full_peer_lr": peer_learning_rate_table,
 }
 
 
@@ -263,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         if not path.exists():
             continue
         records = json.loads(path.read_text())
-        render = TABLES[records[0]["suite"]] if records else TABLES[suite]
+        tuned = RESULTS / f"{suite}_peer_lr.json"  # the same run's peers again at a learning rate chosen on validation
+        if tuned.exists():
+            chosen = [r for r in json.loads(tuned.read_text()) if r["variant"] == "full fine-tune per task"]
+            records += [dict(r, variant="full fine-tune, lr chosen on validation") for r in chosen]
+        render = TABLES.get(suite) or TABLES[records[0]["suite"]]
         meta_path = RESULTS / f"{suite}.meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         parts += [f"## {SUITE_TITLES.get(suite, suite)}", ""]

@@ -1,0 +1,34 @@
+"""The benchmark page's tables: which peer a result is compared with, and the peer's learning-rate search."""
+
+from __future__ import annotations
+
+from benchmarks.report import peer_learning_rate_table, sharing_table
+
+
+def _record(task: str, system: str, variant: str, metric: str, value: float, unit: str = "test accuracy") -> dict:
+    return {"suite": "sharing", "task": task, "system": system, "variant": variant, "metric": metric, "value": value, "unit": unit}
+
+
+def test_sharing_table_compares_each_task_with_its_strongest_trainer_row() -> None:
+    records = [
+        _record("banking77", "finechain", "joint trunk (MT), split=4", "accuracy", 0.929),
+        _record("sst2", "finechain", "joint trunk (MT), split=4", "accuracy", 0.889, "dev accuracy"),
+        _record("banking77", "hf-trainer", "full fine-tune per task", "accuracy", 0.659),
+        _record("sst2", "hf-trainer", "full fine-tune per task", "accuracy", 0.888, "dev accuracy"),
+        _record("banking77", "hf-trainer", "full fine-tune, lr chosen on validation", "accuracy", 0.912),
+    ]
+    ours = next(line for line in sharing_table(records).splitlines() if line.startswith("| finechain"))
+    assert "92.9 (+1.7)" in ours and "88.9 (+0.1)" in ours  # Banking77 against the tuned peer, not the 65.9 one
+
+
+def test_peer_learning_rate_table_marks_the_rate_validation_chose() -> None:
+    records = []
+    for rate, validation, test in (("5e-05", 0.66, 0.62), ("0.0002", 0.92, 0.91)):
+        variant = f"full fine-tune, lr {rate}"
+        records += [
+            _record("banking77", "hf-trainer", variant, "accuracy", validation, "validation accuracy"),
+            _record("banking77", "hf-trainer", variant, "accuracy", test),
+        ]
+    records.append(_record("banking77", "hf-trainer", "full fine-tune per task", "learning_rate", 2e-4, "chosen on validation"))
+    rows = [line for line in peer_learning_rate_table(records).splitlines() if line.startswith("| banking77")]
+    assert rows == ["| banking77 | 5e-05 | 66.0 | 62.0 |  |", "| banking77 | 0.0002 | 92.0 | 91.0 | yes |"]
