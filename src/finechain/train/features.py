@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
-from finechain.data.batching import length_batches, pad_ids
+from finechain.data.batching import index_tensor, length_batches, pad_ids
 from finechain.model.layers import Trunk
 
 
@@ -42,6 +41,8 @@ class TrunkFeatures:
         self.lengths = [len(x) for x in ids]
         self.device = next(trunk.parameters()).device
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._starts = torch.as_tensor(self.offsets[:-1], device=self.device)
+        self._lengths = torch.as_tensor(self.lengths, device=self.device)
         self.flat: torch.Tensor | np.ndarray | None = None
         if cache != "off":
             self._fill(batch_size, cache_file)
@@ -59,10 +60,11 @@ class TrunkFeatures:
         with torch.inference_mode():
             for batch in length_batches(self.lengths, batch_size, shuffle=False):
                 hidden = self._compute(batch)
-                for row, index in enumerate(batch):
-                    start, end = self.offsets[index], self.offsets[index + 1]
-                    states = hidden[row, : end - start]
-                    flat[start:end] = states.cpu().numpy() if self.cache == "disk" else states
+                positions, mask = self._positions(batch, hidden.device)
+                if self.cache == "disk":
+                    flat[positions[mask].cpu().numpy()] = hidden[mask].cpu().numpy()
+                else:
+                    flat[positions[mask]] = hidden[mask]
         if self.cache == "disk":
             flat.flush()
             del flat
@@ -79,19 +81,26 @@ class TrunkFeatures:
     def _unstack(self, hidden: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return hidden[:, :, 0] if self.depth == 1 else list(hidden.unbind(2))
 
+    def _positions(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each token of each listed sequence sits in the flat cache (``[batch, width]``; padding points at
+        the sequence's first token) and the boolean padding mask: a few tensor ops instead of a loop per row."""
+        width = max(self.lengths[i] for i in indices)
+        index = index_tensor(indices, device)
+        steps = torch.arange(width, device=device)
+        mask = steps[None, :] < self._lengths.to(device)[index][:, None]
+        return self._starts.to(device)[index][:, None] + torch.where(mask, steps, 0), mask
+
     def batch(self, indices: list[int]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         """Padded trunk states ``[batch, tokens, hidden]`` (a list of them with ``all_states``) and the attention mask."""
-        lengths = [self.lengths[i] for i in indices]
-        mask = torch.zeros((len(indices), max(lengths)), dtype=torch.long)
-        for row, n in enumerate(lengths):
-            mask[row, :n] = 1
-        mask = mask.to(self.device)
         if self.cache == "off":
             with torch.no_grad():
-                return self._unstack(self._compute(indices)), mask
-        if isinstance(self.flat, np.ndarray):
-            rows = [torch.from_numpy(np.array(self.flat[self.offsets[i] : self.offsets[i + 1]])) for i in indices]
-            return self._unstack(pad_sequence(rows, batch_first=True).to(self.device)), mask
+                hidden = self._compute(indices)
+            return self._unstack(hidden), self._positions(indices, self.device)[1].long()
         assert self.flat is not None
-        rows = [self.flat[self.offsets[i] : self.offsets[i + 1]] for i in indices]
-        return self._unstack(pad_sequence(rows, batch_first=True)), mask
+        if isinstance(self.flat, np.ndarray):
+            positions, mask = self._positions(indices, torch.device("cpu"))
+            hidden, mask = torch.from_numpy(self.flat[positions.numpy()]).to(self.device), mask.to(self.device)
+        else:
+            positions, mask = self._positions(indices, self.device)
+            hidden = self.flat[positions]
+        return self._unstack(hidden * mask[:, :, None, None]), mask.long()

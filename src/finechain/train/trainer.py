@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from finechain.data.batching import Encoded, length_batches
+from finechain.data.batching import Encoded, index_tensor, length_batches
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import SpecError
 from finechain.evaluate.metrics import is_better
@@ -181,7 +181,7 @@ def fit_task(
                 hidden, mask = train_feats.batch(batch)
                 with autocast_context(device, cfg.precision):
                     logits = task(hidden, mask)
-                loss = task.head.loss(logits, y_train[batch]) / cfg.gradient_accumulation
+                loss = task.head.loss(logits, y_train[index_tensor(batch, device)]) / cfg.gradient_accumulation
                 loss.backward()
                 running += loss.detach()
                 if (i + 1) % cfg.gradient_accumulation == 0 or i + 1 == len(batches):

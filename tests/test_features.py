@@ -1,0 +1,34 @@
+"""The trunk-state cache: every batch equals the trunk run on each text alone, whatever the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from finechain import Chain
+from finechain.train.features import TrunkFeatures
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "off"])
+@pytest.mark.parametrize("all_states", [False, True])
+def test_batches_match_the_trunk_on_each_text(tiny_backbone: Path, tmp_path: Path, cache: str, all_states: bool) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    texts = ["good film", "the plot was really awful and the acting weak", "bad", "very good music and a great ending"]
+    ids, _ = chain.encode(texts)
+    feats = TrunkFeatures(chain.trunk, ids, 0, cache, batch_size=3, cache_file=tmp_path / "c.npy", all_states=all_states)
+    order = [2, 0, 3]  # not the cache's fill order
+    hidden, mask = feats.batch(order)
+    states = hidden if all_states else [hidden]
+    assert mask.tolist() == [[1] * len(ids[i]) + [0] * (max(len(ids[j]) for j in order) - len(ids[i])) for i in order]
+    for row, index in enumerate(order):
+        n = len(ids[index])
+        with torch.inference_mode():
+            alone = chain.trunk.all_states(torch.tensor([ids[index]]), torch.ones(1, n, dtype=torch.long))
+        expected = alone if all_states else alone[-1:]
+        assert len(states) == len(expected)
+        for got, want in zip(states, expected, strict=True):
+            torch.testing.assert_close(got[row, :n], want[0], atol=1e-5, rtol=1e-4)
+            if cache != "off":  # cached rows are zero beyond their length
+                assert not got[row, n:].any()
