@@ -17,6 +17,8 @@ NOTES = ROOT / "benchmarks" / "notes"
 DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
 SUITE_TITLES = {
     "train": "Training: a new task, finechain vs the Hugging Face Trainer (full and LoRA)",
+    "train_gpu": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H100)",
+    "train_gpu_conll": "Training on a GPU: CoNLL-2003, all 14k sentences, finechain vs the Hugging Face Trainer (H100)",
     "memory": "Memory: serving 1 and 4 tasks",
     "mixing": "Layer mixing: a learned mix of every layer vs the last layer only (CPU)",
     "sharing_full": "Sharing at full size: every training example, the default chain vs per-task Trainer fine-tunes (CPU)",
@@ -111,17 +113,23 @@ def train_table(records: list[dict[str, Any]]) -> str:
         out += [
             f"**{task}** (dev {metric}, %)",
             "",
-            f"| system | variant | dev {metric} | Δ vs HF full (points) | train s | samples/s | speed-up vs HF full (time) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| system | variant | dev {metric} | validation {metric} | Δ vs HF full (points) | train s | samples/s | "
+            "speed-up vs HF full (time) | model TFLOP/s (MFU %) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
+        chosen = [v.removeprefix("chosen on validation: ") for (_, v) in rows if v.startswith("chosen on validation: ")]
         for (system, variant), m in rows.items():
             if "train_seconds" not in m:
                 continue
             delta = f"{100 * (m[metric] - peer[metric]):+.1f}" if peer and system != "hf-trainer" else "-"
             speed = f"{peer['train_seconds'] / m['train_seconds']:.1f}x" if peer else "-"
+            flops = m.get("model_tflops_per_second")
+            utilisation = "-" if flops is None else f"{flops:.2f}" + (f" ({m['mfu_percent']:.2f})" if "mfu_percent" in m else "")
+            name = f"**{variant}** (chosen on validation)" if variant in chosen else variant
             out.append(
-                f"| {system} | {variant} | {_fmt(metric, m[metric])} | {delta} | {_fmt('train_seconds', m['train_seconds'])} | "
-                f"{_fmt('samples_per_second', m.get('samples_per_second'))} | {speed} |"
+                f"| {system} | {name} | {_fmt(metric, m[metric])} | {_fmt(metric, m.get(f'validation_{metric}'))} | {delta} | "
+                f"{_fmt('train_seconds', m['train_seconds'])} | {_fmt('samples_per_second', m.get('samples_per_second'))} | {speed} | "
+                f"{utilisation} |"
             )
         curve = [(v, m) for (system, v), m in rows.items() if system == "finechain" and "elapsed_seconds" in m]
         if curve:
@@ -252,7 +260,7 @@ def peer_learning_rate_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "infer", "memory", "sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
+SECTIONS = ["train", "train_gpu", "train_gpu_conll", "infer", "memory", "sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
 SECTIONS += ["branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
