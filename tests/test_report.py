@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import peer_learning_rate_table, sharing_table
+from benchmarks.report import peer_learning_rate_table, sharing_table, train_table
 
 
 def _record(task: str, system: str, variant: str, metric: str, value: float, unit: str = "test accuracy") -> dict:
@@ -32,3 +32,24 @@ def test_peer_learning_rate_table_marks_the_rate_validation_chose() -> None:
     records.append(_record("banking77", "hf-trainer", "full fine-tune per task", "learning_rate", 2e-4, "chosen on validation"))
     rows = [line for line in peer_learning_rate_table(records).splitlines() if line.startswith("| banking77")]
     assert rows == ["| banking77 | 5e-05 | 66.0 | 62.0 |  |", "| banking77 | 0.0002 | 92.0 | 91.0 | yes |"]
+
+
+def test_train_table_marks_the_batch_size_validation_chose_and_shows_utilisation() -> None:
+    peer, big, bigger = "full fine-tune, bf16, batch 32, 3 epochs", "batch 256, lr x2.8, 3 epochs", "batch 512, lr x4, 3 epochs"
+    records = [
+        _record("sst2", "hf-trainer", peer, "accuracy", 0.893, "dev accuracy"),
+        _record("sst2", "hf-trainer", peer, "train_seconds", 156.9, "s"),
+        _record("sst2", "hf-trainer", peer, "mfu_percent", 0.1, "%"),
+        _record("sst2", "hf-trainer", peer, "model_tflops_per_second", 0.98, "TFLOP/s"),
+    ]
+    for variant, dev, validation, seconds in ((big, 0.892, 0.946, 16.0), (bigger, 0.890, 0.942, 11.1)):
+        records += [
+            _record("sst2", "finechain", variant, "accuracy", dev, "dev accuracy"),
+            _record("sst2", "finechain", variant, "validation_accuracy", validation, "validation accuracy"),
+            _record("sst2", "finechain", variant, "train_seconds", seconds, "s"),
+        ]
+    records.append(_record("sst2", "finechain", f"chosen on validation: {big}", "validation_accuracy", 0.946))
+    rows = [line for line in train_table(records).splitlines() if line.startswith("| ")][2:]
+    assert rows[0].endswith("| 0.98 (0.10) |")
+    assert rows[1].startswith(f"| finechain | **{big}** (chosen on validation) | 89.2 | 94.6 | -0.1 | 16.0 |") and "9.8x" in rows[1]
+    assert rows[2].startswith(f"| finechain | {bigger} | 89.0 | 94.2 |") and "(chosen" not in rows[2]
