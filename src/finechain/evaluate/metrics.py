@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -89,11 +90,15 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
         (0.333, 1.0)
     """
     constant = bool(np.std(y_true) < 1e-9 or np.std(y_pred) < 1e-9 * max(1.0, float(np.abs(y_pred).max(initial=0.0))))
+    with warnings.catch_warnings():  # scipy's own constancy test is relative: near-constant input is NaN, not a warning
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        pearson = float("nan") if constant else float(pearsonr(y_true, y_pred).statistic)
+        spearman = float("nan") if constant else float(spearmanr(y_true, y_pred).statistic)
     return {
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "rmse": float(root_mean_squared_error(y_true, y_pred)),
         "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan"),
-        "pearson": float("nan") if constant else float(pearsonr(y_true, y_pred).statistic),
-        "spearman": float("nan") if constant else float(spearmanr(y_true, y_pred).statistic),
+        "pearson": pearson,
+        "spearman": spearman,
         "n": len(y_true),
     }
