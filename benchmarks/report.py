@@ -17,6 +17,7 @@ NOTES = ROOT / "benchmarks" / "notes"
 DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
 SUITE_TITLES = {
     "train": "Training: a new task, finechain vs the Hugging Face Trainer (full and LoRA)",
+    "train_epyc": "Training on a second CPU without bf16 units (AMD EPYC, 2 threads): the same suite, fp32 on both sides",
     "train_gpu": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H100)",
     "train_gpu_conll": "Training on a GPU: CoNLL-2003, all 14k sentences, finechain vs the Hugging Face Trainer (H100)",
     "memory": "Memory: serving 1 and 4 tasks",
@@ -260,7 +261,8 @@ def peer_learning_rate_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_gpu", "train_gpu_conll", "infer", "memory", "sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
+SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "memory"]
+SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
 SECTIONS += ["branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
