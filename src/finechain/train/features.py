@@ -41,8 +41,10 @@ class TrunkFeatures:
         self.lengths = [len(x) for x in ids]
         self.device = next(trunk.parameters()).device
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        self._starts = torch.as_tensor(self.offsets[:-1], device=self.device)
-        self._lengths = torch.as_tensor(self.lengths, device=self.device)
+        # where each sequence starts in the flat cache and how long it is, kept beside the cache
+        self._table_device = torch.device("cpu") if cache == "disk" else self.device
+        self._starts = torch.as_tensor(self.offsets[:-1], device=self._table_device)
+        self._lengths = torch.as_tensor(self.lengths, device=self._table_device)
         self.flat: torch.Tensor | np.ndarray | None = None
         if cache != "off":
             self._fill(batch_size, cache_file)
@@ -59,12 +61,13 @@ class TrunkFeatures:
             flat = torch.empty((total, self.depth, hidden_size), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             for batch in length_batches(self.lengths, batch_size, shuffle=False):
-                hidden = self._compute(batch)
-                positions, mask = self._positions(batch, hidden.device)
+                hidden, mask = self._compute(batch)
+                positions, valid = self._positions(batch)
+                rows = hidden[mask.bool()]
                 if self.cache == "disk":
-                    flat[positions[mask].cpu().numpy()] = hidden[mask].cpu().numpy()
+                    flat[positions[valid].numpy()] = rows.cpu().numpy()
                 else:
-                    flat[positions[mask]] = hidden[mask]
+                    flat[positions[valid]] = rows
         if self.cache == "disk":
             flat.flush()
             del flat
@@ -72,35 +75,34 @@ class TrunkFeatures:
         else:
             self.flat = flat
 
-    def _compute(self, indices: list[int]) -> torch.Tensor:
-        """``[batch, tokens, depth, hidden]``: the last ``depth`` trunk states of each token."""
+    def _compute(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[batch, tokens, depth, hidden]``: the last ``depth`` trunk states of each token; and the attention mask."""
         input_ids, mask = pad_ids([self.ids[i] for i in indices], self.pad_id)
-        states = self.trunk.all_states(input_ids.to(self.device), mask.to(self.device))
-        return torch.stack(states[-self.depth :], dim=2).float()
+        mask = mask.to(self.device)
+        states = self.trunk.all_states(input_ids.to(self.device), mask)
+        return torch.stack(states[-self.depth :], dim=2).float(), mask
 
     def _unstack(self, hidden: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return hidden[:, :, 0] if self.depth == 1 else list(hidden.unbind(2))
 
-    def _positions(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _positions(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each token of each listed sequence sits in the flat cache (``[batch, width]``; padding points at
-        the sequence's first token) and the boolean padding mask: a few tensor ops instead of a loop per row."""
+        the sequence's first token) and the boolean padding mask, on the cache's device: a few tensor ops instead
+        of a loop per row."""
         width = max(self.lengths[i] for i in indices)
-        index = index_tensor(indices, device)
-        steps = torch.arange(width, device=device)
-        mask = steps[None, :] < self._lengths.to(device)[index][:, None]
-        return self._starts.to(device)[index][:, None] + torch.where(mask, steps, 0), mask
+        index = index_tensor(indices, self._table_device)
+        steps = torch.arange(width, device=self._table_device)
+        mask = steps[None, :] < self._lengths[index][:, None]
+        return self._starts[index][:, None] + torch.where(mask, steps, 0), mask
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         """Padded trunk states ``[batch, tokens, hidden]`` (a list of them with ``all_states``) and the attention mask."""
         if self.cache == "off":
             with torch.no_grad():
-                hidden = self._compute(indices)
-            return self._unstack(hidden), self._positions(indices, self.device)[1].long()
+                hidden, mask = self._compute(indices)
+            return self._unstack(hidden), mask
         assert self.flat is not None
-        if isinstance(self.flat, np.ndarray):
-            positions, mask = self._positions(indices, torch.device("cpu"))
-            hidden, mask = torch.from_numpy(self.flat[positions.numpy()]).to(self.device), mask.to(self.device)
-        else:
-            positions, mask = self._positions(indices, self.device)
-            hidden = self.flat[positions]
-        return self._unstack(hidden * mask[:, :, None, None]), mask.long()
+        positions, valid = self._positions(indices)
+        hidden = torch.from_numpy(self.flat[positions.numpy()]) if isinstance(self.flat, np.ndarray) else self.flat[positions]
+        hidden, valid = hidden.to(self.device), valid.to(self.device)
+        return self._unstack(hidden * valid[:, :, None, None]), valid.long()
