@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from benchmarks.common import DATASETS, Recorder
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
@@ -49,19 +51,17 @@ def dev_set(name: str, limit: int | None) -> tuple[list[Any], list[Any]]:
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
-def layer_flops_per_token(backbone: Any) -> float:
-    """Forward FLOPs of one encoder layer per token: its matrix products (Q, K, V, output, two feed-forward)."""
+def layer_flops_per_token(backbone: Any) -> tuple[float, int]:
+    """Forward FLOPs of one encoder layer per token (its matrix products: Q, K, V, output, two feed-forward),
+    and the number of layers."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(backbone))
-    return 2.0 * (4 * config.hidden_size**2 + 2 * config.hidden_size * config.intermediate_size)
+    return 2.0 * (4 * config.hidden_size**2 + 2 * config.hidden_size * config.intermediate_size), config.num_hidden_layers
 
 
-def token_count(backbone: Any, texts: list[Any]) -> int:
+def token_count(tokenizer: Any, texts: list[Any]) -> int:
     """Real (unpadded) tokens of ``texts`` as the peers tokenise them (truncated at 128)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     split = bool(texts) and isinstance(texts[0], list)
     return sum(len(x) for x in tokenizer(texts, truncation=True, max_length=128, is_split_into_words=split)["input_ids"])
 
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
 
     rec = Recorder("train", args.device)
     backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
-    layer_flops, peak = layer_flops_per_token(backbone), peak_tflops(args.device)
+    (layer_flops, layers), peak = layer_flops_per_token(backbone), peak_tflops(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
     cuda = args.device.startswith("cuda")
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         spec = TaskSpec(name=name, type=kind, train=DATASETS / TASKS[name]["train"], max_train_examples=args.train_examples or None)
         data = load_task_data(spec, head_type(kind), args.seed)
         dev = dev_set(name, args.dev_limit)
-        train_tokens, val_tokens = token_count(backbone, data.train.texts), token_count(backbone, data.validation.texts)
+        train_tokens, val_tokens = token_count(tokenizer, data.train.texts), token_count(tokenizer, data.validation.texts)
         peer_fn = hf_token_classification if kind == "tagging" else hf_sequence_classification
         targets: dict[str, float] = {}
         for method in filter(None, args.peers.split(",")):
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             rec.add(name, system, variant, "train_seconds", peer.seconds, "s")
             rec.add(name, system, variant, "samples_per_second", peer.samples_per_second, "samples/s")
             rec.add(name, system, variant, "trainable_parameters", peer.trainable_parameters, "parameters")
-            add_flops(name, system, variant, 3 * 6 * layer_flops * train_tokens * args.epochs, peer.seconds)
+            add_flops(name, system, variant, 3 * layers * layer_flops * train_tokens * args.epochs, peer.seconds)
         extra = ("fp32",) if args.finechain_fp32 and resolve_precision(args.device, "auto") != "fp32" else ()
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         best: tuple[float, str] | None = None
@@ -160,13 +161,12 @@ def main(argv: list[str] | None = None) -> None:
             for batch_size in sizes if precision == "auto" else sizes[:1]:
                 scale = (batch_size / 32) ** 0.5
                 update = {"precision": precision, "batch_size": batch_size}
+                name_part = "default" if precision == "auto" else "precision: fp32"
                 if batch_size != 32:
                     update |= {"learning_rate": training.learning_rate * scale, "head_learning_rate": training.head_learning_rate * scale}
+                    name_part = f"batch {batch_size}, lr x{scale:.2g}"
                 ours = run_finechain(name, data, dev, training.model_copy(update=update), args.device)
-                resolved = resolve_precision(args.device, precision)
-                label = f"{'default' if precision == 'auto' else 'precision: fp32'} (split={ours['split']}, {resolved})"
-                if batch_size != 32:
-                    label = f"batch {batch_size}, lr x{scale:.2g} (split={ours['split']}, {resolved})"
+                label = f"{name_part} (split={ours['split']}, {resolve_precision(args.device, precision)})"
                 variant = f"{label}, {args.epochs} epochs"
                 rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best epoch on validation)")
                 rec.add(name, "finechain", variant, f"validation_{metric}", ours["validation"], f"validation {metric}")
