@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,30 @@ CLASSIFICATION_SETS = {
     "agnews": ("agnews/train.csv", "agnews/test.csv", "test"),
     "banking77": ("banking77/train.csv", "banking77/test.csv", "test"),
 }
+
+
+def comma_list(convert: Callable[[str], Any], choices: Iterable[str] | None = None) -> Callable[[str], list[Any]]:
+    """An argparse ``type``: ``"a,b"`` -> ``[convert("a"), convert("b")]``; a bad or unknown item is argparse's
+    usual one-line usage error (exit code 2) instead of a traceback halfway through a run.
+
+    Example:
+        >>> comma_list(int)("32,256")
+        [32, 256]
+    """
+    allowed = None if choices is None else list(choices)
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            values = [convert(item) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {convert.__name__} values") from None
+        unknown = [item for item in items if allowed is not None and item not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(allowed or [])}")
+        return values
+
+    return parse
 
 
 def device_description(device: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import Recorder
+from benchmarks.common import Recorder, comma_list
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TrainingConfig
 from finechain.data.prepare import load_task_data
@@ -24,19 +24,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="300 examples, 1 epoch, split 6 only")
     parser.add_argument("--train-examples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--splits", default="6,4,2")
+    parser.add_argument("--splits", default="6,4,2", type=comma_list(int))
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_examples, args.epochs, args.splits = 300, 1, "6"
+        args.train_examples, args.epochs, args.splits = 300, 1, [6]
     rec = Recorder("mixing", args.device)
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, 200 if args.quick else None)
     specs = [s for s in specs if s.name in TASKS]
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
     learned: dict[str, list[float]] = {}
-    for split in [int(x) for x in args.splits.split(",")]:
+    for split in args.splits:
         for mix in (False, True):
             chain = Chain.from_backbone(split=split).to(args.device)
             variant = f"split={split}, {'layer mix' if mix else 'last layer'}"

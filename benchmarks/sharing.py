@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, timed
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list, timed
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import read_conll
@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput-texts", type=int, default=600)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--peer-method", default="full", choices=["full", "full-bf16"], help="the Trainer's fp32 default, or bf16=True")
-    parser.add_argument("--peer-tasks", default=",".join(METRIC), help="the tasks the peer fine-tunes")
+    parser.add_argument("--peer-tasks", default=",".join(METRIC), type=comma_list(str, METRIC), help="the tasks the peer fine-tunes")
     parser.add_argument(
         "--peer-learning-rates",
         default="5e-5",
+        type=comma_list(float),
         help="several = the peer trains once per rate and keeps the best on validation data (every run is recorded)",
     )
     parser.add_argument("--seed", type=int, default=13)
@@ -132,8 +133,7 @@ def run_peers(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], da
     """Hugging Face Trainer full fine-tunes, one per task (the best of ``--peer-learning-rates`` on validation data),
     and the throughput of four separate fine-tuned models on the same texts."""
     backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
-    tasks = args.peer_tasks.split(",")
-    rates = [float(r) for r in args.peer_learning_rates.split(",")]
+    tasks, rates = args.peer_tasks, args.peer_learning_rates
     total = 0.0
     for spec in (s for s in specs if s.name in tasks):
         data, metric = datas[spec.name], METRIC[spec.name]

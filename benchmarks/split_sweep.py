@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder
+from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import load_task_data
@@ -20,8 +20,8 @@ from finechain.model.heads import head_type
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks split-sweep", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny run (300 examples, 1 epoch, 2 splits, sst2) for smoke tests")
-    parser.add_argument("--tasks", default="sst2,agnews,banking77")
-    parser.add_argument("--splits", default="6,4,3,2,0")
+    parser.add_argument("--tasks", default="sst2,agnews,banking77", type=comma_list(str, CLASSIFICATION_SETS))
+    parser.add_argument("--splits", default="6,4,3,2,0", type=comma_list(int))
     parser.add_argument("--train-examples", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=128)
@@ -31,19 +31,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help="results name (default split_sweep, or split_sweep_quick)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tasks, args.splits, args.train_examples, args.epochs = "sst2", "6,4", 300, 1
+        args.tasks, args.splits, args.train_examples, args.epochs = ["sst2"], [6, 4], 300, 1
 
     rec = Recorder("split_sweep", args.device)
     backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
-    for name in args.tasks.split(","):
+    for name in args.tasks:
         train_file, eval_file, eval_kind = CLASSIFICATION_SETS[name]
         spec = TaskSpec(name=name, train=DATASETS / train_file, max_train_examples=args.train_examples)
         data = load_task_data(spec, head_type("classification"), args.seed)
         evaluation = read_examples(DATASETS / eval_file)
         eval_texts, eval_labels = [e.text for e in evaluation], [str(e.label) for e in evaluation]
         metric_name = "accuracy"
-        for split in [int(s) for s in args.splits.split(",")]:
+        for split in args.splits:
             chain = Chain.from_backbone(split=split, max_length=args.max_length).to(args.device)
             result = chain.fit(spec, training, progress=False, data=data)
             acc = chain.score(name, eval_texts, eval_labels)["accuracy"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from benchmarks.common import DATASETS, Recorder
+from benchmarks.common import DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import read_conll
@@ -104,14 +104,14 @@ def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], traini
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks train", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="300 examples, 1 epoch, 200 dev rows: a smoke test")
-    parser.add_argument("--tasks", default="sst2,conll2003")
+    parser.add_argument("--tasks", default="sst2,conll2003", type=comma_list(str, TASKS))
     parser.add_argument("--train-examples", type=int, default=3000, help="0 = the whole training file")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev rows")
     parser.add_argument(
         "--peers", default="full,full-bf16,lora", help="Trainer methods to run next to finechain: full, lora, full-bf16, lora-bf16"
     )
-    parser.add_argument("--batch-sizes", default="32", help="finechain batch sizes; lr scaled by sqrt(batch/32)")
+    parser.add_argument("--batch-sizes", default="32", type=comma_list(int), help="finechain batch sizes; lr scaled by sqrt(batch/32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-fp32", dest="finechain_fp32", action="store_false", help="skip finechain's fp32 run when auto is bf16")
     parser.add_argument("--seed", type=int, default=13)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         if peak:
             rec.add(name, system, variant, "mfu_percent", 100 * flops / seconds / 1e12 / peak, f"% of {peak:.0f} TFLOP/s bf16")
 
-    for name in args.tasks.split(","):
+    for name in args.tasks:
         metric, kind = TASKS[name]["metric"], TASKS[name]["type"]
         spec = TaskSpec(name=name, type=kind, train=DATASETS / TASKS[name]["train"], max_train_examples=args.train_examples or None)
         data = load_task_data(spec, head_type(kind), args.seed)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             rec.add(name, system, variant, "trainable_parameters", peer.trainable_parameters, "parameters")
             add_flops(name, system, variant, 3 * layers * layer_flops * train_tokens * args.epochs, peer.seconds)
         extra = ("fp32",) if args.finechain_fp32 and resolve_precision(args.device, "auto") != "fp32" else ()
-        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        sizes = args.batch_sizes
         best: tuple[float, str] | None = None
         for precision in ("auto", *extra):
             for batch_size in sizes if precision == "auto" else sizes[:1]:

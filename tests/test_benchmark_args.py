@@ -1,0 +1,31 @@
+"""Benchmark command lines: a bad list item stops at argument parsing with a one-line error and exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import mixing, sharing, split_sweep, train
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "message"),
+    [
+        (train.main, ["--batch-sizes", "32,big"], "'32,big' is not a comma-separated list of int values"),
+        (train.main, ["--tasks", "sst2,conll"], "unknown conll; choose from sst2, conll2003"),
+        (sharing.main, ["--peer-learning-rates", "5e-5,fast"], "'5e-5,fast' is not a comma-separated list of float values"),
+        (sharing.main, ["--peer-tasks", "banking7"], "unknown banking7; choose from sst2, agnews, banking77, conll2003"),
+        (split_sweep.main, ["--splits", "6,four"], "'6,four' is not a comma-separated list of int values"),
+        (mixing.main, ["--splits", "2.5"], "'2.5' is not a comma-separated list of int values"),
+    ],
+)
+def test_bad_list_items_are_usage_errors(main, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(message), last
+
+
+def test_good_lists_parse() -> None:
+    assert train.comma_list(int)("32, 256") == [32, 256]
+    assert train.comma_list(str, train.TASKS)("conll2003") == ["conll2003"]
