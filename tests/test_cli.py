@@ -13,6 +13,8 @@ import torch
 from finechain.cli.app import main
 from tests.conftest import TOPICS, sentiment_rows, write_csv
 
+COLUMNS = ("review", "stars")  # not the default column names: eval must read files the way the task was trained
+
 
 def cli(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stdin: str | None = None
@@ -31,12 +33,12 @@ def cli(
 
 @pytest.fixture
 def trained(tmp_path: Path, tiny_backbone: Path, monkeypatch, capsys) -> Path:
-    write_csv(tmp_path / "train.csv", sentiment_rows(120, 1))
-    write_csv(tmp_path / "test.csv", sentiment_rows(30, 3))
+    write_csv(tmp_path / "train.csv", sentiment_rows(120, 1), header=COLUMNS)
+    write_csv(tmp_path / "test.csv", sentiment_rows(30, 3), header=COLUMNS)
     (tmp_path / "chain.yaml").write_text(
         f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n"
         "training: {epochs: 3, batch_size: 16, learning_rate: 0.003, head_learning_rate: 0.01}\n"
-        "tasks:\n  - {name: sentiment, train: train.csv, test: test.csv}\n"
+        "tasks:\n  - {name: sentiment, train: train.csv, test: test.csv, text_column: review, label_column: stars}\n"
     )
     code, out, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
     assert code == 0, err
@@ -87,6 +89,11 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     assert json.loads((tmp_path / "o.jsonl").read_text())["text"] == "superb"
+    code, out, err = cli(["predict", str(trained), "-i", str(tmp_path / "test.csv"), "--text-column", "review"], monkeypatch, capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 30
+    code, _, err = cli(["predict", str(trained), "-i", str(tmp_path / "test.csv")], monkeypatch, capsys)
+    assert code == 2 and "test.csv" in err and "'text'" in err
     code, _, err = cli(["predict", str(trained), "-t", "nope"], monkeypatch, capsys, stdin="x\n")
     assert code == 2 and "unknown task" in err
     code, _, err = cli(["predict", str(trained), "--device", "foo"], monkeypatch, capsys, stdin="x\n")
@@ -99,7 +106,7 @@ def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> No
     code, out, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "test.csv")], monkeypatch, capsys)
     assert code == 0, err
     assert "accuracy" in out and (trained / "reports" / "sentiment" / "test_confusion.png").stat().st_size > 1000
-    write_csv(tmp_path / "bad.csv", [("good", "pos"), ("meh", "mixed")])
+    write_csv(tmp_path / "bad.csv", [("good", "pos"), ("meh", "mixed")], header=COLUMNS)
     code, _, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "bad.csv")], monkeypatch, capsys)
     assert code == 2 and "bad.csv:3:" in err and "'mixed'" in err
     code, out, _ = cli(["info", str(trained)], monkeypatch, capsys)
@@ -111,11 +118,14 @@ def test_add_task_and_refuse_overwrite(trained: Path, tmp_path: Path, monkeypatc
     write_csv(tmp_path / "topic.csv", rows)
     (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 2}\n")
     before = (trained / "tasks" / "sentiment" / "branch.safetensors").read_bytes()
+    entry = json.loads((trained / "finechain.json").read_text())["tasks"]["sentiment"]
     code, _, err = cli(["add-task", str(trained), str(tmp_path / "topic.yaml"), "-q"], monkeypatch, capsys)
     assert code == 0, err
     assert (trained / "tasks" / "sentiment" / "branch.safetensors").read_bytes() == before
     manifest = json.loads((trained / "finechain.json").read_text())
     assert set(manifest["tasks"]) == {"sentiment", "topic"}
+    assert manifest["tasks"]["sentiment"] == entry  # spec, metric, scores, timings: nothing lost in the re-save
+    assert {"spec", "metric", "best_epoch", "metrics", "train_seconds"} <= set(entry)
     code, _, err = cli(["add-task", str(trained), str(tmp_path / "topic.yaml")], monkeypatch, capsys)
     assert code == 2 and "already exists" in err
     code, _, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(trained)], monkeypatch, capsys)

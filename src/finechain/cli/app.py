@@ -88,6 +88,7 @@ def predict(
         Path | None, typer.Option("--input", "-i", help="texts: .txt (one per line), .jsonl/.csv (text column); default stdin")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="JSONL output file (default stdout)")] = None,
+    text_column: Annotated[str, typer.Option(help="the text field of a .jsonl/.csv/.tsv --input")] = "text",
     batch_size: Annotated[int, typer.Option(help="texts per trunk pass")] = 64,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch (default: one per core)", min=1)] = None,
@@ -110,7 +111,7 @@ def predict(
     pick_device(device)  # a bad --device fails here, before any input is read
     if threads:
         torch.set_num_threads(threads)
-    texts = read_texts(input_file) if input_file else [line.strip() for line in sys.stdin if line.strip()]
+    texts = read_texts(input_file, text_column) if input_file else [line.strip() for line in sys.stdin if line.strip()]
     chain = Chain.from_pretrained(chain_dir, device=device)
     chain.precision = precision
     predictions = chain.predict(texts, task, batch_size=batch_size)
@@ -160,7 +161,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="where to save the demo chain")] = Path("demo-chain"),
     quiet: QuietOpt = False,
 ) -> None:
-    """Train the bundled demo chain (intent + sentiment), then query it."""
+    """Train the bundled demo chain (intent, sentiment and NER on one trunk), then query it."""
     from finechain import Chain
     from finechain.train.pipeline import train_chain
 

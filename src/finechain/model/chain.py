@@ -156,7 +156,10 @@ class Chain(nn.Module):
             if missing:
                 raise ArtifactError(f"task '{name}' is missing {missing}", file=task_dir, fix="re-save or retrain the chain")
             chain.tasks[name] = TaskModel.load(task_dir, entry, chain.fresh_branch(), chain.encoder_config)
-            chain.task_info[name] = {k: entry[k] for k in ("metrics", "training", "data") if k in entry}
+            # everything the manifest says beyond the task's structure (its spec, metric, training, data, scores)
+            # travels on, so re-saving (add-task) loses nothing and `eval` reads files with the task's own columns
+            structure = {*chain.tasks[name].describe(), "files"}
+            chain.task_info[name] = {k: v for k, v in entry.items() if k not in structure}
         return chain.to(pick_device(device))
 
     def fresh_branch(self) -> list[nn.Module]:
