@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainProgress:
     """A rich progress bar showing loss, the validation metric and ETA over all training steps.
 
+    When stderr is not a terminal (a log file, CI, ``nohup``), a live bar would print nothing until the end;
+    instead a plain line is written at every tenth of the run and after each validation.
+
     Example:
-        >>> with TrainProgress("intent", total=100, enabled=False) as bar:
-        ...     bar.advance(loss=0.5)
+        >>> import sys
+        >>> with TrainProgress("intent", total=100, console=Console(file=sys.stdout, width=80)) as bar:
+        ...     for _ in range(10):
+        ...         bar.advance(loss=0.5)
+        ...     bar.show_metric("val accuracy 0.9000")
+        intent 10/100 steps (10%), loss 0.5000, 0:00:00
+        intent 10/100 steps (10%), loss 0.5000, val accuracy 0.9000, 0:00:00
     """
 
-    def __init__(self, task: str, total: int, enabled: bool = True, completed: int = 0) -> None:
+    def __init__(self, task: str, total: int, enabled: bool = True, completed: int = 0, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.lines = enabled and not self.console.is_terminal
+        self.name, self.total, self.done, self.loss, self.metric = task, total, completed, "-", ""
+        self.next_line = self._next_tenth(completed)
+        self.started = time.monotonic()
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -28,8 +43,8 @@ class TrainProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
+            console=self.console,
+            disable=not enabled or self.lines,
         )
         self.task_id = self.progress.add_task(task, total=total, completed=completed, loss="-", metric="")
 
@@ -44,10 +59,31 @@ class TrainProgress:
         """Move forward and show the running loss."""
         fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
         self.progress.update(self.task_id, advance=steps, **fields)
+        self.done += steps
+        self.loss = fields.get("loss", self.loss)
+        if self.lines and self.done >= self.next_line:
+            self.next_line = self._next_tenth(self.done)
+            self._line()
 
     def show_metric(self, text: str) -> None:
         """Show the latest validation result."""
         self.progress.update(self.task_id, metric=text)
+        self.metric = text
+        if self.lines:
+            self._line()
+
+    def _next_tenth(self, done: int) -> int:
+        """The first step count past ``done`` that completes another tenth of the run."""
+        tenth = done * 10 // max(self.total, 1) + 1
+        while -(-tenth * self.total // 10) <= done:
+            tenth += 1
+        return -(-tenth * self.total // 10)
+
+    def _line(self) -> None:
+        elapsed = datetime.timedelta(seconds=int(time.monotonic() - self.started))
+        metric = f", {self.metric}" if self.metric else ""
+        share = 100 * self.done // max(self.total, 1)
+        self.console.print(f"{self.name} {self.done}/{self.total} steps ({share}%), loss {self.loss}{metric}, {elapsed}", highlight=False)
 
 
 class MetricsLog:
