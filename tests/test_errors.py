@@ -105,7 +105,13 @@ def test_invalid_jsonl(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -
 def test_spec_unknown_field_names_its_line(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
     spec = write_spec(folder, task_block(extra="    learning_rat: 0.1\n"), tiny_backbone)
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
-    expect_one_line_error(code, err, "chain.yaml:9:", "tasks.0.learning_rat", "remove or rename")
+    expect_one_line_error(code, err, "chain.yaml:9:", "tasks.0.learning_rat", "did you mean 'training.learning_rate'")
+    spec = write_spec(folder, task_block(extra="    epochs: 2\n"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:9:", "tasks.0.epochs", "move it under 'training:'")
+    spec = write_spec(folder, task_block(extra="    colour: red\n"), tiny_backbone)
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:9:", "tasks.0.colour", "remove or rename")
 
 
 def test_spec_bad_value_and_type(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -204,7 +205,56 @@ def _load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     return data, _line_index(node)
 
 
-def _raise_first(err: ValidationError, path: Path, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> None:
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model that holds the field at ``loc`` (list indices skipped), e.g. TaskSpec for ``tasks.0.x``."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _nested_model(field.annotation) if field is not None else None
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _nested_model(arg)) is not None), None)
+
+
+def unknown_field_hint(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """How to fix an unknown spec field: the close name it may be a typo of, or the block it belongs in.
+
+    Example:
+        >>> unknown_field_hint(ChainSpec, ("tasks", 0, "learning_rat"))
+        "did you mean 'training.learning_rate'? (training settings go under 'training:')"
+        >>> unknown_field_hint(ChainSpec, ("epochs",))
+        "move it under 'training:'"
+        >>> unknown_field_hint(ChainSpec, ("tasks", 0, "text_colum"))
+        "did you mean 'text_column'?"
+    """
+    *parents, name = loc
+    holder = _model_at(model, tuple(parents))
+    if holder is None:
+        return "remove or rename it"
+    training = next((f for f in ("training",) if f in holder.model_fields), None)
+    nested = _nested_model(holder.model_fields[training].annotation) if training else None
+    if nested is not None and name in nested.model_fields:
+        return f"move it under '{training}:'"
+    close = difflib.get_close_matches(str(name), list(holder.model_fields), n=1, cutoff=0.75)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    close = difflib.get_close_matches(str(name), list(nested.model_fields), n=1, cutoff=0.75) if nested is not None else []
+    if close:
+        return f"did you mean '{training}.{close[0]}'? (training settings go under '{training}:')"
+    return "remove or rename it"
+
+
+def _raise_first(
+    err: ValidationError, path: Path, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = (), model: type[BaseModel] = BaseModel
+) -> None:
     first = err.errors()[0]
     loc = tuple(part for part in first["loc"] if part not in {"function-after"})
     line = None
@@ -213,8 +263,8 @@ def _raise_first(err: ValidationError, path: Path, lines: dict[tuple[Any, ...], 
             line = lines[(*prefix, *loc[:cut])]
             break
     field = ".".join(str(p) for p in loc) or "spec"
-    message = first["msg"].removeprefix("Value error, ")
-    hint = "remove or rename it" if first["type"] == "extra_forbidden" else "see docs/spec.md"
+    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    hint = unknown_field_hint(model, loc) if first["type"] == "extra_forbidden" else "see docs/spec.md"
     raise SpecError(f"{field}: {message}", file=path, line=line, fix=hint) from None
 
 
@@ -231,7 +281,7 @@ def load_chain_spec(path: str | Path) -> ChainSpec:
     try:
         spec = ChainSpec.model_validate(data)
     except ValidationError as err:
-        _raise_first(err, path, lines)
+        _raise_first(err, path, lines, model=ChainSpec)
     return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks]})
 
 
@@ -252,5 +302,5 @@ def load_task_specs(path: str | Path) -> list[TaskSpec]:
         try:
             specs.append(TaskSpec.model_validate(item).resolve_paths(path.parent))
         except ValidationError as err:
-            _raise_first(err, path, lines, (*prefix, i) if prefix else ())
+            _raise_first(err, path, lines, (*prefix, i) if prefix else (), TaskSpec)
     return specs
