@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.batching import overflow_windows
 from finechain.data.conll import read_conll
 from finechain.errors import DataError
 from finechain.model.heads.tagging import allowed_transitions, spans_from_tags, viterbi
@@ -69,6 +70,29 @@ def test_tagging_learns_and_predicts_character_spans(tiny_backbone: Path, tmp_pa
     assert entities == [("PER", "alice", 0, 5), ("LOC", "new york", 14, 22)]
     reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))
     assert reloaded.predict([text]) == [prediction]
+
+    # a text of 60 words (62 tokens) with max_length 32: every word is tagged, read through overlapping windows
+    long = " ".join(["alice visited new york and"] * 12)
+    tags = chain.predict([long])[0]["ner"]["tags"]
+    assert len(tags) == 60 and tags[:4] == ["B-PER", "O", "B-LOC", "I-LOC"]
+    assert any(tag != "O" for tag in tags[32:])  # words past the first window are tagged, not cut off as "O"
+    gold = ["B-PER", "O", "B-LOC", "I-LOC", "O"] * 12
+    scores = chain.score("ner", [long.split()], [gold])  # pre-split input: all 60 words are scored
+    assert scores["per_type"]["PER"]["support"] == 12 and scores["per_type"]["LOC"]["support"] == 12
+
+
+def test_windows_take_each_word_where_it_starts(tiny_backbone: Path) -> None:
+    tokenizer = Chain.from_backbone(str(tiny_backbone), split=2).tokenizer
+    words = ["alice", "zqxv", "visited", "new", "yorkish", "and"] * 6  # 'zqxv', 'yorkish': several sub-words each
+    windows = overflow_windows(tokenizer, [" ".join(words)], max_length=12, stride=4)
+    assert len(windows.ids) > 4 and all(len(ids) <= 12 for ids in windows.ids)
+    encoded = tokenizer(" ".join(words), return_overflowing_tokens=True, truncation=True, max_length=12, stride=4)
+    best = windows.best_positions(0, len(words))
+    for word, (window, position) in enumerate(best):  # every word found, at its own first sub-word
+        word_ids = encoded.word_ids(window)
+        assert word_ids[position] == word and ((position == 1 and window == 0) or word_ids[position - 1] != word)
+        if position == 1 and window > 0:  # a window's first token starts a word only if the previous window lacks it
+            assert word not in encoded.word_ids(window - 1)
 
 
 def test_mixed_chain_answers_any_subset_in_one_pass(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

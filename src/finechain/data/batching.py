@@ -62,6 +62,61 @@ def encode(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, 
     return Encoded(ids, starts, None if presplit else spans)
 
 
+@dataclass
+class Windows:
+    """Overlapping token windows over texts too long for one pass: per window its token ids, the text it
+    belongs to (an index into the texts given) and where each word's first sub-word sits in it."""
+
+    ids: list[list[int]]
+    owner: list[int]
+    starts: list[dict[int, int]]
+
+    def best_positions(self, text: int, n_words: int) -> list[tuple[int, int] | None]:
+        """Per word of ``text``: the ``(window, position)`` that sees it furthest from a window edge (most context
+        on both sides), or ``None`` for a word with no tokens."""
+        best: list[tuple[int, int] | None] = [None] * n_words
+        margin = [-1] * n_words
+        for window, (owner, starts) in enumerate(zip(self.owner, self.starts, strict=True)):
+            if owner != text:
+                continue
+            last = len(self.ids[window]) - 2  # the last content token (before [SEP])
+            for word, position in starts.items():
+                room = min(position - 1, last - position)
+                if word < n_words and room > margin[word]:
+                    best[word], margin[word] = (window, position), room
+        return best
+
+
+def overflow_windows(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, stride: int) -> Windows:
+    """Cut each text into windows of at most ``max_length`` tokens overlapping by ``stride`` tokens (the fast
+    tokenizer's overflow), so token-level tasks can label every word of a long text.
+
+    A word cut by a window's start is not counted as starting there: its first sub-word is in the previous
+    window, which overlaps this one.
+
+    Example:
+        >>> w = overflow_windows(tokenizer, ["a long text ..."], max_length=128, stride=32)  # doctest: +SKIP
+        >>> w.owner, w.best_positions(0, n_words=200)[:2]  # doctest: +SKIP
+        ([0, 0], [(0, 1), (0, 2)])
+    """
+    presplit = bool(texts) and isinstance(texts[0], list)
+    batch = tokenizer(
+        texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True, is_split_into_words=presplit
+    )
+    owner = list(batch["overflow_to_sample_mapping"])
+    starts: list[dict[int, int]] = []
+    for window in range(len(owner)):
+        first: dict[int, int] = {}
+        continues = window > 0 and owner[window - 1] == owner[window]
+        for position, word in enumerate(batch.word_ids(window)):
+            if word is not None and word not in first:
+                first[word] = position
+        if continues and first:  # the word at the window's start began in the previous window
+            first.pop(min(first, key=first.__getitem__))
+        starts.append(first)
+    return Windows(list(batch["input_ids"]), owner, starts)
+
+
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, chunk: int = 2048) -> list[list[int]]:
     """Token ids only (with special tokens, truncated), for sequence-level tasks.
 

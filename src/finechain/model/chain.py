@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from finechain.data.batching import Encoded, encode, length_batches, pad_ids, tokenize
+from finechain.data.batching import Encoded, encode, length_batches, overflow_windows, pad_ids, tokenize
 from finechain.errors import ArtifactError, FinechainError
 from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
@@ -285,13 +285,32 @@ class Chain(nn.Module):
         """Raw head outputs per task, in input order, and the word positions when a tagging task ran.
 
         The trunk runs once per batch for all requested tasks. ``texts`` are raw strings, or word
-        lists (pre-split input for tagging).
+        lists (pre-split input for tagging). Sequence-level tasks read the first ``max_length`` tokens; for
+        texts longer than that, token-level tasks read overlapping windows, and their output rows are then
+        one per word (``encoded.word_starts`` of such a text points at those rows).
         """
         names = self._check_tasks(tasks)
         self.eval()
         token_level = {n for n in names if self.tasks[n].head.level == "token"}
         ids, encoded = self.encode(texts, with_words=bool(token_level))
-        outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(texts) for n in names}
+        outputs = self._outputs(ids, names, token_level, batch_size)
+        cut = encoded is not None and bool(token_level)
+        long = [i for i, starts in enumerate(encoded.word_starts) if len(ids[i]) >= self.max_length and None in starts] if cut else []
+        if long:  # words past max_length: token-level tasks read overlapping windows instead of the cut text
+            windows = overflow_windows(self.tokenizer, [texts[i] for i in long], self.max_length, self.max_length // 4)
+            in_windows = self._outputs(windows.ids, sorted(token_level), token_level, batch_size)
+            for j, index in enumerate(long):
+                best = windows.best_positions(j, len(encoded.word_starts[index]))
+                found = [b for b in best if b is not None]
+                for name in token_level:
+                    outputs[name][index] = torch.stack([in_windows[name][w][p] for w, p in found])
+                rank = iter(range(len(found)))
+                encoded.word_starts[index] = [None if b is None else next(rank) for b in best]
+        return outputs, encoded
+
+    def _outputs(self, ids: list[list[int]], names: list[str], token_level: set[str], batch_size: int) -> dict[str, list[torch.Tensor]]:
+        """Head outputs of ``names`` for token-id sequences, in order; one trunk pass per batch for all of them."""
+        outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(ids) for n in names}
         for batch, input_ids, mask in self.padded_batches(ids, batch_size):
             with autocast_context(self.device, self.precision):
                 states = self.trunk.all_states(input_ids, mask)
@@ -300,7 +319,7 @@ class Chain(nn.Module):
                 result = result.float().cpu()
                 for row, index in enumerate(batch):
                     outputs[name][index] = result[row, : len(ids[index])] if name in token_level else result[row]
-        return outputs, encoded
+        return outputs
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64, normalize: bool = True) -> torch.Tensor:

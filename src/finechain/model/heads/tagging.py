@@ -122,7 +122,8 @@ class TaggingHead(Head):
         if encoded is None:
             raise ValueError("tagging targets need the encoded word positions")
         index = {tag: i for i, tag in enumerate(self.labels)}
-        out = torch.full((len(parsed), max(encoded.lengths)), IGNORE, dtype=torch.long)
+        width = max([*encoded.lengths, *(p + 1 for starts in encoded.word_starts for p in starts if p is not None)])
+        out = torch.full((len(parsed), width), IGNORE, dtype=torch.long)
         for row, (tags, starts) in enumerate(zip(parsed, encoded.word_starts, strict=True)):
             for tag, position in zip(tags, starts, strict=True):
                 if position is not None:
@@ -149,10 +150,10 @@ class TaggingHead(Head):
         results = []
         for row, output in enumerate(outputs):
             starts = encoded.word_starts[row]
-            kept = [p for p in starts if p is not None]
-            tags, probs = self.word_tags(output, kept)
-            tags += ["O"] * (len(starts) - len(kept))  # words cut off by max_length
-            probs += [1.0] * (len(starts) - len(kept))
+            kept_tags, kept_probs = (iter(x) for x in self.word_tags(output, [p for p in starts if p is not None]))
+            # a word with no token of its own (cut off by max_length, or nothing the tokenizer keeps) is "O"
+            tags = [next(kept_tags) if p is not None else "O" for p in starts]
+            probs = [next(kept_probs) if p is not None else 1.0 for p in starts]
             entities = []
             for kind, first, last in spans_from_tags(tags):
                 entity: dict[str, Any] = {"type": kind, "score": round(float(np.mean(probs[first : last + 1])), 6)}
