@@ -101,10 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                 chain.fit(specs[0], training, progress=False, data=datas[specs[0].name])
         else:
             for spec in specs:
-                if kind == "lora":  # LoRA adapters want a larger step than full weights (common practice; not tuned here)
+                if kind == "lora":  # the LoRA mode's default learning rate (5e-4, larger than full layers' 1e-4) applies
                     spec = spec.model_copy(update={"branch": BranchConfig(mode="lora")})
-                cfg = training.model_copy(update={"learning_rate": 5e-4}) if kind == "lora" else training
-                chain.fit(spec, cfg, progress=False, data=datas[spec.name])
+                chain.fit(spec, training, progress=False, data=datas[spec.name])
         seconds = time.perf_counter() - start
         for name in METRIC:
             texts, labels = evaluation[name]

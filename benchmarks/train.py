@@ -29,6 +29,7 @@ from finechain.data.conll import read_conll
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
 from finechain.model.backbone import resolve_backbone
+from finechain.model.branches import BranchMode
 from finechain.model.heads import head_type
 from finechain.model.precision import resolve_precision
 
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                 update = {"precision": precision, "batch_size": batch_size}
                 name_part = "default" if precision == "auto" else "precision: fp32"
                 if batch_size != 32:
-                    update |= {"learning_rate": training.learning_rate * scale, "head_learning_rate": training.head_learning_rate * scale}
+                    branch_rate = training.learning_rate or BranchMode.default_learning_rate
+                    update |= {"learning_rate": branch_rate * scale, "head_learning_rate": training.head_learning_rate * scale}
                     name_part = f"batch {batch_size}, lr x{scale:.2g}"
                 ours = run_finechain(name, data, dev, training.model_copy(update=update), args.device)
                 label = f"{name_part} (split={ours['split']}, {resolve_precision(args.device, precision)})"

@@ -181,6 +181,16 @@ def test_lora_branch_trains_small_delta_and_roundtrips(tiny_backbone: Path, sent
     assert Chain.from_pretrained(out).predict(["superb music", "awful plot"]) == chain.predict(["superb music", "awful plot"])
 
 
+def test_unset_learning_rate_follows_the_branch_mode(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    quick = TrainingConfig(epochs=1, batch_size=64)
+    cases = [("full", {}, 1e-4), ("lora", {"branch": {"mode": "lora"}}, 5e-4)]
+    cases.append(("lora-set", {"branch": {"mode": "lora"}, "training": {"learning_rate": 2e-3}}, 2e-3))
+    for name, options, rate in cases:
+        chain.fit(TaskSpec(name=name, train=sentiment_files[0], **options), quick, progress=False)
+        assert chain.task_info[name]["training"]["learning_rate"] == rate  # what the optimizer used, recorded
+
+
 def test_gradient_accumulation_takes_fewer_optimizer_steps(tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
     steps = []
     for accumulation in (1, 3):

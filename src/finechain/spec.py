@@ -26,7 +26,9 @@ class TrainingConfig(BaseModel):
 
     epochs: int = Field(5, ge=1, description="maximum passes over the training data")
     batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the branch layers")
+    learning_rate: float | None = Field(
+        None, gt=0, description="AdamW learning rate of the branch layers; default: the branch mode's (1e-4 full layers, 5e-4 LoRA)"
+    )
     head_learning_rate: float = Field(1e-3, gt=0, description="learning rate of the head")
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")

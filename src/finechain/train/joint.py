@@ -23,7 +23,7 @@ from finechain.spec import JointConfig, TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
-from finechain.train.trainer import FitResult, adamw, attach_scored, fit_task, tail_learning_rate, task_outputs
+from finechain.train.trainer import FitResult, adamw, attach_scored, fit_task, resolve_training, tail_learning_rate, task_outputs
 
 if TYPE_CHECKING:
     from finechain.model.chain import Chain
@@ -113,7 +113,7 @@ def fit_joint(
     modules = nn.ModuleDict({"trunk": chain.trunk.stack, "tasks": nn.ModuleDict({job.spec.name: job.task for job in jobs})})
     chain.trunk.stack.requires_grad_(True)
 
-    per_task = {job.spec.name: job.spec.training.apply(training) for job in jobs}  # a task's overrides apply to its tail
+    per_task = {job.spec.name: resolve_training(job.spec.training.apply(training), job.task) for job in jobs}  # overrides apply to tails
 
     def learning_rate(name: str) -> float:
         if name.startswith("trunk."):

@@ -74,10 +74,25 @@ def adamw(module: torch.nn.Module, learning_rate: Callable[[str], float], weight
     return torch.optim.AdamW(param_groups(module, learning_rate, weight_decay), fused=fused or None)
 
 
+def resolve_training(cfg: TrainingConfig, task: TaskModel) -> TrainingConfig:
+    """``cfg`` with an unset ``learning_rate`` filled in from the task's branch mode (1e-4 for full layers, 5e-4 for
+    LoRA adapters), so that the manifest and checkpoints record the rate actually used.
+
+    Example:
+        >>> resolve_training(TrainingConfig(), task).learning_rate  # a LoRA task  # doctest: +SKIP
+        0.0005
+    """
+    return cfg if cfg.learning_rate is not None else cfg.model_copy(update={"learning_rate": task.mode.default_learning_rate})
+
+
 def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
-    """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate``."""
+    """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate`` (resolved, see
+    :func:`resolve_training`)."""
     head_like = {"head", "layer_mix"}
-    return lambda name: cfg.head_learning_rate if head_like & set(name.split(".")) else cfg.learning_rate
+    if cfg.learning_rate is None:
+        raise ValueError("resolve_training() first: learning_rate is unset")
+    branch_rate = cfg.learning_rate
+    return lambda name: cfg.head_learning_rate if head_like & set(name.split(".")) else branch_rate
 
 
 @torch.inference_mode()
@@ -134,6 +149,7 @@ def fit_task(
     task = init or chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump(), spec.layer_mix)
     if init is None and hasattr(task.head, "fit_scale"):
         task.head.fit_scale(data.train.labels)
+    cfg = resolve_training(cfg, task)
     device = chain.device
 
     started = time.perf_counter()

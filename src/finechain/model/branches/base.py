@@ -43,6 +43,7 @@ class BranchMode(ABC):
     """Prepares fresh copies of the upper layers for training, and says which tensors a task stores."""
 
     name: ClassVar[str]
+    default_learning_rate: ClassVar[float] = 1e-4  # the branch learning rate when the spec sets none
 
     def config(self) -> dict[str, Any]:
         """JSON-able options, ``mode`` included, that rebuild this mode."""

@@ -24,6 +24,7 @@ class LoraBranch(BranchMode):
     """
 
     name = "lora"
+    default_learning_rate = 5e-4  # adapters start at zero and are few: they want a larger step than full layers
 
     def __init__(self, rank: int = 8, alpha: int = 16, dropout: float = 0.05, targets: list[str] | None = None) -> None:
         self.rank = rank
