@@ -35,7 +35,7 @@ def read_text_file(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError("file not found", file=path, fix="check the path (relative paths are resolved from the spec's folder)")
+        raise DataError("file not found", file=path, fix="check the path; in a spec, relative paths start from the spec's folder")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")

@@ -16,6 +16,8 @@ from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_
 from finechain.train.joint import fit_joint
 from finechain.train.trainer import FitResult
 
+DATA_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".conll", ".iob", ".bio"}
+
 Row = tuple[str, str, dict[str, Any]]
 
 
@@ -135,5 +137,6 @@ def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path 
     split = read_split(data_path, spec, type(head))
     check_known_labels(split, head)
     scores = chain.score(task, split.texts, split.labels)
-    paths = write_report(report_dir or chain_dir / "reports" / task, task, data_path.stem, scores, head.labels)
+    name = data_path.stem if data_path.suffix.lower() in DATA_SUFFIXES else data_path.name  # eng.testa, eng.testb stay apart
+    paths = write_report(report_dir or chain_dir / "reports" / task, task, name, scores, head.labels)
     return scores, paths
