@@ -2,7 +2,7 @@
 transformers and ``pipeline``), at all threads and at 1 thread; sentence-embedding throughput vs
 sentence-transformers ``encode``. Peak memory is the ``memory`` suite.
 
-    python -m benchmarks infer [--quick] [--texts 1200] [--repeats 3] [--split auto] [--device cpu|cuda]
+    python -m benchmarks infer [--quick] [--texts 1200] [--repeats 3] [--split auto] [--device cpu|cuda] [--output infer_gpu]
 
 Speed does not depend on the weights' values, so heads here are freshly initialised: every system
 has exactly the architecture and size of the fine-tuned models it stands for.
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the transformers.pipeline peer (slow)")
+    parser.add_argument("--output", default=None, help="results name (default: infer, or infer_quick); e.g. infer_gpu")
     args = parser.parse_args(argv)
     if args.quick:
         args.texts, args.repeats = 200, 1
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             piped = timed(lambda pipes=pipes: [list(p(texts, batch_size=64)) for p in pipes], args.repeats)
             rec.add(label, "hf-pipeline", "transformers.pipeline, one per task, fp32", "samples_per_second", n / piped, "texts/s")
     embedding_peer(texts, args.repeats, args.device, rec)
-    print(f"wrote {rec.save('infer_quick' if args.quick else 'infer', vars(args))}")
+    print(f"wrote {rec.save(args.output or ('infer_quick' if args.quick else 'infer'), vars(args))}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Memory: peak resident memory of a process serving 1 and 4 tasks, one chain vs one model per task.
 
-    python -m benchmarks memory [--quick] [--split auto] [--device cpu|cuda]
+    python -m benchmarks memory [--quick] [--split auto] [--device cpu|cuda] [--output memory_gpu]
 
 Each measurement is a fresh child process that loads the system and predicts 200 real texts; its peak RSS is
 ``VmHWM`` from ``/proc/self/status`` (``ru_maxrss`` would inherit the parent's peak across fork + exec). On CUDA
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 and 4 tasks for finechain only")
     parser.add_argument("--split", default="auto")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", default=None, help="results name (default: memory, or memory_quick); e.g. memory_gpu")
     parser.add_argument("--child", nargs=2, metavar=("SYSTEM", "TASKS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             variant = f"split={args.split}" if system == "finechain" else "one model per task"
             for metric, value in measured.items():
                 rec.add(f"{n_tasks} task{'s' if n_tasks > 1 else ''}", system, variant, metric, value, "MB")
-    print(f"wrote {rec.save('memory_quick' if args.quick else 'memory', {k: v for k, v in vars(args).items() if k != 'child'})}")
+    name = args.output or ("memory_quick" if args.quick else "memory")
+    print(f"wrote {rec.save(name, {k: v for k, v in vars(args).items() if k != 'child'})}")
 
 
 if __name__ == "__main__":

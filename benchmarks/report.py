@@ -26,6 +26,8 @@ SUITE_TITLES = {
     "sharing_full_peer_lr": "The peer's learning rate at full size: Banking77, chosen on validation data (CPU)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
+    "infer_gpu": "Inference on a GPU: one chain vs separate models",
+    "memory_gpu": "Memory on a GPU: serving 1 and 4 tasks",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
@@ -261,7 +263,7 @@ def peer_learning_rate_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "memory"]
+SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
 SECTIONS += ["branch_batching", "mixing", "decoding"]
 TABLES = {

@@ -109,8 +109,8 @@ def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_pa
 
 
 def test_memory_quick_measures_fresh_processes(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "memory", "--quick", timeout=600)
-    records = json.loads((tmp_path / "memory_quick.json").read_text())
+    run_benchmark(tmp_path, shared_datasets, "memory", "--quick", "--output", "memory_named", timeout=600)
+    records = json.loads((tmp_path / "memory_named.json").read_text())  # --output names the results file
     rss = {r["task"]: r["value"] for r in records if r["metric"] == "rss_mb"}
     assert set(rss) == {"1 task", "4 tasks"} and 200 < rss["1 task"] <= rss["4 tasks"] < 4000
 
