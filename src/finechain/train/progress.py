@@ -30,7 +30,7 @@ class TrainProgress:
 
     def __init__(self, task: str, total: int, enabled: bool = True, completed: int = 0, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.lines = enabled and not self.console.is_terminal
+        self.lines = enabled and not (self.console.is_terminal or self.console.is_jupyter)  # notebooks keep the live bar
         self.name, self.total, self.done, self.loss, self.metric = task, total, completed, "-", ""
         self.next_line = self._next_tenth(completed)
         self.started = time.monotonic()
