@@ -135,3 +135,16 @@ def test_missing_backbone_and_not_a_chain(folder: Path, monkeypatch, capsys) -> 
     expect_one_line_error(code, err, "no-such-model", "not found")
     code, _, err = run_cli(["info", str(folder)], monkeypatch, capsys)
     expect_one_line_error(code, err, "not a finechain folder")
+
+
+def test_bad_split_device_and_backbone_point_at_their_spec_line(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    spec = write_spec(folder, task_block(), tiny_backbone)
+    spec.write_text(spec.read_text().replace("split: 2", "split: 9"))
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:2:", "split 9 is outside 0..4", "choose 0..4")
+    spec.write_text(spec.read_text().replace("split: 9", "split: 2\ndevice: tpu"))
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:3:", "unknown device 'tpu'")
+    spec.write_text(spec.read_text().replace(f"backbone: {tiny_backbone}", "backbone: ./no-such-model"))
+    code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:1:", "backbone folder './no-such-model' not found")

@@ -22,12 +22,23 @@ class FinechainError(Exception):
         file: str | Path | None = None,
         line: int | None = None,
         fix: str | None = None,
+        field: str | None = None,
     ) -> None:
         self.message = message
         self.file = str(file) if file is not None else None
         self.line = line
         self.fix = fix
+        self.field = field  # the chain-spec field behind the error, so a caller holding the spec can point at its line
         super().__init__(self.format())
+
+    def at(self, file: str | Path, line: int | None) -> FinechainError:
+        """The same error, located in ``file`` at ``line`` (e.g. the spec line that set the bad value).
+
+        Example:
+            >>> str(FinechainError("split 9 is outside 0..6", field="split").at("chain.yaml", 3))
+            'chain.yaml:3: split 9 is outside 0..6'
+        """
+        return type(self)(self.message, file=file, line=line, fix=self.fix, field=self.field)
 
     def format(self) -> str:
         """Render as ``file:line: message (fix: ...)``."""

@@ -287,6 +287,16 @@ def load_chain_spec(path: str | Path) -> ChainSpec:
     return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks]})
 
 
+def spec_line(path: str | Path, *keys: Any) -> int | None:
+    """The line of ``keys`` (e.g. ``"split"``, or ``"tasks", 0, "train"``) in a spec file, if it is set there.
+
+    Example:
+        >>> spec_line("chain.yaml", "split")  # doctest: +SKIP
+        3
+    """
+    return _load_yaml(Path(path))[1].get(keys) if keys else None
+
+
 def load_task_specs(path: str | Path) -> list[TaskSpec]:
     """Read a task file for ``add-task``: one task mapping, or ``tasks: [...]``.
 

@@ -75,7 +75,7 @@ def _package_dir(import_name: str, pip_name: str) -> Path:
     try:
         module = importlib.import_module(import_name)
     except ImportError:
-        raise ArtifactError(f"backbone package '{pip_name}' is not installed", fix=f"pip install {pip_name}") from None
+        raise ArtifactError(f"backbone package '{pip_name}' is not installed", fix=f"pip install {pip_name}", field="backbone") from None
     return Path(module.get_model_path())
 
 
@@ -101,7 +101,8 @@ def resolve_backbone(name_or_path: str, base_dir: Path | None = None) -> tuple[P
         path = candidate.resolve()
         return path, BackboneRef(path.name, "path", str(path), weights_sha256(path))
     if candidate.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ArtifactError(f"backbone folder '{name_or_path}' not found", fix="give an existing Hugging Face model folder")
+        fix = "give an existing Hugging Face model folder"
+        raise ArtifactError(f"backbone folder '{name_or_path}' not found", fix=fix, field="backbone")
     return _from_hub(name_or_path)
 
 
@@ -114,6 +115,7 @@ def _from_hub(repo_id: str) -> tuple[Path, BackboneRef]:
         raise ArtifactError(
             f"backbone '{repo_id}' is neither a packaged backbone, a local folder, nor downloadable ({type(err).__name__})",
             fix=f"use a local model folder, or one of {sorted(PACKAGED_BACKBONES)}",
+            field="backbone",
         ) from None
     return path, BackboneRef(repo_id, "hub", repo_id, weights_sha256(path))
 

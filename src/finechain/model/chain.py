@@ -65,9 +65,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FinechainError(f"unknown device '{name}'", fix="use auto, cpu, cuda or cuda:N") from None
+        raise FinechainError(f"unknown device '{name}'", fix="use auto, cpu, cuda or cuda:N", field="device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu") from None
+        raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu", field="device") from None
     return device
 
 
@@ -85,7 +85,8 @@ class Chain(nn.Module):
         super().__init__()
         num_layers = len(encoder.encoder.layer)
         if not 0 <= split <= num_layers:
-            raise FinechainError(f"split {split} is outside 0..{num_layers} for this backbone", fix=f"choose 0..{num_layers}")
+            message = f"split {split} is outside 0..{num_layers} for this backbone"
+            raise FinechainError(message, fix=f"choose 0..{num_layers}", field="split")
         self.encoder_config = encoder.config
         self.tokenizer = tokenizer
         self.backbone_ref = ref

@@ -12,7 +12,7 @@ from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
 from finechain.model.chain import MANIFEST, Chain, pick_device
 from finechain.model.heads import head_type
-from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs
+from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs, spec_line
 from finechain.train.joint import fit_joint
 from finechain.train.trainer import FitResult
 
@@ -71,11 +71,16 @@ def train_chain(
     if (out_dir / MANIFEST).exists() and not resume:
         raise FinechainError("this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out")
     data = _load_all(spec.tasks, spec.training)
-    if resume and (out_dir / MANIFEST).exists():
-        chain = Chain.from_pretrained(out_dir, device=spec.device)
-    else:
-        chain = Chain.from_backbone(spec.backbone, spec.split, spec.max_length, spec_path.parent, spec.sharing_mode)
-        chain = chain.to(pick_device(spec.device))
+    try:
+        if resume and (out_dir / MANIFEST).exists():
+            chain = Chain.from_pretrained(out_dir, device=spec.device)
+        else:
+            chain = Chain.from_backbone(spec.backbone, spec.split, spec.max_length, spec_path.parent, spec.sharing_mode)
+            chain = chain.to(pick_device(spec.device))
+    except FinechainError as error:  # a bad backbone, split or device: point at the spec line that set it
+        if error.file is None and error.field is not None:
+            raise error.at(spec_path, spec_line(spec_path, error.field)) from None
+        raise
     console.print(
         f"backbone {chain.backbone_ref.name}: trunk = embeddings + {chain.split} of {chain.num_layers} layers, "
         f"each task tunes {chain.num_layers - chain.split} branch layers"
