@@ -138,19 +138,22 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     out.print(f"[bold]{chain_dir}[/]  finechain {manifest['finechain_version']}")
     out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)")
     out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, max_length {manifest['max_length']}")
-    table = Table()
-    for column in ("task", "type", "labels", "branch layers", "params", "validation", "test"):
-        table.add_column(column)
+    table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)
+    for column in ("task", "type", "labels", "branch", "stored", "metric", "val", "test"):
+        table.add_column(column, no_wrap=True)
     for name, task in manifest["tasks"].items():
         metrics = task.get("metrics", {})
         metric = task.get("metric", "")
+        branch = task.get("branch") or {"mode": "full"}
+        mode = f"LoRA r{branch.get('rank')}" if branch["mode"] == "lora" else branch["mode"]
         table.add_row(
             name,
             task["type"],
             str(len(task["head"]["labels"])),
-            str(task["branch_layers"]),
-            f"{task['parameters']:,}",
-            f"{metric} {metrics.get('validation', {}).get(metric, float('nan')):.4f}",
+            f"{task['branch_layers']} {mode}",
+            compact_count(task.get("stored_parameters", task["parameters"])),
+            metric,
+            f"{metrics.get('validation', {}).get(metric, float('nan')):.4f}",
             f"{metrics['test'][metric]:.4f}" if "test" in metrics else "-",
         )
     out.print(table)
@@ -182,6 +185,16 @@ def demo(
     for text, prediction in zip(examples, chain.predict(examples), strict=True):
         table.add_row(text, *(summarize(p) for p in prediction.values()))
     out.print(table)
+
+
+def compact_count(n: int) -> str:
+    """A parameter count in a few characters.
+
+    Example:
+        >>> compact_count(3_578_573), compact_count(111_234), compact_count(950)
+        ('3.6M', '111k', '950')
+    """
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
 def summarize(prediction: dict[str, Any]) -> str:
