@@ -70,11 +70,16 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
         >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[1, 0], [1, 0]]), ["a", "b"])
         >>> m["subset_accuracy"], round(m["micro_f1"], 3)
         (0.5, 0.8)
+
+    A text with no gold labels and none predicted is a perfect sample (samples F1 1, not 0):
+
+        >>> multilabel_metrics(np.array([[0, 0], [1, 0]]), np.array([[0, 0], [1, 0]]), ["a", "b"])["samples_f1"]
+        1.0
     """
     return {
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=0)),
+        "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
         "per_class": _per_class(y_true, y_pred, labels),
         "n": len(y_true),
