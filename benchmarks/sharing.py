@@ -8,7 +8,7 @@ fine-tunes of the same backbone on the same data, in the same run.
 ``--train-examples 0`` trains on every example of each training file (the full-data run).
 
 Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
-jointly on all tasks (MT-DNN style) then 1 refinement epoch per branch; ``joint-add:S`` = the same on AG News,
+jointly on all tasks (MT-DNN style), then each branch refined alone (up to --epochs, early stopping); ``joint-add:S`` = the same on AG News,
 Banking77 and CoNLL only, then SST-2 trained later on the frozen tuned trunk (what ``add-task`` does);
 ``lora:S`` = pretrained trunk + LoRA branches. ``--peer-learning-rates 5e-5,1e-4,2e-4 --peer-tasks banking77 --modes ""``
 gives the peer a learning-rate search on validation data.

@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class InMemory(str):
+    """The name of in-memory data (``"train"``, ``"dev"``): errors name the item, ``train[4]``, instead of a file line.
+
+    Example:
+        >>> str(FinechainError("empty text", file=InMemory("train"), line=4, fix="fill it in"))
+        'train[4]: empty text (fix: fill it in)'
+    """
+
+
 class FinechainError(Exception):
     """An error caused by user input; the CLI prints it as one line and exits with code 2.
 
@@ -26,6 +35,7 @@ class FinechainError(Exception):
     ) -> None:
         self.message = message
         self.file = str(file) if file is not None else None
+        self.indexed = isinstance(file, InMemory)  # ``line`` is a list index
         self.line = line
         self.fix = fix
         self.field = field  # the chain-spec field behind the error, so a caller holding the spec can point at its line
@@ -40,12 +50,18 @@ class FinechainError(Exception):
         """
         return type(self)(self.message, file=file, line=line, fix=self.fix, field=self.field)
 
+    @property
+    def where(self) -> str:
+        """``file:line``, ``name[index]`` for in-memory data, or ``""``."""
+        if self.file is None:
+            return ""
+        if self.line is None:
+            return self.file
+        return f"{self.file}[{self.line}]" if self.indexed else f"{self.file}:{self.line}"
+
     def format(self) -> str:
         """Render as ``file:line: message (fix: ...)``."""
-        where = ""
-        if self.file is not None:
-            where = self.file + (f":{self.line}" if self.line is not None else "") + ": "
-        text = f"{where}{self.message}"
+        text = f"{self.where}: {self.message}" if self.file is not None else self.message
         if self.fix:
             text += f" (fix: {self.fix})"
         return text.replace("\n", " ")

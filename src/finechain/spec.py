@@ -89,7 +89,7 @@ class TaskSpec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     type: str = "classification"
-    train: Path
+    train: Path | None = Field(None, description="training file; required in a spec file (Chain.fit can take texts= and labels= instead)")
     dev: Path | None = None
     test: Path | None = None
     format: TaskFormat = "auto"
@@ -270,6 +270,11 @@ def _raise_first(
     raise SpecError(f"{field}: {message}", file=path, line=line, fix=hint) from None
 
 
+def _require_train(task: TaskSpec, path: Path, lines: dict[tuple[Any, ...], int], at: tuple[Any, ...]) -> None:
+    if task.train is None:
+        raise SpecError(f"task '{task.name}' has no 'train' file", file=path, line=lines.get(at), fix="add 'train: path/to/train.csv'")
+
+
 def load_chain_spec(path: str | Path) -> ChainSpec:
     """Read and validate a chain spec; data paths are made relative to the spec file.
 
@@ -284,6 +289,8 @@ def load_chain_spec(path: str | Path) -> ChainSpec:
         spec = ChainSpec.model_validate(data)
     except ValidationError as err:
         _raise_first(err, path, lines, model=ChainSpec)
+    for i, task in enumerate(spec.tasks):
+        _require_train(task, path, lines, ("tasks", i))
     return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks]})
 
 
@@ -312,7 +319,9 @@ def load_task_specs(path: str | Path) -> list[TaskSpec]:
     specs = []
     for i, item in enumerate(items):
         try:
-            specs.append(TaskSpec.model_validate(item).resolve_paths(path.parent))
+            spec = TaskSpec.model_validate(item)
         except ValidationError as err:
             _raise_first(err, path, lines, (*prefix, i) if prefix else (), TaskSpec)
+        _require_train(spec, path, lines, (*prefix, i) if prefix else ())
+        specs.append(spec.resolve_paths(path.parent))
     return specs

@@ -18,7 +18,13 @@ class TaggedSentence:
     line: int
 
 
-def _check_tag(tag: str, previous: str, path: Path, line: int, strict: bool) -> str:
+def check_tag(tag: str, previous: str, path: str | Path, line: int, strict: bool) -> str:
+    """``tag`` checked for BIO form; an ``I-X`` that does not continue ``previous`` becomes ``B-X`` (an error if ``strict``).
+
+    Example:
+        >>> check_tag("I-PER", "O", "a.conll", 3, strict=False)
+        'B-PER'
+    """
     if tag != "O" and (len(tag) < 3 or tag[:2] not in {"B-", "I-"}):
         raise DataError(f"tag '{tag}' is not in BIO form", file=path, line=line, fix="use O, B-TYPE or I-TYPE")
     if tag.startswith("I-") and previous[2:] != tag[2:]:
@@ -86,7 +92,7 @@ def read_conll(
             )
         if not words:
             start = number
-        tags.append(_check_tag(fields[tag_column], tags[-1] if tags else "", path, number, strict))
+        tags.append(check_tag(fields[tag_column], tags[-1] if tags else "", path, number, strict))
         words.append(fields[token_column])
     flush()
     if not sentences:

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finechain.data.conll import read_conll
+from finechain.data.conll import check_tag, read_conll
 from finechain.data.readers import Example, read_examples
 from finechain.data.split import validation_split
-from finechain.errors import DataError
-from finechain.model.heads import Head
+from finechain.errors import DataError, InMemory, SpecError
+from finechain.model.heads import Head, head_type
 from finechain.spec import TaskSpec
 
 
@@ -103,18 +103,108 @@ def _check_train(split: Split, head_cls: type[Head]) -> None:
             )
 
 
+Labelled = tuple[list[Any], list[Any]]  # (texts, labels) held in memory
+
+
+def _sequence_text(text: Any, name: InMemory, index: int) -> str:
+    if not isinstance(text, str):
+        raise DataError(f"text is a {type(text).__name__}, not a string", file=name, line=index, fix="pass one string per example")
+    if not text.strip():
+        raise DataError("empty text", file=name, line=index, fix="fill in the text or remove the example")
+    return text
+
+
+def _tagged(words: Any, tags: Any, name: InMemory, index: int, strict: bool) -> tuple[list[str], list[str]]:
+    if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
+        raise DataError(
+            "a tagging text must be a list of words", file=name, line=index, fix='split it into words: ["Peter", "lives", "in", "Berlin"]'
+        )
+    if not isinstance(tags, list | tuple) or len(tags) != len(words) or not words:
+        count = len(tags) if isinstance(tags, list | tuple) else "no"
+        raise DataError(f"{len(words)} words but {count} tags", file=name, line=index, fix="give one BIO tag per word")
+    checked: list[str] = []
+    for tag in tags:
+        checked.append(check_tag(str(tag), checked[-1] if checked else "", name, index, strict))
+    return list(words), checked
+
+
+def split_from_lists(texts: list[Any], labels: list[Any], spec: TaskSpec, head_cls: type[Head], name: str) -> Split:
+    """A :class:`Split` from in-memory texts and labels, checked like a file; errors name the item: ``train[4]``.
+
+    Tagging takes word lists and tag lists; every other type takes strings and one label per text.
+
+    Example:
+        >>> from finechain.model.heads import head_type
+        >>> split = split_from_lists(["good", "bad"], ["pos", "neg"], TaskSpec(name="s"), head_type("classification"), "train")
+        >>> split.labels, split.file
+        (['pos', 'neg'], 'train')
+    """
+    where = InMemory(name)
+    if len(texts) != len(labels):
+        raise DataError(f"{len(texts)} texts but {len(labels)} labels", file=where, fix="pass one label per text")
+    if head_cls.level == "token":
+        pairs = [_tagged(words, tags, where, i, spec.strict_bio) for i, (words, tags) in enumerate(zip(texts, labels, strict=True))]
+        return Split([w for w, _ in pairs], [t for _, t in pairs], list(range(len(pairs))), where)
+    options = {"label_separator": spec.label_separator}
+    parsed = [head_cls.parse_label(label, file=where, line=i, options=options) for i, label in enumerate(labels)]
+    return Split([_sequence_text(t, where, i) for i, t in enumerate(texts)], parsed, list(range(len(texts))), where)
+
+
 def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
-    """Read, validate and split a task's data; raise :class:`DataError` on the first problem.
+    """Read, validate and split a task's data files; raise :class:`DataError` on the first problem.
 
     Example:
         >>> data = load_task_data(spec, ClassificationHead, seed=13)  # doctest: +SKIP
         >>> data.provenance["validation"]["source"]  # doctest: +SKIP
         'cut from train'
     """
+    if spec.train is None:
+        raise SpecError(
+            f"task '{spec.name}' has no training data",
+            field="train",
+            fix="set 'train: path/to/file', or pass texts= and labels= to Chain.fit",
+        )
     train = read_split(spec.train, spec, head_cls)
-    _check_train(train, head_cls)  # the file as given; a subsample below may hold fewer examples of rare labels
+    dev = read_split(spec.dev, spec, head_cls) if spec.dev is not None else None
+    test = read_split(spec.test, spec, head_cls) if spec.test is not None else None
+    return assemble_task_data(spec, head_cls, train, dev, test, seed)
+
+
+def task_data_from_lists(
+    spec: TaskSpec, texts: list[Any], labels: list[Any], *, dev: Labelled | None = None, test: Labelled | None = None, seed: int = 13
+) -> TaskData:
+    """A task's data from in-memory lists, checked and split exactly like files (a validation split is cut from
+    the training lists unless ``dev`` is given).
+
+    Example:
+        >>> texts, labels = ["good", "fine", "bad", "awful"], ["pos", "pos", "neg", "neg"]
+        >>> data = task_data_from_lists(TaskSpec(name="s"), texts, labels, dev=(["ok"], ["pos"]))
+        >>> len(data.train), data.labels, data.provenance["validation"]["source"]
+        (4, ['neg', 'pos'], 'in memory')
+    """
+    head_cls = head_type(spec.type)
+    train = split_from_lists(texts, labels, spec, head_cls, "train")
+    dev_split = split_from_lists(*dev, spec, head_cls, "dev") if dev is not None else None
+    test_split = split_from_lists(*test, spec, head_cls, "test") if test is not None else None
+    return assemble_task_data(spec, head_cls, train, dev_split, test_split, seed)
+
+
+def _source(split: Split) -> dict[str, Any]:
+    return {"source": "in memory"} if isinstance(split.file, InMemory) else {"source": "file", "file": split.file}
+
+
+def assemble_task_data(spec: TaskSpec, head_cls: type[Head], train: Split, dev: Split | None, test: Split | None, seed: int) -> TaskData:
+    """Check the training split, subsample it (``max_train_examples``), cut a validation split unless ``dev`` is
+    given, and check that every dev/test label occurs in training.
+
+    Example:
+        >>> data = assemble_task_data(spec, ClassificationHead, train, None, None, seed=13)  # doctest: +SKIP
+    """
+    _check_train(train, head_cls)  # the data as given; a subsample below may hold fewer examples of rare labels
     labels = head_cls.label_names(train.labels)
-    provenance: dict[str, Any] = {"train_file": str(spec.train), "train_rows": len(train)}
+    in_memory = isinstance(train.file, InMemory)
+    provenance: dict[str, Any] = {"train": "in memory"} if in_memory else {"train_file": train.file}
+    provenance["train_rows"] = len(train)
     token_level = head_cls.level == "token"
     stratify_key = [0 if token_level else v if isinstance(v, str) else "|".join(v) if isinstance(v, list) else 0 for v in train.labels]
     if spec.max_train_examples and spec.max_train_examples < len(train):
@@ -123,15 +213,16 @@ def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
         train = train.subset(keep)
         stratify_key = [stratify_key[i] for i in keep]
         provenance["subsample"] = {"examples": len(keep), "seed": seed}
-    if spec.dev is not None:
-        validation = read_split(spec.dev, spec, head_cls)
-        provenance["validation"] = {"source": "file", "file": str(spec.dev), "rows": len(validation)}
+    if dev is not None:
+        validation = dev
+        provenance["validation"] = {**_source(dev), "rows": len(dev)}
     else:
         tr_idx, va_idx = validation_split(stratify_key, spec.dev_fraction, seed, stratify=head_cls.type_name == "classification")
         validation = train.subset(va_idx)
         train = train.subset(tr_idx)
         provenance["validation"] = {"source": "cut from train", "fraction": spec.dev_fraction, "seed": seed, "rows": len(validation)}
-    test = read_split(spec.test, spec, head_cls) if spec.test is not None else None
+    if test is not None:
+        provenance["test"] = {**_source(test), "rows": len(test)}
     known = set(labels)
     for split in (validation, test):
         for value, line in zip(split.labels, split.lines, strict=True) if split else ():

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from finechain.data.batching import Encoded, encode, length_batches, overflow_windows, pad_ids, tokenize
-from finechain.errors import ArtifactError, FinechainError
+from finechain.errors import ArtifactError, DataError, FinechainError, SpecError
 from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
     DEFAULT_BACKBONE,
@@ -29,7 +29,8 @@ from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 
 if TYPE_CHECKING:
-    from finechain.spec import TaskSpec, TrainingConfig
+    from finechain.data.prepare import TaskData
+    from finechain.spec import JointConfig, TaskSpec, TrainingConfig
     from finechain.train.trainer import FitResult
 
 MANIFEST = "finechain.json"
@@ -379,18 +380,83 @@ class Chain(nn.Module):
         return head.score(outputs[task], head.targets(labels, encoded))
 
     # training -----------------------------------------------------------------------------
-    def fit(self, spec: TaskSpec, training: TrainingConfig | None = None, **options: Any) -> FitResult:
+    def fit(
+        self,
+        spec: TaskSpec,
+        training: TrainingConfig | None = None,
+        *,
+        texts: list[Any] | None = None,
+        labels: list[Any] | None = None,
+        dev: tuple[list[Any], list[Any]] | None = None,
+        test: tuple[list[Any], list[Any]] | None = None,
+        **options: Any,
+    ) -> FitResult:
         """Train the task described by ``spec`` on this chain's trunk and attach it.
 
-        ``options`` go to :func:`finechain.train.trainer.fit_task` (``run_dir``, ``resume``,
-        ``progress``, ``data``).
+        The data comes from the spec's files, or from ``texts`` and ``labels`` in memory (with optional
+        ``dev`` and ``test`` as ``(texts, labels)``; without ``dev`` a validation split is cut from them).
+        Tagging takes word lists and BIO tag lists. ``options`` go to
+        :func:`finechain.train.trainer.fit_task` (``run_dir``, ``resume``, ``progress``, ``data``).
 
         Example:
             >>> chain.fit(TaskSpec(name="sentiment", train="sst2.csv"))  # doctest: +SKIP
+            >>> chain.fit(TaskSpec(name="topic"), texts=["stocks fell", "late goal"], labels=["business", "sport"])  # doctest: +SKIP
         """
+        from finechain.data.prepare import task_data_from_lists
+        from finechain.spec import TrainingConfig
         from finechain.train.trainer import fit_task
 
+        if texts is not None or labels is not None:
+            if texts is None or labels is None:
+                raise DataError("pass both texts= and labels=", fix="give one label per text")
+            if spec.train is not None:
+                raise SpecError(f"task '{spec.name}' has both a train file and texts=", fix="drop one of them")
+            seed = spec.training.apply(training or TrainingConfig()).seed
+            options["data"] = task_data_from_lists(spec, list(texts), list(labels), dev=dev, test=test, seed=seed)
+        elif dev is not None or test is not None:
+            raise SpecError("dev= and test= go with texts= and labels=", fix="for files, set the spec's dev and test paths")
         return fit_task(self, spec, training, **options)
+
+    def fit_joint(
+        self,
+        specs: list[TaskSpec],
+        training: TrainingConfig | None = None,
+        joint: JointConfig | None = None,
+        *,
+        data: dict[str, TaskData | tuple[list[Any], list[Any]]] | None = None,
+        **options: Any,
+    ) -> dict[str, FitResult]:
+        """Train several tasks together with this chain's trunk (``sharing: joint``), then refine each branch.
+
+        Each task's data comes from its spec's files, or from ``data[name]``: ``(texts, labels)`` or a
+        :class:`~finechain.data.prepare.TaskData` (e.g. from ``task_data_from_lists`` with a dev set).
+        Every task's data is read and checked before training starts. ``options`` go to
+        :func:`finechain.train.joint.fit_joint` (``run_dir``, ``resume``, ``progress``).
+
+        Example:
+            >>> chain = Chain.from_backbone(split="auto", sharing="joint")  # doctest: +SKIP
+            >>> specs = [TaskSpec(name="topic", train="topics.csv"), TaskSpec(name="mood")]  # doctest: +SKIP
+            >>> results = chain.fit_joint(specs, data={"mood": (texts, labels)})  # doctest: +SKIP
+        """
+        from finechain.data.prepare import load_task_data, task_data_from_lists
+        from finechain.model.heads import head_type
+        from finechain.spec import JointConfig, TrainingConfig
+        from finechain.train.joint import fit_joint
+
+        training = training or TrainingConfig()
+        given = data or {}
+        unknown = sorted(set(given) - {s.name for s in specs})
+        if unknown:
+            raise SpecError(f"data for unknown tasks {unknown}", fix=f"the tasks are {[s.name for s in specs]}")
+        datas: dict[str, TaskData] = {}
+        for spec in specs:
+            seed = spec.training.apply(training).seed
+            item = given.get(spec.name)
+            if isinstance(item, tuple):
+                datas[spec.name] = task_data_from_lists(spec, list(item[0]), list(item[1]), seed=seed)
+            else:
+                datas[spec.name] = item if item is not None else load_task_data(spec, head_type(spec.type), seed)
+        return fit_joint(self, specs, datas, training, joint or JointConfig(), **options)
 
 
 __all__ = ["Chain", "default_split", "pick_device"]
