@@ -140,3 +140,20 @@ def test_fit_joint_mixes_files_and_lists_and_matches_files_only(tiny_backbone: P
     assert mixed.task_info["sent"]["data"]["train"] == "in memory" and "train_file" in mixed.task_info["ner"]["data"]
     with pytest.raises(SpecError, match=r"data for unknown tasks \['sentiment'\] \(fix: the tasks are \['sent', 'ner'\]\)"):
         mixed.fit_joint(files, FAST, joint, data={"sentiment": lists}, progress=False)
+
+
+def test_predict_score_and_embed_name_a_bad_input_item(tiny_backbone: Path) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    rows = sentiment_rows(40, seed=9)
+    chain.fit(TaskSpec(name="s"), FAST, texts=[t for t, _ in rows], labels=[y for _, y in rows], progress=False)
+    assert chain.predict(("good film", "bad film")) == chain.predict(["good film", "bad film"])  # any iterable
+    assert chain.predict([("bad", "film")]) == chain.predict([["bad", "film"]])
+    with pytest.raises(DataError, match=r"^texts\[1\]: strings and word lists are mixed in one call"):
+        chain.predict(["good film", ["bad", "film"]])
+    for call in (lambda: chain.predict(["fine", float("nan")]), lambda: chain.embed(["fine", float("nan")])):
+        with pytest.raises(DataError, match=r"^texts\[1\]: nan is not a text \(fix: pass strings"):
+            call()
+    with pytest.raises(DataError, match="2 texts but 1 labels"):
+        chain.score("s", ["good", "bad"], ["pos"])
+    with pytest.raises(Exception, match=r"unknown task\(s\) \['x'\]"):
+        chain.score("x", ["good"], ["pos"])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from finechain.data.batching import Encoded, encode, length_batches, overflow_windows, pad_ids, tokenize
+from finechain.data.inputs import as_texts
 from finechain.errors import ArtifactError, DataError, FinechainError, SpecError
 from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
@@ -340,7 +341,7 @@ class Chain(nn.Module):
                 fix="embed with Chain.from_backbone(...) or a chain trained with sharing: frozen",
             )
         self.eval()
-        ids = tokenize(self.tokenizer, list(texts), self.max_length)
+        ids = tokenize(self.tokenizer, as_texts(texts), self.max_length)
         out = torch.empty((len(ids), self.encoder_config.hidden_size))
         for batch, input_ids, mask in self.padded_batches(ids, batch_size):
             with autocast_context(self.device, self.precision):
@@ -358,9 +359,7 @@ class Chain(nn.Module):
             >>> chain.predict(["great film"], tasks=["sentiment"])  # doctest: +SKIP
             [{'sentiment': {'label': 'positive', 'score': 0.98}}]
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
+        texts = as_texts(texts)
         raw, encoded = self.run_tasks(texts, tasks, batch_size)
         decoded = {}
         for name, rows in raw.items():
@@ -375,7 +374,10 @@ class Chain(nn.Module):
             >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
             1.0
         """
-        head = self.tasks[task].head
+        head = self.tasks[self._check_tasks([task])[0]].head
+        texts = as_texts(texts)
+        if len(texts) != len(labels):
+            raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")
         outputs, encoded = self.run_tasks(texts, [task])
         return head.score(outputs[task], head.targets(labels, encoded))
 
