@@ -12,6 +12,7 @@ import torch
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.cli.app import main
 from finechain.data.prepare import load_task_data
+from finechain.errors import DataError
 from finechain.model.heads import head_type
 from finechain.spec import JointConfig
 from finechain.train.checkpoint import Checkpointer
@@ -137,3 +138,20 @@ def test_auto_sharing_trains_two_tasks_jointly_at_the_joint_split(tiny_backbone:
     (tmp_path / "one.yaml").write_text(f"backbone: {tiny_backbone}\ntasks:\n  - {{name: sent, train: s.csv}}\n")
     assert load_chain_spec(tmp_path / "one.yaml").sharing_mode == "frozen"
     capsys.readouterr()
+
+
+def test_fits_without_run_dir_leave_no_folders_behind(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    specs, data = specs_and_data(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    chain.fit_joint(specs, TRAINING, JOINT.model_copy(update={"epochs": 1}), data=data, progress=False)  # refines each task too
+    chain.fit(specs[0].model_copy(update={"name": "again"}), TRAINING.model_copy(update={"epochs": 1}), progress=False)
+    assert set(chain.tasks) == {"sent", "ner", "again"}
+    assert list(scratch.iterdir()) == []  # every checkpoint folder was temporary and is gone
+    with pytest.raises(DataError, match="is not a number"):  # raised inside the run, after its folder was made
+        chain.fit(specs[0].model_copy(update={"name": "bad", "type": "regression"}), TRAINING, progress=False)
+    assert list(scratch.iterdir()) == []  # also after an error

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,23 @@ from torch import nn
 
 from finechain.errors import FinechainError
 from finechain.io import load_tensors, read_json, save_tensors, write_json
+
+
+@contextmanager
+def run_folder(run_dir: str | Path | None, prefix: str) -> Iterator[Path]:
+    """``run_dir`` (kept, so a run can resume), or a temporary folder removed afterwards, also on errors.
+
+    Example:
+        >>> with run_folder(None, "finechain-x-") as path:
+        ...     existed = path.is_dir()
+        >>> existed, path.exists()
+        (True, False)
+    """
+    if run_dir is not None:
+        yield Path(run_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
-from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
+from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
 from finechain.train.trainer import FitResult, adamw, attach_scored, fit_task, resolve_training, tail_learning_rate, task_outputs
@@ -101,12 +100,26 @@ def fit_joint(
     trunk and refine each tail on cached trunk outputs (its own epochs with early stopping, or ``joint.refine_epochs``).
 
     The epoch with the best mean validation score (sign-adjusted per metric) is kept. Checkpoints are
-    written after every epoch and ``resume`` continues exactly.
+    written to ``run_dir`` after every epoch and ``resume`` continues exactly; without ``run_dir`` they go
+    to a temporary folder that is removed afterwards.
 
     Example:
         >>> results = fit_joint(chain, specs, datas, TrainingConfig(), JointConfig())  # doctest: +SKIP
     """
-    run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="finechain-joint-"))
+    with run_folder(run_dir, "finechain-joint-") as run_path:
+        return _fit_joint(chain, specs, datas, training, joint, run_path, resume, progress)
+
+
+def _fit_joint(
+    chain: Chain,
+    specs: list[TaskSpec],
+    datas: dict[str, TaskData],
+    training: TrainingConfig,
+    joint: JointConfig,
+    run_path: Path,
+    resume: bool,
+    progress: bool,
+) -> dict[str, FitResult]:
     torch.manual_seed(training.seed)
     device = chain.device
     jobs = _jobs(chain, specs, datas, training, joint)

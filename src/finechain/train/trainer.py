@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
-from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint
+from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
 
@@ -131,7 +130,9 @@ def fit_task(
 ) -> FitResult:
     """Validate the data, train a new tail for ``spec`` and attach the best epoch to ``chain``.
 
-    ``init`` continues from an existing tail (e.g. after joint multi-task training) instead of a fresh one.
+    Checkpoints and metrics go to ``run_dir`` (resumable with ``resume``); without it, to a temporary folder
+    that is removed afterwards. ``init`` continues from an existing tail (e.g. after joint multi-task training)
+    instead of a fresh one.
     ``on_epoch_end(epoch, task)`` is called after each epoch (e.g. to watch another evaluation set); the
     time it takes is left out of ``train_seconds`` and of each history record's ``elapsed_seconds``.
 
@@ -140,11 +141,25 @@ def fit_task(
         >>> result.validation["accuracy"]  # doctest: +SKIP
         0.89
     """
+    with run_folder(run_dir, f"finechain-{spec.name}-") as run_path:
+        return _fit_task(chain, spec, training, run_path, resume, progress, data, init, on_epoch_end)
+
+
+def _fit_task(
+    chain: Chain,
+    spec: TaskSpec,
+    training: TrainingConfig | None,
+    run_path: Path,
+    resume: bool,
+    progress: bool,
+    data: TaskData | None,
+    init: TaskModel | None,
+    on_epoch_end: Callable[[int, TaskModel], None] | None,
+) -> FitResult:
     cfg = spec.training.apply(training or TrainingConfig())
     head_cls = head_type(spec.type)
     data = data or load_task_data(spec, head_cls, cfg.seed)
     metric = spec.metric or head_cls.default_metric
-    run_path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix=f"finechain-{spec.name}-"))
     torch.manual_seed(cfg.seed)
     task = init or chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump(), spec.layer_mix)
     if init is None and hasattr(task.head, "fit_scale"):
