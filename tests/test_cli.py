@@ -102,6 +102,34 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert code == 2 and "unknown precision 'fp8'" in err
 
 
+def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from finechain import Chain
+    from finechain.cli import app
+
+    args = ["predict", str(trained), "-i", str(tmp_path / "test.csv"), "--text-column", "review"]
+    code, whole, _ = cli(args, monkeypatch, capsys)
+    assert code == 0 and len(whole.splitlines()) == 30
+    monkeypatch.setattr(app, "PREDICT_CHUNK", 7)
+    code, chunked, err = cli(args, monkeypatch, capsys)
+    assert code == 0 and chunked == whole  # same lines, same order
+    assert "predict 7/30 texts (23%)" in err and "predict 30/30 texts (100%)" in err and "loss" not in err
+    output = tmp_path / "preds.jsonl"
+    output.write_text("earlier run\n")
+    calls = []
+    predict = Chain.predict
+
+    def fail_on_third_chunk(self, texts, *rest, **kw):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return predict(self, texts, *rest, **kw)
+
+    monkeypatch.setattr(Chain, "predict", fail_on_third_chunk)
+    with pytest.raises(RuntimeError):
+        cli([*args, "--output", str(output)], monkeypatch, capsys)
+    assert output.read_text() == "earlier run\n" and [p.name for p in tmp_path.glob(".preds.jsonl*")] == []  # nothing half-written
+
+
 def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     code, out, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "test.csv")], monkeypatch, capsys)
     assert code == 0, err

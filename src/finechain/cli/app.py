@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, TextIO, get_args
 
 import click
 import typer
@@ -20,6 +21,8 @@ err = Console(stderr=True)
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the trained chain")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its last checkpoint")]
+PREDICT_CHUNK = 4096  # texts per chunk of `predict`: written (and counted on the progress bar) as each chunk is done
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
@@ -101,9 +104,10 @@ def predict(
 
     from finechain import Chain
     from finechain.data.readers import read_texts
-    from finechain.io import write_text
+    from finechain.io import atomic_write
     from finechain.model.chain import pick_device
     from finechain.spec import Precision
+    from finechain.train.progress import TrainProgress
 
     choices = get_args(Precision)
     if precision not in choices:
@@ -114,13 +118,28 @@ def predict(
     texts = read_texts(input_file, text_column) if input_file else [line.strip() for line in sys.stdin if line.strip()]
     chain = Chain.from_pretrained(chain_dir, device=device)
     chain.precision = precision
-    predictions = chain.predict(texts, task, batch_size=batch_size)
-    lines = "".join(json.dumps({"text": t, **p}, ensure_ascii=False) + "\n" for t, p in zip(texts, predictions, strict=True))
-    if output:
-        write_text(output, lines)
+    tasks = chain.task_names(task)  # an unknown --task fails before any work
+
+    def write_all(handle: TextIO) -> None:  # chunk by chunk: memory stays flat, output flows, progress shows
+        with TrainProgress("predict", total=len(texts), enabled=len(texts) >= PREDICT_CHUNK, unit="texts", show_loss=False) as bar:
+            for start in range(0, len(texts), PREDICT_CHUNK):
+                part = texts[start : start + PREDICT_CHUNK]
+                predictions = chain.predict(part, tasks, batch_size=batch_size)
+                rows = (json.dumps({"text": t, **p}, ensure_ascii=False) + "\n" for t, p in zip(part, predictions, strict=True))
+                handle.write("".join(rows))
+                handle.flush()
+                bar.advance(len(part))
+
+    if output:  # written to a temporary file, renamed when complete
+        atomic_write(output, lambda tmp: _with_open(tmp, write_all))
         err.print(f"wrote {len(texts)} predictions to {output}")
     else:
-        sys.stdout.write(lines)
+        write_all(sys.stdout)
+
+
+def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        write(handle)
 
 
 @app.command()

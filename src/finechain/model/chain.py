@@ -261,7 +261,13 @@ class Chain(nn.Module):
             return encoded.ids, encoded
         return tokenize(self.tokenizer, texts, self.max_length), None
 
-    def _check_tasks(self, tasks: list[str] | None) -> list[str]:
+    def task_names(self, tasks: list[str] | None = None) -> list[str]:
+        """``tasks`` checked against this chain (default: all of them, in training order).
+
+        Example:
+            >>> chain.task_names(["intent"])  # doctest: +SKIP
+            ['intent']
+        """
         names = list(self.tasks) if tasks is None else list(tasks)
         unknown = [n for n in names if n not in self.tasks]
         if unknown:
@@ -292,7 +298,7 @@ class Chain(nn.Module):
         texts longer than that, token-level tasks read overlapping windows, and their output rows are then
         one per word (``encoded.word_starts`` of such a text points at those rows).
         """
-        names = self._check_tasks(tasks)
+        names = self.task_names(tasks)
         self.eval()
         token_level = {n for n in names if self.tasks[n].head.level == "token"}
         ids, encoded = self.encode(texts, with_words=bool(token_level))
@@ -374,7 +380,7 @@ class Chain(nn.Module):
             >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
             1.0
         """
-        head = self.tasks[self._check_tasks([task])[0]].head
+        head = self.tasks[self.task_names([task])[0]].head
         texts = as_texts(texts)
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")

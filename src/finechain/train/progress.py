@@ -28,8 +28,18 @@ class TrainProgress:
         intent 10/100 steps (10%), loss 0.5000, val accuracy 0.9000, 0:00:00
     """
 
-    def __init__(self, task: str, total: int, enabled: bool = True, completed: int = 0, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        task: str,
+        total: int,
+        enabled: bool = True,
+        completed: int = 0,
+        console: Console | None = None,
+        unit: str = "steps",
+        show_loss: bool = True,
+    ) -> None:
         self.console = console or Console(stderr=True)
+        self.unit, self.show_loss = unit, show_loss
         self.lines = enabled and not (self.console.is_terminal or self.console.is_jupyter)  # notebooks keep the live bar
         self.name, self.total, self.done, self.loss, self.metric = task, total, completed, "-", ""
         self.next_line = self._next_tenth(completed)
@@ -38,7 +48,7 @@ class TrainProgress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
+            *([TextColumn("loss {task.fields[loss]}")] if show_loss else []),
             TextColumn("{task.fields[metric]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
@@ -83,7 +93,8 @@ class TrainProgress:
         elapsed = datetime.timedelta(seconds=int(time.monotonic() - self.started))
         metric = f", {self.metric}" if self.metric else ""
         share = 100 * self.done // max(self.total, 1)
-        self.console.print(f"{self.name} {self.done}/{self.total} steps ({share}%), loss {self.loss}{metric}, {elapsed}", highlight=False)
+        loss = f", loss {self.loss}" if self.show_loss else ""
+        self.console.print(f"{self.name} {self.done}/{self.total} {self.unit} ({share}%){loss}{metric}, {elapsed}", highlight=False)
 
 
 class MetricsLog:
