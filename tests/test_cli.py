@@ -130,6 +130,20 @@ def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained:
     assert output.read_text() == "earlier run\n" and [p.name for p in tmp_path.glob(".preds.jsonl*")] == []  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "Usage: "),
+        (["--bogus"], "No such option: --bogus"),
+        (["train"], "Missing argument 'SPEC'"),
+        (["predict", "--batch-size", "many", "x"], "Invalid value for '--batch-size'"),
+    ],
+)
+def test_usage_errors_print_usage_not_a_traceback(args: list[str], expected: str, monkeypatch, capsys) -> None:
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 2 and expected in out + err and "Traceback" not in out + err
+
+
 def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     code, out, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "test.csv")], monkeypatch, capsys)
     assert code == 0, err

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TextIO, get_args
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +38,7 @@ def _metrics_table(title: str, rows: list[tuple[str, str, dict[str, Any]]]) -> T
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="chain spec YAML")],
+    spec: Annotated[Path, typer.Argument(help="chain spec YAML", metavar="SPEC")],
     out_dir: OutOpt,
     resume: ResumeOpt = False,
     copy_backbone: Annotated[bool, typer.Option("--copy-backbone", help="store the backbone weights inside the chain folder")] = False,
@@ -54,8 +53,8 @@ def train(
 
 @app.command("add-task")
 def add_task(
-    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")],
-    task_file: Annotated[Path, typer.Argument(help="YAML with one task (or tasks: [...])")],
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    task_file: Annotated[Path, typer.Argument(help="YAML with one task (or tasks: [...])", metavar="TASK_FILE")],
     replace: Annotated[bool, typer.Option("--replace", help="retrain a task that already exists")] = False,
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
@@ -69,7 +68,7 @@ def add_task(
 
 @app.command("eval")
 def evaluate(
-    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")],
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
     task: Annotated[str, typer.Option("--task", "-t", help="task to evaluate")],
     data: Annotated[Path, typer.Option("--data", "-d", help="labelled CSV/TSV/JSONL file")],
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
@@ -85,7 +84,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")],
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to run; default all")] = None,
     input_file: Annotated[
         Path | None, typer.Option("--input", "-i", help="texts: .txt (one per line), .jsonl/.csv (text column); default stdin")
@@ -143,7 +142,7 @@ def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:
 
 
 @app.command()
-def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder")]) -> None:
+def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")]) -> None:
     """Show a chain's backbone, split and tasks with their metrics."""
     from finechain.io import read_json
     from finechain.model.chain import MANIFEST
@@ -234,6 +233,18 @@ def summarize(prediction: dict[str, Any]) -> str:
     return f"{prediction['label']} ({prediction['score']:.2f})"
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Command-line usage errors: typer >= 0.29 raises its own copy of click's (``TyperException``), older typer click's."""
+    found: list[type[Exception]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:  # newer typer does not need click
+        pass
+    return tuple(found)
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
     try:
@@ -241,14 +252,18 @@ def main() -> None:
     except FinechainError as error:
         err.print(f"[red]error:[/] {error.format()}", highlight=False, soft_wrap=True)
         raise SystemExit(error.exit_code) from None
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
-    except click.ClickException as error:
-        error.show()
-        raise SystemExit(error.exit_code) from None
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("[yellow]interrupted[/]: the last finished epoch is checkpointed; rerun with --resume to continue")
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("[yellow]interrupted[/] (training: the last finished epoch is checkpointed; rerun with --resume to continue)")
         raise SystemExit(130) from None
+    except _usage_errors() as error:  # unknown option, missing argument, bad value: click's usage message
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"[red]error:[/] {error}", highlight=False)
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 
 if __name__ == "__main__":
