@@ -1,4 +1,4 @@
-"""The ``finechain`` command line: train, add-task, eval, predict, info, demo."""
+"""The ``finechain`` command line: train, check, add-task, eval, predict, info, demo."""
 
 from __future__ import annotations
 
@@ -49,6 +49,44 @@ def train(
 
     rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
     out.print(_metrics_table(f"chain saved to {out_dir}", rows))
+
+
+@app.command()
+def check(
+    spec: Annotated[Path, typer.Argument(help="chain spec YAML", metavar="SPEC")],
+    strict: Annotated[bool, typer.Option("--strict", help="exit 1 when there are warnings (for CI)")] = False,
+) -> None:
+    """Validate SPEC and all its data like `train` would, then report sizes, labels, lengths and warnings (no training)."""
+    from finechain.train.pipeline import check_chain
+
+    reports = check_chain(spec)
+    table = Table(title=f"{spec}: data is valid", box=None)
+    for column in ("task", "type", "train", "val", "test", "labels", "majority", "too long"):
+        table.add_column(column, justify="left" if column in ("task", "type") else "right")
+    for r in reports:
+        table.add_row(
+            r.task,
+            r.type,
+            str(r.rows["train"]),
+            f"{r.rows['validation']}{'*' if r.validation_source == 'cut from train' else ''}",
+            str(r.rows.get("test", "-")),
+            str(r.labels or "-"),
+            f"{r.majority:.0%}" if r.majority is not None else "-",
+            f"{max(r.over_length.values()):.1%}",
+        )
+    out.print(table)
+    out.print(
+        "val*: cut from train. majority: accuracy of always guessing the commonest validation label. "
+        "too long: share of texts over max_length tokens (the most of any split).",
+        highlight=False,
+    )
+    warnings = [(r.task, w) for r in reports for w in r.warnings]
+    for task, warning in warnings:
+        out.print(f"[yellow]warning[/] {task}: {warning}", highlight=False, soft_wrap=True)
+    if not warnings:
+        out.print("no warnings")
+    if strict and warnings:
+        raise SystemExit(1)
 
 
 @app.command("add-task")

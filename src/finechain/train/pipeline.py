@@ -7,9 +7,11 @@ from typing import Any
 
 from rich.console import Console
 
+from finechain.data.check import DataCheck, check_data
 from finechain.data.prepare import TaskData, check_known_labels, load_task_data, read_split
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
+from finechain.model.backbone import load_tokenizer, resolve_backbone
 from finechain.model.chain import MANIFEST, Chain, pick_device
 from finechain.model.heads import head_type
 from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs, spec_line
@@ -103,6 +105,25 @@ def train_chain(
         rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
     chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
     return rows
+
+
+def check_chain(spec_path: Path) -> list[DataCheck]:
+    """Validate a chain spec and every data file exactly as ``train`` does, then look at the data (no training).
+
+    Example:
+        >>> [report.warnings for report in check_chain(Path("chain.yaml"))]  # doctest: +SKIP
+        [[], ["only 40 validation examples: ..."]]
+    """
+    spec = load_chain_spec(spec_path)
+    data = _load_all(spec.tasks, spec.training)
+    try:
+        path, _ = resolve_backbone(spec.backbone, spec_path.parent)
+    except FinechainError as error:
+        raise error.at(spec_path, spec_line(spec_path, "backbone")) from None
+    tokenizer = load_tokenizer(path)
+    return [
+        check_data(data[task.name], task.type, head_type(task.type).level, tokenizer, spec.max_length, task.name) for task in spec.tasks
+    ]
 
 
 def add_tasks(

@@ -1,0 +1,122 @@
+"""Look at a task's data before training: sizes, labels, lengths, and the problems that are not errors."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from finechain.data.prepare import Split, TaskData
+
+RARE_EXAMPLES = 10  # a label with fewer training examples than this gets a warning
+SMALL_VALIDATION = 100  # fewer validation examples than this: model choice and early stopping are noisy
+
+
+@dataclass
+class DataCheck:
+    """What ``finechain check`` reports for one task."""
+
+    task: str
+    type: str
+    rows: dict[str, int]
+    validation_source: str
+    labels: int
+    majority: float | None  # share of the commonest validation label: the accuracy of always guessing it
+    over_length: dict[str, float]  # per split, the share of texts longer than max_length tokens
+    longest: int  # tokens of the longest training text
+    warnings: list[str] = field(default_factory=list)
+
+
+def _token_counts(tokenizer: Any, texts: list[Any], chunk: int = 2048) -> list[int]:
+    """Tokens per text with special tokens, uncut (raw strings or word lists)."""
+    presplit = bool(texts) and isinstance(texts[0], list)
+    counts: list[int] = []
+    for start in range(0, len(texts), chunk):
+        batch = tokenizer(texts[start : start + chunk], truncation=True, max_length=10**9, is_split_into_words=presplit)
+        counts.extend(len(ids) for ids in batch["input_ids"])
+    return counts
+
+
+def _key(text: Any) -> str:
+    return " ".join(text) if isinstance(text, list) else " ".join(str(text).split())
+
+
+def _label_key(label: Any) -> str:
+    return "|".join(label) if isinstance(label, list) else str(label)
+
+
+def _overlap(train: Split, other: Split, name: str) -> str | None:
+    seen = {_key(t) for t in train.texts}
+    shared = [i for i, t in enumerate(other.texts) if _key(t) in seen]
+    if not shared:
+        return None
+    example = other.texts[shared[0]]
+    shown = " ".join(example) if isinstance(example, list) else example
+    return (
+        f"{len(shared)} of {len(other)} {name} texts also occur in the training data (e.g. {other.file}:{other.lines[shared[0]]}: "
+        f"{shown[:60]!r}); scores on them measure memory, not generalisation: remove them from one side"
+    )
+
+
+def _conflicts(train: Split) -> str | None:
+    labels: dict[str, set[str]] = defaultdict(set)
+    for text, label in zip(train.texts, train.labels, strict=True):
+        labels[_key(text)].add(_label_key(label))
+    clashing = {text: names for text, names in labels.items() if len(names) > 1}
+    if not clashing:
+        return None
+    text, names = next(iter(clashing.items()))
+    return (
+        f"{len(clashing)} training {'text occurs' if len(clashing) == 1 else 'texts occur'} with different labels"
+        f" (e.g. {text[:60]!r}: {sorted(names)}); "
+        "fix the labels, or accept them as noise"
+    )
+
+
+def check_data(data: TaskData, type_name: str, level: str, tokenizer: Any, max_length: int, task: str = "") -> DataCheck:
+    """Sizes, label balance, text lengths against ``max_length``, and warnings: texts shared between training and
+    validation/test data, identical texts with different labels, rare labels, a small validation set, long texts.
+
+    Example:
+        >>> report = check_data(data, "classification", "sequence", chain.tokenizer, 128, "intent")  # doctest: +SKIP
+        >>> report.warnings  # doctest: +SKIP
+        ["label 'refund' has 3 training examples; expect weak recall on it"]
+    """
+    splits = {"train": data.train, "validation": data.validation, **({"test": data.test} if data.test is not None else {})}
+    over, longest = {}, 0
+    for name, split in splits.items():
+        lengths = _token_counts(tokenizer, split.texts)
+        over[name] = sum(n > max_length for n in lengths) / max(1, len(lengths))
+        longest = max(lengths, default=0) if name == "train" else longest
+    counts = Counter(_label_key(v) for v in data.validation.labels) if data.labels else Counter()
+    majority = counts.most_common(1)[0][1] / len(data.validation) if type_name == "classification" and counts else None
+    source = data.provenance.get("validation", {}).get("source", "file")
+    report = DataCheck(task, type_name, {k: len(v) for k, v in splits.items()}, source, len(data.labels), majority, over, longest)
+    for name, split in splits.items():
+        if name != "train" and not (name == "validation" and source == "cut from train"):
+            report.warnings.append(_overlap(data.train, split, name) or "")
+    if level != "token":
+        report.warnings.append(_conflicts(data.train) or "")
+    if type_name in ("classification", "multilabel"):
+        train_counts = Counter(name for value in data.train.labels for name in (value if isinstance(value, list) else [value]))
+        rare = sorted((n, label) for label, n in train_counts.items() if n < RARE_EXAMPLES)
+        if rare:
+            listed = ", ".join(f"'{label}' ({n})" for n, label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
+            have = "label has" if len(rare) == 1 else "labels have"
+            report.warnings.append(f"{len(rare)} {have} fewer than {RARE_EXAMPLES} training examples: {listed}; expect weak recall on them")
+    if len(data.validation) < SMALL_VALIDATION:
+        report.warnings.append(
+            f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
+        )
+    if over["train"] > 0:
+        cut = "words past it are not trained on" if level == "token" else "the rest of each is not read"
+        count = round(over["train"] * len(data.train))
+        report.warnings.append(
+            f"{count} of {len(data.train)} training texts are longer than max_length={max_length} tokens (longest {longest}); "
+            f"{cut}: raise max_length (slower) if the end of a text matters"
+        )
+    report.warnings = [w for w in report.warnings if w]
+    return report
+
+
+__all__ = ["DataCheck", "check_data"]

@@ -1,0 +1,70 @@
+"""`finechain check`: validation without training, data statistics and warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
+from tests.test_cli import cli
+
+
+def _spec(folder: Path, backbone: Path, tasks: str, max_length: int = 32) -> Path:
+    path = folder / "chain.yaml"
+    path.write_text(f"backbone: {backbone}\nmax_length: {max_length}\ntasks:\n{tasks}")
+    return path
+
+
+def test_clean_data_passes_even_with_strict(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    write_csv(tmp_path / "train.csv", sentiment_rows(400, 1))
+    write_csv(tmp_path / "dev.csv", sentiment_rows(120, 2)[:0] + [(f"{t} film", y) for t, y in sentiment_rows(120, 2)])
+    spec = _spec(tmp_path, tiny_backbone, "  - {name: s, train: train.csv, dev: dev.csv}\n")
+    code, out, err = cli(["check", str(spec), "--strict"], monkeypatch, capsys)
+    assert code == 0, out + err
+    assert "data is valid" in out and "no warnings" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("s "))
+    assert row.split()[1:5] == ["classification", "400", "120", "-"] and "50%" in row
+
+
+def test_warnings_name_the_problem_and_strict_fails(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    rows = sentiment_rows(200, 1)
+    rows += [("good film", "neg"), ("good film", "pos")]  # the same text with two labels
+    rows += [("bob", "rare"), ("alice", "rare")]  # a label with 2 examples
+    rows += [(" ".join(["movie"] * 40), "pos")]  # 42 tokens > max_length 32
+    write_csv(tmp_path / "train.csv", rows)
+    write_csv(tmp_path / "test.csv", [rows[0], ("great story", "pos")])  # one test text is a training text
+    sentences = ner_sentences(60, 1)
+    write_conll(tmp_path / "ner.conll", sentences)
+    write_conll(tmp_path / "ner_dev.conll", sentences[:3] + ner_sentences(5, 9))
+    tasks = (
+        "  - {name: s, train: train.csv, test: test.csv, dev_fraction: 0.1}\n"
+        "  - {name: n, type: tagging, train: ner.conll, dev: ner_dev.conll}\n"
+    )
+    spec = _spec(tmp_path, tiny_backbone, tasks)
+    code, out, _ = cli(["check", str(spec)], monkeypatch, capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "s: 1 training text occurs with different labels (e.g. 'good film': ['neg', 'pos'])" in text
+    assert "s: 1 label has fewer than 10 training examples: 'rare' (" in text
+    assert f"s: 1 of 2 test texts also occur in the training data (e.g. {tmp_path / 'test.csv'}:2:" in text
+    assert "s: only 20 validation examples" in text
+    assert "s: 1 of 185 training texts are longer than max_length=32 tokens (longest 42)" in text
+    assert "n: 3 of 8 validation texts also occur in the training data" in text
+    code, _, _ = cli(["check", str(spec), "--strict"], monkeypatch, capsys)
+    assert code == 1
+
+
+def test_bad_data_is_the_same_one_line_error_as_train(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    write_csv(tmp_path / "train.csv", [*sentiment_rows(20, 1), ("", "pos")])
+    spec = _spec(tmp_path, tiny_backbone, "  - {name: s, train: train.csv}\n")
+    code, out, err = cli(["check", str(spec)], monkeypatch, capsys)
+    assert code == 2 and f"{tmp_path / 'train.csv'}:22: empty text" in err and "data is valid" not in out
+
+
+@pytest.mark.parametrize("backbone", ["no-such-model-folder"])
+def test_a_bad_backbone_points_at_the_spec_line(backbone: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    write_csv(tmp_path / "train.csv", sentiment_rows(20, 1))
+    (tmp_path / "chain.yaml").write_text(f"backbone: {backbone}\ntasks:\n  - {{name: s, train: train.csv}}\n")
+    code, _, err = cli(["check", str(tmp_path / "chain.yaml")], monkeypatch, capsys)
+    assert code == 2 and f"{tmp_path / 'chain.yaml'}:1:" in err
