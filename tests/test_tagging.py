@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.cli.app import main
 from finechain.data.batching import overflow_windows
 from finechain.data.conll import read_conll
 from finechain.errors import DataError
@@ -57,7 +60,9 @@ def test_viterbi_never_emits_invalid_bio() -> None:
     assert spans_from_tags(["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]) == [("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 4)]
 
 
-def test_tagging_learns_and_predicts_character_spans(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_tagging_learns_and_predicts_character_spans(
+    tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     train = write_conll(tmp_path / "train.conll", ner_sentences(200, 1))
     dev = write_conll(tmp_path / "dev.conll", ner_sentences(50, 2))
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
@@ -70,6 +75,17 @@ def test_tagging_learns_and_predicts_character_spans(tiny_backbone: Path, tmp_pa
     assert entities == [("PER", "alice", 0, 5), ("LOC", "new york", 14, 22)]
     reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))
     assert reloaded.predict([text]) == [prediction]
+
+    # `finechain predict` on a pre-tokenised CoNLL file (a word per line; tag columns are ignored)
+    sentences = ner_sentences(5, 7)
+    write_conll(tmp_path / "new.conll", sentences)
+    monkeypatch.setattr(sys, "argv", ["finechain", "predict", str(tmp_path / "chain"), "-i", str(tmp_path / "new.conll")])
+    main()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    words = [[w for w, _ in s] for s in sentences]
+    assert [line["words"] for line in lines] == words
+    assert [line["ner"] for line in lines] == [p["ner"] for p in chain.predict(words)]
+    assert {"first_word", "last_word", "text"} <= set(lines[0]["ner"]["entities"][0])
 
     # a text of 60 words (62 tokens) with max_length 32: every word is tagged, read through overlapping windows
     long = " ".join(["alice visited new york and"] * 12)

@@ -125,7 +125,8 @@ def predict(
     chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to run; default all")] = None,
     input_file: Annotated[
-        Path | None, typer.Option("--input", "-i", help="texts: .txt (one per line), .jsonl/.csv (text column); default stdin")
+        Path | None,
+        typer.Option("--input", "-i", help="texts: .txt (a line each), .jsonl/.csv/.tsv (text column), .conll (word per line); or stdin"),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="JSONL output file (default stdout)")] = None,
     text_column: Annotated[str, typer.Option(help="the text field of a .jsonl/.csv/.tsv --input")] = "text",
@@ -140,6 +141,7 @@ def predict(
     import torch
 
     from finechain import Chain
+    from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
     from finechain.data.readers import read_texts
     from finechain.io import atomic_write
     from finechain.model.chain import pick_device
@@ -152,7 +154,12 @@ def predict(
     pick_device(device)  # a bad --device fails here, before any input is read
     if threads:
         torch.set_num_threads(threads)
-    texts = read_texts(input_file, text_column) if input_file else [line.strip() for line in sys.stdin if line.strip()]
+    presplit = input_file is not None and input_file.suffix.lower() in CONLL_SUFFIXES  # pre-tokenised: one word per line
+    if input_file is None:
+        texts: list[Any] = [line.strip() for line in sys.stdin if line.strip()]
+    else:
+        texts = read_word_lists(input_file) if presplit else read_texts(input_file, text_column)
+    key = "words" if presplit else "text"
     chain = Chain.from_pretrained(chain_dir, device=device)
     chain.precision = precision
     tasks = chain.task_names(task)  # an unknown --task fails before any work
@@ -162,7 +169,7 @@ def predict(
             for start in range(0, len(texts), PREDICT_CHUNK):
                 part = texts[start : start + PREDICT_CHUNK]
                 predictions = chain.predict(part, tasks, batch_size=batch_size)
-                rows = (json.dumps({"text": t, **p}, ensure_ascii=False) + "\n" for t, p in zip(part, predictions, strict=True))
+                rows = (json.dumps({key: t, **p}, ensure_ascii=False) + "\n" for t, p in zip(part, predictions, strict=True))
                 handle.write("".join(rows))
                 handle.flush()
                 bar.advance(len(part))

@@ -98,3 +98,34 @@ def read_conll(
     if not sentences:
         raise DataError("no sentences found", file=path, fix="write one 'token TAG' line per token")
     return sentences
+
+
+CONLL_SUFFIXES = {".conll", ".conllu", ".iob", ".bio", ".bioes"}
+
+
+def read_word_lists(path: str | Path, token_column: int = 0) -> list[list[str]]:
+    """Pre-tokenised sentences to predict: one token per line (the first column, or ``token_column``; tags may
+    follow and are ignored), a blank line between sentences, ``-DOCSTART-`` lines dropped.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "in.conll"
+        >>> _ = p.write_text("-DOCSTART- O\\n\\nEU B-ORG\\nrejects\\n\\nPeter\\n")
+        >>> read_word_lists(p)
+        [['EU', 'rejects'], ['Peter']]
+    """
+    path = Path(path)
+    sentences: list[list[str]] = [[]]
+    for number, raw in enumerate(read_text_file(path).splitlines(), start=1):
+        fields = raw.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if sentences[-1]:
+                sentences.append([])
+            continue
+        if len(fields) <= token_column:
+            raise DataError(f"no column {token_column} on this line", file=path, line=number, fix="check token_column")
+        sentences[-1].append(fields[token_column])
+    sentences = [s for s in sentences if s]
+    if not sentences:
+        raise DataError("no sentences found", file=path, fix="write one token per line, a blank line between sentences")
+    return sentences
