@@ -132,6 +132,10 @@ def test_resume_after_interruption_gives_the_same_model(
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
     with pytest.raises(Exception, match="different data or settings"):
         resumed.fit(spec, cfg.model_copy(update={"seed": 99}), run_dir=tmp_path / "b", resume=True, progress=False)
+    texts, labels = [t for t, _ in sentiment_rows(60, 5)], [y for _, y in sentiment_rows(60, 5)]
+    resumed.fit(TaskSpec(name="m"), cfg, texts=texts, labels=labels, run_dir=tmp_path / "c", progress=False)
+    with pytest.raises(Exception, match="different data or settings"):  # same spec and settings, other texts
+        resumed.fit(TaskSpec(name="m"), cfg, texts=[t + " film" for t in texts], labels=labels, run_dir=tmp_path / "c", resume=True)
 
 
 def test_backbone_hash_is_checked(sentiment_chain: Chain, tiny_backbone: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,18 @@ class TaskData:
     test: Split | None
     labels: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """A hash of the training and validation texts and labels: a checkpoint resumes only on the same data.
+
+        Example:
+            >>> a = TaskData(Split(["hi"], ["x"], [1], "t"), Split(["yo"], ["x"], [1], "d"), None, ["x"])
+            >>> b = TaskData(Split(["hi!"], ["x"], [1], "t"), Split(["yo"], ["x"], [1], "d"), None, ["x"])
+            >>> a.digest() == b.digest()
+            False
+        """
+        content = [self.train.texts, self.train.labels, self.validation.texts, self.validation.labels]
+        return hashlib.sha256(json.dumps(content, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
 
 
 def _parse(examples: list[Example], head_cls: type[Head], file: Path, options: dict[str, Any]) -> Split:

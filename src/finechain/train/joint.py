@@ -141,7 +141,12 @@ def _fit_joint(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(training.seed)
     settings = fingerprint(
-        [s.model_dump(mode="json") for s in specs], training.model_dump(), joint.model_dump(), chain.backbone_ref.sha256, chain.split
+        [s.model_dump(mode="json") for s in specs],
+        training.model_dump(),
+        joint.model_dump(),
+        chain.backbone_ref.sha256,
+        chain.split,
+        [datas[s.name].digest() for s in specs],
     )
     checkpointer = Checkpointer(run_path / "joint", settings)
     state, best = TrainState(), {k: v.detach().clone() for k, v in modules.state_dict().items()}

@@ -185,7 +185,7 @@ def _fit_task(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpointer = Checkpointer(
-        run_path, fingerprint(spec.model_dump(mode="json"), cfg.model_dump(), chain.backbone_ref.sha256, chain.split)
+        run_path, fingerprint(spec.model_dump(mode="json"), cfg.model_dump(), chain.backbone_ref.sha256, chain.split, data.digest())
     )
 
     def validation_outputs() -> list[torch.Tensor]:
