@@ -137,3 +137,19 @@ def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets:
     assert {v.split(",")[0] for v in speeds} == {"one after another", "stacked (torch.func.vmap)"}
     gaps = {r["variant"]: r["value"] for r in records if r["metric"] == "max_abs_difference"}
     assert gaps["stacked (torch.func.vmap), fp32"] < 1e-4
+
+
+def test_check_finds_the_known_overlaps_in_the_public_sets(shared_datasets: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "public-data.yaml"  # the committed spec, pointed at wherever the datasets are here
+    spec.write_text((ROOT / "benchmarks" / "public-data.yaml").read_text().replace("../../shared/datasets", str(shared_datasets)))
+    done = subprocess.run(
+        [sys.executable, "-m", "finechain", "check", str(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400", "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "banking77: 7 of 3080 test texts also occur in the training data" in done.stdout
+    assert "conll2003: 126 of 3453 test texts also occur in the training data" in done.stdout
+    assert "sst2: 4 training texts occur with different labels" in done.stdout
