@@ -68,3 +68,15 @@ def test_a_bad_backbone_points_at_the_spec_line(backbone: str, tmp_path: Path, m
     (tmp_path / "chain.yaml").write_text(f"backbone: {backbone}\ntasks:\n  - {{name: s, train: train.csv}}\n")
     code, _, err = cli(["check", str(tmp_path / "chain.yaml")], monkeypatch, capsys)
     assert code == 2 and f"{tmp_path / 'chain.yaml'}:1:" in err
+
+
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_max_length_beyond_the_backbone_positions_points_at_the_spec_line(
+    command: str, tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    write_csv(tmp_path / "train.csv", sentiment_rows(40, 1))
+    spec = _spec(tmp_path, tiny_backbone, "  - {name: s, train: train.csv}\n", max_length=128)  # the tiny BERT has 64 positions
+    args = [command, str(spec), *(["--out", str(tmp_path / "out")] if command == "train" else [])]
+    code, _, err = cli(args, monkeypatch, capsys)
+    expected = f"{spec}:2: max_length 128 is more than this backbone's 64 positions (fix: set max_length to 64 or less)"
+    assert code == 2 and expected in " ".join(err.split()), err

@@ -12,7 +12,7 @@ from finechain.data.prepare import TaskData, check_known_labels, load_task_data,
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
 from finechain.model.backbone import load_tokenizer, resolve_backbone
-from finechain.model.chain import MANIFEST, Chain, pick_device
+from finechain.model.chain import MANIFEST, Chain, check_max_length, pick_device
 from finechain.model.heads import head_type
 from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs, spec_line
 from finechain.train.joint import fit_joint
@@ -114,13 +114,16 @@ def check_chain(spec_path: Path) -> list[DataCheck]:
         >>> [report.warnings for report in check_chain(Path("chain.yaml"))]  # doctest: +SKIP
         [[], ["only 40 validation examples: ..."]]
     """
+    from transformers import AutoConfig
+
     spec = load_chain_spec(spec_path)
     data = _load_all(spec.tasks, spec.training)
     try:
         path, _ = resolve_backbone(spec.backbone, spec_path.parent)
+        tokenizer = load_tokenizer(path)
+        check_max_length(spec.max_length, AutoConfig.from_pretrained(str(path), trust_remote_code=False), tokenizer)
     except FinechainError as error:
-        raise error.at(spec_path, spec_line(spec_path, "backbone")) from None
-    tokenizer = load_tokenizer(path)
+        raise error.at(spec_path, spec_line(spec_path, error.field or "backbone")) from None
     return [
         check_data(data[task.name], task.type, head_type(task.type).level, tokenizer, spec.max_length, task.name) for task in spec.tasks
     ]
