@@ -80,7 +80,7 @@ def check_data(data: TaskData, type_name: str, level: str, tokenizer: Any, max_l
     Example:
         >>> report = check_data(data, "classification", "sequence", chain.tokenizer, 128, "intent")  # doctest: +SKIP
         >>> report.warnings  # doctest: +SKIP
-        ["label 'refund' has 3 training examples; expect weak recall on it"]
+        ["1 label has fewer than 10 training examples: 'refund' (3); expect weak recall on them"]
     """
     splits = {"train": data.train, "validation": data.validation, **({"test": data.test} if data.test is not None else {})}
     over, longest = {}, 0
