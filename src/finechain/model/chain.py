@@ -17,6 +17,7 @@ from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
     DEFAULT_BACKBONE,
     BackboneRef,
+    check_max_length,
     load_encoder,
     load_tokenizer,
     locate_backbone,
@@ -71,42 +72,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu", field="device") from None
     return device
-
-
-def backbone_positions(config: Any, tokenizer: Any) -> int:
-    """The longest input (in tokens, special tokens included) the backbone's position embeddings can take.
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> backbone_positions(SimpleNamespace(max_position_embeddings=514), SimpleNamespace(model_max_length=512))
-        512
-        >>> backbone_positions(SimpleNamespace(max_position_embeddings=64), SimpleNamespace(model_max_length=int(1e30)))
-        64
-    """
-    limit = int(getattr(config, "max_position_embeddings", 512))
-    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:  # positions start after the padding index
-        limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
-    declared = getattr(tokenizer, "model_max_length", None)
-    return min(limit, int(declared)) if isinstance(declared, int) and declared < 1_000_000 else limit
-
-
-def check_max_length(max_length: int, config: Any, tokenizer: Any) -> None:
-    """Refuse a ``max_length`` longer than the backbone's position embeddings (it would fail on the first long text).
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> check_max_length(128, SimpleNamespace(max_position_embeddings=64), SimpleNamespace())
-        Traceback (most recent call last):
-        ...
-        finechain.errors.FinechainError: max_length 128 is more than this backbone's 64 positions (fix: set max_length to 64 or less)
-    """
-    positions = backbone_positions(config, tokenizer)
-    if max_length > positions:
-        raise FinechainError(
-            f"max_length {max_length} is more than this backbone's {positions} positions",
-            fix=f"set max_length to {positions} or less",
-            field="max_length",
-        )
 
 
 class Chain(nn.Module):
@@ -504,4 +469,4 @@ class Chain(nn.Module):
         return fit_joint(self, specs, datas, training, joint or JointConfig(), **options)
 
 
-__all__ = ["Chain", "backbone_positions", "check_max_length", "default_split", "pick_device"]
+__all__ = ["Chain", "default_split", "pick_device"]

@@ -11,8 +11,8 @@ from finechain.data.check import DataCheck, check_data
 from finechain.data.prepare import TaskData, check_known_labels, load_task_data, read_split
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
-from finechain.model.backbone import load_tokenizer, resolve_backbone
-from finechain.model.chain import MANIFEST, Chain, check_max_length, pick_device
+from finechain.model.backbone import check_max_length, load_tokenizer, resolve_backbone
+from finechain.model.chain import MANIFEST, Chain, pick_device
 from finechain.model.heads import head_type
 from finechain.spec import TaskSpec, TrainingConfig, load_chain_spec, load_task_specs, spec_line
 from finechain.train.joint import fit_joint
