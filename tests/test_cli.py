@@ -152,7 +152,7 @@ def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> No
     code, _, err = cli(["eval", str(trained), "--task", "sentiment", "--data", str(tmp_path / "bad.csv")], monkeypatch, capsys)
     assert code == 2 and "bad.csv:3:" in err and "'mixed'" in err
     code, out, _ = cli(["info", str(trained)], monkeypatch, capsys)
-    assert code == 0 and "sentiment" in out and "split 2 of 4" in out
+    assert code == 0 and "sentiment" in out and "split 2 of 4 layers, pretrained trunk, frozen" in out
 
 
 def test_add_task_and_refuse_overwrite(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -106,6 +106,9 @@ def test_cli_joint_spec_then_add_task_keeps_tuned_trunk(tiny_backbone: Path, tmp
     manifest = json.loads((tmp_path / "c" / "finechain.json").read_text())
     assert set(manifest["tasks"]) == {"sent", "ner", "topic"} and manifest["trunk"]["loss_weights"] == {"ner": 2.0}
     capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["finechain", "info", str(tmp_path / "c")])
+    main()
+    assert f"split 2 of 4 layers, trunk tuned jointly (epoch {manifest['trunk']['best_epoch']} kept)" in capsys.readouterr().out
 
 
 def test_joint_loss_weights_must_name_tasks(tmp_path: Path) -> None:

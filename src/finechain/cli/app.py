@@ -200,7 +200,9 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     bb = manifest["backbone"]
     out.print(f"[bold]{chain_dir}[/]  finechain {manifest['finechain_version']}")
     out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)")
-    out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, max_length {manifest['max_length']}")
+    trunk = manifest.get("trunk")
+    sharing = f"trunk tuned jointly (epoch {trunk.get('best_epoch')} kept)" if trunk else "pretrained trunk, frozen"
+    out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, {sharing}, max_length {manifest['max_length']}")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)
     for column in ("task", "type", "labels", "branch", "stored", "metric", "val", "test"):
         table.add_column(column, no_wrap=True)
