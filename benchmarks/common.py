@@ -88,6 +88,7 @@ class Recorder:
         self.device = device_description(device)
         self.date = dt.date.today().isoformat()
         self.records: list[dict[str, Any]] = []
+        self.variant_suffix = ""  # appended to every variant, e.g. ", seed 14" when a suite repeats itself per seed
 
     def add(self, task: str, system: str, variant: str, metric: str, value: float, unit: str = "") -> None:
         """Add one measurement and print it."""
@@ -95,7 +96,7 @@ class Recorder:
             "suite": self.suite,
             "task": task,
             "system": system,
-            "variant": variant,
+            "variant": variant + self.variant_suffix,
             "metric": metric,
             "value": round(float(value), 6),
             "unit": unit,

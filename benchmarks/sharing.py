@@ -4,6 +4,7 @@ fine-tunes of the same backbone on the same data, in the same run.
 
     python -m benchmarks sharing [--quick] [--train-examples 2000] [--modes frozen:2,frozen:4,joint:4,lora:2]
     python -m benchmarks sharing --train-examples 0 --modes joint:4 --peer-method full-bf16 --output sharing_full
+    python -m benchmarks sharing --modes joint:4 --peer-tasks sst2,agnews --seeds 14,15,16 --output sharing_seeds
 
 ``--train-examples 0`` trains on every example of each training file (the full-data run).
 
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> None:
         help="several = the peer trains once per rate and keeps the best on validation data (every run is recorded)",
     )
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument(
+        "--seeds",
+        type=comma_list(int),
+        default=None,
+        help="run everything once per seed (variants tagged ', seed N'); the report shows each and the mean",
+    )
     parser.add_argument("--output", default=None, help="results name (default sharing, or sharing_quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
@@ -81,6 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         args.modes = "frozen:4,joint:4,joint-add:4,lora:4"
     rec = Recorder("sharing", args.device)
     specs, evaluation = task_specs(args.train_examples or None, 1000 if not args.quick else 100, 300 if args.quick else None)
+    for seed in args.seeds or [args.seed]:  # each seed draws its own subsample and validation cut, and trains with it
+        args.seed = seed
+        rec.variant_suffix = f", seed {seed}" if args.seeds else ""
+        run_once(rec, args, specs, evaluation)
+    print(f"wrote {rec.save(args.output or ('sharing_quick' if args.quick else 'sharing'), vars(args))}")
+
+
+def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], evaluation: dict) -> None:
+    """Every mode of ``--modes`` and the peers, for one seed."""
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     training = TrainingConfig(epochs=args.epochs, seed=args.seed)
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
@@ -125,7 +141,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.no_peer:
         run_peers(rec, args, specs, datas, evaluation, pool)
-    print(f"wrote {rec.save(args.output or ('sharing_quick' if args.quick else 'sharing'), vars(args))}")
 
 
 def run_peers(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], datas: dict, evaluation: dict, pool: list[str]) -> None:
