@@ -24,6 +24,7 @@ SUITE_TITLES = {
     "mixing": "Layer mixing: a learned mix of every layer vs the last layer only (CPU)",
     "sharing_full": "Sharing at full size: every training example, the default chain vs per-task Trainer fine-tunes (CPU)",
     "sharing_full_peer_lr": "The peer's learning rate at full size: Banking77, chosen on validation data (CPU)",
+    "sharing_seeds": "Seeds: the default chain vs per-task full fine-tunes over three seeds, 2,000 examples per task (CPU, AMD EPYC)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "infer_gpu": "Inference on a GPU: one chain vs separate models",
@@ -262,9 +263,57 @@ def peer_learning_rate_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def seeds_table(records: list[dict[str, Any]]) -> str:
+    """A suite repeated per seed (variants ending in ``, seed N``): per task, each system's score for every seed, the
+    mean and standard deviation, and finechain's gap to the peer per seed and on average.
+
+    Example:
+        >>> rec = lambda system, seed, v: {"task": "sst2", "system": system, "variant": f"x, seed {seed}", "metric": "accuracy", "value": v}
+        >>> records = [rec("finechain", 1, 0.80), rec("finechain", 2, 0.82), rec("hf-trainer", 1, 0.81), rec("hf-trainer", 2, 0.80)]
+        >>> print(seeds_table(records))
+        **sst2** (accuracy, %)
+        <BLANKLINE>
+        | system | variant | seed 1 | seed 2 | mean | sd |
+        | --- | --- | --- | --- | --- | --- |
+        | finechain | x | 80.0 | 82.0 | 81.0 | 1.41 |
+        | hf-trainer | x | 81.0 | 80.0 | 80.5 | 0.71 |
+        <BLANKLINE>
+        finechain - hf-trainer: -1.0, +2.0 points per seed; mean **+0.5**
+        <BLANKLINE>
+    """
+    import statistics
+
+    scores: dict[str, dict[tuple[str, str], dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    metrics: dict[str, str] = {}
+    for r in records:
+        base, _, seed = r["variant"].rpartition(", seed ")
+        if r["metric"] in {"accuracy", "entity_f1"} and seed.isdigit():
+            scores[r["task"]][(r["system"], base)][int(seed)] = 100 * r["value"]
+            metrics[r["task"]] = r["metric"]
+    out = []
+    for task, rows in scores.items():
+        seeds = sorted({seed for values in rows.values() for seed in values})
+        out += [f"**{task}** ({metrics[task]}, %)", ""]
+        out += ["| system | variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |"]
+        out += ["| --- | --- | " + " | ".join("---" for _ in seeds) + " | --- | --- |"]
+        for (system, variant), values in sorted(rows.items(), key=lambda kv: kv[0][0] != "finechain"):
+            cells = " | ".join(f"{values[s]:.1f}" if s in values else "-" for s in seeds)
+            sd = statistics.stdev(values.values()) if len(values) > 1 else 0.0
+            out.append(f"| {system} | {variant} | {cells} | {statistics.mean(values.values()):.1f} | {sd:.2f} |")
+        ours = next((v for (system, _), v in rows.items() if system == "finechain"), {})
+        for (system, _), peer in rows.items():
+            shared = [s for s in seeds if s in ours and s in peer and system != "finechain"]
+            if shared:
+                gaps = [ours[s] - peer[s] for s in shared]
+                listed = ", ".join(f"{g:+.1f}" for g in gaps)
+                out += ["", f"finechain - {system}: {listed} points per seed; mean **{statistics.mean(gaps):+.1f}**"]
+        out.append("")
+    return "\n".join(out)
+
+
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
 SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "infer_gpu", "memory", "memory_gpu"]
-SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing", "split_sweep"]
+SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_seeds", "sharing", "split_sweep"]
 SECTIONS += ["branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
@@ -276,6 +325,7 @@ TABLES = {
     "mixing": mixing_table,
     "branch_batching": branch_batching_table,
     "sharing_full_peer_lr": peer_learning_rate_table,
+    "sharing_seeds": seeds_table,
 }
 
 

@@ -6,4 +6,4 @@ bash scripts/install.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 ruff check src tests benchmarks scripts
-python -m pytest src tests -q -p no:cacheprovider --durations=10 "$@"
+python -m pytest src tests benchmarks -q -p no:cacheprovider --durations=10 "$@"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import peer_learning_rate_table, sharing_table, train_table
+from benchmarks.report import peer_learning_rate_table, seeds_table, sharing_table, train_table
 
 
 def _record(task: str, system: str, variant: str, metric: str, value: float, unit: str = "test accuracy") -> dict:
@@ -53,3 +53,21 @@ def test_train_table_marks_the_batch_size_validation_chose_and_shows_utilisation
     assert rows[0].endswith("| 0.98 (0.10) |")
     assert rows[1].startswith(f"| finechain | **{big}** (chosen on validation) | 89.2 | 94.6 | -0.1 | 16.0 |") and "9.8x" in rows[1]
     assert rows[2].startswith(f"| finechain | {bigger} | 89.0 | 94.2 |") and "(chosen" not in rows[2]
+
+
+def test_seeds_table_gives_every_seed_the_mean_and_the_gap_on_shared_seeds_only() -> None:
+    records = [
+        _record("sst2", "hf-trainer", f"full fine-tune per task, seed {seed}", "accuracy", value, "dev accuracy")
+        for seed, value in ((14, 0.83), (15, 0.81))
+    ]
+    records += [
+        _record("sst2", "finechain", f"joint trunk (MT), split=4, seed {seed}", "accuracy", value, "dev accuracy")
+        for seed, value in ((14, 0.84), (15, 0.80), (16, 0.85))
+    ]
+    records.append(_record("all four", "finechain", "joint trunk (MT), split=4, seed 14", "train_seconds", 99.0, "s"))
+    lines = seeds_table(records).splitlines()
+    assert lines[2] == "| system | variant | seed 14 | seed 15 | seed 16 | mean | sd |"
+    assert lines[4] == "| finechain | joint trunk (MT), split=4 | 84.0 | 80.0 | 85.0 | 83.0 | 2.65 |"  # finechain first
+    assert lines[5] == "| hf-trainer | full fine-tune per task | 83.0 | 81.0 | - | 82.0 | 1.41 |"
+    assert "finechain - hf-trainer: +1.0, -1.0 points per seed; mean **+0.0**" in lines  # seed 16 has no peer run
+    assert not any("all four" in line for line in lines)
