@@ -98,7 +98,7 @@ def test_tagging_learns_and_predicts_character_spans(
 
 
 def test_windows_take_each_word_where_it_starts(tiny_backbone: Path) -> None:
-    tokenizer = Chain.from_backbone(str(tiny_backbone), split=2).tokenizer
+    tokenizer = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32).tokenizer
     words = ["alice", "zqxv", "visited", "new", "yorkish", "and"] * 6  # 'zqxv', 'yorkish': several sub-words each
     windows = overflow_windows(tokenizer, [" ".join(words)], max_length=12, stride=4)
     assert len(windows.ids) > 4 and all(len(ids) <= 12 for ids in windows.ids)
