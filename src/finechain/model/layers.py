@@ -28,7 +28,10 @@ class LayerStack(nn.Module):
         """Return the output of every layer (or only the last, when ``all_layers`` is false)."""
         outputs = [hidden]
         if len(self.layers):
-            bias = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+            # on CUDA, build the mask even without padding: checking for padding would wait for the GPU every call
+            bias = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, allow_is_bidirectional_skip=not hidden.is_cuda
+            )
             with sdpa_kernel(CUDA_ATTENTION) if hidden.is_cuda else contextlib.nullcontext():
                 for layer in self.layers:
                     hidden = layer(hidden, bias)
