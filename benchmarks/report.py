@@ -24,6 +24,7 @@ SUITE_TITLES = {
     "mixing": "Layer mixing: a learned mix of every layer vs the last layer only (CPU)",
     "sharing_full": "Sharing at full size: every training example, the default chain vs per-task Trainer fine-tunes (CPU)",
     "sharing_full_peer_lr": "The peer's learning rate at full size: Banking77, chosen on validation data (CPU)",
+    "sharing_full_gpu": "Sharing at full size on a GPU: the default chain, another seed (H100)",
     "sharing_seeds": "Seeds: the default chain vs per-task full fine-tunes over three seeds, 2,000 examples per task (CPU, AMD EPYC)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
@@ -313,7 +314,7 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
 SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "infer_gpu", "memory", "memory_gpu"]
-SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_seeds", "sharing", "split_sweep"]
+SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_seeds", "sharing", "split_sweep"]
 SECTIONS += ["branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
@@ -326,6 +327,7 @@ TABLES = {
     "branch_batching": branch_batching_table,
     "sharing_full_peer_lr": peer_learning_rate_table,
     "sharing_seeds": seeds_table,
+    "sharing_full_gpu": seeds_table,
 }
 
 
