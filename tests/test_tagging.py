@@ -60,6 +60,23 @@ def test_viterbi_never_emits_invalid_bio() -> None:
     assert spans_from_tags(["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]) == [("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 4)]
 
 
+def test_viterbi_finds_the_best_valid_path() -> None:
+    """Against every path of 4 words: valid free choices (the shortcut) and invalid ones (the full search) alike."""
+    import itertools
+
+    labels = ["B-LOC", "I-LOC", "O"]
+    start, trans = allowed_transitions(labels)
+    valid = [p for p in itertools.product(range(3), repeat=4) if start[p[0]] and all(trans[a, b] for a, b in itertools.pairwise(p))]
+    rng = np.random.default_rng(1)
+    shortcuts = 0
+    for _ in range(300):
+        log_probs = np.log(rng.dirichlet(np.full(3, 0.5), size=4))
+        best = max(valid, key=lambda p: sum(log_probs[w, t] for w, t in enumerate(p)))
+        assert viterbi(log_probs, start, trans) == list(best)
+        shortcuts += tuple(log_probs.argmax(-1)) in valid
+    assert 0 < shortcuts < 300  # both ways through the function were taken
+
+
 def test_tagging_learns_and_predicts_character_spans(
     tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

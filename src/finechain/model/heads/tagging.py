@@ -41,6 +41,9 @@ def viterbi(log_probs: np.ndarray, start: np.ndarray, trans: np.ndarray) -> list
         >>> viterbi(lp, *allowed_transitions(["B-PER", "I-PER", "O"]))
         [0, 1]
     """
+    best = log_probs.argmax(-1)
+    if start[best[0]] and trans[best[:-1], best[1:]].all():  # the free choice is valid: nothing scores higher
+        return best.tolist()
     penalty = np.where(trans, 0.0, -np.inf)
     score = np.where(start, log_probs[0], -np.inf)
     back = []
@@ -151,9 +154,9 @@ class TaggingHead(Head):
         """Tags and their probabilities for the words whose first sub-words are at ``positions``."""
         if not positions:
             return [], []
-        log_probs = log_softmax(output.float().numpy()[positions].astype(np.float64))
+        log_probs = log_softmax(output.detach().float().numpy()[positions].astype(np.float64))
         path = viterbi(log_probs, self._start, self._trans) if self.decoding == "constrained" else log_probs.argmax(-1).tolist()
-        return [self.labels[i] for i in path], [float(np.exp(log_probs[w, i])) for w, i in enumerate(path)]
+        return [self.labels[i] for i in path], np.exp(log_probs[np.arange(len(path)), path]).tolist()
 
     def decode(self, outputs: list[torch.Tensor], encoded: Encoded | None = None, texts: list[Any] | None = None) -> list[dict[str, Any]]:
         """Per text: word tags and entities (type, text, character offsets or word indices, score)."""
@@ -168,7 +171,7 @@ class TaggingHead(Head):
             probs = [next(kept_probs) if p is not None else 1.0 for p in starts]
             entities = []
             for kind, first, last in spans_from_tags(tags):
-                entity: dict[str, Any] = {"type": kind, "score": round(float(np.mean(probs[first : last + 1])), 6)}
+                entity: dict[str, Any] = {"type": kind, "score": round(sum(probs[first : last + 1]) / (last - first + 1), 6)}
                 if encoded.word_spans is not None:
                     begin, end = encoded.word_spans[row][first][0], encoded.word_spans[row][last][1]
                     entity.update(start=begin, end=end, text=texts[row][begin:end] if texts else None)
