@@ -208,11 +208,11 @@ def decoding_table(records: list[dict[str, Any]]) -> str:
     by: dict[str, dict[str, float]] = defaultdict(dict)
     for r in records:
         by[r["variant"]][r["metric"]] = r["value"]
-    out = ["| decoding | entity F1 | precision | recall |", "| --- | --- | --- | --- |"]
+    out = ["| decoding | entity F1 | precision | recall | decoding only, texts/s |", "| --- | --- | --- | --- | --- |"]
     for variant, m in by.items():
         out.append(
             f"| {variant} | {_fmt('entity_f1', m.get('entity_f1'))} | {_fmt('entity_f1', m.get('entity_precision'))} | "
-            f"{_fmt('entity_f1', m.get('entity_recall'))} |"
+            f"{_fmt('entity_f1', m.get('entity_recall'))} | {_fmt('samples_per_second', m.get('samples_per_second'))} |"
         )
     return "\n".join(out) + "\n"
 

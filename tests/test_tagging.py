@@ -14,7 +14,7 @@ from finechain.cli.app import main
 from finechain.data.batching import overflow_windows
 from finechain.data.conll import read_conll
 from finechain.errors import DataError
-from finechain.model.heads.tagging import allowed_transitions, spans_from_tags, viterbi
+from finechain.model.heads.tagging import allowed_transitions, best_paths, spans_from_tags
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 
 FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
@@ -51,8 +51,9 @@ def test_viterbi_never_emits_invalid_bio() -> None:
     labels = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
     start, trans = allowed_transitions(labels)
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        path = [labels[i] for i in viterbi(np.log(rng.dirichlet(np.ones(5), size=6)), start, trans)]
+    texts = [np.log(rng.dirichlet(np.ones(5), size=6)) for _ in range(200)]
+    for ids in best_paths(texts, start, trans):
+        path = [labels[i] for i in ids]
         previous = "O"
         for tag in path:
             assert not tag.startswith("I-") or (previous[2:] == tag[2:] and previous != "O")
@@ -61,20 +62,26 @@ def test_viterbi_never_emits_invalid_bio() -> None:
 
 
 def test_viterbi_finds_the_best_valid_path() -> None:
-    """Against every path of 4 words: valid free choices (the shortcut) and invalid ones (the full search) alike."""
+    """Against every path, for texts of 0-4 words decoded together: valid free choices (the shortcut) and invalid ones
+    (padded batch Viterbi) alike, in one call, so texts of different lengths share the padded batch."""
     import itertools
 
     labels = ["B-LOC", "I-LOC", "O"]
     start, trans = allowed_transitions(labels)
-    valid = [p for p in itertools.product(range(3), repeat=4) if start[p[0]] and all(trans[a, b] for a, b in itertools.pairwise(p))]
     rng = np.random.default_rng(1)
+    texts = [np.log(rng.dirichlet(np.full(3, 0.5), size=int(rng.integers(0, 5)))) for _ in range(400)]
+    found = best_paths(texts, start, trans)
     shortcuts = 0
-    for _ in range(300):
-        log_probs = np.log(rng.dirichlet(np.full(3, 0.5), size=4))
+
+    def is_valid(p: tuple[int, ...]) -> bool:
+        return not p or (start[p[0]] and all(trans[a, b] for a, b in itertools.pairwise(p)))
+
+    for log_probs, path in zip(texts, found, strict=True):
+        valid = [p for p in itertools.product(range(3), repeat=len(log_probs)) if is_valid(p)]
         best = max(valid, key=lambda p: sum(log_probs[w, t] for w, t in enumerate(p)))
-        assert viterbi(log_probs, start, trans) == list(best)
+        assert path.tolist() == list(best)
         shortcuts += tuple(log_probs.argmax(-1)) in valid
-    assert 0 < shortcuts < 300  # both ways through the function were taken
+    assert 0 < shortcuts < len(texts) - 50  # both ways through the function were taken, often
 
 
 def test_tagging_learns_and_predicts_character_spans(
