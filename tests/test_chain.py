@@ -92,6 +92,22 @@ def test_multilabel_and_regression_heads(tiny_backbone: Path, tmp_path: Path) ->
     assert reloaded.predict(["superb music"])[0] == out
 
 
+@pytest.mark.parametrize("dev_agrees", [True, False])
+def test_reported_validation_scores_the_restored_best_weights(tiny_backbone: Path, tmp_path: Path, dev_agrees: bool) -> None:
+    """The end-of-training validation scores are those of the weights kept (the best epoch's), whether that epoch was the
+    last one or not; with dev labels opposite to the training labels, every epoch is worse than the first."""
+    rows = [(t, 4.0 if y == "pos" else 1.0) for t, y in sentiment_rows(200, 5)]
+    dev = rows[160:] if dev_agrees else [(t, 5.0 - v) for t, v in rows[160:]]
+    train_file, dev_file = write_csv(tmp_path / "train.csv", rows[:160]), write_csv(tmp_path / "dev.csv", dev)
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    cfg = FAST.model_copy(update={"epochs": 4})
+    result = chain.fit(TaskSpec(name="stars", type="regression", train=train_file, dev=dev_file), cfg, progress=False)
+    assert (result.best_epoch == 4) is dev_agrees
+    assert result.validation["rmse"] == pytest.approx(result.history[result.best_epoch - 1]["validation_rmse"], abs=1e-6)
+    rescored = chain.score("stars", [t for t, _ in dev], [v for _, v in dev])
+    assert rescored["rmse"] == pytest.approx(result.validation["rmse"], abs=1e-5)
+
+
 def test_disk_cache_and_no_cache_match_memory(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> None:
     results = []
     for cache in ("memory", "disk", "off"):

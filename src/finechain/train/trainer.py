@@ -192,10 +192,12 @@ def _fit_task(
         return task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
 
     state, best = TrainState(), {k: v.detach().clone() for k, v in task.state_dict().items()}
+    best_outputs: list[torch.Tensor] | None = None  # the best weights' validation outputs, kept to score them at the end
     if resume and checkpointer.exists():
         state, best = checkpointer.load(task, optimizer, scheduler, generator)
     elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
-        state.best = float(task.head.score(validation_outputs(), y_val)[metric])
+        best_outputs = validation_outputs()
+        state.best = float(task.head.score(best_outputs, y_val)[metric])
         state.best_epoch = 0
     log = MetricsLog(run_path / "metrics.jsonl", fresh=not resume)
     history: list[dict[str, Any]] = []
@@ -223,14 +225,14 @@ def _fit_task(
                     state.step += 1
                 seen += len(batch)
                 bar.advance(loss=float(running) * cfg.gradient_accumulation / (i + 1) if i % 20 == 0 else None)
-            scores = task.head.score(validation_outputs(), y_val)
-            value = float(scores[metric])
+            outputs = validation_outputs()
+            value = float(task.head.score(outputs, y_val)[metric])
             epoch += 1
             state.epoch = epoch
             state.seconds += time.perf_counter() - epoch_start
             if is_better(metric, value, state.best):
                 state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
-                best = {k: v.detach().clone() for k, v in task.state_dict().items()}
+                best, best_outputs = {k: v.detach().clone() for k, v in task.state_dict().items()}, outputs
             else:
                 state.bad_epochs += 1
             record = {
@@ -253,7 +255,9 @@ def _fit_task(
 
     task.load_state_dict(best)
     info = {"metric": metric, "best_epoch": state.best_epoch, "training": cfg.model_dump()}
-    validation, test_scores = attach_scored(chain, spec, task, data, info, validation_outputs())
+    if best_outputs is None:  # resumed: the best epoch's outputs were not kept; else they are what the restored weights give
+        best_outputs = validation_outputs()
+    validation, test_scores = attach_scored(chain, spec, task, data, info, best_outputs)
     train_seconds = time.perf_counter() - started - observed
     chain.task_info[spec.name]["train_seconds"] = round(train_seconds, 3)
     return FitResult(spec.name, metric, state.best_epoch, validation, test_scores, train_seconds, seen / max(state.seconds, 1e-9), history)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import log_softmax
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.metrics import classification_report
 from torch import nn
 
 from finechain.data.batching import Encoded
@@ -238,10 +238,11 @@ class TaggingHead(Head):
         }
         flat_gold = [t for row in gold for t in row]
         flat_pred = [t for row in pred for t in row]
+        micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})  # seqeval's f1_score etc.
         return {
-            "entity_f1": float(f1_score(gold, pred, zero_division=0)),
-            "entity_precision": float(precision_score(gold, pred, zero_division=0)),
-            "entity_recall": float(recall_score(gold, pred, zero_division=0)),
+            "entity_f1": float(micro["f1-score"]),
+            "entity_precision": float(micro["precision"]),
+            "entity_recall": float(micro["recall"]),
             "macro_f1": float(np.mean([m["f1"] for m in per_type.values()])) if per_type else 0.0,
             "word_accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred, strict=True)])) if flat_gold else 0.0,
             "per_type": per_type,
