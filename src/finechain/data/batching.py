@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from finechain.data.words import first_tokens, split_words
+
 
 @dataclass
 class Encoded:
@@ -41,22 +43,16 @@ def encode(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, 
     spans: list[list[tuple[int, int]]] = []
     for begin in range(0, len(texts), chunk):
         part = texts[begin : begin + chunk]
-        batch = tokenizer(part, truncation=True, max_length=max_length, is_split_into_words=presplit)
-        full = None if presplit else tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        batch = tokenizer(part, truncation=True, max_length=max_length, is_split_into_words=presplit, return_offsets_mapping=not presplit)
         for row in range(len(part)):
-            first: dict[int, int] = {}
-            for position, word in enumerate(batch.word_ids(row)):
-                if word is not None and word not in first:
-                    first[word] = position
-            if full is None:
+            if presplit:
+                first = _first_positions(batch.word_ids(row))
                 n_words = len(part[row])
-            else:
-                word_span: dict[int, tuple[int, int]] = {}
-                for word, (s, e) in zip(full.word_ids(row), full["offset_mapping"][row], strict=True):
-                    if word is not None:
-                        word_span[word] = (word_span.get(word, (s, e))[0], e)
-                n_words = len(word_span)
-                spans.append([word_span[w] for w in range(n_words)])
+            else:  # raw text: words as tagged corpora cut them, not as the tokenizer's pre-tokenizer does
+                word_spans = split_words(part[row])
+                first = first_tokens(batch["offset_mapping"][row], word_spans)
+                n_words = len(word_spans)
+                spans.append(word_spans)
             ids.append(batch["input_ids"][row])
             starts.append([first.get(w) for w in range(n_words)])
     return Encoded(ids, starts, None if presplit else spans)
@@ -101,20 +97,36 @@ def overflow_windows(tokenizer: Any, texts: list[str] | list[list[str]], max_len
     """
     presplit = bool(texts) and isinstance(texts[0], list)
     batch = tokenizer(
-        texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True, is_split_into_words=presplit
+        texts,
+        truncation=True,
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        is_split_into_words=presplit,
+        return_offsets_mapping=not presplit,
     )
     owner = list(batch["overflow_to_sample_mapping"])
+    word_spans = {} if presplit else {i: split_words(texts[i]) for i in set(owner)}
     starts: list[dict[int, int]] = []
     for window in range(len(owner)):
-        first: dict[int, int] = {}
+        if presplit:
+            first = _first_positions(batch.word_ids(window))
+        else:
+            first = first_tokens(batch["offset_mapping"][window], word_spans[owner[window]])
         continues = window > 0 and owner[window - 1] == owner[window]
-        for position, word in enumerate(batch.word_ids(window)):
-            if word is not None and word not in first:
-                first[word] = position
         if continues and first:  # the word at the window's start began in the previous window
             first.pop(min(first, key=first.__getitem__))
         starts.append(first)
     return Windows(list(batch["input_ids"]), owner, starts)
+
+
+def _first_positions(word_ids: list[int | None]) -> dict[int, int]:
+    """``{word: position of its first token}`` from a pre-split encoding's word ids."""
+    first: dict[int, int] = {}
+    for position, word in enumerate(word_ids):
+        if word is not None and word not in first:
+            first[word] = position
+    return first
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, chunk: int = 2048) -> list[list[int]]:

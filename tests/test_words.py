@@ -1,0 +1,58 @@
+"""Raw text is cut into words the way tagged corpora cut them, and each word is read at its first token."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+from finechain import Chain
+from finechain.data.words import first_tokens, split_words
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("The U.S. and U.K. sent Mr. Smith.", ["The", "U.S.", "and", "U.K.", "sent", "Mr.", "Smith", "."]),
+        ("Microsoft Corp. said (Reuters) it won't sell", ["Microsoft", "Corp.", "said", "(", "Reuters", ")", "it", "wo", "n't", "sell"]),
+        ("O'Neil's e-mail: AT&T paid $1,000.50, i.e.", ["O'Neil", "'s", "e-mail", ":", "AT&T", "paid", "$", "1,000.50", ",", "i.e."]),
+        ("up 3.5%!", ["up", "3.5", "%", "!"]),
+        ("John F. Kennedy -- 1996-08-22 ... batting .333", ["John", "F.", "Kennedy", "--", "1996-08-22", "...", "batting", ".333"]),
+        ("  Zürich\tand São Paulo\n", ["Zürich", "and", "São", "Paulo"]),
+        ("东京 and 🎉🇬🇧", ["东京", "and", "🎉", "🇬", "🇧"]),
+        ("", []),
+    ],
+)
+def test_words_follow_treebank_conventions(text: str, words: list[str]) -> None:
+    assert [text[a:b] for a, b in split_words(text)] == words
+
+
+def test_words_cover_every_visible_character_once() -> None:
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + string.punctuation + "  \t\néüß东’—🎉"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        spans = split_words(text)
+        assert all(a < b for a, b in spans) and all(b <= c for (_, b), (c, _) in itertools.pairwise(spans))
+        assert "".join(text[a:b] for a, b in spans) == "".join(text.split())
+
+
+def test_first_tokens_skips_specials_and_words_without_tokens() -> None:
+    spans = [(0, 4), (5, 9), (10, 11)]  # "U.N. said x" with "x" dropped by the tokenizer
+    offsets = [(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (5, 9), (0, 0)]
+    assert first_tokens(offsets, spans) == {0: 1, 1: 5}
+
+
+def test_raw_text_words_are_read_at_their_first_sub_word(tiny_backbone: Path) -> None:
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=64)
+    text = "Merkel's U.N. visit, in Paris."
+    ids, encoded = chain.encode([text], with_words=True)
+    assert encoded is not None and ids == chain.encode([text])[0]  # the same token ids as sequence-level tasks read
+    words = [text[a:b] for a, b in encoded.word_spans[0]]
+    assert words == ["Merkel", "'s", "U.N.", "visit", ",", "in", "Paris", "."]
+    tokens = chain.tokenizer.convert_ids_to_tokens(ids[0])
+    firsts = [tokens[p] for p in encoded.word_starts[0]]
+    assert firsts == [chain.tokenizer.tokenize(w)[0] for w in words]
