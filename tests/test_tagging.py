@@ -27,12 +27,24 @@ def test_conll_reader_repairs_iob1_and_columns(tmp_path: Path) -> None:
     assert sentence.words == ["EU", "rejects", "German"] and sentence.tags == ["B-ORG", "O", "B-MISC"] and sentence.line == 3
 
 
+@pytest.mark.parametrize("scheme", ["BIOES", "BILOU"])
+def test_bioes_and_bilou_files_read_as_bio(tmp_path: Path, scheme: str) -> None:
+    single, last = ("S-", "E-") if scheme == "BIOES" else ("U-", "L-")
+    rows = [("Angela", "B-PER"), ("Merkel", last + "PER"), ("met", "O"), ("Macron", single + "PER"), ("in", "O")]
+    rows += [("New", "B-LOC"), ("York", "I-LOC"), ("City", last + "LOC")]
+    path = tmp_path / "a.bioes"
+    path.write_text("".join(f"{w} {t}\n" for w, t in rows))
+    (sentence,) = read_conll(path, strict=True)
+    assert sentence.tags == ["B-PER", "I-PER", "O", "B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]
+
+
 @pytest.mark.parametrize(
     ("content", "strict", "line", "message"),
     [
         ("EU B-ORG\nrejects\n", False, 2, "expected at least 2 columns"),
         ("EU ORG\n", False, 1, "tag 'ORG' is not in BIO form"),
         ("EU O\nUnion I-ORG\n", True, 2, "'I-ORG' follows 'O' (strict IOB2)"),
+        ("EU O\nUnion E-ORG\n", True, 2, "'E-ORG' follows 'O' (strict IOB2)"),
         ("EU B-PER\nUnion I-ORG\n", True, 2, "'I-ORG' follows 'B-PER'"),
         ("\n\n", False, None, "file is empty"),
     ],

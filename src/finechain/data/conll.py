@@ -18,19 +18,26 @@ class TaggedSentence:
     line: int
 
 
+BIOES_TO_BIO = {"S-": "B-", "U-": "B-", "E-": "I-", "L-": "I-"}  # BIOES / BILOU single and last tokens
+
+
 def check_tag(tag: str, previous: str, path: str | Path, line: int, strict: bool) -> str:
     """``tag`` checked for BIO form; an ``I-X`` that does not continue ``previous`` becomes ``B-X`` (an error if ``strict``).
+    BIOES / BILOU tags become BIO: ``S-X``/``U-X`` -> ``B-X``, ``E-X``/``L-X`` -> ``I-X``.
 
     Example:
-        >>> check_tag("I-PER", "O", "a.conll", 3, strict=False)
-        'B-PER'
+        >>> check_tag("I-PER", "O", "a.conll", 3, strict=False), check_tag("E-PER", "B-PER", "a.conll", 4, strict=True)
+        ('B-PER', 'I-PER')
     """
+    original = tag
+    if len(tag) > 2 and tag[:2] in BIOES_TO_BIO:
+        tag = BIOES_TO_BIO[tag[:2]] + tag[2:]
     if tag != "O" and (len(tag) < 3 or tag[:2] not in {"B-", "I-"}):
-        raise DataError(f"tag '{tag}' is not in BIO form", file=path, line=line, fix="use O, B-TYPE or I-TYPE")
+        raise DataError(f"tag '{tag}' is not in BIO form", file=path, line=line, fix="use O, B-TYPE or I-TYPE (or BIOES: S-, E-)")
     if tag.startswith("I-") and previous[2:] != tag[2:]:
         if strict:
             raise DataError(
-                f"'{tag}' follows '{previous or 'the sentence start'}' (strict IOB2)",
+                f"'{original}' follows '{previous or 'the sentence start'}' (strict IOB2)",
                 file=path,
                 line=line,
                 fix=f"start the entity with B-{tag[2:]}, or set strict_bio: false to repair IOB1 input",
