@@ -285,8 +285,10 @@ class Chain(nn.Module):
             [[0, 1]]
         """
         pad = self.tokenizer.pad_token_id or 0
+        cuda = self.device.type == "cuda"  # pinned memory: the copy does not wait for the GPU's queued work
         for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
-            input_ids, mask = (t.to(self.device) for t in pad_ids([ids[i] for i in batch], pad))
+            padded = pad_ids([ids[i] for i in batch], pad)
+            input_ids, mask = (t.pin_memory().to(self.device, non_blocking=True) for t in padded) if cuda else padded
             yield batch, input_ids, mask
 
     @torch.inference_mode()
@@ -322,12 +324,14 @@ class Chain(nn.Module):
     def _outputs(self, ids: list[list[int]], names: list[str], token_level: set[str], batch_size: int) -> dict[str, list[torch.Tensor]]:
         """Head outputs of ``names`` for token-id sequences, in order; one trunk pass per batch for all of them."""
         outputs: dict[str, list[torch.Tensor]] = {n: [torch.empty(0)] * len(ids) for n in names}
+        pending = []  # results stay on the device until every batch is queued: a GPU is never waited for in between
         for batch, input_ids, mask in self.padded_batches(ids, batch_size):
             with autocast_context(self.device, self.precision):
                 states = self.trunk.all_states(input_ids, mask)
-                results = {n: self.tasks[n](states, mask) for n in names}
+                pending.append((batch, {n: self.tasks[n](states, mask).float() for n in names}))
+        for batch, results in pending:
             for name, result in results.items():
-                result = result.float().cpu()
+                result = result.cpu()
                 for row, index in enumerate(batch):
                     outputs[name][index] = result[row, : len(ids[index])] if name in token_level else result[row]
         return outputs
