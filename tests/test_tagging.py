@@ -64,7 +64,9 @@ def test_viterbi_never_emits_invalid_bio() -> None:
     start, trans = allowed_transitions(labels)
     rng = np.random.default_rng(0)
     texts = [np.log(rng.dirichlet(np.ones(5), size=6)) for _ in range(200)]
-    for ids in best_paths(texts, start, trans):
+    lengths = np.full(len(texts), 6)
+    paths = best_paths(np.concatenate(texts), lengths, start, trans)
+    for ids in np.split(paths, np.cumsum(lengths)[:-1]):
         path = [labels[i] for i in ids]
         previous = "O"
         for tag in path:
@@ -82,7 +84,8 @@ def test_viterbi_finds_the_best_valid_path() -> None:
     start, trans = allowed_transitions(labels)
     rng = np.random.default_rng(1)
     texts = [np.log(rng.dirichlet(np.full(3, 0.5), size=int(rng.integers(0, 5)))) for _ in range(400)]
-    found = best_paths(texts, start, trans)
+    lengths = np.array([len(t) for t in texts])
+    found = np.split(best_paths(np.concatenate(texts), lengths, start, trans), np.cumsum(lengths)[:-1])
     shortcuts = 0
 
     def is_valid(p: tuple[int, ...]) -> bool:

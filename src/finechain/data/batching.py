@@ -83,9 +83,16 @@ class Windows:
         return best
 
 
-def overflow_windows(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, stride: int) -> Windows:
+def overflow_windows(
+    tokenizer: Any,
+    texts: list[str] | list[list[str]],
+    max_length: int,
+    stride: int,
+    word_spans: list[list[tuple[int, int]]] | None = None,
+) -> Windows:
     """Cut each text into windows of at most ``max_length`` tokens overlapping by ``stride`` tokens (the fast
-    tokenizer's overflow), so token-level tasks can label every word of a long text.
+    tokenizer's overflow), so token-level tasks can label every word of a long text. Raw texts are cut into
+    words by ``split_words`` unless their ``word_spans`` (as ``encode`` found them) are given.
 
     A word cut by a window's start is not counted as starting there: its first sub-word is in the previous
     window, which overlaps this one.
@@ -106,7 +113,8 @@ def overflow_windows(tokenizer: Any, texts: list[str] | list[list[str]], max_len
         return_offsets_mapping=not presplit,
     )
     owner = list(batch["overflow_to_sample_mapping"])
-    word_spans = {} if presplit else {i: split_words(texts[i]) for i in set(owner)}
+    if not presplit and word_spans is None:
+        word_spans = [split_words(text) for text in texts]
     starts: list[dict[int, int]] = []
     for window in range(len(owner)):
         if presplit:

@@ -310,7 +310,8 @@ class Chain(nn.Module):
         cut = encoded is not None and bool(token_level)
         long = [i for i, starts in enumerate(encoded.word_starts) if len(ids[i]) >= self.max_length and None in starts] if cut else []
         if long:  # words past max_length: token-level tasks read overlapping windows instead of the cut text
-            windows = overflow_windows(self.tokenizer, [texts[i] for i in long], self.max_length, self.max_length // 4)
+            spans = None if encoded.word_spans is None else [encoded.word_spans[i] for i in long]
+            windows = overflow_windows(self.tokenizer, [texts[i] for i in long], self.max_length, self.max_length // 4, spans)
             in_windows = self._outputs(windows.ids, sorted(token_level), token_level, batch_size)
             for j, index in enumerate(long):
                 best = windows.best_positions(j, len(encoded.word_starts[index]))

@@ -63,34 +63,32 @@ def viterbi(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans
     return paths
 
 
-def best_paths(rows: list[np.ndarray], start: np.ndarray, trans: np.ndarray) -> list[np.ndarray]:
-    """The best IOB2-valid tag path of each ``[words, labels]`` log-probability array: the free per-word choice
-    where that is valid (nothing scores higher), else Viterbi, in padded batches of up to 256 texts of similar length.
+def best_paths(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """The best IOB2-valid tag path of every text, for ``[words, labels]`` log-probabilities of all texts one after
+    another (``lengths`` words each): the free per-word choice where that is valid (nothing scores higher), else
+    Viterbi, in padded batches of up to 256 texts of similar length. Returns the tag ids, flat like the input.
 
     Example:
-        >>> lp = np.log(np.array([[0.1, 0.6, 0.3], [0.2, 0.7, 0.1]]))  # B-PER, I-PER, O
-        >>> [p.tolist() for p in best_paths([lp, lp[1:]], *allowed_transitions(["B-PER", "I-PER", "O"]))]
-        [[0, 1], [0]]
+        >>> lp = np.log(np.array([[0.1, 0.6, 0.3], [0.2, 0.7, 0.1], [0.2, 0.7, 0.1]]))  # B-PER, I-PER, O
+        >>> best_paths(lp, np.array([2, 1]), *allowed_transitions(["B-PER", "I-PER", "O"])).tolist()
+        [0, 1, 0]
     """
-    lengths = np.array([len(row) for row in rows], dtype=np.intp)
-    if not lengths.sum():
-        return [np.zeros(0, dtype=np.intp) for _ in rows]
-    free = np.concatenate(rows).argmax(-1)
-    firsts = (np.cumsum(lengths) - lengths)[lengths > 0]
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    invalid = ~trans[free[:-1], free[1:]]
+    path = log_probs.argmax(-1)
+    ends = np.cumsum(lengths)
+    firsts = (ends - lengths)[lengths > 0]
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    invalid = ~trans[path[:-1], path[1:]]
     invalid[firsts[1:] - 1] = False  # the step from one text's last word to the next text's first
-    redo = np.union1d(owner[firsts][~start[free[firsts]]], owner[1:][invalid])
-    paths = np.split(free, np.cumsum(lengths)[:-1])
+    redo = np.union1d(owner[firsts][~start[path[firsts]]], owner[1:][invalid])
     order = redo[np.argsort(lengths[redo], kind="stable")]  # similar lengths together: little padding
     for begin in range(0, order.size, 256):
         group = order[begin : begin + 256]
-        padded = np.zeros((group.size, lengths[group].max(), rows[group[0]].shape[-1]), dtype=rows[group[0]].dtype)
+        padded = np.zeros((group.size, lengths[group].max(), log_probs.shape[-1]), dtype=log_probs.dtype)
         for j, text in enumerate(group):
-            padded[j, : lengths[text]] = rows[text]
-        for text, path in zip(group, viterbi(padded, lengths[group], start, trans), strict=True):
-            paths[text] = path[: lengths[text]]
-    return paths
+            padded[j, : lengths[text]] = log_probs[ends[text] - lengths[text] : ends[text]]
+        for text, found in zip(group, viterbi(padded, lengths[group], start, trans), strict=True):
+            path[ends[text] - lengths[text] : ends[text]] = found[: lengths[text]]
+    return path
 
 
 def spans_from_tags(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -185,7 +183,7 @@ class TaggingHead(Head):
             return [[] for _ in positions], [[] for _ in positions]
         log_probs = log_softmax(np.concatenate([o.detach().float().numpy()[p] for o, p in zip(outputs, positions, strict=True)]), axis=-1)
         if self.decoding == "constrained":
-            path = np.concatenate(best_paths(np.split(log_probs, np.cumsum(lengths)[:-1]), self._start, self._trans))
+            path = best_paths(log_probs, np.array(lengths, dtype=np.intp), self._start, self._trans)
         else:
             path = log_probs.argmax(-1)
         probs = np.exp(log_probs[np.arange(len(path)), path]).tolist()
