@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finechain.data.conll import check_tag, read_conll
-from finechain.data.readers import Example, read_examples
+from finechain.data.conll import read_conll
+from finechain.data.readers import JSONL_SUFFIXES, Example, read_examples
 from finechain.data.split import validation_split
+from finechain.data.tagged import TaggedRow, read_tagged_jsonl, tagged_row
 from finechain.errors import DataError, InMemory, SpecError
 from finechain.model.heads import Head, head_type
 from finechain.spec import TaskSpec
@@ -73,6 +74,11 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
         >>> split = read_split(Path("dev.csv"), spec, ClassificationHead)  # doctest: +SKIP
     """
     if head_cls.level == "token":
+        kind = spec.format if spec.format != "auto" else "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "conll"
+        if kind == "jsonl":
+            return _tagged_split(read_tagged_jsonl(path, spec.text_column, spec.label_column, spec.strict_bio), str(path))
+        if kind != "conll":
+            raise DataError(f"tagging tasks read CoNLL or JSONL files, not {kind}", file=path, fix="set format: conll or jsonl")
         sentences = read_conll(
             path, token_column=spec.token_column, tag_column=spec.tag_column, strict=spec.strict_bio, keep_docstart=spec.keep_docstart
         )
@@ -81,6 +87,12 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
         raise DataError(f"format 'conll' is for tagging tasks, not {head_cls.type_name}", file=path, fix="use csv, tsv or jsonl")
     examples = read_examples(path, fmt=spec.format, text_column=spec.text_column, label_column=spec.label_column)
     return _parse(examples, head_cls, path, {"label_separator": spec.label_separator})
+
+
+def _tagged_split(rows: list[TaggedRow], file: str) -> Split:
+    if rows and any(isinstance(row.text, str) != isinstance(rows[0].text, str) for row in rows):
+        raise DataError("mixed raw texts and word lists", file=file, fix="give every text as a string, or every text as a word list")
+    return Split([row.text for row in rows], [row.tags for row in rows], [row.line for row in rows], file)
 
 
 def check_known_labels(split: Split, head: Head) -> None:
@@ -128,24 +140,11 @@ def _sequence_text(text: Any, name: InMemory, index: int) -> str:
     return text
 
 
-def _tagged(words: Any, tags: Any, name: InMemory, index: int, strict: bool) -> tuple[list[str], list[str]]:
-    if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
-        raise DataError(
-            "a tagging text must be a list of words", file=name, line=index, fix='split it into words: ["Peter", "lives", "in", "Berlin"]'
-        )
-    if not isinstance(tags, list | tuple) or len(tags) != len(words) or not words:
-        count = len(tags) if isinstance(tags, list | tuple) else "no"
-        raise DataError(f"{len(words)} words but {count} tags", file=name, line=index, fix="give one BIO tag per word")
-    checked: list[str] = []
-    for tag in tags:
-        checked.append(check_tag(str(tag), checked[-1] if checked else "", name, index, strict))
-    return list(words), checked
-
-
 def split_from_lists(texts: list[Any], labels: list[Any], spec: TaskSpec, head_cls: type[Head], name: str) -> Split:
     """A :class:`Split` from in-memory texts and labels, checked like a file; errors name the item: ``train[4]``.
 
-    Tagging takes word lists and tag lists; every other type takes strings and one label per text.
+    Tagging takes word lists with tag lists, or raw strings with ``[start, end, type]`` entity spans; every other
+    type takes strings and one label per text.
 
     Example:
         >>> from finechain.model.heads import head_type
@@ -157,8 +156,8 @@ def split_from_lists(texts: list[Any], labels: list[Any], spec: TaskSpec, head_c
     if len(texts) != len(labels):
         raise DataError(f"{len(texts)} texts but {len(labels)} labels", file=where, fix="pass one label per text")
     if head_cls.level == "token":
-        pairs = [_tagged(words, tags, where, i, spec.strict_bio) for i, (words, tags) in enumerate(zip(texts, labels, strict=True))]
-        return Split([w for w, _ in pairs], [t for _, t in pairs], list(range(len(pairs))), where)
+        rows = [tagged_row(text, tags, where, i, spec.strict_bio) for i, (text, tags) in enumerate(zip(texts, labels, strict=True))]
+        return _tagged_split(rows, where)
     options = {"label_separator": spec.label_separator}
     parsed = [head_cls.parse_label(label, file=where, line=i, options=options) for i, label in enumerate(labels)]
     return Split([_sequence_text(t, where, i) for i, t in enumerate(texts)], parsed, list(range(len(texts))), where)

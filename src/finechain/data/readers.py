@@ -12,6 +12,7 @@ from typing import Any, Literal
 from finechain.errors import DataError
 
 Format = Literal["auto", "csv", "tsv", "jsonl"]
+JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 RawLabel = str | float | list[str] | None
 
 
@@ -59,7 +60,7 @@ def detect_format(path: Path, fmt: Format) -> Literal["csv", "tsv", "jsonl"]:
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".ndjson", ".json"}:
+    if suffix in JSONL_SUFFIXES:
         return "jsonl"
     if suffix in {".tsv", ".tab"}:
         return "tsv"

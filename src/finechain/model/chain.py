@@ -12,7 +12,8 @@ from torch import nn
 
 from finechain.data.batching import Encoded, encode, length_batches, overflow_windows, pad_ids, tokenize
 from finechain.data.inputs import as_texts
-from finechain.errors import ArtifactError, DataError, FinechainError, SpecError
+from finechain.data.tagged import tagged_row
+from finechain.errors import ArtifactError, DataError, FinechainError, InMemory, SpecError
 from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
     DEFAULT_BACKBONE,
@@ -72,6 +73,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu", field="device") from None
     return device
+
+
+def _tags(label: Any) -> bool:
+    return isinstance(label, list) and all(isinstance(tag, str) for tag in label) and bool(label)
 
 
 class Chain(nn.Module):
@@ -381,7 +386,8 @@ class Chain(nn.Module):
         return [{name: decoded[name][i] for name in raw} for i in range(len(texts))]
 
     def score(self, task: str, texts: list[Any], labels: list[Any]) -> dict[str, Any]:
-        """Metrics of ``task`` on labelled texts (labels as parsed by the head type; word lists for tagging).
+        """Metrics of ``task`` on labelled texts (labels as parsed by the head type; for tagging, one tag per word, or
+        ``[start, end, type]`` entity spans for raw strings).
 
         Example:
             >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
@@ -391,6 +397,11 @@ class Chain(nn.Module):
         texts = as_texts(texts)
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")
+        if head.level == "token":  # entity spans of raw strings become the tags of their words
+            labels = [
+                tagged_row(text, label, InMemory("labels"), i, strict=False).tags if isinstance(text, str) and not _tags(label) else label
+                for i, (text, label) in enumerate(zip(texts, labels, strict=True))
+            ]
         outputs, encoded = self.run_tasks(texts, [task])
         return head.score(outputs[task], head.targets(labels, encoded))
 
