@@ -150,3 +150,11 @@ def test_bad_split_device_and_backbone_point_at_their_spec_line(folder: Path, ti
     spec.write_text(spec.read_text().replace(f"backbone: {tiny_backbone}", "backbone: ./no-such-model"))
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
     expect_one_line_error(code, err, "chain.yaml:1:", "backbone folder './no-such-model' not found")
+
+
+def test_bad_entity_span_in_jsonl_tagging_data(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    """Square brackets in a message reach the terminal as written (not read as rich markup)."""
+    (folder / "ner.jsonl").write_text('{"text": "Peter left", "label": [[0, 5, "PER"]]}\n{"text": "Anna", "label": [[0, 9, "PER"]]}\n')
+    spec = write_spec(folder, task_block("ner.jsonl").replace("classification", "tagging"), tiny_backbone)
+    code, _, err = run_cli(["check", str(spec)], monkeypatch, capsys)
+    expect_one_line_error(code, err, "ner.jsonl:2:", "entity span [0, 9] is not inside the text", '[start, end, "TYPE"]')

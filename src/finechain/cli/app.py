@@ -10,6 +10,7 @@ from typing import Annotated, Any, TextIO, get_args
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from finechain.errors import FinechainError
@@ -48,7 +49,7 @@ def train(
     from finechain.train.pipeline import train_chain
 
     rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
-    out.print(_metrics_table(f"chain saved to {out_dir}", rows))
+    out.print(_metrics_table(f"chain saved to {escape(str(out_dir))}", rows))
 
 
 @app.command()
@@ -60,7 +61,7 @@ def check(
     from finechain.train.pipeline import check_chain
 
     reports = check_chain(spec)
-    table = Table(title=f"{spec}: data is valid", box=None)
+    table = Table(title=f"{escape(str(spec))}: data is valid", box=None)
     for column in ("task", "type", "train", "val", "test", "labels", "majority", "too long"):
         table.add_column(column, justify="left" if column in ("task", "type") else "right")
     for r in reports:
@@ -82,7 +83,7 @@ def check(
     )
     warnings = [(r.task, w) for r in reports for w in r.warnings]
     for task, warning in warnings:
-        out.print(f"[yellow]warning[/] {task}: {warning}", highlight=False, soft_wrap=True)
+        out.print(f"[yellow]warning[/] {task}: {escape(warning)}", highlight=False, soft_wrap=True)
     if not warnings:
         out.print("no warnings")
     if strict and warnings:
@@ -101,7 +102,7 @@ def add_task(
     from finechain.train.pipeline import add_tasks
 
     rows = add_tasks(chain_dir, task_file, replace=replace, resume=resume, progress=not quiet, console=err)
-    out.print(_metrics_table(f"added to {chain_dir}", rows))
+    out.print(_metrics_table(f"added to {escape(str(chain_dir))}", rows))
 
 
 @app.command("eval")
@@ -115,9 +116,9 @@ def evaluate(
     from finechain.train.pipeline import evaluate_file
 
     scores, paths = evaluate_file(chain_dir, task, data, report_dir)
-    out.print(_metrics_table(f"{task} on {data}", [(task, data.name, scores)]))
+    out.print(_metrics_table(f"{task} on {escape(str(data))}", [(task, escape(data.name), scores)]))
     for path in paths:
-        out.print(f"report: {path}")
+        out.print(f"report: {path}", markup=False)
 
 
 @app.command()
@@ -176,7 +177,7 @@ def predict(
 
     if output:  # written to a temporary file, renamed when complete
         atomic_write(output, lambda tmp: _with_open(tmp, write_all))
-        err.print(f"wrote {len(texts)} predictions to {output}")
+        err.print(f"wrote {len(texts)} predictions to {output}", markup=False)
     else:
         write_all(sys.stdout)
 
@@ -198,8 +199,8 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
         )
     manifest = read_json(chain_dir / MANIFEST)
     bb = manifest["backbone"]
-    out.print(f"[bold]{chain_dir}[/]  finechain {manifest['finechain_version']}")
-    out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)")
+    out.print(f"[bold]{escape(str(chain_dir))}[/]  finechain {manifest['finechain_version']}")
+    out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)", markup=False)
     trunk = manifest.get("trunk")
     sharing = f"trunk tuned jointly (epoch {trunk.get('best_epoch')} kept)" if trunk else "pretrained trunk, frozen"
     out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, {sharing}, max_length {manifest['max_length']}")
@@ -234,9 +235,9 @@ def demo(
     from finechain.train.pipeline import train_chain
 
     spec = Path(__file__).resolve().parent.parent / "demo" / "demo.yaml"
-    err.print(f"training the demo chain from {spec}")
+    err.print(f"training the demo chain from {spec}", markup=False)
     rows = train_chain(spec, out_dir, progress=not quiet, console=err)
-    out.print(_metrics_table(f"demo chain saved to {out_dir}", rows))
+    out.print(_metrics_table(f"demo chain saved to {escape(str(out_dir))}", rows))
     chain = Chain.from_pretrained(out_dir)
     examples = [
         "I still haven't received my new card, when will it arrive?",
@@ -248,7 +249,7 @@ def demo(
     for column in ("text", *chain.tasks):
         table.add_column(column)
     for text, prediction in zip(examples, chain.predict(examples), strict=True):
-        table.add_row(text, *(summarize(p) for p in prediction.values()))
+        table.add_row(escape(text), *(escape(summarize(p)) for p in prediction.values()))
     out.print(table)
 
 
@@ -297,7 +298,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except FinechainError as error:
-        err.print(f"[red]error:[/] {error.format()}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(error.format())}", highlight=False, soft_wrap=True)
         raise SystemExit(error.exit_code) from None
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
@@ -309,7 +310,7 @@ def main() -> None:
         if show is not None:
             show()
         else:
-            err.print(f"[red]error:[/] {error}", highlight=False)
+            err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 

@@ -95,7 +95,7 @@ def train_chain(
     if spec.sharing_mode == "joint" and pending:
         if chain.tasks:
             raise FinechainError("joint training must train all tasks together", file=out_dir, fix="start again in an empty --out folder")
-        console.print(f"joint multi-task training of the trunk on {[t.name for t in pending]}")
+        console.print(f"joint multi-task training of the trunk on {[t.name for t in pending]}", markup=False)
         results = fit_joint(chain, pending, data, spec.training, spec.joint, run_dir=out_dir / "runs", resume=resume, progress=progress)
         chain.save_pretrained(out_dir)
         for task in pending:
