@@ -12,7 +12,7 @@ import pytest
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.cli.app import main
 from finechain.data.batching import overflow_windows
-from finechain.data.conll import read_conll
+from finechain.data.conll import read_conll, read_word_lists
 from finechain.errors import DataError
 from finechain.model.heads.tagging import allowed_transitions, best_paths, spans_from_tags
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
@@ -25,6 +25,33 @@ def test_conll_reader_repairs_iob1_and_columns(tmp_path: Path) -> None:
     path.write_text("-DOCSTART- -X- O O\n\nEU NNP B-NP I-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP I-MISC\n\n")
     (sentence,) = read_conll(path)
     assert sentence.words == ["EU", "rejects", "German"] and sentence.tags == ["B-ORG", "O", "B-MISC"] and sentence.line == 3
+
+
+def test_tab_separated_and_conllu_files(tmp_path: Path) -> None:
+    tabbed = tmp_path / "a.tsv.conll"
+    tabbed.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\t\n\t\nbig\t\tO\n")  # a token with a space; an empty column
+    assert [(s.words, s.tags) for s in read_conll(tabbed)] == [(["New York", "is"], ["B-LOC", "O"]), (["big"], ["O"])]
+    assert [(s.words, s.tags) for s in read_conll(tabbed, tag_column=2)] == [(["New York", "is"], ["B-LOC", "O"]), (["big"], ["O"])]
+    # CoNLL-U with an 11th column of NER tags: comments, a multi-word token's range and an empty node are skipped
+    rows = [
+        "# sent_id = 1",
+        "# text = Don't go to New York.",
+        "1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_\t_",
+        "1\tDo\tdo\tAUX\t_\t_\t3\taux\t_\t_\tO",
+        "2\tn't\tnot\tPART\t_\t_\t3\tadvmod\t_\t_\tO",
+        "3\tgo\tgo\tVERB\t_\t_\t0\troot\t_\t_\tO",
+        "3.1\tgo\tgo\tVERB\t_\t_\t_\t_\t0:root\t_\tO",
+        "4\tNew York\tNew York\tPROPN\t_\t_\t3\tobl\t_\tSpaceAfter=No\tB-LOC",
+        "5\t.\t.\tPUNCT\t_\t_\t3\tpunct\t_\t_\tO",
+        "",
+    ]
+    conllu = tmp_path / "a.conllu"
+    conllu.write_text("\n".join(rows) + "\n")
+    (sentence,) = read_conll(conllu)
+    assert sentence.words == ["Do", "n't", "go", "New York", "."] and sentence.tags == ["O", "O", "O", "B-LOC", "O"] and sentence.line == 4
+    assert read_word_lists(conllu) == [sentence.words]
+    with pytest.raises(DataError, match=r"a.conllu:4: tag 'do' is not in BIO form"):
+        read_conll(conllu, tag_column=2)
 
 
 @pytest.mark.parametrize("scheme", ["BIOES", "BILOU"])
@@ -47,6 +74,7 @@ def test_bioes_and_bilou_files_read_as_bio(tmp_path: Path, scheme: str) -> None:
         ("EU O\nUnion E-ORG\n", True, 2, "'E-ORG' follows 'O' (strict IOB2)"),
         ("EU B-PER\nUnion I-ORG\n", True, 2, "'I-ORG' follows 'B-PER'"),
         ("\n\n", False, None, "file is empty"),
+        ("EU\tB-ORG\n\tO\n", False, 2, "empty token"),
     ],
 )
 def test_bad_conll_is_one_line_with_file_and_line(tmp_path: Path, content: str, strict: bool, line: int | None, message: str) -> None:

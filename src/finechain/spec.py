@@ -96,7 +96,7 @@ class TaskSpec(BaseModel):
     text_column: str = "text"
     label_column: str = "label"
     label_separator: str | None = None
-    token_column: int = Field(0, description="tagging: CoNLL column of the token")
+    token_column: int | None = Field(None, description="tagging: CoNLL column of the token; default 0, or 1 (FORM) in .conllu files")
     tag_column: int = Field(-1, description="tagging: CoNLL column of the tag (-1 = last)")
     strict_bio: bool = Field(False, description="tagging: an I-X that does not continue X is an error instead of being repaired")
     keep_docstart: bool = Field(False, description="tagging: keep -DOCSTART- lines as tokens")

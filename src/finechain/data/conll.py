@@ -46,15 +46,51 @@ def check_tag(tag: str, previous: str, path: str | Path, line: int, strict: bool
     return tag
 
 
+CONLL_SUFFIXES = {".conll", ".conllu", ".iob", ".bio", ".bioes"}
+
+
+def is_conllu(path: str | Path) -> bool:
+    """Whether ``path`` is CoNLL-U (UD): ``#`` comment lines, ``ID FORM ...`` tab-separated columns.
+
+    Example:
+        >>> is_conllu("en_ewt-ud-train.conllu"), is_conllu("train.conll")
+        (True, False)
+    """
+    return Path(path).suffix.lower() == ".conllu"
+
+
+def line_fields(raw: str, conllu: bool) -> list[str] | None:
+    """The columns of one line: split on tabs when it has any (a token may hold spaces), else on whitespace.
+    ``[]`` for a blank line (a sentence break); ``None`` for a line that holds no token: in CoNLL-U, a ``#`` comment,
+    a multi-word token's range (``3-4``) or an empty node (``5.1``).
+
+    Example:
+        >>> line_fields("New York\\tB-LOC", False), line_fields("EU NNP B-ORG", False), line_fields("3-4\\tdon't\\t_", True)
+        (['New York', 'B-LOC'], ['EU', 'NNP', 'B-ORG'], None)
+    """
+    if conllu and raw.startswith("#"):
+        return None
+    if "\t" in raw:
+        fields = [field.strip() for field in raw.rstrip("\r\n\t ").split("\t")]
+        fields = fields if any(fields) else []
+    else:
+        fields = raw.split()
+    if conllu and fields and not fields[0].isdigit():
+        return None
+    return fields
+
+
 def read_conll(
     path: str | Path,
     *,
-    token_column: int = 0,
+    token_column: int | None = None,
     tag_column: int = -1,
     strict: bool = False,
     keep_docstart: bool = False,
 ) -> list[TaggedSentence]:
-    """Sentences from a CoNLL file. Columns split on whitespace; ``-DOCSTART-`` lines are dropped by default.
+    """Sentences from a CoNLL file. Columns split on tabs, or on whitespace in lines without tabs; ``-DOCSTART-``
+    lines are dropped by default. The token is column 0, or 1 (FORM) in CoNLL-U files, whose comments, multi-word
+    ranges and empty nodes are skipped (see :func:`line_fields`).
 
     With ``strict`` an ``I-X`` that does not continue an ``X`` entity is an error; otherwise it is
     repaired to ``B-X`` (IOB1 -> IOB2).
@@ -70,6 +106,8 @@ def read_conll(
     content = read_text_file(path)
     if not content.strip():
         raise DataError("file is empty", file=path, fix="write one 'token TAG' line per token, a blank line between sentences")
+    conllu = is_conllu(path)
+    token_column = (1 if conllu else 0) if token_column is None else token_column
     sentences: list[TaggedSentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -83,7 +121,9 @@ def read_conll(
         tags.clear()
 
     for number, raw in enumerate(content.splitlines(), start=1):
-        fields = raw.split()
+        fields = line_fields(raw, conllu)
+        if fields is None:
+            continue
         if not fields:
             flush()
             continue
@@ -97,6 +137,8 @@ def read_conll(
                 line=number,
                 fix="write 'token TAG' per line, or set token_column / tag_column",
             )
+        if not fields[token_column]:
+            raise DataError("empty token", file=path, line=number, fix="write the token in its column, or remove the line")
         if not words:
             start = number
         tags.append(check_tag(fields[tag_column], tags[-1] if tags else "", path, number, strict))
@@ -107,12 +149,9 @@ def read_conll(
     return sentences
 
 
-CONLL_SUFFIXES = {".conll", ".conllu", ".iob", ".bio", ".bioes"}
-
-
-def read_word_lists(path: str | Path, token_column: int = 0) -> list[list[str]]:
-    """Pre-tokenised sentences to predict: one token per line (the first column, or ``token_column``; tags may
-    follow and are ignored), a blank line between sentences, ``-DOCSTART-`` lines dropped.
+def read_word_lists(path: str | Path, token_column: int | None = None) -> list[list[str]]:
+    """Pre-tokenised sentences to predict: one token per line (the first column - FORM in CoNLL-U - or
+    ``token_column``; tags may follow and are ignored), a blank line between sentences, ``-DOCSTART-`` lines dropped.
 
     Example:
         >>> import tempfile, pathlib
@@ -122,9 +161,13 @@ def read_word_lists(path: str | Path, token_column: int = 0) -> list[list[str]]:
         [['EU', 'rejects'], ['Peter']]
     """
     path = Path(path)
+    conllu = is_conllu(path)
+    token_column = (1 if conllu else 0) if token_column is None else token_column
     sentences: list[list[str]] = [[]]
     for number, raw in enumerate(read_text_file(path).splitlines(), start=1):
-        fields = raw.split()
+        fields = line_fields(raw, conllu)
+        if fields is None:
+            continue
         if not fields or fields[0] == "-DOCSTART-":
             if sentences[-1]:
                 sentences.append([])
