@@ -157,3 +157,7 @@ def test_predict_score_and_embed_name_a_bad_input_item(tiny_backbone: Path) -> N
         chain.score("s", ["good", "bad"], ["pos"])
     with pytest.raises(Exception, match=r"unknown task\(s\) \['x'\]"):
         chain.score("x", ["good"], ["pos"])
+    with pytest.raises(DataError, match=r"^labels\[1\]: label 'positive' does not occur in the training data"):
+        chain.score("s", ["good", "great"], ["pos", "positive"])
+    with pytest.raises(DataError, match=r"^labels\[0\]: label \['pos'\] is not a single class name"):
+        chain.score("s", ["good"], [["pos"]])

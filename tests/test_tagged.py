@@ -115,3 +115,9 @@ def test_a_tagger_trains_and_scores_on_raw_text_with_spans(tiny_backbone: Path, 
     texts = [row["text"] for row in _span_rows(30, 3)]
     scores = chain.score("ner", texts, [row["entities"] for row in _span_rows(30, 3)])
     assert scores["entity_f1"] > 0.9
+    # or one tag per word of the raw string as predict cuts it; a tag count that does not fit is an error
+    assert chain.score("ner", ["bob visited paris."], [["B-PER", "O", "B-LOC", "O"]])["n"] == 1
+    with pytest.raises(DataError, match=r"^labels\[0\]: 4 words but 3 tags"):
+        chain.score("ner", ["bob visited paris."], [["B-PER", "O", "B-LOC"]])
+    with pytest.raises(DataError, match=r"^labels\[0\]: label 'B-ORG' does not occur in the training data"):
+        chain.score("ner", ["bob visited paris."], [[[0, 3, "ORG"]]])

@@ -13,6 +13,7 @@ from torch import nn
 from finechain.data.batching import Encoded, encode, length_batches, overflow_windows, pad_ids, tokenize
 from finechain.data.inputs import as_texts
 from finechain.data.tagged import tagged_row
+from finechain.data.words import split_words
 from finechain.errors import ArtifactError, DataError, FinechainError, InMemory, SpecError
 from finechain.io import load_tensors, read_json, save_tensors, write_json
 from finechain.model.backbone import (
@@ -386,24 +387,32 @@ class Chain(nn.Module):
         return [{name: decoded[name][i] for name in raw} for i in range(len(texts))]
 
     def score(self, task: str, texts: list[Any], labels: list[Any]) -> dict[str, Any]:
-        """Metrics of ``task`` on labelled texts (labels as parsed by the head type; for tagging, one tag per word, or
-        ``[start, end, type]`` entity spans for raw strings).
+        """Metrics of ``task`` on labelled texts, labels read and checked like training data (a label never seen in
+        training is a :class:`DataError` naming the item, ``labels[3]``). Tagging takes word lists with one tag per
+        word, or raw strings with ``[start, end, type]`` entity spans (or one tag per word as :func:`split_words` cuts them).
 
         Example:
             >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
             1.0
         """
-        head = self.tasks[self.task_names([task])[0]].head
+        name = self.task_names([task])[0]
+        head = self.tasks[name].head
         texts = as_texts(texts)
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")
-        if head.level == "token":  # entity spans of raw strings become the tags of their words
-            labels = [
-                tagged_row(text, label, InMemory("labels"), i, strict=False).tags if isinstance(text, str) and not _tags(label) else label
-                for i, (text, label) in enumerate(zip(texts, labels, strict=True))
-            ]
+        where = InMemory("labels")
+        options = {"label_separator": self.task_info.get(name, {}).get("spec", {}).get("label_separator")}
+        parsed = []
+        for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+            if head.level == "token":  # a raw string's tags are for its words as predict cuts them
+                words = [text[a:b] for a, b in split_words(text)] if isinstance(text, str) and _tags(label) else text
+                value: Any = tagged_row(words, label, where, i, strict=False).tags
+            else:
+                value = type(head).parse_label(label, file=where, line=i, options=options)
+            head.check_known(value, file=where, line=i)
+            parsed.append(value)
         outputs, encoded = self.run_tasks(texts, [task])
-        return head.score(outputs[task], head.targets(labels, encoded))
+        return head.score(outputs[task], head.targets(parsed, encoded))
 
     # training -----------------------------------------------------------------------------
     def fit(
