@@ -89,6 +89,13 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     assert json.loads((tmp_path / "o.jsonl").read_text())["text"] == "superb"
+    (tmp_path / "words.jsonl").write_text(json.dumps({"text": ["superb", "plot"]}) + "\n\n" + json.dumps({"text": ["awful"]}) + "\n")
+    code, out, err = cli(["predict", str(trained), "-i", str(tmp_path / "words.jsonl")], monkeypatch, capsys)
+    assert code == 0, err
+    assert [json.loads(line)["words"] for line in out.splitlines()] == [["superb", "plot"], ["awful"]]
+    (tmp_path / "mixed.jsonl").write_text(json.dumps({"text": ["superb"]}) + "\n\n" + json.dumps({"text": "awful"}) + "\n")
+    code, out, err = cli(["predict", str(trained), "-i", str(tmp_path / "mixed.jsonl")], monkeypatch, capsys)
+    assert code == 2 and f"{tmp_path / 'mixed.jsonl'}:3: strings and word lists are mixed" in err
     code, out, err = cli(["predict", str(trained), "-i", str(tmp_path / "test.csv"), "--text-column", "review"], monkeypatch, capsys)
     assert code == 0, err
     assert len(out.splitlines()) == 30

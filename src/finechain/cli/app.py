@@ -127,7 +127,12 @@ def predict(
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to run; default all")] = None,
     input_file: Annotated[
         Path | None,
-        typer.Option("--input", "-i", help="texts: .txt (a line each), .jsonl/.csv/.tsv (text column), .conll (word per line); or stdin"),
+        typer.Option(
+            "--input",
+            "-i",
+            help="texts: .txt (a line each), .csv/.tsv (text column), .jsonl (text field: a string or a word list), "
+            ".conll (word per line); or stdin",
+        ),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="JSONL output file (default stdout)")] = None,
     text_column: Annotated[str, typer.Option(help="the text field of a .jsonl/.csv/.tsv --input")] = "text",
@@ -160,7 +165,7 @@ def predict(
         texts: list[Any] = [line.strip() for line in sys.stdin if line.strip()]
     else:
         texts = read_word_lists(input_file) if presplit else read_texts(input_file, text_column)
-    key = "words" if presplit else "text"
+    key = "words" if texts and isinstance(texts[0], list) else "text"
     chain = Chain.from_pretrained(chain_dir, device=device)
     chain.precision = precision
     tasks = chain.task_names(task)  # an unknown --task fails before any work

@@ -139,7 +139,7 @@ def _read_delimited(path: Path, content: str, delimiter: str, text_column: str, 
     return examples
 
 
-def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None) -> list[Example]:
+def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None, words: bool = False) -> list[Example]:
     examples: list[Example] = []
     for number, raw in enumerate(content.splitlines(), start=1):
         if not raw.strip():
@@ -159,14 +159,18 @@ def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | 
                     fix=f"set {role}_column in the spec",
                 )
         text = record[text_column]
+        if words and isinstance(text, list) and text and all(isinstance(word, str) for word in text):
+            examples.append(Example(text, None, number))  # type: ignore[arg-type]  # pre-split words to tag
+            continue
         if not isinstance(text, str):
             raise DataError(f"text field '{text_column}' is not a string", file=path, line=number)
         examples.append(Example(text.strip(), record[label_column] if label_column else None, number))
     return examples
 
 
-def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
-    """Read texts to predict: JSONL objects, a CSV/TSV with a text column, or plain lines.
+def read_texts(path: str | Path, text_column: str = "text") -> list[Any]:
+    """Read texts to predict: JSONL objects (whose text may be a list of words), a CSV/TSV with a text column, or
+    plain lines.
 
     Example:
         >>> import tempfile, pathlib
@@ -175,6 +179,12 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
         ['a', 'b']
     """
     path = Path(path)
-    if path.suffix.lower() in {".jsonl", ".csv", ".tsv"}:
+    if path.suffix.lower() in JSONL_SUFFIXES:  # a text may also be a list of words (pre-split input for tagging)
+        examples = _read_jsonl(path, read_text_file(path), text_column, None, words=True)
+        odd = [ex.line for ex in examples if isinstance(ex.text, str) != isinstance(examples[0].text, str)]
+        if odd:
+            raise DataError("strings and word lists are mixed", file=path, line=odd[0], fix="use one kind of text per file")
+        return [ex.text for ex in examples]
+    if path.suffix.lower() in {".csv", ".tsv"}:
         return [ex.text for ex in read_examples(path, text_column=text_column, label_column=None)]
     return [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
