@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.decoding import detokenize
+from benchmarks.decoding import detokenize, running_text_example
 from finechain import Chain
 from finechain.data.conll import read_conll
 from finechain.data.tagged import read_tagged_jsonl, tags_from_spans
@@ -58,10 +58,9 @@ def test_spans_agree_with_the_corpus_words(tmp_path: Path) -> None:
     sentence whose running text splits into the corpus words."""
     same = 0
     for sentence in read_conll(DEMO_NER):
-        text, spans = detokenize(sentence.words)
+        text, entities = running_text_example(sentence)
         if [text[a:b] for a, b in split_words(text)] != sentence.words:
             continue
-        entities = [[spans[a][0], spans[b][1], kind] for kind, a, b in spans_from_tags(sentence.tags)]
         assert tags_from_spans(text, entities) == sentence.tags
         same += 1
     assert same > 0.9 * len(read_conll(DEMO_NER))
