@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -182,11 +183,32 @@ def load_encoder(path: Path) -> nn.Module:
 
 
 def load_tokenizer(path: Path) -> Any:
-    """Load the backbone's fast tokenizer."""
+    """Load the backbone's fast tokenizer. A byte-level BPE tokenizer (RoBERTa, GPT-2 style) is loaded with
+    ``add_prefix_space=True``, so that words given as a list (tagging data) get the leading space they have in
+    running text: without it ``["Paris", "visited"]`` would become tokens the model never saw mid-sentence, and
+    different from the same words in raw text.
+
+    Example:
+        >>> load_tokenizer(resolve_backbone("all-MiniLM-L6-v2")[0]).tokenize("U.N. envoy")  # doctest: +SKIP
+        ['u', '.', 'n', '.', 'envoy']
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+    if getattr(tokenizer, "add_prefix_space", None) is False and _byte_level(tokenizer):
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False, add_prefix_space=True)
+    return tokenizer
+
+
+def _byte_level(tokenizer: Any) -> bool:
+    """Whether the fast tokenizer pre-tokenizes byte-level (its words carry their leading space, ``Ġword``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    pre = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(step.get("type") == "ByteLevel" for step in steps)
 
 
 def backbone_positions(config: Any, tokenizer: Any) -> int:
