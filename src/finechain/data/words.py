@@ -60,16 +60,25 @@ def split_words(text: str) -> list[tuple[int, int]]:
 
 def first_tokens(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> dict[int, int]:
     """``{word: position}`` of each word's first token, from the tokens' character ``offsets`` (special tokens have
-    empty offsets and belong to no word). A word no token starts in (cut off, or dropped by the tokenizer) is absent.
+    empty offsets and belong to no word). A token whose offsets take in the space before a word (tokenizers that do
+    not trim offsets) belongs to that word. A word no token reaches (cut off, or dropped by the tokenizer) is absent.
 
     Example:
         >>> first_tokens([(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (5, 10), (0, 0)], [(0, 4), (5, 10)])
         {0: 1, 1: 5}
+        >>> first_tokens([(0, 0), (0, 4), (4, 10), (0, 0)], [(0, 4), (5, 10)])  # " Paris": offsets from the space
+        {0: 1, 1: 2}
     """
     starts = [start for start, _ in spans]
     first: dict[int, int] = {}
     for position, (start, end) in enumerate(offsets):
+        if end <= start:
+            continue
         word = bisect.bisect_right(starts, start) - 1
-        if end > start and word >= 0 and start < spans[word][1] and word not in first:
+        if word < 0 or start >= spans[word][1]:  # the token starts between words: it is the next word's, if it reaches it
+            word += 1
+            if word >= len(spans) or end <= spans[word][0]:
+                continue
+        if word not in first:
             first[word] = position
     return first
