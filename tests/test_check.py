@@ -80,3 +80,16 @@ def test_max_length_beyond_the_backbone_positions_points_at_the_spec_line(
     code, _, err = cli(args, monkeypatch, capsys)
     expected = f"{spec}:2: max_length 128 is more than this backbone's 64 positions (fix: set max_length to 64 or less)"
     assert code == 2 and expected in " ".join(err.split()), err
+
+
+def test_entities_that_cut_words_are_reported(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    rows = [{"text": f"{name} met the {city}-based team", "label": [[0, len(name), "PER"]]} for name, city in [("alice", "paris")] * 30]
+    rows[7]["label"].append([14, 19, "LOC"])  # 'paris' inside the word 'paris-based'
+    (tmp_path / "ner.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = _spec(tmp_path, tiny_backbone, "  - {name: ner, type: tagging, train: ner.jsonl}\n")
+    code, out, err = cli(["check", str(spec)], monkeypatch, capsys)
+    assert code == 0, out + err
+    assert "warning ner: 1 of 31 entities do not start and end where words do" in " ".join(out.split())
+    assert "ner.jsonl:8: 'paris' in 'paris-based'" in " ".join(out.split())

@@ -94,7 +94,9 @@ def check_data(data: TaskData, type_name: str, level: str, tokenizer: Any, max_l
     report = DataCheck(task, type_name, {k: len(v) for k, v in splits.items()}, source, len(data.labels), majority, over, longest)
     for name, split in splits.items():
         if name != "train" and not (name == "validation" and source == "cut from train"):
+            report.warnings.extend(split.warnings)
             report.warnings.append(_overlap(data.train, split, name) or "")
+    report.warnings = data.train.warnings + report.warnings  # what reading the files found comes first
     if level != "token":
         report.warnings.append(_conflicts(data.train) or "")
     if type_name in ("classification", "multilabel"):

@@ -12,7 +12,7 @@ from typing import Any
 from finechain.data.conll import read_conll
 from finechain.data.readers import JSONL_SUFFIXES, Example, read_examples
 from finechain.data.split import validation_split
-from finechain.data.tagged import TaggedRow, read_tagged_jsonl, tagged_row
+from finechain.data.tagged import TaggedRow, loose_entities_warning, read_tagged_jsonl, tagged_row
 from finechain.errors import DataError, InMemory, SpecError
 from finechain.model.heads import Head, head_type
 from finechain.spec import TaskSpec
@@ -26,10 +26,12 @@ class Split:
     labels: list[Any]
     lines: list[int]
     file: str
+    warnings: list[str] = field(default_factory=list)  # found while reading, shown by `finechain check`
 
     def subset(self, indices: list[int]) -> Split:
         """The rows at ``indices``, in that order."""
-        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices], [self.lines[i] for i in indices], self.file)
+        rows = [self.texts[i] for i in indices], [self.labels[i] for i in indices], [self.lines[i] for i in indices]
+        return Split(*rows, self.file, self.warnings)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -92,7 +94,8 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
 def _tagged_split(rows: list[TaggedRow], file: str) -> Split:
     if rows and any(isinstance(row.text, str) != isinstance(rows[0].text, str) for row in rows):
         raise DataError("mixed raw texts and word lists", file=file, fix="give every text as a string, or every text as a word list")
-    return Split([row.text for row in rows], [row.tags for row in rows], [row.line for row in rows], file)
+    warnings = [w] if (w := loose_entities_warning(rows, file)) else []
+    return Split([row.text for row in rows], [row.tags for row in rows], [row.line for row in rows], file, warnings)
 
 
 def check_known_labels(split: Split, head: Head) -> None:

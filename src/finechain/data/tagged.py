@@ -28,11 +28,14 @@ SPAN_FIX = 'give entities as [start, end, "TYPE"] character spans, 0 <= start < 
 
 @dataclass(frozen=True)
 class TaggedRow:
-    """A text (raw string or word list), one BIO tag per word, and its line."""
+    """A text (raw string or word list), one BIO tag per word, and its line; for raw text, its number of entities and
+    those that do not start and end where words do (``'Paris' in 'Paris-based'``), widened to whole words."""
 
     text: str | list[str]
     tags: list[str]
     line: int
+    entities: int = 0
+    loose: tuple[str, ...] = ()
 
 
 def _entity(raw: Any, text: str, file: Location, line: int) -> tuple[int, int, str]:
@@ -58,10 +61,16 @@ def tags_from_spans(text: str, entities: Any, file: Location = "", line: int = 0
         >>> tags_from_spans("EU rejects German call.", [[0, 2, "ORG"], {"start": 11, "end": 17, "label": "MISC"}])
         ['B-ORG', 'O', 'B-MISC', 'O', 'O']
     """
+    return _tag_spans(text, entities, file, line)[0]
+
+
+def _tag_spans(text: str, entities: Any, file: Location, line: int) -> tuple[list[str], list[str]]:
+    """The tags, and each entity that does not start and end where words do, as ``'Paris' in 'Paris-based'``."""
     if not isinstance(entities, list):
         raise DataError(f"entities are a {type(entities).__name__}, not a list", file=file, line=line, fix=SPAN_FIX)
     words = split_words(text)
     tags = ["O"] * len(words)
+    loose = []
     previous_end = -1
     for start, end, kind in sorted(_entity(raw, text, file, line) for raw in entities):
         if start < previous_end:
@@ -71,9 +80,12 @@ def tags_from_spans(text: str, entities: Any, file: Location = "", line: int = 0
         if not inside:
             raise DataError(f"entity [{start}, {end}] covers no word", file=file, line=line, fix=SPAN_FIX)
         free = [w for w in inside if tags[w] == "O"]
+        first, last = words[inside[0]][0], words[inside[-1]][1]
+        if first != start or last != end or len(free) < len(inside):
+            loose.append(f"{text[start:end]!r} in {text[first:last]!r}")
         for w in free:
             tags[w] = ("B-" if w == free[0] else "I-") + kind
-    return tags
+    return tags, loose
 
 
 def tagged_row(text: Any, label: Any, file: Location, line: int, strict: bool) -> TaggedRow:
@@ -93,7 +105,8 @@ def tagged_row(text: Any, label: Any, file: Location, line: int, strict: bool) -
             )
         if not text.strip():
             raise DataError("empty text", file=file, line=line, fix="fill in the text or remove the row")
-        return TaggedRow(text, tags_from_spans(text, label, file, line), line)
+        tags, loose = _tag_spans(text, label, file, line)
+        return TaggedRow(text, tags, line, len(label), tuple(loose))
     if not isinstance(text, list | tuple) or not text or not all(isinstance(w, str) and w.strip() for w in text):
         raise DataError(
             "a tagging text must be a string or a list of words",
@@ -110,6 +123,22 @@ def tagged_row(text: Any, label: Any, file: Location, line: int, strict: bool) -
     for tag in label:
         checked.append(check_tag(tag, checked[-1] if checked else "", file, line, strict))
     return TaggedRow(list(text), checked, line)
+
+
+def loose_entities_warning(rows: list[TaggedRow], file: str) -> str:
+    """A warning naming how many entities were widened to whole words, with the first example, or ``""``.
+
+    Example:
+        >>> rows = [tagged_row("Paris-based staff", [[0, 5, "LOC"]], "a.jsonl", 3, strict=False)]
+        >>> loose_entities_warning(rows, "a.jsonl")
+        "1 of 1 entities do not start and end where words do (a.jsonl:3: 'Paris' in 'Paris-based'); whole words are tagged"
+    """
+    loose = [(row.line, item) for row in rows for item in row.loose]
+    if not loose:
+        return ""
+    total = sum(row.entities for row in rows)
+    line, example = loose[0]
+    return f"{len(loose)} of {total} entities do not start and end where words do ({file}:{line}: {example}); whole words are tagged"
 
 
 def read_tagged_jsonl(path: str | Path, text_column: str = "text", label_column: str = "label", strict: bool = False) -> list[TaggedRow]:
