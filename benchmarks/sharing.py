@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> None:
         help="run everything once per seed (variants tagged ', seed N'); the report shows each and the mean",
     )
     parser.add_argument("--output", default=None, help="results name (default sharing, or sharing_quick)")
+    parser.add_argument(
+        "--run-dir",
+        type=str,
+        default=None,
+        help="keep joint-training checkpoints here and resume from them: a run stopped part-way (a time limit, a restart) "
+        "continues from its last finished epoch when the same command is run again; results are written after every seed",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     if args.quick:
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         args.seed = seed
         rec.variant_suffix = f", seed {seed}" if args.seeds else ""
         run_once(rec, args, specs, evaluation)
+        if args.run_dir:  # what is finished survives a stop during the next seed
+            rec.save(args.output or "sharing", vars(args))
     print(f"wrote {rec.save(args.output or ('sharing_quick' if args.quick else 'sharing'), vars(args))}")
 
 
@@ -110,9 +119,11 @@ def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], eva
             "lora": f"frozen trunk, split={split}, LoRA r=8 branches",
         }[kind]
         start = time.perf_counter()
+        run_dir = Path(args.run_dir) / f"seed{args.seed}" / mode.replace(":", "-") if args.run_dir else None
+        resumed = run_dir is not None and (run_dir / "joint").exists()
         if kind in ("joint", "joint-add"):
             first = specs if kind == "joint" else specs[1:]
-            fit_joint(chain, first, datas, training, JointConfig(epochs=args.epochs), progress=False)
+            fit_joint(chain, first, datas, training, JointConfig(epochs=args.epochs), run_dir=run_dir, resume=resumed, progress=False)
             if kind == "joint-add":  # what add-task does: a new branch on the (now frozen) tuned trunk
                 chain.fit(specs[0], training, progress=False, data=datas[specs[0].name])
         else:
@@ -130,7 +141,10 @@ def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], eva
             rec.add(name, "finechain", variant, "stored_parameters", described["stored_parameters"], "parameters")
         shared = sum(p.numel() for p in chain.trunk.stack.parameters()) if kind.startswith("joint") else 0
         rec.add("all four", "finechain", variant, "shared_stored_parameters", shared, "parameters")
-        rec.add("all four", "finechain", variant, "train_seconds", seconds, "s")
+        if resumed:  # the time spent before the stop is not known here
+            print(f"{variant}: resumed from {run_dir}, so no train_seconds record")
+        else:
+            rec.add("all four", "finechain", variant, "train_seconds", seconds, "s")
         rec.add(
             "all four",
             "finechain",

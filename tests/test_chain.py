@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,8 +141,11 @@ def test_resume_after_interruption_gives_the_same_model(
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(spec, cfg, run_dir=tmp_path / "b", progress=False)
     monkeypatch.setattr(Checkpointer, "save", original_save)
+    moved = tmp_path / "moved"  # the same data in another folder (a project moved, a temporary copy): resuming still works
+    moved.mkdir()
+    files = [Path(shutil.copy(f, moved / f.name)) for f in sentiment_files]
     resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    resumed.fit(spec, cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+    resumed.fit(TaskSpec(name="s", train=files[0], dev=files[1]), cfg, run_dir=tmp_path / "b", resume=True, progress=False)
     a, b = straight.tasks["s"].state_dict(), resumed.tasks["s"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]

@@ -127,9 +127,11 @@ def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) 
 def test_decoding_quick_compares_both_modes(shared_datasets: Path, tmp_path: Path) -> None:
     run_benchmark(tmp_path, shared_datasets, "decoding", "--quick", timeout=600)
     records = json.loads((tmp_path / "decoding_quick.json").read_text())
-    assert {r["variant"].split()[0] for r in records} == {"constrained", "argmax", "running"}
+    assert {r["variant"].split()[0] for r in records} == {"constrained", "argmax", "running", "trained"}
     running = {r["metric"]: r["value"] for r in records if r["variant"].startswith("running text")}
     assert set(running) == {"entity_f1", "entity_precision", "entity_recall"} and 0 <= running["entity_f1"] <= 1
+    from_spans = {r["variant"] for r in records if r["variant"].startswith("trained on running text")}
+    assert len(from_spans) == 2  # scored on running text and on word lists
 
 
 def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets: Path, tmp_path: Path) -> None:

@@ -153,6 +153,9 @@ class Checkpointer:
         return TrainState(**meta["loop"]), load_tensors(folder / "best.safetensors", device)
 
 
+DATA_PATHS = {"train", "dev", "test"}  # left out of a spec's fingerprint: the data's digest stands for its content
+
+
 def fingerprint(*parts: Any) -> str:
     """A stable hash of JSON-able run settings, to refuse resuming a different run.
 

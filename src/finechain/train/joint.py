@@ -19,7 +19,7 @@ from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
-from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint, run_folder
+from finechain.train.checkpoint import DATA_PATHS, Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
 from finechain.train.trainer import FitResult, adamw, attach_scored, fit_task, resolve_training, tail_learning_rate, task_outputs
@@ -141,7 +141,7 @@ def _fit_joint(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(training.seed)
     settings = fingerprint(
-        [s.model_dump(mode="json") for s in specs],
+        [s.model_dump(mode="json", exclude=DATA_PATHS) for s in specs],
         training.model_dump(),
         joint.model_dump(),
         chain.backbone_ref.sha256,

@@ -20,7 +20,7 @@ from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
-from finechain.train.checkpoint import Checkpointer, TrainState, fingerprint, run_folder
+from finechain.train.checkpoint import DATA_PATHS, Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
 
@@ -185,7 +185,10 @@ def _fit_task(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpointer = Checkpointer(
-        run_path, fingerprint(spec.model_dump(mode="json"), cfg.model_dump(), chain.backbone_ref.sha256, chain.split, data.digest())
+        run_path,
+        fingerprint(
+            spec.model_dump(mode="json", exclude=DATA_PATHS), cfg.model_dump(), chain.backbone_ref.sha256, chain.split, data.digest()
+        ),
     )
 
     def validation_outputs() -> list[torch.Tensor]:
