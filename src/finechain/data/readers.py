@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -139,8 +140,14 @@ def _read_delimited(path: Path, content: str, delimiter: str, text_column: str, 
     return examples
 
 
-def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None, words: bool = False) -> list[Example]:
-    examples: list[Example] = []
+def json_records(path: Path, content: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, object)`` for each non-blank line of JSONL ``content``; a line that is not a JSON object is a
+    one-line :class:`DataError` with its line.
+
+    Example:
+        >>> list(json_records(Path("a.jsonl"), '{"text": "hi"}\\n\\n{"text": "yo"}\\n'))
+        [(1, {'text': 'hi'}), (3, {'text': 'yo'})]
+    """
     for number, raw in enumerate(content.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -150,6 +157,12 @@ def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | 
             raise DataError(f"invalid JSON: {err.msg}", file=path, line=number, fix="write one JSON object per line") from None
         if not isinstance(record, dict):
             raise DataError("expected a JSON object", file=path, line=number, fix='write lines like {"text": ..., "label": ...}')
+        yield number, record
+
+
+def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None, words: bool = False) -> list[Example]:
+    examples: list[Example] = []
+    for number, record in json_records(path, content):
         for column, role in ((text_column, "text"), (label_column, "label")):
             if column is not None and column not in record:
                 raise DataError(

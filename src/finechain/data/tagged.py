@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finechain.data.conll import check_tag
-from finechain.data.readers import read_text_file
+from finechain.data.readers import json_records, read_text_file
 from finechain.data.words import split_words
 from finechain.errors import DataError, InMemory
 
@@ -153,17 +153,10 @@ def read_tagged_jsonl(path: str | Path, text_column: str = "text", label_column:
     """
     path = Path(path)
     rows: list[TaggedRow] = []
-    for number, raw in enumerate(read_text_file(path).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record: Any = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON: {err.msg}", file=path, line=number, fix="write one JSON object per line") from None
-        if not isinstance(record, dict) or text_column not in record or label_column not in record:
-            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+    for number, record in json_records(path, read_text_file(path)):
+        if text_column not in record or label_column not in record:
             raise DataError(
-                f"expected an object with '{text_column}' and '{label_column}', found {found}",
+                f"expected an object with '{text_column}' and '{label_column}', found {sorted(record)}",
                 file=path,
                 line=number,
                 fix="set text_column / label_column in the spec",
