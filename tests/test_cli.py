@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from finechain.cli.app import main
+from finechain.train.pipeline import train_chain
 from tests.conftest import TOPICS, sentiment_rows, write_csv
 
 COLUMNS = ("review", "stars")  # not the default column names: eval must read files the way the task was trained
@@ -179,3 +182,18 @@ def test_add_task_and_refuse_overwrite(trained: Path, tmp_path: Path, monkeypatc
     assert code == 2 and "already exists" in err
     code, _, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(trained)], monkeypatch, capsys)
     assert code == 2 and "already holds a chain" in err
+
+
+def test_square_brackets_in_paths_print_as_written(tmp_path: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    """Paths reach the terminal as written, never read as rich markup: also on a caller's own console with markup on."""
+    backbone = tmp_path / "tiny [bert]"
+    shutil.copytree(tiny_backbone, backbone)
+    write_csv(tmp_path / "train.csv", sentiment_rows(40, 1))
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(f"backbone: {backbone}\nsplit: 2\nmax_length: 16\ntraining: {{epochs: 1}}\ntasks:\n  - {{name: s, train: train.csv}}\n")
+    shown = io.StringIO()
+    train_chain(spec, tmp_path / "run [red]", progress=False, console=Console(file=shown, width=300))
+    assert "backbone tiny [bert]: trunk" in shown.getvalue()
+    code, out, err = cli(["info", str(tmp_path / "run [red]")], monkeypatch, capsys)
+    assert code == 0, err
+    assert f"{tmp_path / 'run [red]'}" in out and "backbone tiny [bert]" in out

@@ -10,20 +10,26 @@ from typing import Annotated, Any, TextIO, get_args
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from finechain.errors import FinechainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning chains: one shared trunk, many task tails.")
-out = Console()
-err = Console(stderr=True)
+# markup off: paths, data and messages print as written (a `[word ...]` in them is text, not a style); styled bits are Text
+out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the trained chain")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its last checkpoint")]
 PREDICT_CHUNK = 4096  # texts per chunk of `predict`: written (and counted on the progress bar) as each chunk is done
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _tagged(tag: str, style: str, message: str) -> Text:
+    """A coloured tag, then the message as written."""
+    return Text.assemble((tag, style), " ", message)
 
 
 def _metrics_table(title: str, rows: list[tuple[str, str, dict[str, Any]]]) -> Table:
@@ -49,7 +55,7 @@ def train(
     from finechain.train.pipeline import train_chain
 
     rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
-    out.print(_metrics_table(f"chain saved to {escape(str(out_dir))}", rows))
+    out.print(_metrics_table(f"chain saved to {out_dir!s}", rows))
 
 
 @app.command()
@@ -61,7 +67,7 @@ def check(
     from finechain.train.pipeline import check_chain
 
     reports = check_chain(spec)
-    table = Table(title=f"{escape(str(spec))}: data is valid", box=None)
+    table = Table(title=f"{spec!s}: data is valid", box=None)
     for column in ("task", "type", "train", "val", "test", "labels", "majority", "too long"):
         table.add_column(column, justify="left" if column in ("task", "type") else "right")
     for r in reports:
@@ -78,12 +84,11 @@ def check(
     out.print(table)
     out.print(
         "val*: cut from train. majority: accuracy of always guessing the commonest validation label. "
-        "too long: share of texts over max_length tokens (the most of any split).",
-        highlight=False,
+        "too long: share of texts over max_length tokens (the most of any split)."
     )
     warnings = [(r.task, w) for r in reports for w in r.warnings]
     for task, warning in warnings:
-        out.print(f"[yellow]warning[/] {task}: {escape(warning)}", highlight=False, soft_wrap=True)
+        out.print(_tagged("warning", "yellow", f"{task}: {warning}"), soft_wrap=True)
     if not warnings:
         out.print("no warnings")
     if strict and warnings:
@@ -102,7 +107,7 @@ def add_task(
     from finechain.train.pipeline import add_tasks
 
     rows = add_tasks(chain_dir, task_file, replace=replace, resume=resume, progress=not quiet, console=err)
-    out.print(_metrics_table(f"added to {escape(str(chain_dir))}", rows))
+    out.print(_metrics_table(f"added to {chain_dir!s}", rows))
 
 
 @app.command("eval")
@@ -116,9 +121,9 @@ def evaluate(
     from finechain.train.pipeline import evaluate_file
 
     scores, paths = evaluate_file(chain_dir, task, data, report_dir)
-    out.print(_metrics_table(f"{task} on {escape(str(data))}", [(task, escape(data.name), scores)]))
+    out.print(_metrics_table(f"{task} on {data!s}", [(task, data.name, scores)]))
     for path in paths:
-        out.print(f"report: {path}", markup=False)
+        out.print(f"report: {path}")
 
 
 @app.command()
@@ -182,7 +187,7 @@ def predict(
 
     if output:  # written to a temporary file, renamed when complete
         atomic_write(output, lambda tmp: _with_open(tmp, write_all))
-        err.print(f"wrote {len(texts)} predictions to {output}", markup=False)
+        err.print(f"wrote {len(texts)} predictions to {output}")
     else:
         write_all(sys.stdout)
 
@@ -204,8 +209,8 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
         )
     manifest = read_json(chain_dir / MANIFEST)
     bb = manifest["backbone"]
-    out.print(f"[bold]{escape(str(chain_dir))}[/]  finechain {manifest['finechain_version']}")
-    out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)", markup=False)
+    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest['finechain_version']}"))
+    out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)")
     trunk = manifest.get("trunk")
     sharing = f"trunk tuned jointly (epoch {trunk.get('best_epoch')} kept)" if trunk else "pretrained trunk, frozen"
     out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, {sharing}, max_length {manifest['max_length']}")
@@ -240,9 +245,9 @@ def demo(
     from finechain.train.pipeline import train_chain
 
     spec = Path(__file__).resolve().parent.parent / "demo" / "demo.yaml"
-    err.print(f"training the demo chain from {spec}", markup=False)
+    err.print(f"training the demo chain from {spec}")
     rows = train_chain(spec, out_dir, progress=not quiet, console=err)
-    out.print(_metrics_table(f"demo chain saved to {escape(str(out_dir))}", rows))
+    out.print(_metrics_table(f"demo chain saved to {out_dir!s}", rows))
     chain = Chain.from_pretrained(out_dir)
     examples = [
         "I still haven't received my new card, when will it arrive?",
@@ -254,7 +259,7 @@ def demo(
     for column in ("text", *chain.tasks):
         table.add_column(column)
     for text, prediction in zip(examples, chain.predict(examples), strict=True):
-        table.add_row(escape(text), *(escape(summarize(p)) for p in prediction.values()))
+        table.add_row(text, *(summarize(p) for p in prediction.values()))
     out.print(table)
 
 
@@ -303,19 +308,19 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except FinechainError as error:
-        err.print(f"[red]error:[/] {escape(error.format())}", highlight=False, soft_wrap=True)
+        err.print(_tagged("error:", "red", error.format()), soft_wrap=True)
         raise SystemExit(error.exit_code) from None
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
     except (typer.Abort, KeyboardInterrupt):
-        err.print("[yellow]interrupted[/] (training: the last finished epoch is checkpointed; rerun with --resume to continue)")
+        err.print(_tagged("interrupted", "yellow", "(training: the last finished epoch is checkpointed; rerun with --resume to continue)"))
         raise SystemExit(130) from None
     except _usage_errors() as error:  # unknown option, missing argument, bad value: click's usage message
         show = getattr(error, "show", None)
         if show is not None:
             show()
         else:
-            err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+            err.print(_tagged("error:", "red", str(error)))
         raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from finechain.data.check import DataCheck, check_data
 from finechain.data.prepare import TaskData, check_known_labels, load_task_data, read_split
@@ -32,8 +33,10 @@ def _train_and_save(
     chain: Chain, spec: TaskSpec, data: TaskData, training: TrainingConfig, out_dir: Path, resume: bool, progress: bool, console: Console
 ) -> list[Row]:
     console.print(
-        f"[bold]{spec.name}[/]: {spec.type}, {len(data.train)} train / {len(data.validation)} validation examples, "
-        f"{len(data.labels) or 'no'} labels"
+        Text.assemble(
+            (spec.name, "bold"),
+            f": {spec.type}, {len(data.train)} train / {len(data.validation)} validation examples, {len(data.labels) or 'no'} labels",
+        )
     )
     result: FitResult = chain.fit(spec, training, run_dir=out_dir / "runs" / spec.name, resume=resume, progress=progress, data=data)
     chain.save_pretrained(out_dir, tasks=[spec.name])
@@ -83,9 +86,11 @@ def train_chain(
         if error.file is None and error.field is not None:
             raise error.at(spec_path, spec_line(spec_path, error.field)) from None
         raise
-    console.print(
-        f"backbone {chain.backbone_ref.name}: trunk = embeddings + {chain.split} of {chain.num_layers} layers, "
-        f"each task tunes {chain.num_layers - chain.split} branch layers"
+    console.print(  # Text: a backbone path is printed as written, whatever the console's markup setting
+        Text(
+            f"backbone {chain.backbone_ref.name}: trunk = embeddings + {chain.split} of {chain.num_layers} layers, "
+            f"each task tunes {chain.num_layers - chain.split} branch layers"
+        )
     )
     rows: list[Row] = []
     pending = [task for task in spec.tasks if task.name not in chain.tasks]
@@ -95,7 +100,7 @@ def train_chain(
     if spec.sharing_mode == "joint" and pending:
         if chain.tasks:
             raise FinechainError("joint training must train all tasks together", file=out_dir, fix="start again in an empty --out folder")
-        console.print(f"joint multi-task training of the trunk on {[t.name for t in pending]}", markup=False)
+        console.print(Text(f"joint multi-task training of the trunk on {[t.name for t in pending]}"))
         results = fit_joint(chain, pending, data, spec.training, spec.joint, run_dir=out_dir / "runs", resume=resume, progress=progress)
         chain.save_pretrained(out_dir)
         for task in pending:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 
 class TrainProgress:
@@ -94,7 +95,7 @@ class TrainProgress:
         metric = f", {self.metric}" if self.metric else ""
         share = 100 * self.done // max(self.total, 1)
         loss = f", loss {self.loss}" if self.show_loss else ""
-        self.console.print(f"{self.name} {self.done}/{self.total} {self.unit} ({share}%){loss}{metric}, {elapsed}", highlight=False)
+        self.console.print(Text(f"{self.name} {self.done}/{self.total} {self.unit} ({share}%){loss}{metric}, {elapsed}"))
 
 
 class MetricsLog:
