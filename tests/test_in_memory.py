@@ -148,7 +148,7 @@ def test_predict_score_and_embed_name_a_bad_input_item(tiny_backbone: Path) -> N
     chain.fit(TaskSpec(name="s"), FAST, texts=[t for t, _ in rows], labels=[y for _, y in rows], progress=False)
     assert chain.predict(("good film", "bad film")) == chain.predict(["good film", "bad film"])  # any iterable
     assert chain.predict([("bad", "film")]) == chain.predict([["bad", "film"]])
-    with pytest.raises(DataError, match=r"^texts\[1\]: strings and word lists are mixed in one call"):
+    with pytest.raises(DataError, match=r"^texts\[1\]: strings and word lists are mixed: the first text is a string"):
         chain.predict(["good film", ["bad", "film"]])
     for call in (lambda: chain.predict(["fine", float("nan")]), lambda: chain.embed(["fine", float("nan")])):
         with pytest.raises(DataError, match=r"^texts\[1\]: nan is not a text \(fix: pass strings"):

@@ -10,9 +10,11 @@ import pytest
 from benchmarks.decoding import detokenize, running_text_example
 from finechain import Chain
 from finechain.data.conll import read_conll
+from finechain.data.prepare import split_from_lists
 from finechain.data.tagged import read_tagged_jsonl, tags_from_spans
 from finechain.data.words import split_words
 from finechain.errors import DataError
+from finechain.model.heads import head_type
 from finechain.model.heads.tagging import spans_from_tags
 from finechain.spec import TaskSpec, TrainingConfig
 
@@ -75,7 +77,11 @@ def test_jsonl_rows_and_their_errors(tmp_path: Path) -> None:
     words = _write_jsonl(tmp_path / "w.jsonl", [{"tokens": ["Peter", "left"], "ner_tags": ["I-PER", "O"]}])
     assert [r.tags for r in read_tagged_jsonl(words, "tokens", "ner_tags")] == [["B-PER", "O"]]  # IOB1 repaired
     cases = [
-        ([{"text": "Peter left", "label": [[0, 5, "PER"]]}, {"text": ["Anna"], "label": ["B-PER"]}], 2, "this file started with raw text"),
+        (
+            [{"text": "Peter left", "label": [[0, 5, "PER"]]}, {"text": ["Anna"], "label": ["B-PER"]}],
+            2,
+            "strings and word lists are mixed: the first text is a string, this one a word list",
+        ),
         ([{"text": ["Peter", "left"], "label": [1, 0]}], 1, "tags must be names like B-PER, not numbers"),
         ([{"text": ["Peter", "left"], "label": ["B-PER"]}], 1, "2 words but 1 tags"),
         ([{"text": "Peter left", "label": ["B-PER", "O"]}], 1, "a tagging text given as a string takes entity spans, not tags"),
@@ -88,6 +94,17 @@ def test_jsonl_rows_and_their_errors(tmp_path: Path) -> None:
         assert str(info.value).startswith(f"{tmp_path / 'bad.jsonl'}:{line}: ") and message in str(info.value)
     with pytest.raises(DataError, match="strict IOB2"):
         read_tagged_jsonl(words, "tokens", "ner_tags", strict=True)
+
+
+def test_in_memory_tagging_data_is_one_kind_of_text() -> None:
+    """Like a file: raw strings with spans, or word lists with tags, and the error names the first odd item."""
+    texts, labels = ["Peter left", "Anna stayed", ["Bob", "came"]], [[[0, 5, "PER"]], [[0, 4, "PER"]], ["B-PER", "O"]]
+    with pytest.raises(DataError, match=r"^train\[2\]: strings and word lists are mixed: the first text is a string"):
+        split_from_lists(texts, labels, TaskSpec(name="ner", type="tagging"), head_type("tagging"), "train")
+    assert split_from_lists(texts[:2], labels[:2], TaskSpec(name="ner", type="tagging"), head_type("tagging"), "train").labels[1] == [
+        "B-PER",
+        "O",
+    ]
 
 
 def _span_rows(n: int, seed: int) -> list[dict[str, object]]:

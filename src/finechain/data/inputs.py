@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from finechain.errors import DataError, InMemory
@@ -33,10 +34,28 @@ def as_texts(texts: str | Iterable[Any], name: str = "texts") -> list[Any]:
             line=i,
             fix="pass strings (word lists for tagging); drop or fill missing values",
         )
-    kinds = {isinstance(item, str) for item in items}
-    if len(kinds) > 1:
-        first = next(i for i, item in enumerate(items) if isinstance(item, str) != isinstance(items[0], str))
-        raise DataError(
-            "strings and word lists are mixed in one call", file=InMemory(name), line=first, fix="pass only strings, or only word lists"
-        )
+    check_one_kind(items, range(len(items)), InMemory(name))
     return items
+
+
+def check_one_kind(texts: Sequence[Any], lines: Iterable[int], file: str | Path) -> None:
+    """Raise a one-line error at the first text that is not the same kind (string or word list) as the first text.
+
+    Files and in-memory data alike: a file's ``lines``, or item positions with an :class:`InMemory` name.
+
+    Example:
+        >>> check_one_kind(["Peter left", ["Anna", "stayed"]], [1, 3], "ner.jsonl")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        finechain.errors.DataError: ner.jsonl:3: strings and word lists are mixed: the first text is a string, this one a word list ...
+    """
+    first_is_string = bool(texts) and isinstance(texts[0], str)
+    for text, line in zip(texts, lines, strict=True):
+        if isinstance(text, str) != first_is_string:
+            kinds = ("a string", "a word list") if first_is_string else ("a word list", "a string")
+            raise DataError(
+                f"strings and word lists are mixed: the first text is {kinds[0]}, this one {kinds[1]}",
+                file=file,
+                line=line,
+                fix="give every text as a string, or every text as a word list",
+            )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from finechain.data.conll import read_conll
+from finechain.data.inputs import check_one_kind
 from finechain.data.readers import JSONL_SUFFIXES, Example, read_examples
 from finechain.data.split import validation_split
 from finechain.data.tagged import TaggedRow, loose_entities_warning, read_tagged_jsonl, tagged_row
@@ -92,8 +93,6 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
 
 
 def _tagged_split(rows: list[TaggedRow], file: str) -> Split:
-    if rows and any(isinstance(row.text, str) != isinstance(rows[0].text, str) for row in rows):
-        raise DataError("mixed raw texts and word lists", file=file, fix="give every text as a string, or every text as a word list")
     warnings = [w] if (w := loose_entities_warning(rows, file)) else []
     return Split([row.text for row in rows], [row.tags for row in rows], [row.line for row in rows], file, warnings)
 
@@ -160,6 +159,7 @@ def split_from_lists(texts: list[Any], labels: list[Any], spec: TaskSpec, head_c
         raise DataError(f"{len(texts)} texts but {len(labels)} labels", file=where, fix="pass one label per text")
     if head_cls.level == "token":
         rows = [tagged_row(text, tags, where, i, spec.strict_bio) for i, (text, tags) in enumerate(zip(texts, labels, strict=True))]
+        check_one_kind([row.text for row in rows], range(len(rows)), where)
         return _tagged_split(rows, where)
     options = {"label_separator": spec.label_separator}
     parsed = [head_cls.parse_label(label, file=where, line=i, options=options) for i, label in enumerate(labels)]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from finechain.data.inputs import check_one_kind
 from finechain.errors import DataError
 
 Format = Literal["auto", "csv", "tsv", "jsonl"]
@@ -194,9 +195,7 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[Any]:
     path = Path(path)
     if path.suffix.lower() in JSONL_SUFFIXES:  # a text may also be a list of words (pre-split input for tagging)
         examples = _read_jsonl(path, read_text_file(path), text_column, None, words=True)
-        odd = [ex.line for ex in examples if isinstance(ex.text, str) != isinstance(examples[0].text, str)]
-        if odd:
-            raise DataError("strings and word lists are mixed", file=path, line=odd[0], fix="use one kind of text per file")
+        check_one_kind([ex.text for ex in examples], [ex.line for ex in examples], path)
         return [ex.text for ex in examples]
     if path.suffix.lower() in {".csv", ".tsv"}:
         return [ex.text for ex in read_examples(path, text_column=text_column, label_column=None)]

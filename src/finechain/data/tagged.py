@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finechain.data.conll import check_tag
+from finechain.data.inputs import check_one_kind
 from finechain.data.readers import json_records, read_text_file
 from finechain.data.words import split_words
 from finechain.errors import DataError, InMemory
@@ -162,10 +163,8 @@ def read_tagged_jsonl(path: str | Path, text_column: str = "text", label_column:
                 fix="set text_column / label_column in the spec",
             )
         row = tagged_row(record[text_column], record[label_column], path, number, strict)
-        if rows and isinstance(row.text, str) != isinstance(rows[0].text, str):
-            first = "raw text" if isinstance(rows[0].text, str) else "word lists"
-            raise DataError(f"this file started with {first}; this row is not", file=path, line=number, fix="use one kind of row per file")
         rows.append(row)
     if not rows:
         raise DataError("file is empty", file=path, fix='write one {"text": ..., "label": ...} object per line')
+    check_one_kind([row.text for row in rows], [row.line for row in rows], path)
     return rows
