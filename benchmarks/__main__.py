@@ -12,6 +12,7 @@ SUITES = {
     "sharing": "benchmarks.sharing",
     "decoding": "benchmarks.decoding",
     "mixing": "benchmarks.mixing",
+    "small-data": "benchmarks.small_data",
     "branch-batching": "benchmarks.branch_batching",
     "report": "benchmarks.report",
 }

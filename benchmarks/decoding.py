@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     rec = Recorder("decoding", args.device)
     chain = Chain.from_backbone().to(args.device)
     spec = TaskSpec(name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", max_train_examples=args.train_examples)
-    chain.fit(spec, TrainingConfig(epochs=args.epochs, seed=args.seed), progress=False)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)  # one pass per epoch, as recorded
+    chain.fit(spec, training, progress=False)
     test = read_conll(DATASETS / "conll2003/test.txt")[:limit]
     head = chain.tasks["conll2003"].head
     for decoding in ("constrained", "argmax"):
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     train = read_conll(DATASETS / "conll2003/train.txt")
     texts, entities = zip(*(running_text_example(s) for s in train), strict=True)
     spec = TaskSpec(name="conll2003", type="tagging", max_train_examples=args.train_examples)
-    spans_chain.fit(spec, TrainingConfig(epochs=args.epochs, seed=args.seed), texts=list(texts), labels=list(entities), progress=False)
+    spans_chain.fit(spec, training, texts=list(texts), labels=list(entities), progress=False)
     variant = f"trained on running text with character spans, {{}} input, split={spans_chain.split}"
     for metric, value in running_text_scores(spans_chain, "conll2003", test).items():
         rec.add("conll2003", "finechain", variant.format("running text"), metric, value, "test")

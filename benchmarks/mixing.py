@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, 200 if args.quick else None)
     specs = [s for s in specs if s.name in TASKS]
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
-    training = TrainingConfig(epochs=args.epochs, seed=args.seed)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     learned: dict[str, list[float]] = {}
     for split in args.splits:
         for mix in (False, True):

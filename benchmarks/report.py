@@ -34,6 +34,7 @@ SUITE_TITLES = {
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
+    "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
 }
 PEER_FIRST = {"hf-trainer": 0}
 
@@ -316,7 +317,7 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
 SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "infer_epyc", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_seeds", "sharing", "split_sweep"]
-SECTIONS += ["branch_batching", "mixing", "decoding"]
+SECTIONS += ["small_data", "branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -329,6 +330,7 @@ TABLES = {
     "sharing_full_peer_lr": peer_learning_rate_table,
     "sharing_seeds": seeds_table,
     "sharing_full_gpu": seeds_table,
+    "small_data": seeds_table,
 }
 
 

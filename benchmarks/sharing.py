@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], evaluation: dict) -> None:
     """Every mode of ``--modes`` and the peers, for one seed."""
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
-    training = TrainingConfig(epochs=args.epochs, seed=args.seed)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
     for mode in filter(None, args.modes.split(",")):
         kind, split = mode.split(":")

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rec = Recorder("split_sweep", args.device)
     backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
-    training = TrainingConfig(epochs=args.epochs, seed=args.seed)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     for name in args.tasks:
         train_file, eval_file, eval_kind = CLASSIFICATION_SETS[name]
         spec = TaskSpec(name=name, train=DATASETS / train_file, max_train_examples=args.train_examples)

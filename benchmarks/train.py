@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
     (layer_flops, layers), peak = layer_flops_per_token(backbone), peak_tflops(args.device)
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    training = TrainingConfig(epochs=args.epochs, seed=args.seed)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     cuda = args.device.startswith("cuda")
 
     def add_flops(name: str, system: str, variant: str, flops: float, seconds: float) -> None:

@@ -46,7 +46,7 @@ def test_word_lists_are_tokenised_like_running_text_on_a_byte_level_bpe(tiny_rob
     assert encoded is not None and all(tokens[p].startswith("Ġ") for p in encoded.word_starts[0])
     chain.fit(
         TaskSpec(name="ner", type="tagging", train=write_conll(tmp_path / "t.conll", ner_sentences(120, 1))),
-        TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1),
+        TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0),
         progress=False,
     )
     found = chain.predict(["bob visited new york"])[0]["ner"]["entities"]

@@ -15,7 +15,7 @@ from finechain.errors import ArtifactError
 from finechain.train.checkpoint import Checkpointer
 from tests.conftest import TOPICS, sentiment_rows, write_csv
 
-FAST = TrainingConfig(epochs=12, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+FAST = TrainingConfig(epochs=12, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -227,6 +227,18 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(tiny_backbone: Path, 
         steps.append(log[-1]["step"])
     batches = -(-160 // 16)
     assert steps == [2 * batches, 2 * -(-batches // 3)]
+
+
+def test_small_data_repeats_each_epoch_up_to_min_steps(tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """160 examples at batch 16 are 10 steps a pass: 2 epochs with min_steps 50 take 3 passes each (60 steps); the
+    same with 3-batch gradient accumulation, 4 steps a pass, takes 7 (70 batches, 24 steps an epoch); min_steps 0, 1."""
+    runs = []
+    for accumulation, min_steps in ((1, 50), (3, 50), (1, 0)):
+        chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+        cfg = FAST.model_copy(update={"epochs": 2, "gradient_accumulation": accumulation, "min_steps": min_steps})
+        result = chain.fit(TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), cfg, progress=False)
+        runs.append([(record["passes"], record["step"]) for record in result.history])
+    assert runs == [[(3, 30), (3, 60)], [(7, 24), (7, 48)], [(1, 10), (1, 20)]]
 
 
 @pytest.mark.parametrize("split", [0, 2, 4])

@@ -12,7 +12,7 @@ from finechain.errors import DataError, SpecError
 from finechain.spec import load_chain_spec, load_task_specs
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 
-FAST = TrainingConfig(epochs=3, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+FAST = TrainingConfig(epochs=3, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
 
 
 def _weights(chain: Chain, name: str) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ def test_real_backbone_learns_sst2_slice(shared_datasets: Path, tmp_path: Path) 
     chain = Chain.from_backbone("all-MiniLM-L6-v2")
     assert (chain.split, chain.num_layers, chain.backbone_ref.kind) == (2, 6, "package")
     spec = TaskSpec(name="sst2", train=shared_datasets / "sst2/train.csv", max_train_examples=1500)
-    chain.fit(spec, TrainingConfig(epochs=3), progress=False)
+    chain.fit(spec, TrainingConfig(epochs=3, min_steps=0), progress=False)  # one pass per epoch: a quick check
     dev = read_examples(shared_datasets / "sst2/dev.csv")[:300]
     accuracy = chain.score("sst2", [e.text for e in dev], [str(e.label) for e in dev])["accuracy"]
     assert accuracy > 0.78
@@ -157,3 +157,15 @@ def test_check_finds_the_known_overlaps_in_the_public_sets(shared_datasets: Path
     assert "banking77: 7 of 3080 test texts also occur in the training data" in done.stdout
     assert "conll2003: 126 of 3453 test texts also occur in the training data" in done.stdout
     assert "sst2: 4 training texts occur with different labels" in done.stdout
+
+
+def test_small_data_quick_compares_passes_and_the_peer(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "small-data", "--quick", timeout=900)
+    records = json.loads((tmp_path / "small_data_quick.json").read_text())
+    runs = {(r["task"], r["system"], r["variant"]) for r in records if r["metric"] == "accuracy"}
+    variants = [
+        ("finechain", "min_steps 40"),
+        ("finechain", "min_steps 0 (one pass per epoch)"),
+        ("hf-trainer", "full fine-tune, 3 epochs"),
+    ]
+    assert runs == {(task, system, f"{variant}, seed 13") for task in ("banking77", "sst2") for system, variant in variants}

@@ -19,7 +19,7 @@ from finechain.train.checkpoint import Checkpointer
 from finechain.train.joint import fit_joint
 from tests.conftest import TOPICS, ner_sentences, sentiment_rows, write_conll, write_csv
 
-TRAINING = TrainingConfig(batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, seed=1)
+TRAINING = TrainingConfig(batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, seed=1, min_steps=0)
 JOINT = JointConfig(epochs=8, trunk_learning_rate=1e-3, refine_epochs=1)
 
 
@@ -57,10 +57,14 @@ def test_joint_training_tunes_trunk_and_roundtrips(tiny_backbone: Path, tmp_path
 
 
 def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with small data repeated in each epoch: 2 tasks x 10 batches a pass, 3 epochs, min_steps 100: 2 passes."""
     specs, data = specs_and_data(tmp_path)
     joint = JOINT.model_copy(update={"epochs": 3, "refine_epochs": 0})
+    training = TRAINING.model_copy(update={"min_steps": 100})
     straight = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    fit_joint(straight, specs, data, TRAINING, joint, run_dir=tmp_path / "a", progress=False)
+    fit_joint(straight, specs, data, training, joint, run_dir=tmp_path / "a", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "a" / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["passes"], r["step"]) for r in log] == [(2, 40), (2, 80), (2, 120)]
     original = Checkpointer.save
 
     def crash_after_first(self, *args, **kwargs):
@@ -73,14 +77,14 @@ def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch:
             Chain.from_backbone(str(tiny_backbone), split=2, max_length=32),
             specs,
             data,
-            TRAINING,
+            training,
             joint,
             run_dir=tmp_path / "b",
             progress=False,
         )
     monkeypatch.setattr(Checkpointer, "save", original)
     resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    fit_joint(resumed, specs, data, TRAINING, joint, run_dir=tmp_path / "b", resume=True, progress=False)
+    fit_joint(resumed, specs, data, training, joint, run_dir=tmp_path / "b", resume=True, progress=False)
     for a, b in ((straight.trunk.stack, resumed.trunk.stack), (straight.tasks, resumed.tasks)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -10,7 +10,7 @@ import torch
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.model.mixing import LayerMix
 
-FAST = TrainingConfig(epochs=8, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+FAST = TrainingConfig(epochs=8, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
 TEXTS = ["very good music", "weak ending and poor plot", "the movie", "superb story"]
 
 

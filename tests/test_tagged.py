@@ -20,7 +20,7 @@ from finechain.spec import TaskSpec, TrainingConfig
 
 from .conftest import ner_sentences
 
-FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
 DEMO_NER = Path(__file__).resolve().parents[1] / "src" / "finechain" / "demo" / "data" / "ner_train.conll"
 
 

@@ -17,7 +17,7 @@ from finechain.errors import DataError
 from finechain.model.heads.tagging import allowed_transitions, best_paths, spans_from_tags
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 
-FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1)
+FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
 
 
 def test_conll_reader_repairs_iob1_and_columns(tmp_path: Path) -> None:

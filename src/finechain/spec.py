@@ -24,7 +24,13 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(5, ge=1, description="maximum passes over the training data")
+    epochs: int = Field(5, ge=1, description="maximum passes over the training data (more for small data: see min_steps)")
+    min_steps: int = Field(
+        300,
+        ge=0,
+        description="small data: a new task's epoch repeats its training data until `epochs` epochs make at least this many "
+        "optimizer steps (0 = one pass per epoch)",
+    )
     batch_size: int = Field(32, ge=1)
     learning_rate: float | None = Field(
         None, gt=0, description="AdamW learning rate of the branch layers; default: the branch mode's (1e-4 full layers, 5e-4 LoRA)"
@@ -47,6 +53,7 @@ class TrainingOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int | None = Field(None, ge=1)
+    min_steps: int | None = Field(None, ge=0)
     batch_size: int | None = Field(None, ge=1)
     learning_rate: float | None = Field(None, gt=0)
     head_learning_rate: float | None = Field(None, gt=0)

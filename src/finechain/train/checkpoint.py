@@ -153,7 +153,10 @@ class Checkpointer:
         return TrainState(**meta["loop"]), load_tensors(folder / "best.safetensors", device)
 
 
-DATA_PATHS = {"train", "dev", "test"}  # left out of a spec's fingerprint: the data's digest stands for its content
+# Left out of fingerprints. Data paths: the data's digest stands for their content. min_steps: what it changes (the
+# passes per epoch of a new tail) is hashed by the run it changes, so runs it does not change still resume.
+UNHASHED_TRAINING = {"min_steps"}
+UNHASHED_SPEC: dict[str, Any] = {"train": True, "dev": True, "test": True, "training": UNHASHED_TRAINING}
 
 
 def fingerprint(*parts: Any) -> str:

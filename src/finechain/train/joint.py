@@ -19,10 +19,19 @@ from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
-from finechain.train.checkpoint import DATA_PATHS, Checkpointer, TrainState, fingerprint, run_folder
+from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
-from finechain.train.trainer import FitResult, adamw, attach_scored, fit_task, resolve_training, tail_learning_rate, task_outputs
+from finechain.train.trainer import (
+    FitResult,
+    adamw,
+    attach_scored,
+    fit_task,
+    passes_per_epoch,
+    resolve_training,
+    tail_learning_rate,
+    task_outputs,
+)
 
 if TYPE_CHECKING:
     from finechain.model.chain import Chain
@@ -134,19 +143,22 @@ def _fit_joint(
         return tail_learning_rate(per_task[name.split(".")[1]])(name)
 
     probs = sampling_probabilities([len(job.ids) for job in jobs], joint.temperature)
-    steps_per_epoch = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
+    steps_per_pass = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
     epochs = joint.epochs or training.epochs
+    passes = passes_per_epoch(steps_per_pass, epochs, training.min_steps)  # small data: more steps per epoch
+    steps_per_epoch = steps_per_pass * passes
     total = steps_per_epoch * epochs
     optimizer = adamw(modules, learning_rate, training.weight_decay, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(training.seed)
     settings = fingerprint(
-        [s.model_dump(mode="json", exclude=DATA_PATHS) for s in specs],
-        training.model_dump(),
+        [s.model_dump(mode="json", exclude=UNHASHED_SPEC) for s in specs],
+        training.model_dump(exclude=UNHASHED_TRAINING),
         joint.model_dump(),
         chain.backbone_ref.sha256,
         chain.split,
         [datas[s.name].digest() for s in specs],
+        *([{"passes": passes}] if passes > 1 else []),
     )
     checkpointer = Checkpointer(run_path / "joint", settings)
     state, best = TrainState(), {k: v.detach().clone() for k, v in modules.state_dict().items()}
@@ -184,7 +196,7 @@ def _fit_joint(
             if is_better("mean", mean, state.best):
                 state.best, state.best_epoch, state.bad_epochs = mean, state.epoch, 0
                 best = {k: v.detach().clone() for k, v in modules.state_dict().items()}
-            log.write({"epoch": state.epoch, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
+            log.write({"epoch": state.epoch, "passes": passes, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
             bar.show_metric(f"val mean {mean:.4f}")
             checkpointer.save(modules, best, optimizer, scheduler, generator, state)
 

@@ -20,7 +20,7 @@ from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
-from finechain.train.checkpoint import DATA_PATHS, Checkpointer, TrainState, fingerprint, run_folder
+from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
 
@@ -82,6 +82,19 @@ def resolve_training(cfg: TrainingConfig, task: TaskModel) -> TrainingConfig:
         0.0005
     """
     return cfg if cfg.learning_rate is not None else cfg.model_copy(update={"learning_rate": task.mode.default_learning_rate})
+
+
+def passes_per_epoch(steps_per_pass: int, epochs: int, min_steps: int) -> int:
+    """Passes over the training data that make one epoch: 1, or more for small data, so that ``epochs`` epochs take at
+    least ``min_steps`` optimizer steps (a few hundred examples are otherwise too few steps to learn from).
+
+    Example:
+        >>> passes_per_epoch(18, epochs=5, min_steps=300)  # 554 examples at batch 32
+        4
+        >>> passes_per_epoch(2_105, epochs=5, min_steps=300), passes_per_epoch(18, epochs=5, min_steps=0)
+        (1, 1)
+    """
+    return max(1, math.ceil(min_steps / (max(1, steps_per_pass) * epochs)))
 
 
 def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
@@ -178,7 +191,10 @@ def _fit_task(
     if metric not in task.head.score(blank, y_val):
         raise SpecError(f"metric '{metric}' is not reported for {spec.type} tasks", fix=f"drop 'metric' to use '{head_cls.default_metric}'")
 
-    batches_per_epoch = math.ceil(len(train_feats.lengths) / cfg.batch_size)
+    batches_per_pass = math.ceil(len(train_feats.lengths) / cfg.batch_size)
+    steps_per_pass = math.ceil(batches_per_pass / cfg.gradient_accumulation)
+    passes = passes_per_epoch(steps_per_pass, cfg.epochs, cfg.min_steps) if init is None else 1  # a trained tail: no repeats
+    batches_per_epoch = batches_per_pass * passes
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = adamw(task, tail_learning_rate(cfg), cfg.weight_decay, device)
@@ -187,7 +203,12 @@ def _fit_task(
     checkpointer = Checkpointer(
         run_path,
         fingerprint(
-            spec.model_dump(mode="json", exclude=DATA_PATHS), cfg.model_dump(), chain.backbone_ref.sha256, chain.split, data.digest()
+            spec.model_dump(mode="json", exclude=UNHASHED_SPEC),
+            cfg.model_dump(exclude=UNHASHED_TRAINING),
+            chain.backbone_ref.sha256,
+            chain.split,
+            data.digest(),
+            *([{"passes": passes}] if passes > 1 else []),
         ),
     )
 
@@ -212,7 +233,9 @@ def _fit_task(
             epoch_start = time.perf_counter()
             task.train()
             running = torch.zeros((), device=device)
-            batches = length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)
+            batches = [
+                b for _ in range(passes) for b in length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)
+            ]
             for i, batch in enumerate(batches):
                 hidden, mask = train_feats.batch(batch)
                 with autocast_context(device, cfg.precision):
@@ -240,6 +263,7 @@ def _fit_task(
                 state.bad_epochs += 1
             record = {
                 "epoch": epoch,
+                "passes": passes,
                 "step": state.step,
                 "train_loss": float(running) * cfg.gradient_accumulation / max(1, len(batches)),
                 f"validation_{metric}": value,
