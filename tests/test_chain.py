@@ -254,6 +254,6 @@ def test_embed_equals_the_whole_backbone_mean_pooled(tiny_backbone: Path, split:
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     chain = Chain.from_backbone(str(tiny_backbone), split=split, max_length=32)
-    chain.precision = "fp32"  # exact comparison (auto may mean bf16 on CPUs with AMX)
+    chain.precision = "fp32"  # exact comparison (auto may mean bf16 on CPUs with bf16 units)
     assert torch.allclose(chain.embed(texts), expected, atol=1e-5)
     assert not torch.allclose(chain.embed(texts, normalize=False), expected, atol=1e-3)

@@ -111,7 +111,7 @@ class Chain(nn.Module):
         self.tasks = nn.ModuleDict()
         self.task_info: dict[str, dict[str, Any]] = {}
         self.trunk_tuning: dict[str, Any] | None = None  # set when the trunk's layers were trained (joint sharing)
-        # inference precision: auto = bf16 autocast on GPUs and on CPUs with native bf16 (AMX), else fp32
+        # inference precision: auto = bf16 autocast on GPUs and on CPUs with native bf16 (AMX or AVX512-BF16), else fp32
         self.precision = "auto"
 
     # construction -------------------------------------------------------------------------
