@@ -25,6 +25,7 @@ SUITE_TITLES = {
     "sharing_full": "Sharing at full size: every training example, the default chain vs per-task Trainer fine-tunes (CPU)",
     "sharing_full_peer_lr": "The peer's learning rate at full size: Banking77, chosen on validation data (CPU)",
     "sharing_full_gpu": "Sharing at full size on a GPU: the default chain, another seed (H100)",
+    "sharing_full_cpu_seeds": "Sharing at full size, more seeds: the default chain on a CPU (AMD EPYC, bf16)",
     "sharing_seeds": "Seeds: the default chain vs per-task full fine-tunes over three seeds, 2,000 examples per task (CPU, AMD EPYC)",
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
@@ -316,7 +317,15 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
 SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "infer_epyc", "infer_gpu", "memory", "memory_gpu"]
-SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_seeds", "sharing", "split_sweep"]
+SECTIONS += [
+    "sharing_full",
+    "sharing_full_peer_lr",
+    "sharing_full_gpu",
+    "sharing_full_cpu_seeds",
+    "sharing_seeds",
+    "sharing",
+    "split_sweep",
+]
 SECTIONS += ["small_data", "branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
@@ -330,6 +339,7 @@ TABLES = {
     "sharing_full_peer_lr": peer_learning_rate_table,
     "sharing_seeds": seeds_table,
     "sharing_full_gpu": seeds_table,
+    "sharing_full_cpu_seeds": seeds_table,
     "small_data": seeds_table,
 }
 
