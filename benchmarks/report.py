@@ -30,6 +30,7 @@ SUITE_TITLES = {
     "split_sweep": "Split sweep: accuracy and training time per split depth vs the Hugging Face Trainer (CPU)",
     "infer": "Inference: one chain vs separate models (CPU)",
     "infer_epyc": "Inference on a second CPU without bf16 units (AMD EPYC, 2 threads, fp32)",
+    "infer_epyc_bf16": "Inference on a CPU with AVX512-BF16 (AMD EPYC, 2 threads): precision auto = bf16 vs fp32",
     "infer_gpu": "Inference on a GPU: one chain vs separate models",
     "memory_gpu": "Memory on a GPU: serving 1 and 4 tasks",
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
@@ -316,7 +317,18 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll", "infer", "infer_epyc", "infer_gpu", "memory", "memory_gpu"]
+SECTIONS = [
+    "train",
+    "train_epyc",
+    "train_gpu",
+    "train_gpu_conll",
+    "infer",
+    "infer_epyc",
+    "infer_epyc_bf16",
+    "infer_gpu",
+    "memory",
+    "memory_gpu",
+]
 SECTIONS += [
     "sharing_full",
     "sharing_full_peer_lr",
