@@ -317,27 +317,10 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = [
-    "train",
-    "train_epyc",
-    "train_gpu",
-    "train_gpu_conll",
-    "infer",
-    "infer_epyc",
-    "infer_epyc_bf16",
-    "infer_gpu",
-    "memory",
-    "memory_gpu",
-]
-SECTIONS += [
-    "sharing_full",
-    "sharing_full_peer_lr",
-    "sharing_full_gpu",
-    "sharing_full_cpu_seeds",
-    "sharing_seeds",
-    "sharing",
-    "split_sweep",
-]
+SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll"]
+SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
+SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
+SECTIONS += ["sharing", "split_sweep"]
 SECTIONS += ["small_data", "branch_batching", "mixing", "decoding"]
 TABLES = {
     "train": train_table,
