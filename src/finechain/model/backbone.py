@@ -14,6 +14,7 @@ from typing import Any, Literal
 from torch import nn
 
 from finechain.errors import ArtifactError, FinechainError
+from finechain.model.dropout import use_fast_attention
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 # Backbones that ship inside a PyPI package: name -> (import name, pip name).
@@ -179,6 +180,7 @@ def load_encoder(path: Path) -> nn.Module:
             file=path,
             fix="use a BERT-style encoder (BERT, RoBERTa, ELECTRA, MiniLM, XLM-R)",
         )
+    use_fast_attention(model)  # SDPA, with cheaper attention-dropout masks when training on CPU
     return model.eval()
 
 

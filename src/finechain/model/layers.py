@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.masking_utils import create_bidirectional_mask
 
+from finechain.model.dropout import use_fast_dropout
+
 # On CUDA, PyTorch may pick cuDNN's attention first (it does on Hopper GPUs), and cuDNN builds a new execution
 # plan for each new sequence length: about 6 ms of host time per call, measured on an H100. Length-bucketed
 # batches change length almost every batch, so branches use the flash / memory-efficient kernels instead.
@@ -54,6 +56,7 @@ class Trunk(nn.Module):
         self.embeddings = encoder.embeddings
         self.stack = LayerStack(layers[:split], encoder.config)
         self.split = split
+        use_fast_dropout(self)  # active only when joint training tunes the trunk
         self.requires_grad_(False)
         self.eval()
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from finechain.io import load_tensors, save_tensors
 from finechain.model.branches import BranchMode, branch_mode
+from finechain.model.dropout import use_fast_dropout
 from finechain.model.heads import Head, head_type
 from finechain.model.layers import LayerStack
 from finechain.model.mixing import LayerMix
@@ -41,6 +42,7 @@ class TaskModel(nn.Module):
         self.pooling: Pooling = pooling
         # mix_layers > 0: the head reads a learned mix of that many states (all trunk states + every branch layer)
         self.layer_mix = LayerMix(mix_layers) if mix_layers else None
+        use_fast_dropout(self)  # the branch's, the head's and any adapter's dropout: cheaper masks on CPU
 
     @property
     def needs_trunk_states(self) -> bool:
