@@ -14,6 +14,7 @@ SUITES = {
     "mixing": "benchmarks.mixing",
     "small-data": "benchmarks.small_data",
     "branch-batching": "benchmarks.branch_batching",
+    "dropout": "benchmarks.dropout",
     "report": "benchmarks.report",
 }
 

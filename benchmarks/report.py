@@ -18,6 +18,8 @@ DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
 SUITE_TITLES = {
     "train": "Training: a new task, finechain vs the Hugging Face Trainer (full and LoRA)",
     "train_epyc": "Training on a second CPU without bf16 units (AMD EPYC, 2 threads): the same suite, fp32 on both sides",
+    "train_epyc_bf16": "Training on a CPU with AVX512-BF16 (AMD EPYC, 2 threads): the same suite, bf16 peer included",
+    "dropout": "Dropout masks on CPU: time per training step with PyTorch's dropout vs finechain's (AMD EPYC)",
     "train_gpu": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H100)",
     "train_gpu_conll": "Training on a GPU: CoNLL-2003, all 14k sentences, finechain vs the Hugging Face Trainer (H100)",
     "memory": "Memory: serving 1 and 4 tasks",
@@ -252,6 +254,18 @@ def branch_batching_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def dropout_table(records: list[dict[str, Any]]) -> str:
+    """Median time per training step with PyTorch's dropout and with finechain's, and the speed-up, per task and precision."""
+    ms = {(r["task"], r["variant"]): r["value"] for r in records if r["metric"] == "ms_per_step"}
+    out = ["| task | precision | PyTorch dropout, ms/step | finechain masks, ms/step | speed-up |", "| --- | --- | --- | --- | --- |"]
+    for (task, variant), theirs in ms.items():
+        label, _, precision = variant.rpartition(", ")
+        ours = ms.get((task, f"finechain masks (default), {precision}"))
+        if label.startswith("PyTorch dropout") and ours:
+            out.append(f"| {task} | {precision} | {theirs:.1f} | {ours:.1f} | {theirs / ours:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
 def peer_learning_rate_table(records: list[dict[str, Any]]) -> str:
     """The peer's learning-rate search: validation and test score per rate, and the rate validation chose."""
     scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
@@ -317,7 +331,7 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_epyc", "train_gpu", "train_gpu_conll"]
+SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "dropout", "train_gpu", "train_gpu_conll"]
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
@@ -331,6 +345,7 @@ TABLES = {
     "decoding": decoding_table,
     "mixing": mixing_table,
     "branch_batching": branch_batching_table,
+    "dropout": dropout_table,
     "sharing_full_peer_lr": peer_learning_rate_table,
     "sharing_seeds": seeds_table,
     "sharing_full_gpu": seeds_table,

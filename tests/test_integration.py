@@ -143,6 +143,16 @@ def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets:
     assert gaps["stacked (torch.func.vmap), fp32"] < 1e-4
 
 
+def test_dropout_quick_times_both_variants_on_both_tasks(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "dropout", "--quick", timeout=600)
+    records = json.loads((tmp_path / "dropout_quick.json").read_text())
+    timed = {(r["task"], r["variant"].split(",")[0]) for r in records if r["metric"] == "ms_per_step" and r["value"] > 0}
+    assert timed == {(t, v) for t in ("sst2", "conll2003") for v in ("PyTorch dropout (bernoulli_)", "finechain masks (default)")}
+    (tmp_path / "dropout.json").write_text((tmp_path / "dropout_quick.json").read_text())
+    run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
+    assert "| sst2 | fp32 |" in (tmp_path / "benchmarks.md").read_text()
+
+
 def test_check_finds_the_known_overlaps_in_the_public_sets(shared_datasets: Path, tmp_path: Path) -> None:
     spec = tmp_path / "public-data.yaml"  # the committed spec, pointed at wherever the datasets are here
     spec.write_text((ROOT / "benchmarks" / "public-data.yaml").read_text().replace("../../shared/datasets", str(shared_datasets)))

@@ -1,11 +1,12 @@
 """Dropout with a cheaper random mask on CPU, for hidden states and attention weights.
 
-PyTorch's CPU dropout draws one random number per element (``bernoulli_``); on 2 CPU cores those draws, and
-the math attention path that attention dropout forces, cost over a tenth of a training step of the default
-branch (``torch.profiler``, batch 32 x 24 tokens, bf16: 5.5 ms of ~147 ms for the attention masks alone). Here each
-element's keep/drop decision comes from a 16-bit slice of a 64-bit random word, so one draw serves four
-elements: about 3x faster per mask (forward and backward), the same distribution up to the drop probability
-being rounded to a multiple of 1/65536. On other devices, in eval mode and at ``p == 0`` it is ``nn.Dropout``.
+PyTorch's CPU dropout draws one random number per element (``bernoulli_``), and attention dropout keeps SDPA on
+its math path with such a mask for every attention matrix; in a profile of a bf16 training step of the default
+branch on 2 cores, those draws were the largest cost after the matrix products. Here each element's keep/drop
+decision comes from a 16-bit slice of a 64-bit random word, so one draw serves four elements: the same
+distribution up to the drop probability being rounded to a multiple of 1/65536, and 11-15% less time per bf16
+training step (``python -m benchmarks dropout``, docs/benchmarks.md). On other devices, in eval mode and at
+``p == 0`` it is PyTorch's own dropout.
 """
 
 from __future__ import annotations
