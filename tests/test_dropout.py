@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from finechain.model.chain import Chain
-from finechain.model.dropout import ATTENTION, FastDropout, attention, cpu_dropout, use_fast_dropout
+from finechain.model.dropout import ATTENTION, FastDropout, attention, cpu_dropout, use_fast_attention, use_fast_dropout
 from finechain.model.heads import head_type
 
 
@@ -88,3 +88,15 @@ def test_a_training_branch_ignores_what_sits_at_padding_positions(tiny_backbone:
     torch.manual_seed(0)
     b = task(moved, mask)
     assert torch.allclose(a[0, :4], b[0, :4], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+
+
+def test_a_model_that_refuses_custom_attention_keeps_its_own() -> None:
+    class Refusing(nn.Module):
+        def _can_set_attn_implementation(self) -> bool:
+            return True
+
+        def set_attn_implementation(self, name: str) -> None:
+            raise ValueError(f"{name} is not supported")
+
+    assert use_fast_attention(Refusing()) is False
+    assert use_fast_attention(nn.Linear(2, 2)) is False  # not a transformers model at all

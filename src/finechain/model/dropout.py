@@ -121,5 +121,8 @@ def use_fast_attention(model: nn.Module) -> bool:
     setter = getattr(model, "set_attn_implementation", None)
     if setter is None or not getattr(model, "_can_set_attn_implementation", lambda: False)():
         return False
-    setter(ATTENTION)
+    try:
+        setter(ATTENTION)
+    except (ValueError, ImportError):  # a model type that refuses custom attention: it keeps SDPA, only slower dropout
+        return False
     return getattr(model.config, "_attn_implementation", None) == ATTENTION
