@@ -100,3 +100,15 @@ def test_a_model_that_refuses_custom_attention_keeps_its_own() -> None:
 
     assert use_fast_attention(Refusing()) is False
     assert use_fast_attention(nn.Linear(2, 2)) is False  # not a transformers model at all
+
+
+def test_bf16_training_attention_computes_like_sdpa_math_in_fp32() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(4, 3, 7, 8).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = attention(nn.Identity(), q, k, v, None, dropout=1e-9, scaling=0.35)  # p rounds to 0: nothing dropped
+    with sdpa_kernel([SDPBackend.MATH]):
+        math = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.35).transpose(1, 2)
+    assert ours.dtype == torch.bfloat16
+    assert torch.allclose(ours.float(), math.float(), atol=4e-3)

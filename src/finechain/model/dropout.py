@@ -87,9 +87,10 @@ def attention(
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """Transformers' SDPA attention, except with attention dropout on CPU (transformers' layers pass ``dropout``
-    only in training): there the scores, softmax, :func:`cpu_dropout` and weighted sum run as plain tensor ops
-    (SDPA would fall back to its math path with a per-element ``bernoulli_`` anyway). Registered as
-    ``finechain_sdpa``; :func:`use_fast_attention` selects it.
+    only in training): there SDPA would fall back to its math path with a per-element ``bernoulli_`` mask, and this
+    computes the same (scores, softmax and weighted sum in fp32 even for bf16 inputs) with :func:`cpu_dropout`'s
+    mask. Causal, grouped-query and other special cases go to SDPA. Registered as ``finechain_sdpa``;
+    :func:`use_fast_attention` selects it.
 
     Example:
         >>> q = torch.randn(1, 2, 3, 4)
@@ -97,13 +98,17 @@ def attention(
         >>> tuple(out.shape)  # [batch, tokens, heads, head size], like transformers' own functions
         (1, 3, 2, 4)
     """
-    if not dropout or query.device.type != "cpu":
+    special = getattr(module, "is_causal", False) or getattr(module, "num_key_value_groups", 1) > 1
+    special = special or any(kwargs.get(name) is not None for name in ("is_causal", "position_bias", "softcap"))
+    if not dropout or query.device.type != "cpu" or special:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else scores + attention_mask
-    weights = cpu_dropout(torch.softmax(scores, dim=-1), dropout)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+    with torch.autocast("cpu", enabled=False):  # in fp32, as SDPA's CPU math path computes bf16/fp16 attention
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else scores + attention_mask
+        weights = cpu_dropout(torch.softmax(scores, dim=-1), dropout)
+        out = torch.matmul(weights, value.float()).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, attention)
