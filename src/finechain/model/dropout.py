@@ -4,7 +4,7 @@ PyTorch's CPU dropout draws one random number per element (``bernoulli_``), and 
 its math path with such a mask for every attention matrix; in a profile of a bf16 training step of the default
 branch on 2 cores, those draws were the largest cost after the matrix products. Here each element's keep/drop
 decision comes from a 16-bit slice of a 64-bit random word, so one draw serves four elements: the same
-distribution up to the drop probability being rounded to a multiple of 1/65536, and 10-15% less time per bf16
+distribution up to the drop probability being rounded to a multiple of 1/65536, and about 10% less time per bf16
 training step (``python -m benchmarks dropout``, docs/benchmarks.md). On other devices, in eval mode and at
 ``p == 0`` it is PyTorch's own dropout.
 """

@@ -12,7 +12,7 @@ import torch
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 matrix instructions: AMX tiles (Intel Xeon 4th gen and later) or AVX512-BF16 (AMD Zen 4
-    and later, Intel Cooper Lake). There bf16 autocast predicts about 2x and trains 1.5x faster than fp32 at the
+    and later, Intel Cooper Lake). There bf16 autocast predicts about 2x and trains about 1.5x faster than fp32 at the
     same accuracy (docs/benchmarks.md, an AMD EPYC with AVX512-BF16); without them bf16 is emulated and slower."""
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         probe = getattr(torch.cpu, name, None)
