@@ -26,6 +26,9 @@ CLASSIFICATION_SETS = {
     "banking77": ("banking77/train.csv", "banking77/test.csv", "test"),
 }
 
+# the dropout suite's two variants (benchmarks/dropout.py) by key, as their results and report table name them
+DROPOUT_VARIANTS = {"torch": "PyTorch dropout (bernoulli_), SDPA", "finechain": "finechain masks (default)"}
+
 
 def comma_list(convert: Callable[[str], Any], choices: Iterable[str] | None = None) -> Callable[[str], list[Any]]:
     """An argparse ``type``: ``"a,b"`` -> ``[convert("a"), convert("b")]``; a bad or unknown item is argparse's

@@ -17,10 +17,10 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.common import DATASETS, Recorder
+from benchmarks.common import DATASETS, DROPOUT_VARIANTS, Recorder, comma_list
 from benchmarks.train import TASKS
 from finechain import Chain, TaskSpec
-from finechain.data.batching import length_batches
+from finechain.data.batching import index_tensor, length_batches
 from finechain.data.prepare import load_task_data
 from finechain.model.dropout import ATTENTION, FastDropout
 from finechain.model.heads import head_type
@@ -28,8 +28,6 @@ from finechain.model.precision import autocast_context, resolve_precision
 from finechain.model.task import TaskModel
 from finechain.train.features import TrunkFeatures
 from finechain.train.trainer import adamw
-
-VARIANTS = {"torch": "PyTorch dropout (bernoulli_), SDPA", "finechain": "finechain masks (default)"}
 
 
 def use_variant(task: TaskModel, variant: str) -> None:
@@ -52,17 +50,17 @@ def time_variants(
         hidden, mask = features.batch(batch)
         with autocast_context(features.device, precision):
             logits = task(hidden, mask)
-        task.head.loss(logits, targets[torch.tensor(batch)]).backward()
+        task.head.loss(logits, targets[index_tensor(batch, features.device)]).backward()
         torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in DROPOUT_VARIANTS}
     samples = 0
     for repeat in range(repeats):
         block = [batches[(repeat * steps + i) % len(batches)] for i in range(steps + 1)]
         samples += sum(len(b) for b in block[1:])
-        for variant in VARIANTS:
+        for variant in DROPOUT_VARIANTS:
             use_variant(task, variant)
             step(block[0])  # warm-up after the switch
             start = time.perf_counter()
@@ -75,7 +73,7 @@ def time_variants(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks dropout", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="128 examples, 4 steps, 1 repeat")
-    parser.add_argument("--tasks", default="sst2,conll2003")
+    parser.add_argument("--tasks", default="sst2,conll2003", type=comma_list(str, TASKS))
     parser.add_argument("--examples", type=int, default=1024, help="training examples whose batches are cycled through")
     parser.add_argument("--steps", type=int, default=16, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5)
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         args.examples, args.steps, args.repeats = 128, 4, 1
     rec = Recorder("dropout", "cpu")
     chain = Chain.from_backbone()
-    for name in args.tasks.split(","):
+    for name in args.tasks:
         kind = TASKS[name]["type"]
         spec = TaskSpec(name=name, type=kind, train=DATASETS / TASKS[name]["train"], max_train_examples=args.examples)
         data = load_task_data(spec, head_type(kind), args.seed)
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
             times, samples = time_variants(task, features, targets, precision, batches, args.steps, args.repeats)
             resolved = resolve_precision(chain.device, precision)
-            for variant, label in VARIANTS.items():
+            for variant, label in DROPOUT_VARIANTS.items():
                 ms = 1000 * statistics.median(times[variant])
                 rec.add(name, "finechain", f"{label}, {resolved}", "ms_per_step", ms, f"ms per step, batch {args.batch_size}")
                 rate = samples / (sum(times[variant]) * args.steps)  # times are seconds per step

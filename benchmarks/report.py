@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, ROOT
+from benchmarks.common import DROPOUT_VARIANTS, RESULTS, ROOT
 
 NOTES = ROOT / "benchmarks" / "notes"
 DOC = Path(os.environ.get("FINECHAIN_DOC", ROOT / "docs" / "benchmarks.md"))
@@ -260,8 +260,8 @@ def dropout_table(records: list[dict[str, Any]]) -> str:
     out = ["| task | precision | PyTorch dropout, ms/step | finechain masks, ms/step | speed-up |", "| --- | --- | --- | --- | --- |"]
     for (task, variant), theirs in ms.items():
         label, _, precision = variant.rpartition(", ")
-        ours = ms.get((task, f"finechain masks (default), {precision}"))
-        if label.startswith("PyTorch dropout") and ours:
+        ours = ms.get((task, f"{DROPOUT_VARIANTS['finechain']}, {precision}"))
+        if label == DROPOUT_VARIANTS["torch"] and ours:
             out.append(f"| {task} | {precision} | {theirs:.1f} | {ours:.1f} | {theirs / ours:.2f}x |")
     return "\n".join(out) + "\n"
 

@@ -98,9 +98,7 @@ def attention(
         >>> tuple(out.shape)  # [batch, tokens, heads, head size], like transformers' own functions
         (1, 3, 2, 4)
     """
-    special = getattr(module, "is_causal", False) or getattr(module, "num_key_value_groups", 1) > 1
-    special = special or any(kwargs.get(name) is not None for name in ("is_causal", "position_bias", "softcap"))
-    if not dropout or query.device.type != "cpu" or special:
+    if not dropout or query.device.type != "cpu" or _needs_sdpa(module, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     with torch.autocast("cpu", enabled=False):  # in fp32, as SDPA's CPU math path computes bf16/fp16 attention
         scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
@@ -109,6 +107,13 @@ def attention(
         weights = cpu_dropout(torch.softmax(scores, dim=-1), dropout)
         out = torch.matmul(weights, value.float()).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _needs_sdpa(module: nn.Module, kwargs: dict[str, object]) -> bool:
+    """Causal, grouped-query, position-bias or soft-capped attention: cases :func:`attention` leaves to SDPA."""
+    if getattr(module, "is_causal", False) or getattr(module, "num_key_value_groups", 1) > 1:
+        return True
+    return any(kwargs.get(name) is not None for name in ("is_causal", "position_bias", "softcap"))
 
 
 AttentionInterface.register(ATTENTION, attention)
