@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="32", type=comma_list(int), help="finechain batch sizes; lr scaled by sqrt(batch/32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-fp32", dest="finechain_fp32", action="store_false", help="skip finechain's fp32 run when auto is bf16")
+    parser.add_argument(
+        "--without-graphs-too", action="store_true", help="on CUDA, rerun the largest batch size with cuda_graphs off (what graphs save)"
+    )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", default=None, help="results name (default: train, or train_quick)")
     args = parser.parse_args(argv)
@@ -158,38 +161,42 @@ def main(argv: list[str] | None = None) -> None:
         extra = ("fp32",) if args.finechain_fp32 and resolve_precision(args.device, "auto") != "fp32" else ()
         sizes = args.batch_sizes
         best: tuple[float, str] | None = None
-        for precision in ("auto", *extra):
-            for batch_size in sizes if precision == "auto" else sizes[:1]:
-                scale = (batch_size / 32) ** 0.5
-                update = {"precision": precision, "batch_size": batch_size}
-                name_part = "default" if precision == "auto" else "precision: fp32"
-                if batch_size != 32:
-                    branch_rate = training.learning_rate or BranchMode.default_learning_rate
-                    update |= {"learning_rate": branch_rate * scale, "head_learning_rate": training.head_learning_rate * scale}
-                    name_part = f"batch {batch_size}, lr x{scale:.2g}"
-                ours = run_finechain(name, data, dev, training.model_copy(update=update), args.device)
-                label = f"{name_part} (split={ours['split']}, {resolve_precision(args.device, precision)})"
-                variant = f"{label}, {args.epochs} epochs"
-                rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best epoch on validation)")
-                rec.add(name, "finechain", variant, f"validation_{metric}", ours["validation"], f"validation {metric}")
-                rec.add(name, "finechain", variant, "train_seconds", ours["seconds"], "s")
-                rec.add(name, "finechain", variant, "samples_per_second", ours["rate"], "samples/s")
-                epochs_run = ours["epochs_run"]
-                branch = 2 * layer_flops * ours["branch_layers"]
-                flops = 2 * layer_flops * ours["split"] * (train_tokens + val_tokens) + epochs_run * (
-                    3 * branch * train_tokens + branch * val_tokens
-                )
-                add_flops(name, "finechain", variant, flops, ours["seconds"])
-                if precision == "auto" and (best is None or ours["validation"] > best[0]):
-                    best = (ours["validation"], variant)
-                for epoch, (seconds, value) in enumerate(ours["curve"], start=1):
-                    rec.add(name, "finechain", f"{label}: after epoch {epoch}", metric, value, f"dev {metric}")
-                    rec.add(name, "finechain", f"{label}: after epoch {epoch}", "elapsed_seconds", seconds, "s")
-                for peer_name, target in targets.items():
-                    reached = next((seconds for seconds, value in ours["curve"] if value >= target), None)
-                    if reached is not None:
-                        to = f"{label}: to reach {peer_name}'s dev {metric}"
-                        rec.add(name, "finechain", to, "time_to_target_seconds", reached, "s")
+        runs = [("auto", size, True) for size in sizes] + [(p, sizes[0], True) for p in extra]
+        if args.without_graphs_too and cuda:
+            runs.append(("auto", max(sizes), False))
+        for precision, batch_size, graphs in runs:
+            scale = (batch_size / 32) ** 0.5
+            update = {"precision": precision, "batch_size": batch_size, "cuda_graphs": graphs}
+            name_part = "default" if precision == "auto" else "precision: fp32"
+            if batch_size != 32:
+                branch_rate = training.learning_rate or BranchMode.default_learning_rate
+                update |= {"learning_rate": branch_rate * scale, "head_learning_rate": training.head_learning_rate * scale}
+                name_part = f"batch {batch_size}, lr x{scale:.2g}"
+            if not graphs:
+                name_part += ", no CUDA graphs"
+            ours = run_finechain(name, data, dev, training.model_copy(update=update), args.device)
+            label = f"{name_part} (split={ours['split']}, {resolve_precision(args.device, precision)})"
+            variant = f"{label}, {args.epochs} epochs"
+            rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best epoch on validation)")
+            rec.add(name, "finechain", variant, f"validation_{metric}", ours["validation"], f"validation {metric}")
+            rec.add(name, "finechain", variant, "train_seconds", ours["seconds"], "s")
+            rec.add(name, "finechain", variant, "samples_per_second", ours["rate"], "samples/s")
+            epochs_run = ours["epochs_run"]
+            branch = 2 * layer_flops * ours["branch_layers"]
+            flops = 2 * layer_flops * ours["split"] * (train_tokens + val_tokens) + epochs_run * (
+                3 * branch * train_tokens + branch * val_tokens
+            )
+            add_flops(name, "finechain", variant, flops, ours["seconds"])
+            if precision == "auto" and graphs and (best is None or ours["validation"] > best[0]):
+                best = (ours["validation"], variant)
+            for epoch, (seconds, value) in enumerate(ours["curve"], start=1):
+                rec.add(name, "finechain", f"{label}: after epoch {epoch}", metric, value, f"dev {metric}")
+                rec.add(name, "finechain", f"{label}: after epoch {epoch}", "elapsed_seconds", seconds, "s")
+            for peer_name, target in targets.items():
+                reached = next((seconds for seconds, value in ours["curve"] if value >= target), None)
+                if reached is not None:
+                    to = f"{label}: to reach {peer_name}'s dev {metric}"
+                    rec.add(name, "finechain", to, "time_to_target_seconds", reached, "s")
         if len(sizes) > 1 and best is not None:
             rec.add(name, "finechain", f"chosen on validation: {best[1]}", f"validation_{metric}", best[0], f"validation {metric}")
     print(f"wrote {rec.save(args.output or ('train_quick' if args.quick else 'train'), vars(args))}")

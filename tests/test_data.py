@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finechain.data.batching import length_batches, pad_ids
+from finechain.data.batching import GPU_TOKENS_PER_ROW, inference_batches, length_batches, pad_ids
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples, read_texts
 from finechain.errors import DataError
@@ -78,6 +78,20 @@ def test_length_batches_cover_every_index_once_and_group_lengths() -> None:
     assert padding < 0.2 * (naive - sum(lengths))
     again = length_batches(lengths, 32, shuffle=True, generator=torch.Generator().manual_seed(0))
     assert batches == again
+
+
+def test_gpu_inference_batches_grow_within_a_token_budget() -> None:
+    lengths = [(i * 7) % 300 + 1 for i in range(2000)]
+    cpu = inference_batches(lengths, 16, torch.device("cpu"))
+    gpu = inference_batches(lengths, 16, torch.device("cuda"))  # only the device type is read: no GPU needed
+    assert cpu == length_batches(lengths, 16, shuffle=False)
+    assert sorted(i for b in gpu for i in b) == list(range(2000))
+    assert len(gpu) < 0.7 * len(cpu)  # short texts share bigger batches
+    for batch in gpu:
+        widths = [lengths[i] for i in batch]
+        assert widths == sorted(widths)
+        assert len(batch) >= 16 or batch is gpu[-1]
+        assert len(batch) <= 16 or len(batch) * widths[-1] <= 16 * GPU_TOKENS_PER_ROW  # beyond 16 rows: within budget
 
 
 def test_pad_ids() -> None:

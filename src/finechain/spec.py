@@ -45,6 +45,9 @@ class TrainingConfig(BaseModel):
     cache: Cache = Field("memory", description="where frozen trunk outputs are kept between epochs")
     seed: int = 13
     eval_batch_size: int = Field(128, ge=1)
+    cuda_graphs: bool = Field(
+        True, description="on a CUDA GPU, record each padded batch shape's step as a CUDA graph and replay it (far less host time)"
+    )
 
 
 class TrainingOverrides(BaseModel):
@@ -66,6 +69,7 @@ class TrainingOverrides(BaseModel):
     cache: Cache | None = None
     seed: int | None = None
     eval_batch_size: int | None = Field(None, ge=1)
+    cuda_graphs: bool | None = None
 
     def apply(self, base: TrainingConfig) -> TrainingConfig:
         """``base`` with the fields set here replaced."""

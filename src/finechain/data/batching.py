@@ -181,6 +181,32 @@ def length_batches(
     return [batches[i] for i in order]
 
 
+GPU_TOKENS_PER_ROW = 256  # on a GPU an inference batch holds up to batch_size * this many tokens (short texts: more rows)
+
+
+def inference_batches(lengths: list[int], batch_size: int, device: torch.device) -> list[list[int]]:
+    """Batches for inference passes, shortest texts first. On CPU, ``batch_size`` texts each (as
+    ``length_batches(..., shuffle=False)``). On a GPU, where a small batch is all host overhead, a batch grows past
+    ``batch_size`` texts while its padded size stays within ``batch_size * GPU_TOKENS_PER_ROW`` tokens.
+
+    Example:
+        >>> inference_batches([5, 1, 4, 2], 2, torch.device("cpu"))
+        [[1, 3], [2, 0]]
+        >>> inference_batches([5, 1, 4, 2], 1, torch.device("cuda"))  # 256 tokens: all four fit
+        [[1, 3, 2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if device.type != "cuda":
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    budget, batches, current = batch_size * GPU_TOKENS_PER_ROW, [], []
+    for i in order:  # sorted: the newest row is the widest, so the padded size is rows * its length
+        if current and len(current) >= batch_size and (len(current) + 1) * lengths[i] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return [*batches, current] if current else batches
+
+
 def index_tensor(indices: list[int], device: torch.device) -> torch.Tensor:
     """``indices`` as a long tensor on ``device``; on CUDA copied from pinned memory without waiting for the GPU
     (a copy from ordinary host memory waits for every queued kernel first).

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from finechain.data.batching import Encoded, encode, length_batches, overflow_windows, pad_ids, tokenize
+from finechain.data.batching import Encoded, encode, inference_batches, overflow_windows, pad_ids, tokenize
 from finechain.data.inputs import as_texts
 from finechain.data.tagged import tagged_row
 from finechain.data.words import split_words
@@ -292,7 +292,7 @@ class Chain(nn.Module):
         """
         pad = self.tokenizer.pad_token_id or 0
         cuda = self.device.type == "cuda"  # pinned memory: the copy does not wait for the GPU's queued work
-        for batch in length_batches([len(x) for x in ids], batch_size, shuffle=False):
+        for batch in inference_batches([len(x) for x in ids], batch_size, self.device):
             padded = pad_ids([ids[i] for i in batch], pad)
             input_ids, mask = (t.pin_memory().to(self.device, non_blocking=True) for t in padded) if cuda else padded
             yield batch, input_ids, mask

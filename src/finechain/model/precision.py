@@ -39,8 +39,10 @@ def resolve_precision(device: torch.device | str, precision: str = "auto") -> st
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(device: torch.device | str, precision: str, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision (weights stay fp32; matrix products in bf16/fp16) as resolved by :func:`resolve_precision`.
+    ``cache=False`` recasts weights at each use (needed inside a CUDA graph, whose capture must not reuse casts
+    made outside it).
 
     Example:
         >>> autocast_context(torch.device("cpu"), "fp32").__class__.__name__
@@ -50,4 +52,4 @@ def autocast_context(device: torch.device | str, precision: str) -> contextlib.A
     resolved = resolve_precision(device, precision)
     if resolved == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if resolved == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if resolved == "bf16" else torch.float16, cache_enabled=cache)

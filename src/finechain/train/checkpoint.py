@@ -155,7 +155,7 @@ class Checkpointer:
 
 # Left out of fingerprints. Data paths: the data's digest stands for their content. min_steps: what it changes (the
 # passes per epoch of a new tail) is hashed by the run it changes, so runs it does not change still resume.
-UNHASHED_TRAINING = {"min_steps"}
+UNHASHED_TRAINING = {"min_steps", "cuda_graphs"}
 UNHASHED_SPEC: dict[str, Any] = {"train": True, "dev": True, "test": True, "training": UNHASHED_TRAINING}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finechain.data.batching import index_tensor, length_batches, pad_ids
+from finechain.data.batching import index_tensor, inference_batches, pad_ids
 from finechain.model.layers import Trunk
 
 
@@ -60,7 +60,7 @@ class TrunkFeatures:
         else:
             flat = torch.empty((total, self.depth, hidden_size), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            for batch in length_batches(self.lengths, batch_size, shuffle=False):
+            for batch in inference_batches(self.lengths, batch_size, self.device):
                 hidden, mask = self._compute(batch)
                 positions, valid = self._positions(batch)
                 rows = hidden[mask.bool()]
@@ -89,8 +89,10 @@ class TrunkFeatures:
         """Where each token of each listed sequence sits in the flat cache (``[batch, width]``; padding points at
         the sequence's first token) and the boolean padding mask, on the cache's device: a few tensor ops instead
         of a loop per row."""
-        width = max(self.lengths[i] for i in indices)
-        index = index_tensor(indices, self._table_device)
+        return self._index_positions(index_tensor(indices, self._table_device), max(self.lengths[i] for i in indices))
+
+    def _index_positions(self, index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_positions` for an index tensor and a given width: tensor operations only, no wait for the GPU."""
         steps = torch.arange(width, device=self._table_device)
         mask = steps[None, :] < self._lengths[index][:, None]
         return self._starts[index][:, None] + torch.where(mask, steps, 0), mask
@@ -104,5 +106,20 @@ class TrunkFeatures:
         assert self.flat is not None
         positions, valid = self._positions(indices)
         hidden = torch.from_numpy(self.flat[positions.numpy()]) if isinstance(self.flat, np.ndarray) else self.flat[positions]
-        hidden, valid = hidden.to(self.device), valid.to(self.device)
+        return self._masked(hidden.to(self.device), valid.to(self.device))
+
+    def gather(self, index: torch.Tensor, width: int) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """:meth:`batch` for a long tensor of indices on the device, padded to ``width`` tokens (at least the longest
+        listed sequence): device operations only, with fixed shapes (what a CUDA graph can record). Needs
+        ``cache="memory"``.
+
+        Example:
+            >>> hidden, mask = feats.gather(torch.tensor([0, 5, 9]), width=16)  # [3, 16, hidden], [3, 16]  # doctest: +SKIP
+        """
+        if not isinstance(self.flat, torch.Tensor):
+            raise ValueError(f"gather() needs the trunk states in memory (cache='memory'), not cache='{self.cache}'")
+        positions, valid = self._index_positions(index, width)
+        return self._masked(self.flat[positions], valid)
+
+    def _masked(self, hidden: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         return self._unstack(hidden * valid[:, :, None, None]), valid.long()

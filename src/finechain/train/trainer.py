@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from finechain.data.batching import Encoded, index_tensor, length_batches
+from finechain.data.batching import Encoded, inference_batches, length_batches
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import SpecError
 from finechain.evaluate.metrics import is_better
@@ -23,6 +23,7 @@ from finechain.spec import TaskSpec, TrainingConfig
 from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, TrainState, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
 from finechain.train.progress import MetricsLog, TrainProgress
+from finechain.train.step import BatchStep
 
 if TYPE_CHECKING:
     from finechain.model.chain import Chain
@@ -113,7 +114,7 @@ def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, prec
     task.eval()
     out: list[torch.Tensor] = [torch.empty(0)] * len(features.lengths)
     with autocast_context(features.device, precision):
-        for batch in length_batches(features.lengths, batch_size, shuffle=False):
+        for batch in inference_batches(features.lengths, batch_size, features.device):
             hidden, mask = features.batch(batch)
             logits = task(hidden, mask).float().cpu()
             for row, index in enumerate(batch):
@@ -223,6 +224,7 @@ def _fit_task(
         best_outputs = validation_outputs()
         state.best = float(task.head.score(best_outputs, y_val)[metric])
         state.best_epoch = 0
+    step = BatchStep(task, train_feats, y_train, cfg.precision, cfg.batch_size, cfg.gradient_accumulation, cfg.cuda_graphs)
     log = MetricsLog(run_path / "metrics.jsonl", fresh=not resume)
     history: list[dict[str, Any]] = []
     seen, observed = 0, 0.0
@@ -237,17 +239,12 @@ def _fit_task(
                 b for _ in range(passes) for b in length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)
             ]
             for i, batch in enumerate(batches):
-                hidden, mask = train_feats.batch(batch)
-                with autocast_context(device, cfg.precision):
-                    logits = task(hidden, mask)
-                loss = task.head.loss(logits, y_train[index_tensor(batch, device)]) / cfg.gradient_accumulation
-                loss.backward()
-                running += loss.detach()
+                running += step(batch)
                 if (i + 1) % cfg.gradient_accumulation == 0 or i + 1 == len(batches):
                     torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    step.zero_grad(optimizer)
                     state.step += 1
                 seen += len(batch)
                 bar.advance(loss=float(running) * cfg.gradient_accumulation / (i + 1) if i % 20 == 0 else None)
