@@ -32,3 +32,15 @@ def test_batches_match_the_trunk_on_each_text(tiny_backbone: Path, tmp_path: Pat
             torch.testing.assert_close(got[row, :n], want[0], atol=1e-5, rtol=1e-4)
             if cache != "off":  # cached rows are zero beyond their length
                 assert not got[row, n:].any()
+
+
+def test_the_trunk_runs_at_the_training_precision(tiny_backbone: Path) -> None:
+    """bf16 training caches the states a bf16 chain computes when it predicts (train on what is served)."""
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    ids, _ = chain.encode(["the plot was really awful and the acting weak"])
+    cached, _ = TrunkFeatures(chain.trunk, ids, 0, "memory", precision="bf16").batch([0])
+    exact, _ = TrunkFeatures(chain.trunk, ids, 0, "memory", precision="fp32").batch([0])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        served = chain.trunk(torch.tensor(ids), torch.ones(1, len(ids[0]), dtype=torch.long)).float()
+    torch.testing.assert_close(cached, served, atol=0, rtol=0)
+    assert not torch.equal(cached, exact)

@@ -9,6 +9,7 @@ import torch
 
 from finechain.data.batching import index_tensor, inference_batches, pad_ids
 from finechain.model.layers import Trunk
+from finechain.model.precision import autocast_context
 
 
 class TrunkFeatures:
@@ -16,6 +17,8 @@ class TrunkFeatures:
 
     ``cache="memory"`` keeps all trunk states in one flat tensor, ``"disk"`` in a memory-mapped
     ``.npy`` file (no pickle), ``"off"`` recomputes them each batch (saves memory, costs time).
+    The trunk runs at ``precision`` (``auto``, ``bf16`` or ``fp32``, see ``finechain.model.precision``): the training precision, so that a
+    tail trains on the states the chain computes when it predicts; stored as fp32 either way.
     With ``all_states`` (for layer-mixing tasks) ``hidden`` is the list of every trunk state, not only the last.
 
     Example:
@@ -32,8 +35,10 @@ class TrunkFeatures:
         batch_size: int = 128,
         cache_file: Path | None = None,
         all_states: bool = False,
+        precision: str = "fp32",
     ) -> None:
         self.trunk = trunk
+        self.precision = precision
         self.depth = trunk.split + 1 if all_states else 1
         self.ids = ids
         self.pad_id = pad_id
@@ -79,7 +84,8 @@ class TrunkFeatures:
         """``[batch, tokens, depth, hidden]``: the last ``depth`` trunk states of each token; and the attention mask."""
         input_ids, mask = pad_ids([self.ids[i] for i in indices], self.pad_id)
         mask = mask.to(self.device)
-        states = self.trunk.all_states(input_ids.to(self.device), mask)
+        with autocast_context(self.device, self.precision):
+            states = self.trunk.all_states(input_ids.to(self.device), mask)
         return torch.stack(states[-self.depth :], dim=2).float(), mask
 
     def _unstack(self, hidden: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

@@ -127,7 +127,7 @@ def _features(
 ) -> tuple[TrunkFeatures, Encoded | None]:
     ids, encoded = chain.encode(texts, with_words=token_level)
     pad = chain.tokenizer.pad_token_id or 0
-    return TrunkFeatures(chain.trunk, ids, pad, cfg.cache, cfg.eval_batch_size, cache_file, all_states), encoded
+    return TrunkFeatures(chain.trunk, ids, pad, cfg.cache, cfg.eval_batch_size, cache_file, all_states, cfg.precision), encoded
 
 
 def fit_task(
