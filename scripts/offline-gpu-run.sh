@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU training benchmarks on an offline machine prepared with scripts/offline-gpu-bundle.sh (copy the repository
+# with its .gpu/ folder there). Installs the carried wheels into /tmp/finechain-site, widens the backbone to fp32 in
+# /tmp/finechain-minilm, runs the CUDA tests of the training step, then the SST-2 GPU training suite (results under
+# $OUT, default /tmp/finechain-out). Usage: bash scripts/offline-gpu-run.sh [tests|bench|both]
+# Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), PY (python3).
+set -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
+OUT=${OUT:-/tmp/finechain-out}; mkdir -p "$OUT"
+PY=${PY:-python3}
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/finechain-site .gpu/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/finechain-site:$PWD/.gpu/shim:$PWD/src:$PWD FINECHAIN_DATASETS=$PWD/.gpu/datasets FINECHAIN_RESULTS=$OUT
+$PY - <<'PY' || exit 1
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+source, target = Path(".gpu/minilm16"), Path("/tmp/finechain-minilm")
+shutil.copytree(source, target, dirs_exist_ok=True)
+weights = load_file(source / "model.safetensors")
+save_file({k: v.float().contiguous() for k, v in weights.items()}, target / "model.safetensors", metadata={"format": "pt"})
+PY
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+mode=${1:-both}
+if [ "$mode" != bench ]; then
+  $PY -m pytest -q -x -p no:cacheprovider -W error::RuntimeWarning tests/test_step.py tests/test_dropout.py 2>&1 | tee "$OUT/pytest.log" | tail -25 || exit 2
+fi
+if [ "$mode" != tests ]; then
+  $PY -m benchmarks train --device cuda --tasks "${TASK:-sst2}" --train-examples 0 --peers full --batch-sizes "${SIZES:-64,128,256}" \
+    --no-fp32 --without-graphs-too --output "${NAME:-train_gpu}" 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\]" | tail -60
+fi
