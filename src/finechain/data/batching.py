@@ -195,11 +195,11 @@ def inference_batches(lengths: list[int], batch_size: int, device: torch.device)
         >>> inference_batches([5, 1, 4, 2], 1, torch.device("cuda"))  # 256 tokens: all four fit
         [[1, 3, 2, 0]]
     """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if device.type != "cuda":
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return length_batches(lengths, batch_size, shuffle=False)
     budget, batches, current = batch_size * GPU_TOKENS_PER_ROW, [], []
-    for i in order:  # sorted: the newest row is the widest, so the padded size is rows * its length
+    # shortest first: the newest row is the widest, so a batch's padded size is its rows times that row's length
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         if current and len(current) >= batch_size and (len(current) + 1) * lengths[i] > budget:
             batches.append(current)
             current = []

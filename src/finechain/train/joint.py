@@ -90,8 +90,9 @@ def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], train
 
 def _validate(chain: Chain, job: _Job, training: TrainingConfig) -> dict[str, Any]:
     pad = chain.tokenizer.pad_token_id or 0
-    mixing, precision = job.task.needs_trunk_states, training.precision
-    features = TrunkFeatures(chain.trunk, job.val_ids, pad, cache="off", all_states=mixing, precision=precision)
+    features = TrunkFeatures(
+        chain.trunk, job.val_ids, pad, cache="off", all_states=job.task.needs_trunk_states, precision=training.precision
+    )
     return job.task.head.score(task_outputs(job.task, features, training.eval_batch_size, training.precision), job.val_targets)
 
 

@@ -12,7 +12,6 @@ for the whole run; clipping, the optimizer and the schedule stay eager (a few fu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import torch
 
@@ -79,18 +78,15 @@ class BatchStep:
             return self._loss_backward(hidden, mask, self.targets[index_tensor(batch, self.device)])
         width = padded_width(max(self.features.lengths[i] for i in batch), self.longest)
         self._index.copy_(torch.as_tensor(batch, dtype=torch.long).pin_memory(), non_blocking=True)
-        if width in self._captured:
-            graph, loss = self._captured[width]
-            graph.replay()
-            return loss.clone()
-        if width not in self._warmed:  # first time at this width: eagerly, on the stream graphs are captured on
-            self._warmed.add(width)
-            return self._on_side_stream(lambda: self._graph_body(width))
-        captured = self._capture(width)
-        if captured is None:
-            return self(batch)
-        captured[0].replay()
-        return captured[1].clone()
+        if width not in self._captured:
+            if width not in self._warmed:  # first time at this width: eagerly, on the stream graphs are captured on
+                self._warmed.add(width)
+                return self._warm_up(width)
+            if not self._capture(width):
+                return self(batch)
+        graph, loss = self._captured[width]
+        graph.replay()
+        return loss.clone()
 
     def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         """Clear gradients after an optimizer step: in place while graphs hold them, else by dropping them."""
@@ -110,17 +106,18 @@ class BatchStep:
         loss.backward()
         return loss.detach()
 
-    def _on_side_stream(self, work: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _warm_up(self, width: int) -> torch.Tensor:
+        """:meth:`_graph_body` run eagerly on the capture stream (first use of a width: kernels chosen, memory set up)."""
         main = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
-            loss = work()
+            loss = self._graph_body(width)
         main.wait_stream(self._stream)
         loss.record_stream(main)
         return loss
 
-    def _capture(self, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
-        """Record the graph for ``width``; on failure warn, turn graphs off and return None."""
+    def _capture(self, width: int) -> bool:
+        """Record the graph for ``width``; on failure warn, turn graphs off and return False."""
         grads = [p.grad for p in self._params]
         graph = torch.cuda.CUDAGraph()
         main = torch.cuda.current_stream(self.device)
@@ -136,8 +133,8 @@ class BatchStep:
             warnings.warn(f"CUDA graph capture failed, training continues without graphs: {error}", RuntimeWarning, stacklevel=3)
             self.graphs = False
             torch.cuda.synchronize(self.device)
-            return None
+            return False
         main.wait_stream(self._stream)
         self._pool = graph.pool()
         self._captured[width] = (graph, loss)
-        return graph, loss
+        return True
