@@ -105,6 +105,18 @@ def embedding_peer(texts: list[str], repeats: int, device: str, rec: Recorder) -
     rec.add("embeddings", "sentence-transformers", "SentenceTransformer.encode, fp32", "samples_per_second", n / theirs, "texts/s")
 
 
+def stage_seconds(chain: Any, texts: list[str], names: list[str], repeats: int) -> dict[str, float]:
+    """Where ``chain.predict`` spends its time: tokenising, the encoder and heads (with the copy back), decoding."""
+    tokenise = timed(lambda: chain.encode(texts, with_words=True), repeats)
+    run = timed(lambda: chain.run_tasks(texts, names), repeats)
+    raw, encoded = chain.run_tasks(texts, names)
+    return {
+        "tokenise (fast tokenizer, word offsets)": tokenise,
+        "encoder and heads, outputs copied back": run - tokenise,
+        "decoding (labels, scores, tags, entities)": timed(lambda: chain.decode(raw, encoded, texts), repeats),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks infer", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="200 texts, 1 repeat")
@@ -134,6 +146,10 @@ def main(argv: list[str] | None = None) -> None:
             rec.add(
                 label, "finechain", f"{variant}, {resolve_precision(args.device, precision)}", "samples_per_second", n / ours, "texts/s"
             )
+            if n_tasks > 1:
+                for stage, seconds in stage_seconds(chain, texts, names, args.repeats).items():
+                    stage = f"{stage}, {resolve_precision(args.device, precision)}"
+                    rec.add(f"{label}: seconds per stage", "finechain", stage, "seconds", seconds, "s")
         chain.precision = "auto"
         if args.device == "cpu" and threads > 1 and not args.quick:
             torch.set_num_threads(1)  # what one worker per core gets (e.g. several server processes)

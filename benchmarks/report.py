@@ -95,14 +95,23 @@ def _rows(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], dict
 def infer_table(records: list[dict[str, Any]]) -> str:
     """Throughput per number of tasks (and for embeddings), with finechain's speed-up over each peer."""
     out = ["| tasks | system | variant | texts/s | finechain speed-up |", "| --- | --- | --- | --- | --- |"]
+    stages = ["", "| finechain's time per stage | stage | seconds | share |", "| --- | --- | --- | --- |"]
     for task, rows in _rows(records).items():
+        if all("seconds" in m for m in rows.values()):  # where ``predict`` spends its time (one line per stage)
+            totals: dict[str, float] = defaultdict(float)  # per precision, the variant's last part
+            for (_, variant), m in rows.items():
+                totals[variant.rsplit(", ", 1)[-1]] += m["seconds"]
+            for (_, variant), m in rows.items():
+                share = m["seconds"] / totals[variant.rsplit(", ", 1)[-1]]
+                stages.append(f"| {task} | {variant} | {m['seconds']:.3f} | {share:.0%} |")
+            continue
         ours = next((m.get("samples_per_second") for (system, _), m in rows.items() if system == "finechain"), None)
         for (system, variant), m in rows.items():
             speed = m.get("samples_per_second")
             ratio = f"{ours / speed:.2f}x" if ours and speed and system != "finechain" else "-"
             note = f" (min cosine to peer {m['min_cosine_to_peer']:.5f})" if "min_cosine_to_peer" in m else ""
             out.append(f"| {task} | {system} | {variant}{note} | {_fmt('samples_per_second', speed)} | {ratio} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + (stages if len(stages) > 3 else [])) + "\n"
 
 
 def memory_table(records: list[dict[str, Any]]) -> str:

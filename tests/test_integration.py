@@ -103,6 +103,8 @@ def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_pa
         ("4 tasks", "hf-pipeline"),
         ("embeddings", "sentence-transformers"),
     }
+    stages = {r["variant"]: r["value"] for r in records if r["task"] == "4 tasks: seconds per stage"}
+    assert len(stages) in {3, 6} and all(seconds > 0 for seconds in stages.values())  # tokenise, encoder and heads, decoding
     cosines = {r["variant"]: r["value"] for r in records if r["metric"] == "min_cosine_to_peer"}
     assert max(cosines.values()) > 0.9999  # Chain.embed gives sentence-transformers' embeddings (fp32) ...
     assert min(cosines.values()) > 0.99  # ... and nearly the same under bf16 autocast

@@ -380,6 +380,16 @@ class Chain(nn.Module):
         """
         texts = as_texts(texts)
         raw, encoded = self.run_tasks(texts, tasks, batch_size)
+        return self.decode(raw, encoded, texts)
+
+    def decode(self, raw: dict[str, list[torch.Tensor]], encoded: Encoded | None, texts: list[Any]) -> list[dict[str, Any]]:
+        """:meth:`predict`'s answers from :meth:`run_tasks`' raw outputs: per text, each task's decoded result.
+
+        Example:
+            >>> raw, encoded = chain.run_tasks(["great film"])  # doctest: +SKIP
+            >>> chain.decode(raw, encoded, ["great film"])[0]["sentiment"]["label"]  # doctest: +SKIP
+            'positive'
+        """
         decoded = {}
         for name, rows in raw.items():
             head = self.tasks[name].head
