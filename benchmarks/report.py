@@ -24,6 +24,7 @@ SUITE_TITLES = {
     "train_gpu": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H100)",
     "train_gpu_h200": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H200, same command)",
     "train_gpu_head": "Training on a GPU: SST-2 again with the current code (H200, same command)",
+    "train_gpu_h100_head": "Training on a GPU: SST-2 with the current code on an H100 (batch 64 and 256)",
     "train_gpu_conll": "Training on a GPU: CoNLL-2003, all 14k sentences, finechain vs the Hugging Face Trainer (H100, before CUDA graphs)",
     "train_gpu_conll_h200": "Training on a GPU: CoNLL-2003, all 14k sentences, with CUDA graphs (H200)",
     "memory": "Memory: serving 1 and 4 tasks",
@@ -345,7 +346,7 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
 SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "dropout"]
-SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_conll", "train_gpu_conll_h200"]
+SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_head", "train_gpu_conll", "train_gpu_conll_h200"]
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
