@@ -140,6 +140,7 @@ def test_tagging_learns_and_predicts_character_spans(
     (prediction,) = chain.predict([text])
     entities = [(e["type"], e["text"], e["start"], e["end"]) for e in prediction["ner"]["entities"]]
     assert entities == [("PER", "alice", 0, 5), ("LOC", "new york", 14, 22)]
+    assert chain.decode(*chain.run_tasks([text]), [text]) == [prediction]  # predict = run_tasks, then decode
     reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))
     assert reloaded.predict([text]) == [prediction]
 
