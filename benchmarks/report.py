@@ -158,7 +158,8 @@ def train_table(records: list[dict[str, Any]]) -> str:
             )
         curve = [(v, m) for (system, v), m in rows.items() if system == "finechain" and "elapsed_seconds" in m]
         if curve:
-            out += ["", f"finechain's dev {metric} after each epoch (time since the start of `fit`, dev evaluation not counted):", ""]
+            heading = f"finechain's dev {metric} at each validation check (time since the start of `fit`, dev evaluation not counted):"
+            out += ["", heading, ""]
             out += ["| epoch | elapsed s | dev " + metric + " | speed-up vs HF full at this point |", "| --- | --- | --- | --- |"]
             for variant, m in curve:
                 speed = f"{peer['train_seconds'] / m['elapsed_seconds']:.1f}x" if peer else "-"

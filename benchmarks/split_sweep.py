@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> None:
             rec.add(name, "finechain", variant, metric_name, acc, f"{eval_kind} accuracy")
             rec.add(name, "finechain", variant, "train_seconds", result.train_seconds, "s")
             rec.add(
-                name, "finechain", variant, "samples_per_second", len(data.train) * len(result.history) / result.train_seconds, "samples/s"
+                name, "finechain", variant, "samples_per_second", len(data.train) * result.epochs_run / result.train_seconds, "samples/s"
             )
-            rec.add(name, "finechain", variant, "epochs_run", len(result.history), "epochs")
+            rec.add(name, "finechain", variant, "epochs_run", result.epochs_run, "epochs")
         if not args.no_peer:
             peer = hf_sequence_classification(
                 backbone,

@@ -11,8 +11,9 @@ one chosen; the dev score of every run is recorded. Each run also records its mo
 layers' matrix products on real, unpadded tokens; attention scores left out) and, on CUDA, that as a share of
 the GPU's dense bf16 peak (model FLOP utilisation).
 
-Selection (best epoch) uses only the validation split cut from the training examples; the dev files are
-watched after every epoch from outside the training loop (that time is not counted) and never select anything.
+Selection (best validation check, by default two an epoch) uses only the validation split cut from the training
+examples; the dev files are watched at every validation check from outside the training loop (that time is not
+counted) and never select anything.
 """
 
 from __future__ import annotations
@@ -78,24 +79,25 @@ def peak_tflops(device: str) -> float | None:
 
 
 def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], training: TrainingConfig, device: str) -> dict[str, Any]:
-    """Train the task (default settings unless ``training`` says otherwise); watch the dev metric after every epoch."""
+    """Train the task (default settings unless ``training`` says otherwise); watch the dev metric at every validation check."""
     spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"])
     chain = Chain.from_backbone(split="auto").to(device)
     watched: list[float] = []
 
-    def watch(epoch: int, task: Any) -> None:
+    def watch(epochs: float, task: Any) -> None:
         chain.attach(name, task)
         watched.append(chain.score(name, *dev)[TASKS[name]["metric"]])
 
-    result = chain.fit(spec, training, progress=False, data=data, on_epoch_end=watch)
+    result = chain.fit(spec, training, progress=False, data=data, on_evaluation=watch)
     final = chain.score(name, *dev)[TASKS[name]["metric"]]
-    curve = [(record["elapsed_seconds"], value) for record, value in zip(result.history, watched, strict=True)]
+    curve = [(record["epoch"], record["elapsed_seconds"], value) for record, value in zip(result.history, watched, strict=True)]
     return {
         "split": chain.split,
         "branch_layers": len(chain.tasks[name].branch.layers),
         "final": final,
         "validation": result.validation[TASKS[name]["metric"]],
-        "epochs_run": len(result.history),
+        "epochs_run": result.epochs_run,
+        "checks": len(result.history),
         "seconds": result.train_seconds,
         "rate": result.samples_per_second,
         "curve": curve,
@@ -177,23 +179,22 @@ def main(argv: list[str] | None = None) -> None:
             ours = run_finechain(name, data, dev, training.model_copy(update=update), args.device)
             label = f"{name_part} (split={ours['split']}, {resolve_precision(args.device, precision)})"
             variant = f"{label}, {args.epochs} epochs"
-            rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best epoch on validation)")
+            rec.add(name, "finechain", variant, metric, ours["final"], f"dev {metric} (best validation check)")
             rec.add(name, "finechain", variant, f"validation_{metric}", ours["validation"], f"validation {metric}")
             rec.add(name, "finechain", variant, "train_seconds", ours["seconds"], "s")
             rec.add(name, "finechain", variant, "samples_per_second", ours["rate"], "samples/s")
             epochs_run = ours["epochs_run"]
             branch = 2 * layer_flops * ours["branch_layers"]
-            flops = 2 * layer_flops * ours["split"] * (train_tokens + val_tokens) + epochs_run * (
-                3 * branch * train_tokens + branch * val_tokens
-            )
+            flops = 2 * layer_flops * ours["split"] * (train_tokens + val_tokens) + epochs_run * 3 * branch * train_tokens
+            flops += ours["checks"] * branch * val_tokens
             add_flops(name, "finechain", variant, flops, ours["seconds"])
             if precision == "auto" and graphs and (best is None or ours["validation"] > best[0]):
                 best = (ours["validation"], variant)
-            for epoch, (seconds, value) in enumerate(ours["curve"], start=1):
+            for epoch, seconds, value in ours["curve"]:
                 rec.add(name, "finechain", f"{label}: after epoch {epoch}", metric, value, f"dev {metric}")
                 rec.add(name, "finechain", f"{label}: after epoch {epoch}", "elapsed_seconds", seconds, "s")
             for peer_name, target in targets.items():
-                reached = next((seconds for seconds, value in ours["curve"] if value >= target), None)
+                reached = next((seconds for _, seconds, value in ours["curve"] if value >= target), None)
                 if reached is not None:
                     to = f"{label}: to reach {peer_name}'s dev {metric}"
                     rec.add(name, "finechain", to, "time_to_target_seconds", reached, "s")

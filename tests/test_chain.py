@@ -95,8 +95,9 @@ def test_multilabel_and_regression_heads(tiny_backbone: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("dev_agrees", [True, False])
 def test_reported_validation_scores_the_restored_best_weights(tiny_backbone: Path, tmp_path: Path, dev_agrees: bool) -> None:
-    """The end-of-training validation scores are those of the weights kept (the best epoch's), whether that epoch was the
-    last one or not; with dev labels opposite to the training labels, every epoch is worse than the first."""
+    """The end-of-training validation scores are those of the weights kept (the best check's), whether that check was the
+    last one or not; with dev labels opposite to the training labels, every check is worse than the first (half an epoch
+    in: two checks an epoch by default)."""
     rows = [(t, 4.0 if y == "pos" else 1.0) for t, y in sentiment_rows(200, 5)]
     dev = rows[160:] if dev_agrees else [(t, 5.0 - v) for t, v in rows[160:]]
     train_file, dev_file = write_csv(tmp_path / "train.csv", rows[:160]), write_csv(tmp_path / "dev.csv", dev)
@@ -104,10 +105,36 @@ def test_reported_validation_scores_the_restored_best_weights(tiny_backbone: Pat
     chain.precision = "fp32"  # exact comparison: under bf16 (auto on CPUs with bf16 units) batch shapes move the 5th digit
     cfg = FAST.model_copy(update={"epochs": 4, "precision": "fp32"})
     result = chain.fit(TaskSpec(name="stars", type="regression", train=train_file, dev=dev_file), cfg, progress=False)
-    assert (result.best_epoch == 4) is dev_agrees
-    assert result.validation["rmse"] == pytest.approx(result.history[result.best_epoch - 1]["validation_rmse"], abs=1e-6)
+    assert [r["epoch"] for r in result.history] == [0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
+    assert result.best_epoch == (4 if dev_agrees else 0.5)
+    kept = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    assert result.validation["rmse"] == pytest.approx(kept["validation_rmse"], abs=1e-6)
     rescored = chain.score("stars", [t for t, _ in dev], [v for _, v in dev])
     assert rescored["rmse"] == pytest.approx(result.validation["rmse"], abs=1e-5)
+
+
+def test_validation_checks_per_epoch_and_early_stopping(tiny_backbone: Path, tmp_path: Path) -> None:
+    """``evaluations_per_epoch`` spaces the checks evenly on optimizer steps and calls ``on_evaluation`` after each;
+    ``patience`` still counts epochs: with dev labels opposite to the training labels the score soon only gets worse,
+    and patience 1 stops at the first epoch end after a whole epoch's worth of checks (3) without gain."""
+    rows = [(t, 4.0 if y == "pos" else 1.0) for t, y in sentiment_rows(200, 5)]
+    dev = [(t, 5.0 - v) for t, v in rows[160:]]
+    train_file, dev_file = write_csv(tmp_path / "train.csv", rows[:160]), write_csv(tmp_path / "dev.csv", dev)
+    spec = TaskSpec(name="stars", type="regression", train=train_file, dev=dev_file)
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    seen: list[tuple[float, int]] = []
+    cfg = FAST.model_copy(update={"epochs": 6, "evaluations_per_epoch": 3, "gradient_accumulation": 2, "patience": 1, "precision": "fp32"})
+    result = chain.fit(spec, cfg, progress=False, on_evaluation=lambda epochs, task: seen.append((epochs, task.training)))
+    # 10 batches an epoch, accumulating 2: checks after batches 4, 8 and 10 (optimizer steps 2, 4, 5)
+    epochs = [r["epoch"] for r in result.history]
+    assert epochs == [0.333, 0.667, 1, 1.333, 1.667, 2, 2.333, 2.667, 3, 3.333, 3.667, 4, 4.333, 4.667, 5][: len(epochs)]
+    assert [r["step"] for r in result.history] == [2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19, 20, 22, 24, 25][: len(epochs)]
+    assert seen == [(r["epoch"], True) for r in result.history]  # the callback sees the tail in training mode
+    scores = [r["validation_rmse"] for r in result.history]
+    best = scores.index(min(scores))
+    assert result.best_epoch == epochs[best] and result.validation["rmse"] == pytest.approx(scores[best], abs=1e-5)
+    after = len(epochs) - 1 - best  # checks without gain at the end: at least 3, and stopped at the first epoch end that had them
+    assert 3 <= after < 6 and isinstance(epochs[-1], int) and result.epochs_run == epochs[-1] < 6
 
 
 def test_disk_cache_and_no_cache_match_memory(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> None:
@@ -150,7 +177,7 @@ def test_resume_after_interruption_gives_the_same_model(
     a, b = straight.tasks["s"].state_dict(), resumed.tasks["s"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in log] == [0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
     with pytest.raises(Exception, match="different data or settings"):
         resumed.fit(spec, cfg.model_copy(update={"seed": 99}), run_dir=tmp_path / "b", resume=True, progress=False)
     texts, labels = [t for t, _ in sentiment_rows(60, 5)], [y for _, y in sentiment_rows(60, 5)]
@@ -238,7 +265,7 @@ def test_small_data_repeats_each_epoch_up_to_min_steps(tiny_backbone: Path, sent
         chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
         cfg = FAST.model_copy(update={"epochs": 2, "gradient_accumulation": accumulation, "min_steps": min_steps})
         result = chain.fit(TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1]), cfg, progress=False)
-        runs.append([(record["passes"], record["step"]) for record in result.history])
+        runs.append([(record["passes"], record["step"]) for record in result.history if record["epoch"] in (1, 2)])  # epoch ends
     assert runs == [[(3, 30), (3, 60)], [(7, 24), (7, 48)], [(1, 10), (1, 20)]]
 
 

@@ -59,7 +59,7 @@ def test_train_writes_artifact_reports_and_logs(trained: Path) -> None:
         "test_confusion.png",
     }
     log = [json.loads(line) for line in (trained / "runs" / "sentiment" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2, 3] and "validation_accuracy" in log[0]
+    assert [r["epoch"] for r in log] == [0.5, 1, 1.5, 2, 2.5, 3] and "validation_accuracy" in log[0]
     report = json.loads((trained / "reports" / "sentiment" / "test.json").read_text())
     assert set(report["per_class"]) == {"neg", "pos"} and report["per_class"]["pos"]["support"] == 15
 

@@ -49,7 +49,8 @@ def test_joint_training_tunes_trunk_and_roundtrips(tiny_backbone: Path, tmp_path
     assert all(torch.equal(embeddings[k], v) for k, v in chain.trunk.embeddings.state_dict().items())
     assert not any(p.requires_grad for p in chain.trunk.parameters())
     log = [json.loads(line) for line in (tmp_path / "run" / "joint" / "metrics.jsonl").read_text().splitlines()]
-    assert len(log) == JOINT.epochs and set(log[0]["validation"]) == {"sent", "ner"}
+    assert [r["epoch"] for r in log] == [k / 2 if k % 2 else k // 2 for k in range(1, 2 * JOINT.epochs + 1)]  # two checks an epoch
+    assert set(log[0]["validation"]) == {"sent", "ner"}
     out = chain.save_pretrained(tmp_path / "chain")
     assert json.loads((out / "finechain.json").read_text())["trunk"]["sharing"] == "joint"
     texts = ["alice visited paris", "superb movie"]
@@ -64,7 +65,7 @@ def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch:
     straight = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
     fit_joint(straight, specs, data, training, joint, run_dir=tmp_path / "a", progress=False)
     log = [json.loads(line) for line in (tmp_path / "a" / "joint" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["passes"], r["step"]) for r in log] == [(2, 40), (2, 80), (2, 120)]
+    assert [(r["passes"], r["step"]) for r in log] == [(2, 20), (2, 40), (2, 60), (2, 80), (2, 100), (2, 120)]
     original = Checkpointer.save
 
     def crash_after_first(self, *args, **kwargs):
@@ -139,9 +140,9 @@ def test_auto_sharing_trains_two_tasks_jointly_at_the_joint_split(tiny_backbone:
     manifest = json.loads((tmp_path / "c" / "finechain.json").read_text())
     assert manifest["split"] == 3 and manifest["trunk"]["sharing"] == "joint"  # 4-layer backbone: joint trunk of 3
     joint_log = (tmp_path / "c" / "runs" / "joint" / "metrics.jsonl").read_text().splitlines()
-    assert len(joint_log) == 2  # joint epochs default to training.epochs
+    assert len(joint_log) == 2 * 2  # joint epochs default to training.epochs (2), two checks each
     refine_log = (tmp_path / "c" / "runs" / "ner" / "metrics.jsonl").read_text().splitlines()
-    assert len(refine_log) == 1  # an explicit refine_epochs (1) wins over the task's own epochs (7)
+    assert len(refine_log) == 1 * 2  # an explicit refine_epochs (1) wins over the task's own epochs (7)
     (tmp_path / "one.yaml").write_text(f"backbone: {tiny_backbone}\ntasks:\n  - {{name: sent, train: s.csv}}\n")
     assert load_chain_spec(tmp_path / "one.yaml").sharing_mode == "frozen"
     capsys.readouterr()

@@ -41,6 +41,13 @@ class TrainingConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     gradient_accumulation: int = Field(1, ge=1)
     patience: int = Field(2, ge=0, description="epochs without validation gain before stopping; 0 = never stop early")
+    evaluations_per_epoch: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="validation checks per epoch, evenly spaced; the best check's weights are kept (early stopping is decided "
+        "at epoch ends)",
+    )
     precision: Precision = "auto"
     cache: Cache = Field("memory", description="where frozen trunk outputs are kept between epochs")
     seed: int = 13
@@ -65,6 +72,7 @@ class TrainingOverrides(BaseModel):
     max_grad_norm: float | None = Field(None, gt=0)
     gradient_accumulation: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=0)
+    evaluations_per_epoch: int | None = Field(None, ge=1, le=100)
     precision: Precision | None = None
     cache: Cache | None = None
     seed: int | None = None

@@ -42,8 +42,8 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     best: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
+    best_epoch: float | None = None  # in epochs: 1.5 = the check halfway through the second epoch
+    bad_checks: int = 0  # validation checks in a row without a better metric
     seconds: float = 0.0
 
 

@@ -26,6 +26,8 @@ from finechain.train.trainer import (
     FitResult,
     adamw,
     attach_scored,
+    check_points,
+    epoch_progress,
     fit_task,
     passes_per_epoch,
     resolve_training,
@@ -110,7 +112,8 @@ def fit_joint(
     """Train the trunk's layers and every task tail together, sampling one task per step; then freeze the
     trunk and refine each tail on cached trunk outputs (its own epochs with early stopping, or ``joint.refine_epochs``).
 
-    The epoch with the best mean validation score (sign-adjusted per metric) is kept. Checkpoints are
+    Validation is scored ``training.evaluations_per_epoch`` times an epoch; the weights of the check with the best
+    mean score (sign-adjusted per metric) are kept. Checkpoints are
     written to ``run_dir`` after every epoch and ``resume`` continues exactly; without ``run_dir`` they go
     to a temporary folder that is removed afterwards.
 
@@ -170,12 +173,29 @@ def _fit_joint(
     pad = chain.tokenizer.pad_token_id or 0
     started = time.perf_counter()
 
+    points = check_points(steps_per_epoch, training.evaluations_per_epoch)
+
+    def check(progress: float) -> None:
+        """Score every task's validation split; keep the trunk and tails if their mean is the best so far."""
+        nonlocal best
+        chain.trunk.eval()
+        scores = {job.spec.name: float(_validate(chain, job, training)[job.metric]) for job in jobs}
+        modules.train()
+        mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(jobs, scores.values(), strict=True)) / len(jobs)
+        if is_better("mean", mean, state.best):
+            state.best, state.best_epoch, state.bad_checks = mean, progress, 0
+            best = {k: v.detach().clone() for k, v in modules.state_dict().items()}
+        else:
+            state.bad_checks += 1
+        log.write({"epoch": progress, "passes": passes, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
+        bar.show_metric(f"val mean {mean:.4f}")
+
     with TrainProgress("joint", total=total, enabled=progress, completed=steps_per_epoch * state.epoch) as bar:
         while state.epoch < epochs:
             modules.train()
             queues = [[] for _ in jobs]
             choices = torch.multinomial(probs, steps_per_epoch, replacement=True, generator=generator).tolist()
-            for k in choices:
+            for n, k in enumerate(choices, start=1):
                 job = jobs[k]
                 if not queues[k]:
                     queues[k] = length_batches([len(x) for x in job.ids], training.batch_size, shuffle=True, generator=generator)
@@ -191,15 +211,9 @@ def _fit_joint(
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 bar.advance(loss=float(loss.detach()) if state.step % 20 == 0 else None)
-            chain.trunk.eval()
-            scores = {job.spec.name: float(_validate(chain, job, training)[job.metric]) for job in jobs}
-            mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(jobs, scores.values(), strict=True)) / len(jobs)
+                if n in points:
+                    check(epoch_progress(state.epoch, points.index(n) + 1, len(points)))
             state.epoch += 1
-            if is_better("mean", mean, state.best):
-                state.best, state.best_epoch, state.bad_epochs = mean, state.epoch, 0
-                best = {k: v.detach().clone() for k, v in modules.state_dict().items()}
-            log.write({"epoch": state.epoch, "passes": passes, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
-            bar.show_metric(f"val mean {mean:.4f}")
             checkpointer.save(modules, best, optimizer, scheduler, generator, state)
 
     modules.load_state_dict(best)

@@ -35,12 +35,17 @@ class FitResult:
 
     task: str
     metric: str
-    best_epoch: int | None
+    best_epoch: float | None
     validation: dict[str, Any]
     test: dict[str, Any] | None
     train_seconds: float
     samples_per_second: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation check
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained in this call (a resumed run counts only the epochs it ran)."""
+        return math.ceil(self.history[-1]["epoch"]) - math.floor(self.history[0]["epoch"] - 1e-9) if self.history else 0
 
 
 def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float], weight_decay: float) -> list[dict[str, Any]]:
@@ -98,6 +103,29 @@ def passes_per_epoch(steps_per_pass: int, epochs: int, min_steps: int) -> int:
     return max(1, math.ceil(min_steps / (max(1, steps_per_pass) * epochs)))
 
 
+def check_points(batches: int, per_epoch: int, accumulation: int = 1) -> list[int]:
+    """After how many of an epoch's ``batches`` the validation split is scored: ``per_epoch`` evenly spaced points
+    on optimizer-step boundaries (every ``accumulation`` batches), the last one at the end of the epoch.
+
+    Example:
+        >>> check_points(85, 2), check_points(85, 3, accumulation=4), check_points(1, 2)
+        ([43, 85], [32, 60, 85], [1])
+    """
+    points = {min(batches, -(-math.ceil(batches * k / per_epoch) // accumulation) * accumulation) for k in range(1, per_epoch + 1)}
+    return sorted(points)
+
+
+def epoch_progress(done: int, check: int, checks: int) -> float:
+    """Epochs of training at a validation check: ``done`` whole epochs plus the ``check``-th of ``checks`` in this one.
+
+    Example:
+        >>> epoch_progress(1, 1, 2), epoch_progress(1, 2, 2), epoch_progress(0, 1, 3)
+        (1.5, 2, 0.333)
+    """
+    value = round(done + check / checks, 3)
+    return int(value) if value.is_integer() else value
+
+
 def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
     """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate`` (resolved, see
     :func:`resolve_training`)."""
@@ -140,15 +168,16 @@ def fit_task(
     progress: bool = True,
     data: TaskData | None = None,
     init: TaskModel | None = None,
-    on_epoch_end: Callable[[int, TaskModel], None] | None = None,
+    on_evaluation: Callable[[float, TaskModel], None] | None = None,
 ) -> FitResult:
     """Validate the data, train a new tail for ``spec`` and attach the best epoch to ``chain``.
 
     Checkpoints and metrics go to ``run_dir`` (resumable with ``resume``); without it, to a temporary folder
     that is removed afterwards. ``init`` continues from an existing tail (e.g. after joint multi-task training)
     instead of a fresh one.
-    ``on_epoch_end(epoch, task)`` is called after each epoch (e.g. to watch another evaluation set); the
-    time it takes is left out of ``train_seconds`` and of each history record's ``elapsed_seconds``.
+    The validation split is scored ``evaluations_per_epoch`` times an epoch; the best check's weights are kept.
+    ``on_evaluation(epochs, task)`` is called after each check (``epochs`` done so far, e.g. 1.5; to watch another
+    evaluation set, say); the time it takes is left out of ``train_seconds`` and of the history's seconds.
 
     Example:
         >>> result = fit_task(chain, TaskSpec(name="sentiment", train="train.csv"))  # doctest: +SKIP
@@ -156,7 +185,7 @@ def fit_task(
         0.89
     """
     with run_folder(run_dir, f"finechain-{spec.name}-") as run_path:
-        return _fit_task(chain, spec, training, run_path, resume, progress, data, init, on_epoch_end)
+        return _fit_task(chain, spec, training, run_path, resume, progress, data, init, on_evaluation)
 
 
 def _fit_task(
@@ -168,7 +197,7 @@ def _fit_task(
     progress: bool,
     data: TaskData | None,
     init: TaskModel | None,
-    on_epoch_end: Callable[[int, TaskModel], None] | None,
+    on_evaluation: Callable[[float, TaskModel], None] | None,
 ) -> FitResult:
     cfg = spec.training.apply(training or TrainingConfig())
     head_cls = head_type(spec.type)
@@ -229,15 +258,52 @@ def _fit_task(
     history: list[dict[str, Any]] = []
     seen, observed = 0, 0.0
 
+    checks = len(check_points(batches_per_epoch, cfg.evaluations_per_epoch, cfg.gradient_accumulation))
+    epoch_start, observed_before = time.perf_counter(), 0.0
+
+    def epoch_seconds() -> float:
+        """Training seconds of the current epoch so far, ``on_evaluation`` left out."""
+        return time.perf_counter() - epoch_start - (observed - observed_before)
+
+    def check(progress: float, loss: float) -> None:
+        """Score the validation split now; keep the weights if they are the best so far; log and report it."""
+        nonlocal best, best_outputs, observed
+        outputs = validation_outputs()
+        task.train()
+        value = float(task.head.score(outputs, y_val)[metric])
+        if is_better(metric, value, state.best):
+            state.best, state.best_epoch, state.bad_checks = value, progress, 0
+            best, best_outputs = {k: v.detach().clone() for k, v in task.state_dict().items()}, outputs
+        else:
+            state.bad_checks += 1
+        record = {
+            "epoch": progress,
+            "passes": passes,
+            "step": state.step,
+            "train_loss": loss,
+            f"validation_{metric}": value,
+            "best": state.best,
+            "seconds": round(state.seconds + epoch_seconds(), 3),
+            "elapsed_seconds": round(time.perf_counter() - started - observed, 3),
+        }
+        log.write(record)
+        history.append(record)
+        bar.show_metric(f"val {metric} {value:.4f}")
+        if on_evaluation is not None:
+            pause = time.perf_counter()
+            on_evaluation(progress, task)
+            observed += time.perf_counter() - pause
+
     with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
         epoch = state.epoch
-        while epoch < cfg.epochs and not (cfg.patience and state.bad_epochs >= cfg.patience):
-            epoch_start = time.perf_counter()
+        while epoch < cfg.epochs and not (cfg.patience and state.bad_checks >= cfg.patience * checks):
+            epoch_start, observed_before = time.perf_counter(), observed
             task.train()
             running = torch.zeros((), device=device)
             batches = [
                 b for _ in range(passes) for b in length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)
             ]
+            points = check_points(len(batches), cfg.evaluations_per_epoch, cfg.gradient_accumulation)
             for i, batch in enumerate(batches):
                 running += step(batch)
                 if (i + 1) % cfg.gradient_accumulation == 0 or i + 1 == len(batches):
@@ -248,34 +314,13 @@ def _fit_task(
                     state.step += 1
                 seen += len(batch)
                 bar.advance(loss=float(running) * cfg.gradient_accumulation / (i + 1) if i % 20 == 0 else None)
-            outputs = validation_outputs()
-            value = float(task.head.score(outputs, y_val)[metric])
+                if i + 1 in points:
+                    loss = float(running) * cfg.gradient_accumulation / (i + 1)
+                    check(epoch_progress(epoch, points.index(i + 1) + 1, len(points)), loss)
             epoch += 1
             state.epoch = epoch
-            state.seconds += time.perf_counter() - epoch_start
-            if is_better(metric, value, state.best):
-                state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
-                best, best_outputs = {k: v.detach().clone() for k, v in task.state_dict().items()}, outputs
-            else:
-                state.bad_epochs += 1
-            record = {
-                "epoch": epoch,
-                "passes": passes,
-                "step": state.step,
-                "train_loss": float(running) * cfg.gradient_accumulation / max(1, len(batches)),
-                f"validation_{metric}": value,
-                "best": state.best,
-                "seconds": round(state.seconds, 3),
-                "elapsed_seconds": round(time.perf_counter() - started - observed, 3),
-            }
-            log.write(record)
-            history.append(record)
-            bar.show_metric(f"val {metric} {value:.4f}")
+            state.seconds += epoch_seconds()
             checkpointer.save(task, best, optimizer, scheduler, generator, state)
-            if on_epoch_end is not None:
-                pause = time.perf_counter()
-                on_epoch_end(epoch, task)
-                observed += time.perf_counter() - pause
 
     task.load_state_dict(best)
     info = {"metric": metric, "best_epoch": state.best_epoch, "training": cfg.model_dump()}
