@@ -12,6 +12,7 @@ import torch
 
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.errors import ArtifactError
+from finechain.model.task import TaskModel
 from finechain.train.checkpoint import Checkpointer
 from tests.conftest import TOPICS, sentiment_rows, write_csv
 
@@ -123,8 +124,18 @@ def test_validation_checks_per_epoch_and_early_stopping(tiny_backbone: Path, tmp
     spec = TaskSpec(name="stars", type="regression", train=train_file, dev=dev_file)
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
     seen: list[tuple[float, int]] = []
+
+    def watch(epochs: float, task: TaskModel) -> None:  # as the training benchmark watches its dev set
+        seen.append((epochs, task.training))
+        chain.attach("stars", task)  # switches the tail to eval mode: training must go on in training mode regardless
+        chain.score("stars", [t for t, _ in dev], [v for _, v in dev])
+
     cfg = FAST.model_copy(update={"epochs": 6, "evaluations_per_epoch": 3, "gradient_accumulation": 2, "patience": 1, "precision": "fp32"})
-    result = chain.fit(spec, cfg, progress=False, on_evaluation=lambda epochs, task: seen.append((epochs, task.training)))
+    result = chain.fit(spec, cfg, progress=False, on_evaluation=watch)
+    unwatched = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    unwatched.fit(spec, cfg, progress=False)
+    a, b = chain.tasks["stars"].state_dict(), unwatched.tasks["stars"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # watching changes nothing
     # 10 batches an epoch, accumulating 2: checks after batches 4, 8 and 10 (optimizer steps 2, 4, 5)
     epochs = [r["epoch"] for r in result.history]
     assert epochs == [0.333, 0.667, 1, 1.333, 1.667, 2, 2.333, 2.667, 3, 3.333, 3.667, 4, 4.333, 4.667, 5][: len(epochs)]

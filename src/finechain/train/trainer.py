@@ -292,6 +292,7 @@ def _fit_task(
         if on_evaluation is not None:
             pause = time.perf_counter()
             on_evaluation(progress, task)
+            task.train()  # the callback may have switched the tail to eval mode (Chain.attach does): training goes on
             observed += time.perf_counter() - pause
 
     with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
