@@ -20,6 +20,7 @@ SUITE_TITLES = {
     "train_epyc": "Training on a second CPU without bf16 units (AMD EPYC, 2 threads): the same suite, fp32 on both sides",
     "train_epyc_bf16": "Training on a CPU with AVX512-BF16 (AMD EPYC, 2 threads): the same suite, bf16 peer included",
     "train_epyc_bf16_peer": "Training against the bf16 Trainer on the AVX512-BF16 EPYC, after bf16 trunk caching (three runs)",
+    "train_epyc_checks": "Training with two validation checks an epoch (the default now), AVX512-BF16 EPYC: fp32 and bf16 Trainer",
     "dropout": "Dropout masks on CPU: time per training step with PyTorch's dropout vs finechain's (AMD EPYC)",
     "train_gpu": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H100)",
     "train_gpu_h200": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H200, same command)",
@@ -346,7 +347,7 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "dropout"]
+SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "train_epyc_checks", "dropout"]
 SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_head", "train_gpu_conll", "train_gpu_conll_h200"]
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
