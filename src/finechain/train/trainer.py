@@ -170,7 +170,7 @@ def fit_task(
     init: TaskModel | None = None,
     on_evaluation: Callable[[float, TaskModel], None] | None = None,
 ) -> FitResult:
-    """Validate the data, train a new tail for ``spec`` and attach the best epoch to ``chain``.
+    """Validate the data, train a new tail for ``spec`` and attach its best validation check's weights to ``chain``.
 
     Checkpoints and metrics go to ``run_dir`` (resumable with ``resume``); without it, to a temporary folder
     that is removed afterwards. ``init`` continues from an existing tail (e.g. after joint multi-task training)
