@@ -57,6 +57,17 @@ def test_joint_training_tunes_trunk_and_roundtrips(tiny_backbone: Path, tmp_path
     assert Chain.from_pretrained(out).predict(texts) == chain.predict(texts)
 
 
+def test_joint_gradient_accumulation_steps_every_few_batches(tiny_backbone: Path, tmp_path: Path) -> None:
+    """2 tasks x 10 batches = 20 batches an epoch; accumulating 3, that is 7 optimizer steps (the last after 2 batches),
+    and the mid-epoch check comes on a step boundary (after batch 12, step 4)."""
+    specs, data = specs_and_data(tmp_path)
+    joint = JOINT.model_copy(update={"epochs": 2, "refine_epochs": 0})
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    fit_joint(chain, specs, data, TRAINING.model_copy(update={"gradient_accumulation": 3}), joint, run_dir=tmp_path / "a", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "a" / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in log] == [(0.5, 4), (1, 7), (1.5, 11), (2, 14)]
+
+
 def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with small data repeated in each epoch: 2 tasks x 10 batches a pass, 3 epochs, min_steps 100: 2 passes."""
     specs, data = specs_and_data(tmp_path)

@@ -109,7 +109,7 @@ def fit_joint(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, FitResult]:
-    """Train the trunk's layers and every task tail together, sampling one task per step; then freeze the
+    """Train the trunk's layers and every task tail together, sampling one task per batch; then freeze the
     trunk and refine each tail on cached trunk outputs (its own epochs with early stopping, or ``joint.refine_epochs``).
 
     Validation is scored ``training.evaluations_per_epoch`` times an epoch; the weights of the check with the best
@@ -148,11 +148,12 @@ def _fit_joint(
         return tail_learning_rate(per_task[name.split(".")[1]])(name)
 
     probs = sampling_probabilities([len(job.ids) for job in jobs], joint.temperature)
-    steps_per_pass = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
+    accumulation = training.gradient_accumulation
+    batches_per_pass = sum(math.ceil(len(job.ids) / training.batch_size) for job in jobs)
     epochs = joint.epochs or training.epochs
-    passes = passes_per_epoch(steps_per_pass, epochs, training.min_steps)  # small data: more steps per epoch
-    steps_per_epoch = steps_per_pass * passes
-    total = steps_per_epoch * epochs
+    passes = passes_per_epoch(math.ceil(batches_per_pass / accumulation), epochs, training.min_steps)  # small data: more steps
+    batches_per_epoch = batches_per_pass * passes
+    total = math.ceil(batches_per_epoch / accumulation) * epochs  # optimizer steps
     optimizer = adamw(modules, learning_rate, training.weight_decay, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(training.seed)
@@ -173,7 +174,7 @@ def _fit_joint(
     pad = chain.tokenizer.pad_token_id or 0
     started = time.perf_counter()
 
-    points = check_points(steps_per_epoch, training.evaluations_per_epoch)
+    points = check_points(batches_per_epoch, training.evaluations_per_epoch, accumulation)
 
     def check(progress: float) -> None:
         """Score every task's validation split; keep the trunk and tails if their mean is the best so far."""
@@ -190,11 +191,11 @@ def _fit_joint(
         log.write({"epoch": progress, "passes": passes, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
         bar.show_metric(f"val mean {mean:.4f}")
 
-    with TrainProgress("joint", total=total, enabled=progress, completed=steps_per_epoch * state.epoch) as bar:
+    with TrainProgress("joint", total=batches_per_epoch * epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
         while state.epoch < epochs:
             modules.train()
             queues = [[] for _ in jobs]
-            choices = torch.multinomial(probs, steps_per_epoch, replacement=True, generator=generator).tolist()
+            choices = torch.multinomial(probs, batches_per_epoch, replacement=True, generator=generator).tolist()
             for n, k in enumerate(choices, start=1):
                 job = jobs[k]
                 if not queues[k]:
@@ -204,13 +205,14 @@ def _fit_joint(
                 with autocast_context(device, training.precision):
                     logits = job.task(chain.trunk.all_states(input_ids, mask), mask)
                 loss = job.task.head.loss(logits, job.targets[batch]) * job.weight
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(modules.parameters(), training.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                bar.advance(loss=float(loss.detach()) if state.step % 20 == 0 else None)
+                (loss / accumulation).backward()  # accumulated batches may come from different tasks
+                if n % accumulation == 0 or n == len(choices):
+                    torch.nn.utils.clip_grad_norm_(modules.parameters(), training.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                bar.advance(loss=float(loss.detach()) if n % 20 == 0 else None)
                 if n in points:
                     check(epoch_progress(state.epoch, points.index(n) + 1, len(points)))
             state.epoch += 1
