@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from finechain.errors import FinechainError
+from finechain.evaluate.metrics import is_better
 from finechain.io import load_tensors, read_json, save_tensors, write_json
 
 
@@ -45,6 +46,20 @@ class TrainState:
     best_epoch: float | None = None  # in epochs: 1.5 = the check halfway through the second epoch
     bad_checks: int = 0  # validation checks in a row without a better metric
     seconds: float = 0.0
+
+    def improves(self, metric: str, value: float, epochs: float) -> bool:
+        """Record a validation check after ``epochs`` epochs; True (and it becomes the best) if it beats the best so far.
+
+        Example:
+            >>> state = TrainState()
+            >>> state.improves("accuracy", 0.8, 0.5), state.improves("accuracy", 0.7, 1), (state.best_epoch, state.bad_checks)
+            (True, False, (0.5, 1))
+        """
+        if is_better(metric, value, self.best):
+            self.best, self.best_epoch, self.bad_checks = value, epochs, 0
+            return True
+        self.bad_checks += 1
+        return False
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -14,7 +14,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from finechain.data.batching import length_batches, pad_ids
 from finechain.data.prepare import TaskData
-from finechain.evaluate.metrics import LOWER_IS_BETTER, is_better
+from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
@@ -183,11 +183,8 @@ def _fit_joint(
         scores = {job.spec.name: float(_validate(chain, job, training)[job.metric]) for job in jobs}
         modules.train()
         mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(jobs, scores.values(), strict=True)) / len(jobs)
-        if is_better("mean", mean, state.best):
-            state.best, state.best_epoch, state.bad_checks = mean, progress, 0
+        if state.improves("mean", mean, progress):
             best = {k: v.detach().clone() for k, v in modules.state_dict().items()}
-        else:
-            state.bad_checks += 1
         log.write({"epoch": progress, "passes": passes, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
         bar.show_metric(f"val mean {mean:.4f}")
 

@@ -15,7 +15,6 @@ from transformers import get_linear_schedule_with_warmup
 from finechain.data.batching import Encoded, inference_batches, length_batches
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import SpecError
-from finechain.evaluate.metrics import is_better
 from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
@@ -45,7 +44,7 @@ class FitResult:
     @property
     def epochs_run(self) -> int:
         """Epochs trained in this call (a resumed run counts only the epochs it ran)."""
-        return math.ceil(self.history[-1]["epoch"]) - math.floor(self.history[0]["epoch"] - 1e-9) if self.history else 0
+        return sum(1 for record in self.history if float(record["epoch"]).is_integer())  # one check ends each epoch
 
 
 def param_groups(module: torch.nn.Module, learning_rate: Callable[[str], float], weight_decay: float) -> list[dict[str, Any]]:
@@ -258,7 +257,7 @@ def _fit_task(
     history: list[dict[str, Any]] = []
     seen, observed = 0, 0.0
 
-    checks = len(check_points(batches_per_epoch, cfg.evaluations_per_epoch, cfg.gradient_accumulation))
+    points = check_points(batches_per_epoch, cfg.evaluations_per_epoch, cfg.gradient_accumulation)
     epoch_start, observed_before = time.perf_counter(), 0.0
 
     def epoch_seconds() -> float:
@@ -271,11 +270,8 @@ def _fit_task(
         outputs = validation_outputs()
         task.train()
         value = float(task.head.score(outputs, y_val)[metric])
-        if is_better(metric, value, state.best):
-            state.best, state.best_epoch, state.bad_checks = value, progress, 0
+        if state.improves(metric, value, progress):
             best, best_outputs = {k: v.detach().clone() for k, v in task.state_dict().items()}, outputs
-        else:
-            state.bad_checks += 1
         record = {
             "epoch": progress,
             "passes": passes,
@@ -297,14 +293,13 @@ def _fit_task(
 
     with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
         epoch = state.epoch
-        while epoch < cfg.epochs and not (cfg.patience and state.bad_checks >= cfg.patience * checks):
+        while epoch < cfg.epochs and not (cfg.patience and state.bad_checks >= cfg.patience * len(points)):
             epoch_start, observed_before = time.perf_counter(), observed
             task.train()
             running = torch.zeros((), device=device)
             batches = [
                 b for _ in range(passes) for b in length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)
             ]
-            points = check_points(len(batches), cfg.evaluations_per_epoch, cfg.gradient_accumulation)
             for i, batch in enumerate(batches):
                 running += step(batch)
                 if (i + 1) % cfg.gradient_accumulation == 0 or i + 1 == len(batches):
