@@ -19,13 +19,11 @@ CITIES = ["paris", "london", "rome", "oslo"]
 TOPICS = {"sport": ["match", "goal", "team"], "money": ["bank", "price", "market"], "tech": ["phone", "chip", "app"]}
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer, 32-wide random BERT with a word-level WordPiece vocab, saved as safetensors."""
+def make_tiny_backbone(folder: Path) -> Path:
+    """Save a 4-layer, 32-wide random BERT with a word-level WordPiece vocab (safetensors) into ``folder``."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     topic_words = (w for ws in TOPICS.values() for w in ws)
     words = sorted({*POSITIVE, *NEGATIVE, *FILLER, *topic_words, *NAMES, *CITIES, "new", "york", "visited", "in", "met"})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *(f"##{c}" for c in string.ascii_lowercase), *words]
@@ -38,6 +36,12 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random BERT of :func:`make_tiny_backbone`, once per test session."""
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
