@@ -1,7 +1,7 @@
 """Should branches of equal depth run as one batched kernel? Times the branch part of a 4-task chain (the
 trunk's output is computed once, outside the clock) two ways on the same real batches:
 
-- ``one after another``: what ``Chain.run_tasks`` does, each task's layers in turn;
+- ``one after another``: what the inference engine's ``forward`` does, each task's layers in turn;
 - ``stacked (torch.func.vmap)``: the 4 branches' weights stacked and run by one vmapped call, so every
   linear layer becomes one batched matrix product over the 4 tasks (the standard model-ensembling recipe).
 
@@ -18,8 +18,9 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, timed
-from finechain import Chain
+from finechain.data.batching import inference_batches, pad_ids
 from finechain.data.readers import read_examples
+from finechain.model.chain_model import ChainModel
 from finechain.model.layers import LayerStack
 from finechain.model.precision import autocast_context, resolve_precision
 
@@ -49,14 +50,14 @@ def main(argv: list[str] | None = None) -> None:
         args.texts, args.repeats = 64, 1
     warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap falls back to a loop for CPU attention
     rec = Recorder("branch_batching", args.device)
-    chain = Chain.from_backbone(split=args.split).to(args.device).eval()
-    device = chain.device
+    model = ChainModel.from_backbone(split=args.split).to(args.device).eval()
+    device = model.device
     texts = [r.text for name in CLASSIFICATION_SETS for r in read_examples(DATASETS / CLASSIFICATION_SETS[name][1])]
     texts = texts[:: max(1, len(texts) // args.texts)][: args.texts]
-    ids, _ = chain.encode(texts)
+    ids, _ = model.encode(texts)
     stacks = []
     for _ in range(args.tasks):  # distinct weights per task, as after training
-        stack = LayerStack(chain.fresh_branch(), chain.encoder_config).to(device).eval()
+        stack = LayerStack(model.fresh_branch(), model.encoder_config).to(device).eval()
         with torch.no_grad():
             for p in stack.parameters():
                 p.add_(torch.randn_like(p) * 1e-3)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     for precision in ("fp32", "auto"):
         resolved = resolve_precision(device, precision)
         with torch.inference_mode(), autocast_context(device, precision):
-            batches = [(mask, chain.trunk(input_ids, mask)) for _, input_ids, mask in chain.padded_batches(ids, 64)]
+            padded = [pad_ids([ids[i] for i in batch], model.pad_id) for batch in inference_batches([len(x) for x in ids], 64, device)]
+            batches = [(mask.to(device), model.trunk(input_ids.to(device), mask.to(device))) for input_ids, mask in padded]
 
             def sequential(batches: list = batches) -> None:
                 for mask, hidden in batches:

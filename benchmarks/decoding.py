@@ -15,7 +15,7 @@ import argparse
 from benchmarks.common import DATASETS, Recorder, timed
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import TaggedSentence, read_conll
-from finechain.model.heads.tagging import spans_from_tags
+from finechain.heads.tagging import spans_from_tags
 
 NO_SPACE_BEFORE = {".", ",", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "'S", "n't", "'re", "'ve", "'ll", "'d", "'m"}
 NO_SPACE_AFTER = {"(", "[", "{", "$"}
@@ -46,7 +46,7 @@ def running_text_scores(chain: Chain, task: str, sentences: list[TaggedSentence]
         text, entities = running_text_example(sentence)
         texts.append(text)
         gold.append({(start, end, kind) for start, end, kind in entities})
-    found = [{(e["start"], e["end"], e["type"]) for e in p[task]["entities"]} for p in chain.predict(texts, tasks=[task])]
+    found = [{(e.start, e.end, e.type) for e in p[task].entities} for p in chain.predict(texts, tasks=[task])]
     hits = sum(len(g & f) for g, f in zip(gold, found, strict=True))
     precision, recall = hits / max(1, sum(map(len, found))), hits / max(1, sum(map(len, gold)))
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
@@ -72,19 +72,19 @@ def main(argv: list[str] | None = None) -> None:
     test = read_conll(DATASETS / "conll2003/test.txt")[:limit]
     head = chain.tasks["conll2003"].head
     for decoding in ("constrained", "argmax"):
-        head.decoding = decoding
+        head.options = head.options.model_copy(update={"decoding": decoding})
         scores = chain.score("conll2003", [s.words for s in test], [s.tags for s in test])
         for metric in ("entity_f1", "entity_precision", "entity_recall"):
             rec.add("conll2003", "finechain", f"{decoding} decoding, split={chain.split}", metric, scores[metric], "test")
-    head.decoding = "constrained"
+    head.options = head.options.model_copy(update={"decoding": "constrained"})
     scores = running_text_scores(chain, "conll2003", test)
     for metric, value in scores.items():
         rec.add("conll2003", "finechain", f"running text input, constrained decoding, split={chain.split}", metric, value, "test")
     texts = [" ".join(s.words) for s in test]
-    raw, encoded = chain.run_tasks(texts, ["conll2003"])
+    outputs, words = chain.engine.outputs(texts, ["conll2003"])
     for decoding in ("constrained", "argmax"):
-        head.decoding = decoding
-        seconds = timed(lambda: head.decode(raw["conll2003"], encoded, texts), repeats=5)
+        head.options = head.options.model_copy(update={"decoding": decoding})
+        seconds = timed(lambda: head.decode(outputs["conll2003"], texts, words), repeats=5)
         variant = f"{decoding} decoding, split={chain.split}"
         rec.add("conll2003", "finechain", variant, "samples_per_second", len(texts) / seconds, "texts/s (decoding only)")
     spans_chain = Chain.from_backbone().to(args.device)  # the same sentences (same subsample and validation cut) as running text

@@ -19,15 +19,16 @@ from torch import nn
 
 from benchmarks.common import DATASETS, DROPOUT_VARIANTS, Recorder, comma_list
 from benchmarks.train import TASKS
-from finechain import Chain, TaskSpec
+from finechain import TaskSpec
 from finechain.data.batching import index_tensor, length_batches
 from finechain.data.prepare import load_task_data
+from finechain.heads import head_type
+from finechain.model.chain_model import ChainModel
 from finechain.model.dropout import ATTENTION, FastDropout
-from finechain.model.heads import head_type
 from finechain.model.precision import autocast_context, resolve_precision
 from finechain.model.task import TaskModel
 from finechain.train.features import TrunkFeatures
-from finechain.train.trainer import adamw
+from finechain.train.optim import adamw
 
 
 def use_variant(task: TaskModel, variant: str) -> None:
@@ -50,7 +51,7 @@ def time_variants(
         hidden, mask = features.batch(batch)
         with autocast_context(features.device, precision):
             logits = task(hidden, mask)
-        task.head.loss(logits, targets[index_tensor(batch, features.device)]).backward()
+        task.loss(logits, targets[index_tensor(batch, features.device)]).backward()
         torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -83,22 +84,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.examples, args.steps, args.repeats = 128, 4, 1
     rec = Recorder("dropout", "cpu")
-    chain = Chain.from_backbone()
+    model = ChainModel.from_backbone()
     for name in args.tasks:
         kind = TASKS[name]["type"]
         spec = TaskSpec(name=name, type=kind, train=DATASETS / TASKS[name]["train"], max_train_examples=args.examples)
         data = load_task_data(spec, head_type(kind), args.seed)
-        ids, encoded = chain.encode(data.train.texts, with_words=kind == "tagging")
-        features = TrunkFeatures(chain.trunk, ids, chain.tokenizer.pad_token_id or 0)
+        ids, words = model.encode(data.train.texts, with_words=kind == "tagging")
+        features = TrunkFeatures(model.trunk, ids, model.pad_id)
         generator = torch.Generator().manual_seed(args.seed)
         batches = length_batches(features.lengths, args.batch_size, shuffle=True, generator=generator)
         for precision in ("auto", "fp32"):
             torch.manual_seed(args.seed)
-            task = chain.new_task(head_type(kind), data.labels).train()
-            targets = task.head.targets(data.train.labels, encoded)
+            task = model.new_task(head_type(kind)(data.labels)).train()
+            targets = torch.from_numpy(task.head.targets(data.train.labels, words))
 
             times, samples = time_variants(task, features, targets, precision, batches, args.steps, args.repeats)
-            resolved = resolve_precision(chain.device, precision)
+            resolved = resolve_precision(model.device, precision)
             for variant, label in DROPOUT_VARIANTS.items():
                 ms = 1000 * statistics.median(times[variant])
                 rec.add(name, "finechain", f"{label}, {resolved}", "ms_per_step", ms, f"ms per step, batch {args.batch_size}")

@@ -11,6 +11,7 @@ has exactly the architecture and size of the fine-tuned models it stands for.
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any
 
 import torch
@@ -31,14 +32,14 @@ def load_texts(n: int) -> list[str]:
 
 def build_chain(split: str, tasks: list[str]):
     from finechain import Chain
-    from finechain.model.heads import head_type
+    from finechain.heads import head_type
 
     chain = Chain.from_backbone(split=split)
     torch.manual_seed(0)
     for name in tasks:
         kind, n = TASKS[name]
         labels = NER_TAGS if kind == "tagging" else [f"{name}_{i}" for i in range(n)]
-        chain.attach(name, chain.new_task(head_type(kind), labels))
+        chain.attach(name, chain.model.new_task(head_type(kind)(labels)))
     return chain
 
 
@@ -96,7 +97,7 @@ def embedding_peer(texts: list[str], repeats: int, device: str, rec: Recorder) -
     n = len(texts)
     for precision in ("auto", "fp32") if resolve_precision(device) != "fp32" else ("auto",):
         chain.precision = precision
-        agreement = torch.nn.functional.cosine_similarity(chain.embed(texts), theirs_vectors).min()
+        agreement = torch.nn.functional.cosine_similarity(torch.from_numpy(chain.embed(texts)), theirs_vectors).min()
         ours = timed(lambda: chain.embed(texts), repeats)
         variant = f"Chain.embed, {resolve_precision(device, precision)}"
         rec.add("embeddings", "finechain", variant, "samples_per_second", n / ours, "texts/s")
@@ -105,16 +106,23 @@ def embedding_peer(texts: list[str], repeats: int, device: str, rec: Recorder) -
     rec.add("embeddings", "sentence-transformers", "SentenceTransformer.encode, fp32", "samples_per_second", n / theirs, "texts/s")
 
 
+STAGES = {
+    "prepare": "prepare (tokenise with word offsets, long-text windows)",
+    "forward": "forward (trunk once, each task's tail, outputs copied back)",
+    "decode": "decode (labels, scores, tags, entities)",
+}
+
+
 def stage_seconds(chain: Any, texts: list[str], names: list[str], repeats: int) -> dict[str, float]:
-    """Where ``chain.predict`` spends its time: tokenising, the encoder and heads (with the copy back), decoding."""
-    tokenise = timed(lambda: chain.encode(texts, with_words=True), repeats)
-    run = timed(lambda: chain.run_tasks(texts, names), repeats)
-    raw, encoded = chain.run_tasks(texts, names)
-    return {
-        "tokenise (fast tokenizer, word offsets)": tokenise,
-        "encoder and heads, outputs copied back": run - tokenise,
-        "decoding (labels, scores, tags, entities)": timed(lambda: chain.decode(raw, encoded, texts), repeats),
-    }
+    """Where ``chain.predict`` spends its time, as its engine times it: each stage's median over ``repeats`` calls."""
+    chain.predict(texts, tasks=names)  # warm-up
+    seen: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for _ in range(repeats):
+        chain.engine.times.reset()
+        chain.predict(texts, tasks=names)
+        for stage in STAGES:
+            seen[stage].append(getattr(chain.engine.times, stage))
+    return {label: statistics.median(seen[stage]) for stage, label in STAGES.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from benchmarks.common import Recorder, comma_list
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TrainingConfig
 from finechain.data.prepare import load_task_data
-from finechain.model.heads import head_type
+from finechain.heads import head_type
 
 TASKS = ("sst2", "conll2003")
 
@@ -42,14 +42,19 @@ def main(argv: list[str] | None = None) -> None:
             variant = f"split={split}, {'layer mix' if mix else 'last layer'}"
             for spec in specs:
                 start = time.perf_counter()
-                chain.fit(spec.model_copy(update={"layer_mix": mix}), training, progress=False, data=datas[spec.name])
+                chain.fit(
+                    spec.model_copy(update={"head": spec.head.model_copy(update={"layer_mix": mix})}),
+                    training,
+                    progress=False,
+                    data=datas[spec.name],
+                )
                 seconds = time.perf_counter() - start
                 texts, labels = evaluation[spec.name]
                 unit = "dev accuracy" if spec.name == "sst2" else f"test {METRIC[spec.name]}"
                 rec.add(spec.name, "finechain", variant, METRIC[spec.name], chain.score(spec.name, texts, labels)[METRIC[spec.name]], unit)
                 rec.add(spec.name, "finechain", variant, "train_seconds", seconds, "s")
                 if mix:
-                    learned[f"{spec.name} {variant}"] = chain.tasks[spec.name].describe()["layer_mix"]
+                    learned[f"{spec.name} {variant}"] = chain.tasks[spec.name].layer_mix.layer_weights()
     print(f"wrote {rec.save('mixing_quick' if args.quick else 'mixing', {**vars(args), 'learned_layer_weights': learned})}")
 
 

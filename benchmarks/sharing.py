@@ -27,13 +27,13 @@ from pathlib import Path
 from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list, timed
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.branches import LoraOptions
 from finechain.data.conll import read_conll
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
+from finechain.heads import head_type
 from finechain.model.backbone import resolve_backbone
-from finechain.model.heads import head_type
-from finechain.spec import BranchConfig, JointConfig
-from finechain.train.joint import fit_joint
+from finechain.spec import JointConfig
 
 METRIC = {"sst2": "accuracy", "agnews": "accuracy", "banking77": "accuracy", "conll2003": "entity_f1"}
 
@@ -123,23 +123,26 @@ def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], eva
         resumed = run_dir is not None and (run_dir / "joint").exists()
         if kind in ("joint", "joint-add"):
             first = specs if kind == "joint" else specs[1:]
-            fit_joint(chain, first, datas, training, JointConfig(epochs=args.epochs), run_dir=run_dir, resume=resumed, progress=False)
+            joint = JointConfig(epochs=args.epochs)
+            chain.fit_joint(
+                first, training, joint, data={s.name: datas[s.name] for s in first}, run_dir=run_dir, resume=resumed, progress=False
+            )
             if kind == "joint-add":  # what add-task does: a new branch on the (now frozen) tuned trunk
                 chain.fit(specs[0], training, progress=False, data=datas[specs[0].name])
         else:
             for spec in specs:
                 if kind == "lora":  # the LoRA mode's default learning rate (5e-4, larger than full layers' 1e-4) applies
-                    spec = spec.model_copy(update={"branch": BranchConfig(mode="lora")})
+                    spec = spec.model_copy(update={"branch": LoraOptions()})
                 chain.fit(spec, training, progress=False, data=datas[spec.name])
         seconds = time.perf_counter() - start
         for name in METRIC:
             texts, labels = evaluation[name]
             value = chain.score(name, texts, labels)[METRIC[name]]
-            described = chain.tasks[name].describe()
+            described = chain.tasks[name].parameter_counts()
             rec.add(name, "finechain", variant, METRIC[name], value, "dev accuracy" if name == "sst2" else f"test {METRIC[name]}")
             rec.add(name, "finechain", variant, "trainable_parameters", described["trainable_parameters"], "parameters")
             rec.add(name, "finechain", variant, "stored_parameters", described["stored_parameters"], "parameters")
-        shared = sum(p.numel() for p in chain.trunk.stack.parameters()) if kind.startswith("joint") else 0
+        shared = sum(p.numel() for p in chain.model.trunk.stack.parameters()) if kind.startswith("joint") else 0
         rec.add("all four", "finechain", variant, "shared_stored_parameters", shared, "parameters")
         if resumed:  # the time spent before the stop is not known here
             print(f"{variant}: resumed from {run_dir}, so no train_seconds record")

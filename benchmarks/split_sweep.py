@@ -13,8 +13,8 @@ from benchmarks.peers import hf_sequence_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
+from finechain.heads import head_type
 from finechain.model.backbone import resolve_backbone
-from finechain.model.heads import head_type
 
 
 def main(argv: list[str] | None = None) -> None:

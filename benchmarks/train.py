@@ -26,13 +26,14 @@ from transformers import AutoTokenizer
 from benchmarks.common import DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.branches import BranchMode
 from finechain.data.conll import read_conll
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
+from finechain.heads import head_type
 from finechain.model.backbone import resolve_backbone
-from finechain.model.branches import BranchMode
-from finechain.model.heads import head_type
 from finechain.model.precision import resolve_precision
+from finechain.train.loop import Check, Hook, TrainingLoop
 
 TASKS: dict[str, dict[str, Any]] = {
     "sst2": {"type": "classification", "train": "sst2/train.csv", "dev": "sst2/dev.csv", "metric": "accuracy"},
@@ -84,11 +85,12 @@ def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], traini
     chain = Chain.from_backbone(split="auto").to(device)
     watched: list[float] = []
 
-    def watch(epochs: float, task: Any) -> None:
-        chain.attach(name, task)
-        watched.append(chain.score(name, *dev)[TASKS[name]["metric"]])
+    class Watch(Hook):  # scores the dev file at every validation check; its time is left out of the training time
+        def on_check(self, loop: TrainingLoop, check: Check) -> None:
+            chain.attach(name, loop.module)
+            watched.append(chain.score(name, *dev)[TASKS[name]["metric"]])
 
-    result = chain.fit(spec, training, progress=False, data=data, on_evaluation=watch)
+    result = chain.fit(spec, training, progress=False, data=data, hooks=[Watch()])
     final = chain.score(name, *dev)[TASKS[name]["metric"]]
     curve = [(record["epoch"], record["elapsed_seconds"], value) for record, value in zip(result.history, watched, strict=True)]
     return {

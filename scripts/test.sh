@@ -6,4 +6,5 @@ bash scripts/install.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 ruff check src tests benchmarks scripts
+lint-imports  # the layering contracts in pyproject.toml
 python -m pytest src tests benchmarks -q -p no:cacheprovider --durations=10 "$@"

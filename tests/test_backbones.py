@@ -39,15 +39,15 @@ def tiny_roberta(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_word_lists_are_tokenised_like_running_text_on_a_byte_level_bpe(tiny_roberta: Path, tmp_path: Path) -> None:
     chain = Chain.from_backbone(str(tiny_roberta), split=2, max_length=32)
     words = ["alice", "visited", "new", "york"]
-    listed, _ = chain.encode([words], with_words=True)
-    running, encoded = chain.encode([" ".join(words)], with_words=True)
+    listed, _ = chain.model.encode([words], with_words=True)
+    running, encoded = chain.model.encode([" ".join(words)], with_words=True)
     assert listed == running  # every word with its leading space, as in running text
-    tokens = chain.tokenizer.convert_ids_to_tokens(running[0])
+    tokens = chain.model.tokenizer.convert_ids_to_tokens(running[0])
     assert encoded is not None and all(tokens[p].startswith("Ġ") for p in encoded.word_starts[0])
     chain.fit(
         TaskSpec(name="ner", type="tagging", train=write_conll(tmp_path / "t.conll", ner_sentences(120, 1))),
         TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0),
         progress=False,
     )
-    found = chain.predict(["bob visited new york"])[0]["ner"]["entities"]
-    assert [(e["text"], e["type"]) for e in found] == [("bob", "PER"), ("new york", "LOC")]
+    found = chain.predict(["bob visited new york"])[0]["ner"].entities
+    assert [(e.text, e.type) for e in found] == [("bob", "PER"), ("new york", "LOC")]

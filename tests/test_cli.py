@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from finechain.cli.app import main
-from finechain.train.pipeline import train_chain
+from finechain.jobs import train_chain
 from tests.conftest import TOPICS, sentiment_rows, write_csv
 
 COLUMNS = ("review", "stars")  # not the default column names: eval must read files the way the task was trained
@@ -69,7 +69,7 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["text"] for line in lines] == ["movie superb plot", "story awful acting"]
-    assert set(lines[0]["sentiment"]) == {"label", "score"}
+    assert set(lines[0]["sentiment"]) == {"label", "score", "scores"} and set(lines[0]["sentiment"]["scores"]) == {"neg", "pos"}
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "superb"}) + "\n")
     threads = torch.get_num_threads()
     code, _, err = cli(

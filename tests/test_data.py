@@ -13,7 +13,7 @@ from finechain.data.batching import GPU_TOKENS_PER_ROW, inference_batches, lengt
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples, read_texts
 from finechain.errors import DataError
-from finechain.model.heads import head_type
+from finechain.heads import head_type
 from finechain.spec import TaskSpec
 from tests.conftest import write_csv
 
@@ -97,3 +97,18 @@ def test_gpu_inference_batches_grow_within_a_token_budget() -> None:
 def test_pad_ids() -> None:
     ids, mask = pad_ids([[5, 6], [7]], 0)
     assert ids.tolist() == [[5, 6], [7, 0]] and mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_a_subsample_keeps_two_examples_of_every_label_or_says_it_cannot(tmp_path: Path) -> None:
+    """``max_train_examples`` once trained with classes it had cut to one example or none (its checks ran before
+    subsampling). Now a rare label keeps two, the size stays as asked, and a size too small for two of each is an error."""
+    rows = [(f"common {i}", "a") for i in range(90)] + [(f"often {i}", "b") for i in range(6)] + [("rare one", "c"), ("rare two", "c")]
+    path = write_csv(tmp_path / "t.csv", rows)
+    for seed in range(5):
+        data = load_task_data(TaskSpec(name="t", train=path, max_train_examples=20), head_type("classification"), seed)
+        labels = data.train.labels + data.validation.labels
+        assert len(labels) == 20 and labels.count("c") == 2 and data.labels == ["a", "b", "c"]
+    with pytest.raises(
+        DataError, match=r"max_train_examples=5 cannot keep 2 examples of each of the 3 labels \(fix: set max_train_examples to 6"
+    ):
+        load_task_data(TaskSpec(name="t", train=path, max_train_examples=5), head_type("classification"), 0)

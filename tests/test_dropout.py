@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from finechain.model.chain import Chain
+from finechain.heads import head_type
+from finechain.model.chain_model import ChainModel
 from finechain.model.dropout import ATTENTION, FastDropout, attention, cpu_dropout, use_fast_attention, use_fast_dropout
-from finechain.model.heads import head_type
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -76,10 +76,10 @@ def test_training_attention_matches_the_reference_and_ignores_masked_keys() -> N
 
 
 def test_a_training_branch_ignores_what_sits_at_padding_positions(tiny_backbone: Path) -> None:
-    chain = Chain.from_backbone(str(tiny_backbone), split=1, max_length=32)
-    assert chain.encoder_config._attn_implementation == ATTENTION
-    task = chain.new_task(head_type("tagging"), ["O", "B-X", "I-X"]).train()
-    hidden = torch.randn(2, 6, chain.encoder_config.hidden_size)
+    model = ChainModel.from_backbone(str(tiny_backbone), split=1, max_length=32)
+    assert model.encoder_config._attn_implementation == ATTENTION
+    task = model.new_task(head_type("tagging")(["O", "B-X", "I-X"])).train()
+    hidden = torch.randn(2, 6, model.encoder_config.hidden_size)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
     moved = hidden.clone()
     moved[0, 4:] += 50.0

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from finechain import Chain
-from finechain.train.features import TrunkFeatures
+from finechain.model.chain_model import ChainModel
+from finechain.train.features import FeatureCache, TrunkFeatures
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk", "off"])
 @pytest.mark.parametrize("all_states", [False, True])
 def test_batches_match_the_trunk_on_each_text(tiny_backbone: Path, tmp_path: Path, cache: str, all_states: bool) -> None:
-    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    model = ChainModel.from_backbone(str(tiny_backbone), split=2, max_length=32)
     texts = ["good film", "the plot was really awful and the acting weak", "bad", "very good music and a great ending"]
-    ids, _ = chain.encode(texts)
-    feats = TrunkFeatures(chain.trunk, ids, 0, cache, batch_size=3, cache_file=tmp_path / "c.npy", all_states=all_states)
+    ids, _ = model.encode(texts)
+    feats = TrunkFeatures(model.trunk, ids, 0, cache, batch_size=3, cache_file=tmp_path / "c.npy", all_states=all_states)
     order = [2, 0, 3]  # not the cache's fill order
     hidden, mask = feats.batch(order)
     states = hidden if all_states else [hidden]
@@ -25,7 +25,7 @@ def test_batches_match_the_trunk_on_each_text(tiny_backbone: Path, tmp_path: Pat
     for row, index in enumerate(order):
         n = len(ids[index])
         with torch.inference_mode():
-            alone = chain.trunk.all_states(torch.tensor([ids[index]]), torch.ones(1, n, dtype=torch.long))
+            alone = model.trunk.all_states(torch.tensor([ids[index]]), torch.ones(1, n, dtype=torch.long))
         expected = alone if all_states else alone[-1:]
         assert len(states) == len(expected)
         for got, want in zip(states, expected, strict=True):
@@ -36,11 +36,27 @@ def test_batches_match_the_trunk_on_each_text(tiny_backbone: Path, tmp_path: Pat
 
 def test_the_trunk_runs_at_the_training_precision(tiny_backbone: Path) -> None:
     """bf16 training caches the states a bf16 chain computes when it predicts (train on what is served)."""
-    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    ids, _ = chain.encode(["the plot was really awful and the acting weak"])
-    cached, _ = TrunkFeatures(chain.trunk, ids, 0, "memory", precision="bf16").batch([0])
-    exact, _ = TrunkFeatures(chain.trunk, ids, 0, "memory", precision="fp32").batch([0])
+    model = ChainModel.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    ids, _ = model.encode(["the plot was really awful and the acting weak"])
+    cached, _ = TrunkFeatures(model.trunk, ids, 0, "memory", precision="bf16").batch([0])
+    exact, _ = TrunkFeatures(model.trunk, ids, 0, "memory", precision="fp32").batch([0])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        served = chain.trunk(torch.tensor(ids), torch.ones(1, len(ids[0]), dtype=torch.long)).float()
+        served = model.trunk(torch.tensor(ids), torch.ones(1, len(ids[0]), dtype=torch.long)).float()
     torch.testing.assert_close(cached, served, atol=0, rtol=0)
     assert not torch.equal(cached, exact)
+
+
+def test_feature_cache_shares_states_between_runs_until_the_trunk_changes(tiny_backbone: Path) -> None:
+    model = ChainModel.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    ids, _ = model.encode(["good film", "bad plot"])
+    cache = FeatureCache()
+    first = cache.get(model.trunk, ids, 0)
+    assert cache.get(model.trunk, [list(x) for x in ids], 0) is first  # same texts (an equal copy): computed once
+    assert cache.get(model.trunk, ids, 0, all_states=True) is not first  # other states kept: another entry
+    assert cache.get(model.trunk, ids[:1], 0) is not first  # other texts
+    with torch.no_grad():
+        next(model.trunk.stack.parameters()).add_(1.0)  # the trunk tuned in place: its states are stale
+    assert cache.get(model.trunk, ids, 0) is not first
+    assert cache.get(model.trunk, ids, 0, cache="off") not in (first,) and len(cache) == 4  # only memory caches are kept
+    cache.clear()
+    assert len(cache) == 0

@@ -35,7 +35,7 @@ def test_lists_train_exactly_like_the_same_rows_in_a_file(tiny_backbone: Path, t
     )
     assert _same(_weights(from_file, "s"), _weights(in_memory, "s"))  # same validation cut, same batches, same weights
     assert result.validation == file_result.validation and result.test == file_result.test
-    data = in_memory.task_info["s"]["data"]
+    data = in_memory.records["s"].data
     assert data["train"] == "in memory" and data["validation"]["source"] == "cut from train" and data["test"]["source"] == "in memory"
     loaded = Chain.from_pretrained(in_memory.save_pretrained(tmp_path / "chain"))
     assert loaded.predict(texts[:5]) == in_memory.predict(texts[:5])
@@ -135,9 +135,9 @@ def test_fit_joint_mixes_files_and_lists_and_matches_files_only(tiny_backbone: P
     mixed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
     lists = ([t for t, _ in sentiment], [y for _, y in sentiment])
     mixed.fit_joint([TaskSpec(name="sent"), files[1]], FAST, joint, data={"sent": lists}, progress=False)
-    assert _same(from_files.trunk.stack.state_dict(), mixed.trunk.stack.state_dict())
+    assert _same(from_files.model.trunk.stack.state_dict(), mixed.model.trunk.stack.state_dict())
     assert _same(_weights(from_files, "sent"), _weights(mixed, "sent")) and _same(_weights(from_files, "ner"), _weights(mixed, "ner"))
-    assert mixed.task_info["sent"]["data"]["train"] == "in memory" and "train_file" in mixed.task_info["ner"]["data"]
+    assert mixed.records["sent"].data["train"] == "in memory" and "train_file" in mixed.records["ner"].data
     with pytest.raises(SpecError, match=r"data for unknown tasks \['sentiment'\] \(fix: the tasks are \['sent', 'ner'\]\)"):
         mixed.fit_joint(files, FAST, joint, data={"sentiment": lists}, progress=False)
 

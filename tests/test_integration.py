@@ -13,7 +13,7 @@ import pytest
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
-from finechain.model.heads import head_type
+from finechain.heads import head_type
 from finechain.spec import load_chain_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_real_backbone_learns_sst2_slice(shared_datasets: Path, tmp_path: Path) -> None:
     chain = Chain.from_backbone("all-MiniLM-L6-v2")
-    assert (chain.split, chain.num_layers, chain.backbone_ref.kind) == (2, 6, "package")
+    assert (chain.split, chain.num_layers, chain.model.backbone.kind) == (2, 6, "package")
     spec = TaskSpec(name="sst2", train=shared_datasets / "sst2/train.csv", max_train_examples=1500)
     chain.fit(spec, TrainingConfig(epochs=3, min_steps=0), progress=False)  # one pass per epoch: a quick check
     dev = read_examples(shared_datasets / "sst2/dev.csv")[:300]

@@ -13,13 +13,12 @@ from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.cli.app import main
 from finechain.data.prepare import load_task_data
 from finechain.errors import DataError
-from finechain.model.heads import head_type
+from finechain.heads import head_type
 from finechain.spec import JointConfig
 from finechain.train.checkpoint import Checkpointer
-from finechain.train.joint import fit_joint
 from tests.conftest import TOPICS, ner_sentences, sentiment_rows, write_conll, write_csv
 
-TRAINING = TrainingConfig(batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, seed=1, min_steps=0)
+TRAINING = TrainingConfig(batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, seed=1, min_steps=0, patience=0)
 JOINT = JointConfig(epochs=8, trunk_learning_rate=1e-3, refine_epochs=1)
 
 
@@ -41,13 +40,14 @@ def specs_and_data(folder: Path) -> tuple[list[TaskSpec], dict]:
 def test_joint_training_tunes_trunk_and_roundtrips(tiny_backbone: Path, tmp_path: Path) -> None:
     specs, data = specs_and_data(tmp_path)
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    before = {k: v.clone() for k, v in chain.trunk.stack.state_dict().items()}
-    embeddings = {k: v.clone() for k, v in chain.trunk.embeddings.state_dict().items()}
-    results = fit_joint(chain, specs, data, TRAINING, JOINT, run_dir=tmp_path / "run", progress=False)
+    trunk = chain.model.trunk
+    before = {k: v.clone() for k, v in trunk.stack.state_dict().items()}
+    embeddings = {k: v.clone() for k, v in trunk.embeddings.state_dict().items()}
+    results = chain.fit_joint(specs, TRAINING, JOINT, data=data, run_dir=tmp_path / "run", progress=False)
     assert results["sent"].validation["accuracy"] >= 0.9 and results["ner"].validation["entity_f1"] >= 0.8
-    assert any(not torch.equal(before[k], v) for k, v in chain.trunk.stack.state_dict().items())
-    assert all(torch.equal(embeddings[k], v) for k, v in chain.trunk.embeddings.state_dict().items())
-    assert not any(p.requires_grad for p in chain.trunk.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in trunk.stack.state_dict().items())
+    assert all(torch.equal(embeddings[k], v) for k, v in trunk.embeddings.state_dict().items())
+    assert not any(p.requires_grad for p in trunk.parameters())
     log = [json.loads(line) for line in (tmp_path / "run" / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [k / 2 if k % 2 else k // 2 for k in range(1, 2 * JOINT.epochs + 1)]  # two checks an epoch
     assert set(log[0]["validation"]) == {"sent", "ner"}
@@ -63,7 +63,9 @@ def test_joint_gradient_accumulation_steps_every_few_batches(tiny_backbone: Path
     specs, data = specs_and_data(tmp_path)
     joint = JOINT.model_copy(update={"epochs": 2, "refine_epochs": 0})
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    fit_joint(chain, specs, data, TRAINING.model_copy(update={"gradient_accumulation": 3}), joint, run_dir=tmp_path / "a", progress=False)
+    chain.fit_joint(
+        specs, TRAINING.model_copy(update={"gradient_accumulation": 3}), joint, data=data, run_dir=tmp_path / "a", progress=False
+    )
     log = [json.loads(line) for line in (tmp_path / "a" / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["step"]) for r in log] == [(0.5, 4), (1, 7), (1.5, 11), (2, 14)]
 
@@ -74,7 +76,7 @@ def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch:
     joint = JOINT.model_copy(update={"epochs": 3, "refine_epochs": 0})
     training = TRAINING.model_copy(update={"min_steps": 100})
     straight = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    fit_joint(straight, specs, data, training, joint, run_dir=tmp_path / "a", progress=False)
+    straight.fit_joint(specs, training, joint, data=data, run_dir=tmp_path / "a", progress=False)
     log = [json.loads(line) for line in (tmp_path / "a" / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["passes"], r["step"]) for r in log] == [(2, 20), (2, 40), (2, 60), (2, 80), (2, 100), (2, 120)]
     original = Checkpointer.save
@@ -85,19 +87,13 @@ def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(Checkpointer, "save", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
-        fit_joint(
-            Chain.from_backbone(str(tiny_backbone), split=2, max_length=32),
-            specs,
-            data,
-            training,
-            joint,
-            run_dir=tmp_path / "b",
-            progress=False,
+        Chain.from_backbone(str(tiny_backbone), split=2, max_length=32).fit_joint(
+            specs, training, joint, data=data, run_dir=tmp_path / "b", progress=False
         )
     monkeypatch.setattr(Checkpointer, "save", original)
     resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    fit_joint(resumed, specs, data, training, joint, run_dir=tmp_path / "b", resume=True, progress=False)
-    for a, b in ((straight.trunk.stack, resumed.trunk.stack), (straight.tasks, resumed.tasks)):
+    resumed.fit_joint(specs, training, joint, data=data, run_dir=tmp_path / "b", resume=True, progress=False)
+    for a, b in ((straight.model.trunk.stack, resumed.model.trunk.stack), (straight.tasks, resumed.tasks)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -174,3 +170,26 @@ def test_fits_without_run_dir_leave_no_folders_behind(tiny_backbone: Path, tmp_p
     with pytest.raises(DataError, match="is not a number"):  # raised inside the run, after its folder was made
         chain.fit(specs[0].model_copy(update={"name": "bad", "type": "regression"}), TRAINING, progress=False)
     assert list(scratch.iterdir()) == []  # also after an error
+
+
+def test_joint_training_stops_early_like_single_task_training(tiny_backbone: Path, tmp_path: Path) -> None:
+    """Joint training has patience too: with validation labels opposite to the training labels the mean score soon only
+    gets worse, and patience 1 stops the joint phase at the first epoch end after two checks (one epoch) without gain."""
+    specs, data = specs_and_data(tmp_path)
+    flipped = TaskSpec(
+        name="sent",
+        train=specs[0].train,
+        dev=write_csv(tmp_path / "flip.csv", [(t, "neg" if y == "pos" else "pos") for t, y in sentiment_rows(40, 2)]),
+    )
+    data["sent"] = load_task_data(flipped, head_type("classification"), seed=1)
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    joint = JOINT.model_copy(update={"epochs": 8, "refine_epochs": 0})
+    chain.fit_joint(
+        [flipped, specs[1]], TRAINING.model_copy(update={"patience": 1}), joint, data=data, run_dir=tmp_path / "p", progress=False
+    )
+    log = [json.loads(line) for line in (tmp_path / "p" / "joint" / "metrics.jsonl").read_text().splitlines()]
+    means = [r["mean"] for r in log]
+    best = means.index(max(means))
+    assert len(log) < 2 * 8 and isinstance(log[-1]["epoch"], int)  # stopped early, at an epoch's end
+    assert 2 <= len(log) - 1 - best < 4  # after one epoch's worth of checks (2) without gain, at the next epoch end
+    assert chain.trunk_record.best_epoch == log[best]["epoch"]

@@ -33,7 +33,7 @@ def test_mixing_task_trains_on_every_cache_and_reloads(
     spec = TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1], layer_mix=True)
     result = chain.fit(spec, FAST.model_copy(update={"cache": cache}), progress=False, run_dir=tmp_path / "run")
     assert result.validation["accuracy"] >= 0.9
-    weights = chain.tasks["s"].describe()["layer_mix"]
+    weights = chain.tasks["s"].layer_mix.layer_weights()
     assert len(weights) == 5 and weights != [0.2] * 5  # embeddings + 4 layers, moved away from the plain average
     before = chain.predict(TEXTS)
     loaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))

@@ -14,8 +14,8 @@ from finechain.data.prepare import split_from_lists
 from finechain.data.tagged import read_tagged_jsonl, tags_from_spans
 from finechain.data.words import split_words
 from finechain.errors import DataError
-from finechain.model.heads import head_type
-from finechain.model.heads.tagging import spans_from_tags
+from finechain.heads import head_type
+from finechain.heads.tagging import spans_from_tags
 from finechain.spec import TaskSpec, TrainingConfig
 
 from .conftest import ner_sentences
@@ -125,8 +125,8 @@ def test_a_tagger_trains_and_scores_on_raw_text_with_spans(tiny_backbone: Path, 
     result = chain.fit(spec, FAST, progress=False)
     assert result.test is not None and result.test["entity_f1"] > 0.9 and result.test["per_type"]["LOC"]["support"] == 60
     text = "the bob visited new york music."
-    found = chain.predict([text])[0]["ner"]["entities"]
-    assert [(e["text"], e["type"], e["start"]) for e in found] == [("bob", "PER", 4), ("new york", "LOC", 16)]
+    found = chain.predict([text])[0]["ner"].entities
+    assert [(e.text, e.type, e.start) for e in found] == [("bob", "PER", 4), ("new york", "LOC", 16)]
     # the Python API takes the same two kinds of examples as the files
     texts = [row["text"] for row in _span_rows(30, 3)]
     scores = chain.score("ner", texts, [row["entities"] for row in _span_rows(30, 3)])

@@ -14,7 +14,7 @@ from finechain.cli.app import main
 from finechain.data.batching import overflow_windows
 from finechain.data.conll import read_conll, read_word_lists
 from finechain.errors import DataError
-from finechain.model.heads.tagging import allowed_transitions, best_paths, spans_from_tags
+from finechain.heads.tagging import allowed_transitions, best_paths, spans_from_tags
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 
 FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
@@ -138,9 +138,10 @@ def test_tagging_learns_and_predicts_character_spans(
     assert set(result.validation["per_type"]) == {"LOC", "PER"}
     text = "alice visited new york"
     (prediction,) = chain.predict([text])
-    entities = [(e["type"], e["text"], e["start"], e["end"]) for e in prediction["ner"]["entities"]]
+    entities = [(e.type, e.text, e.start, e.end) for e in prediction["ner"].entities]
     assert entities == [("PER", "alice", 0, 5), ("LOC", "new york", 14, 22)]
-    assert chain.decode(*chain.run_tasks([text]), [text]) == [prediction]  # predict = run_tasks, then decode
+    prepared = chain.engine.prepare([text])  # predict = prepare, forward, decode
+    assert chain.engine.decode(prepared, chain.engine.forward(prepared.rows)) == [prediction]
     reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))
     assert reloaded.predict([text]) == [prediction]
 
@@ -152,12 +153,12 @@ def test_tagging_learns_and_predicts_character_spans(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     words = [[w for w, _ in s] for s in sentences]
     assert [line["words"] for line in lines] == words
-    assert [line["ner"] for line in lines] == [p["ner"] for p in chain.predict(words)]
+    assert [line["ner"] for line in lines] == [p["ner"].to_dict() for p in chain.predict(words)]
     assert {"first_word", "last_word", "text"} <= set(lines[0]["ner"]["entities"][0])
 
     # a text of 60 words (62 tokens) with max_length 32: every word is tagged, read through overlapping windows
     long = " ".join(["alice visited new york and"] * 12)
-    tags = chain.predict([long])[0]["ner"]["tags"]
+    tags = chain.predict([long])[0]["ner"].tags
     assert len(tags) == 60 and tags[:4] == ["B-PER", "O", "B-LOC", "I-LOC"]
     assert any(tag != "O" for tag in tags[32:])  # words past the first window are tagged, not cut off as "O"
     gold = ["B-PER", "O", "B-LOC", "I-LOC", "O"] * 12
@@ -166,7 +167,7 @@ def test_tagging_learns_and_predicts_character_spans(
 
 
 def test_windows_take_each_word_where_it_starts(tiny_backbone: Path) -> None:
-    tokenizer = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32).tokenizer
+    tokenizer = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32).model.tokenizer
     words = ["alice", "zqxv", "visited", "new", "yorkish", "and"] * 6  # 'zqxv', 'yorkish': several sub-words each
     windows = overflow_windows(tokenizer, [" ".join(words)], max_length=12, stride=4)
     assert len(windows.ids) > 4 and all(len(ids) <= 12 for ids in windows.ids)
@@ -199,13 +200,13 @@ def test_mixed_chain_answers_any_subset_in_one_pass(tiny_backbone: Path, tmp_pat
         progress=False,
     )
     calls = {"n": 0}
-    original = chain.trunk.embeddings.forward  # every trunk pass starts with the embeddings
+    original = chain.model.trunk.embeddings.forward  # every trunk pass starts with the embeddings
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(chain.trunk.embeddings, "forward", counting)
+    monkeypatch.setattr(chain.model.trunk.embeddings, "forward", counting)
     texts = ["bob met carol in rome", "good movie"]
     everything = chain.predict(texts, batch_size=64)
     assert calls["n"] == 1 and set(everything[0]) == {"ner", "sent", "score"}
@@ -215,7 +216,7 @@ def test_mixed_chain_answers_any_subset_in_one_pass(tiny_backbone: Path, tmp_pat
 
 def test_tagging_spec_errors_through_data_loading(tmp_path: Path) -> None:
     from finechain.data.prepare import load_task_data
-    from finechain.model.heads import head_type
+    from finechain.heads import head_type
 
     train = write_conll(tmp_path / "t.conll", ner_sentences(20, 1))
     dev = tmp_path / "d.conll"

@@ -62,13 +62,13 @@ def test_first_tokens_skips_specials_and_words_without_tokens() -> None:
 def test_raw_text_words_are_read_at_their_first_sub_word(tiny_backbone: Path) -> None:
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=64)
     text = "Merkel's U.N. visit, in Paris."
-    ids, encoded = chain.encode([text], with_words=True)
-    assert encoded is not None and ids == chain.encode([text])[0]  # the same token ids as sequence-level tasks read
+    ids, encoded = chain.model.encode([text], with_words=True)
+    assert encoded is not None and ids == chain.model.encode([text])[0]  # the same token ids as sequence-level tasks read
     words = [text[a:b] for a, b in encoded.word_spans[0]]
     assert words == ["Merkel", "'s", "U.N.", "visit", ",", "in", "Paris", "."]
-    tokens = chain.tokenizer.convert_ids_to_tokens(ids[0])
+    tokens = chain.model.tokenizer.convert_ids_to_tokens(ids[0])
     firsts = [tokens[p] for p in encoded.word_starts[0]]
-    assert firsts == [chain.tokenizer.tokenize(w)[0] for w in words]
+    assert firsts == [chain.model.tokenizer.tokenize(w)[0] for w in words]
 
 
 def test_every_word_of_non_latin_text_has_a_token(tiny_backbone: Path) -> None:
@@ -76,7 +76,7 @@ def test_every_word_of_non_latin_text_has_a_token(tiny_backbone: Path) -> None:
     token (such a word would be tagged "O" and could cut an entity in two)."""
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=64)
     text = "在北京 visited मुंबई and cafe\u0301 กรุงเทพฯ"
-    _, encoded = chain.encode([text], with_words=True)
+    _, encoded = chain.model.encode([text], with_words=True)
     assert encoded is not None and encoded.word_spans is not None
     assert [text[a:b] for a, b in encoded.word_spans[0]] == ["在", "北", "京", "visited", "मुंबई", "and", "cafe\u0301", "กรุงเทพฯ"]
     assert None not in encoded.word_starts[0] and len(set(encoded.word_starts[0])) == 8

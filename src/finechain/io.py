@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file behind."""
+"""File I/O without surprises: atomic writes (a crash never leaves a half-written file behind) and UTF-8 reads with
+one-line errors."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from finechain.errors import DataError
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
@@ -64,19 +64,26 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Atomically save tensors as safetensors (contiguous CPU copies).
+def read_text_file(path: str | Path) -> str:
+    """Read a UTF-8 file; a bad byte raises a one-line :class:`DataError` with its line.
 
     Example:
-        >>> import tempfile, pathlib, torch
-        >>> p = save_tensors(pathlib.Path(tempfile.mkdtemp()) / "w.safetensors", {"w": torch.ones(2)})
-        >>> load_tensors(p)["w"].tolist()
-        [1.0, 1.0]
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"; _ = p.write_bytes(b"ok\\n")
+        >>> read_text_file(p)
+        'ok\\n'
     """
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
-
-
-def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never unpickles)."""
-    return load_file(str(path), device=str(device))
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=path, fix="check the path; in a spec, relative paths start from the spec's folder")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"not valid UTF-8 (byte 0x{data[err.start]:02x})",
+            file=path,
+            line=line,
+            fix="re-save the file as UTF-8",
+        ) from None

@@ -52,7 +52,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train every task of SPEC on one shared trunk and save the chain to --out."""
-    from finechain.train.pipeline import train_chain
+    from finechain.jobs import train_chain
 
     rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
     out.print(_metrics_table(f"chain saved to {out_dir!s}", rows))
@@ -64,7 +64,7 @@ def check(
     strict: Annotated[bool, typer.Option("--strict", help="exit 1 when there are warnings (for CI)")] = False,
 ) -> None:
     """Validate SPEC and all its data like `train` would, then report sizes, labels, lengths and warnings (no training)."""
-    from finechain.train.pipeline import check_chain
+    from finechain.jobs import check_chain
 
     reports = check_chain(spec)
     table = Table(title=f"{spec!s}: data is valid", box=None)
@@ -104,7 +104,7 @@ def add_task(
     quiet: QuietOpt = False,
 ) -> None:
     """Train new task(s) on an existing chain; the other tasks are not touched."""
-    from finechain.train.pipeline import add_tasks
+    from finechain.jobs import add_tasks
 
     rows = add_tasks(chain_dir, task_file, replace=replace, resume=resume, progress=not quiet, console=err)
     out.print(_metrics_table(f"added to {chain_dir!s}", rows))
@@ -118,7 +118,7 @@ def evaluate(
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
 ) -> None:
     """Score TASK on a labelled file and write JSON/Markdown/PNG reports."""
-    from finechain.train.pipeline import evaluate_file
+    from finechain.jobs import evaluate_file
 
     scores, paths = evaluate_file(chain_dir, task, data, report_dir)
     out.print(_metrics_table(f"{task} on {data!s}", [(task, data.name, scores)]))
@@ -155,7 +155,7 @@ def predict(
     from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
     from finechain.data.readers import read_texts
     from finechain.io import atomic_write
-    from finechain.model.chain import pick_device
+    from finechain.model.chain_model import pick_device
     from finechain.spec import Precision
     from finechain.train.progress import TrainProgress
 
@@ -180,7 +180,10 @@ def predict(
             for start in range(0, len(texts), PREDICT_CHUNK):
                 part = texts[start : start + PREDICT_CHUNK]
                 predictions = chain.predict(part, tasks, batch_size=batch_size)
-                rows = (json.dumps({key: t, **p}, ensure_ascii=False) + "\n" for t, p in zip(part, predictions, strict=True))
+                rows = (
+                    json.dumps({key: t, **{name: answer.to_dict() for name, answer in p.items()}}, ensure_ascii=False) + "\n"
+                    for t, p in zip(part, predictions, strict=True)
+                )
                 handle.write("".join(rows))
                 handle.flush()
                 bar.advance(len(part))
@@ -200,37 +203,31 @@ def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:
 @app.command()
 def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")]) -> None:
     """Show a chain's backbone, split and tasks with their metrics."""
-    from finechain.io import read_json
-    from finechain.model.chain import MANIFEST
+    from finechain.model.artifact import read_manifest
 
-    if not (chain_dir / MANIFEST).is_file():
-        raise FinechainError(
-            f"no {MANIFEST} here: not a finechain folder", file=chain_dir, fix="give the --out folder of `finechain train`"
-        )
-    manifest = read_json(chain_dir / MANIFEST)
-    bb = manifest["backbone"]
-    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest['finechain_version']}"))
-    out.print(f"backbone {bb['name']} ({bb['kind']}: {bb['location']}, sha256 {bb['sha256'][:12]}…)")
-    trunk = manifest.get("trunk")
-    sharing = f"trunk tuned jointly (epoch {trunk.get('best_epoch')} kept)" if trunk else "pretrained trunk, frozen"
-    out.print(f"split {manifest['split']} of {manifest['num_layers']} layers, {sharing}, max_length {manifest['max_length']}")
+    manifest = read_manifest(chain_dir)
+    bb = manifest.backbone
+    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest.finechain_version}"))
+    out.print(f"backbone {bb.name} ({bb.kind}: {bb.location}, sha256 {bb.sha256[:12]}…)")
+    trunk = manifest.trunk
+    sharing = f"trunk tuned jointly (epoch {trunk.best_epoch} kept)" if trunk else "pretrained trunk, frozen"
+    out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)
     for column in ("task", "type", "labels", "branch", "stored", "metric", "val", "test"):
         table.add_column(column, no_wrap=True)
-    for name, task in manifest["tasks"].items():
-        metrics = task.get("metrics", {})
-        metric = task.get("metric", "")
-        branch = task.get("branch") or {"mode": "full"}
-        mode = f"LoRA r{branch.get('rank')}" if branch["mode"] == "lora" else branch["mode"]
+    for name, task in manifest.tasks.items():
+        metrics = task.metrics or {}
+        metric = task.metric or ""
+        mode = f"LoRA r{task.branch.get('rank')}" if task.branch.get("mode") == "lora" else task.branch.get("mode", "full")
         table.add_row(
             name,
-            task["type"],
-            str(len(task["head"]["labels"])),
-            f"{task['branch_layers']} {mode}",
-            compact_count(task.get("stored_parameters", task["parameters"])),
+            task.head.type,
+            str(len(task.head.labels)),
+            f"{task.branch_layers} {mode}",
+            compact_count(task.stored_parameters or task.parameters),
             metric,
             f"{metrics.get('validation', {}).get(metric, float('nan')):.4f}",
-            f"{metrics['test'][metric]:.4f}" if "test" in metrics else "-",
+            f"{metrics['test'][metric]:.4f}" if "test" in metrics and metric in metrics["test"] else "-",
         )
     out.print(table)
 
@@ -242,7 +239,7 @@ def demo(
 ) -> None:
     """Train the bundled demo chain (intent, sentiment and NER on one trunk), then query it."""
     from finechain import Chain
-    from finechain.train.pipeline import train_chain
+    from finechain.jobs import train_chain
 
     spec = Path(__file__).resolve().parent.parent / "demo" / "demo.yaml"
     err.print(f"training the demo chain from {spec}")
@@ -259,7 +256,7 @@ def demo(
     for column in ("text", *chain.tasks):
         table.add_column(column)
     for text, prediction in zip(examples, chain.predict(examples), strict=True):
-        table.add_row(text, *(summarize(p) for p in prediction.values()))
+        table.add_row(text, *(answer.summary() for answer in prediction.values()))
     out.print(table)
 
 
@@ -271,24 +268,6 @@ def compact_count(n: int) -> str:
         ('3.6M', '111k', '950')
     """
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
-
-
-def summarize(prediction: dict[str, Any]) -> str:
-    """One short cell for any task type's prediction.
-
-    Example:
-        >>> summarize({"label": "pos", "score": 0.912})
-        'pos (0.91)'
-        >>> summarize({"entities": [{"type": "PER", "text": "Ann", "score": 0.9}], "tags": ["B-PER"]})
-        'Ann/PER'
-    """
-    if "entities" in prediction:
-        return ", ".join(f"{e['text']}/{e['type']}" for e in prediction["entities"]) or "-"
-    if "labels" in prediction:
-        return ", ".join(prediction["labels"]) or "-"
-    if "value" in prediction:
-        return f"{prediction['value']:.3f}"
-    return f"{prediction['label']} ({prediction['score']:.2f})"
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

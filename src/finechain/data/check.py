@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finechain.data.prepare import Split, TaskData
+from finechain.heads import Head
 
 RARE_EXAMPLES = 10  # a label with fewer training examples than this gets a warning
 SMALL_VALIDATION = 100  # fewer validation examples than this: model choice and early stopping are noisy
@@ -73,12 +74,12 @@ def _conflicts(train: Split) -> str | None:
     )
 
 
-def check_data(data: TaskData, type_name: str, level: str, tokenizer: Any, max_length: int, task: str = "") -> DataCheck:
+def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length: int, task: str = "") -> DataCheck:
     """Sizes, label balance, text lengths against ``max_length``, and warnings: texts shared between training and
     validation/test data, identical texts with different labels, rare labels, a small validation set, long texts.
 
     Example:
-        >>> report = check_data(data, "classification", "sequence", chain.tokenizer, 128, "intent")  # doctest: +SKIP
+        >>> report = check_data(data, ClassificationHead, tokenizer, 128, "intent")  # doctest: +SKIP
         >>> report.warnings  # doctest: +SKIP
         ["1 label has fewer than 10 training examples: 'refund' (3); expect weak recall on them"]
     """
@@ -89,17 +90,18 @@ def check_data(data: TaskData, type_name: str, level: str, tokenizer: Any, max_l
         over[name] = sum(n > max_length for n in lengths) / max(1, len(lengths))
         longest = max(lengths, default=0) if name == "train" else longest
     counts = Counter(_label_key(v) for v in data.validation.labels) if data.labels else Counter()
-    majority = counts.most_common(1)[0][1] / len(data.validation) if type_name == "classification" and counts else None
+    single = all(isinstance(v, str) for v in data.validation.labels)  # one label per text: always guessing one is a baseline
+    majority = counts.most_common(1)[0][1] / len(data.validation) if single and counts else None
     source = data.provenance.get("validation", {}).get("source", "file")
-    report = DataCheck(task, type_name, {k: len(v) for k, v in splits.items()}, source, len(data.labels), majority, over, longest)
+    report = DataCheck(task, head_cls.type_name, {k: len(v) for k, v in splits.items()}, source, len(data.labels), majority, over, longest)
     for name, split in splits.items():
         if name != "train" and not (name == "validation" and source == "cut from train"):
             report.warnings.extend(split.warnings)
             report.warnings.append(_overlap(data.train, split, name) or "")
     report.warnings = data.train.warnings + report.warnings  # what reading the files found comes first
-    if level != "token":
+    if not head_cls.token_level:
         report.warnings.append(_conflicts(data.train) or "")
-    if type_name in ("classification", "multilabel"):
+    if not head_cls.token_level and data.labels:  # labels of whole texts (not tags, not numbers)
         train_counts = Counter(name for value in data.train.labels for name in (value if isinstance(value, list) else [value]))
         rare = sorted((n, label) for label, n in train_counts.items() if n < RARE_EXAMPLES)
         if rare:
@@ -111,7 +113,7 @@ def check_data(data: TaskData, type_name: str, level: str, tokenizer: Any, max_l
             f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
         )
     if over["train"] > 0:
-        cut = "words past it are not trained on" if level == "token" else "the rest of each is not read"
+        cut = "words past it are not trained on" if head_cls.token_level else "the rest of each is not read"
         count = round(over["train"] * len(data.train))
         report.warnings.append(
             f"{count} of {len(data.train)} training texts are longer than max_length={max_length} tokens (longest {longest}); "

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from finechain.data.readers import read_text_file
 from finechain.errors import DataError
+from finechain.io import read_text_file
 
 
 @dataclass(frozen=True)

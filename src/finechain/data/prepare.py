@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ from typing import Any
 from finechain.data.conll import read_conll
 from finechain.data.inputs import check_one_kind
 from finechain.data.readers import JSONL_SUFFIXES, Example, read_examples
-from finechain.data.split import validation_split
+from finechain.data.split import subsample, validation_split
 from finechain.data.tagged import TaggedRow, loose_entities_warning, read_tagged_jsonl, tagged_row
 from finechain.errors import DataError, InMemory, SpecError
-from finechain.model.heads import Head, head_type
+from finechain.heads import Head, HeadOptions, head_type
 from finechain.spec import TaskSpec
 
 
@@ -61,7 +60,7 @@ class TaskData:
         return hashlib.sha256(json.dumps(content, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
 
 
-def _parse(examples: list[Example], head_cls: type[Head], file: Path, options: dict[str, Any]) -> Split:
+def _parse(examples: list[Example], head_cls: type[Head], file: Path, options: HeadOptions) -> Split:
     labels = []
     for ex in examples:
         if not ex.text:
@@ -76,20 +75,25 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
     Example:
         >>> split = read_split(Path("dev.csv"), spec, ClassificationHead)  # doctest: +SKIP
     """
-    if head_cls.level == "token":
+    if head_cls.token_level:
+        options: Any = spec.head  # the tagging head's options say how CoNLL files are read
         kind = spec.format if spec.format != "auto" else "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "conll"
         if kind == "jsonl":
-            return _tagged_split(read_tagged_jsonl(path, spec.text_column, spec.label_column, spec.strict_bio), str(path))
+            return _tagged_split(read_tagged_jsonl(path, spec.text_column, spec.label_column, options.strict_bio), str(path))
         if kind != "conll":
             raise DataError(f"tagging tasks read CoNLL or JSONL files, not {kind}", file=path, fix="set format: conll or jsonl")
         sentences = read_conll(
-            path, token_column=spec.token_column, tag_column=spec.tag_column, strict=spec.strict_bio, keep_docstart=spec.keep_docstart
+            path,
+            token_column=options.token_column,
+            tag_column=options.tag_column,
+            strict=options.strict_bio,
+            keep_docstart=options.keep_docstart,
         )
         return Split([s.words for s in sentences], [s.tags for s in sentences], [s.line for s in sentences], str(path))
     if spec.format == "conll":
         raise DataError(f"format 'conll' is for tagging tasks, not {head_cls.type_name}", file=path, fix="use csv, tsv or jsonl")
     examples = read_examples(path, fmt=spec.format, text_column=spec.text_column, label_column=spec.label_column)
-    return _parse(examples, head_cls, path, {"label_separator": spec.label_separator})
+    return _parse(examples, head_cls, path, spec.head)
 
 
 def _tagged_split(rows: list[TaggedRow], file: str) -> Split:
@@ -101,34 +105,6 @@ def check_known_labels(split: Split, head: Head) -> None:
     """Every label of an evaluation split must be known to the trained head."""
     for parsed, line in zip(split.labels, split.lines, strict=True):
         head.check_known(parsed, file=split.file, line=line)
-
-
-def _label_counts(split: Split) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for value in split.labels:
-        counts.update(value if isinstance(value, list) else [value])
-    return counts
-
-
-def _check_train(split: Split, head_cls: type[Head]) -> None:
-    if not head_cls.needs_label_vocabulary or head_cls.level == "token":
-        if len(split) < 2:
-            raise DataError("need at least 2 training examples", file=split.file, fix="add more rows")
-        return
-    counts = _label_counts(split)
-    if head_cls.type_name == "classification" and len(counts) < 2:
-        raise DataError(
-            f"only one class {sorted(counts)} in the training data", file=split.file, fix="a classifier needs at least 2 classes"
-        )
-    for label, count in sorted(counts.items()):
-        if count < 2:
-            line = next(ln for v, ln in zip(split.labels, split.lines, strict=True) if label in (v if isinstance(v, list) else [v]))
-            raise DataError(
-                f"label '{label}' has only {count} example",
-                file=split.file,
-                line=line,
-                fix="add at least one more example of it, or remove it",
-            )
 
 
 Labelled = tuple[list[Any], list[Any]]  # (texts, labels) held in memory
@@ -149,7 +125,7 @@ def split_from_lists(texts: list[Any], labels: list[Any], spec: TaskSpec, head_c
     type takes strings and one label per text.
 
     Example:
-        >>> from finechain.model.heads import head_type
+        >>> from finechain.heads import head_type
         >>> split = split_from_lists(["good", "bad"], ["pos", "neg"], TaskSpec(name="s"), head_type("classification"), "train")
         >>> split.labels, split.file
         (['pos', 'neg'], 'train')
@@ -157,12 +133,12 @@ def split_from_lists(texts: list[Any], labels: list[Any], spec: TaskSpec, head_c
     where = InMemory(name)
     if len(texts) != len(labels):
         raise DataError(f"{len(texts)} texts but {len(labels)} labels", file=where, fix="pass one label per text")
-    if head_cls.level == "token":
-        rows = [tagged_row(text, tags, where, i, spec.strict_bio) for i, (text, tags) in enumerate(zip(texts, labels, strict=True))]
+    if head_cls.token_level:
+        strict = spec.head.strict_bio  # type: ignore[attr-defined]
+        rows = [tagged_row(text, tags, where, i, strict) for i, (text, tags) in enumerate(zip(texts, labels, strict=True))]
         check_one_kind([row.text for row in rows], range(len(rows)), where)
         return _tagged_split(rows, where)
-    options = {"label_separator": spec.label_separator}
-    parsed = [head_cls.parse_label(label, file=where, line=i, options=options) for i, label in enumerate(labels)]
+    parsed = [head_cls.parse_label(label, file=where, line=i, options=spec.head) for i, label in enumerate(labels)]
     return Split([_sequence_text(t, where, i) for i, t in enumerate(texts)], parsed, list(range(len(texts))), where)
 
 
@@ -216,24 +192,38 @@ def assemble_task_data(spec: TaskSpec, head_cls: type[Head], train: Split, dev: 
     Example:
         >>> data = assemble_task_data(spec, ClassificationHead, train, None, None, seed=13)  # doctest: +SKIP
     """
-    _check_train(train, head_cls)  # the data as given; a subsample below may hold fewer examples of rare labels
+    head_cls.check_training_labels(train.labels, train.lines, train.file)  # the data as given
     labels = head_cls.label_names(train.labels)
     in_memory = isinstance(train.file, InMemory)
     provenance: dict[str, Any] = {"train": "in memory"} if in_memory else {"train_file": train.file}
     provenance["train_rows"] = len(train)
-    token_level = head_cls.level == "token"
-    stratify_key = [0 if token_level else v if isinstance(v, str) else "|".join(v) if isinstance(v, list) else 0 for v in train.labels]
+    keys = head_cls.stratify_keys(train.labels)  # None: a plain random cut
     if spec.max_train_examples and spec.max_train_examples < len(train):
-        fraction = 1 - spec.max_train_examples / len(train)
-        keep, _ = validation_split(stratify_key, fraction, seed, stratify=head_cls.type_name == "classification")
+        if keys is not None and spec.max_train_examples < 2 * len(set(keys)):
+            raise DataError(
+                f"max_train_examples={spec.max_train_examples} cannot keep 2 examples of each of the {len(set(keys))} labels",
+                file=train.file,
+                fix=f"set max_train_examples to {2 * len(set(keys))} or more",
+                field="max_train_examples",
+            )
+        keep = subsample(keys or [0] * len(train), spec.max_train_examples, seed)
         train = train.subset(keep)
-        stratify_key = [stratify_key[i] for i in keep]
+        keys = [keys[i] for i in keep] if keys is not None else None
         provenance["subsample"] = {"examples": len(keep), "seed": seed}
+        try:  # the subsample must still train: a rare label may have lost its examples
+            head_cls.check_training_labels(train.labels, train.lines, train.file)
+        except DataError as error:
+            raise DataError(
+                f"after subsampling to max_train_examples={spec.max_train_examples}: {error.message}",
+                file=error.file,
+                line=error.line,
+                fix="raise max_train_examples, or remove it to train on every row",
+            ) from None
     if dev is not None:
         validation = dev
         provenance["validation"] = {**_source(dev), "rows": len(dev)}
     else:
-        tr_idx, va_idx = validation_split(stratify_key, spec.dev_fraction, seed, stratify=head_cls.type_name == "classification")
+        tr_idx, va_idx = validation_split(keys or [0] * len(train), spec.dev_fraction, seed, stratify=keys is not None)
         validation = train.subset(va_idx)
         train = train.subset(tr_idx)
         provenance["validation"] = {"source": "cut from train", "fraction": spec.dev_fraction, "seed": seed, "rows": len(validation)}

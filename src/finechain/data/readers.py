@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from finechain.data.inputs import check_one_kind
 from finechain.errors import DataError
+from finechain.heads import RawLabel
+from finechain.io import read_text_file
 
 Format = Literal["auto", "csv", "tsv", "jsonl"]
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
-RawLabel = str | float | list[str] | None
 
 
 @dataclass(frozen=True)
@@ -25,31 +26,6 @@ class Example:
     text: str
     label: RawLabel
     line: int
-
-
-def read_text_file(path: str | Path) -> str:
-    """Read a UTF-8 file; a bad byte raises a one-line :class:`DataError` with its line.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"; _ = p.write_bytes(b"ok\\n")
-        >>> read_text_file(p)
-        'ok\\n'
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=path, fix="check the path; in a spec, relative paths start from the spec's folder")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"not valid UTF-8 (byte 0x{data[err.start]:02x})",
-            file=path,
-            line=line,
-            fix="re-save the file as UTF-8",
-        ) from None
 
 
 def detect_format(path: Path, fmt: Format) -> Literal["csv", "tsv", "jsonl"]:

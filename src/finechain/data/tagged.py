@@ -19,9 +19,10 @@ from typing import Any
 
 from finechain.data.conll import check_tag
 from finechain.data.inputs import check_one_kind
-from finechain.data.readers import json_records, read_text_file
+from finechain.data.readers import json_records
 from finechain.data.words import split_words
 from finechain.errors import DataError, InMemory
+from finechain.io import read_text_file
 
 Location = str | Path | InMemory
 SPAN_FIX = 'give entities as [start, end, "TYPE"] character spans, 0 <= start < end <= len(text)'

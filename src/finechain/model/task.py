@@ -1,47 +1,41 @@
-"""A task tail: its own branch layers, pooling and head. Saves and loads itself."""
+"""A task tail: its own branch layers, an optional layer mix and its head's layer."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from finechain.io import load_tensors, save_tensors
-from finechain.model.branches import BranchMode, branch_mode
+from finechain.branches import BranchMode, branch_mode
+from finechain.heads import Head
 from finechain.model.dropout import use_fast_dropout
-from finechain.model.heads import Head, head_type
+from finechain.model.head_layer import HeadLayer
 from finechain.model.layers import LayerStack
+from finechain.model.losses import LOSSES
 from finechain.model.mixing import LayerMix
-from finechain.model.pooling import Pooling, pool
 
 
 class TaskModel(nn.Module):
-    """Branch layers (copies of the backbone's upper layers) followed by pooling and a head.
+    """Branch layers (copies of the backbone's upper layers), then the head's layer.
+
+    ``head`` is the task's :class:`~finechain.heads.Head` (labels, options, decoding); ``head_layer`` its network
+    layer; with the head option ``layer_mix`` the layer reads a learned mix of ``states`` layer outputs (every trunk
+    state and every branch layer) instead of the last one.
 
     Example:
-        >>> task = TaskModel(ClassificationHead(384, ["neg", "pos"]), branch_layers(encoder, 4), encoder.config)  # doctest: +SKIP
-        >>> logits = task(trunk_hidden, attention_mask)  # doctest: +SKIP
+        >>> task = TaskModel(ClassificationHead(["neg", "pos"]), copy_layers(upper_layers), encoder.config)  # doctest: +SKIP
+        >>> logits = task(trunk_states, attention_mask)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        head: Head,
-        layers: list[nn.Module],
-        config: object,
-        pooling: Pooling = "mean",
-        mode: BranchMode | None = None,
-        mix_layers: int = 0,
-    ) -> None:
+    def __init__(self, head: Head, layers: list[nn.Module], config: Any, mode: BranchMode | None = None, states: int = 0) -> None:
         super().__init__()
         self.branch = LayerStack(layers, config)
         self.mode = mode or branch_mode(None)
         self.mode.prepare(self.branch.layers)
         self.head = head
-        self.pooling: Pooling = pooling
-        # mix_layers > 0: the head reads a learned mix of that many states (all trunk states + every branch layer)
-        self.layer_mix = LayerMix(mix_layers) if mix_layers else None
+        self.head_layer = HeadLayer(config.hidden_size, head.output_size, head.options.dropout, head.pooling)
+        self.layer_mix = LayerMix(states) if head.options.layer_mix else None
         use_fast_dropout(self)  # the branch's, the head's and any adapter's dropout: cheaper masks on CPU
 
     @property
@@ -55,60 +49,53 @@ class TaskModel(nn.Module):
         return self.head.type_name
 
     def features(self, states: torch.Tensor | list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
-        """What the head reads: pooled vectors, or token states for token-level heads.
+        """The hidden states the head layer reads: the last branch layer's, or the layer mix.
 
         ``states`` is the trunk's last output, or the list of all trunk states (needed with layer mixing).
         """
         states = [states] if isinstance(states, torch.Tensor) else states
         if self.layer_mix is None:
-            hidden = self.branch(states[-1], attention_mask)[-1]
-        else:
-            hidden = self.layer_mix([*states[:-1], *self.branch(states[-1], attention_mask, all_layers=True)])
-        return hidden if self.head.level == "token" else pool(hidden, attention_mask, self.pooling)
+            return self.branch(states[-1], attention_mask)[-1]
+        return self.layer_mix([*states[:-1], *self.branch(states[-1], attention_mask, all_layers=True)])
 
     def forward(self, states: torch.Tensor | list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
         """Head outputs for the trunk's output (or all its states, see :meth:`features`)."""
-        return self.head(self.features(states, attention_mask))
+        return self.head_layer(self.features(states, attention_mask), attention_mask)
 
-    def describe(self) -> dict[str, Any]:
-        """JSON description stored in the manifest."""
-        return {
-            "type": self.type_name,
-            "pooling": self.pooling,
-            "branch_layers": len(self.branch.layers),
-            "branch": self.mode.config(),
-            "head": self.head.config(),
-            "layer_mix": self.layer_mix.layer_weights() if self.layer_mix is not None else None,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
-            "stored_parameters": sum(t.numel() for t in self.mode.stored_state(self.branch.layers).values())
-            + sum(t.numel() for t in self._head_state().values()),
-        }
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The head's training loss (named by :attr:`Head.loss`) of a batch."""
+        return LOSSES.get(self.head.loss)(logits, targets)
 
-    def _head_state(self) -> dict[str, torch.Tensor]:
-        """The head's tensors, plus the layer mix's (prefixed ``layer_mix.``) when there is one."""
-        state = dict(self.head.state_dict())
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The head layer's tensors, plus the layer mix's (prefixed ``layer_mix.``) when there is one."""
+        state = dict(self.head_layer.state_dict())
         if self.layer_mix is not None:
             state.update({f"layer_mix.{k}": v for k, v in self.layer_mix.state_dict().items()})
         return state
 
-    def save(self, directory: Path) -> dict[str, str]:
-        """Write ``branch.safetensors`` and ``head.safetensors``; return their names."""
-        files = {"branch": "branch.safetensors", "head": "head.safetensors"}
-        save_tensors(directory / files["branch"], self.mode.stored_state(self.branch.layers))
-        save_tensors(directory / files["head"], self._head_state())
-        return files
+    def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`head_state`."""
+        self.head_layer.load_state_dict({k: v for k, v in state.items() if not k.startswith("layer_mix.")})
+        if self.layer_mix is not None:
+            self.layer_mix.load_state_dict({k.removeprefix("layer_mix."): v for k, v in state.items() if k.startswith("layer_mix.")})
 
-    @classmethod
-    def load(cls, directory: Path, description: dict[str, Any], layers: list[nn.Module], config: object) -> TaskModel:
-        """Rebuild from :meth:`describe` output; ``layers`` are fresh copies to load weights into."""
-        head = head_type(description["type"])(**description["head"])
-        mix = len(description["layer_mix"]) if description.get("layer_mix") else 0
-        task = cls(head, layers, config, description.get("pooling", "mean"), branch_mode(description.get("branch")), mix)
-        if layers:
-            task.mode.load_state(task.branch.layers, load_tensors(directory / "branch.safetensors"))
-        tensors = load_tensors(directory / "head.safetensors")
-        head.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("layer_mix.")})
-        if task.layer_mix is not None:
-            task.layer_mix.load_state_dict({k.removeprefix("layer_mix."): v for k, v in tensors.items() if k.startswith("layer_mix.")})
-        return task.eval()
+    def branch_state(self) -> dict[str, torch.Tensor]:
+        """The branch tensors this task stores (all layers for full tuning, only the adapters for LoRA)."""
+        return self.mode.stored_state(self.branch.layers)
+
+    def merge_adapters(self) -> bool:
+        """Fold the branch's adapters into plain layers (peft's merge), for export and faster inference; the task then
+        stores full layers. Returns whether there were adapters."""
+        if not self.mode.merge(self.branch.layers):
+            return False
+        self.mode = branch_mode(None)  # plain layers now: stored and loaded whole
+        return True
+
+    def parameter_counts(self) -> dict[str, int]:
+        """All, trainable and stored (saved with the task) parameter counts."""
+        stored = sum(t.numel() for t in self.branch_state().values()) + sum(t.numel() for t in self.head_state().values())
+        return {
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "stored_parameters": stored,
+        }

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from finechain.errors import FinechainError
-from finechain.evaluate.metrics import is_better
-from finechain.io import load_tensors, read_json, save_tensors, write_json
+from finechain.io import read_json, write_json
+from finechain.model.weights import load_tensors, save_tensors
 
 
 @contextmanager
@@ -34,32 +34,6 @@ def run_folder(run_dir: str | Path | None, prefix: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         yield Path(folder)
-
-
-@dataclass
-class TrainState:
-    """Loop counters that a resumed run continues from."""
-
-    epoch: int = 0
-    step: int = 0
-    best: float | None = None
-    best_epoch: float | None = None  # in epochs: 1.5 = the check halfway through the second epoch
-    bad_checks: int = 0  # validation checks in a row without a better metric
-    seconds: float = 0.0
-
-    def improves(self, metric: str, value: float, epochs: float) -> bool:
-        """Record a validation check after ``epochs`` epochs; True (and it becomes the best) if it beats the best so far.
-
-        Example:
-            >>> state = TrainState()
-            >>> state.improves("accuracy", 0.8, 0.5), state.improves("accuracy", 0.7, 1), (state.best_epoch, state.bad_checks)
-            (True, False, (0.5, 1))
-        """
-        if is_better(metric, value, self.best):
-            self.best, self.best_epoch, self.bad_checks = value, epochs, 0
-            return True
-        self.bad_checks += 1
-        return False
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -90,7 +64,7 @@ class Checkpointer:
 
     Example:
         >>> ckpt = Checkpointer(Path("runs/intent"), fingerprint="abc")  # doctest: +SKIP
-        >>> ckpt.save(model, best_state, optimizer, scheduler, generator, state)  # doctest: +SKIP
+        >>> ckpt.save(model, best_state, optimizer, scheduler, generator, loop_state)  # doctest: +SKIP
     """
 
     def __init__(self, run_dir: Path, fingerprint: str) -> None:
@@ -114,9 +88,11 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         generator: torch.Generator,
-        state: TrainState,
+        state: Any,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        """Write every piece of state, then swap the folder in."""
+        """Write every piece of state (``state``: the loop's counters, a dataclass; ``extra``: more JSON, such as the
+        loss scaler's), then swap the folder in."""
         staging = self.dir.with_name("checkpoint.new")
         shutil.rmtree(staging, ignore_errors=True)
         save_tensors(staging / "model.safetensors", model.state_dict())
@@ -129,7 +105,13 @@ class Checkpointer:
         save_tensors(staging / "rng.safetensors", rng)
         write_json(
             staging / "state.json",
-            {"fingerprint": self.fingerprint, "loop": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict()},
+            {
+                "fingerprint": self.fingerprint,
+                "loop": asdict(state),
+                "optimizer": opt_meta,
+                "scheduler": scheduler.state_dict(),
+                "extra": extra or {},
+            },
         )
         old = self.dir.with_name("checkpoint.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -144,8 +126,8 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         generator: torch.Generator,
-    ) -> tuple[TrainState, dict[str, torch.Tensor]]:
-        """Restore everything saved by :meth:`save`; return the loop state and best weights."""
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        """Restore everything saved by :meth:`save`; return the loop's counters, the best weights and the extra JSON."""
         folder = self._current()
         if folder is None:
             raise FinechainError("no checkpoint to resume from", file=self.dir, fix="run without --resume")
@@ -165,7 +147,7 @@ class Checkpointer:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        return TrainState(**meta["loop"]), load_tensors(folder / "best.safetensors", device)
+        return meta["loop"], load_tensors(folder / "best.safetensors", device), meta.get("extra", {})
 
 
 # Left out of fingerprints. Data paths: the data's digest stands for their content. min_steps: what it changes (the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from finechain.data.batching import index_tensor, inference_batches, pad_ids
 from finechain.model.layers import Trunk
-from finechain.model.precision import autocast_context
+from finechain.model.precision import autocast_context, resolve_precision
 
 
 class TrunkFeatures:
@@ -129,3 +130,51 @@ class TrunkFeatures:
 
     def _masked(self, hidden: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         return self._unstack(hidden * valid[:, :, None, None]), valid.long()
+
+
+class FeatureCache:
+    """Trunk states kept across training runs: several runs on the same texts with the same trunk (the trials of a
+    search, a task retrained with other settings) compute them once. Only in-memory caches (``cache="memory"``) are
+    shared; the key holds the texts' token ids, the trunk's identity and weight versions (a trunk tuned in place is a
+    new trunk), the precision and whether every trunk state is kept. :meth:`clear` frees the memory.
+
+    Example:
+        >>> cache = FeatureCache()
+        >>> a = cache.get(chain.trunk, ids, pad_id=0)  # doctest: +SKIP
+        >>> cache.get(chain.trunk, ids, pad_id=0) is a  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[object, ...], TrunkFeatures] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every cached state."""
+        self._entries.clear()
+
+    def get(
+        self,
+        trunk: Trunk,
+        ids: list[list[int]],
+        pad_id: int,
+        cache: str = "memory",
+        batch_size: int = 128,
+        cache_file: Path | None = None,
+        all_states: bool = False,
+        precision: str = "fp32",
+    ) -> TrunkFeatures:
+        """The :class:`TrunkFeatures` of ``ids``, computed now or found from an earlier run."""
+        if cache != "memory":
+            return TrunkFeatures(trunk, ids, pad_id, cache, batch_size, cache_file, all_states, precision)
+        device = next(trunk.parameters()).device
+        digest = hashlib.sha256(np.asarray([len(x) for x in ids], dtype=np.int64).tobytes())
+        for row in ids:
+            digest.update(np.asarray(row, dtype=np.int64).tobytes())
+        versions = tuple(p._version for p in trunk.parameters())
+        key = (id(trunk), versions, digest.hexdigest(), all_states, resolve_precision(device, precision), pad_id, str(device))
+        if key not in self._entries:
+            self._entries[key] = TrunkFeatures(trunk, ids, pad_id, cache, batch_size, cache_file, all_states, precision)
+        return self._entries[key]

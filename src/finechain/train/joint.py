@@ -1,46 +1,40 @@
-"""Joint multi-task fine-tuning of the shared trunk (MT-DNN style), then optional per-task refinement."""
+"""Joint multi-task fine-tuning of the shared trunk (MT-DNN style), then per-task refinement of each tail; both on
+the one training loop (``finechain.train.loop``)."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
-from finechain.data.batching import length_batches, pad_ids
+from finechain.data.batching import index_tensor, length_batches, pad_ids
 from finechain.data.prepare import TaskData
 from finechain.evaluate.metrics import LOWER_IS_BETTER
-from finechain.model.heads import head_type
+from finechain.heads import head_type
+from finechain.model.chain_model import ChainModel
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
-from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, TrainState, fingerprint, run_folder
+from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
-from finechain.train.progress import MetricsLog, TrainProgress
-from finechain.train.trainer import (
-    FitResult,
-    adamw,
-    attach_scored,
-    check_points,
-    epoch_progress,
-    fit_task,
-    passes_per_epoch,
-    resolve_training,
-    tail_learning_rate,
-    task_outputs,
-)
-
-if TYPE_CHECKING:
-    from finechain.model.chain import Chain
+from finechain.train.fit import FitResult, fit_task, gradient_scaler, passes_per_epoch, resolve_training, tail_learning_rate, task_outputs
+from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
+from finechain.train.objectives import HeadLoss, StepInputs
+from finechain.train.optim import build_optimizer, build_schedule
+from finechain.train.progress import MetricsLog, Report, TrainProgress
 
 
 @dataclass
 class _Job:
+    """One task of a joint run: its spec, data, tail, selection metric, token ids and targets, loss weight."""
+
     spec: TaskSpec
     data: TaskData
     task: TaskModel
@@ -48,8 +42,16 @@ class _Job:
     ids: list[list[int]]
     targets: torch.Tensor
     val_ids: list[list[int]]
-    val_targets: torch.Tensor
-    weight: float
+    val_targets: np.ndarray
+    objective: HeadLoss
+
+
+@dataclass
+class JointResult:
+    """A joint run: how the trunk was tuned (for the manifest) and each task's :class:`FitResult` (tails not attached)."""
+
+    trunk: dict[str, Any]
+    results: dict[str, FitResult] = field(default_factory=dict)
 
 
 def sampling_probabilities(sizes: list[int], temperature: float) -> torch.Tensor:
@@ -63,43 +65,57 @@ def sampling_probabilities(sizes: list[int], temperature: float) -> torch.Tensor
     return (raw / raw.sum()).float()
 
 
-def _jobs(chain: Chain, specs: list[TaskSpec], datas: dict[str, TaskData], training: TrainingConfig, joint: JointConfig) -> list[_Job]:
+class JointStep:
+    """One batch of one task with the trunk in the graph: token ids -> trunk (trained) -> the task's tail -> its
+    weighted loss -> backward. Runs eagerly: the trunk's input shapes change with every batch and task."""
+
+    def __init__(self, model: ChainModel, jobs: list[_Job], precision: str, accumulation: int, scaler: torch.amp.GradScaler | None) -> None:
+        self.model, self.jobs, self.precision, self.accumulation, self.scaler = model, jobs, precision, accumulation, scaler
+
+    def __call__(self, batch: tuple[int, list[int]]) -> torch.Tensor:
+        """Run ``(job index, example indices)``; return the detached loss (no autograd graph outlives the step)."""
+        k, indices = batch
+        job, device = self.jobs[k], self.model.device
+        input_ids, mask = (t.to(device) for t in pad_ids([job.ids[i] for i in indices], self.model.pad_id))
+        index = index_tensor(indices, device)
+        with autocast_context(device, self.precision):
+            states = self.model.trunk_states(input_ids, mask, job.task.needs_trunk_states)
+            given = states if job.task.needs_trunk_states else states[-1]
+            loss = job.objective.loss(job.task, StepInputs(given, mask, job.targets[index], index)) / self.accumulation
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()  # accumulated batches may be of different tasks
+        return loss.detach()
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients after an optimizer step."""
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], joint: JointConfig) -> list[_Job]:
     jobs = []
     for spec in specs:
-        head_cls = head_type(spec.type)
-        data = datas[spec.name]
-        task = chain.new_task(head_cls, data.labels, spec.pooling, spec.dropout, spec.branch.model_dump(), spec.layer_mix)
-        if hasattr(task.head, "fit_scale"):
-            task.head.fit_scale(data.train.labels)
-        token_level = head_cls.level == "token"
-        ids, enc = chain.encode(data.train.texts, with_words=token_level)
-        val_ids, val_enc = chain.encode(data.validation.texts, with_words=token_level)
-        jobs.append(
-            _Job(
-                spec,
-                data,
-                task,
-                spec.metric or head_cls.default_metric,
-                ids,
-                task.head.targets(data.train.labels, enc).to(chain.device),
-                val_ids,
-                task.head.targets(data.validation.labels, val_enc),
-                joint.loss_weights.get(spec.name, 1.0),
-            )
-        )
+        head_cls, data = head_type(spec.type), datas[spec.name]
+        head = head_cls(options=spec.head)
+        head.initialize(data.train.labels, data.labels)
+        task = model.new_task(head, spec.branch)
+        ids, words = model.encode(data.train.texts, with_words=head_cls.token_level)
+        val_ids, val_words = model.encode(data.validation.texts, with_words=head_cls.token_level)
+        targets = torch.from_numpy(head.targets(data.train.labels, words)).to(model.device)
+        metric = spec.metric or head_cls.default_metric
+        objective = HeadLoss(joint.loss_weights.get(spec.name, 1.0))
+        jobs.append(_Job(spec, data, task, metric, ids, targets, val_ids, head.targets(data.validation.labels, val_words), objective))
     return jobs
 
 
-def _validate(chain: Chain, job: _Job, training: TrainingConfig) -> dict[str, Any]:
-    pad = chain.tokenizer.pad_token_id or 0
+def _validation_outputs(model: ChainModel, job: _Job, training: TrainingConfig) -> list[np.ndarray]:
+    """The tail's validation outputs through the trunk as it is now (not cached: the trunk is changing)."""
     features = TrunkFeatures(
-        chain.trunk, job.val_ids, pad, cache="off", all_states=job.task.needs_trunk_states, precision=training.precision
+        model.trunk, job.val_ids, model.pad_id, cache="off", all_states=job.task.needs_trunk_states, precision=training.precision
     )
-    return job.task.head.score(task_outputs(job.task, features, training.eval_batch_size, training.precision), job.val_targets)
+    return task_outputs(job.task, features, training.eval_batch_size, training.precision)
 
 
 def fit_joint(
-    chain: Chain,
+    model: ChainModel,
     specs: list[TaskSpec],
     datas: dict[str, TaskData],
     training: TrainingConfig,
@@ -108,24 +124,27 @@ def fit_joint(
     run_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-) -> dict[str, FitResult]:
-    """Train the trunk's layers and every task tail together, sampling one task per batch; then freeze the
-    trunk and refine each tail on cached trunk outputs (its own epochs with early stopping, or ``joint.refine_epochs``).
+    hooks: Sequence[Hook] = (),
+) -> JointResult:
+    """Train the trunk's layers and every task's tail together, sampling one task per batch; then freeze the trunk and
+    refine each tail on cached trunk states (its own epochs with early stopping, or ``joint.refine_epochs``).
 
     Validation is scored ``training.evaluations_per_epoch`` times an epoch; the weights of the check with the best
-    mean score (sign-adjusted per metric) are kept. Checkpoints are
-    written to ``run_dir`` after every epoch and ``resume`` continues exactly; without ``run_dir`` they go
-    to a temporary folder that is removed afterwards.
+    mean score (sign-adjusted per metric) are kept, and ``training.patience`` epochs without a better mean stop the
+    joint phase early. Checkpoints are written to ``run_dir`` after every epoch and ``resume`` continues exactly;
+    without ``run_dir`` they go to a temporary folder that is removed afterwards. ``hooks`` observe the joint phase.
 
     Example:
-        >>> results = fit_joint(chain, specs, datas, TrainingConfig(), JointConfig())  # doctest: +SKIP
+        >>> result = fit_joint(model, specs, datas, TrainingConfig(), JointConfig())  # doctest: +SKIP
+        >>> result.results["intent"].validation["accuracy"]  # doctest: +SKIP
+        0.93
     """
     with run_folder(run_dir, "finechain-joint-") as run_path:
-        return _fit_joint(chain, specs, datas, training, joint, run_path, resume, progress)
+        return _fit_joint(model, specs, datas, training, joint, run_path, resume, progress, hooks)
 
 
 def _fit_joint(
-    chain: Chain,
+    model: ChainModel,
     specs: list[TaskSpec],
     datas: dict[str, TaskData],
     training: TrainingConfig,
@@ -133,12 +152,13 @@ def _fit_joint(
     run_path: Path,
     resume: bool,
     progress: bool,
-) -> dict[str, FitResult]:
+    hooks: Sequence[Hook],
+) -> JointResult:
     torch.manual_seed(training.seed)
-    device = chain.device
-    jobs = _jobs(chain, specs, datas, training, joint)
-    modules = nn.ModuleDict({"trunk": chain.trunk.stack, "tasks": nn.ModuleDict({job.spec.name: job.task for job in jobs})})
-    chain.trunk.stack.requires_grad_(True)
+    device = model.device
+    jobs = _jobs(model, specs, datas, joint)
+    modules = nn.ModuleDict({"trunk": model.trunk.stack, "tasks": nn.ModuleDict({job.spec.name: job.task for job in jobs})})
+    model.trunk.stack.requires_grad_(True)
 
     per_task = {job.spec.name: resolve_training(job.spec.training.apply(training), job.task) for job in jobs}  # overrides apply to tails
 
@@ -154,92 +174,112 @@ def _fit_joint(
     passes = passes_per_epoch(math.ceil(batches_per_pass / accumulation), epochs, training.min_steps)  # small data: more steps
     batches_per_epoch = batches_per_pass * passes
     total = math.ceil(batches_per_epoch / accumulation) * epochs  # optimizer steps
-    optimizer = adamw(modules, learning_rate, training.weight_decay, device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_fraction * total), total)
-    generator = torch.Generator().manual_seed(training.seed)
+    optimizer = build_optimizer(training, modules, learning_rate, device)
+    scheduler = build_schedule(training, optimizer, total)
+    scaler = gradient_scaler(device, training.precision)
     settings = fingerprint(
         [s.model_dump(mode="json", exclude=UNHASHED_SPEC) for s in specs],
         training.model_dump(exclude=UNHASHED_TRAINING),
         joint.model_dump(),
-        chain.backbone_ref.sha256,
-        chain.split,
+        model.backbone.sha256,
+        model.split,
         [datas[s.name].digest() for s in specs],
         *([{"passes": passes}] if passes > 1 else []),
     )
-    checkpointer = Checkpointer(run_path / "joint", settings)
-    state, best = TrainState(), {k: v.detach().clone() for k, v in modules.state_dict().items()}
-    if resume and checkpointer.exists():
-        state, best = checkpointer.load(modules, optimizer, scheduler, generator)
-    log = MetricsLog(run_path / "joint" / "metrics.jsonl", fresh=not resume)
-    pad = chain.tokenizer.pad_token_id or 0
-    started = time.perf_counter()
 
-    points = check_points(batches_per_epoch, training.evaluations_per_epoch, accumulation)
+    def epoch_batches(generator: torch.Generator) -> list[tuple[int, list[int]]]:
+        """A sampled task per batch; each task's batches are drawn from its own shuffled, length-bucketed queue."""
+        queues: list[list[list[int]]] = [[] for _ in jobs]
+        batches = []
+        for k in torch.multinomial(probs, batches_per_epoch, replacement=True, generator=generator).tolist():
+            if not queues[k]:
+                queues[k] = length_batches([len(x) for x in jobs[k].ids], training.batch_size, shuffle=True, generator=generator)
+            batches.append((k, queues[k].pop()))
+        return batches
 
-    def check(progress: float) -> None:
-        """Score every task's validation split; keep the trunk and tails if their mean is the best so far."""
-        nonlocal best
-        chain.trunk.eval()
-        scores = {job.spec.name: float(_validate(chain, job, training)[job.metric]) for job in jobs}
-        modules.train()
+    def evaluate() -> Evaluation:
+        """Every task's validation score through the current trunk; the selection value is their sign-adjusted mean."""
+        model.trunk.eval()
+        scores = {
+            job.spec.name: float(job.task.head.score(_validation_outputs(model, job, training), job.val_targets)[job.metric])
+            for job in jobs
+        }
         mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(jobs, scores.values(), strict=True)) / len(jobs)
-        if state.improves("mean", mean, progress):
-            best = {k: v.detach().clone() for k, v in modules.state_dict().items()}
-        log.write({"epoch": progress, "passes": passes, "step": state.step, "validation": scores, "mean": mean, "best": state.best})
-        bar.show_metric(f"val mean {mean:.4f}")
+        return Evaluation(mean, scores)
 
-    with TrainProgress("joint", total=batches_per_epoch * epochs, enabled=progress, completed=batches_per_epoch * state.epoch) as bar:
-        while state.epoch < epochs:
-            modules.train()
-            queues = [[] for _ in jobs]
-            choices = torch.multinomial(probs, batches_per_epoch, replacement=True, generator=generator).tolist()
-            for n, k in enumerate(choices, start=1):
-                job = jobs[k]
-                if not queues[k]:
-                    queues[k] = length_batches([len(x) for x in job.ids], training.batch_size, shuffle=True, generator=generator)
-                batch = queues[k].pop()
-                input_ids, mask = (t.to(device) for t in pad_ids([job.ids[i] for i in batch], pad))
-                with autocast_context(device, training.precision):
-                    logits = job.task(chain.trunk.all_states(input_ids, mask), mask)
-                loss = job.task.head.loss(logits, job.targets[batch]) * job.weight
-                (loss / accumulation).backward()  # accumulated batches may come from different tasks
-                if n % accumulation == 0 or n == len(choices):
-                    torch.nn.utils.clip_grad_norm_(modules.parameters(), training.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                bar.advance(loss=float(loss.detach()) if n % 20 == 0 else None)
-                if n in points:
-                    check(epoch_progress(state.epoch, points.index(n) + 1, len(points)))
-            state.epoch += 1
-            checkpointer.save(modules, best, optimizer, scheduler, generator, state)
+    def record(check: Check) -> dict[str, Any]:
+        return {
+            "epoch": check.epoch,
+            "passes": passes,
+            "step": check.step,
+            "validation": check.evaluation.scores,
+            "mean": check.evaluation.value,
+            "best": check.best,
+        }
 
-    modules.load_state_dict(best)
-    chain.trunk.requires_grad_(False)
-    chain.trunk.eval()
-    chain.trunk_tuning = {
+    started = time.perf_counter()
+    step = JointStep(model, jobs, training.precision, accumulation, scaler)
+    with TrainProgress("joint", total=batches_per_epoch * epochs, enabled=progress) as bar:
+        report = Report(
+            bar, MetricsLog(run_path / "joint" / "metrics.jsonl", fresh=not resume), record, lambda c: f"val mean {c.evaluation.value:.4f}"
+        )
+        loop = TrainingLoop(
+            modules,
+            step,
+            epoch_batches,
+            evaluate,
+            metric="mean",
+            epochs=epochs,
+            batches_per_epoch=batches_per_epoch,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            generator=torch.Generator().manual_seed(training.seed),
+            scaler=scaler,
+            accumulation=accumulation,
+            max_grad_norm=training.max_grad_norm,
+            evaluations_per_epoch=training.evaluations_per_epoch,
+            batch_size=lambda batch: len(batch[1]),
+            checkpointer=Checkpointer(run_path / "joint", settings),
+            hooks=[report, EarlyStopping(training.patience), *hooks],
+        )
+        if resume and loop.resume():
+            bar.advance(batches_per_epoch * loop.state.epoch)
+        for _ in loop.run():
+            pass
+
+    modules.load_state_dict(loop.best_weights)
+    # Every step returned a detached loss, so no autograd graph of the joint phase is left: a graph kept alive (as the
+    # last batch's loss once was) holds its tails' gradient-accumulation nodes, bound to the stream they were made on,
+    # and the refinement's CUDA-graph capture then failed for that task.
+    model.trunk.requires_grad_(False)
+    model.trunk.eval()
+    model.trunk_tuned = True
+    trunk = {
         "sharing": "joint",
         **joint.model_dump(),
-        "best_epoch": state.best_epoch,
+        "best_epoch": loop.state.best_epoch,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    results = {}
+    result = JointResult(trunk)
     for job in jobs:
-        if joint.refine_epochs is None:  # the task's own epochs, early stopping and overrides; the best epoch is kept
-            results[job.spec.name] = fit_task(
-                chain, job.spec, training, run_dir=run_path / job.spec.name, resume=resume, progress=progress, data=job.data, init=job.task
+        name = job.spec.name
+        if joint.refine_epochs is None:  # the task's own epochs, early stopping and overrides; the best check is kept
+            result.results[name] = fit_task(
+                model, job.spec, training, data=job.data, run_dir=run_path / name, resume=resume, progress=progress, init=job.task
             )
         elif joint.refine_epochs:
             # a fixed short pass: refine_epochs wins over the task's own epochs/patience; its other overrides still apply
             refine = training.model_copy(update={"epochs": joint.refine_epochs, "patience": 0})
-            overrides = job.spec.training.model_copy(update={"epochs": None, "patience": None})
-            spec = job.spec.model_copy(update={"training": overrides})
-            results[job.spec.name] = fit_task(
-                chain, spec, refine, run_dir=run_path / job.spec.name, resume=resume, progress=progress, data=job.data, init=job.task
+            spec = job.spec.model_copy(update={"training": job.spec.training.model_copy(update={"epochs": None, "patience": None})})
+            result.results[name] = fit_task(
+                model, spec, refine, data=job.data, run_dir=run_path / name, resume=resume, progress=progress, init=job.task
             )
-        else:
-            info = {"metric": job.metric, "best_epoch": state.best_epoch, "training": training.model_dump()}
-            validation, test = attach_scored(chain, job.spec, job.task, job.data, info)
-            results[job.spec.name] = FitResult(job.spec.name, job.metric, state.best_epoch, validation, test, 0.0, 0.0)
-    return results
+        else:  # no refinement: the joint phase's tail, calibrated and scored on validation data
+            outputs = _validation_outputs(model, job, training)
+            job.task.head.calibrate(outputs, job.val_targets)
+            validation = job.task.head.score(outputs, job.val_targets)
+            cfg = per_task[name]
+            result.results[name] = FitResult(
+                name, job.metric, loop.state.best_epoch, validation, None, 0.0, 0.0, tail=job.task.eval(), training=cfg
+            )
+    return result

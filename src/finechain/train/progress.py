@@ -1,16 +1,19 @@
-"""Progress bar (rich) and per-epoch JSONL metrics log."""
+"""Progress bar (rich), the JSONL metrics log, and the hook that feeds both from the training loop."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
+
+from finechain.train.loop import Check, Hook, TrainingLoop
 
 
 class TrainProgress:
@@ -99,7 +102,7 @@ class TrainProgress:
 
 
 class MetricsLog:
-    """Append one JSON object per epoch to ``metrics.jsonl`` (kept across ``--resume``)."""
+    """Append one JSON object per validation check to ``metrics.jsonl`` (kept across ``--resume``)."""
 
     def __init__(self, path: Path | None, fresh: bool) -> None:
         self.path = path
@@ -115,3 +118,33 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+
+
+class Report(Hook):
+    """The hook that shows and records a run: the progress bar moves with every batch; each validation check becomes a
+    record (``record(check)``) appended to ``history`` and to the metrics log, and its ``headline`` is shown on the bar.
+
+    Example:
+        >>> report = Report(bar, log, record=lambda check: {"epoch": check.epoch})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bar: TrainProgress,
+        log: MetricsLog,
+        record: Callable[[Check], dict[str, Any]],
+        headline: Callable[[Check], str],
+    ) -> None:
+        self.bar, self.log, self.record, self.headline = bar, log, record, headline
+        self.history: list[dict[str, Any]] = []
+
+    def on_batch(self, loop: TrainingLoop, loss: float | None) -> None:
+        """Advance the bar (showing the running loss when sampled)."""
+        self.bar.advance(loss=loss)
+
+    def on_check(self, loop: TrainingLoop, check: Check) -> None:
+        """Log the check and show its metric."""
+        record = self.record(check)
+        self.log.write(record)
+        self.history.append(record)
+        self.bar.show_metric(self.headline(check))

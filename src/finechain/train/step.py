@@ -19,6 +19,7 @@ from finechain.data.batching import index_tensor
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.train.features import TrunkFeatures
+from finechain.train.objectives import HeadLoss, Objective, StepInputs
 
 WIDTH_STEP = 16  # graphed batches are padded to a multiple of this many tokens (capped at the longest sequence)
 
@@ -34,11 +35,13 @@ def padded_width(width: int, longest: int, step: int = WIDTH_STEP) -> int:
 
 
 class BatchStep:
-    """Forward, loss (divided by ``accumulation``) and backward of one batch; gradients add into ``.grad``.
+    """Forward, objective (divided by ``accumulation``) and backward of one batch of cached trunk states; gradients
+    add into ``.grad``.
 
-    With ``graphs`` (honoured on CUDA with the trunk states cached in GPU memory), full batches replay a CUDA graph
-    per padded width; other batches, and every batch on CPU, run eagerly. Call :meth:`zero_grad` after each
-    optimizer step instead of ``optimizer.zero_grad``: graphed steps write into gradient tensors that must stay put.
+    With ``graphs`` (honoured on CUDA with the trunk states cached in GPU memory, an objective that is graph-safe and
+    no fp16 loss scaling), full batches replay a CUDA graph per padded width; other batches, and every batch on CPU,
+    run eagerly. Call :meth:`zero_grad` after each optimizer step instead of ``optimizer.zero_grad``: graphed steps
+    write into gradient tensors that must stay put. ``scaler`` (fp16) scales the loss before the backward pass.
 
     Example:
         >>> step = BatchStep(task, features, targets, "auto", batch_size=32)  # doctest: +SKIP
@@ -55,11 +58,16 @@ class BatchStep:
         batch_size: int,
         accumulation: int = 1,
         graphs: bool = True,
+        objective: Objective | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         self.task, self.features, self.targets = task, features, targets
         self.precision, self.batch_size, self.accumulation = precision, batch_size, accumulation
+        self.objective = objective or HeadLoss()
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.device = features.device
-        self.graphs = graphs and self.device.type == "cuda" and features.cache == "memory"
+        safe = self.objective.graph_safe and self.scaler is None
+        self.graphs = graphs and safe and self.device.type == "cuda" and features.cache == "memory"
         self.longest = max(features.lengths, default=1)
         self._captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._warmed: set[int] = set()
@@ -75,7 +83,8 @@ class BatchStep:
         """Run ``batch`` (dataset indices); return its loss, detached."""
         if not self.graphs or len(batch) != self.batch_size:
             hidden, mask = self.features.batch(batch)
-            return self._loss_backward(hidden, mask, self.targets[index_tensor(batch, self.device)])
+            index = index_tensor(batch, self.device)
+            return self._loss_backward(hidden, mask, self.targets[index], index)
         width = padded_width(max(self.features.lengths[i] for i in batch), self.longest)
         self._index.copy_(torch.as_tensor(batch, dtype=torch.long).pin_memory(), non_blocking=True)
         if width not in self._captured:
@@ -95,16 +104,15 @@ class BatchStep:
     def _graph_body(self, width: int) -> torch.Tensor:
         """The graphed work for a full batch of width ``width`` whose indices are in ``self._index``."""
         hidden, mask = self.features.gather(self._index, width)
-        return self._loss_backward(hidden, mask, self.targets[self._index], cache=False)
+        return self._loss_backward(hidden, mask, self.targets[self._index], self._index, cache=False)
 
     def _loss_backward(
-        self, hidden: torch.Tensor | list[torch.Tensor], mask: torch.Tensor, targets: torch.Tensor, cache: bool = True
+        self, hidden: torch.Tensor | list[torch.Tensor], mask: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, cache: bool = True
     ) -> torch.Tensor:
         with autocast_context(self.device, self.precision, cache=cache):  # no cached casts across graph replays
-            logits = self.task(hidden, mask)
-        loss = self.task.head.loss(logits, targets) / self.accumulation
-        loss.backward()
-        return loss.detach()
+            loss = self.objective.loss(self.task, StepInputs(hidden, mask, targets, index)) / self.accumulation
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss.detach()  # detached: no autograd graph outlives its step
 
     def _warm_up(self, width: int) -> torch.Tensor:
         """:meth:`_graph_body` run eagerly on the capture stream (first use of a width: kernels chosen, memory set up)."""
@@ -130,11 +138,25 @@ class BatchStep:
         except RuntimeError as error:
             for param, grad in zip(self._params, grads, strict=True):
                 param.grad = grad
-            warnings.warn(f"CUDA graph capture failed, training continues without graphs: {error}", RuntimeWarning, stacklevel=3)
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            warnings.warn(f"CUDA graph capture failed, training continues without graphs: {message}", RuntimeWarning, stacklevel=3)
             self.graphs = False
-            torch.cuda.synchronize(self.device)
+            self._recover()
             return False
         main.wait_stream(self._stream)
         self._pool = graph.pool()
         self._captured[width] = (graph, loss)
         return True
+
+    def _recover(self) -> None:
+        """Make eager steps safe after a failed capture. A capture that fails leaves PyTorch's CUDA random generator
+        marked as capturing (its capture epilogue never ran), and the next eager dropout fails with "Offset increment
+        outside graph capture encountered unexpectedly". Capturing an empty graph runs the generator's prologue and
+        epilogue once more, which clears the mark."""
+        torch.cuda.synchronize(self.device)
+        try:
+            with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=self._stream):
+                pass
+        except RuntimeError as error:  # nothing more to try: eager dropout may fail next, with PyTorch's own message
+            warnings.warn(f"could not reset CUDA graph capture state: {error}", RuntimeWarning, stacklevel=3)
+        torch.cuda.synchronize(self.device)

@@ -1,0 +1,302 @@
+"""The front door: a :class:`Chain` trains, predicts, scores, embeds, saves and loads.
+
+It puts the parts together without doing their work: the network is a :class:`~finechain.model.ChainModel`, text
+becomes predictions in the :class:`~finechain.inference.Engine`, training is ``finechain.train``, folders are read
+and written by ``finechain.model.artifact``. What it adds is the account of each task (its :class:`TaskRecord`:
+how it was trained, on what, how it scored) that the manifest keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from finechain.data.inputs import as_texts
+from finechain.data.prepare import TaskData, load_task_data, task_data_from_lists
+from finechain.data.tagged import tagged_row
+from finechain.data.words import split_words
+from finechain.errors import DataError, FinechainError, InMemory, SpecError
+from finechain.heads import Prediction, head_type
+from finechain.inference import Engine
+from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_chain
+from finechain.model.chain_model import ChainModel, pick_device
+from finechain.model.task import TaskModel
+from finechain.spec import DEFAULT_BACKBONE, JointConfig, TaskSpec, TrainingConfig
+from finechain.train.fit import FitResult, fit_task
+from finechain.train.joint import fit_joint
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics only (per-class tables live in the reports)."""
+    return {k: round(v, 6) for k, v in scores.items() if isinstance(v, float)} | {"n": scores.get("n", 0)}
+
+
+def _tags(label: Any) -> bool:
+    return isinstance(label, list) and bool(label) and all(isinstance(tag, str) for tag in label)
+
+
+class Chain:
+    """One pretrained encoder split into a shared trunk and per-task tails: train tasks, predict all of them in one
+    trunk pass, save and load.
+
+    Example:
+        >>> chain = Chain.from_backbone("all-MiniLM-L6-v2", split="auto")  # doctest: +SKIP
+        >>> chain.fit(TaskSpec(name="sentiment", train="sst2.csv"))  # doctest: +SKIP
+        >>> chain.predict(["great film"])[0]["sentiment"].label  # doctest: +SKIP
+        'positive'
+    """
+
+    def __init__(self, model: ChainModel, records: dict[str, TaskRecord] | None = None, trunk: TrunkEntry | None = None) -> None:
+        self.model = model
+        self.records: dict[str, TaskRecord] = dict(records or {})
+        self.trunk_record = trunk
+        self.engine = Engine(model)
+
+    # construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str = DEFAULT_BACKBONE,
+        split: int | str = "auto",
+        max_length: int = 128,
+        base_dir: Path | None = None,
+        sharing: str = "frozen",
+    ) -> Chain:
+        """A chain with no tasks yet on a packaged backbone, local folder or hub id; ``split="auto"`` picks the
+        measured default trunk depth for ``sharing`` (``frozen`` or ``joint``).
+
+        Example:
+            >>> Chain.from_backbone(split=6).num_layers  # doctest: +SKIP
+            6
+        """
+        return cls(ChainModel.from_backbone(backbone, split, max_length, base_dir, sharing))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, backbone_path: str | Path | None = None, device: str = "cpu") -> Chain:
+        """Load a saved chain; the backbone is found from the manifest (or ``backbone_path``) and its hash checked.
+
+        Example:
+            >>> chain = Chain.from_pretrained("demo-chain")  # doctest: +SKIP
+        """
+        model, manifest = load_chain(directory, backbone_path)
+        chain = cls(model, {name: entry.record() for name, entry in manifest.tasks.items()}, manifest.trunk)
+        return chain.to(pick_device(device))
+
+    def save_pretrained(self, directory: str | Path, copy_backbone: bool = False, tasks: list[str] | None = None) -> Path:
+        """Write the manifest and each task's safetensors (only ``tasks`` when given); the backbone is referenced by
+        source and sha256, and copied in only with ``copy_backbone``.
+
+        Example:
+            >>> chain.save_pretrained("my-chain")  # doctest: +SKIP
+        """
+        save_chain(self.model, directory, records=self.records, trunk=self.trunk_record, copy_backbone=copy_backbone, tasks=tasks)
+        return Path(directory)
+
+    # the parts ------------------------------------------------------------------------------
+    @property
+    def tasks(self) -> nn.ModuleDict:
+        """The task tails by name, in the order they were added."""
+        return self.model.tasks
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives."""
+        return self.model.device
+
+    def to(self, device: str | torch.device) -> Chain:
+        """Move the model to ``device``; returns the chain."""
+        self.model.to(device)
+        return self
+
+    @property
+    def precision(self) -> str:
+        """Inference precision: ``auto`` (bf16 autocast on GPUs and CPUs with native bf16, else fp32), ``fp32``, ``bf16``, ``fp16``."""
+        return self.engine.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.engine.precision = value
+
+    @property
+    def split(self) -> int:
+        """Trunk depth: backbone layers shared by every task."""
+        return self.model.split
+
+    @property
+    def num_layers(self) -> int:
+        """The backbone's layer count."""
+        return self.model.num_layers
+
+    @property
+    def max_length(self) -> int:
+        """Tokens read per text."""
+        return self.model.max_length
+
+    def task_names(self, tasks: Sequence[str] | None = None) -> list[str]:
+        """``tasks`` checked against this chain (default: all of them)."""
+        return self.model.task_names(tasks)
+
+    def attach(self, name: str, task: TaskModel, record: TaskRecord | None = None) -> None:
+        """Add (or replace) a task's tail, with its record; no other task is touched."""
+        self.model.attach(name, task)
+        self.records[name] = record or TaskRecord()
+
+    def merge_adapters(self) -> list[str]:
+        """Fold LoRA branches into plain layers (for export, and faster inference); returns the merged tasks."""
+        return self.model.merge_adapters()
+
+    # inference ------------------------------------------------------------------------------
+    def predict(self, texts: Any, tasks: Sequence[str] | None = None, batch_size: int = 64) -> list[dict[str, Prediction]]:
+        """Typed predictions of every requested task (default: all) for every text, one trunk pass per batch.
+
+        Classification gives a ``ClassPrediction`` (label, score, every label's score), multilabel ``LabelsPrediction``,
+        regression ``ValuePrediction``, tagging ``EntitiesPrediction`` (entities with character offsets, tags);
+        ``.to_dict()`` gives each as JSON.
+
+        Example:
+            >>> chain.predict(["great film"], tasks=["sentiment"])[0]["sentiment"].to_dict()  # doctest: +SKIP
+            {'label': 'positive', 'score': 0.98, 'scores': {'negative': 0.02, 'positive': 0.98}}
+        """
+        self.engine.batch_size = batch_size
+        return self.engine.predict(texts, tasks)
+
+    def embed(self, texts: Any, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
+        """Sentence embeddings from the untouched backbone: trunk + the backbone's upper layers, mean pooled.
+
+        For sentence-transformers backbones such as all-MiniLM-L6-v2 these match ``SentenceTransformer.encode``
+        (mean pooling, L2-normalised). Not available once the trunk itself was fine-tuned (``sharing: joint``).
+
+        Example:
+            >>> chain.embed(["a cat", "a kitten"]).shape  # doctest: +SKIP
+            (2, 384)
+        """
+        if self.model.trunk_tuned:
+            raise FinechainError(
+                "this chain's trunk was fine-tuned (sharing: joint), so it no longer gives the backbone's embeddings",
+                fix="embed with Chain.from_backbone(...) or a chain trained with sharing: frozen",
+            )
+        self.engine.batch_size = batch_size
+        return self.engine.embed(texts, normalize)
+
+    def score(self, task: str, texts: Any, labels: Sequence[Any]) -> dict[str, Any]:
+        """Metrics of ``task`` on labelled texts, labels read and checked like training data (a label never seen in
+        training is a :class:`DataError` naming the item, ``labels[3]``). Tagging takes word lists with one tag per
+        word, or raw strings with ``[start, end, type]`` entity spans (or one tag per word as :func:`split_words` cuts them).
+
+        Example:
+            >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
+            1.0
+        """
+        name = self.task_names([task])[0]
+        head = self.tasks[name].head
+        texts = as_texts(texts)
+        if len(texts) != len(labels):
+            raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")
+        where = InMemory("labels")
+        parsed = []
+        for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+            if head.token_level:  # a raw string's tags are for its words as predict cuts them
+                words = [text[a:b] for a, b in split_words(text)] if isinstance(text, str) and _tags(label) else text
+                value: Any = tagged_row(words, label, where, i, strict=False).tags
+            else:
+                value = type(head).parse_label(label, file=where, line=i, options=head.options)
+            head.check_known(value, file=where, line=i)
+            parsed.append(value)
+        outputs, words = self.engine.outputs(texts, [name])
+        return head.score(outputs[name], head.targets(parsed, words))
+
+    # training -------------------------------------------------------------------------------
+    def _attach_result(self, spec: TaskSpec, result: FitResult, data: TaskData) -> FitResult:
+        """Attach a trained tail, score the test split, and record how it was trained and how it scored."""
+        assert result.tail is not None and result.training is not None
+        self.model.attach(spec.name, result.tail)
+        result.test = self.score(spec.name, data.test.texts, data.test.labels) if data.test is not None else None
+        metrics = {"validation": _headline(result.validation), **({"test": _headline(result.test)} if result.test else {})}
+        self.records[spec.name] = TaskRecord(
+            metric=result.metric,
+            best_epoch=result.best_epoch,
+            training=result.training.model_dump(),
+            data=data.provenance,
+            spec=spec.model_dump(mode="json"),
+            metrics=metrics,
+            train_seconds=round(result.train_seconds, 3),
+        )
+        return result
+
+    def fit(
+        self,
+        spec: TaskSpec,
+        training: TrainingConfig | None = None,
+        *,
+        texts: list[Any] | None = None,
+        labels: list[Any] | None = None,
+        dev: tuple[list[Any], list[Any]] | None = None,
+        test: tuple[list[Any], list[Any]] | None = None,
+        data: TaskData | None = None,
+        **options: Any,
+    ) -> FitResult:
+        """Train the task described by ``spec`` on this chain's trunk and attach it.
+
+        The data comes from the spec's files, from ``texts`` and ``labels`` in memory (with optional ``dev`` and
+        ``test`` as ``(texts, labels)``; without ``dev`` a validation split is cut from them), or ready as ``data``.
+        Tagging takes word lists and BIO tag lists. ``options`` go to :func:`finechain.train.fit.fit_task`
+        (``run_dir``, ``resume``, ``progress``, ``hooks``, ``objective``, ``features``).
+
+        Example:
+            >>> chain.fit(TaskSpec(name="sentiment", train="sst2.csv"))  # doctest: +SKIP
+            >>> chain.fit(TaskSpec(name="topic"), texts=["stocks fell", "late goal"], labels=["business", "sport"])  # doctest: +SKIP
+        """
+        training = training or TrainingConfig()
+        seed = spec.training.apply(training).seed
+        if texts is not None or labels is not None:
+            if texts is None or labels is None:
+                raise DataError("pass both texts= and labels=", fix="give one label per text")
+            if spec.train is not None:
+                raise SpecError(f"task '{spec.name}' has both a train file and texts=", fix="drop one of them")
+            data = task_data_from_lists(spec, list(texts), list(labels), dev=dev, test=test, seed=seed)
+        elif dev is not None or test is not None:
+            raise SpecError("dev= and test= go with texts= and labels=", fix="for files, set the spec's dev and test paths")
+        data = data or load_task_data(spec, head_type(spec.type), seed)
+        return self._attach_result(spec, fit_task(self.model, spec, training, data=data, **options), data)
+
+    def fit_joint(
+        self,
+        specs: list[TaskSpec],
+        training: TrainingConfig | None = None,
+        joint: JointConfig | None = None,
+        *,
+        data: dict[str, TaskData | tuple[list[Any], list[Any]]] | None = None,
+        **options: Any,
+    ) -> dict[str, FitResult]:
+        """Train several tasks together with this chain's trunk (``sharing: joint``), then refine each branch.
+
+        Each task's data comes from its spec's files, or from ``data[name]``: ``(texts, labels)`` or a
+        :class:`~finechain.data.prepare.TaskData`. Every task's data is read and checked before training starts.
+        ``options`` go to :func:`finechain.train.joint.fit_joint` (``run_dir``, ``resume``, ``progress``, ``hooks``).
+
+        Example:
+            >>> chain = Chain.from_backbone(split="auto", sharing="joint")  # doctest: +SKIP
+            >>> specs = [TaskSpec(name="topic", train="topics.csv"), TaskSpec(name="mood")]  # doctest: +SKIP
+            >>> results = chain.fit_joint(specs, data={"mood": (texts, labels)})  # doctest: +SKIP
+        """
+        training = training or TrainingConfig()
+        given = data or {}
+        unknown = sorted(set(given) - {s.name for s in specs})
+        if unknown:
+            raise SpecError(f"data for unknown tasks {unknown}", fix=f"the tasks are {[s.name for s in specs]}")
+        datas: dict[str, TaskData] = {}
+        for spec in specs:
+            seed = spec.training.apply(training).seed
+            item = given.get(spec.name)
+            if isinstance(item, tuple):
+                datas[spec.name] = task_data_from_lists(spec, list(item[0]), list(item[1]), seed=seed)
+            else:
+                datas[spec.name] = item if item is not None else load_task_data(spec, head_type(spec.type), seed)
+        result = fit_joint(self.model, specs, datas, training, joint or JointConfig(), **options)
+        self.trunk_record = TrunkEntry(**result.trunk)
+        return {spec.name: self._attach_result(spec, result.results[spec.name], datas[spec.name]) for spec in specs}

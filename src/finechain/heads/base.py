@@ -1,0 +1,181 @@
+"""The head contract: what a task type does besides its network layer.
+
+A head type owns its options (validated in the spec's ``head:`` block), its labels (parsed, checked and counted),
+its training targets, and how raw outputs become predictions and metrics. All of it works on NumPy arrays, so a
+chain exported without PyTorch decodes and scores with the same code. The layer itself (dropout, a linear map, the
+loss named by :attr:`Head.loss`) is built by ``finechain.model`` from :attr:`Head.output_size` and the options.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from finechain.errors import DataError
+from finechain.heads.predictions import Prediction
+
+Pooling = Literal["mean", "cls", "max"]
+RawLabel = str | float | list[str] | None  # a label as a file holds it, before parsing
+
+
+class HeadOptions(BaseModel):
+    """Options every head has; a head type extends them with its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the head's linear layer")
+    layer_mix: bool = Field(
+        False, description="the head reads a learned weighted mix of the embeddings and every layer's output, not only the last"
+    )
+
+
+class PooledHeadOptions(HeadOptions):
+    """Options of heads that read one vector per text."""
+
+    pooling: Pooling = Field("mean", description="how token states become one vector: mean, cls or max")
+
+
+class WordPositions(Protocol):
+    """Where each word of each text starts among its tokens (``None``: the word has no token), each text's token count,
+    and each word's character span in a raw text (``None`` for word-list input)."""
+
+    word_starts: list[list[int | None]]
+    word_spans: list[list[tuple[int, int]]] | None
+
+    @property
+    def lengths(self) -> list[int]: ...
+
+
+class Head(ABC):
+    """Base of every head type (register subclasses with :func:`finechain.heads.register_head`).
+
+    A head is built from its labels and options, ``initialize``-d on the training labels, and saved as
+    :meth:`config` (labels, options and anything fitted, such as thresholds), which :meth:`from_config` reads back.
+    """
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type[HeadOptions]] = PooledHeadOptions
+    default_metric: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]  # the scalar metrics :meth:`score` reports (any may be the spec's `metric`)
+    loss: ClassVar[str]  # the loss function's name in finechain.model.losses
+    token_level: ClassVar[bool] = False  # one output per token (labels words), not one per text
+
+    def __init__(self, labels: Sequence[str] = (), options: HeadOptions | Mapping[str, Any] | None = None) -> None:
+        self.labels = list(labels)
+        self.options = options if isinstance(options, self.Options) else self.Options.model_validate(dict(options or {}))
+
+    # saving ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What :meth:`initialize` and :meth:`calibrate` fitted beyond the labels (JSON-able); default: nothing."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        """Labels, options and fitted state: what :meth:`from_config` rebuilds this head from."""
+        return {"labels": list(self.labels), "options": self.options.model_dump(mode="json"), "state": self.state()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Head:
+        """Inverse of :meth:`config`."""
+        head = cls(config.get("labels", []), config.get("options"))
+        head.load_state(dict(config.get("state") or {}))
+        return head
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned; default: nothing to restore."""
+        return None
+
+    # the network side ------------------------------------------------------------------------
+    @property
+    def output_size(self) -> int:
+        """Outputs of the head's linear layer: one per label."""
+        return len(self.labels)
+
+    @property
+    def pooling(self) -> Pooling | None:
+        """How the layer pools token states into one vector per text (``None``: it reads every token)."""
+        return None if self.token_level else self.options.pooling  # type: ignore[attr-defined]
+
+    # labels -------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: HeadOptions) -> Any:
+        """Check and normalise one raw label; raise :class:`DataError` naming file and line."""
+
+    @classmethod
+    def label_names(cls, parsed: Sequence[Any]) -> list[str]:
+        """Every label name the parsed labels use (empty for regression)."""
+        names: set[str] = set()
+        for value in parsed:
+            names.update(value if isinstance(value, list) else [value])
+        return sorted(names)
+
+    @classmethod
+    def stratify_keys(cls, parsed: Sequence[Any]) -> list[Any] | None:
+        """Keys to stratify the validation split and subsamples by, or ``None`` for a plain random cut."""
+        return None
+
+    @classmethod
+    def check_training_labels(cls, parsed: Sequence[Any], lines: Sequence[int], file: str) -> None:
+        """Raise a :class:`DataError` if these training labels cannot train this head: by default every label needs two
+        examples (one to learn from, one that a validation split may take)."""
+        counts: Counter[str] = Counter()
+        for value in parsed:
+            counts.update(value if isinstance(value, list) else [value])
+        for label, count in sorted(counts.items()):
+            if count < 2:
+                line = next(ln for v, ln in zip(parsed, lines, strict=True) if label in (v if isinstance(v, list) else [v]))
+                raise DataError(
+                    f"label '{label}' has only {count} example",
+                    file=file,
+                    line=line,
+                    fix="add at least one more example of it, or remove it",
+                )
+
+    def initialize(self, parsed: Sequence[Any], labels: Sequence[str] | None = None) -> None:
+        """Set up from the training labels before training: the label set (``labels`` when given, e.g. every label of
+        the data before a validation split was cut from it; else those ``parsed`` uses), a regression head's scale."""
+        self.labels = list(labels) if labels is not None else self.label_names(parsed)
+
+    def check_known(self, parsed: Any, *, file: str, line: int) -> None:
+        """Raise a :class:`DataError` if an evaluation label was never seen in training."""
+        for name in parsed if isinstance(parsed, list) else [parsed]:
+            if name not in self.labels:
+                raise DataError(
+                    f"label '{name}' does not occur in the training data",
+                    file=file,
+                    line=line,
+                    fix="fix the label, or add training examples for it",
+                )
+
+    # outputs ------------------------------------------------------------------------------------
+    @abstractmethod
+    def targets(self, parsed: Sequence[Any], words: WordPositions | None = None) -> np.ndarray:
+        """Training targets for parsed labels (token-level heads align them with ``words``)."""
+
+    @abstractmethod
+    def decode(self, outputs: Sequence[np.ndarray], texts: Sequence[Any], words: WordPositions | None = None) -> list[Prediction]:
+        """One prediction per text from each text's raw output (``[labels]``, or ``[tokens, labels]`` for token-level heads)."""
+
+    @abstractmethod
+    def score(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> dict[str, Any]:
+        """Metrics of a whole split's outputs against its :meth:`targets`: the scalars named in :attr:`metrics`, plus
+        tables (per class, confusion matrix) and ``n``."""
+
+    def calibrate(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> None:
+        """Fit post-hoc settings (thresholds) on validation outputs; default: nothing to fit."""
+        return None
+
+
+def stacked(outputs: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Per-text output vectors as one float32 ``[texts, width]`` array (``[0, width]`` for no texts).
+
+    Example:
+        >>> stacked([np.zeros(2), np.ones(2)], 2).shape, stacked([], 3).shape
+        ((2, 2), (0, 3))
+    """
+    return np.stack(outputs).astype(np.float32, copy=False) if len(outputs) else np.zeros((0, width), dtype=np.float32)

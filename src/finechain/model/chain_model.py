@@ -1,0 +1,195 @@
+"""The chain as a network: one shared trunk, a tail per task, and the backbone's own upper layers for embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from finechain.branches import BranchOptions, branch_mode
+from finechain.data.batching import Encoded, encode, tokenize
+from finechain.errors import FinechainError
+from finechain.heads import Head
+from finechain.model.backbone import BackboneRef, check_max_length, load_encoder, load_tokenizer, resolve_backbone
+from finechain.model.layers import LayerStack, Trunk, copy_layers
+from finechain.model.pooling import pool
+from finechain.model.task import TaskModel
+from finechain.spec import DEFAULT_BACKBONE
+
+# Share of the backbone's layers on the task side of the split. Chosen from docs/benchmarks.md: on a frozen
+# (pretrained) trunk, each task needs its own copy of the top 2/3 of the layers to match the HF Trainer's
+# full fine-tune (split sweep; with 1/2 SST-2 lost a point). When the trunk is fine-tuned on all tasks
+# jointly, the roles swap: the trunk holds 2/3 and each task 1/3 (sharing suite: at or above the per-task
+# fine-tunes, 1.5x the throughput of the frozen default).
+DEFAULT_BRANCH_FRACTION = 2 / 3
+
+
+def default_split(num_layers: int, sharing: str = "frozen") -> int:
+    """The trunk depth used when a spec says ``split: auto``, for a sharing mode (``frozen`` or ``joint``).
+
+    Example:
+        >>> default_split(6), default_split(12), default_split(6, "joint"), default_split(12, "joint")
+        (2, 4, 4, 8)
+    """
+    branch = max(1, round(num_layers * DEFAULT_BRANCH_FRACTION))
+    return branch if sharing == "joint" else num_layers - branch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else CPU.
+
+    Example:
+        >>> pick_device("cpu").type
+        'cpu'
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FinechainError(f"unknown device '{name}'", fix="use auto, cpu, cuda or cuda:N", field="device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu", field="device") from None
+    return device
+
+
+class ChainModel(nn.Module):
+    """A pretrained encoder split at ``split``: the shared trunk (embeddings + lower layers) and one tail per task.
+
+    ``forward(input_ids, attention_mask, tasks)`` runs the trunk once and the tails of ``tasks``; it has fixed
+    control flow for given tasks, so it can be traced and exported. The tokenizer and ``max_length`` travel with the
+    model (how texts become its inputs); where the backbone came from is ``backbone`` (source and sha256).
+
+    Example:
+        >>> model = ChainModel.from_backbone("all-MiniLM-L6-v2", split=2)  # doctest: +SKIP
+        >>> model(input_ids, attention_mask, tasks=("sentiment",))["sentiment"].shape  # doctest: +SKIP
+        torch.Size([8, 2])
+    """
+
+    def __init__(
+        self, encoder: nn.Module, tokenizer: Any, backbone: BackboneRef, backbone_path: Path, split: int, max_length: int = 128
+    ) -> None:
+        super().__init__()
+        num_layers = len(encoder.encoder.layer)
+        if not 0 <= split <= num_layers:
+            raise FinechainError(
+                f"split {split} is outside 0..{num_layers} for this backbone", fix=f"choose 0..{num_layers}", field="split"
+            )
+        check_max_length(max_length, encoder.config, tokenizer)
+        self.encoder_config = encoder.config
+        self.tokenizer = tokenizer
+        self.backbone = backbone
+        self.backbone_path = backbone_path
+        self.split = split
+        self.num_layers = num_layers
+        self.max_length = max_length
+        self.trunk = Trunk(encoder, split)
+        # The backbone's own upper layers: templates for new branches and the rest of the encoder for embeddings
+        # (frozen, never saved: they are the backbone's).
+        self.upper = LayerStack(list(encoder.encoder.layer)[split:], encoder.config).requires_grad_(False).eval()
+        self.tasks = nn.ModuleDict()
+        self.trunk_tuned = False  # the trunk's layers were trained (joint sharing) and are saved with the chain
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str = DEFAULT_BACKBONE,
+        split: int | str = "auto",
+        max_length: int = 128,
+        base_dir: Path | None = None,
+        sharing: str = "frozen",
+    ) -> ChainModel:
+        """A model with no tasks yet on a packaged backbone, a local folder or a hub id; ``split="auto"`` picks the
+        measured default trunk depth for ``sharing`` (``frozen`` or ``joint``).
+
+        Example:
+            >>> ChainModel.from_backbone(split=6).num_layers  # doctest: +SKIP
+            6
+        """
+        path, ref = resolve_backbone(backbone, base_dir)
+        encoder = load_encoder(path)
+        depth = default_split(len(encoder.encoder.layer), sharing) if split == "auto" else int(split)
+        return cls(encoder, load_tokenizer(path), ref, path, depth, max_length)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the trunk lives."""
+        return next(self.trunk.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding id."""
+        return self.tokenizer.pad_token_id or 0
+
+    # tasks ------------------------------------------------------------------------------------
+    def fresh_branch(self) -> list[nn.Module]:
+        """New copies of the pretrained upper layers, to start a task branch from."""
+        return copy_layers(list(self.upper.layers))
+
+    def new_task(self, head: Head, branch: BranchOptions | Mapping[str, Any] | None = None) -> TaskModel:
+        """An untrained tail for ``head`` (not yet attached), on this model's device.
+
+        Example:
+            >>> task = model.new_task(ClassificationHead(["neg", "pos"]))  # doctest: +SKIP
+        """
+        task = TaskModel(head, self.fresh_branch(), self.encoder_config, branch_mode(branch), self.num_layers + 1)
+        return task.to(self.device)
+
+    def attach(self, name: str, task: TaskModel) -> None:
+        """Add (or replace) a task's tail, in eval mode; no other task is touched."""
+        self.tasks[name] = task.eval()
+
+    def task_names(self, tasks: Sequence[str] | None = None) -> list[str]:
+        """``tasks`` checked against this model (default: all of them, in the order they were added).
+
+        Example:
+            >>> model.task_names(["intent"])  # doctest: +SKIP
+            ['intent']
+        """
+        names = list(self.tasks) if tasks is None else list(tasks)
+        unknown = [n for n in names if n not in self.tasks]
+        if unknown:
+            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this chain has {sorted(self.tasks)}")
+        return names
+
+    def merge_adapters(self) -> list[str]:
+        """Fold every LoRA branch into plain layers (peft's merge), so exporters see ordinary layers and inference
+        skips the adapters' extra products; returns the merged tasks.
+
+        Example:
+            >>> model.merge_adapters()  # doctest: +SKIP
+            ['sentiment_lora']
+        """
+        return [name for name, task in self.tasks.items() if task.merge_adapters()]
+
+    # inputs -----------------------------------------------------------------------------------
+    def encode(self, texts: list[Any], with_words: bool = False) -> tuple[list[list[int]], Encoded | None]:
+        """Token ids for raw texts or word lists; word positions too when asked (or for word lists).
+
+        Example:
+            >>> ids, words = model.encode(["hello world"])  # doctest: +SKIP
+        """
+        if with_words or (bool(texts) and isinstance(texts[0], list)):
+            encoded = encode(self.tokenizer, texts, self.max_length)
+            return encoded.ids, encoded
+        return tokenize(self.tokenizer, texts, self.max_length), None
+
+    # the network ------------------------------------------------------------------------------
+    def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_states: bool = False) -> list[torch.Tensor]:
+        """The trunk's output (a list of one), or with ``all_states`` the embeddings and every trunk layer's output."""
+        if all_states:
+            return self.trunk.all_states(input_ids, attention_mask)
+        return [self.trunk(input_ids, attention_mask)]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Every requested task's head outputs (default: all tasks): the trunk once, then each tail."""
+        names = list(self.tasks) if tasks is None else list(tasks)
+        states = self.trunk_states(input_ids, attention_mask, any(self.tasks[n].needs_trunk_states for n in names))
+        return {name: self.tasks[name](states if self.tasks[name].needs_trunk_states else states[-1], attention_mask) for name in names}
+
+    def sentence_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The untouched backbone's mean-pooled last layer (trunk + the backbone's own upper layers)."""
+        return pool(self.upper(self.trunk(input_ids, attention_mask), attention_mask)[-1], attention_mask, "mean")

@@ -1,0 +1,247 @@
+"""Read spec files: YAML with the line of every value, validated by the models of ``schema``; every problem is one
+line naming the file, the line and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from finechain.errors import SpecError
+from finechain.heads import HEADS, HeadOptions
+from finechain.io import read_text_file
+from finechain.spec.schema import FLAT_HEAD_OPTIONS, ChainSpec, TaskSpec
+
+Lines = dict[tuple[Any, ...], int]
+MAX_VALUES = 100_000  # a spec is small; more values than this come from nested YAML aliases (a "billion laughs" file)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int], path: Path) -> int:
+    """How many values ``node`` stands for once every alias is expanded (memoised: linear in the file's size)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise SpecError(
+            "a YAML alias refers to a value that contains it", file=path, line=node.start_mark.line + 1, fix="remove the recursive alias"
+        )
+    open_nodes.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes, path)
+        if size > MAX_VALUES:
+            raise SpecError(
+                f"the spec expands to more than {MAX_VALUES:,} values through YAML aliases",
+                file=path,
+                line=node.start_mark.line + 1,
+                fix="write the values out instead of nesting aliases",
+            )
+    open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = (), seen: set[int] | None = None) -> Lines:
+    """The line of every key path; a node reached again through an alias is indexed once, at its first path."""
+    seen = set() if seen is None else seen
+    lines = {path: node.start_mark.line + 1}
+    if id(node) in seen:
+        return lines
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            lines[(*path, key.value)] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _line_index(value, (*path, key.value), seen).items() if k != (*path, key.value)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, i), seen))
+    return lines
+
+
+def _load_yaml(path: Path) -> tuple[Any, Lines]:
+    text = read_text_file(path)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set(), path)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise SpecError(f"invalid YAML: {getattr(err, 'problem', err)}", file=path, line=mark.line + 1 if mark else None) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict) or node is None:
+        raise SpecError("the spec must be a YAML mapping", file=path, line=1, fix="see docs/spec.md for an example")
+    return data, _line_index(node)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _nested_model(arg)) is not None), None)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model that holds the field at ``loc`` (list indices skipped), e.g. TaskSpec for ``tasks.0.x``."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _nested_model(field.annotation) if field is not None else None
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _head_hint(name: str, kind: str | None) -> str | None:
+    """For an unknown head option: the head type that has it, or a close name among this type's options."""
+    owners = sorted(t for t in HEADS.names() if name in HEADS.get(t).Options.model_fields)
+    if owners and kind not in owners:
+        return f"'{name}' is an option of {' and '.join(owners)} tasks, not of {kind} tasks: remove it"
+    options = HEADS.get(kind).Options if kind in HEADS else HeadOptions
+    close = difflib.get_close_matches(name, list(options.model_fields), n=1, cutoff=0.75)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def unknown_field_hint(model: type[BaseModel], loc: tuple[Any, ...], kind: str | None = None) -> str:
+    """How to fix an unknown spec field: the close name it may be a typo of, or the block it belongs in. ``kind`` is the
+    task's type, for options of a task's ``head:``.
+
+    Example:
+        >>> unknown_field_hint(ChainSpec, ("tasks", 0, "learning_rat"))
+        "did you mean 'training.learning_rate'? (training settings go under 'training:')"
+        >>> unknown_field_hint(ChainSpec, ("epochs",))
+        "move it under 'training:'"
+        >>> unknown_field_hint(ChainSpec, ("tasks", 0, "text_colum"))
+        "did you mean 'text_column'?"
+        >>> unknown_field_hint(ChainSpec, ("tasks", 0, "head", "decoding"), "classification")
+        "'decoding' is an option of tagging tasks, not of classification tasks: remove it"
+    """
+    *parents, name = loc
+    holder = _model_at(model, tuple(parents))
+    if holder is None:
+        return "remove or rename it"
+    if issubclass(holder, HeadOptions):
+        return _head_hint(str(name), kind) or "remove or rename it"
+    training = next((f for f in ("training",) if f in holder.model_fields), None)
+    nested = _nested_model(holder.model_fields[training].annotation) if training else None
+    if nested is not None and name in nested.model_fields:
+        return f"move it under '{training}:'"
+    close = difflib.get_close_matches(str(name), list(holder.model_fields), n=1, cutoff=0.75)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    close = difflib.get_close_matches(str(name), list(nested.model_fields), n=1, cutoff=0.75) if nested is not None else []
+    if close:
+        return f"did you mean '{training}.{close[0]}'? (training settings go under '{training}:')"
+    return "remove or rename it"
+
+
+def _as_written(loc: tuple[Any, ...], lines: Lines) -> tuple[Any, ...]:
+    """``loc`` as the file spells it: a head option written flat (``tasks.0.decoding``) keeps its flat path."""
+    if "head" in loc and loc not in lines:
+        at = loc.index("head")
+        flat = (*loc[:at], *loc[at + 1 :])
+        if len(loc) > at + 1 and loc[at + 1] in FLAT_HEAD_OPTIONS and flat in lines:
+            return flat
+    return loc
+
+
+def _task_type(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """The ``type`` of the task that ``loc`` (relative to ``data``) points into, if any."""
+    if len(loc) > 1 and loc[0] == "tasks" and isinstance(loc[1], int) and isinstance(data, dict):
+        tasks = data.get("tasks")
+        task = tasks[loc[1]] if isinstance(tasks, list) and loc[1] < len(tasks) else None
+        return task.get("type", "classification") if isinstance(task, dict) else None
+    return data.get("type", "classification") if isinstance(data, dict) else None
+
+
+def _raise_first(
+    err: ValidationError, path: Path, lines: Lines, data: Any, prefix: tuple[Any, ...] = (), model: type[BaseModel] = ChainSpec
+) -> None:
+    first = err.errors()[0]
+    loc = _as_written(
+        tuple(part for part in first["loc"] if part not in {"function-after", "function-wrap"}),
+        {k[len(prefix) :]: v for k, v in lines.items() if k[: len(prefix)] == prefix},
+    )
+    line = None
+    for cut in range(len(loc), -1, -1):
+        if (*prefix, *loc[:cut]) in lines:
+            line = lines[(*prefix, *loc[:cut])]
+            break
+    field = ".".join(str(p) for p in loc) or "spec"
+    unknown = first["type"] == "extra_forbidden"
+    message = "unknown field" if unknown else first["msg"].removeprefix("Value error, ")
+    hint = unknown_field_hint(model, tuple(first["loc"]), _task_type(data, tuple(first["loc"]))) if unknown else "see docs/spec.md"
+    raise SpecError(f"{field}: {message}", file=path, line=line, fix=hint) from None
+
+
+def _require_train(task: TaskSpec, path: Path, lines: Lines, at: tuple[Any, ...]) -> None:
+    if task.train is None:
+        raise SpecError(f"task '{task.name}' has no 'train' file", file=path, line=lines.get(at), fix="add 'train: path/to/train.csv'")
+
+
+def load_chain_spec(path: str | Path) -> ChainSpec:
+    """Read and validate a chain spec; data paths are made relative to the spec file.
+
+    Example:
+        >>> spec = load_chain_spec("examples/demo.yaml")  # doctest: +SKIP
+        >>> spec.tasks[0].name  # doctest: +SKIP
+        'intent'
+    """
+    path = Path(path)
+    data, lines = _load_yaml(path)
+    try:
+        spec = ChainSpec.model_validate(data)
+    except ValidationError as err:
+        _raise_first(err, path, lines, data)
+    for i, task in enumerate(spec.tasks):
+        _require_train(task, path, lines, ("tasks", i))
+    return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks]})
+
+
+def spec_line(path: str | Path, *keys: Any) -> int | None:
+    """The line of ``keys`` (e.g. ``"split"``, or ``"tasks", 0, "train"``) in a spec file, if it is set there.
+
+    Example:
+        >>> spec_line("chain.yaml", "split")  # doctest: +SKIP
+        3
+    """
+    return _load_yaml(Path(path))[1].get(keys) if keys else None
+
+
+def load_task_specs(path: str | Path) -> list[TaskSpec]:
+    """Read a task file for ``add-task``: one task mapping, or ``tasks: [...]`` with unique names.
+
+    Example:
+        >>> load_task_specs("topic.yaml")[0].type  # doctest: +SKIP
+        'classification'
+    """
+    path = Path(path)
+    data, lines = _load_yaml(path)
+    items, prefix = (data["tasks"], ("tasks",)) if "tasks" in data else ([data], ())
+    if not isinstance(items, list) or not items:
+        raise SpecError("tasks must be a non-empty list", file=path, line=lines.get(("tasks",)), fix="list one or more tasks")
+    specs: list[TaskSpec] = []
+    for i, item in enumerate(items):
+        at = (*prefix, i) if prefix else ()
+        try:
+            spec = TaskSpec.model_validate(item)
+        except ValidationError as err:
+            _raise_first(err, path, lines, item, at, TaskSpec)
+        _require_train(spec, path, lines, at)
+        if spec.name in {s.name for s in specs}:
+            raise SpecError(
+                f"task '{spec.name}' is listed twice", file=path, line=lines.get((*at, "name")), fix="give each task its own name"
+            )
+        specs.append(spec.resolve_paths(path.parent))
+    return specs

@@ -1,0 +1,261 @@
+"""The chain spec's models: one validated description drives training (pydantic; no PyTorch here).
+
+A task's ``head:`` and ``branch:`` blocks are validated by the options model of its head type and branch mode
+(``finechain.heads``, ``finechain.branches``), so each component declares its own settings. The flat spellings of
+head options that older specs used (``decoding: argmax`` next to ``type: tagging``) are moved into ``head:``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from finechain.branches import BRANCH_MODES, BranchOptions
+from finechain.heads import HEADS, HeadOptions
+from finechain.registrations import OPTIMIZERS, SCHEDULES
+from finechain.registry import named
+
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # a folder name and a module name: no dots, no slashes
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+TaskFormat = Literal["auto", "csv", "tsv", "jsonl", "conll"]
+Cache = Literal["memory", "disk", "off"]
+# head options that specs wrote next to `type:` before `head:` existed; still accepted there
+FLAT_HEAD_OPTIONS = (
+    "dropout",
+    "pooling",
+    "layer_mix",
+    "decoding",
+    "label_separator",
+    "strict_bio",
+    "keep_docstart",
+    "token_column",
+    "tag_column",
+)
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TrainingConfig(BaseModel):
+    """Optimisation settings; set once for the chain, override any field per task."""
+
+    model_config = STRICT
+
+    epochs: int = Field(5, ge=1, le=10_000, description="maximum passes over the training data (more for small data: see min_steps)")
+    min_steps: int = Field(
+        300,
+        ge=0,
+        description="small data: a new task's epoch repeats its training data until `epochs` epochs make at least this many "
+        "optimizer steps (0 = one pass per epoch)",
+    )
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float | None = Field(
+        None, gt=0, description="learning rate of the branch layers; default: the branch mode's (1e-4 full layers, 5e-4 LoRA)"
+    )
+    head_learning_rate: float = Field(1e-3, gt=0, description="learning rate of the head")
+    weight_decay: float = Field(0.01, ge=0)
+    optimizer: Annotated[str, AfterValidator(named(OPTIMIZERS))] = Field("adamw", description="optimizer, by name")
+    schedule: Annotated[str, AfterValidator(named(SCHEDULES))] = Field(
+        "linear", description="learning-rate schedule after warm-up: linear (decay to 0), cosine, constant"
+    )
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    gradient_accumulation: int = Field(1, ge=1)
+    patience: int = Field(2, ge=0, description="epochs without validation gain before stopping; 0 = never stop early")
+    evaluations_per_epoch: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="validation checks per epoch, evenly spaced; the best check's weights are kept (early stopping is decided "
+        "at epoch ends)",
+    )
+    precision: Precision = "auto"
+    cache: Cache = Field("memory", description="where frozen trunk outputs are kept between epochs")
+    seed: int = 13
+    eval_batch_size: int = Field(128, ge=1)
+    cuda_graphs: bool = Field(
+        True, description="on a CUDA GPU, record each padded batch shape's step as a CUDA graph and replay it (far less host time)"
+    )
+
+
+class TrainingOverrides(BaseModel):
+    """Per-task changes to the chain's :class:`TrainingConfig`: any of its fields, validated the same way."""
+
+    model_config = STRICT
+
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    min_steps: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    head_learning_rate: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    optimizer: Annotated[str, AfterValidator(named(OPTIMIZERS))] | None = None
+    schedule: Annotated[str, AfterValidator(named(SCHEDULES))] | None = None
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)
+    max_grad_norm: float | None = Field(None, gt=0)
+    gradient_accumulation: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=0)
+    evaluations_per_epoch: int | None = Field(None, ge=1, le=100)
+    precision: Precision | None = None
+    cache: Cache | None = None
+    seed: int | None = None
+    eval_batch_size: int | None = Field(None, ge=1)
+    cuda_graphs: bool | None = None
+
+    def apply(self, base: TrainingConfig) -> TrainingConfig:
+        """``base`` with the fields set here replaced.
+
+        Example:
+            >>> TrainingOverrides(epochs=9).apply(TrainingConfig()).epochs
+            9
+        """
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class TaskSpec(BaseModel):
+    """One task: its type, data files and columns, head and branch options, training overrides.
+
+    Example:
+        >>> spec = TaskSpec(name="ner", type="tagging", train="ner.conll", decoding="argmax")
+        >>> spec.head.decoding, spec.branch.mode
+        ('argmax', 'full')
+    """
+
+    model_config = STRICT
+
+    name: str = Field(pattern=TASK_NAME, max_length=64, description="letters, digits, _ and -; names the task's folder and output key")
+    type: Annotated[str, AfterValidator(named(HEADS))] = "classification"
+    train: Path | None = Field(None, description="training file; required in a spec file (Chain.fit can take texts= and labels= instead)")
+    dev: Path | None = None
+    test: Path | None = None
+    format: TaskFormat = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    head: SerializeAsAny[HeadOptions] = Field(
+        default_factory=HeadOptions, validate_default=True, description="options of the task type's head"
+    )
+    branch: SerializeAsAny[BranchOptions] = Field(
+        default_factory=BranchOptions, validate_default=True, description="how the branch layers are tuned"
+    )
+    metric: str | None = None
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_train_examples: int | None = Field(None, ge=2, description="seeded subsample of the training file")
+    training: TrainingOverrides = Field(default_factory=TrainingOverrides)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_head_options(cls, data: Any) -> Any:
+        """Move head options written next to ``type:`` (the spelling before ``head:`` existed) into ``head``."""
+        if not isinstance(data, dict) or not any(key in data for key in FLAT_HEAD_OPTIONS):
+            return data
+        data = dict(data)
+        head = data.get("head")
+        head = dict(head) if isinstance(head, dict) else head.model_dump(exclude_unset=True) if isinstance(head, BaseModel) else {}
+        for key in FLAT_HEAD_OPTIONS:
+            if key in data:
+                if key in head:
+                    raise PydanticCustomError("flat_and_nested", f"'{key}' is set twice, here and under 'head:'; keep one")
+                head[key] = data.pop(key)
+        data["head"] = head
+        return data
+
+    @field_validator("head", mode="wrap")
+    @classmethod
+    def _head_options(cls, value: Any, handler: Any, info: ValidationInfo) -> HeadOptions:
+        """Validated by the options model of this task's head type."""
+        kind = info.data.get("type")
+        if kind not in HEADS:  # the type's own error is reported
+            return HeadOptions()
+        options = HEADS.get(kind).Options
+        return (
+            value if isinstance(value, options) else options.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
+        )
+
+    @field_validator("branch", mode="wrap")
+    @classmethod
+    def _branch_options(cls, value: Any, handler: Any) -> BranchOptions:
+        """Validated by the options model of the branch mode named in ``mode``."""
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        mode = value.get("mode", "full") if isinstance(value, dict) else None
+        if mode not in BRANCH_MODES:
+            raise PydanticCustomError("branch_mode", f"unknown branch mode {mode!r}; use one of {BRANCH_MODES.names()}")
+        return BRANCH_MODES.get(mode).Options.model_validate(value)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str | None, info: ValidationInfo) -> str | None:
+        """A metric that this task's head type reports."""
+        kind = info.data.get("type")
+        if metric is not None and kind in HEADS and metric not in HEADS.get(kind).metrics:
+            raise PydanticCustomError(
+                "metric", f"metric '{metric}' is not reported for {kind} tasks; use one of {list(HEADS.get(kind).metrics)}"
+            )
+        return metric
+
+    def resolve_paths(self, base: Path) -> TaskSpec:
+        """Make data paths absolute, relative to the spec file's folder."""
+        update = {k: base / v for k in ("train", "dev", "test") if (v := getattr(self, k)) is not None and not Path(v).is_absolute()}
+        return self.model_copy(update=update)
+
+
+class JointConfig(BaseModel):
+    """Joint multi-task fine-tuning of the trunk (``sharing: joint``)."""
+
+    model_config = STRICT
+
+    epochs: int | None = Field(
+        None, ge=1, le=10_000, description="passes over all tasks' data, one task sampled per step; default training.epochs"
+    )
+    temperature: float = Field(2.0, gt=0, description="task sampling: size ** (1/T); 1 = proportional, large = uniform")
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="per-task loss multipliers (default 1)")
+    trunk_learning_rate: float = Field(5e-5, gt=0, description="learning rate of the trunk layers")
+    refine_epochs: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="per-task epochs on the frozen tuned trunk afterwards; default: the task's epochs with early stopping; 0 = none",
+    )
+
+
+class ChainSpec(BaseModel):
+    """A whole chain: backbone, split depth, shared training settings and tasks."""
+
+    model_config = STRICT
+
+    backbone: str = DEFAULT_BACKBONE
+    split: int | Literal["auto"] = "auto"
+    max_length: int = Field(128, ge=8, le=4096)
+    copy_backbone: bool = False
+    device: str = "auto"
+    sharing: Literal["auto", "frozen", "joint"] = Field(
+        "auto", description="frozen backbone trunk, a trunk tuned on all tasks jointly, or auto: joint for 2+ tasks"
+    )
+    joint: JointConfig = Field(default_factory=JointConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    @property
+    def sharing_mode(self) -> Literal["frozen", "joint"]:
+        """``sharing`` with ``auto`` resolved: joint multi-task training when the spec has two or more tasks.
+
+        Example:
+            >>> ChainSpec(tasks=[TaskSpec(name="a", train="a.csv")]).sharing_mode
+            'frozen'
+        """
+        if self.sharing == "auto":
+            return "joint" if len(self.tasks) > 1 else "frozen"
+        return self.sharing
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ChainSpec:
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        unknown = sorted(set(self.joint.loss_weights) - set(names))
+        if unknown:
+            raise ValueError(f"joint.loss_weights names unknown tasks {unknown}")
+        return self

@@ -1,0 +1,266 @@
+"""Train one task's tail on a chain's frozen trunk: trunk states are computed once, then the training loop runs on
+them (``finechain.train.loop``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finechain.data.batching import inference_batches, length_batches
+from finechain.data.prepare import TaskData, load_task_data
+from finechain.heads import head_type
+from finechain.model.chain_model import ChainModel
+from finechain.model.precision import autocast_context, resolve_precision
+from finechain.model.task import TaskModel
+from finechain.spec import TaskSpec, TrainingConfig
+from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, fingerprint, run_folder
+from finechain.train.features import FeatureCache, TrunkFeatures
+from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
+from finechain.train.objectives import Objective
+from finechain.train.optim import build_optimizer, build_schedule
+from finechain.train.progress import MetricsLog, Report, TrainProgress
+from finechain.train.step import BatchStep
+
+
+@dataclass
+class FitResult:
+    """What training a task produced: its tail (best validation check's weights, calibrated), scores and timing."""
+
+    task: str
+    metric: str
+    best_epoch: float | None
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation check
+    tail: TaskModel | None = None
+    training: TrainingConfig | None = None  # the settings used, learning rate resolved
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained in this call (a resumed run counts only the epochs it ran)."""
+        return sum(1 for record in self.history if float(record["epoch"]).is_integer())  # one check ends each epoch
+
+
+def resolve_training(cfg: TrainingConfig, task: TaskModel) -> TrainingConfig:
+    """``cfg`` with an unset ``learning_rate`` filled in from the task's branch mode (1e-4 for full layers, 5e-4 for
+    LoRA adapters), so that the manifest and checkpoints record the rate actually used.
+
+    Example:
+        >>> resolve_training(TrainingConfig(), task).learning_rate  # a LoRA task  # doctest: +SKIP
+        0.0005
+    """
+    return cfg if cfg.learning_rate is not None else cfg.model_copy(update={"learning_rate": task.mode.default_learning_rate})
+
+
+def passes_per_epoch(steps_per_pass: int, epochs: int, min_steps: int) -> int:
+    """Passes over the training data that make one epoch: 1, or more for small data, so that ``epochs`` epochs take at
+    least ``min_steps`` optimizer steps (a few hundred examples are otherwise too few steps to learn from).
+
+    Example:
+        >>> passes_per_epoch(18, epochs=5, min_steps=300)  # 554 examples at batch 32
+        4
+        >>> passes_per_epoch(2_105, epochs=5, min_steps=300), passes_per_epoch(18, epochs=5, min_steps=0)
+        (1, 1)
+    """
+    return max(1, math.ceil(min_steps / (max(1, steps_per_pass) * epochs)))
+
+
+def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
+    """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate`` (resolved, see
+    :func:`resolve_training`).
+
+    Example:
+        >>> rate = tail_learning_rate(TrainingConfig(learning_rate=1e-4))
+        >>> rate("head_layer.out.weight"), rate("branch.layers.0.attention.self.query.weight")
+        (0.001, 0.0001)
+    """
+    head_like = {"head_layer", "layer_mix"}
+    if cfg.learning_rate is None:
+        raise ValueError("resolve_training() first: learning_rate is unset")
+    branch_rate = cfg.learning_rate
+    return lambda name: cfg.head_learning_rate if head_like & set(name.split(".")) else branch_rate
+
+
+@torch.inference_mode()
+def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, precision: str) -> list[np.ndarray]:
+    """Head outputs for every cached example, in the original order, as float32 arrays (token-level: ``[tokens, labels]``)."""
+    task.eval()
+    out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(features.lengths)
+    token_level = task.head.token_level
+    with autocast_context(features.device, precision):
+        for batch in inference_batches(features.lengths, batch_size, features.device):
+            hidden, mask = features.batch(batch)
+            logits = task(hidden, mask).float().cpu().numpy()
+            for row, index in enumerate(batch):
+                out[index] = logits[row, : features.lengths[index]] if token_level else logits[row]
+    return out
+
+
+def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A loss scaler for fp16 training (small gradients would underflow in fp16 without it); None otherwise.
+
+    Example:
+        >>> gradient_scaler(torch.device("cpu"), "bf16") is None
+        True
+    """
+    if resolve_precision(device, precision) != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def fit_task(
+    model: ChainModel,
+    spec: TaskSpec,
+    training: TrainingConfig | None = None,
+    *,
+    data: TaskData | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    init: TaskModel | None = None,
+    hooks: Sequence[Hook] = (),
+    objective: Objective | None = None,
+    features: FeatureCache | None = None,
+) -> FitResult:
+    """Train a new tail for ``spec`` on ``model``'s frozen trunk; return it (not attached) with the best validation
+    check's weights, calibrated on validation data.
+
+    Checkpoints and metrics go to ``run_dir`` (resumable with ``resume``); without it, to a temporary folder that is
+    removed afterwards. ``init`` continues from an existing tail (e.g. after joint multi-task training) instead of a
+    fresh one. ``hooks`` observe the run (see :class:`~finechain.train.loop.Hook`); their time is left out of
+    ``train_seconds``. ``objective`` replaces the head's loss; ``features`` shares trunk states across runs.
+
+    Example:
+        >>> result = fit_task(model, TaskSpec(name="sentiment", train="train.csv"))  # doctest: +SKIP
+        >>> result.validation["accuracy"]  # doctest: +SKIP
+        0.89
+    """
+    with run_folder(run_dir, f"finechain-{spec.name}-") as run_path:
+        return _fit_task(model, spec, training or TrainingConfig(), run_path, resume, progress, data, init, hooks, objective, features)
+
+
+def _fit_task(
+    model: ChainModel,
+    spec: TaskSpec,
+    training: TrainingConfig,
+    run_path: Path,
+    resume: bool,
+    progress: bool,
+    data: TaskData | None,
+    init: TaskModel | None,
+    hooks: Sequence[Hook],
+    objective: Objective | None,
+    features: FeatureCache | None,
+) -> FitResult:
+    cfg = spec.training.apply(training)
+    head_cls = head_type(spec.type)
+    data = data or load_task_data(spec, head_cls, cfg.seed)
+    metric = spec.metric or head_cls.default_metric
+    torch.manual_seed(cfg.seed)
+    if init is None:
+        head = head_cls(options=spec.head)
+        head.initialize(data.train.labels, data.labels)  # every label of the data, also one the validation cut took
+        task = model.new_task(head, spec.branch)
+    else:
+        task = init
+    cfg = resolve_training(cfg, task)
+    device = model.device
+
+    started = time.perf_counter()
+    cache = features if features is not None else FeatureCache()  # (an empty cache is falsy)
+    train_ids, train_words = model.encode(data.train.texts, with_words=head_cls.token_level)
+    val_ids, val_words = model.encode(data.validation.texts, with_words=head_cls.token_level)
+    states = dict(
+        pad_id=model.pad_id, cache=cfg.cache, batch_size=cfg.eval_batch_size, all_states=task.needs_trunk_states, precision=cfg.precision
+    )
+    train_feats = cache.get(model.trunk, train_ids, cache_file=run_path / "cache" / "train.npy", **states)
+    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states)
+    y_train = torch.from_numpy(task.head.targets(data.train.labels, train_words)).to(device)
+    y_val = task.head.targets(data.validation.labels, val_words)
+
+    batches_per_pass = math.ceil(len(train_feats.lengths) / cfg.batch_size)
+    steps_per_pass = math.ceil(batches_per_pass / cfg.gradient_accumulation)
+    passes = passes_per_epoch(steps_per_pass, cfg.epochs, cfg.min_steps) if init is None else 1  # a trained tail: no repeats
+    batches_per_epoch = batches_per_pass * passes
+    total_steps = math.ceil(batches_per_epoch / cfg.gradient_accumulation) * cfg.epochs
+    optimizer = build_optimizer(cfg, task, tail_learning_rate(cfg), device)
+    scheduler = build_schedule(cfg, optimizer, total_steps)
+    scaler = gradient_scaler(device, cfg.precision)
+    settings = fingerprint(
+        spec.model_dump(mode="json", exclude=UNHASHED_SPEC),
+        cfg.model_dump(exclude=UNHASHED_TRAINING),
+        model.backbone.sha256,
+        model.split,
+        data.digest(),
+        *([{"passes": passes}] if passes > 1 else []),
+    )
+
+    def evaluate() -> Evaluation:
+        outputs = task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
+        scores = task.head.score(outputs, y_val)
+        return Evaluation(float(scores[metric]), scores, outputs)
+
+    def epoch_batches(generator: torch.Generator) -> list[list[int]]:
+        return [b for _ in range(passes) for b in length_batches(train_feats.lengths, cfg.batch_size, shuffle=True, generator=generator)]
+
+    def record(check: Check) -> dict[str, Any]:
+        return {
+            "epoch": check.epoch,
+            "passes": passes,
+            "step": check.step,
+            "train_loss": check.loss,
+            f"validation_{metric}": check.evaluation.value,
+            "best": check.best,
+            "seconds": check.seconds,
+            "elapsed_seconds": check.elapsed,
+        }
+
+    step = BatchStep(
+        task, train_feats, y_train, cfg.precision, cfg.batch_size, cfg.gradient_accumulation, cfg.cuda_graphs, objective, scaler
+    )
+    with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress) as bar:
+        report = Report(
+            bar, MetricsLog(run_path / "metrics.jsonl", fresh=not resume), record, lambda c: f"val {metric} {c.evaluation.value:.4f}"
+        )
+        loop = TrainingLoop(
+            task,
+            step,
+            epoch_batches,
+            evaluate,
+            metric=metric,
+            epochs=cfg.epochs,
+            batches_per_epoch=batches_per_epoch,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            scaler=scaler,
+            accumulation=cfg.gradient_accumulation,
+            max_grad_norm=cfg.max_grad_norm,
+            evaluations_per_epoch=cfg.evaluations_per_epoch,
+            checkpointer=Checkpointer(run_path, settings),
+            hooks=[report, EarlyStopping(cfg.patience), *hooks],
+        )
+        if resume and loop.resume():
+            bar.advance(batches_per_epoch * loop.state.epoch)
+        elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
+            loop.start_from(evaluate())
+        for _ in loop.run():
+            pass
+
+    task.load_state_dict(loop.best_weights)
+    # the best check's outputs are what the restored weights give (resumed: the best check may predate this call)
+    best = loop.best_evaluation if loop.best_evaluation is not None else evaluate()
+    task.head.calibrate(best.outputs, y_val)
+    validation = task.head.score(best.outputs, y_val)
+    train_seconds = time.perf_counter() - started - loop.observed
+    rate = loop.seen / max(loop.state.seconds, 1e-9)
+    return FitResult(spec.name, metric, loop.state.best_epoch, validation, None, train_seconds, rate, report.history, task.eval(), cfg)

@@ -1,0 +1,125 @@
+"""Saved chains: the typed, versioned manifest; chains written by finechain 0.1 still load and predict as they did;
+a damaged folder is a one-line error naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from finechain import Chain
+from finechain.cli.app import main
+from finechain.errors import ArtifactError
+from finechain.model.artifact import FORMAT_VERSION, MANIFEST, read_manifest
+
+RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
+
+
+def _agree(new: dict, old: dict) -> None:
+    """A prediction as this finechain gives it covers what 0.1 wrote: same labels, tags and spans; scores to the 6th digit."""
+    for key, value in old.items():
+        got = new[key]
+        if key == "entities":
+            assert [(e["type"], e["start"], e["end"], e["text"]) for e in got] == [
+                (e["type"], e["start"], e["end"], e["text"]) for e in value
+            ]
+            assert [e["score"] for e in got] == pytest.approx([e["score"] for e in value], abs=2e-6)
+        elif isinstance(value, float | dict):
+            assert got == pytest.approx(value, abs=2e-6)
+        else:
+            assert got == value
+
+
+@pytest.mark.parametrize("name", ["frozen", "joint"])
+def test_chains_saved_by_finechain_0_1_load_and_predict_as_they_did(name: str, tmp_path: Path) -> None:
+    """``tests/fixtures/release_0_1_0`` was written by the release before the redesign (see its make.py): every task type,
+    LoRA, a layer mix, a jointly tuned trunk. Its manifest (format 1) is upgraded on load."""
+    expected = json.loads((RELEASE / "expected.json").read_text())
+    assert json.loads((RELEASE / name / MANIFEST).read_text())["format"] == 1
+    chain = Chain.from_pretrained(RELEASE / name)
+    chain.precision = "fp32"  # as the expectations were made
+    predictions = chain.predict(expected["texts"])
+    for new, old in zip(predictions, expected["predictions"][name], strict=True):
+        assert new.keys() == old.keys()
+        for task in old:
+            _agree(new[task].to_dict(), old[task])
+    # re-saved, it is a current (format 2) chain that predicts the same
+    copy = shutil.copytree(RELEASE / name, tmp_path / name)
+    chain.save_pretrained(copy)
+    assert json.loads((copy / MANIFEST).read_text())["format"] == FORMAT_VERSION
+    again = Chain.from_pretrained(copy)
+    again.precision = "fp32"
+    assert again.predict(expected["texts"]) == predictions
+    assert again.records.keys() == chain.records.keys() and all(again.records[t].metrics for t in again.records)
+
+
+def test_a_0_1_tagging_spec_is_read_with_its_own_options(tmp_path: Path) -> None:
+    """0.1 stored every head field flat in each task's spec (``pooling`` on a tagger, ``label_separator: null`` on a
+    classifier); the upgrade keeps each type's own, so `eval` can read the stored spec."""
+    manifest = read_manifest(RELEASE / "frozen")
+    assert manifest.tasks["ner"].head.options["decoding"] == "constrained"  # what 0.1 ran with (it ignored the spec's argmax)
+    assert "pooling" not in manifest.tasks["ner"].spec and manifest.tasks["ner"].spec["decoding"] == "argmax"
+    assert manifest.tasks["stars"].head.state["std"] > 0 and manifest.tasks["tags"].head.state["thresholds"]
+    from finechain.spec import TaskSpec
+
+    assert TaskSpec.model_validate(manifest.tasks["ner"].spec).head.decoding == "argmax"
+
+
+def _broken_copy(tmp_path: Path) -> Path:
+    """The 0.1 chain, re-saved in the current format (its backbone copied in), to be damaged."""
+    folder = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
+    Chain.from_pretrained(folder).save_pretrained(folder)
+    return folder
+
+
+def _rewrite(folder: Path, change) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    change(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / MANIFEST).write_text("{not json"), r"finechain\.json:1: not valid JSON"),
+        (lambda f: (f / MANIFEST).write_text("[1, 2]"), "not a JSON object"),
+        (lambda f: _rewrite(f, lambda m: m.update(format=7)), "manifest format 7 is newer than this finechain reads"),
+        (lambda f: _rewrite(f, lambda m: m.pop("split")), "split: Field required"),
+        (lambda f: _rewrite(f, lambda m: m["tasks"].update({"/etc/x": m["tasks"]["sentiment"]})), "'/etc/x' is not a valid task name"),
+        (lambda f: _rewrite(f, lambda m: m["tasks"].update({"a.b": m["tasks"]["sentiment"]})), "'a.b' is not a valid task name"),
+        (lambda f: _rewrite(f, lambda m: m["tasks"]["sentiment"]["head"].update(type="ranking")), "unknown task type 'ranking'"),
+        (
+            lambda f: (f / "tasks" / "stars" / "head.safetensors").write_bytes(b"\x00" * 7),
+            r"stars/head\.safetensors: not a readable safetensors",
+        ),
+        (lambda f: (f / "tasks" / "tags" / "branch.safetensors").unlink(), r"tags/branch\.safetensors: file missing"),
+        (
+            lambda f: shutil.copy(f / "tasks" / "sentiment_lora" / "branch.safetensors", f / "tasks" / "sentiment" / "branch.safetensors"),
+            "weights do not fit task 'sentiment'",
+        ),
+    ],
+)
+def test_a_damaged_chain_is_a_one_line_error(tmp_path: Path, damage, message: str, monkeypatch, capsys) -> None:
+    folder = _broken_copy(tmp_path)
+    damage(folder)
+    with pytest.raises(ArtifactError, match=message):
+        Chain.from_pretrained(folder)
+    monkeypatch.setattr(sys, "argv", ["finechain", "predict", str(folder)])
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("good film\n"))
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(folder) in err
+
+
+def test_manifest_names_its_files_once_and_checks_them(tmp_path: Path) -> None:
+    chain = Chain.from_pretrained(RELEASE / "frozen")
+    out = chain.save_pretrained(tmp_path / "c", tasks=None)
+    manifest = json.loads((out / MANIFEST).read_text())
+    entry = manifest["tasks"]["sentiment_lora"]
+    assert "files" not in entry and entry["branch"]["mode"] == "lora" and entry["head"]["type"] == "classification"
+    assert set(entry["head"]) == {"type", "labels", "options", "state"} and entry["head"]["options"]["pooling"] == "mean"
+    assert sorted(p.name for p in (out / "tasks" / "sentiment_lora").iterdir()) == ["branch.safetensors", "head.safetensors"]
