@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,9 @@ def test_resume_after_interruption_gives_the_same_model(
     moved.mkdir()
     files = [Path(shutil.copy(f, moved / f.name)) for f in sentiment_files]
     resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    resumed.fit(TaskSpec(name="s", train=files[0], dev=files[1]), cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+    started = time.perf_counter()
+    result = resumed.fit(TaskSpec(name="s", train=files[0], dev=files[1]), cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+    assert result.train_seconds > time.perf_counter() - started  # the two epochs before the interruption count too
     a, b = straight.tasks["s"].state_dict(), resumed.tasks["s"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]

@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from finechain.cli.app import main
-from finechain.jobs import train_chain
+from finechain.jobs.training import train_chain
 from tests.conftest import TOPICS, sentiment_rows, write_csv
 
 COLUMNS = ("review", "stars")  # not the default column names: eval must read files the way the task was trained
@@ -135,8 +135,12 @@ def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained:
         return predict(self, texts, *rest, **kw)
 
     monkeypatch.setattr(Chain, "predict", fail_on_third_chunk)
-    with pytest.raises(RuntimeError):
-        cli([*args, "--output", str(output)], monkeypatch, capsys)
+    code, _, err = cli([*args, "--output", str(output)], monkeypatch, capsys)
+    last = err.strip().splitlines()[-1]  # after the two chunks' progress lines
+    assert (
+        code == 1
+        and last == "error: out of memory (fix: lower --batch-size (or training.batch_size / eval_batch_size, max_length), or free memory)"
+    )
     assert output.read_text() == "earlier run\n" and [p.name for p in tmp_path.glob(".preds.jsonl*")] == []  # nothing half-written
 
 

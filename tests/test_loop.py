@@ -138,3 +138,23 @@ def test_the_decoding_option_reaches_the_tagging_head(tiny_backbone: Path, tmp_p
     assert head.word_tags([logits], positions)[0][0][1] == "I-LOC"
     constrained = head_type("tagging")(labels, {"decoding": "constrained"})
     assert constrained.word_tags([logits], positions)[0][0][1] != "I-LOC"
+
+
+def test_elapsed_seconds_count_from_the_start_of_fit(tiny_backbone: Path, sentiment: TaskSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history's ``elapsed_seconds`` (what the training benchmark's time-to-target reads) includes computing the
+    trunk states, as before the loop was extracted; the loop's own clock starts later."""
+    import time
+
+    from finechain.train.features import TrunkFeatures
+
+    original = TrunkFeatures._fill
+
+    def slow(self: TrunkFeatures, *args, **kwargs) -> None:
+        time.sleep(0.5)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrunkFeatures, "_fill", slow)
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    result = chain.fit(sentiment, FAST.model_copy(update={"epochs": 1}), progress=False)
+    assert result.history[0]["elapsed_seconds"] >= 1.0  # the training and the validation states: 0.5 s each
+    assert result.train_seconds >= result.history[-1]["elapsed_seconds"]

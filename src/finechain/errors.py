@@ -67,6 +67,18 @@ class FinechainError(Exception):
         return text.replace("\n", " ")
 
 
+def short_reason(error: BaseException, limit: int = 160) -> str:
+    """An exception's first line, at most ``limit`` characters (its type's name when it has no message): for one-line
+    errors that wrap a library's.
+
+    Example:
+        >>> short_reason(ValueError("bad header\\nat byte 12")), short_reason(KeyError())
+        ('bad header', 'KeyError')
+    """
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 class DataError(FinechainError):
     """A data file is missing, unreadable or inconsistent."""
 
@@ -77,3 +89,18 @@ class SpecError(FinechainError):
 
 class ArtifactError(FinechainError):
     """A saved chain is incomplete, or its backbone is missing or different."""
+
+
+class ResourceError(FinechainError):
+    """The machine ran out of something (disk space, memory, a file-size limit): not the input's fault. The CLI exits
+    with code 1 for it (2 is for input the user can fix)."""
+
+    exit_code = 1
+
+
+class Interrupted(BaseException):
+    """The process was asked to stop (SIGTERM); raised so that cleanup (temporary files, locks) runs on the way out."""
+
+    def __init__(self, signal_name: str = "SIGTERM") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

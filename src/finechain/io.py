@@ -3,37 +3,87 @@ one-line errors."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from finechain.errors import DataError
+from finechain.errors import DataError, FinechainError, ResourceError
+
+LOCK_FILE = ".finechain.lock"  # in a chain folder while a process writes to it
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def os_error(error: OSError, path: str | Path, doing: str = "write") -> FinechainError:
+    """A one-line error for an operating-system failure on ``path``: no space or a size limit is the machine's
+    (:class:`ResourceError`, exit 1), a permission, a read-only disk or a file where a folder should be is the input's.
+
+    Example:
+        >>> import errno
+        >>> str(os_error(OSError(errno.ENOSPC, "No space left on device"), "out/preds.jsonl"))
+        'out/preds.jsonl: cannot write: no space left on device (fix: free some disk space, or write elsewhere)'
+    """
+    code = error.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceError(f"cannot {doing}: no space left on device", file=path, fix="free some disk space, or write elsewhere")
+    if code == errno.EFBIG:
+        return ResourceError(
+            f"cannot {doing}: the file-size limit was reached", file=path, fix="raise the limit (ulimit -f), or write less"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return FinechainError(f"cannot {doing}: permission denied", file=path, fix="choose a path you may write to, or fix its permissions")
+    if code == errno.EROFS:
+        return FinechainError(f"cannot {doing}: the file system is read-only", file=path, fix="choose a writable folder")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return FinechainError(
+            f"cannot {doing}: a file stands where a folder is needed", file=path, fix="choose another path, or move the file"
+        )
+    if code == errno.EISDIR:
+        return FinechainError(f"cannot {doing}: it is a folder, not a file", file=path, fix="give a file path")
+    return FinechainError(f"cannot {doing}: {error.strerror or error}", file=path, fix="check the path and the disk")
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` then rename the temp file onto ``path``.
+    """Call ``writer(tmp_path)`` then rename the temp file onto ``path``: readers see the old file or the new one, never
+    a part. The new file gets the old one's permissions, or the usual ones for a new file (``0666`` less the umask); a
+    failure (also Ctrl-C or SIGTERM) removes the temp file, and an operating-system failure is a one-line
+    :func:`os_error`.
 
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
         >>> _ = atomic_write(p, lambda tmp: tmp.write_text("hi"))
-        >>> p.read_text()
-        'hi'
+        >>> p.read_text(), oct(p.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+        ('hi', True)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise os_error(error, path) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, mode)  # mkstemp makes 0600: a chain saved by one user must stay readable by the service that serves it
         writer(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        raise os_error(error, path) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -74,16 +124,77 @@ def read_text_file(path: str | Path) -> str:
         'ok\\n'
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError("this is a folder, not a file", file=path, fix="give the path of a file in it")
     if not path.is_file():
         raise DataError("file not found", file=path, fix="check the path; in a spec, relative paths start from the spec's folder")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise os_error(error, path, "read") from None
+    return decode_utf8(data, path)
+
+
+def decode_utf8(data: bytes, source: str | Path) -> str:
+    """``data`` as text; a byte that is not UTF-8 is a one-line :class:`DataError` naming ``source`` and the line.
+
+    Example:
+        >>> decode_utf8(b"ok\\n\\xff", "<stdin>")
+        Traceback (most recent call last):
+        ...
+        finechain.errors.DataError: <stdin>:2: not valid UTF-8 (byte 0xff) (fix: re-save the file as UTF-8)
+    """
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataError(
-            f"not valid UTF-8 (byte 0x{data[err.start]:02x})",
-            file=path,
-            line=line,
-            fix="re-save the file as UTF-8",
+            f"not valid UTF-8 (byte 0x{data[err.start]:02x})", file=source, line=line, fix="re-save the file as UTF-8"
         ) from None
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (a ``.finechain.lock`` file in it) while the block runs; a second process
+    that asks while it is held gets a one-line error instead of interleaving its writes with the first's. The lock goes
+    with the process, also when it is killed.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with folder_lock(folder):
+        ...     with folder_lock(folder):  # doctest: +ELLIPSIS
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        finechain.errors.FinechainError: ...: another finechain process (pid ...) is writing to this folder (fix: ...)
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FinechainError("this is a file, not a folder", file=folder, fix="choose a folder path (it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = (folder / LOCK_FILE).open("a+")
+    except OSError as error:
+        raise os_error(error, folder, "create") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise FinechainError(
+                f"another finechain process (pid {holder}) is {what} this folder",
+                file=folder,
+                fix="wait for it to finish, or choose another folder",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from finechain.errors import FinechainError
+from finechain.errors import FinechainError, Interrupted, ResourceError
+from finechain.spec import load_chain_spec, load_task_specs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning chains: one shared trunk, many task tails.")
 # markup off: paths, data and messages print as written (a `[word ...]` in them is text, not a style); styled bits are Text
@@ -52,7 +54,8 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train every task of SPEC on one shared trunk and save the chain to --out."""
-    from finechain.jobs import train_chain
+    load_chain_spec(spec)  # a bad spec fails in a moment, before the model stack is imported
+    from finechain.jobs.training import train_chain
 
     rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
     out.print(_metrics_table(f"chain saved to {out_dir!s}", rows))
@@ -64,7 +67,8 @@ def check(
     strict: Annotated[bool, typer.Option("--strict", help="exit 1 when there are warnings (for CI)")] = False,
 ) -> None:
     """Validate SPEC and all its data like `train` would, then report sizes, labels, lengths and warnings (no training)."""
-    from finechain.jobs import check_chain
+    load_chain_spec(spec)  # a bad spec fails in a moment, before the model stack is imported
+    from finechain.jobs.checking import check_chain
 
     reports = check_chain(spec)
     table = Table(title=f"{spec!s}: data is valid", box=None)
@@ -104,7 +108,8 @@ def add_task(
     quiet: QuietOpt = False,
 ) -> None:
     """Train new task(s) on an existing chain; the other tasks are not touched."""
-    from finechain.jobs import add_tasks
+    load_task_specs(task_file)  # a bad task file fails in a moment, before the model stack is imported
+    from finechain.jobs.training import add_tasks
 
     rows = add_tasks(chain_dir, task_file, replace=replace, resume=resume, progress=not quiet, console=err)
     out.print(_metrics_table(f"added to {chain_dir!s}", rows))
@@ -118,7 +123,7 @@ def evaluate(
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
 ) -> None:
     """Score TASK on a labelled file and write JSON/Markdown/PNG reports."""
-    from finechain.jobs import evaluate_file
+    from finechain.jobs.evaluation import evaluate_file
 
     scores, paths = evaluate_file(chain_dir, task, data, report_dir)
     out.print(_metrics_table(f"{task} on {data!s}", [(task, data.name, scores)]))
@@ -141,7 +146,7 @@ def predict(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="JSONL output file (default stdout)")] = None,
     text_column: Annotated[str, typer.Option(help="the text field of a .jsonl/.csv/.tsv --input")] = "text",
-    batch_size: Annotated[int, typer.Option(help="texts per trunk pass")] = 64,
+    batch_size: Annotated[int, typer.Option(help="texts per trunk pass", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch (default: one per core)", min=1)] = None,
     precision: Annotated[
@@ -154,7 +159,7 @@ def predict(
     from finechain import Chain
     from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
     from finechain.data.readers import read_texts
-    from finechain.io import atomic_write
+    from finechain.io import atomic_write, decode_utf8, os_error
     from finechain.model.chain_model import pick_device
     from finechain.spec import Precision
     from finechain.train.progress import TrainProgress
@@ -166,10 +171,14 @@ def predict(
     if threads:
         torch.set_num_threads(threads)
     presplit = input_file is not None and input_file.suffix.lower() in CONLL_SUFFIXES  # pre-tokenised: one word per line
-    if input_file is None:
-        texts: list[Any] = [line.strip() for line in sys.stdin if line.strip()]
+    if input_file is None:  # as bytes where there are bytes: a bad byte is a one-line error with its line, not a traceback
+        raw = getattr(sys.stdin, "buffer", None)
+        text = decode_utf8(raw.read(), "<stdin>") if raw is not None else sys.stdin.read()
+        texts: list[Any] = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         texts = read_word_lists(input_file) if presplit else read_texts(input_file, text_column)
+    if not texts:
+        err.print(f"no texts in {input_file or 'the input'}: nothing to predict")
     key = "words" if texts and isinstance(texts[0], list) else "text"
     chain = Chain.from_pretrained(chain_dir, device=device)
     chain.precision = precision
@@ -192,7 +201,10 @@ def predict(
         atomic_write(output, lambda tmp: _with_open(tmp, write_all))
         err.print(f"wrote {len(texts)} predictions to {output}")
     else:
-        write_all(sys.stdout)
+        try:
+            write_all(sys.stdout)
+        except OSError as error:  # a full disk or a closed pipe behind stdout
+            raise os_error(error, "<stdout>") from None
 
 
 def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:
@@ -239,7 +251,7 @@ def demo(
 ) -> None:
     """Train the bundled demo chain (intent, sentiment and NER on one trunk), then query it."""
     from finechain import Chain
-    from finechain.jobs import train_chain
+    from finechain.jobs.training import train_chain
 
     spec = Path(__file__).resolve().parent.parent / "demo" / "demo.yaml"
     err.print(f"training the demo chain from {spec}")
@@ -282,18 +294,39 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM: stop, running every ``finally`` on the way out (temporary files removed, locks
+    released). Raised as :class:`Interrupted`, not ``KeyboardInterrupt``: typer turns a KeyboardInterrupt into a return
+    value of 130, which a caller that forgets to check it reports as success."""
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A CPU or GPU allocation failure (PyTorch raises these as RuntimeError subclasses)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def main() -> None:
-    """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    """Entry point: user errors become one red line and exit code 2 (1 when the machine ran out of something), an
+    interrupt one line and exit 130 (SIGTERM: 143); never a traceback for any of them."""
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT comes ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    resumable = len(sys.argv) > 1 and sys.argv[1] in {"train", "add-task", "demo"}
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer returns, not raises, the exit code of some ends
+            raise SystemExit(code)
     except FinechainError as error:
         err.print(_tagged("error:", "red", error.format()), soft_wrap=True)
         raise SystemExit(error.exit_code) from None
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
-    except (typer.Abort, KeyboardInterrupt):
-        err.print(_tagged("interrupted", "yellow", "(training: the last finished epoch is checkpointed; rerun with --resume to continue)"))
-        raise SystemExit(130) from None
+    except (typer.Abort, KeyboardInterrupt, Interrupted) as stop:
+        hint = " (training: the last finished epoch is checkpointed; rerun with --resume to continue)" if resumable else ""
+        name = getattr(stop, "signal_name", "SIGINT")
+        err.print(_tagged("interrupted", "yellow", f"by {name}{hint}"), soft_wrap=True)
+        raise SystemExit(143 if name == "SIGTERM" else 130) from None
     except _usage_errors() as error:  # unknown option, missing argument, bad value: click's usage message
         show = getattr(error, "show", None)
         if show is not None:
@@ -301,6 +334,12 @@ def main() -> None:
         else:
             err.print(_tagged("error:", "red", str(error)))
         raise SystemExit(getattr(error, "exit_code", 2)) from None
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        fix = "lower --batch-size (or training.batch_size / eval_batch_size, max_length), or free memory"
+        err.print(_tagged("error:", "red", ResourceError("out of memory", fix=fix).format()), soft_wrap=True)
+        raise SystemExit(ResourceError.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ def read_examples(
         [Example(text='hi', label='greet', line=2)]
     """
     path = Path(path)
+    content = read_text_file(path)  # first: a missing file or a folder is said as such, before its suffix is looked at
     kind = detect_format(path, fmt)
-    content = read_text_file(path)
     if not content.strip():
         raise DataError("file is empty", file=path, fix="add a header and at least one row")
     if kind == "jsonl":
@@ -87,6 +87,7 @@ def _column_index(path: Path, header: list[str], column: str, role: str) -> int:
 
 
 def _read_delimited(path: Path, content: str, delimiter: str, text_column: str, label_column: str | None) -> list[Example]:
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))  # a long text is a long field, not a quoting error
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]

@@ -6,8 +6,6 @@ import random
 from collections import Counter
 from typing import Any
 
-from sklearn.model_selection import train_test_split
-
 
 def validation_split(labels: list[Any], fraction: float, seed: int, stratify: bool) -> tuple[list[int], list[int]]:
     """Indices ``(train, validation)``; stratified by label when every class can be split.
@@ -17,6 +15,8 @@ def validation_split(labels: list[Any], fraction: float, seed: int, stratify: bo
         >>> len(tr), len(va), sorted(Counter(["a"] * 8 + ["b"] * 8)[i] for i in "ab")
         (12, 4, [8, 8])
     """
+    from sklearn.model_selection import train_test_split  # here, not at import: predicting never needs it
+
     indices = list(range(len(labels)))
     n_val = max(1, round(len(labels) * fraction))
     counts = Counter(labels) if stratify else Counter()

@@ -1,4 +1,5 @@
-"""Task metrics, computed with scikit-learn and SciPy."""
+"""Task metrics, computed with scikit-learn and SciPy (imported when a metric is first computed: reading a spec or
+decoding predictions never pays for them)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    mean_absolute_error,
-    precision_recall_fscore_support,
-    r2_score,
-    root_mean_squared_error,
-)
 
 LOWER_IS_BETTER = {"mae", "rmse", "loss"}
 
@@ -34,6 +25,8 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
 
 
 def _per_class(y_true: Any, y_pred: Any, labels: list[str]) -> dict[str, dict[str, float]]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=list(range(len(labels))) if np.ndim(y_true) == 1 else None, zero_division=0
     )
@@ -51,6 +44,8 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
         >>> round(m["accuracy"], 3), m["per_class"]["pos"]["support"]
         (0.667, 2)
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
     ids = list(range(len(labels)))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -76,6 +71,8 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
         >>> multilabel_metrics(np.array([[0, 0], [1, 0]]), np.array([[0, 0], [1, 0]]), ["a", "b"])["samples_f1"]
         1.0
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     return {
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
@@ -94,6 +91,9 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
         >>> round(m["mae"], 3), round(m["spearman"], 3)
         (0.333, 1.0)
     """
+    from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
     constant = bool(np.std(y_true) < 1e-9 or np.std(y_pred) < 1e-9 * max(1.0, float(np.abs(y_pred).max(initial=0.0))))
     with warnings.catch_warnings():  # scipy's own constancy test is relative: near-constant input is NaN, not a warning
         warnings.simplefilter("ignore", ConstantInputWarning)

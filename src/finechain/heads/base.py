@@ -179,3 +179,39 @@ def stacked(outputs: Sequence[np.ndarray], width: int) -> np.ndarray:
         ((2, 2), (0, 3))
     """
     return np.stack(outputs).astype(np.float32, copy=False) if len(outputs) else np.zeros((0, width), dtype=np.float32)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis`` (shifted by the maximum: no overflow).
+
+    Example:
+        >>> softmax(np.array([0.0, np.log(3.0)])).round(3).tolist()
+        [0.25, 0.75]
+    """
+    if x.size == 0:
+        return x.copy()
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Logarithm of :func:`softmax`, computed without taking a logarithm of a small number.
+
+    Example:
+        >>> np.exp(log_softmax(np.array([0.0, np.log(3.0)]))).round(3).tolist()
+        [0.25, 0.75]
+    """
+    if x.size == 0:
+        return x.copy()
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, without overflow for large negative inputs.
+
+    Example:
+        >>> sigmoid(np.array([0.0, -1000.0, 1000.0])).tolist()
+        [0.5, 0.0, 1.0]
+    """
+    return np.exp(-np.logaddexp(0.0, -x))

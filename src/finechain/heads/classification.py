@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 from finechain.errors import DataError
 from finechain.evaluate.metrics import classification_metrics
-from finechain.heads.base import Head, HeadOptions, RawLabel, WordPositions, stacked
+from finechain.heads.base import Head, HeadOptions, RawLabel, WordPositions, softmax, stacked
 from finechain.heads.predictions import ClassPrediction
 from finechain.heads.registry import register_head
 

@@ -7,12 +7,10 @@ from typing import Any
 
 import numpy as np
 from pydantic import Field
-from scipy.special import expit
-from sklearn.metrics import f1_score
 
 from finechain.errors import DataError
 from finechain.evaluate.metrics import multilabel_metrics
-from finechain.heads.base import Head, PooledHeadOptions, RawLabel, WordPositions, stacked
+from finechain.heads.base import Head, PooledHeadOptions, RawLabel, WordPositions, sigmoid, stacked
 from finechain.heads.predictions import LabelsPrediction
 from finechain.heads.registry import register_head
 
@@ -78,7 +76,7 @@ class MultiLabelHead(Head):
 
     def probabilities(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         """Each label's sigmoid, in float64: ``[texts, labels]``."""
-        return expit(stacked(outputs, len(self.labels)).astype(np.float64))
+        return sigmoid(stacked(outputs, len(self.labels)).astype(np.float64))
 
     def _chosen(self, probs: np.ndarray) -> np.ndarray:
         return (probs >= np.asarray(self.thresholds)).astype(int)
@@ -98,6 +96,8 @@ class MultiLabelHead(Head):
 
     def calibrate(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> None:
         """Pick each label's threshold that maximises its F1 on validation data."""
+        from sklearn.metrics import f1_score
+
         probs, truth = self.probabilities(outputs), targets.astype(int)
         best = []
         for j in range(len(self.labels)):

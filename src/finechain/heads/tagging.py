@@ -7,11 +7,9 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy.special import log_softmax
-from seqeval.metrics import classification_report
 
 from finechain.errors import DataError
-from finechain.heads.base import Head, HeadOptions, RawLabel, WordPositions
+from finechain.heads.base import Head, HeadOptions, RawLabel, WordPositions, log_softmax
 from finechain.heads.predictions import EntitiesPrediction, Entity
 from finechain.heads.registry import register_head
 
@@ -228,6 +226,8 @@ class TaggingHead(Head):
 
     def score(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> dict[str, Any]:
         """Entity precision/recall/F1 (micro, seqeval) with a per-type report, and word accuracy."""
+        from seqeval.metrics import classification_report
+
         gold, pred = self._paths(outputs, targets)
         report = classification_report(gold, pred, output_dict=True, zero_division=0)
         per_type = {

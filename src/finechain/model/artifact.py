@@ -22,11 +22,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from finechain.branches import BRANCH_MODES, branch_mode
-from finechain.errors import ArtifactError
+from finechain.errors import ArtifactError, short_reason
 from finechain.heads import HEADS, head_type
 from finechain.io import write_json
-from finechain.model.backbone import BackboneRef, load_encoder, load_tokenizer, locate_backbone
+from finechain.model.backbone import BackboneRef, load_tokenizer, locate_backbone
 from finechain.model.chain_model import ChainModel
+from finechain.model.encoder import load_encoder
 from finechain.model.task import TaskModel
 from finechain.model.weights import load_tensors, save_tensors
 from finechain.spec import FLAT_HEAD_OPTIONS, TASK_NAME
@@ -221,7 +222,7 @@ def load_task(model: ChainModel, directory: Path, entry: TaskEntry) -> TaskModel
         mode = branch_mode(entry.branch)
     except (ValidationError, ValueError) as error:
         raise ArtifactError(
-            f"task '{directory.name}': {error}".splitlines()[0], file=directory.parent.parent / MANIFEST, fix="retrain the task"
+            f"task '{directory.name}': {short_reason(error)}", file=directory.parent.parent / MANIFEST, fix="retrain the task"
         ) from None
     expected = model.num_layers - model.split
     if entry.branch_layers != expected:
@@ -236,8 +237,9 @@ def load_task(model: ChainModel, directory: Path, entry: TaskEntry) -> TaskModel
             task.mode.load_state(task.branch.layers, load_tensors(directory / BRANCH_FILE))
         task.load_head_state(load_tensors(directory / HEAD_FILE))
     except (ValueError, RuntimeError) as error:  # tensors of other names or shapes than this task's structure
-        reason = str(error).splitlines()[0][:160]
-        raise ArtifactError(f"weights do not fit task '{directory.name}' ({reason})", file=directory, fix="retrain the task") from None
+        raise ArtifactError(
+            f"weights do not fit task '{directory.name}' ({short_reason(error)})", file=directory, fix="retrain the task"
+        ) from None
     return task.eval()
 
 
@@ -259,7 +261,7 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
             model.trunk.stack.layers.load_state_dict(state)
         except RuntimeError as error:
             raise ArtifactError(
-                f"the tuned trunk does not fit this backbone ({str(error).splitlines()[0][:120]})",
+                f"the tuned trunk does not fit this backbone ({short_reason(error, 120)})",
                 file=directory / TRUNK_FILE,
                 fix="retrain the chain",
             ) from None

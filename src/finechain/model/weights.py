@@ -8,7 +8,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from finechain.errors import ArtifactError
+from finechain.errors import ArtifactError, short_reason
 from finechain.io import atomic_write
 
 
@@ -42,7 +42,8 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise ArtifactError(
-            f"not a readable safetensors file ({reason})", file=path, fix="re-save or retrain the chain; the file may be truncated"
+            f"not a readable safetensors file ({short_reason(error, 120)})",
+            file=path,
+            fix="re-save or retrain the chain; the file may be truncated",
         ) from None

@@ -19,6 +19,7 @@ from finechain.spec.schema import (
     TaskSpec,
     TrainingConfig,
     TrainingOverrides,
+    default_split,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "TaskSpec",
     "TrainingConfig",
     "TrainingOverrides",
+    "default_split",
     "load_chain_spec",
     "load_task_specs",
     "spec_line",

@@ -68,17 +68,20 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...] = (), seen: set[int] | No
 
 def _load_yaml(path: Path) -> tuple[Any, Lines]:
     text = read_text_file(path)
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is not None:
-            _expanded_size(node, {}, set(), path)
-        data = loader.construct_document(node) if node is not None else None
+        loader = yaml.SafeLoader(text)  # (its reader already refuses control characters)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _expanded_size(node, {}, set(), path)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise SpecError(f"invalid YAML: {getattr(err, 'problem', err)}", file=path, line=mark.line + 1 if mark else None) from None
-    finally:
-        loader.dispose()
+        line = mark.line + 1 if mark else text[: getattr(err, "position", 0)].count("\n") + 1
+        problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err).splitlines()[0]
+        raise SpecError(f"invalid YAML: {problem}", file=path, line=line, fix="see docs/spec.md for an example") from None
     if not isinstance(data, dict) or node is None:
         raise SpecError("the spec must be a YAML mapping", file=path, line=1, fix="see docs/spec.md for an example")
     return data, _line_index(node)
@@ -181,8 +184,29 @@ def _raise_first(
     field = ".".join(str(p) for p in loc) or "spec"
     unknown = first["type"] == "extra_forbidden"
     message = "unknown field" if unknown else first["msg"].removeprefix("Value error, ")
-    hint = unknown_field_hint(model, tuple(first["loc"]), _task_type(data, tuple(first["loc"]))) if unknown else "see docs/spec.md"
+    if unknown:
+        hint = unknown_field_hint(model, tuple(first["loc"]), _task_type(data, tuple(first["loc"])))
+    else:
+        hint = VALUE_HINTS.get(first["type"], "see docs/spec.md")
+        if first["type"] in VALUE_HINTS:
+            message += f", not {first.get('input')!r}"
     raise SpecError(f"{field}: {message}", file=path, line=line, fix=hint) from None
+
+
+# what to do about a value of the wrong kind (pydantic's error type -> fix)
+VALUE_HINTS = {
+    "int_parsing": "write a whole number, e.g. 5 (YAML reads 1e9 as text: write 1000000000)",
+    "int_from_float": "write a whole number, e.g. 5",
+    "int_type": "write a whole number, e.g. 5",
+    "float_parsing": "write a number, e.g. 0.001 or 1.0e-3",
+    "float_type": "write a number, e.g. 0.001 or 1.0e-3",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": "write text (quote it if it looks like a number or a list)",
+    "list_type": "write a list, e.g. [a, b]",
+    "dict_type": "write a mapping, e.g. {key: value}",
+    "model_type": "write a mapping of its fields, see docs/spec.md",
+}
 
 
 def _require_train(task: TaskSpec, path: Path, lines: Lines, at: tuple[Any, ...]) -> None:

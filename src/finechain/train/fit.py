@@ -221,7 +221,7 @@ def _fit_task(
             f"validation_{metric}": check.evaluation.value,
             "best": check.best,
             "seconds": check.seconds,
-            "elapsed_seconds": check.elapsed,
+            "elapsed_seconds": round(time.perf_counter() - started - loop.observed, 3),  # since fit began: trunk states included
         }
 
     step = BatchStep(
@@ -261,6 +261,6 @@ def _fit_task(
     best = loop.best_evaluation if loop.best_evaluation is not None else evaluate()
     task.head.calibrate(best.outputs, y_val)
     validation = task.head.score(best.outputs, y_val)
-    train_seconds = time.perf_counter() - started - loop.observed
+    train_seconds = time.perf_counter() - started - loop.observed + loop.resumed_seconds  # a resumed run counts its earlier epochs
     rate = loop.seen / max(loop.state.seconds, 1e-9)
     return FitResult(spec.name, metric, loop.state.best_epoch, validation, None, train_seconds, rate, report.history, task.eval(), cfg)

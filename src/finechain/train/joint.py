@@ -258,7 +258,7 @@ def _fit_joint(
         "sharing": "joint",
         **joint.model_dump(),
         "best_epoch": loop.state.best_epoch,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(time.perf_counter() - started + loop.resumed_seconds, 3),  # a resumed run counts its earlier epochs
     }
     result = JointResult(trunk)
     for job in jobs:

@@ -193,6 +193,7 @@ class TrainingLoop:
         self.seen = 0  # examples trained on in this call
         self.stopped: str | None = None
         self.observed = 0.0  # seconds spent in hooks and in the caller between checks: not training time
+        self.resumed_seconds = 0.0  # training time of the epochs before a resume
 
     @property
     def checks_per_epoch(self) -> int:
@@ -209,6 +210,7 @@ class TrainingLoop:
             return False
         counters, self.best_weights, extra = self.checkpointer.load(self.module, self.optimizer, self.scheduler, self.generator)
         self.state = LoopState(**counters)
+        self.resumed_seconds = self.state.seconds
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         return True

@@ -87,8 +87,10 @@ class TrainProgress:
             self._line()
 
     def _next_tenth(self, done: int) -> int:
-        """The first step count past ``done`` that completes another tenth of the run."""
-        tenth = done * 10 // max(self.total, 1) + 1
+        """The first step count past ``done`` that completes another tenth of the run (never, for an empty run)."""
+        if self.total <= 0:
+            return 1
+        tenth = done * 10 // self.total + 1
         while -(-tenth * self.total // 10) <= done:
             tenth += 1
         return -(-tenth * self.total // 10)

@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from finechain.data.batching import index_tensor
+from finechain.errors import short_reason
 from finechain.model.precision import autocast_context
 from finechain.model.task import TaskModel
 from finechain.train.features import TrunkFeatures
@@ -138,7 +139,7 @@ class BatchStep:
         except RuntimeError as error:
             for param, grad in zip(self._params, grads, strict=True):
                 param.grad = grad
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = short_reason(error)
             warnings.warn(f"CUDA graph capture failed, training continues without graphs: {message}", RuntimeWarning, stacklevel=3)
             self.graphs = False
             self._recover()

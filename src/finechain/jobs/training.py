@@ -1,0 +1,132 @@
+"""Train a chain from a spec into a folder, or add tasks to a saved one; reports for each task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from finechain.chain import Chain
+from finechain.data.prepare import TaskData
+from finechain.errors import FinechainError
+from finechain.evaluate.report import write_report
+from finechain.io import folder_lock
+from finechain.jobs.checking import check_spec, load_all
+from finechain.model.artifact import MANIFEST
+from finechain.model.chain_model import pick_device
+from finechain.spec import TaskSpec, TrainingConfig, load_task_specs
+from finechain.train.fit import FitResult
+
+Row = tuple[str, str, dict[str, Any]]
+
+
+def _train_and_save(
+    chain: Chain, spec: TaskSpec, data: TaskData, training: TrainingConfig, out_dir: Path, resume: bool, progress: bool, console: Console
+) -> list[Row]:
+    console.print(
+        Text.assemble(
+            (spec.name, "bold"),
+            f": {spec.type}, {len(data.train)} train / {len(data.validation)} validation examples, {len(data.labels) or 'no'} labels",
+        )
+    )
+    result = chain.fit(spec, training, run_dir=out_dir / "runs" / spec.name, resume=resume, progress=progress, data=data)
+    chain.save_pretrained(out_dir, tasks=[spec.name])
+    return reports(chain, spec.name, result, out_dir)
+
+
+def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[Row]:
+    labels = chain.tasks[name].head.labels
+    write_report(out_dir / "reports" / name, name, "validation", result.validation, labels)
+    rows: list[Row] = [(name, "validation", _scalars(result.validation))]
+    if result.test is not None:
+        write_report(out_dir / "reports" / name, name, "test", result.test, labels)
+        rows.append((name, "test", _scalars(result.test)))
+    return rows
+
+
+def _scalars(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+
+def train_chain(
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    copy_backbone: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> list[Row]:
+    """Train every task of a chain spec into ``out_dir`` (locked while it runs); with ``resume``, finished tasks are
+    kept and an interrupted one continues from its last checkpoint. Nothing is trained before :func:`check_spec` passes.
+
+    Example:
+        >>> rows = train_chain(Path("chain.yaml"), Path("my-chain"))  # doctest: +SKIP
+    """
+    console = console or Console(stderr=True)
+    checked = check_spec(spec_path)
+    spec, data = checked.spec, checked.data
+    with folder_lock(out_dir, "training into"):
+        if (out_dir / MANIFEST).exists() and not resume:
+            raise FinechainError(
+                "this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out"
+            )
+        if resume and (out_dir / MANIFEST).exists():
+            chain = Chain.from_pretrained(out_dir, device=spec.device)
+        else:
+            chain = Chain.from_backbone(spec.backbone, checked.split, spec.max_length, spec_path.parent, spec.sharing_mode)
+            chain = chain.to(pick_device(spec.device))
+        console.print(  # Text: a backbone path is printed as written, whatever the console's markup setting
+            Text(
+                f"backbone {chain.model.backbone.name}: trunk = embeddings + {chain.split} of {chain.num_layers} layers, "
+                f"each task tunes {chain.num_layers - chain.split} branch layers"
+            )
+        )
+        rows: list[Row] = []
+        pending = [task for task in spec.tasks if task.name not in chain.tasks]
+        for task in spec.tasks:
+            if task not in pending:
+                console.print(f"{task.name}: already trained, kept")
+        if spec.sharing_mode == "joint" and pending:
+            if chain.tasks:
+                raise FinechainError(
+                    "joint training must train all tasks together", file=out_dir, fix="start again in an empty --out folder"
+                )
+            console.print(Text(f"joint multi-task training of the trunk on {[t.name for t in pending]}"))
+            joint_data: dict[str, Any] = {t.name: data[t.name] for t in pending}
+            results = chain.fit_joint(
+                pending, spec.training, spec.joint, data=joint_data, run_dir=out_dir / "runs", resume=resume, progress=progress
+            )
+            chain.save_pretrained(out_dir)
+            for task in pending:
+                rows += reports(chain, task.name, results[task.name], out_dir)
+            pending = []
+        for task in pending:
+            rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
+        chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
+    return rows
+
+
+def add_tasks(
+    chain_dir: Path, task_file: Path, *, replace: bool = False, resume: bool = False, progress: bool = True, console: Console | None = None
+) -> list[Row]:
+    """Train the task(s) in ``task_file`` onto a saved chain, leaving its other tasks untouched.
+
+    Example:
+        >>> add_tasks(Path("my-chain"), Path("topic.yaml"))  # doctest: +SKIP
+    """
+    console = console or Console(stderr=True)
+    specs = load_task_specs(task_file)
+    with folder_lock(chain_dir, "writing to"):
+        chain = Chain.from_pretrained(chain_dir, device="auto")
+        for spec in specs:
+            if spec.name in chain.tasks and not replace:
+                raise FinechainError(f"task '{spec.name}' already exists in this chain", file=task_file, fix="rename it, or pass --replace")
+        training = TrainingConfig()
+        data = load_all(specs, training)
+        rows: list[Row] = []
+        for spec in specs:
+            rows += _train_and_save(chain, spec, data[spec.name], training, chain_dir, resume, progress, console)
+    return rows
