@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -346,6 +347,60 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _stage_name(variant: str) -> str:
+    """A stage of ``predict`` under one name before and after the engine's stages were renamed (the same three parts:
+    ``tokenise ...`` became ``prepare (...)``, ``encoder and heads ...`` ``forward (...)``, ``decoding ...`` ``decode (...)``)."""
+    for old, new in (("tokenise", "prepare"), ("prepare", "prepare"), ("encoder and heads", "forward"), ("forward", "forward")):
+        if variant.startswith(old):
+            return new + variant[variant.rfind(",") :]
+    if variant.startswith(("decoding", "decode")):
+        return "decode" + variant[variant.rfind(",") :]
+    return variant
+
+
+def comparison_table(base: str, head: str, skip: tuple[str, ...] = ()) -> str:
+    """Runs of one suite at an earlier commit and at this one, in turns (``scripts/compare-commits.sh``): per measurement
+    each run's value and the ratio of the medians (after / before); metrics in ``skip`` are left out."""
+    runs: dict[str, list[dict[tuple[str, str, str, str], float]]] = {"before": [], "after": []}
+    for side, prefix in (("before", base), ("after", head)):
+        for path in sorted(RESULTS.glob(f"{prefix}_[0-9]*.json")):
+            if path.name.endswith(".meta.json"):
+                continue
+            records = json.loads(path.read_text())
+            runs[side].append({(r["task"], r["system"], _stage_name(r["variant"]), r["metric"]): r["value"] for r in records})
+    if not runs["before"] or not runs["after"]:
+        return ""
+    keys = [k for k in runs["before"][0] if k[3] not in skip and all(k in run for run in runs["before"] + runs["after"])]
+    n = len(runs["before"])
+    head_row = "| task | system | variant | metric | " + " | ".join(f"before {i + 1}" for i in range(n))
+    head_row += " | " + " | ".join(f"after {i + 1}" for i in range(len(runs["after"]))) + " | after / before (medians) |"
+    out = [head_row, "|" + " --- |" * (5 + n + len(runs["after"]))]
+    for key in keys:
+        before, after = [run[key] for run in runs["before"]], [run[key] for run in runs["after"]]
+        ratio = statistics.median(after) / statistics.median(before) if statistics.median(before) else float("nan")
+        cells = " | ".join(f"{v:.3f}" if v < 10 else f"{v:.1f}" for v in before + after)
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {cells} | {ratio:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+# before/after comparisons (scripts/compare-commits.sh): section name -> (title, earlier runs' prefix, this checkout's,
+# metrics left out)
+COMPARISONS = {
+    "redesign_infer": (
+        "Inference before and after the redesign (engine, typed predictions): same machine, in turns",
+        "infer_4094fb1",
+        "infer_head",
+        (),
+    ),
+    "redesign_train": (
+        "Training before and after the redesign (one loop with hooks): same machine, in turns",
+        "train_4094fb1",
+        "train_head",
+        ("elapsed_seconds",),  # the "after" runs measured it from the loop's start, not fit's: see the note
+    ),
+}
+
+
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
 SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "train_epyc_checks", "dropout"]
 SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_head", "train_gpu_conll", "train_gpu_conll_h200"]
@@ -408,6 +463,13 @@ def main(argv: list[str] | None = None) -> None:
         if (NOTES / f"{suite}.md").exists():
             parts += [(NOTES / f"{suite}.md").read_text().strip(), ""]
         parts += [render(records), ""]
+    for name, (title, base, head, skip) in COMPARISONS.items():
+        table = comparison_table(base, head, skip)
+        if table:
+            parts += [f"## {title}", ""]
+            if (NOTES / f"{name}.md").exists():
+                parts += [(NOTES / f"{name}.md").read_text().strip(), ""]
+            parts += [table, ""]
     write_text(DOC, "\n".join(parts).rstrip() + "\n")
     print(f"wrote {DOC}")
 
