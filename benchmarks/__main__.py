@@ -15,6 +15,7 @@ SUITES = {
     "small-data": "benchmarks.small_data",
     "branch-batching": "benchmarks.branch_batching",
     "dropout": "benchmarks.dropout",
+    "serve": "benchmarks.serve",
     "report": "benchmarks.report",
 }
 

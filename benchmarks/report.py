@@ -45,6 +45,7 @@ SUITE_TITLES = {
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
+    "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -347,6 +348,44 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _latencies(values: dict[str, float]) -> str:
+    return " / ".join(f"{values[q]:.0f}" for q in ("p50_ms", "p95_ms", "p99_ms"))
+
+
+def serve_table(records: list[dict[str, Any]]) -> str:
+    """Per number of clients: finechain serve and the peer side by side (texts/s with every task's answer, p50/p95/p99,
+    errors), finechain's share of its own offline batch throughput and its ratio to the peer; then resident memory."""
+    offline = next((r["value"] for r in records if r["system"] == "finechain" and "offline" in r["variant"]), None)
+    levels: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if ", " in r["variant"] and r["variant"].rsplit(", ", 1)[1].split(" ")[0].isdigit() and "client" in r["variant"]:
+            clients = int(r["variant"].rsplit(", ", 1)[1].split(" ")[0])
+            levels[clients][r["system"]][r["metric"]] = r["value"]
+    peer = next((r["system"] for r in records if r["system"] != "finechain"), None)
+    head = "| clients | finechain texts/s | of offline | p50 / p95 / p99 ms | errors |"
+    if peer:
+        head += f" {peer} texts/s | p50 / p95 / p99 ms | errors | finechain / {peer} |"
+    out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for clients in sorted(levels):
+        ours = levels[clients]["finechain"]
+        share = f"{100 * ours['samples_per_second'] / offline:.0f}%" if offline else "-"
+        row = f"| {clients} | {ours['samples_per_second']:.1f} | {share} | {_latencies(ours)} | {ours['errors']:.0f} |"
+        if peer and levels[clients].get(peer):
+            theirs = levels[clients][peer]
+            row += f" {theirs['samples_per_second']:.1f} | {_latencies(theirs)} | {theirs['errors']:.0f} |"
+            row += f" {ours['samples_per_second'] / theirs['samples_per_second']:.2f}x |"
+        out.append(row)
+    if offline:
+        out += ["", f"Offline batch throughput of the same chain (`Chain.predict`, batch 64): {offline:.1f} texts/s."]
+    memory = [r for r in records if r["metric"] == "rss_mb"]
+    if memory:
+        out += ["", "| system | resident memory before the load (MB) | after (MB) |", "| --- | --- | --- |"]
+        for system in dict.fromkeys(r["system"] for r in memory):
+            values = [r["value"] for r in memory if r["system"] == system]
+            out.append(f"| {system} | {values[0]:.0f} | {values[-1]:.0f} |")
+    return "\n".join(out)
+
+
 def _stage_name(variant: str) -> str:
     """A stage of ``predict`` under one name before and after the engine's stages were renamed (the same three parts:
     ``tokenise ...`` became ``prepare (...)``, ``encoder and heads ...`` ``forward (...)``, ``decoding ...`` ``decode (...)``)."""
@@ -407,7 +446,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "branch_batching", "mixing", "decoding"]
+SECTIONS += ["small_data", "branch_batching", "mixing", "decoding", "serve"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -423,6 +462,7 @@ TABLES = {
     "sharing_full_gpu": seeds_table,
     "sharing_full_cpu_seeds": seeds_table,
     "small_data": seeds_table,
+    "serve": serve_table,
 }
 
 

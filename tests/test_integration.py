@@ -181,3 +181,13 @@ def test_small_data_quick_compares_passes_and_the_peer(shared_datasets: Path, tm
         ("hf-trainer", "full fine-tune, 3 epochs"),
     ]
     assert runs == {(task, system, f"{variant}, seed 13") for task in ("banking77", "sst2") for system, variant in variants}
+
+
+def test_serve_quick_answers_every_request(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "serve", "--quick", timeout=600)
+    records = json.loads((tmp_path / "serve_quick.json").read_text())
+    rates = {r["variant"]: r["value"] for r in records if r["metric"] == "samples_per_second"}
+    assert any("offline batch" in v for v in rates) and any("8 clients" in v for v in rates)
+    assert all(rate > 0 for rate in rates.values())
+    assert [r["value"] for r in records if r["metric"] == "errors"] == [0, 0]  # 1 and 8 clients, nothing failed
+    assert all(r["value"] > 100 for r in records if r["metric"] == "rss_mb")

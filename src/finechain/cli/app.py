@@ -1,4 +1,4 @@
-"""The ``finechain`` command line: train, check, add-task, eval, predict, info, demo."""
+"""The ``finechain`` command line: train, check, add-task, eval, predict, serve, info, demo."""
 
 from __future__ import annotations
 
@@ -210,6 +210,64 @@ def predict(
 def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         write(handle)
+
+
+@app.command()
+def serve(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="REST port (0: any free port)")] = 8000,
+    grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="also serve gRPC on this port")] = None,
+    workers: Annotated[int, typer.Option(help="server processes, each with its own copy of the chain and batcher")] = 1,
+    max_batch_size: Annotated[int, typer.Option(help="most token rows (texts, long-text windows) per forward pass")] = 64,
+    max_batch_tokens: Annotated[int, typer.Option(help="most tokens per forward pass")] = 16384,
+    max_wait_ms: Annotated[float, typer.Option(help="how long a lone request waits for others to share its pass")] = 5.0,
+    queue_size: Annotated[int, typer.Option(help="requests waiting at most; more get 429 with Retry-After")] = 1024,
+    timeout_ms: Annotated[float, typer.Option(help="default deadline of a request")] = 30_000,
+    max_texts: Annotated[int, typer.Option(help="texts per request at most")] = 256,
+    max_chars: Annotated[int, typer.Option(help="characters per text at most")] = 20_000,
+    max_body_bytes: Annotated[int, typer.Option(help="request body size at most")] = 4 * 1024 * 1024,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="file holding the API key that /v1 and /metrics require (or set FINECHAIN_API_KEY)"),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option("--cors-origin", help="an origin a browser page may call from (repeat; * for any)")
+    ] = None,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads per process")] = None,
+    reload_check_s: Annotated[float, typer.Option(help="how often to look for a new version of the chain folder (0: never)")] = 2.0,
+    no_access_log: Annotated[bool, typer.Option("--no-access-log", help="no JSON line per request")] = False,
+) -> None:
+    """Serve a chain over REST (and gRPC), batching texts from many clients into shared passes; a page to try it at /."""
+    import os
+
+    from pydantic import ValidationError
+
+    from finechain.io import read_text_file
+    from finechain.serve.server import serve as run
+    from finechain.serve.settings import ServeSettings
+
+    key = read_text_file(api_key_file).strip() if api_key_file else os.environ.get("FINECHAIN_API_KEY") or None
+    options = dict(
+        chain=chain_dir, host=host, port=port, grpc_port=grpc_port, workers=workers, max_batch_size=max_batch_size,
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_ms=timeout_ms,
+        max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, api_key=key, cors_origins=cors_origin or [],
+        precision=precision, device=device, threads=threads, reload_check_s=reload_check_s, access_log=not no_access_log,
+    )  # fmt: skip
+    try:
+        settings = ServeSettings(**options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "options"
+        if name in ("--api-key", "--cors-origins"):
+            name = {"--api-key": "the API key", "--cors-origins": "--cors-origin"}[name]
+        raise FinechainError(f"{name}: {first['msg']}", fix="see finechain serve --help") from None
+    try:
+        run(settings)
+    except Interrupted as stop:  # the server finished the requests it had: a clean stop
+        err.print(f"stopped by {stop.signal_name}: the requests in flight were answered")
 
 
 @app.command()

@@ -19,6 +19,10 @@ class Prediction(ABC):
     def summary(self) -> str:
         """A few characters for a table cell."""
 
+    def counted(self) -> list[str]:
+        """The labels this answer counts towards in per-label statistics (a server's metrics); none by default."""
+        return []
+
 
 @dataclass(frozen=True)
 class ClassPrediction(Prediction):
@@ -42,6 +46,10 @@ class ClassPrediction(Prediction):
         """``label (score)``."""
         return f"{self.label} ({self.score:.2f})"
 
+    def counted(self) -> list[str]:
+        """The label."""
+        return [self.label]
+
 
 @dataclass(frozen=True)
 class LabelsPrediction(Prediction):
@@ -62,6 +70,10 @@ class LabelsPrediction(Prediction):
     def summary(self) -> str:
         """The labels, comma-separated, or ``-``."""
         return ", ".join(self.labels) or "-"
+
+    def counted(self) -> list[str]:
+        """Each label given."""
+        return list(self.labels)
 
 
 @dataclass(frozen=True)
@@ -130,3 +142,7 @@ class EntitiesPrediction(Prediction):
     def summary(self) -> str:
         """``text/TYPE`` per entity, or ``-``."""
         return ", ".join(f"{e.text}/{e.type}" for e in self.entities) or "-"
+
+    def counted(self) -> list[str]:
+        """Each entity's type."""
+        return [e.type for e in self.entities]

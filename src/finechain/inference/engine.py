@@ -15,7 +15,7 @@ merges the rows of many requests into one ``forward``. Each stage's time is adde
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -98,6 +98,7 @@ class Engine:
         self.precision = precision
         self.batch_size = batch_size
         self.times = StageTimes()
+        self.observer: Callable[[str, float], None] | None = None  # told each task's compute seconds per batch (host time on GPUs)
 
     # stage 1 ----------------------------------------------------------------------------------
     def prepare(self, texts: Any, tasks: Sequence[str] | None = None) -> Prepared:
@@ -154,7 +155,7 @@ class Engine:
                 states = model.trunk_states(input_ids, mask, any(model.tasks[n].needs_trunk_states for n in wanted))
                 results = {}
                 for name in wanted:
-                    task = model.tasks[name]
+                    task, timed = model.tasks[name], time.perf_counter()
                     given = states if task.needs_trunk_states else states[-1]
                     chosen = [k for k, i in enumerate(indices) if name in rows[i].tasks]
                     if len(chosen) < len(indices):  # only some rows of this batch asked for the task
@@ -164,6 +165,8 @@ class Engine:
                     else:
                         result = task(given, mask)
                     results[name] = (chosen, result.float())
+                    if self.observer is not None:
+                        self.observer(name, time.perf_counter() - timed)
             pending.append((indices, results))
             self.times.batches += 1
         for indices, results in pending:

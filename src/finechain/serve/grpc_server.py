@@ -1,0 +1,100 @@
+"""The gRPC transport: the service of ``proto/finechain.proto`` on the same event loop and batcher as REST, so rows from
+both kinds of clients share forward passes. Client mistakes get gRPC's status codes with the same one-line messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import grpc
+
+from finechain.heads import ClassPrediction, EntitiesPrediction, LabelsPrediction, Prediction, ValuePrediction
+from finechain.serve.proto import finechain_pb2 as pb
+from finechain.serve.proto import finechain_pb2_grpc as pb_grpc
+from finechain.serve.service import ChainService, ClientError
+from finechain.serve.settings import ServeSettings
+
+STATUS = {  # HTTP status of a ClientError -> gRPC status code
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _entities(p: EntitiesPrediction) -> pb.Answer:
+    entities = [pb.Entity(**{k: v for k, v in e.to_dict().items() if v is not None}) for e in p.entities]
+    return pb.Answer(tagging=pb.EntitiesAnswer(entities=entities, tags=p.tags))
+
+
+# how each kind of answer becomes a protobuf Answer (the transport's own table; the answers know nothing of protobuf)
+TO_PROTO: dict[type[Prediction], Callable[[Any], pb.Answer]] = {
+    ClassPrediction: lambda p: pb.Answer(classification=pb.ClassAnswer(label=p.label, score=p.score, scores=p.scores)),
+    LabelsPrediction: lambda p: pb.Answer(multilabel=pb.LabelsAnswer(labels=p.labels, scores=p.scores)),
+    ValuePrediction: lambda p: pb.Answer(regression=pb.ValueAnswer(value=p.value)),
+    EntitiesPrediction: _entities,
+}
+
+
+class ChainServicer(pb_grpc.ChainServicer):
+    """``Predict`` and ``Tasks`` on a :class:`ChainService`."""
+
+    def __init__(self, service: ChainService, api_key: str | None) -> None:
+        self.service, self.api_key = service, api_key
+
+    async def _authorise(self, context: grpc.aio.ServicerContext) -> None:
+        if self.api_key is None:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        given = metadata.get("x-api-key") or str(metadata.get("authorization", "")).removeprefix("Bearer ").strip()
+        if given != self.api_key:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key (send metadata authorization: Bearer KEY)")
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        """Answer the request's tasks for its texts."""
+        await self._authorise(context)
+        if request.texts and request.words:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "send texts or words, not both")
+        texts: list[Any] = list(request.texts) or [list(w.words) for w in request.words]
+        try:
+            answers, timings = await self.service.predict(texts, list(request.tasks) or None, request.timeout_ms or None)
+        except ClientError as error:
+            where = f"{error.field}: " if error.field else ""
+            await context.abort(STATUS.get(error.status, grpc.StatusCode.INVALID_ARGUMENT), f"{where}{error.message}")
+        loaded = self.service.current
+        predictions = [pb.TextAnswers(tasks={name: TO_PROTO[type(p)](p) for name, p in row.items()}) for row in answers]
+        return pb.PredictResponse(predictions=predictions, timings=pb.Timings(**timings), version=loaded.version if loaded else "")
+
+    async def Tasks(self, request: pb.TasksRequest, context: grpc.aio.ServicerContext) -> pb.TasksResponse:
+        """The chain's tasks."""
+        await self._authorise(context)
+        loaded = self.service.current
+        if loaded is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the chain is still loading")
+        infos = []
+        for task in loaded.describe():
+            metrics = task["metrics"]
+            scalars = {split: {k: float(v) for k, v in (metrics.get(split) or {}).items()} for split in ("validation", "test")}
+            infos.append(pb.TaskInfo(name=task["name"], type=task["type"], labels=task["labels"], metric=task["metric"] or "", **scalars))
+        model = loaded.chain.model
+        return pb.TasksResponse(tasks=infos, backbone=model.backbone.name, split=model.split, version=loaded.version)
+
+
+def grpc_lifespan(settings: ServeSettings) -> Callable[[ChainService], AbstractAsyncContextManager[None]]:
+    """A lifespan piece that runs the gRPC server on ``settings.grpc_port`` next to REST, on the same service."""
+
+    @asynccontextmanager
+    async def serving(service: ChainService) -> AsyncIterator[None]:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", settings.max_body_bytes)])
+        pb_grpc.add_ChainServicer_to_server(ChainServicer(service, settings.api_key), server)
+        server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop(grace=settings.timeout_ms / 1000)
+
+    return serving
