@@ -7,8 +7,8 @@ DIR holds one Hugging Face model folder per task (``<task>/``, with ``kind.txt``
 ``benchmarks.serve`` writes them; each endpoint is ``POST /<task>`` with ``{"text": ...}``.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: LitServe reads decode_request's annotation to build the endpoint, and a
+# string annotation makes FastAPI expect the body as a query parameter (every request a 422)
 import argparse
 from pathlib import Path
 from typing import Any

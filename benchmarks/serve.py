@@ -168,7 +168,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks serve", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="3 s per level, 1 and 8 clients, 200 texts, no peer")
+    parser.add_argument("--quick", action="store_true", help="3 s per level, 1 and 8 clients, 200 texts")
     parser.add_argument("--seconds", type=float, default=20.0, help="load per number of clients")
     parser.add_argument("--clients", type=comma_list(int), default=[1, 8, 32, 64])
     parser.add_argument("--texts", type=int, default=1200)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help="results name (default: serve, or serve_quick)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.clients, args.texts, args.no_peer = 3.0, [1, 8], 200, True
+        args.seconds, args.clients, args.texts = 3.0, [1, 8], 200
     texts = load_texts(args.texts)
     rec = Recorder("serve", "cpu")
     work = Path(tempfile.mkdtemp(prefix="finechain-serve-bench-"))
