@@ -16,6 +16,7 @@ SUITES = {
     "branch-batching": "benchmarks.branch_batching",
     "dropout": "benchmarks.dropout",
     "serve": "benchmarks.serve",
+    "export": "benchmarks.export",
     "report": "benchmarks.report",
 }
 

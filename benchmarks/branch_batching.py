@@ -18,8 +18,9 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, timed
-from finechain.data.batching import inference_batches, pad_ids
+from finechain.data.batching import pad_ids
 from finechain.data.readers import read_examples
+from finechain.data.tokens import inference_batches
 from finechain.model.chain_model import ChainModel
 from finechain.model.layers import LayerStack
 from finechain.model.precision import autocast_context, resolve_precision

@@ -45,6 +45,7 @@ SUITE_TITLES = {
     "sharing": "Sharing modes: four tasks from one encoder vs per-task full fine-tunes (CPU)",
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
+    "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
 }
@@ -348,6 +349,40 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def export_table(records: list[dict[str, Any]]) -> str:
+    """Per variant: each task's metric, the artifact size, texts/s at batch 1 and 32 (and the ratio to PyTorch fp32 at
+    batch 32) and the median milliseconds per call at batch 1."""
+    tasks = list(dict.fromkeys(r["task"] for r in records if r["task"] != "all four"))
+    variants = list(dict.fromkeys(r["variant"] for r in records if r["task"] != "all four"))
+    value = {(r["task"], r["variant"], r["metric"]): r["value"] for r in records}
+    metric = {r["task"]: r["metric"] for r in records if r["task"] != "all four"}
+    base = value.get(("all four", f"{variants[0]}, batch 32", "samples_per_second")) if variants else None
+    head = (
+        "| variant | "
+        + " | ".join(f"{t} {metric[t]}" for t in tasks)
+        + " | MB | texts/s, batch 1 | texts/s, batch 32 | vs fp32, batch 32 | ms per text, batch 1 |"
+    )
+    out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for v in variants:
+        cells = [f"{100 * value[(t, v, metric[t])]:.1f}" for t in tasks]
+        one, many = (
+            value.get(("all four", f"{v}, batch 1", "samples_per_second")),
+            value.get(("all four", f"{v}, batch 32", "samples_per_second")),
+        )
+        ratio = f"{many / base:.2f}x" if base and many else "-"
+        latency = value.get(("all four", f"{v}, batch 1", "p50_ms"))
+        size = value.get(("all four", v, "artifact_mb"))
+        cells += [
+            f"{size:.0f}" if size else "-",
+            f"{one:.1f}" if one else "-",
+            f"{many:.1f}" if many else "-",
+            ratio,
+            f"{latency:.1f}" if latency else "-",
+        ]
+        out.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _latencies(values: dict[str, float]) -> str:
     return " / ".join(f"{values[q]:.0f}" for q in ("p50_ms", "p95_ms", "p99_ms"))
 
@@ -446,7 +481,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "branch_batching", "mixing", "decoding", "serve"]
+SECTIONS += ["small_data", "branch_batching", "mixing", "decoding", "serve", "export"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -463,6 +498,7 @@ TABLES = {
     "sharing_full_cpu_seeds": seeds_table,
     "small_data": seeds_table,
     "serve": serve_table,
+    "export": export_table,
 }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install finechain into .venv, train and query the bundled demo chain, then serve it and ask the server (a few minutes
-# on 2 CPU cores).
+# Install finechain into .venv, train and query the bundled demo chain, serve it and ask the server, then export it to
+# ONNX and query the export (a few minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -12,7 +12,7 @@ echo
 echo "serving it: finechain serve demo-chain --port 8765 (REST on loopback; the page at http://127.0.0.1:8765/)"
 finechain serve demo-chain --port 8765 --no-access-log &
 server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 python - <<'PY'
 import json, time, urllib.request
 
@@ -31,6 +31,11 @@ for text, byTask in zip(["my card has not arrived yet", "Angela Merkel visited P
     print(f"POST /v1/predict  {text!r}: intent {intent['label']} ({intent['score']:.2f}), entities {entities}")
 print(f"server timings: {answer['timings']}")
 PY
+echo
+echo "exporting it: finechain export demo-chain --out demo-onnx (one ONNX graph; runs with ONNX Runtime, no PyTorch)"
+kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true
+finechain export demo-chain --out demo-onnx --overwrite
+echo 'Angela Merkel visited Paris' | finechain predict demo-onnx --task entities
 echo
 echo "try: echo 'my card has not arrived yet' | .venv/bin/finechain predict demo-chain"
 echo "     .venv/bin/finechain serve demo-chain   # then open http://127.0.0.1:8000/"

@@ -113,8 +113,8 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
 
 
 def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    from finechain import Chain
     from finechain.cli import app
+    from finechain.inference import Engine
 
     args = ["predict", str(trained), "-i", str(tmp_path / "test.csv"), "--text-column", "review"]
     code, whole, _ = cli(args, monkeypatch, capsys)
@@ -126,7 +126,7 @@ def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained:
     output = tmp_path / "preds.jsonl"
     output.write_text("earlier run\n")
     calls = []
-    predict = Chain.predict
+    predict = Engine.predict
 
     def fail_on_third_chunk(self, texts, *rest, **kw):
         calls.append(len(texts))
@@ -134,7 +134,7 @@ def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained:
             raise RuntimeError("out of memory")
         return predict(self, texts, *rest, **kw)
 
-    monkeypatch.setattr(Chain, "predict", fail_on_third_chunk)
+    monkeypatch.setattr(Engine, "predict", fail_on_third_chunk)
     code, _, err = cli([*args, "--output", str(output)], monkeypatch, capsys)
     last = err.strip().splitlines()[-1]  # after the two chunks' progress lines
     assert (

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from finechain.data.batching import GPU_TOKENS_PER_ROW, inference_batches, length_batches, pad_ids
+from finechain.data.batching import length_batches, pad_ids
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples, read_texts
+from finechain.data.tokens import CPU_PADDING, CPU_ROWS_BEFORE_CUT, GPU_TOKENS_PER_ROW, inference_batches
 from finechain.errors import DataError
 from finechain.heads import head_type
 from finechain.spec import TaskSpec
@@ -80,11 +81,25 @@ def test_length_batches_cover_every_index_once_and_group_lengths() -> None:
     assert batches == again
 
 
+def test_cpu_inference_batches_keep_similar_lengths_together() -> None:
+    """A server's merged batch mixes short and long texts: on CPU the short ones are not padded to the long ones."""
+    mixed = [12, 80, 14, 75, 10, 90, 11, 85, 13, 70, 12, 95, 15, 88, 10, 77, 14, 82]
+    batches = inference_batches(mixed, 64, "cpu")
+    assert [sorted(mixed[i] for i in b) for b in batches] == [[10, 10, 11, 12, 12, 13, 14, 14, 15], [70, 75, 77, 80, 82, 85, 88, 90, 95]]
+    lengths = [(i * 7) % 300 + 1 for i in range(2000)]
+    cpu = inference_batches(lengths, 16, torch.device("cpu"))
+    assert sorted(i for b in cpu for i in b) == list(range(2000)) and max(len(b) for b in cpu) == 16
+    for batch in cpu:
+        widths = [lengths[i] for i in batch]
+        assert widths == sorted(widths)
+        assert len(batch) <= CPU_ROWS_BEFORE_CUT or len(batch) * widths[-1] <= (1 + CPU_PADDING) * sum(widths)
+    assert inference_batches([5, 1, 4, 2], 2, "cpu") == length_batches([5, 1, 4, 2], 2, shuffle=False)  # equal lengths: as before
+
+
 def test_gpu_inference_batches_grow_within_a_token_budget() -> None:
     lengths = [(i * 7) % 300 + 1 for i in range(2000)]
     cpu = inference_batches(lengths, 16, torch.device("cpu"))
     gpu = inference_batches(lengths, 16, torch.device("cuda"))  # only the device type is read: no GPU needed
-    assert cpu == length_batches(lengths, 16, shuffle=False)
     assert sorted(i for b in gpu for i in b) == list(range(2000))
     assert len(gpu) < 0.7 * len(cpu)  # short texts share bigger batches
     for batch in gpu:

@@ -192,3 +192,49 @@ def test_serve_quick_answers_every_request(shared_datasets: Path, tmp_path: Path
     errors = {(r["system"], r["variant"].rsplit(", ", 1)[1]): r["value"] for r in records if r["metric"] == "errors"}
     assert errors == {(system, n): 0 for system in ("finechain", "litserve") for n in ("1 client", "8 clients")}  # nothing failed
     assert all(r["value"] > 100 for r in records if r["metric"] == "rss_mb")
+
+
+def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "export", "--quick", timeout=900)
+    records = json.loads((tmp_path / "export_quick.json").read_text())
+    metric = {(r["task"], r["variant"]): r["value"] for r in records if r["metric"] in ("accuracy", "entity_f1")}
+    fp32 = {task: v for (task, variant), v in metric.items() if variant == "PyTorch fp32"}
+    onnx = {task: v for (task, variant), v in metric.items() if variant == "ONNX Runtime fp32 (finechain export)"}
+    assert set(fp32) == {"sst2", "agnews", "banking77", "conll2003"} and onnx == pytest.approx(fp32, abs=0.021)  # one example in 50
+    sizes = {r["variant"]: r["value"] for r in records if r["metric"] == "artifact_mb"}
+    assert sizes["ONNX Runtime int8 (finechain compress --int8)"] < 0.6 * sizes["ONNX Runtime fp32 (finechain export)"]
+    (tmp_path / "export.json").write_text((tmp_path / "export_quick.json").read_text())
+    run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
+    assert "| ONNX Runtime int8 (finechain compress --int8) | " in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_an_exported_chain_runs_in_a_virtual_environment_without_pytorch(tmp_path: Path) -> None:
+    """A fresh virtual environment with ONNX Runtime, tokenizers, NumPy and the command line's own small libraries (no
+    torch, no transformers): ``finechain predict`` on an exported folder answers like the chain."""
+    from finechain import Chain
+    from finechain.export.onnx import export_onnx
+
+    release = ROOT / "tests" / "fixtures" / "release_0_1_0" / "frozen"
+    export_onnx(release, tmp_path / "onnx")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    packages = ["onnxruntime", "tokenizers", "numpy", "pydantic", "pyyaml", "regex", "typer", "rich"]
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages], check=True, timeout=900)
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0  # really without it
+    done = subprocess.run(
+        [python, "-m", "finechain", "predict", str(tmp_path / "onnx")],
+        input="alice visited new york\nvery good music\n",
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT / "src")},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    chain = Chain.from_pretrained(release)
+    chain.precision = "fp32"
+    expected = chain.predict(["alice visited new york", "very good music"])
+    assert [a["ner"]["entities"][0]["text"] for a in answers[:1]] == [expected[0]["ner"].entities[0].text]
+    assert [a["sentiment"]["label"] for a in answers] == [p["sentiment"].label for p in expected]
+    assert [a["stars"]["value"] for a in answers] == pytest.approx([p["stars"].value for p in expected], abs=1e-4)

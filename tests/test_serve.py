@@ -98,10 +98,41 @@ def test_predict_answers_every_task_in_one_pass(served: Server) -> None:
     assert response.headers["x-request-id"]
 
 
+def test_an_exported_folder_serves_the_same_answers(tmp_path: Path) -> None:
+    """``finechain serve`` on ``finechain export``'s folder: ONNX Runtime behind the same API, the chain's answers."""
+    from finechain import Chain
+    from finechain.export.onnx import export_onnx
+
+    export_onnx(RELEASE / "frozen", tmp_path / "onnx")
+    texts = ["very good music", "alice visited new york", "bob met carol in paris today"]
+    exported = Server(tmp_path / "onnx")
+    try:
+        theirs = post(exported, {"texts": texts}).json()["predictions"]
+        words = post(exported, {"texts": [["alice", "met", "bob"]], "tasks": ["ner"]}).json()["predictions"][0]["ner"]
+        about = httpx.get(f"{exported.url}/v1/tasks", headers=AUTH).json()
+    finally:
+        exported.stop()
+    assert about["model"]["backend"] == "onnxruntime (fp32)" and about["model"]["split"] == 2
+    assert [t["name"] for t in about["tasks"]] == ["sentiment", "sentiment_lora", "tags", "stars", "ner"]
+    chain = Chain.from_pretrained(RELEASE / "frozen")
+    chain.precision = "fp32"  # as exported
+    for mine, other in zip(chain.predict(texts), theirs, strict=True):
+        assert list(mine) == list(other)
+        assert [(e.type, e.start, e.end) for e in mine["ner"].entities] == [
+            (e["type"], e["start"], e["end"]) for e in other["ner"]["entities"]
+        ]
+        assert mine["sentiment"].label == other["sentiment"]["label"]
+        assert mine["sentiment"].score == pytest.approx(other["sentiment"]["score"], abs=1e-4)
+        assert mine["stars"].value == pytest.approx(other["stars"]["value"], abs=1e-4)
+    expected = chain.predict([["alice", "met", "bob"]], ["ner"])[0]["ner"].to_dict()["entities"]
+    key = ("type", "first_word", "last_word")
+    assert [tuple(e[k] for k in key) for e in words["entities"]] == [tuple(e[k] for k in key) for e in expected] != []
+
+
 def test_tasks_health_and_readiness(served: Server) -> None:
     tasks = httpx.get(f"{served.url}/v1/tasks", headers=AUTH).json()
     assert [t["name"] for t in tasks["tasks"]] == ["sentiment", "sentiment_lora", "tags", "stars", "ner"]
-    assert tasks["tasks"][4]["type"] == "tagging" and tasks["model"]["split"] == 2
+    assert tasks["tasks"][4]["type"] == "tagging" and tasks["model"]["split"] == 2 and tasks["model"]["backend"] == "pytorch"
     assert httpx.get(f"{served.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{served.url}/readyz").json()["status"] == "ready"
 

@@ -11,8 +11,8 @@ import pytest
 
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.cli.app import main
-from finechain.data.batching import overflow_windows
 from finechain.data.conll import read_conll, read_word_lists
+from finechain.data.tokens import overflow_windows
 from finechain.errors import DataError
 from finechain.heads.tagging import allowed_transitions, best_paths, spans_from_tags
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv

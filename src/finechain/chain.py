@@ -16,11 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from finechain.data.inputs import as_texts
 from finechain.data.prepare import TaskData, load_task_data, task_data_from_lists
-from finechain.data.tagged import tagged_row
-from finechain.data.words import split_words
-from finechain.errors import DataError, FinechainError, InMemory, SpecError
+from finechain.errors import DataError, FinechainError, SpecError
 from finechain.heads import Prediction, head_type
 from finechain.inference import Engine
 from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_chain
@@ -34,10 +31,6 @@ from finechain.train.joint import fit_joint
 def _headline(scores: dict[str, Any]) -> dict[str, float]:
     """Scalar metrics only (per-class tables live in the reports)."""
     return {k: round(v, 6) for k, v in scores.items() if isinstance(v, float)} | {"n": scores.get("n", 0)}
-
-
-def _tags(label: Any) -> bool:
-    return isinstance(label, list) and bool(label) and all(isinstance(tag, str) for tag in label)
 
 
 class Chain:
@@ -192,23 +185,7 @@ class Chain:
             >>> chain.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
             1.0
         """
-        name = self.task_names([task])[0]
-        head = self.tasks[name].head
-        texts = as_texts(texts)
-        if len(texts) != len(labels):
-            raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")
-        where = InMemory("labels")
-        parsed = []
-        for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
-            if head.token_level:  # a raw string's tags are for its words as predict cuts them
-                words = [text[a:b] for a, b in split_words(text)] if isinstance(text, str) and _tags(label) else text
-                value: Any = tagged_row(words, label, where, i, strict=False).tags
-            else:
-                value = type(head).parse_label(label, file=where, line=i, options=head.options)
-            head.check_known(value, file=where, line=i)
-            parsed.append(value)
-        outputs, words = self.engine.outputs(texts, [name])
-        return head.score(outputs[name], head.targets(parsed, words))
+        return self.engine.score(task, texts, labels)
 
     # training -------------------------------------------------------------------------------
     def _attach_result(self, spec: TaskSpec, result: FitResult, data: TaskData) -> FitResult:

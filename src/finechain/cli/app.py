@@ -1,4 +1,4 @@
-"""The ``finechain`` command line: train, check, add-task, eval, predict, serve, info, demo."""
+"""The ``finechain`` command line: train, check, add-task, eval, predict, serve, export, compress, info, demo."""
 
 from __future__ import annotations
 
@@ -153,23 +153,27 @@ def predict(
         str, typer.Option(help="auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32, bf16 or fp16")
     ] = "auto",
 ) -> None:
-    """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL."""
-    import torch
-
-    from finechain import Chain
+    """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL. CHAIN_DIR may also be an
+    exported folder (finechain export / compress): it then runs with ONNX Runtime, without PyTorch."""
     from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
     from finechain.data.readers import read_texts
+    from finechain.inference.exported import is_exported
     from finechain.io import atomic_write, decode_utf8, os_error
-    from finechain.model.chain_model import pick_device
+    from finechain.progress import TrainProgress
     from finechain.spec import Precision
-    from finechain.train.progress import TrainProgress
 
     choices = get_args(Precision)
     if precision not in choices:
         raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
-    pick_device(device)  # a bad --device fails here, before any input is read
-    if threads:
-        torch.set_num_threads(threads)
+    exported = is_exported(chain_dir)
+    if not exported:
+        import torch
+
+        from finechain.model.chain_model import pick_device
+
+        pick_device(device)  # a bad --device fails here, before any input is read
+        if threads:
+            torch.set_num_threads(threads)
     presplit = input_file is not None and input_file.suffix.lower() in CONLL_SUFFIXES  # pre-tokenised: one word per line
     if input_file is None:  # as bytes where there are bytes: a bad byte is a one-line error with its line, not a traceback
         raw = getattr(sys.stdin, "buffer", None)
@@ -180,15 +184,14 @@ def predict(
     if not texts:
         err.print(f"no texts in {input_file or 'the input'}: nothing to predict")
     key = "words" if texts and isinstance(texts[0], list) else "text"
-    chain = Chain.from_pretrained(chain_dir, device=device)
-    chain.precision = precision
-    tasks = chain.task_names(task)  # an unknown --task fails before any work
+    engine = _engine(chain_dir, exported, device, precision, batch_size, threads)
+    tasks = engine.model.task_names(task)  # an unknown --task fails before any work
 
     def write_all(handle: TextIO) -> None:  # chunk by chunk: memory stays flat, output flows, progress shows
         with TrainProgress("predict", total=len(texts), enabled=len(texts) >= PREDICT_CHUNK, unit="texts", show_loss=False) as bar:
             for start in range(0, len(texts), PREDICT_CHUNK):
                 part = texts[start : start + PREDICT_CHUNK]
-                predictions = chain.predict(part, tasks, batch_size=batch_size)
+                predictions = engine.predict(part, tasks)
                 rows = (
                     json.dumps({key: t, **{name: answer.to_dict() for name, answer in p.items()}}, ensure_ascii=False) + "\n"
                     for t, p in zip(part, predictions, strict=True)
@@ -205,6 +208,19 @@ def predict(
             write_all(sys.stdout)
         except OSError as error:  # a full disk or a closed pipe behind stdout
             raise os_error(error, "<stdout>") from None
+
+
+def _engine(chain_dir: Path, exported: bool, device: str, precision: str, batch_size: int, threads: int | None) -> Any:
+    """The inference engine over a chain folder (PyTorch) or an exported one (ONNX Runtime, no PyTorch imported)."""
+    from finechain.inference import Engine
+
+    if exported:
+        from finechain.inference.exported import ExportedChain
+
+        return Engine(ExportedChain(chain_dir, threads=threads), precision, batch_size)
+    from finechain import Chain
+
+    return Engine(Chain.from_pretrained(chain_dir, device=device).model, precision, batch_size)
 
 
 def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:
@@ -271,8 +287,59 @@ def serve(
 
 
 @app.command()
+def export(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="the folder to write (must not exist, unless --overwrite)")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to export; default all")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
+    tolerance: Annotated[float, typer.Option(help="largest difference to PyTorch's outputs accepted", min=0)] = 1e-3,
+) -> None:
+    """Export the chain (trunk once, every branch and head) as one ONNX graph with its tokenizer and a manifest: the
+    folder runs with ONNX Runtime, tokenizers and NumPy alone (predict, eval and serve read it too)."""
+    if export_format != "onnx":
+        raise FinechainError(f"unknown export format '{export_format}'", fix="use --format onnx")
+    from finechain.export.onnx import export_onnx
+
+    manifest = export_onnx(chain_dir, out_dir, task, tolerance=tolerance, overwrite=overwrite)
+    table = Table(title=f"exported to {out_dir!s} (ONNX)", box=None)
+    for column in ("task", "type", "output", "largest difference to PyTorch"):
+        table.add_column(column)
+    for name, entry in manifest.tasks.items():
+        table.add_row(name, entry.type, entry.output, f"{entry.max_abs_diff:.2g}")
+    out.print(table)
+
+
+@app.command()
+def compress(
+    source: Annotated[Path, typer.Argument(help="a chain folder or an exported one", metavar="DIR")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="the folder to write (must not exist, unless --overwrite)")],
+    int8: Annotated[bool, typer.Option("--int8", help="int8 dynamic quantization of the weights (ONNX Runtime)")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
+) -> None:
+    """Compress a chain into an exported folder: int8 weights (ONNX Runtime dynamic quantization); a chain folder is
+    exported to ONNX first. The manifest records each step and how far the outputs moved."""
+    if not int8:
+        raise FinechainError("nothing to do", fix="pass --int8")
+    from finechain.export.quantize import quantize_int8
+
+    manifest = quantize_int8(source, out_dir, overwrite=overwrite)
+    table = Table(title=f"compressed to {out_dir!s} ({', '.join(manifest.steps)})", box=None)
+    for column in ("task", "largest output change"):
+        table.add_column(column)
+    for name, entry in manifest.tasks.items():
+        table.add_row(name, f"{entry.max_abs_diff:.2g}")
+    out.print(table)
+
+
+@app.command()
 def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")]) -> None:
-    """Show a chain's backbone, split and tasks with their metrics."""
+    """Show a chain's backbone, split and tasks with their metrics (an exported folder: what was done to it too)."""
+    from finechain.inference.exported import is_exported
+
+    if is_exported(chain_dir):
+        _exported_info(chain_dir)
+        return
     from finechain.model.artifact import read_manifest
 
     manifest = read_manifest(chain_dir)
@@ -299,6 +366,25 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
             f"{metrics.get('validation', {}).get(metric, float('nan')):.4f}",
             f"{metrics['test'][metric]:.4f}" if "test" in metrics and metric in metrics["test"] else "-",
         )
+    out.print(table)
+
+
+def _exported_info(folder: Path) -> None:
+    """``info`` for an exported folder: backbone, steps, weights and each task's largest difference to PyTorch."""
+    from finechain.inference.exported import read_export_manifest
+
+    manifest = read_export_manifest(folder)
+    out.print(Text.assemble((str(folder), "bold"), f"  exported by finechain {manifest.finechain_version}"))
+    out.print(f"backbone {manifest.backbone}, split {manifest.split} of {manifest.layers} layers, max_length {manifest.max_length}")
+    out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("task", "type", "labels", "metric", "test", "largest difference"):
+        table.add_column(column, no_wrap=True)
+    for name, task in manifest.tasks.items():
+        metric = task.metric or ""
+        test = task.metrics.get("test", {}).get(metric)
+        diff = "-" if task.max_abs_diff is None else f"{task.max_abs_diff:.2g}"
+        table.add_row(name, task.type, str(len(task.head.get("labels", []))), metric, "-" if test is None else f"{test:.4f}", diff)
     out.print(table)
 
 

@@ -10,23 +10,27 @@
 
 ``predict`` is the three in a row. A server runs ``prepare`` and ``decode`` per request off its event loop and
 merges the rows of many requests into one ``forward``. Each stage's time is added to :attr:`Engine.times`.
+
+The engine itself needs NumPy only: ``forward`` hands padded batches to a runner, :class:`~finechain.inference.
+torch_runner.TorchRunner` for a PyTorch chain, :class:`~finechain.inference.exported.OnnxRunner` for an exported one.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from finechain.data.batching import Encoded, Windows, index_tensor, inference_batches, overflow_windows, pad_ids
 from finechain.data.inputs import as_texts
+from finechain.data.tagged import tagged_row
+from finechain.data.tokens import Encoded, Windows, inference_batches, overflow_windows, pad_rows
+from finechain.data.words import split_words
+from finechain.errors import DataError, InMemory
 from finechain.heads import Prediction
-from finechain.model.chain_model import ChainModel
-from finechain.model.precision import autocast_context
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,35 @@ class StageTimes:
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
+class Runner(Protocol):
+    """What runs the model for :meth:`Engine.forward`: padded int64 batches in, each requested task's outputs for the
+    rows that asked (``None``: every row) out; :meth:`fetch` turns one into a float32 NumPy array."""
+
+    @property
+    def device_type(self) -> str: ...
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        wanted: Mapping[str, list[int] | None],
+        precision: str = "auto",
+        observer: Callable[[str, float], None] | None = None,
+    ) -> Mapping[str, Any]: ...
+
+    def fetch(self, result: Any) -> np.ndarray: ...
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool, precision: str = "auto") -> np.ndarray: ...
+
+
 class Engine:
-    """Runs a :class:`ChainModel` on texts: ``prepare`` -> ``forward`` -> ``decode``.
+    """Runs a chain on texts: ``prepare`` -> ``forward`` -> ``decode``. ``model`` is a PyTorch
+    :class:`~finechain.model.chain_model.ChainModel` or an exported chain
+    (:class:`~finechain.inference.exported.ExportedChain`, ONNX Runtime).
 
     ``precision`` is ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16`` or
-    ``fp16``; ``batch_size`` texts per trunk pass (on a GPU a batch of short texts may hold more, see
-    :func:`~finechain.data.batching.inference_batches`).
+    ``fp16`` (a PyTorch chain; an exported one keeps what it was exported with); ``batch_size`` texts per trunk pass
+    (on a GPU a batch of short texts may hold more, see :func:`~finechain.data.tokens.inference_batches`).
 
     Example:
         >>> engine = Engine(model)  # doctest: +SKIP
@@ -93,12 +120,17 @@ class Engine:
         'card_arrival'
     """
 
-    def __init__(self, model: ChainModel, precision: str = "auto", batch_size: int = 64) -> None:
+    def __init__(self, model: Any, precision: str = "auto", batch_size: int = 64) -> None:
         self.model = model
         self.precision = precision
         self.batch_size = batch_size
         self.times = StageTimes()
         self.observer: Callable[[str, float], None] | None = None  # told each task's compute seconds per batch (host time on GPUs)
+        make = getattr(model, "runner", None)
+        if make is not None:  # an exported chain brings its own
+            self.runner: Runner = make()
+        else:  # a PyTorch chain: imported by name, so that this module (and an exported chain) needs no PyTorch
+            self.runner = importlib.import_module("finechain.inference.torch_runner").TorchRunner(model)
 
     # stage 1 ----------------------------------------------------------------------------------
     def prepare(self, texts: Any, tasks: Sequence[str] | None = None) -> Prepared:
@@ -130,50 +162,33 @@ class Engine:
         return prepared
 
     # stage 2 ----------------------------------------------------------------------------------
-    def _device_batches(self, ids: Sequence[list[int]], live: list[int]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Length-bucketed batches of the sequences at ``live``: (their indices, padded ids, mask) on the model's device."""
-        device = self.model.device
-        cuda = device.type == "cuda"  # pinned memory: the copy does not wait for the GPU's queued work
-        for batch in inference_batches([len(ids[i]) for i in live], self.batch_size, device):
+    def _batches(self, ids: Sequence[list[int]], live: list[int]) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+        """Length-bucketed batches of the sequences at ``live``: (their indices, padded ids, mask)."""
+        for batch in inference_batches([len(ids[i]) for i in live], self.batch_size, self.runner.device_type):
             indices = [live[b] for b in batch]
-            padded = pad_ids([ids[i] for i in indices], self.model.pad_id)
-            input_ids, mask = (t.pin_memory().to(device, non_blocking=True) for t in padded) if cuda else padded
-            yield indices, input_ids, mask
+            yield (indices, *pad_rows([ids[i] for i in indices], self.model.pad_id))
 
-    @torch.inference_mode()
     def forward(self, rows: Sequence[Row]) -> list[dict[str, np.ndarray]]:
         """Each row's outputs per task it asked for (``[labels]``, or ``[tokens, labels]`` for token-level tasks), as
         float32 NumPy arrays. Rows may come from any number of requests; each batch runs the trunk once."""
         started = time.perf_counter()
-        model = self.model.eval()
         outputs: list[dict[str, np.ndarray]] = [{} for _ in rows]
         pending = []  # results stay on the device until every batch is queued: a GPU is never waited for in between
         ids = [row.ids for row in rows]
-        for indices, input_ids, mask in self._device_batches(ids, [i for i, row in enumerate(rows) if row.tasks]):
-            wanted = list(dict.fromkeys(name for i in indices for name in rows[i].tasks))
-            with autocast_context(model.device, self.precision):
-                states = model.trunk_states(input_ids, mask, any(model.tasks[n].needs_trunk_states for n in wanted))
-                results = {}
-                for name in wanted:
-                    task, timed = model.tasks[name], time.perf_counter()
-                    given = states if task.needs_trunk_states else states[-1]
-                    chosen = [k for k, i in enumerate(indices) if name in rows[i].tasks]
-                    if len(chosen) < len(indices):  # only some rows of this batch asked for the task
-                        index = index_tensor(chosen, model.device)
-                        given = [s[index] for s in given] if isinstance(given, list) else given[index]
-                        result = task(given, mask[index])
-                    else:
-                        result = task(given, mask)
-                    results[name] = (chosen, result.float())
-                    if self.observer is not None:
-                        self.observer(name, time.perf_counter() - timed)
-            pending.append((indices, results))
+        for indices, input_ids, mask in self._batches(ids, [i for i, row in enumerate(rows) if row.tasks]):
+            wanted: dict[str, list[int] | None] = {}
+            for name in dict.fromkeys(name for i in indices for name in rows[i].tasks):
+                chosen = [k for k, i in enumerate(indices) if name in rows[i].tasks]
+                wanted[name] = None if len(chosen) == len(indices) else chosen
+            results = self.runner.run(input_ids, mask, wanted, self.precision, self.observer)
+            pending.append((indices, wanted, results))
             self.times.batches += 1
-        for indices, results in pending:
-            for name, (chosen, result) in results.items():
-                array = result.cpu().numpy()
-                token_level = model.tasks[name].head.token_level
-                for k, position in enumerate(chosen):
+        for indices, wanted, results in pending:
+            for name, result in results.items():
+                array = self.runner.fetch(result)
+                token_level = self.model.tasks[name].head.token_level
+                chosen = wanted[name]
+                for k, position in enumerate(range(len(indices)) if chosen is None else chosen):
                     i = indices[position]
                     outputs[i][name] = array[k, : len(rows[i].ids)] if token_level else array[k]
         self.times.add("forward", time.perf_counter() - started)
@@ -223,15 +238,47 @@ class Engine:
         prepared = self.prepare(texts, tasks)
         return self.collect(prepared, self.forward(prepared.rows))
 
-    @torch.inference_mode()
+    def score(self, task: str, texts: Any, labels: Sequence[Any]) -> dict[str, Any]:
+        """Metrics of ``task`` on labelled texts, labels read and checked like training data (a label never seen in
+        training is a :class:`DataError` naming the item, ``labels[3]``). Tagging takes word lists with one tag per
+        word, or raw strings with ``[start, end, type]`` entity spans (or one tag per word as :func:`split_words` cuts
+        them).
+
+        Example:
+            >>> engine.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
+            1.0
+        """
+        name = self.model.task_names([task])[0]
+        head = self.model.tasks[name].head
+        texts = as_texts(texts)
+        if len(texts) != len(labels):
+            raise DataError(f"{len(texts)} texts but {len(labels)} labels", fix="pass one label per text")
+        where = InMemory("labels")
+        parsed = []
+        for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+            if head.token_level:  # a raw string's tags are for its words as predict cuts them
+                words = [text[a:b] for a, b in split_words(text)] if isinstance(text, str) and _tags(label) else text
+                value: Any = tagged_row(words, label, where, i, strict=False).tags
+            else:
+                value = type(head).parse_label(label, file=where, line=i, options=head.options)
+            head.check_known(value, file=where, line=i)
+            parsed.append(value)
+        outputs, words = self.outputs(texts, [name])
+        return head.score(outputs[name], head.targets(parsed, words))
+
     def embed(self, texts: Any, normalize: bool = True) -> np.ndarray:
         """The untouched backbone's sentence embeddings (mean pooled; L2-normalised unless ``normalize`` is off):
         ``[texts, hidden]`` float32."""
-        model = self.model.eval()
-        ids, _ = model.encode(as_texts(texts))
-        out = np.zeros((len(ids), model.encoder_config.hidden_size), dtype=np.float32)
-        for indices, input_ids, mask in self._device_batches(ids, list(range(len(ids)))):
-            with autocast_context(model.device, self.precision):
-                vectors = model.sentence_embeddings(input_ids, mask).float()
-            out[indices] = (torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors).cpu().numpy()
-        return out
+        ids, _ = self.model.encode(as_texts(texts))
+        out: np.ndarray | None = None
+        for indices, input_ids, mask in self._batches(ids, list(range(len(ids)))):
+            vectors = self.runner.embed(input_ids, mask, normalize, self.precision)
+            if out is None:
+                out = np.zeros((len(ids), vectors.shape[1]), dtype=np.float32)
+            out[indices] = vectors
+        return out if out is not None else np.zeros((0, self.model.encoder_config.hidden_size), dtype=np.float32)
+
+
+def _tags(label: Any) -> bool:
+    """A list of tag strings (not entity spans)."""
+    return isinstance(label, list) and bool(label) and all(isinstance(tag, str) for tag in label)

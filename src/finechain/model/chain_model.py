@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from finechain.branches import BranchOptions, branch_mode
-from finechain.data.batching import Encoded, encode, tokenize
+from finechain.data.tokens import Encoded, encode, tokenize
 from finechain.errors import FinechainError
 from finechain.heads import Head
 from finechain.model.backbone import BackboneRef, check_max_length, load_tokenizer, resolve_backbone

@@ -79,8 +79,8 @@ class ChainServicer(pb_grpc.ChainServicer):
             metrics = task["metrics"]
             scalars = {split: {k: float(v) for k, v in (metrics.get(split) or {}).items()} for split in ("validation", "test")}
             infos.append(pb.TaskInfo(name=task["name"], type=task["type"], labels=task["labels"], metric=task["metric"] or "", **scalars))
-        model = loaded.chain.model
-        return pb.TasksResponse(tasks=infos, backbone=model.backbone.name, split=model.split, version=loaded.version)
+        about = loaded.about
+        return pb.TasksResponse(tasks=infos, backbone=about["backbone"], split=about["split"], version=loaded.version)
 
 
 def grpc_lifespan(settings: ServeSettings) -> Callable[[ChainService], AbstractAsyncContextManager[None]]:

@@ -292,9 +292,8 @@ def create_app(
         loaded = service.current
         if loaded is None:
             raise ClientError(503, "not_ready", "the chain is still loading", fix="retry in a moment")
-        model = loaded.chain.model
-        about = {"backbone": model.backbone.name, "split": model.split, "layers": model.num_layers, "max_length": model.max_length}
-        return JSONResponse({"tasks": loaded.describe(), "model": about | {"version": loaded.version, "loaded_at": loaded.loaded_at}})
+        about = loaded.about | {"version": loaded.version, "loaded_at": loaded.loaded_at}
+        return JSONResponse({"tasks": loaded.describe(), "model": about})
 
     @app.post("/v1/reload", responses=ERRORS, summary="Load the chain folder's current version")
     async def reload() -> JSONResponse:

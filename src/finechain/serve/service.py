@@ -20,6 +20,7 @@ from finechain.chain import Chain
 from finechain.errors import FinechainError, short_reason
 from finechain.heads import Prediction
 from finechain.inference import Engine
+from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, is_exported
 from finechain.model.artifact import MANIFEST
 from finechain.serve.batcher import MicroBatcher
 from finechain.serve.metrics import Metrics
@@ -43,33 +44,27 @@ class ClientError(Exception):
 
 @dataclass
 class Loaded:
-    """One loaded version of the chain."""
+    """One loaded version of the chain: a chain folder (PyTorch) or an exported one (ONNX Runtime)."""
 
-    chain: Chain
     engine: Engine
     version: str  # the manifest's modification time and size: changes when the folder gets a new version
+    about: dict[str, Any]  # backbone, split, layers, max_length, backend
+    records: dict[str, tuple[str | None, dict[str, dict[str, float]]]]  # task -> (selection metric, split -> scores)
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> list[dict[str, Any]]:
         """Each task: name, type, labels, selection metric and its scores."""
         tasks = []
-        for name, task in self.chain.tasks.items():
-            record = self.chain.records.get(name)
-            metric = record.metric if record else None
+        for name, task in self.engine.model.tasks.items():
+            metric, metrics = self.records.get(name, (None, {}))
             tasks.append(
-                {
-                    "name": name,
-                    "type": task.head.type_name,
-                    "labels": list(task.head.labels),
-                    "metric": metric,
-                    "metrics": {split: scores for split, scores in ((record.metrics or {}) if record else {}).items()},
-                }
+                {"name": name, "type": task.head.type_name, "labels": list(task.head.labels), "metric": metric, "metrics": metrics}
             )
         return tasks
 
 
 def _version(folder: Path) -> str:
-    stat = (folder / MANIFEST).stat()
+    stat = (folder / (EXPORT_MANIFEST if is_exported(folder) else MANIFEST)).stat()
     return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
@@ -108,11 +103,23 @@ class ChainService:
         """Load the folder's chain and run one text through it (first-call costs paid before the first request)."""
         folder = self.settings.chain
         version = _version(folder)
-        chain = Chain.from_pretrained(folder, device=self.settings.device)
-        engine = Engine(chain.model, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
+        if is_exported(folder):  # ONNX Runtime
+            exported = ExportedChain(folder, threads=self.settings.threads)
+            manifest = exported.manifest
+            about = {"backbone": manifest.backbone, "split": manifest.split, "layers": manifest.layers, "max_length": manifest.max_length}
+            about["backend"] = f"onnxruntime ({manifest.weights})"
+            records = {name: (task.metric, task.metrics) for name, task in manifest.tasks.items()}
+            engine = Engine(exported, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
+        else:
+            chain = Chain.from_pretrained(folder, device=self.settings.device)
+            model = chain.model
+            about = {"backbone": model.backbone.name, "split": model.split, "layers": model.num_layers, "max_length": model.max_length}
+            about["backend"] = "pytorch"
+            records = {name: (r.metric, r.metrics or {}) for name, r in chain.records.items()}
+            engine = Engine(model, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
         engine.observer = lambda task, seconds: self.metrics.task_seconds.labels(task=task).inc(seconds)
         engine.predict(["warm up"])
-        return Loaded(chain, engine, version)
+        return Loaded(engine, version, about, records)
 
     def load(self) -> Loaded:
         """Load (and warm up) the chain now, in this thread: a chain that does not load fails here, with its one-line
@@ -154,7 +161,7 @@ class ChainService:
             return False, self.last_reload_error
         self.current, self.last_reload_error = loaded, None
         self.metrics.reloads.labels(outcome="loaded").inc()
-        log.info(f'{{"event": "reloaded", "version": "{loaded.version}", "tasks": {list(loaded.chain.tasks)!r}}}')
+        log.info(f'{{"event": "reloaded", "version": "{loaded.version}", "tasks": {list(loaded.engine.model.tasks)!r}}}')
         return True, None
 
     async def _watch_folder(self) -> None:

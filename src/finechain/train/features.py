@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finechain.data.batching import index_tensor, inference_batches, pad_ids
+from finechain.data.batching import index_tensor, pad_ids
+from finechain.data.tokens import inference_batches
 from finechain.model.layers import Trunk
 from finechain.model.precision import autocast_context, resolve_precision
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from finechain.data.batching import inference_batches, length_batches
+from finechain.data.batching import length_batches
 from finechain.data.prepare import TaskData, load_task_data
+from finechain.data.tokens import inference_batches
 from finechain.heads import head_type
 from finechain.model.chain_model import ChainModel
 from finechain.model.precision import autocast_context, resolve_precision

@@ -1,0 +1,100 @@
+"""Export and compression: the sharing benchmark's four-task chain (joint trunk, split 4) run by PyTorch (fp32 and the
+machine's default precision), by ONNX Runtime from ``finechain export`` (fp32) and from ``finechain compress`` (int8):
+per task the metric, per variant the artifact size, CPU throughput at batch 1 and 32 and latency at batch 1.
+
+    python -m benchmarks export [--quick] [--train-examples 2000] [--epochs 3] [--eval-limit 1000] [--output export]
+
+Metrics are on the first ``--eval-limit`` examples of the SST-2 dev and the AG News / Banking77 / CoNLL-2003 test
+files (the same for every variant); speed on a fixed mix of 256 short and long texts, all four tasks per text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import Recorder
+from benchmarks.sharing import METRIC, task_specs
+from finechain import Chain, TrainingConfig
+from finechain.data.prepare import load_task_data
+from finechain.export.onnx import export_onnx
+from finechain.export.quantize import quantize_int8
+from finechain.heads import head_type
+from finechain.inference import Engine
+from finechain.inference.exported import ExportedChain
+from finechain.model.precision import resolve_precision
+from finechain.spec import JointConfig
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def speed(engine: Engine, texts: list[str], batch: int) -> tuple[float, float]:
+    """Texts per second at ``batch`` texts per call (all four tasks), and the median milliseconds per call."""
+    engine.batch_size = batch
+    engine.predict(texts[:batch])  # warm-up
+    calls = []
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        begin = time.perf_counter()
+        engine.predict(texts[i : i + batch])
+        calls.append(time.perf_counter() - begin)
+    return len(texts) / (time.perf_counter() - started), 1000 * statistics.median(calls)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks export", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="200 examples, 1 epoch, 50 evaluation examples, 64 speed texts")
+    parser.add_argument("--train-examples", type=int, default=2000, help="per task")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--eval-limit", type=int, default=1000, help="evaluation examples per task")
+    parser.add_argument("--speed-texts", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--output", default=None, help="results name (default export, or export_quick)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_examples, args.epochs, args.eval_limit, args.speed_texts = 200, 1, 50, 64
+    rec = Recorder("export", "cpu")
+    work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
+    specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
+    datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
+    chain = Chain.from_backbone(split=4)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
+    chain.fit_joint(specs, training, JointConfig(epochs=args.epochs), data=datas, progress=False)
+    chain.save_pretrained(work / "chain", copy_backbone=True)
+    export_onnx(chain, work / "onnx")
+    quantize_int8(work / "onnx", work / "int8")
+    pool = [
+        t
+        for i in range(args.speed_texts // 3 + 1)
+        for t in (evaluation[n][0][i % len(evaluation[n][0])] for n in ("sst2", "agnews", "banking77"))
+    ]
+    pool = pool[: args.speed_texts]
+    default = resolve_precision("cpu", "auto")
+    variants = {
+        "PyTorch fp32": (Engine(chain.model, precision="fp32"), folder_mb(work / "chain")),
+        f"PyTorch, the machine's default ({default})": (Engine(chain.model, precision="auto"), folder_mb(work / "chain")),
+        "ONNX Runtime fp32 (finechain export)": (Engine(ExportedChain(work / "onnx")), folder_mb(work / "onnx")),
+        "ONNX Runtime int8 (finechain compress --int8)": (Engine(ExportedChain(work / "int8")), folder_mb(work / "int8")),
+    }
+    for variant, (engine, size) in variants.items():
+        for name in METRIC:
+            texts, labels = evaluation[name]
+            value = engine.score(name, texts, labels)[METRIC[name]]
+            unit = "dev accuracy" if name == "sst2" else f"test {METRIC[name]}"
+            rec.add(name, "finechain", variant, METRIC[name], value, f"{unit}, first {len(texts)}")
+        rec.add("all four", "finechain", variant, "artifact_mb", size, "MB (backbone included)")
+        for batch in (1, 32):
+            rate, ms = speed(engine, pool, batch)
+            rec.add("all four", "finechain", f"{variant}, batch {batch}", "samples_per_second", rate, "texts/s (4 tasks)")
+            rec.add("all four", "finechain", f"{variant}, batch {batch}", "p50_ms", ms, "ms per call")
+        print(f"{variant}: done", flush=True)
+    print(f"wrote {rec.save(args.output or ('export_quick' if args.quick else 'export'), vars(args))}")
+
+
+if __name__ == "__main__":
+    main()

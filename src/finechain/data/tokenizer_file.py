@@ -1,0 +1,72 @@
+"""A tokenizer read from a ``tokenizer.json`` with the ``tokenizers`` library alone (no transformers, no PyTorch): what
+an exported chain tokenises with. It answers the calls :mod:`finechain.data.tokens` makes the way a transformers fast
+tokenizer does (the same backend underneath), so both paths cut texts into the same token ids and windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from finechain.errors import ArtifactError, short_reason
+
+
+class TokenizerFile:
+    """``tokenizer.json`` as a callable with the subset of a transformers fast tokenizer's interface finechain uses.
+
+    Example:
+        >>> tokenizer = TokenizerFile("exported/tokenizer.json", pad_token_id=0)  # doctest: +SKIP
+        >>> tokenizer(["hello world"], truncation=True, max_length=16)["input_ids"]  # doctest: +SKIP
+        [[101, 7592, 2088, 102]]
+    """
+
+    def __init__(self, path: str | Path, pad_token_id: int = 0) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self.backend = Tokenizer.from_file(str(path))
+        except Exception as error:  # the tokenizers library raises its own exception type for a bad file
+            raise ArtifactError(f"the tokenizer cannot be read ({short_reason(error)})", file=path, fix="export the chain again") from None
+        self.backend.no_padding()
+        self.pad_token_id = pad_token_id
+
+    def __call__(
+        self,
+        texts: Sequence[str] | Sequence[Sequence[str]],
+        truncation: bool = True,
+        max_length: int = 512,
+        stride: int = 0,
+        return_overflowing_tokens: bool = False,
+        is_split_into_words: bool = False,
+        return_offsets_mapping: bool = False,
+    ) -> _Batch:
+        """Token ids (and offsets, word ids, overflow windows) for ``texts``: one encoding per text, or with
+        ``return_overflowing_tokens`` each text's windows in order, as transformers returns them."""
+        if truncation:
+            self.backend.enable_truncation(max_length, stride=stride, strategy="longest_first")
+        else:
+            self.backend.no_truncation()
+        encodings = self.backend.encode_batch(list(texts), is_pretokenized=is_split_into_words, add_special_tokens=True)
+        rows, owners = [], []
+        for owner, encoding in enumerate(encodings):
+            parts = [encoding, *encoding.overflowing] if return_overflowing_tokens else [encoding]
+            rows.extend(parts)
+            owners.extend([owner] * len(parts))
+        return _Batch(rows, owners)
+
+
+class _Batch(dict):
+    """A batch encoding: ``input_ids``, ``offset_mapping``, ``overflow_to_sample_mapping`` by key, ``word_ids(row)``."""
+
+    def __init__(self, rows: list[Any], owners: list[int]) -> None:
+        super().__init__(
+            input_ids=[list(row.ids) for row in rows],
+            offset_mapping=[list(row.offsets) for row in rows],
+            overflow_to_sample_mapping=owners,
+        )
+        self._rows = rows
+
+    def word_ids(self, row: int) -> list[int | None]:
+        """The word each token of ``row`` belongs to (``None`` for special tokens)."""
+        return list(self._rows[row].word_ids)

@@ -1,0 +1,147 @@
+"""Export a chain to ONNX: the trunk once, then every task's branch and head, as one graph with one named output per
+task; with the tokenizer and a manifest, so the folder runs with ONNX Runtime, ``tokenizers`` and NumPy alone.
+
+The graph's inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, tokens]``, both axes dynamic); task
+``name``'s output is ``name`` (``[batch, labels]``, or ``[batch, tokens, labels]`` for token-level tasks). LoRA
+branches are merged into plain layers first. Before the folder is kept, ONNX Runtime runs it on sample texts and the
+largest difference to PyTorch per task is recorded in the manifest; a difference above ``tolerance`` is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from finechain.chain import Chain
+from finechain.data.batching import pad_ids
+from finechain.errors import ArtifactError, FinechainError, short_reason
+from finechain.export.checks import compare_outputs
+from finechain.inference import Engine
+from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, ExportedTask, ExportManifest
+from finechain.io import write_json
+
+
+class _Graph(nn.Module):
+    """``ChainModel.forward`` for fixed tasks, returning a tuple in their order (what ONNX export traces)."""
+
+    def __init__(self, model: nn.Module, tasks: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = tasks
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(input_ids, attention_mask, self.names)
+        return tuple(outputs[name].float() for name in self.names)
+
+
+def export_onnx(
+    chain: Chain | str | Path,
+    out: str | Path,
+    tasks: Sequence[str] | None = None,
+    opset: int = 18,
+    tolerance: float = 1e-3,
+    overwrite: bool = False,
+) -> ExportManifest:
+    """Write ``chain`` (a :class:`Chain` or a chain folder) as an exported folder at ``out``: ``model.onnx``,
+    ``tokenizer.json`` and ``finechain-export.json``. Only ``tasks`` when given. Nothing is left at ``out`` unless the
+    whole export worked and ONNX Runtime reproduced PyTorch's outputs within ``tolerance``.
+
+    Example:
+        >>> export_onnx("demo-chain", "demo-onnx").tasks["intent"].max_abs_diff  # doctest: +SKIP
+        2.1e-06
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FinechainError(f"{out} already exists", fix="choose another --out, or pass --overwrite")
+    source = "" if isinstance(chain, Chain) else str(chain)
+    if not isinstance(chain, Chain):
+        chain = Chain.from_pretrained(chain)
+    names = chain.model.task_names(tasks)
+    if not names:
+        raise FinechainError("the chain has no tasks to export", fix="train or add a task first")
+    model = copy.deepcopy(chain.model).to("cpu").float().eval()
+    merged = model.merge_adapters()
+    tokenizer = model.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ArtifactError(
+            "the backbone's tokenizer has no tokenizer.json (a slow tokenizer)",
+            file=model.backbone_path,
+            fix="use a backbone with a fast tokenizer",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_graph(model, names, work / GRAPH, opset)
+        backend.save(str(work / TOKENIZER))
+        entries = {}
+        for name in names:
+            head = model.tasks[name].head
+            record = chain.records.get(name)
+            metrics = (record.metrics or {}) if record is not None else {}
+            spec = record.spec if record is not None else None
+            metric = record.metric if record is not None else None
+            entries[name] = ExportedTask(type=head.type_name, head=head.config(), output=name, metrics=metrics, spec=spec, metric=metric)
+        steps = ["export: onnx"] + [f"merge LoRA: {name}" for name in merged if name in names]
+        manifest = ExportManifest(
+            source=source,
+            backbone=model.backbone.name,
+            split=model.split,
+            layers=model.num_layers,
+            max_length=model.max_length,
+            pad_id=model.pad_id,
+            tasks=entries,
+            steps=steps,
+        )
+        write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
+        differences = compare_outputs(Engine(model, precision="fp32"), work, names)
+        for name, difference in differences.items():
+            if difference > tolerance:
+                raise FinechainError(
+                    f"ONNX Runtime's '{name}' outputs differ from PyTorch's by {difference:.2g} (more than {tolerance:g})",
+                    fix="report this backbone; export with --tolerance to keep it anyway",
+                )
+            manifest.tasks[name].max_abs_diff = float(difference)
+        write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_graph(model: nn.Module, names: list[str], path: Path, opset: int) -> None:
+    """Trace ``model`` for ``names`` into ``path`` with dynamic batch and sequence axes."""
+    graph = _Graph(model, names).eval()
+    ids, mask = pad_ids(model.encode(["an example to trace the graph with", "short"])[0], model.pad_id)  # two lengths: padding
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    for name in names:
+        axes[name] = {0: "batch", 1: "tokens"} if model.tasks[name].head.token_level else {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (ids, mask),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
+    except Exception as error:  # the exporter raises many types for an unsupported layer
+        raise ArtifactError(
+            f"this chain's layers cannot be exported to ONNX ({short_reason(error)})",
+            file=getattr(model, "backbone_path", None),
+            fix="use a BERT-style backbone (BERT, RoBERTa, MiniLM, XLM-R)",
+        ) from None

@@ -1,0 +1,222 @@
+"""An exported chain (``finechain export``): one ONNX graph, ``tokenizer.json`` and a manifest, run with ONNX Runtime,
+the ``tokenizers`` library and NumPy; no PyTorch, no transformers. :class:`~finechain.inference.engine.Engine` runs it
+exactly as it runs a PyTorch chain (the same ``prepare`` and ``decode``), with :class:`OnnxRunner` for ``forward``.
+
+    exported/
+      finechain-export.json   what is inside: tasks with their heads (labels, options, calibration), max length,
+                              the checks made at export (largest difference to PyTorch per task), compression steps
+      model.onnx              inputs input_ids, attention_mask [batch, tokens] int64; one output per task
+      tokenizer.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from finechain.data.tokenizer_file import TokenizerFile
+from finechain.data.tokens import Encoded, encode, tokenize
+from finechain.errors import ArtifactError, FinechainError, short_reason
+from finechain.heads import Head, head_type
+from finechain.version import __version__
+
+EXPORT_MANIFEST = "finechain-export.json"
+EXPORT_FORMAT = 1
+GRAPH = "model.onnx"
+TOKENIZER = "tokenizer.json"
+
+
+class ExportedTask(BaseModel):
+    """One task of an exported chain: its head (type and :meth:`~finechain.heads.Head.config`), the graph output that
+    holds its outputs, and how far those were from PyTorch's when exported."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    head: dict[str, Any]
+    output: str
+    max_abs_diff: float | None = None
+    metric: str | None = None  # the selection metric it was trained for
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # as trained: split -> metric -> value
+    spec: dict[str, Any] | None = None  # the task's spec as trained (eval reads files with its columns)
+
+
+class ExportManifest(BaseModel):
+    """``finechain-export.json``: checked on load; a newer format is refused with what to do."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: int = EXPORT_FORMAT
+    finechain_version: str = __version__
+    source: str = ""
+    backbone: str = ""
+    split: int = 0
+    layers: int = 0
+    max_length: int
+    pad_id: int = 0
+    tasks: dict[str, ExportedTask]
+    graph: str = GRAPH
+    tokenizer: str = TOKENIZER
+    weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization)
+    steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
+
+
+def is_exported(directory: str | Path) -> bool:
+    """True for a folder written by ``finechain export`` (or ``compress``).
+
+    Example:
+        >>> is_exported("demo-chain")
+        False
+    """
+    return (Path(directory) / EXPORT_MANIFEST).is_file()
+
+
+def read_export_manifest(directory: str | Path) -> ExportManifest:
+    """The checked manifest of an exported chain; a missing, unreadable or newer one is an :class:`ArtifactError`.
+
+    Example:
+        >>> read_export_manifest("demo-onnx").tasks.keys()  # doctest: +SKIP
+        dict_keys(['intent', 'sentiment', 'entities'])
+    """
+    path = Path(directory) / EXPORT_MANIFEST
+    if not path.is_file():
+        raise ArtifactError("not an exported chain (no finechain-export.json)", file=Path(directory), fix="run finechain export first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"unreadable manifest ({short_reason(error)})", file=path, fix="export the chain again") from None
+    if isinstance(data, dict) and isinstance(data.get("format"), int) and data["format"] > EXPORT_FORMAT:
+        raise ArtifactError(
+            f"export format {data['format']} is newer than this finechain reads ({EXPORT_FORMAT})", file=path, fix="upgrade finechain"
+        )
+    try:
+        return ExportManifest.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(f"{where}: {first['msg']}", file=path, fix="export the chain again") from None
+
+
+class ExportedTaskView:
+    """What the engine needs of a task: its head."""
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+
+class ExportedChain:
+    """An exported folder, loaded: tokenizer, heads and an ONNX Runtime session.
+
+    ``threads`` sets ONNX Runtime's intra-op threads (default: one per core).
+
+    Example:
+        >>> from finechain.inference import Engine
+        >>> engine = Engine(ExportedChain("demo-onnx"))  # doctest: +SKIP
+        >>> engine.predict(["where is my card?"])[0]["intent"].label  # doctest: +SKIP
+        'card_arrival'
+    """
+
+    def __init__(self, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+        self.directory = Path(directory)
+        self.manifest = read_export_manifest(self.directory)
+        for name in (self.manifest.graph, self.manifest.tokenizer):
+            if not (self.directory / name).is_file():
+                raise ArtifactError(f"{name} is missing", file=self.directory, fix="export the chain again")
+        self.max_length = self.manifest.max_length
+        self.pad_id = self.manifest.pad_id
+        self.tokenizer = TokenizerFile(self.directory / self.manifest.tokenizer, self.pad_id)
+        self.tasks: dict[str, ExportedTaskView] = {}
+        for name, task in self.manifest.tasks.items():
+            try:
+                self.tasks[name] = ExportedTaskView(head_type(task.type).from_config(task.head))
+            except (FinechainError, KeyError, TypeError, ValueError) as error:
+                raise ArtifactError(
+                    f"tasks.{name}.head: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix="export the chain again"
+                ) from None
+        self.session = _session(self.directory / self.manifest.graph, threads, providers)
+        self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
+
+    @property
+    def split(self) -> int:
+        """The trunk depth of the chain this was exported from."""
+        return self.manifest.split
+
+    def task_names(self, tasks: Sequence[str] | None = None) -> list[str]:
+        """``tasks`` checked against this chain (default: all, in export order)."""
+        names = list(self.tasks) if tasks is None else list(tasks)
+        unknown = [n for n in names if n not in self.tasks]
+        if unknown:
+            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this exported chain has {sorted(self.tasks)}", field="tasks")
+        return names
+
+    def encode(self, texts: list[Any], with_words: bool = False) -> tuple[list[list[int]], Encoded | None]:
+        """Token ids for raw texts or word lists; word positions too when asked (or for word lists)."""
+        if with_words or (bool(texts) and isinstance(texts[0], list)):
+            encoded = encode(self.tokenizer, texts, self.max_length)
+            return encoded.ids, encoded
+        return tokenize(self.tokenizer, texts, self.max_length), None
+
+    def runner(self) -> OnnxRunner:
+        """The engine's ``forward`` for this chain."""
+        return OnnxRunner(self)
+
+
+class OnnxRunner:
+    """Runs padded token batches through the exported graph: every requested task's output in one session call."""
+
+    def __init__(self, chain: ExportedChain) -> None:
+        self.chain = chain
+
+    @property
+    def device_type(self) -> str:
+        """Where the session runs (inference batches are planned for a CPU)."""
+        return "cpu"
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        wanted: Mapping[str, list[int] | None],
+        precision: str = "auto",
+        observer: Callable[[str, float], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Outputs per task in ``wanted`` for the rows it lists (``None``: every row), float32. The precision was
+        fixed at export and one session call computes every task, so ``precision`` and ``observer`` are not used."""
+        names = list(wanted)
+        feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        arrays = self.chain.session.run([self.chain.outputs[n] for n in names], feeds)
+        results = {}
+        for name, array in zip(names, arrays, strict=True):
+            rows = wanted[name]
+            array = np.asarray(array, dtype=np.float32)
+            results[name] = array if rows is None else array[rows]
+        return results
+
+    def fetch(self, result: np.ndarray) -> np.ndarray:
+        """Already NumPy."""
+        return result
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool, precision: str = "auto") -> np.ndarray:
+        """Not in an exported chain: its graph holds the tasks only."""
+        raise FinechainError("an exported chain has no sentence embeddings", fix="use the chain folder it was exported from")
+
+
+def _session(path: Path, threads: int | None, providers: Sequence[str] | None) -> Any:
+    """An ONNX Runtime inference session over ``path``, all graph optimisations on."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FinechainError("onnxruntime is not installed", fix="pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no warnings about initializers on stdout
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as error:  # onnxruntime raises its own exception types for a bad graph
+        raise ArtifactError(f"the ONNX graph cannot be loaded ({short_reason(error)})", file=path, fix="export the chain again") from None

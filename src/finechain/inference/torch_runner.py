@@ -1,0 +1,86 @@
+"""The engine's ``forward`` on a PyTorch :class:`~finechain.model.chain_model.ChainModel`: padded NumPy batches in, the
+trunk once per batch, then each requested task's tail on the rows that asked for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from finechain.data.batching import index_tensor
+from finechain.model.chain_model import ChainModel
+from finechain.model.precision import autocast_context
+
+
+class TorchRunner:
+    """Runs batches on ``model``, each under the precision it is given (``auto``, ``fp32``, ``bf16``, ``fp16``).
+
+    Results stay on the model's device until :meth:`fetch`: on a GPU every batch is queued before any is waited for.
+
+    Example:
+        >>> runner = TorchRunner(model)  # doctest: +SKIP
+        >>> out = runner.run(ids, mask, {"intent": None})  # doctest: +SKIP
+        >>> runner.fetch(out["intent"]).shape  # doctest: +SKIP
+        (2, 77)
+    """
+
+    def __init__(self, model: ChainModel) -> None:
+        self.model = model
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` or ``cpu``: how inference batches are planned."""
+        return self.model.device.type
+
+    def _inputs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.model.device
+        tensors = (torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        if device.type == "cuda":  # pinned memory: the copy does not wait for the GPU's queued work
+            return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)  # type: ignore[return-value]
+        return tensors
+
+    @torch.inference_mode()
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        wanted: Mapping[str, list[int] | None],
+        precision: str = "auto",
+        observer: Callable[[str, float], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per task in ``wanted``, its outputs for the rows listed (``None``: every row), float32 on the device;
+        ``observer`` is told each task's compute seconds (host time on GPUs)."""
+        import time
+
+        model = self.model.eval()
+        ids, mask = self._inputs(input_ids, attention_mask)
+        results: dict[str, torch.Tensor] = {}
+        with autocast_context(model.device, precision):
+            states = model.trunk_states(ids, mask, any(model.tasks[n].needs_trunk_states for n in wanted))
+            for name, rows in wanted.items():
+                task, timed = model.tasks[name], time.perf_counter()
+                given = states if task.needs_trunk_states else states[-1]
+                if rows is None:
+                    result = task(given, mask)
+                else:  # only some rows of this batch asked for the task
+                    index = index_tensor(rows, model.device)
+                    given = [s[index] for s in given] if isinstance(given, list) else given[index]
+                    result = task(given, mask[index])
+                results[name] = result.float()
+                if observer is not None:
+                    observer(name, time.perf_counter() - timed)
+        return results
+
+    def fetch(self, result: torch.Tensor) -> np.ndarray:
+        """A result as a NumPy array on the host (waits for the device)."""
+        return result.cpu().numpy()
+
+    @torch.inference_mode()
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool, precision: str = "auto") -> np.ndarray:
+        """The untouched backbone's mean-pooled sentence embeddings of one batch, float32 on the host."""
+        model = self.model.eval()
+        ids, mask = self._inputs(input_ids, attention_mask)
+        with autocast_context(model.device, precision):
+            vectors = model.sentence_embeddings(ids, mask).float()
+        return (torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors).cpu().numpy()

@@ -1,0 +1,197 @@
+"""Export to ONNX and int8: the exported folder predicts what the chain predicts, with ONNX Runtime and without
+PyTorch; bad folders are one-line errors and a failed export leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finechain import Chain
+from finechain.cli.app import main
+from finechain.errors import FinechainError
+from finechain.export.onnx import export_onnx
+from finechain.export.quantize import quantize_int8
+from finechain.inference import Engine
+from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, read_export_manifest
+
+RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
+ROOT = Path(__file__).resolve().parent.parent
+# short texts, and one longer than the chains' 32-token max_length: token-level tasks read it through windows
+TEXTS = ["very good music", "weak ending and poor plot", "alice visited new york", "bob met carol in paris today"]
+TEXTS += ["alice and bob visited new york and paris with carol " * 5]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 0.1.0 chain with every task type (LoRA, a layer mix, multi-label, regression, NER), exported."""
+    out = tmp_path_factory.mktemp("export") / "frozen-onnx"
+    export_onnx(RELEASE / "frozen", out)
+    return out
+
+
+def _same(ours: dict, theirs: dict) -> None:
+    """Two typed predictions alike: the same labels, tags and spans; scores to 1e-4."""
+    for key, value in ours.items():
+        other = theirs[key]
+        if key == "entities":
+            assert [(e["type"], e["start"], e["end"]) for e in value] == [(e["type"], e["start"], e["end"]) for e in other]
+            assert [e["score"] for e in value] == pytest.approx([e["score"] for e in other], abs=1e-4)
+        elif isinstance(value, float | dict):
+            assert value == pytest.approx(other, abs=1e-4)
+        else:
+            assert value == other
+
+
+@pytest.mark.parametrize("name", ["frozen", "joint"])
+def test_the_exported_folder_predicts_what_the_chain_predicts(name: str, tmp_path: Path) -> None:
+    chain = Chain.from_pretrained(RELEASE / name)
+    chain.precision = "fp32"
+    manifest = export_onnx(chain, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]
+    assert set(manifest.tasks) == set(chain.tasks) and all(t.max_abs_diff < 1e-4 for t in manifest.tasks.values())
+    if name == "frozen":
+        assert "merge LoRA: sentiment_lora" in manifest.steps  # LoRA folded into plain layers before tracing
+    engine = Engine(ExportedChain(tmp_path / "out"))
+    for ours, theirs in zip(chain.predict(TEXTS), engine.predict(TEXTS), strict=True):
+        assert ours.keys() == theirs.keys()
+        for task in ours:
+            _same(ours[task].to_dict(), theirs[task].to_dict())
+    # a task subset in one request, and dynamic batch and sequence sizes (batch 1 and 3, 5 to 32+ tokens)
+    one = engine.predict(TEXTS[:1], ["stars"] if name == "frozen" else None)
+    assert list(one[0]) == (["stars"] if name == "frozen" else list(chain.tasks))
+    engine.batch_size = 3
+    assert [p["ner"].to_dict() for p in engine.predict(TEXTS)] == [
+        p["ner"].to_dict() for p in Engine(ExportedChain(tmp_path / "out")).predict(TEXTS)
+    ]
+
+
+def test_export_of_chosen_tasks_and_its_checks(tmp_path: Path) -> None:
+    manifest = export_onnx(RELEASE / "frozen", tmp_path / "two", tasks=["sentiment", "ner"])
+    assert list(manifest.tasks) == ["sentiment", "ner"] and manifest.source.endswith("frozen")
+    exported = ExportedChain(tmp_path / "two")
+    assert [o.name for o in exported.session.get_outputs()] == ["sentiment", "ner"]
+    with pytest.raises(FinechainError, match=r"unknown task\(s\) \['stars'\]"):
+        Engine(exported).predict(["x"], ["stars"])
+    with pytest.raises(FinechainError, match="already exists"):
+        export_onnx(RELEASE / "frozen", tmp_path / "two")
+    with pytest.raises(FinechainError, match=r"unknown task\(s\) \['nope'\]"):
+        export_onnx(RELEASE / "frozen", tmp_path / "three", tasks=["nope"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # a failed export leaves no folder, no temporary one
+
+
+def test_a_broken_exported_folder_is_a_one_line_error(exported: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(exported, tmp_path / "broken"))
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(FinechainError, match=r"tokenizer\.json is missing"):
+        ExportedChain(broken)
+    shutil.copy(exported / "tokenizer.json", broken / "tokenizer.json")
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(FinechainError, match="the ONNX graph cannot be loaded"):
+        ExportedChain(broken)
+    manifest = json.loads((exported / EXPORT_MANIFEST).read_text())
+    (broken / EXPORT_MANIFEST).write_text(json.dumps({**manifest, "format": 99}))
+    with pytest.raises(FinechainError, match="export format 99 is newer than this finechain reads"):
+        read_export_manifest(broken)
+    (broken / EXPORT_MANIFEST).write_text(json.dumps({**manifest, "max_length": "long"}))
+    with pytest.raises(FinechainError, match="max_length: Input should be a valid integer"):
+        read_export_manifest(broken)
+
+
+def test_int8_keeps_the_answers_and_records_the_step(exported: Path, tmp_path: Path) -> None:
+    manifest = quantize_int8(exported, tmp_path / "int8")
+    assert manifest.weights == "int8" and manifest.steps[-1].startswith("int8")
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 6 * 4 and any(node.op_type == "MatMulInteger" for node in graph.node)  # every layer's products
+    fp32, int8 = Engine(ExportedChain(exported)), Engine(ExportedChain(tmp_path / "int8"))
+    a, b = fp32.outputs(TEXTS, ["sentiment"])[0]["sentiment"], int8.outputs(TEXTS, ["sentiment"])[0]["sentiment"]
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == pytest.approx(
+        manifest.tasks["sentiment"].max_abs_diff, abs=0.5
+    )
+    assert all(0 < t.max_abs_diff < 1.0 for t in manifest.tasks.values())  # moved, but not far (a tiny random model)
+    with pytest.raises(FinechainError, match="already has int8 weights"):
+        quantize_int8(tmp_path / "int8", tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["finechain", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = int(done.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_export_then_predict_and_eval_on_the_exported_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chain = Path(shutil.copytree(RELEASE / "frozen", tmp_path / "chain"))
+    code, out, _ = cli(["export", str(chain), "--out", str(tmp_path / "onnx")], monkeypatch, capsys)
+    assert code == 0 and "exported to" in out and "sentiment_lora" in out
+    code, _, err = cli(["export", str(chain), "--out", str(tmp_path / "onnx")], monkeypatch, capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: ") and "already exists" in err
+    code, _, err = cli(["export", str(chain), "--out", str(tmp_path / "x"), "--format", "tflite"], monkeypatch, capsys)
+    assert code == 2 and "unknown export format 'tflite'" in err
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS[:4]) + "\n")
+    answers = {}
+    for folder in ("chain", "onnx"):
+        code, out, _ = cli(["predict", str(tmp_path / folder), "--input", str(texts), "--precision", "fp32"], monkeypatch, capsys)
+        assert code == 0
+        answers[folder] = [json.loads(line) for line in out.splitlines()]
+    for ours, theirs in zip(answers["chain"], answers["onnx"], strict=True):
+        assert ours.keys() == theirs.keys()
+        for task in ours.keys() - {"text"}:
+            _same(ours[task], theirs[task])
+    data = tmp_path / "labelled.csv"
+    data.write_text("text,label\nvery good music,pos\nweak ending and poor plot,neg\ngood plot,pos\npoor music,neg\n")
+    reports = {}
+    for folder in ("chain", "onnx"):
+        code, out, _ = cli(["eval", str(tmp_path / folder), "--task", "sentiment", "--data", str(data)], monkeypatch, capsys)
+        assert code == 0, out
+        reports[folder] = json.loads(next((tmp_path / folder / "reports" / "sentiment").glob("*.json")).read_text())
+    assert reports["chain"]["accuracy"] == reports["onnx"]["accuracy"]
+    assert reports["chain"]["macro_f1"] == pytest.approx(reports["onnx"]["macro_f1"])
+    code, out, _ = cli(["compress", str(chain), "--out", str(tmp_path / "int8")], monkeypatch, capsys)
+    assert code == 0 and read_export_manifest(tmp_path / "int8").weights == "int8"  # a chain folder: exported, then int8
+    code, out, _ = cli(["info", str(tmp_path / "int8")], monkeypatch, capsys)
+    assert code == 0 and "int8 weights; steps: export: onnx; merge LoRA: sentiment_lora; int8" in out and "ner" in out
+
+
+BLOCK_TORCH = """
+import sys
+class Blocked:  # the model stack is not there: any import of it fails, as in a virtual environment without it
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "safetensors", "peft", "sklearn"}:
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Blocked())
+sys.argv = ["finechain", "predict", sys.argv[1], "--task", "ner"]
+from finechain.cli.app import main
+main()
+"""
+
+
+def test_the_exported_folder_runs_without_pytorch(exported: Path, tmp_path: Path) -> None:
+    """The CLI's predict on an exported folder in a process where importing torch, transformers or safetensors fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, str(exported)],
+        input="alice visited new york\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["ner"]["entities"] is not None
