@@ -278,6 +278,25 @@ def test_openapi_schema_documents_the_api(served: Server) -> None:
     assert {"200", "401", "408", "413", "422", "429", "503"} <= set(responses)
 
 
+def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
+    """``--workers 2``: two processes on one port, each with its own chain and batcher; /metrics adds both up."""
+    chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
+    server = Server(chain, "--workers", "2", "--no-access-log")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: post(server, {"texts": [f"text {i}"], "tasks": ["stars"]}), range(16)))
+        assert [a.status_code for a in answers] == [200] * 16
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in httpx.get(f"{server.url}/metrics", headers=AUTH).text.splitlines()
+            if line.startswith('finechain_requests_total{method="POST",route="/v1/predict",status="200"}')
+        )
+        assert counted == 16
+    finally:
+        code, err = server.stop()
+    assert code == 0, err[-2000:]
+
+
 def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
     chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
     server = Server(chain, "--no-key", "--queue-size", "1", "--max-batch-size", "1", "--max-wait-ms", "0")
