@@ -75,6 +75,9 @@ def test_the_exported_folder_predicts_what_the_chain_predicts(name: str, tmp_pat
 def test_export_of_chosen_tasks_and_its_checks(tmp_path: Path) -> None:
     manifest = export_onnx(RELEASE / "frozen", tmp_path / "two", tasks=["sentiment", "ner"])
     assert list(manifest.tasks) == ["sentiment", "ner"] and manifest.source.endswith("frozen")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "two").stat().st_mode & 0o777 == 0o777 & ~umask  # readable by the service that serves it, not 0700
     exported = ExportedChain(tmp_path / "two")
     assert [o.name for o in exported.session.get_outputs()] == ["sentiment", "ner"]
     with pytest.raises(FinechainError, match=r"unknown task\(s\) \['stars'\]"):
@@ -107,6 +110,7 @@ def test_a_broken_exported_folder_is_a_one_line_error(exported: Path, tmp_path: 
 def test_int8_keeps_the_answers_and_records_the_step(exported: Path, tmp_path: Path) -> None:
     manifest = quantize_int8(exported, tmp_path / "int8")
     assert manifest.weights == "int8" and manifest.steps[-1].startswith("int8")
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]
     import onnx
 
     graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
@@ -166,6 +170,7 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
     assert reports["chain"]["macro_f1"] == pytest.approx(reports["onnx"]["macro_f1"])
     code, out, _ = cli(["compress", str(chain), "--out", str(tmp_path / "int8")], monkeypatch, capsys)
     assert code == 0 and read_export_manifest(tmp_path / "int8").weights == "int8"  # a chain folder: exported, then int8
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]  # no .fp32
     code, out, _ = cli(["info", str(tmp_path / "int8")], monkeypatch, capsys)
     assert code == 0 and "int8 weights; steps: export: onnx; merge LoRA: sentiment_lora; int8" in out and "ner" in out
 

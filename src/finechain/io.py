@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -198,3 +199,38 @@ def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def building_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``path`` and put it at ``path`` when the block ends without an
+    error: readers see the old folder or the complete new one, never a part. A failure (also Ctrl-C or SIGTERM)
+    removes the temporary folder; an existing ``path`` is refused unless ``overwrite``. The folder gets the usual
+    permissions (``0777`` less the umask), not the ``0700`` of a temporary folder.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "out"
+        >>> with building_folder(target) as staging:
+        ...     _ = (staging / "a.txt").write_text("hi")
+        >>> (target / "a.txt").read_text(), oct(target.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+        ('hi', True)
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FinechainError(f"{path} already exists", fix="choose another --out, or pass --overwrite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.chmod(staging, 0o777 & ~_umask())
+    except OSError as error:
+        raise os_error(error, path, "create") from None
+    try:
+        yield staging
+        old = staging.with_name(f"{staging.name}.old")
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -10,8 +10,6 @@ largest difference to PyTorch per task is recorded in the manifest; a difference
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +23,7 @@ from finechain.errors import ArtifactError, FinechainError, short_reason
 from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, ExportedTask, ExportManifest
-from finechain.io import write_json
+from finechain.io import building_folder, write_json
 
 
 class _Graph(nn.Module):
@@ -57,28 +55,23 @@ def export_onnx(
         >>> export_onnx("demo-chain", "demo-onnx").tasks["intent"].max_abs_diff  # doctest: +SKIP
         2.1e-06
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FinechainError(f"{out} already exists", fix="choose another --out, or pass --overwrite")
-    source = "" if isinstance(chain, Chain) else str(chain)
-    if not isinstance(chain, Chain):
-        chain = Chain.from_pretrained(chain)
-    names = chain.model.task_names(tasks)
-    if not names:
-        raise FinechainError("the chain has no tasks to export", fix="train or add a task first")
-    model = copy.deepcopy(chain.model).to("cpu").float().eval()
-    merged = model.merge_adapters()
-    tokenizer = model.tokenizer
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ArtifactError(
-            "the backbone's tokenizer has no tokenizer.json (a slow tokenizer)",
-            file=model.backbone_path,
-            fix="use a backbone with a fast tokenizer",
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with building_folder(out, overwrite) as work:  # an existing --out is refused before anything is loaded
+        source = "" if isinstance(chain, Chain) else str(chain)
+        if not isinstance(chain, Chain):
+            chain = Chain.from_pretrained(chain)
+        names = chain.model.task_names(tasks)
+        if not names:
+            raise FinechainError("the chain has no tasks to export", fix="train or add a task first")
+        model = copy.deepcopy(chain.model).to("cpu").float().eval()
+        merged = model.merge_adapters()
+        tokenizer = model.tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ArtifactError(
+                "the backbone's tokenizer has no tokenizer.json (a slow tokenizer)",
+                file=model.backbone_path,
+                fix="use a backbone with a fast tokenizer",
+            )
         _write_graph(model, names, work / GRAPH, opset)
         backend.save(str(work / TOKENIZER))
         entries = {}
@@ -110,12 +103,6 @@ def export_onnx(
                 )
             manifest.tasks[name].max_abs_diff = float(difference)
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from finechain.errors import FinechainError, short_reason
 from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, is_exported, read_export_manifest
-from finechain.io import write_json
+from finechain.io import building_folder, write_json
 
 INT8_STEP = "int8: dynamic quantization of MatMul weights, per channel (ONNX Runtime)"
 
@@ -26,36 +25,28 @@ def quantize_int8(source: str | Path, out: str | Path, overwrite: bool = False) 
         >>> quantize_int8("demo-onnx", "demo-int8").weights  # doctest: +SKIP
         'int8'
     """
-    source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:
-        raise FinechainError(f"{out} already exists", fix="choose another --out, or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    source = Path(source)
+    with building_folder(out, overwrite) as target:
+        fp32 = source
         if not is_exported(source):
             from finechain.export.onnx import export_onnx  # a chain folder: PyTorch is needed for this step only
 
-            export_onnx(source, work / "fp32")
-            source = work / "fp32"
-        manifest = read_export_manifest(source)
+            fp32 = target / ".fp32"  # exported first, removed before the folder is put in place
+            export_onnx(source, fp32)
+        manifest = read_export_manifest(fp32)
         if manifest.weights != "fp32":
             raise FinechainError(f"{source} already has {manifest.weights} weights", fix="quantize the fp32 export")
-        target = work / "int8"
-        target.mkdir()
-        shutil.copy2(source / manifest.tokenizer, target / manifest.tokenizer)
-        _quantize(source / manifest.graph, target / manifest.graph)
+        shutil.copy2(fp32 / manifest.tokenizer, target / manifest.tokenizer)
+        _quantize(fp32 / manifest.graph, target / manifest.graph)
         manifest = manifest.model_copy(update={"weights": "int8", "steps": [*manifest.steps, INT8_STEP]})
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         names = list(manifest.tasks)
-        changes = compare_outputs(Engine(ExportedChain(source)), target, names)
+        changes = compare_outputs(Engine(ExportedChain(fp32)), target, names)
         for name in names:
             manifest.tasks[name].max_abs_diff = changes[name]
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        if out.exists():
-            shutil.rmtree(out)
-        target.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if fp32 != source:
+            shutil.rmtree(fp32)
     return manifest
 
 
