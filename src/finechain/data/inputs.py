@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from finechain.errors import DataError, InMemory
+from finechain.errors import DataError, FinechainError, InMemory
 
 
 def as_texts(texts: str | Iterable[Any], name: str = "texts") -> list[Any]:
@@ -59,3 +59,23 @@ def check_one_kind(texts: Sequence[Any], lines: Iterable[int], file: str | Path)
                 line=line,
                 fix="give every text as a string, or every text as a word list",
             )
+
+
+def select_tasks(available: Iterable[str], tasks: Sequence[str] | None, owner: str = "this chain") -> list[str]:
+    """``tasks`` checked against the ``available`` ones (default: all of them, in their order); an unknown name is a
+    one-line error on the ``tasks`` field.
+
+    Example:
+        >>> select_tasks(["intent", "ner"], None)
+        ['intent', 'ner']
+        >>> select_tasks(["intent", "ner"], ["topic"])
+        Traceback (most recent call last):
+        ...
+        finechain.errors.FinechainError: unknown task(s) ['topic'] (fix: this chain has ['intent', 'ner'])
+    """
+    known = list(available)
+    names = known if tasks is None else list(tasks)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise FinechainError(f"unknown task(s) {unknown}", fix=f"{owner} has {sorted(known)}", field="tasks")
+    return names

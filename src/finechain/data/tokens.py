@@ -59,6 +59,21 @@ def encode(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, 
     return Encoded(ids, starts, None if presplit else spans)
 
 
+def encode_texts(tokenizer: Any, texts: list[Any], max_length: int, with_words: bool = False) -> tuple[list[list[int]], Encoded | None]:
+    """Token ids for raw texts or word lists, and word positions when asked (always for word lists): what a chain's
+    ``encode`` gives, PyTorch or exported.
+
+    Example:
+        >>> ids, words = encode_texts(tokenizer, ["hello world"], 16)  # doctest: +SKIP
+        >>> ids, words  # doctest: +SKIP
+        ([[101, 7592, 2088, 102]], None)
+    """
+    if with_words or (bool(texts) and isinstance(texts[0], list)):
+        encoded = encode(tokenizer, texts, max_length)
+        return encoded.ids, encoded
+    return tokenize(tokenizer, texts, max_length), None
+
+
 @dataclass
 class Windows:
     """Overlapping token windows over texts too long for one pass: per window its token ids, the text it

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from finechain.data.inputs import select_tasks
 from finechain.data.tokenizer_file import TokenizerFile
-from finechain.data.tokens import Encoded, encode, tokenize
+from finechain.data.tokens import Encoded, encode_texts
 from finechain.errors import ArtifactError, FinechainError, short_reason
 from finechain.heads import Head, head_type
 from finechain.version import __version__
@@ -147,18 +148,11 @@ class ExportedChain:
 
     def task_names(self, tasks: Sequence[str] | None = None) -> list[str]:
         """``tasks`` checked against this chain (default: all, in export order)."""
-        names = list(self.tasks) if tasks is None else list(tasks)
-        unknown = [n for n in names if n not in self.tasks]
-        if unknown:
-            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this exported chain has {sorted(self.tasks)}", field="tasks")
-        return names
+        return select_tasks(self.tasks, tasks, "this exported chain")
 
     def encode(self, texts: list[Any], with_words: bool = False) -> tuple[list[list[int]], Encoded | None]:
         """Token ids for raw texts or word lists; word positions too when asked (or for word lists)."""
-        if with_words or (bool(texts) and isinstance(texts[0], list)):
-            encoded = encode(self.tokenizer, texts, self.max_length)
-            return encoded.ids, encoded
-        return tokenize(self.tokenizer, texts, self.max_length), None
+        return encode_texts(self.tokenizer, texts, self.max_length, with_words)
 
     def runner(self) -> OnnxRunner:
         """The engine's ``forward`` for this chain."""

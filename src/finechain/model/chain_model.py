@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from finechain.branches import BranchOptions, branch_mode
-from finechain.data.tokens import Encoded, encode, tokenize
+from finechain.data.inputs import select_tasks
+from finechain.data.tokens import Encoded, encode_texts
 from finechain.errors import FinechainError
 from finechain.heads import Head
 from finechain.model.backbone import BackboneRef, check_max_length, load_tokenizer, resolve_backbone
@@ -132,11 +133,7 @@ class ChainModel(nn.Module):
             >>> model.task_names(["intent"])  # doctest: +SKIP
             ['intent']
         """
-        names = list(self.tasks) if tasks is None else list(tasks)
-        unknown = [n for n in names if n not in self.tasks]
-        if unknown:
-            raise FinechainError(f"unknown task(s) {unknown}", fix=f"this chain has {sorted(self.tasks)}", field="tasks")
-        return names
+        return select_tasks(self.tasks, tasks)
 
     def merge_adapters(self) -> list[str]:
         """Fold every LoRA branch into plain layers (peft's merge), so exporters see ordinary layers and inference
@@ -155,10 +152,7 @@ class ChainModel(nn.Module):
         Example:
             >>> ids, words = model.encode(["hello world"])  # doctest: +SKIP
         """
-        if with_words or (bool(texts) and isinstance(texts[0], list)):
-            encoded = encode(self.tokenizer, texts, self.max_length)
-            return encoded.ids, encoded
-        return tokenize(self.tokenizer, texts, self.max_length), None
+        return encode_texts(self.tokenizer, texts, self.max_length, with_words)
 
     # the network ------------------------------------------------------------------------------
     def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_states: bool = False) -> list[torch.Tensor]:
