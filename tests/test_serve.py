@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,12 +48,14 @@ class Server:
             else {**os.environ, "HF_HUB_OFFLINE": "1"}
         )
         command = [c for c in command if c != "--no-key"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        # logs go to a file, not a pipe: a pipe nobody reads fills up (64 KiB of access logs) and then blocks the server
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (open for the life of the server; closed with the process)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(self.process.stderr.read().decode()[-3000:])  # type: ignore[union-attr]
+                raise AssertionError(self.output()[-3000:])
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -61,10 +64,15 @@ class Server:
             time.sleep(0.2)
         raise AssertionError("the server did not become ready")
 
+    def output(self) -> str:
+        """Everything the server wrote so far (stdout and stderr)."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
     def stop(self) -> tuple[int, str]:
         self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=60)
-        return self.process.returncode, err.decode()
+        self.process.wait(timeout=60)
+        return self.process.returncode, self.output()
 
 
 @pytest.fixture(scope="module")
