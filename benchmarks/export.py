@@ -2,7 +2,10 @@
 machine's default precision), by ONNX Runtime from ``finechain export`` (fp32) and from ``finechain compress`` (int8):
 per task the metric, per variant the artifact size, CPU throughput at batch 1 and 32 and latency at batch 1.
 
-    python -m benchmarks export [--quick] [--train-examples 2000] [--epochs 3] [--eval-limit 1000] [--output export]
+    python -m benchmarks export [--quick] [--train-examples 2000] [--epochs 3] [--eval-limit 1000] [--students 3+1,2+1]
+
+Students (``Chain.distil``, as ``finechain compress --trunk-layers``) are distilled from the chain over the same
+training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports.
 
 Metrics are on the first ``--eval-limit`` examples of the SST-2 dev and the AG News / Banking77 / CoNLL-2003 test
 files (the same for every variant); speed on a fixed mix of 256 short and long texts, all four tasks per text.
@@ -11,6 +14,7 @@ files (the same for every variant); speed on a fixed mix of 256 short and long t
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -54,10 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-limit", type=int, default=1000, help="evaluation examples per task")
     parser.add_argument("--speed-texts", type=int, default=256)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--students", default="3+1,2+1", help="students to distil: trunk+branch layers, comma-separated ('' for none)")
+    parser.add_argument("--keep", action="store_true", help="keep the folders written (default: removed at the end)")
     parser.add_argument("--output", default=None, help="results name (default export, or export_quick)")
     args = parser.parse_args(argv)
     if args.quick:
         args.train_examples, args.epochs, args.eval_limit, args.speed_texts = 200, 1, 50, 64
+        args.students = "3+1" if args.students == parser.get_default("students") else args.students
     rec = Recorder("export", "cpu")
     work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
@@ -68,6 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     chain.save_pretrained(work / "chain", copy_backbone=True)
     export_onnx(chain, work / "onnx")
     quantize_int8(work / "onnx", work / "int8")
+    students = {}
+    for shape in filter(None, args.students.split(",")):
+        trunk_layers, branch_layers = (int(x) for x in shape.split("+"))
+        started = time.perf_counter()
+        student = chain.distil(trunk_layers, branch_layers, data=datas, epochs=args.epochs, progress=False)
+        seconds = time.perf_counter() - started
+        folder = work / f"student-{trunk_layers}-{branch_layers}"
+        student.save_pretrained(folder)
+        quantize_int8(folder, work / f"student-{trunk_layers}-{branch_layers}-int8")
+        students[shape] = (student, folder, seconds)
+        print(f"student {shape}: distilled in {seconds:.0f} s", flush=True)
     pool = [
         t
         for i in range(args.speed_texts // 3 + 1)
@@ -81,6 +99,13 @@ def main(argv: list[str] | None = None) -> None:
         "ONNX Runtime fp32 (finechain export)": (Engine(ExportedChain(work / "onnx")), folder_mb(work / "onnx")),
         "ONNX Runtime int8 (finechain compress --int8)": (Engine(ExportedChain(work / "int8")), folder_mb(work / "int8")),
     }
+    for shape, (student, folder, seconds) in students.items():
+        trunk_layers, branch_layers = shape.split("+")
+        name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
+        variants[f"{name}, PyTorch fp32"] = (Engine(student.model, precision="fp32"), folder_mb(folder))
+        int8_folder = Path(f"{folder}-int8")
+        variants[f"{name}, ONNX Runtime int8"] = (Engine(ExportedChain(int8_folder)), folder_mb(int8_folder))
+        rec.add("all four", "finechain", f"{name}, PyTorch fp32", "train_seconds", seconds, "s to distil (all four tasks)")
     for variant, (engine, size) in variants.items():
         for name in METRIC:
             texts, labels = evaluation[name]
@@ -94,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
             rec.add("all four", "finechain", f"{variant}, batch {batch}", "p50_ms", ms, "ms per call")
         print(f"{variant}: done", flush=True)
     print(f"wrote {rec.save(args.output or ('export_quick' if args.quick else 'export'), vars(args))}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

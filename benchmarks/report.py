@@ -46,6 +46,7 @@ SUITE_TITLES = {
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
+    "snips": "SNIPS intent + slots: one chain vs two separately fine-tuned Trainer models (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
 }
@@ -432,6 +433,25 @@ def _stage_name(variant: str) -> str:
     return variant
 
 
+def snips_table(records: list[dict[str, Any]]) -> str:
+    """Per system: intent accuracy, slot F1, exact match, training seconds, utterances per second (both answers), and
+    the ratio of throughput to the peer's (the ``hf-separate`` record)."""
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    value = {(r["variant"], r["metric"]): r["value"] for r in records}
+    system = {r["variant"]: r["system"] for r in records if r["metric"] == "accuracy"}
+    peers = [r["value"] for r in records if r["system"] == "hf-separate" and r["metric"] == "samples_per_second"]
+    peer = peers[0] if peers else None
+    out = ["| system | intent accuracy | slot F1 | exact match | train s | utterances/s | vs peer |", "|" + " --- |" * 7]
+    for v in variants:
+        row = {m: value.get((v, m)) for m in ("accuracy", "slot_f1", "exact_match", "train_seconds", "samples_per_second")}
+        cells = [f"{100 * row[m]:.1f}" if row[m] is not None else "-" for m in ("accuracy", "slot_f1", "exact_match")]
+        rate = row["samples_per_second"]
+        cells += [f"{row['train_seconds']:.0f}" if row["train_seconds"] else "-", f"{rate:.1f}" if rate else "-"]
+        cells.append(f"{rate / peer:.2f}x" if rate and peer else "-")
+        out.append(f"| {system.get(v, '?')}: {v} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def comparison_table(base: str, head: str, skip: tuple[str, ...] = ()) -> str:
     """Runs of one suite at an earlier commit and at this one, in turns (``scripts/compare-commits.sh``): per measurement
     each run's value and the ratio of the medians (after / before); metrics in ``skip`` are left out."""
@@ -481,7 +501,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "branch_batching", "mixing", "decoding", "serve", "export"]
+SECTIONS += ["small_data", "branch_batching", "mixing", "decoding", "serve", "export", "snips"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -499,6 +519,7 @@ TABLES = {
     "small_data": seeds_table,
     "serve": serve_table,
     "export": export_table,
+    "snips": snips_table,
 }
 
 

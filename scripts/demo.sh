@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE=1
 rm -rf demo-chain
 finechain demo --out demo-chain
 echo
+echo "a flow: finechain predict demo-chain --flow opinions (entities first, then the sentiment around each person/org)"
+echo 'Angela Merkel praised the plan, but Reuters called it thin' | finechain predict demo-chain --flow opinions
+echo
 echo "serving it: finechain serve demo-chain --port 8765 (REST on loopback; the page at http://127.0.0.1:8765/)"
 finechain serve demo-chain --port 8765 --no-access-log &
 server=$!

@@ -100,3 +100,19 @@ def shared_datasets() -> Path:
             pytest.fail(f"datasets not found at {SHARED}")
         pytest.skip("../shared/datasets not available")
     return SHARED
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``finechain ARGS`` in this process: exit code, stdout, stderr."""
+    import sys
+
+    from finechain.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["finechain", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = int(done.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from finechain import Chain
-from finechain.cli.app import main
 from finechain.errors import FinechainError
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, read_export_manifest
+from tests.conftest import run_cli as cli
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,17 +125,6 @@ def test_int8_keeps_the_answers_and_records_the_step(exported: Path, tmp_path: P
     with pytest.raises(FinechainError, match="already has int8 weights"):
         quantize_int8(tmp_path / "int8", tmp_path / "again")
     assert not (tmp_path / "again").exists()
-
-
-def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["finechain", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_export_then_predict_and_eval_on_the_exported_folder(

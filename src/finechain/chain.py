@@ -18,14 +18,33 @@ from torch import nn
 
 from finechain.data.prepare import TaskData, load_task_data, task_data_from_lists
 from finechain.errors import DataError, FinechainError, SpecError
+from finechain.flows.flow import Flow
 from finechain.heads import Prediction, head_type
 from finechain.inference import Engine
 from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_chain
 from finechain.model.chain_model import ChainModel, pick_device
 from finechain.model.task import TaskModel
 from finechain.spec import DEFAULT_BACKBONE, JointConfig, TaskSpec, TrainingConfig
+from finechain.spec.flows import FlowSpec
 from finechain.train.fit import FitResult, fit_task
 from finechain.train.joint import fit_joint
+
+
+def other_engine(folder: str, base: Path | None = None) -> Engine:
+    """The engine of another chain a flow stage names: a chain folder (PyTorch) or an exported one (ONNX Runtime);
+    a relative folder is read from ``base`` (the folder of the chain that holds the flow).
+
+    Example:
+        >>> other_engine("sentiment-chain", Path("my-chain")).model.tasks  # doctest: +SKIP
+    """
+    from finechain.inference.exported import ExportedChain, is_exported
+
+    path = Path(folder)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.is_dir():
+        raise FinechainError(f"the flow's chain folder {path} is not there", file=path, fix="train it, or fix the stage's 'chain:'")
+    return Engine(ExportedChain(path)) if is_exported(path) else Chain.from_pretrained(path, device="auto").engine
 
 
 def _headline(scores: dict[str, Any]) -> dict[str, float]:
@@ -49,6 +68,8 @@ class Chain:
         self.records: dict[str, TaskRecord] = dict(records or {})
         self.trunk_record = trunk
         self.engine = Engine(model)
+        self.flows: dict[str, FlowSpec] = {}  # by name, see add_flow
+        self.folder: Path | None = None  # where it was loaded from: other chains' folders in flows are relative to it
 
     # construction ---------------------------------------------------------------------------
     @classmethod
@@ -78,6 +99,8 @@ class Chain:
         """
         model, manifest = load_chain(directory, backbone_path)
         chain = cls(model, {name: entry.record() for name, entry in manifest.tasks.items()}, manifest.trunk)
+        chain.folder = Path(directory)
+        chain.flows = {flow["name"]: FlowSpec.model_validate(flow) for flow in manifest.flows}
         return chain.to(pick_device(device))
 
     def save_pretrained(self, directory: str | Path, copy_backbone: bool = False, tasks: list[str] | None = None) -> Path:
@@ -87,8 +110,44 @@ class Chain:
         Example:
             >>> chain.save_pretrained("my-chain")  # doctest: +SKIP
         """
-        save_chain(self.model, directory, records=self.records, trunk=self.trunk_record, copy_backbone=copy_backbone, tasks=tasks)
+        flows = [flow.model_dump(mode="json", exclude_defaults=True) for flow in self.flows.values()]
+        save_chain(
+            self.model, directory, records=self.records, trunk=self.trunk_record, copy_backbone=copy_backbone, tasks=tasks, flows=flows
+        )
         return Path(directory)
+
+    # flows ----------------------------------------------------------------------------------
+    def add_flow(self, flow: FlowSpec | dict[str, Any]) -> Flow:
+        """Add (or replace) a flow of this chain's tasks (and of other chains' folders); it is checked against the
+        tasks, their labels and span types now, and saved with the chain.
+
+        Example:
+            >>> stages = [{"task": "intent"}, {"task": "slots", "after": "intent"}]
+            >>> chain.add_flow({"name": "assistant", "stages": stages})  # doctest: +SKIP
+        """
+        spec = flow if isinstance(flow, FlowSpec) else FlowSpec.model_validate(flow)
+        built = self._bind(spec)
+        self.flows[spec.name] = spec
+        return built
+
+    def flow(self, name: str) -> Flow:
+        """The flow called ``name``, ready to ``run`` (other chains it uses are loaded now).
+
+        Example:
+            >>> chain.flow("assistant").run(["play some jazz"])[0].path  # doctest: +SKIP
+            ['intent', 'slots']
+        """
+        if name not in self.flows:
+            known = sorted(self.flows) or "none"
+            raise FinechainError(f"unknown flow '{name}'", fix=f"this chain's flows: {known} (add one under 'flows:' in the spec)")
+        return self._bind(self.flows[name])
+
+    def _bind(self, spec: FlowSpec) -> Flow:
+        engines: dict[str | None, Engine] = {None: self.engine}
+        for stage in spec.stages:
+            if stage.chain is not None and stage.chain not in engines:
+                engines[stage.chain] = other_engine(stage.chain, self.folder)
+        return Flow(spec, engines)
 
     # the parts ------------------------------------------------------------------------------
     @property
@@ -277,3 +336,68 @@ class Chain:
         result = fit_joint(self.model, specs, datas, training, joint or JointConfig(), **options)
         self.trunk_record = TrunkEntry(**result.trunk)
         return {spec.name: self._attach_result(spec, result.results[spec.name], datas[spec.name]) for spec in specs}
+
+    def distil(
+        self,
+        trunk_layers: int,
+        branch_layers: int,
+        *,
+        texts: Sequence[str] = (),
+        data: dict[str, TaskData] | None = None,
+        training: TrainingConfig | None = None,
+        **options: Any,
+    ) -> Chain:
+        """A smaller chain trained on this one's outputs: ``trunk_layers`` trunk layers and ``branch_layers`` per task
+        branch, each started from this chain's layer at the same relative depth, then distilled over every task's
+        training texts (read again from the files its record names, or given as ``data``) and the unlabelled
+        ``texts``. ``options`` go to :func:`finechain.train.distill.distill` (``epochs``, ``temperature``,
+        ``hard_weight``, ``trunk_learning_rate``, ``run_dir``, ``resume``, ``progress``, ``hooks``).
+
+        Example:
+            >>> student = Chain.from_pretrained("my-chain").distil(3, 1)  # doctest: +SKIP
+            >>> student.save_pretrained("my-chain-small")  # doctest: +SKIP
+        """
+        from finechain.model.student import spread, student_of
+        from finechain.train.distill import distill
+
+        if not self.tasks:
+            raise FinechainError("this chain has no tasks to distil", fix="train a task first")
+        specs, datas = self._training_data(data or {})
+        first = self.records[specs[0].name].training or {}
+        training = training or TrainingConfig(seed=first.get("seed", 13))
+        student = Chain(student_of(self.model, trunk_layers, branch_layers))
+        trunk, results = distill(self.model, student.model, specs, datas, training, texts=texts, **options)
+        student.trunk_record = TrunkEntry(**trunk)
+        student.model.compression = {
+            "method": "layer dropping + distillation",
+            "teacher": {"split": self.split, "layers": self.model.layer_ids},
+            "trunk_layers_kept": spread(self.split, trunk_layers),
+            "branch_layers_kept": spread(self.num_layers - self.split, branch_layers),
+            **trunk["distillation"],
+            "epochs": trunk["epochs"],
+            "best_epoch": trunk["best_epoch"],
+            "seconds": trunk["seconds"],
+        }
+        for spec in specs:
+            student._attach_result(spec, results[spec.name], datas[spec.name])
+        return student
+
+    def _training_data(self, given: dict[str, TaskData]) -> tuple[list[TaskSpec], dict[str, TaskData]]:
+        """Every task's spec and data as it was trained: ``given[name]``, or read again from its recorded files."""
+        specs, datas = [], {}
+        for name in self.tasks:
+            record = self.records.get(name)
+            if record is None or record.spec is None:
+                raise FinechainError(f"task '{name}' has no record of its training data", fix="pass its data (data={name: ...})")
+            spec = TaskSpec.model_validate(record.spec)
+            specs.append(spec)
+            if name in given:
+                datas[name] = given[name]
+                continue
+            if spec.train is None:
+                raise FinechainError(
+                    f"task '{name}' was trained on data in memory, which the chain does not keep", fix=f"pass it (data={{'{name}': ...}})"
+                )
+            seed = (record.training or {}).get("seed", 13)
+            datas[name] = load_task_data(spec, head_type(spec.type), seed)  # a missing file is a one-line DataError
+        return specs, datas

@@ -118,12 +118,24 @@ def add_task(
 @app.command("eval")
 def evaluate(
     chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
-    task: Annotated[str, typer.Option("--task", "-t", help="task to evaluate")],
     data: Annotated[Path, typer.Option("--data", "-d", help="labelled CSV/TSV/JSONL file")],
+    task: Annotated[str | None, typer.Option("--task", "-t", help="task to evaluate")] = None,
+    flow: Annotated[str | None, typer.Option("--flow", help="evaluate this flow end to end instead (per stage + exact match)")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
 ) -> None:
-    """Score TASK on a labelled file and write JSON/Markdown/PNG reports."""
-    from finechain.jobs.evaluation import evaluate_file
+    """Score TASK on a labelled file and write JSON/Markdown/PNG reports; or a whole flow (--flow): each stage on the
+    texts that reached it, and the share of texts where every stage was right."""
+    from finechain.jobs.evaluation import evaluate_file, evaluate_flow
+
+    if (task is None) == (flow is None):
+        raise FinechainError("give --task or --flow", fix="e.g. --task intent, or --flow assistant")
+    if flow is not None:
+        scores = evaluate_flow(chain_dir, flow, data)
+        rows = [(name, data.name, stage) for name, stage in scores["stages"].items()]
+        rows.append(("end to end", data.name, {"exact_match": scores["exact_match"], "n": scores["n"]}))
+        out.print(_metrics_table(f"flow {flow} on {data!s}", rows))
+        return
+    assert task is not None
 
     scores, paths = evaluate_file(chain_dir, task, data, report_dir)
     out.print(_metrics_table(f"{task} on {data!s}", [(task, data.name, scores)]))
@@ -135,6 +147,7 @@ def evaluate(
 def predict(
     chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to run; default all")] = None,
+    flow: Annotated[str | None, typer.Option("--flow", help="run this flow of the chain instead (one record per text)")] = None,
     input_file: Annotated[
         Path | None,
         typer.Option(
@@ -166,6 +179,8 @@ def predict(
     if precision not in choices:
         raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
     exported = is_exported(chain_dir)
+    if flow is not None and (exported or task):
+        raise FinechainError("--flow runs a chain folder's flow, with every task it names", fix="give the chain folder, without --task")
     if not exported:
         import torch
 
@@ -184,19 +199,31 @@ def predict(
     if not texts:
         err.print(f"no texts in {input_file or 'the input'}: nothing to predict")
     key = "words" if texts and isinstance(texts[0], list) else "text"
-    engine = _engine(chain_dir, exported, device, precision, batch_size, threads)
-    tasks = engine.model.task_names(task)  # an unknown --task fails before any work
+    if flow is not None:
+        from finechain import Chain
+
+        chain = Chain.from_pretrained(chain_dir, device=device)
+        chain.engine.precision, chain.engine.batch_size = precision, batch_size
+        runner = chain.flow(flow)  # an unknown flow fails before any work
+
+        def lines(part: list[Any]) -> list[str]:
+            return [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in runner.run(part)]
+
+    else:
+        engine = _engine(chain_dir, exported, device, precision, batch_size, threads)
+        tasks = engine.model.task_names(task)  # an unknown --task fails before any work
+
+        def lines(part: list[Any]) -> list[str]:
+            return [
+                json.dumps({key: t, **{name: answer.to_dict() for name, answer in p.items()}}, ensure_ascii=False) + "\n"
+                for t, p in zip(part, engine.predict(part, tasks), strict=True)
+            ]
 
     def write_all(handle: TextIO) -> None:  # chunk by chunk: memory stays flat, output flows, progress shows
         with TrainProgress("predict", total=len(texts), enabled=len(texts) >= PREDICT_CHUNK, unit="texts", show_loss=False) as bar:
             for start in range(0, len(texts), PREDICT_CHUNK):
                 part = texts[start : start + PREDICT_CHUNK]
-                predictions = engine.predict(part, tasks)
-                rows = (
-                    json.dumps({key: t, **{name: answer.to_dict() for name, answer in p.items()}}, ensure_ascii=False) + "\n"
-                    for t, p in zip(part, predictions, strict=True)
-                )
-                handle.write("".join(rows))
+                handle.write("".join(lines(part)))
                 handle.flush()
                 bar.advance(len(part))
 
@@ -312,23 +339,51 @@ def export(
 
 @app.command()
 def compress(
-    source: Annotated[Path, typer.Argument(help="a chain folder or an exported one", metavar="DIR")],
+    source: Annotated[Path, typer.Argument(help="a chain folder (or an exported one, for --int8 alone)", metavar="DIR")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="the folder to write (must not exist, unless --overwrite)")],
-    int8: Annotated[bool, typer.Option("--int8", help="int8 dynamic quantization of the weights (ONNX Runtime)")] = True,
+    int8: Annotated[
+        bool | None, typer.Option("--int8/--no-int8", help="int8 weights (ONNX Runtime); the default without --trunk-layers")
+    ] = None,
+    trunk_layers: Annotated[
+        int | None, typer.Option("--trunk-layers", min=1, help="a student with this many trunk layers, distilled from the chain")
+    ] = None,
+    branch_layers: Annotated[
+        int | None, typer.Option("--branch-layers", min=0, help="the student's layers per task branch (default: the chain's)")
+    ] = None,
+    texts_file: Annotated[
+        Path | None, typer.Option("--texts", help="unlabelled texts to distil on as well (.txt a line each, .csv/.tsv/.jsonl text)")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="distillation epochs")] = 3,
+    temperature: Annotated[float, typer.Option(min=0.01, help="softening of the teacher's outputs")] = 2.0,
+    hard_weight: Annotated[float, typer.Option(min=0.0, help="weight of the gold labels' loss next to the teacher's")] = 0.5,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Compress a chain into an exported folder: int8 weights (ONNX Runtime dynamic quantization); a chain folder is
-    exported to ONNX first. The manifest records each step and how far the outputs moved."""
-    if not int8:
-        raise FinechainError("nothing to do", fix="pass --int8")
-    from finechain.export.quantize import quantize_int8
+    """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers), each started from one of the
+    chain's layers and trained on its outputs over the tasks' training texts (and --texts); and/or int8 weights
+    (ONNX Runtime dynamic quantization, an exported folder). The manifest records each step."""
+    from finechain.data.readers import read_texts
+    from finechain.export.compression import compress_chain
 
-    manifest = quantize_int8(source, out_dir, overwrite=overwrite)
-    table = Table(title=f"compressed to {out_dir!s} ({', '.join(manifest.steps)})", box=None)
-    for column in ("task", "largest output change"):
+    texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
+    done = compress_chain(
+        source,
+        out_dir,
+        trunk_layers=trunk_layers,
+        branch_layers=branch_layers,
+        texts=texts,
+        int8=int8 if int8 is not None else trunk_layers is None,
+        overwrite=overwrite,
+        progress=not quiet,
+        epochs=epochs,
+        temperature=temperature,
+        hard_weight=hard_weight,
+    )
+    table = Table(title=f"compressed to {out_dir!s} ({'; '.join(done.steps)})", box=None)
+    for column in done.rows[0] if done.rows else ():
         table.add_column(column)
-    for name, entry in manifest.tasks.items():
-        table.add_row(name, f"{entry.max_abs_diff:.2g}")
+    for row in done.rows:
+        table.add_row(*row.values())
     out.print(table)
 
 
@@ -349,6 +404,9 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     trunk = manifest.trunk
     sharing = f"trunk tuned jointly (epoch {trunk.best_epoch} kept)" if trunk else "pretrained trunk, frozen"
     out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
+    if manifest.compression is not None:
+        teacher_layers = len(manifest.compression.get("teacher", {}).get("layers", [])) or "?"
+        out.print(f"student: backbone layers {manifest.layers} of the teacher's {teacher_layers}, distilled")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)
     for column in ("task", "type", "labels", "branch", "stored", "metric", "val", "test"):
         table.add_column(column, no_wrap=True)

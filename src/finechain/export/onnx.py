@@ -82,7 +82,9 @@ def export_onnx(
             spec = record.spec if record is not None else None
             metric = record.metric if record is not None else None
             entries[name] = ExportedTask(type=head.type_name, head=head.config(), output=name, metrics=metrics, spec=spec, metric=metric)
-        steps = ["export: onnx"] + [f"merge LoRA: {name}" for name in merged if name in names]
+        student = model.compression
+        steps = [f"student: backbone layers {model.layer_ids}, distilled"] if student else []
+        steps += ["export: onnx"] + [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(
             source=source,
             backbone=model.backbone.name,

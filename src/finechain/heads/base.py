@@ -64,6 +64,7 @@ class Head(ABC):
     metrics: ClassVar[tuple[str, ...]]  # the scalar metrics :meth:`score` reports (any may be the spec's `metric`)
     loss: ClassVar[str]  # the loss function's name in finechain.model.losses
     token_level: ClassVar[bool] = False  # one output per token (labels words), not one per text
+    routes_on_labels: ClassVar[bool] = False  # a flow may route on its answers' labels and scores
 
     def __init__(self, labels: Sequence[str] = (), options: HeadOptions | Mapping[str, Any] | None = None) -> None:
         self.labels = list(labels)
@@ -165,6 +166,14 @@ class Head(ABC):
     def score(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> dict[str, Any]:
         """Metrics of a whole split's outputs against its :meth:`targets`: the scalars named in :attr:`metrics`, plus
         tables (per class, confusion matrix) and ``n``."""
+
+    def span_types(self) -> list[str]:
+        """The types of the spans this head finds (a flow's ``types`` filter); none by default."""
+        return []
+
+    def empty_agrees(self, gold: Any) -> bool:
+        """Whether giving no answer is right for ``gold`` (a flow that routed this task away); no by default."""
+        return False
 
     def calibrate(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> None:
         """Fit post-hoc settings (thresholds) on validation outputs; default: nothing to fit."""

@@ -36,6 +36,7 @@ class MultiLabelHead(Head):
     type_name = "multilabel"
     Options = MultiLabelOptions
     default_metric = "micro_f1"
+    routes_on_labels = True
     metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")
     loss = "binary_cross_entropy"
 

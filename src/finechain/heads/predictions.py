@@ -23,6 +23,20 @@ class Prediction(ABC):
         """The labels this answer counts towards in per-label statistics (a server's metrics); none by default."""
         return []
 
+    def confidence(self) -> float | None:
+        """How sure the answer is, for a flow's score conditions (the chosen label's probability); None if it has no
+        such number."""
+        return None
+
+    def spans(self) -> list[Entity]:
+        """The spans this answer found, for a flow's span edges; none by default."""
+        return []
+
+    def agrees(self, gold: Any) -> bool | None:
+        """Whether this answer is exactly ``gold`` (a parsed label, label list or tag list), for a flow's exact match;
+        None when exactness does not apply (a number)."""
+        return None
+
 
 @dataclass(frozen=True)
 class ClassPrediction(Prediction):
@@ -50,6 +64,14 @@ class ClassPrediction(Prediction):
         """The label."""
         return [self.label]
 
+    def confidence(self) -> float:
+        """The label's probability."""
+        return self.score
+
+    def agrees(self, gold: Any) -> bool:
+        """The label is ``gold``."""
+        return self.label == gold
+
 
 @dataclass(frozen=True)
 class LabelsPrediction(Prediction):
@@ -74,6 +96,15 @@ class LabelsPrediction(Prediction):
     def counted(self) -> list[str]:
         """Each label given."""
         return list(self.labels)
+
+    def confidence(self) -> float:
+        """The highest probability among the labels given (among all labels when none passed its threshold)."""
+        chosen = [self.scores[label] for label in self.labels] or list(self.scores.values())
+        return max(chosen, default=0.0)
+
+    def agrees(self, gold: Any) -> bool:
+        """The same set of labels as ``gold``."""
+        return set(self.labels) == set(gold)
 
 
 @dataclass(frozen=True)
@@ -146,3 +177,11 @@ class EntitiesPrediction(Prediction):
     def counted(self) -> list[str]:
         """Each entity's type."""
         return [e.type for e in self.entities]
+
+    def spans(self) -> list[Entity]:
+        """The entities."""
+        return list(self.entities)
+
+    def agrees(self, gold: Any) -> bool:
+        """Every word's tag is ``gold``'s."""
+        return list(self.tags) == list(gold)

@@ -118,6 +118,16 @@ def spans_from_tags(tags: list[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
+def entity_types(tags: Sequence[str]) -> list[str]:
+    """The entity types of IOB2 tags, in first-seen order.
+
+    Example:
+        >>> entity_types(["O", "B-PER", "I-PER", "B-LOC"])
+        ['PER', 'LOC']
+    """
+    return list(dict.fromkeys(tag[2:] for tag in tags if tag[:2] in ("B-", "I-")))
+
+
 @register_head
 class TaggingHead(Head):
     """One BIO tag per word, predicted from the word's first sub-word; entities as character spans.
@@ -166,6 +176,14 @@ class TaggingHead(Head):
         """At least two sentences."""
         if len(parsed) < 2:
             raise DataError(f"{len(parsed)} training sentences", file=file, fix="add at least 2 sentences")
+
+    def span_types(self) -> list[str]:
+        """The entity types of its tags (``B-PER`` -> ``PER``), in first-seen order."""
+        return entity_types(self.labels)
+
+    def empty_agrees(self, gold: Any) -> bool:
+        """No entities were to be found: every gold tag is ``O``."""
+        return all(tag == "O" for tag in gold)
 
     def targets(self, parsed: Sequence[Any], words: WordPositions | None = None) -> np.ndarray:
         """Tag ids at each word's first sub-word, ``-100`` elsewhere: ``[texts, max tokens]``."""

@@ -11,8 +11,10 @@ from finechain.data.check import DataCheck, check_data
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import FinechainError
 from finechain.heads import head_type
+from finechain.heads.tagging import entity_types
 from finechain.model.backbone import check_max_length, inspect_backbone, load_tokenizer, resolve_backbone
 from finechain.spec import ChainSpec, TaskSpec, TrainingConfig, default_split, load_chain_spec, spec_line
+from finechain.spec.flows import StageSpec, TaskFacts, stage_problem
 
 
 def load_all(specs: list[TaskSpec], training: TrainingConfig) -> dict[str, TaskData]:
@@ -44,6 +46,7 @@ def check_spec(spec_path: Path) -> Checked:
     """
     spec = load_chain_spec(spec_path)
     data = load_all(spec.tasks, spec.training)
+    check_flows(spec, spec_path, data)
     try:
         path, _ = resolve_backbone(spec.backbone, spec_path.parent)
         config = inspect_backbone(path)
@@ -75,3 +78,51 @@ def check_chain(spec_path: Path) -> list[DataCheck]:
     checked = check_spec(spec_path)
     spec = checked.spec
     return [check_data(checked.data[task.name], head_type(task.type), checked.tokenizer, spec.max_length, task.name) for task in spec.tasks]
+
+
+def _other_chain_facts(folder: Path) -> dict[str, TaskFacts]:
+    """The tasks of another chain a flow stage names, from its manifest (JSON only: no model is loaded here)."""
+    import json
+
+    for name, read in (
+        ("finechain.json", lambda e: (e["head"]["type"], e["head"]["labels"])),
+        ("finechain-export.json", lambda e: (e["type"], e["head"]["labels"])),
+    ):
+        path = folder / name
+        if path.is_file():
+            try:
+                tasks = json.loads(path.read_text(encoding="utf-8"))["tasks"]
+                described = {task: read(entry) for task, entry in tasks.items()}
+            except (ValueError, KeyError, TypeError):
+                raise FinechainError("its manifest cannot be read", file=path, fix="restore the chain folder") from None
+            return {task: _facts(kind, labels) for task, (kind, labels) in described.items()}
+    raise FinechainError("not a chain folder (no finechain.json)", file=folder, fix="train that chain first, or fix the stage's 'chain:'")
+
+
+def _facts(kind: str, labels: list[str]) -> TaskFacts:
+    head = head_type(kind)
+    types = entity_types(labels) if head.token_level else []
+    return TaskFacts(head.token_level, head.routes_on_labels, list(labels), types)
+
+
+def check_flows(spec: ChainSpec, spec_path: Path, data: dict[str, TaskData]) -> None:
+    """Each flow's stages against the labels of the data read and the manifests of other chains they name; the first
+    problem is a one-line error at its spec line."""
+    own = {task.name: _facts(task.type, data[task.name].labels) for task in spec.tasks}
+    others: dict[str, dict[str, TaskFacts]] = {}
+    for i, flow in enumerate(spec.flows):
+        for j, stage in enumerate(flow.stages):
+            if stage.chain is not None and stage.chain not in others:
+                try:
+                    others[stage.chain] = _other_chain_facts(Path(stage.chain))
+                except FinechainError as error:
+                    raise error.at(spec_path, spec_line(spec_path, "flows", i, "stages", j, "chain")) from None
+
+            def facts(s: StageSpec) -> TaskFacts | None:
+                return (own if s.chain is None else others.get(s.chain, {})).get(s.task)
+
+            problem = stage_problem(flow, stage, facts)
+            if problem is not None:
+                message, where, fix = problem
+                line = spec_line(spec_path, "flows", i, "stages", j, *where) or spec_line(spec_path, "flows", i, "stages", j)
+                raise FinechainError(message, file=spec_path, line=line, fix=fix)

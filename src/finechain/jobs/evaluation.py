@@ -39,3 +39,63 @@ def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path 
     name = data_path.stem if data_path.suffix.lower() in DATA_SUFFIXES else data_path.name  # eng.testa, eng.testb stay apart
     paths = write_report(report_dir or chain_dir / "reports" / task, task, name, scores, head.labels)
     return scores, paths
+
+
+def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path) -> dict[str, Any]:
+    """Score a chain's flow on a labelled file: each stage that reads the text is read with its task's own columns
+    and scored on the texts that reached it (its head's metrics, ``n`` = how many reached it); ``exact_match`` is the
+    share of texts where every such stage was right (a stage routed away counts as right only where its gold says
+    there was nothing to find, e.g. no slots). Stages that read spans are not scored.
+
+    Example:
+        >>> evaluate_flow(Path("snips-chain"), "assistant", Path("test.jsonl"))["exact_match"]  # doctest: +SKIP
+        0.88
+    """
+    chain = Chain.from_pretrained(chain_dir, device="auto")
+    flow = chain.flow(flow_name)
+    stages = [s for s in flow.spec.stages if s.input == "text"]
+    golds: dict[str, list[Any]] = {}
+    texts: list[Any] | None = None
+    for stage in stages:
+        engine = flow.engines[stage.chain]
+        head = engine.model.tasks[stage.task].head
+        stored = chain.records[stage.task].spec if stage.chain is None else _stored_spec(chain_dir / stage.chain, stage.task)
+        spec = TaskSpec.model_validate(stored or {"name": stage.task, "type": head.type_name})
+        split = read_split(data_path, spec, type(head))
+        check_known_labels(split, head)
+        golds[stage.key] = split.labels
+        if texts is None:
+            texts = [t if isinstance(t, str) else " ".join(t) for t in split.texts]
+        elif len(split.texts) != len(texts):
+            raise FinechainError(
+                f"stage '{stage.key}' reads {len(split.texts)} rows, others {len(texts)}", file=data_path, fix="one row per text"
+            )
+    texts = texts or []
+    results = flow.run(texts)
+    scores: dict[str, Any] = {"stages": {}, "n": len(texts)}
+    right = [True] * len(texts)
+    for stage in stages:
+        engine = flow.engines[stage.chain]
+        head = engine.model.tasks[stage.task].head
+        reached = [i for i, r in enumerate(results) if stage.key in r.answers]
+        gold = golds[stage.key]
+        if reached:
+            scored = engine.score(stage.task, [texts[i] for i in reached], [gold[i] for i in reached])
+            scores["stages"][stage.key] = {k: v for k, v in scored.items() if isinstance(v, float)} | {"n": float(len(reached))}
+        for i, result in enumerate(results):
+            answer = result.answers.get(stage.key)
+            agrees = head.empty_agrees(gold[i]) if answer is None else answer.agrees(gold[i])  # type: ignore[union-attr]
+            right[i] = right[i] and agrees is not False
+    scores["exact_match"] = sum(right) / len(right) if right else 0.0
+    return scores
+
+
+def _stored_spec(folder: Path, task: str) -> dict[str, Any] | None:
+    """The spec a task of another chain folder (or exported folder) was trained from, as its manifest keeps it."""
+    import json
+
+    for name in ("finechain.json", "finechain-export.json"):
+        if (folder / name).is_file():
+            entry = json.loads((folder / name).read_text(encoding="utf-8")).get("tasks", {}).get(task, {})
+            return entry.get("spec")
+    return None

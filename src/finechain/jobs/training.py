@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,10 @@ def train_chain(
             pending = []
         for task in pending:
             rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
+        chain.folder = out_dir
+        for flow in spec.flows:  # other chains' folders are kept relative to this one: move them together
+            stages = [s.model_copy(update={"chain": os.path.relpath(s.chain, out_dir)}) if s.chain else s for s in flow.stages]
+            chain.add_flow(flow.model_copy(update={"stages": stages}))
         chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
     return rows
 

@@ -27,7 +27,7 @@ from finechain.heads import HEADS, head_type
 from finechain.io import write_json
 from finechain.model.backbone import BackboneRef, load_tokenizer, locate_backbone
 from finechain.model.chain_model import ChainModel
-from finechain.model.encoder import load_encoder
+from finechain.model.encoder import keep_layers, load_encoder
 from finechain.model.task import TaskModel
 from finechain.model.weights import load_tensors, save_tensors
 from finechain.spec import FLAT_HEAD_OPTIONS, TASK_NAME
@@ -124,7 +124,10 @@ class Manifest(_Entry):
     hidden_size: int = Field(ge=1)
     max_length: int = Field(ge=1)
     trunk: TrunkEntry | None = None
+    layers: list[int] | None = None  # the backbone layers kept, in order (a student chain); None: all of them
+    compression: dict[str, Any] | None = None  # how a student chain was made from its teacher (layers, distillation)
     tasks: dict[str, TaskEntry] = Field(default_factory=dict)
+    flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows (finechain.spec.flows.FlowSpec)
 
     @field_validator("tasks")
     @classmethod
@@ -254,7 +257,17 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
     manifest = read_manifest(directory)
     ref = manifest.backbone.ref()
     path = locate_backbone(ref, directory, backbone_path)
-    model = ChainModel(load_encoder(path), load_tokenizer(path), ref, path, manifest.split, manifest.max_length)
+    encoder = load_encoder(path)
+    if manifest.layers is not None:
+        if max(manifest.layers, default=0) >= len(encoder.encoder.layer) or len(manifest.layers) != manifest.num_layers:
+            raise ArtifactError(
+                f"layers {manifest.layers} do not fit this backbone's {len(encoder.encoder.layer)} layers",
+                file=directory / MANIFEST,
+                fix="restore the file, or compress the teacher again",
+            )
+        keep_layers(encoder, manifest.layers)
+    model = ChainModel(encoder, load_tokenizer(path), ref, path, manifest.split, manifest.max_length, manifest.layers)
+    model.compression = manifest.compression
     if manifest.trunk is not None:
         state = load_tensors(directory / TRUNK_FILE)
         try:
@@ -279,13 +292,15 @@ def save_chain(
     trunk: TrunkEntry | None = None,
     copy_backbone: bool = False,
     tasks: list[str] | None = None,
+    flows: list[dict[str, Any]] | None = None,
 ) -> Manifest:
     """Write ``model`` into ``directory``: each task's weights (only ``tasks`` when given), the tuned trunk when there
-    is one, then the manifest (last, so a folder with a manifest is complete). The backbone is referenced by source and
-    sha256, and copied in only with ``copy_backbone``. Returns the manifest written.
+        is one, then the manifest (last, so a folder with a manifest is complete). The backbone is referenced by source and
+        sha256, and copied in with ``copy_backbone`` (a backbone copied into another chain folder is always copied along, so
+    the new folder stands alone). Returns the manifest written.
 
-    Example:
-        >>> save_chain(model, "my-chain", records=records)  # doctest: +SKIP
+        Example:
+            >>> save_chain(model, "my-chain", records=records)  # doctest: +SKIP
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -295,8 +310,10 @@ def save_chain(
         task = model.tasks[name]
         save_tensors(directory / TASKS_DIR / name / BRANCH_FILE, task.branch_state())
         save_tensors(directory / TASKS_DIR / name / HEAD_FILE, task.head_state())
-    if copy_backbone and model.backbone.kind != "copied":
-        target, staging = directory / BACKBONE_DIR, directory / f".{BACKBONE_DIR}.tmp"
+    target = directory / BACKBONE_DIR
+    copied_elsewhere = model.backbone.kind == "copied" and model.backbone_path.resolve() != target.resolve()
+    if (copy_backbone and model.backbone.kind != "copied") or copied_elsewhere:  # a copied backbone travels with the chain
+        staging = directory / f".{BACKBONE_DIR}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(model.backbone_path, staging, ignore=shutil.ignore_patterns("*.bin", "*.h5", "*.onnx", "*.msgpack", ".git*"))
         shutil.rmtree(target, ignore_errors=True)
@@ -312,7 +329,10 @@ def save_chain(
         hidden_size=model.encoder_config.hidden_size,
         max_length=model.max_length,
         trunk=trunk if model.trunk_tuned else None,
+        layers=model.layer_ids if model.layer_ids != list(range(model.num_layers)) else None,
+        compression=model.compression,
         tasks={name: task_entry(task, records.get(name)) for name, task in model.tasks.items()},
+        flows=flows or [],
     )
     write_json(directory / MANIFEST, manifest.model_dump(mode="json"))
     return manifest

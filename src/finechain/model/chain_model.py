@@ -54,7 +54,14 @@ class ChainModel(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, tokenizer: Any, backbone: BackboneRef, backbone_path: Path, split: int, max_length: int = 128
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        backbone: BackboneRef,
+        backbone_path: Path,
+        split: int,
+        max_length: int = 128,
+        layer_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         num_layers = len(encoder.encoder.layer)
@@ -69,6 +76,8 @@ class ChainModel(nn.Module):
         self.backbone_path = backbone_path
         self.split = split
         self.num_layers = num_layers
+        # which of the backbone's layers these are (a student chain keeps some of them: model.student)
+        self.layer_ids = list(layer_ids) if layer_ids is not None else list(range(num_layers))
         self.max_length = max_length
         self.trunk = Trunk(encoder, split)
         # The backbone's own upper layers: templates for new branches and the rest of the encoder for embeddings
@@ -76,6 +85,7 @@ class ChainModel(nn.Module):
         self.upper = LayerStack(list(encoder.encoder.layer)[split:], encoder.config).requires_grad_(False).eval()
         self.tasks = nn.ModuleDict()
         self.trunk_tuned = False  # the trunk's layers were trained (joint sharing) and are saved with the chain
+        self.compression: dict[str, Any] | None = None  # how a student chain was made (model.student), for the manifest
 
     @classmethod
     def from_backbone(

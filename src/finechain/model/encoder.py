@@ -43,3 +43,16 @@ def load_encoder(path: Path) -> nn.Module:
         )
     use_fast_attention(model)  # SDPA, with cheaper attention-dropout masks when training on CPU
     return model.eval()
+
+
+def keep_layers(encoder: nn.Module, layer_ids: list[int]) -> None:
+    """Keep only the encoder layers ``layer_ids``, in that order (a student chain's layers); the config follows.
+
+    Example:
+        >>> keep_layers(encoder, [0, 2, 3, 5])  # doctest: +SKIP
+        >>> len(encoder.encoder.layer)  # doctest: +SKIP
+        4
+    """
+    layers = encoder.encoder.layer
+    encoder.encoder.layer = nn.ModuleList([layers[i] for i in layer_ids])
+    encoder.config.num_hidden_layers = len(layer_ids)

@@ -44,3 +44,41 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     the batch's ``[batch, tokens, labels]`` logits."""
     gold = targets[:, : logits.shape[1]]
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=IGNORE)
+
+
+# Distillation: the student's outputs against the teacher's, per head loss name. ``mask`` is the batch's attention
+# mask (token-level outputs are averaged over real tokens); ``temperature`` softens both distributions (Hinton et al.),
+# and the loss is scaled by its square so that its gradients keep their size as it changes.
+SoftLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+SOFT_LOSSES: Registry[SoftLoss] = Registry("distillation loss")
+
+
+@SOFT_LOSSES.register("cross_entropy")
+@SOFT_LOSSES.register("token_cross_entropy")
+def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of the student's softmax against the teacher's (both at ``temperature``), per text or per token.
+
+    Example:
+        >>> teacher = torch.tensor([[2.0, 0.0]])
+        >>> bool(soft_cross_entropy(teacher, teacher, torch.ones(1, 1), 2.0) < soft_cross_entropy(-teacher, teacher, torch.ones(1, 1), 2.0))
+        True
+    """
+    targets = torch.softmax(teacher.float() / temperature, dim=-1)
+    per = -(targets * torch.log_softmax(student.float() / temperature, dim=-1)).sum(-1)
+    if per.dim() == 2:  # [batch, tokens]: only real tokens count
+        weights = mask.to(per.dtype)
+        per = (per * weights).sum() / weights.sum().clamp(min=1.0)
+    return per.mean() * temperature**2
+
+
+@SOFT_LOSSES.register("binary_cross_entropy")
+def soft_binary_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each label's sigmoid cross-entropy against the teacher's probability (both at ``temperature``)."""
+    targets = torch.sigmoid(teacher.float() / temperature)
+    return F.binary_cross_entropy_with_logits(student.float() / temperature, targets) * temperature**2
+
+
+@SOFT_LOSSES.register("mean_squared_error")
+def soft_squared_error(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Squared error to the teacher's prediction (a regression has no temperature)."""
+    return F.mse_loss(student.float(), teacher.float())

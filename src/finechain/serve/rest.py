@@ -52,6 +52,15 @@ class PredictRequest(BaseModel):
     )
 
 
+class FlowRequest(BaseModel):
+    """Texts to run through a flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, description="raw texts", examples=[["play some jazz"]])
+    timeout_ms: float | None = Field(None, ge=1, description="answer within this many milliseconds, or get a 408")
+
+
 class ClassAnswer(BaseModel):
     """A classification task's answer."""
 
@@ -285,6 +294,21 @@ def create_app(
         version = service.current.version if service.current else ""
         predictions = [{name: answer.to_dict() for name, answer in row.items()} for row in answers]
         return JSONResponse({"predictions": predictions, "timings": timings, "version": version})
+
+    @app.post("/v1/flows/{name}", responses=ERRORS, summary="Run one of the chain's flows on texts")
+    async def flow(name: str, body: FlowRequest) -> JSONResponse:
+        """Each text through the flow: every stage's answer, the path taken, each stage's milliseconds."""
+        results, total_ms = await service.run_flow(name, body.texts, body.timeout_ms)
+        version = service.current.version if service.current else ""
+        return JSONResponse({"results": [r.to_dict() for r in results], "total_ms": total_ms, "version": version})
+
+    @app.get("/v1/flows", responses=ERRORS, summary="The chain's flows")
+    async def flows() -> JSONResponse:
+        """Each flow's name and stages, as declared."""
+        loaded = service.current
+        if loaded is None:
+            raise ClientError(503, "not_ready", "the chain is still loading", fix="retry in a moment")
+        return JSONResponse({"flows": [f.model_dump(mode="json", exclude_defaults=True) for f in loaded.flows.values()]})
 
     @app.get("/v1/tasks", responses=ERRORS, summary="The chain's tasks")
     async def tasks() -> JSONResponse:

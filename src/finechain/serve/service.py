@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from finechain.chain import Chain
+from finechain.chain import Chain, other_engine
 from finechain.errors import FinechainError, short_reason
+from finechain.flows import Flow, FlowResult
 from finechain.heads import Prediction
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, is_exported
@@ -25,6 +26,7 @@ from finechain.model.artifact import MANIFEST
 from finechain.serve.batcher import MicroBatcher
 from finechain.serve.metrics import Metrics
 from finechain.serve.settings import ServeSettings
+from finechain.spec.flows import FlowSpec
 
 log = logging.getLogger("finechain.serve")
 
@@ -51,6 +53,8 @@ class Loaded:
     about: dict[str, Any]  # backbone, split, layers, max_length, backend
     records: dict[str, tuple[str | None, dict[str, dict[str, float]]]]  # task -> (selection metric, split -> scores)
     loaded_at: float = field(default_factory=time.time)
+    flows: dict[str, FlowSpec] = field(default_factory=dict)  # the chain's flows (a chain folder's)
+    others: dict[str, Engine] = field(default_factory=dict)  # engines of other chains its flows' stages name
 
     def describe(self) -> list[dict[str, Any]]:
         """Each task: name, type, labels, selection metric and its scores."""
@@ -91,6 +95,7 @@ class ChainService:
         self._prepare = ThreadPoolExecutor(1, thread_name_prefix="finechain-prepare")  # the tokenizer: one thread at a time
         self._decode = ThreadPoolExecutor(2, thread_name_prefix="finechain-decode")
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="finechain-load")
+        self._flows = ThreadPoolExecutor(4, thread_name_prefix="finechain-flow")
         self._watch: asyncio.Task[None] | None = None
 
     @property
@@ -119,7 +124,15 @@ class ChainService:
             engine = Engine(model, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
         engine.observer = lambda task, seconds: self.metrics.task_seconds.labels(task=task).inc(seconds)
         engine.predict(["warm up"])
-        return Loaded(engine, version, about, records)
+        loaded = Loaded(engine, version, about, records)
+        if not is_exported(folder):
+            loaded.flows = dict(chain.flows)
+            for flow in chain.flows.values():  # other chains a flow names: loaded (and checked) now, not per request
+                for stage in flow.stages:
+                    if stage.chain is not None and stage.chain not in loaded.others:
+                        loaded.others[stage.chain] = other_engine(stage.chain, folder)
+                Flow(flow, {None: engine, **loaded.others})
+        return loaded
 
     def load(self) -> Loaded:
         """Load (and warm up) the chain now, in this thread: a chain that does not load fails here, with its one-line
@@ -146,7 +159,7 @@ class ChainService:
             self._watch.cancel()
         await self.batcher.stop()
         self.metrics.ready.set(0)
-        for pool in (self._prepare, self._decode, self._loader):
+        for pool in (self._prepare, self._decode, self._loader, self._flows):
             pool.shutdown(wait=False)
 
     async def reload(self) -> tuple[bool, str | None]:
@@ -248,3 +261,34 @@ class ChainService:
             "batch_requests": stats.requests,
         }
         return answers, {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
+
+    async def run_flow(self, name: str, texts: Any, timeout_ms: float | None = None) -> tuple[list[FlowResult], float]:
+        """Run the chain's flow ``name`` on ``texts``: this chain's passes go through the batcher like any request
+        (shared with other clients' texts, with the same limits, backpressure and deadline), other chains' stages run
+        on their own engines. Returns the results and the total milliseconds."""
+        started = time.monotonic()
+        self._check(texts, None)
+        loaded = self.current
+        if loaded is None:
+            raise ClientError(503, "not_ready", "the chain is still loading", fix="retry in a moment")
+        spec = loaded.flows.get(name)
+        if spec is None:
+            raise ClientError(
+                404, "unknown_flow", f"unknown flow '{name}'", "name", f"this chain's flows: {sorted(loaded.flows) or 'none'}"
+            )
+        loop = asyncio.get_running_loop()
+
+        def batched(part: list[Any], tasks: list[str] | None = None) -> list[dict[str, Prediction]]:
+            return asyncio.run_coroutine_threadsafe(self.predict(part, tasks, timeout_ms), loop).result()[0]
+
+        flow = Flow(spec, {None: _Served(loaded.engine.model, batched), **loaded.others})
+        results = await loop.run_in_executor(self._flows, flow.run, texts)
+        return results, round((time.monotonic() - started) * 1000, 3)
+
+
+@dataclass
+class _Served:
+    """An engine for a flow whose ``predict`` goes through the service (and its batcher)."""
+
+    model: Any
+    predict: Any

@@ -11,8 +11,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finechain.errors import SpecError
-from finechain.heads import HEADS, HeadOptions
+from finechain.heads import HEADS, HeadOptions, head_type
 from finechain.io import read_text_file
+from finechain.spec.flows import StageSpec, flow_problem
 from finechain.spec.schema import FLAT_HEAD_OPTIONS, ChainSpec, TaskSpec
 
 Lines = dict[tuple[Any, ...], int]
@@ -230,7 +231,33 @@ def load_chain_spec(path: str | Path) -> ChainSpec:
         _raise_first(err, path, lines, data)
     for i, task in enumerate(spec.tasks):
         _require_train(task, path, lines, ("tasks", i))
-    return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks]})
+    _check_flows(spec, path, lines)
+    flows = [flow.model_copy(update={"stages": [_resolve_chain(s, path.parent) for s in flow.stages]}) for flow in spec.flows]
+    return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks], "flows": flows})
+
+
+def _check_flows(spec: ChainSpec, path: Path, lines: Lines) -> None:
+    """Every flow's graph against the spec's tasks: the first problem, with its YAML line."""
+    span_tasks = {t.name for t in spec.tasks if head_type(t.type).token_level}
+    own = {t.name for t in spec.tasks}
+    names: list[str] = []
+    for i, flow in enumerate(spec.flows):
+        if flow.name in names:
+            line = lines.get(("flows", i, "name"))
+            raise SpecError(f"flow '{flow.name}' is listed twice", file=path, line=line, fix="give each flow its own name")
+        names.append(flow.name)
+        found = flow_problem(flow, span_tasks, own)
+        if found is not None:
+            j, (message, where, fix) = found
+            at = ("flows", i, "stages", j)
+            raise SpecError(message, file=path, line=lines.get((*at, *where)) or lines.get(at), fix=fix)
+
+
+def _resolve_chain(stage: StageSpec, base: Path) -> StageSpec:
+    """A stage's other chain folder, relative to the spec file's folder."""
+    if stage.chain is None or Path(stage.chain).is_absolute():
+        return stage
+    return stage.model_copy(update={"chain": str(base / stage.chain)})
 
 
 def spec_line(path: str | Path, *keys: Any) -> int | None:

@@ -17,9 +17,10 @@ from finechain.branches import BRANCH_MODES, BranchOptions
 from finechain.heads import HEADS, HeadOptions
 from finechain.registrations import OPTIMIZERS, SCHEDULES
 from finechain.registry import named
+from finechain.spec.flows import FlowSpec
+from finechain.spec.names import TASK_NAME
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
-TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # a folder name and a module name: no dots, no slashes
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TaskFormat = Literal["auto", "csv", "tsv", "jsonl", "conll"]
 Cache = Literal["memory", "disk", "off"]
@@ -255,6 +256,7 @@ class ChainSpec(BaseModel):
     joint: JointConfig = Field(default_factory=JointConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
+    flows: list[FlowSpec] = Field(default_factory=list, description="flows of tasks: routing, span edges, fallbacks")
 
     @property
     def sharing_mode(self) -> Literal["frozen", "joint"]:

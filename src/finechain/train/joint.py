@@ -26,14 +26,15 @@ from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpo
 from finechain.train.features import TrunkFeatures
 from finechain.train.fit import FitResult, fit_task, gradient_scaler, passes_per_epoch, resolve_training, tail_learning_rate, task_outputs
 from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
-from finechain.train.objectives import HeadLoss, StepInputs
+from finechain.train.objectives import HeadLoss, Objective, StepInputs
 from finechain.train.optim import build_optimizer, build_schedule
 from finechain.train.progress import MetricsLog, Report, TrainProgress
 
 
 @dataclass
-class _Job:
-    """One task of a joint run: its spec, data, tail, selection metric, token ids and targets, loss weight."""
+class JointJob:
+    """One task of a joint run: its spec, data, tail, selection metric, token ids and targets, and its objective
+    (the weighted head loss, or another one such as distillation)."""
 
     spec: TaskSpec
     data: TaskData
@@ -43,7 +44,7 @@ class _Job:
     targets: torch.Tensor
     val_ids: list[list[int]]
     val_targets: np.ndarray
-    objective: HeadLoss
+    objective: Objective
 
 
 @dataclass
@@ -69,7 +70,9 @@ class JointStep:
     """One batch of one task with the trunk in the graph: token ids -> trunk (trained) -> the task's tail -> its
     weighted loss -> backward. Runs eagerly: the trunk's input shapes change with every batch and task."""
 
-    def __init__(self, model: ChainModel, jobs: list[_Job], precision: str, accumulation: int, scaler: torch.amp.GradScaler | None) -> None:
+    def __init__(
+        self, model: ChainModel, jobs: list[JointJob], precision: str, accumulation: int, scaler: torch.amp.GradScaler | None
+    ) -> None:
         self.model, self.jobs, self.precision, self.accumulation, self.scaler = model, jobs, precision, accumulation, scaler
 
     def __call__(self, batch: tuple[int, list[int]]) -> torch.Tensor:
@@ -90,7 +93,7 @@ class JointStep:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], joint: JointConfig) -> list[_Job]:
+def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], joint: JointConfig) -> list[JointJob]:
     jobs = []
     for spec in specs:
         head_cls, data = head_type(spec.type), datas[spec.name]
@@ -102,11 +105,11 @@ def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], 
         targets = torch.from_numpy(head.targets(data.train.labels, words)).to(model.device)
         metric = spec.metric or head_cls.default_metric
         objective = HeadLoss(joint.loss_weights.get(spec.name, 1.0))
-        jobs.append(_Job(spec, data, task, metric, ids, targets, val_ids, head.targets(data.validation.labels, val_words), objective))
+        jobs.append(JointJob(spec, data, task, metric, ids, targets, val_ids, head.targets(data.validation.labels, val_words), objective))
     return jobs
 
 
-def _validation_outputs(model: ChainModel, job: _Job, training: TrainingConfig) -> list[np.ndarray]:
+def _validation_outputs(model: ChainModel, job: JointJob, training: TrainingConfig) -> list[np.ndarray]:
     """The tail's validation outputs through the trunk as it is now (not cached: the trunk is changing)."""
     features = TrunkFeatures(
         model.trunk, job.val_ids, model.pad_id, cache="off", all_states=job.task.needs_trunk_states, precision=training.precision
@@ -155,8 +158,63 @@ def _fit_joint(
     hooks: Sequence[Hook],
 ) -> JointResult:
     torch.manual_seed(training.seed)
-    device = model.device
     jobs = _jobs(model, specs, datas, joint)
+    trunk, best_epoch = train_jobs(model, jobs, training, joint, run_path, resume=resume, progress=progress, hooks=hooks)
+    result = JointResult(trunk)
+    for job in jobs:
+        name = job.spec.name
+        if joint.refine_epochs is None:  # the task's own epochs, early stopping and overrides; the best check is kept
+            result.results[name] = fit_task(
+                model, job.spec, training, data=job.data, run_dir=run_path / name, resume=resume, progress=progress, init=job.task
+            )
+        elif joint.refine_epochs:
+            # a fixed short pass: refine_epochs wins over the task's own epochs/patience; its other overrides still apply
+            refine = training.model_copy(update={"epochs": joint.refine_epochs, "patience": 0})
+            spec = job.spec.model_copy(update={"training": job.spec.training.model_copy(update={"epochs": None, "patience": None})})
+            result.results[name] = fit_task(
+                model, spec, refine, data=job.data, run_dir=run_path / name, resume=resume, progress=progress, init=job.task
+            )
+        else:  # no refinement: the joint phase's tail, calibrated and scored on validation data
+            result.results[name] = score_tail(model, job, training, best_epoch)
+    return result
+
+
+def score_tail(model: ChainModel, job: JointJob, training: TrainingConfig, best_epoch: float | None) -> FitResult:
+    """A job's tail as the joint phase left it: calibrated (thresholds) and scored on its validation data.
+
+    Example:
+        >>> score_tail(model, job, TrainingConfig(), 2.0).validation["accuracy"]  # doctest: +SKIP
+        0.91
+    """
+    outputs = _validation_outputs(model, job, training)
+    job.task.head.calibrate(outputs, job.val_targets)
+    validation = job.task.head.score(outputs, job.val_targets)
+    cfg = resolve_training(job.spec.training.apply(training), job.task)
+    return FitResult(job.spec.name, job.metric, best_epoch, validation, None, 0.0, 0.0, tail=job.task.eval(), training=cfg)
+
+
+def train_jobs(
+    model: ChainModel,
+    jobs: list[JointJob],
+    training: TrainingConfig,
+    joint: JointConfig,
+    run_path: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
+    identity: Sequence[Any] = (),
+    label: str = "joint",
+) -> tuple[dict[str, Any], float | None]:
+    """The joint phase: the trunk's layers and every job's tail trained together on the one loop, one sampled task
+    per batch, each batch's loss from its job's objective; the best check's weights are kept and the trunk is frozen
+    again. Returns the trunk's manifest entry (settings, best epoch, seconds) and the best epoch. ``identity`` adds to
+    what a resumed run must match (a distillation's teacher, say); checkpoints go to ``run_path / label``.
+
+    Example:
+        >>> trunk, best_epoch = train_jobs(model, jobs, TrainingConfig(), JointConfig(), Path("runs"))  # doctest: +SKIP
+    """
+    device = model.device
     modules = nn.ModuleDict({"trunk": model.trunk.stack, "tasks": nn.ModuleDict({job.spec.name: job.task for job in jobs})})
     model.trunk.stack.requires_grad_(True)
 
@@ -178,13 +236,14 @@ def _fit_joint(
     scheduler = build_schedule(training, optimizer, total)
     scaler = gradient_scaler(device, training.precision)
     settings = fingerprint(
-        [s.model_dump(mode="json", exclude=UNHASHED_SPEC) for s in specs],
+        [job.spec.model_dump(mode="json", exclude=UNHASHED_SPEC) for job in jobs],
         training.model_dump(exclude=UNHASHED_TRAINING),
         joint.model_dump(),
         model.backbone.sha256,
         model.split,
-        [datas[s.name].digest() for s in specs],
+        [job.data.digest() for job in jobs],
         *([{"passes": passes}] if passes > 1 else []),
+        *identity,
     )
 
     def epoch_batches(generator: torch.Generator) -> list[tuple[int, list[int]]]:
@@ -219,9 +278,9 @@ def _fit_joint(
 
     started = time.perf_counter()
     step = JointStep(model, jobs, training.precision, accumulation, scaler)
-    with TrainProgress("joint", total=batches_per_epoch * epochs, enabled=progress) as bar:
+    with TrainProgress(label, total=batches_per_epoch * epochs, enabled=progress) as bar:
         report = Report(
-            bar, MetricsLog(run_path / "joint" / "metrics.jsonl", fresh=not resume), record, lambda c: f"val mean {c.evaluation.value:.4f}"
+            bar, MetricsLog(run_path / label / "metrics.jsonl", fresh=not resume), record, lambda c: f"val mean {c.evaluation.value:.4f}"
         )
         loop = TrainingLoop(
             modules,
@@ -239,7 +298,7 @@ def _fit_joint(
             max_grad_norm=training.max_grad_norm,
             evaluations_per_epoch=training.evaluations_per_epoch,
             batch_size=lambda batch: len(batch[1]),
-            checkpointer=Checkpointer(run_path / "joint", settings),
+            checkpointer=Checkpointer(run_path / label, settings),
             hooks=[report, EarlyStopping(training.patience), *hooks],
         )
         if resume and loop.resume():
@@ -260,26 +319,4 @@ def _fit_joint(
         "best_epoch": loop.state.best_epoch,
         "seconds": round(time.perf_counter() - started + loop.resumed_seconds, 3),  # a resumed run counts its earlier epochs
     }
-    result = JointResult(trunk)
-    for job in jobs:
-        name = job.spec.name
-        if joint.refine_epochs is None:  # the task's own epochs, early stopping and overrides; the best check is kept
-            result.results[name] = fit_task(
-                model, job.spec, training, data=job.data, run_dir=run_path / name, resume=resume, progress=progress, init=job.task
-            )
-        elif joint.refine_epochs:
-            # a fixed short pass: refine_epochs wins over the task's own epochs/patience; its other overrides still apply
-            refine = training.model_copy(update={"epochs": joint.refine_epochs, "patience": 0})
-            spec = job.spec.model_copy(update={"training": job.spec.training.model_copy(update={"epochs": None, "patience": None})})
-            result.results[name] = fit_task(
-                model, spec, refine, data=job.data, run_dir=run_path / name, resume=resume, progress=progress, init=job.task
-            )
-        else:  # no refinement: the joint phase's tail, calibrated and scored on validation data
-            outputs = _validation_outputs(model, job, training)
-            job.task.head.calibrate(outputs, job.val_targets)
-            validation = job.task.head.score(outputs, job.val_targets)
-            cfg = per_task[name]
-            result.results[name] = FitResult(
-                name, job.metric, loop.state.best_epoch, validation, None, 0.0, 0.0, tail=job.task.eval(), training=cfg
-            )
-    return result
+    return trunk, loop.state.best_epoch

@@ -8,6 +8,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from finechain.model.losses import SOFT_LOSSES
 from finechain.model.task import TaskModel
 
 
@@ -47,3 +48,36 @@ class HeadLoss:
         """``weight * head loss`` of the batch."""
         loss = task.loss(task(inputs.states, inputs.mask), inputs.targets)
         return loss * self.weight if self.weight != 1.0 else loss
+
+
+class Distillation:
+    """Learn a teacher's outputs: the head's soft loss (:data:`~finechain.model.losses.SOFT_LOSSES`) against the
+    teacher's outputs of each example, plus ``hard_weight`` times the head's own loss on the examples that have gold
+    labels (the first ``labelled``; the rest are unlabelled texts the teacher labelled).
+
+    ``teacher`` holds the teacher's outputs of every example: ``[examples, labels]``, or for token-level heads
+    ``[examples, tokens, labels]`` padded to the longest.
+
+    Example:
+        >>> objective = Distillation(torch.zeros(4, 2), labelled=4)
+        >>> objective.temperature, objective.hard_weight
+        (2.0, 0.5)
+    """
+
+    graph_safe: ClassVar[bool] = False  # picks the labelled rows of each batch on the host
+
+    def __init__(self, teacher: torch.Tensor, labelled: int, temperature: float = 2.0, hard_weight: float = 0.5) -> None:
+        self.teacher, self.labelled, self.temperature, self.hard_weight = teacher, labelled, temperature, hard_weight
+
+    def loss(self, task: TaskModel, inputs: StepInputs) -> torch.Tensor:
+        """Soft loss against the teacher, plus the weighted gold loss of the batch's labelled rows."""
+        logits = task(inputs.states, inputs.mask)
+        teacher = self.teacher[inputs.indices.to(self.teacher.device)].to(logits.device)
+        if teacher.dim() == 3:  # token-level: as wide as this batch
+            teacher = teacher[:, : logits.shape[1]]
+        loss = SOFT_LOSSES.get(task.head.loss)(logits, teacher, inputs.mask, self.temperature)
+        if self.hard_weight:
+            rows = inputs.indices < self.labelled
+            if bool(rows.any()):
+                loss = loss + self.hard_weight * task.loss(logits[rows], inputs.targets[rows])
+        return loss

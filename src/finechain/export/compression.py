@@ -1,0 +1,83 @@
+"""``finechain compress``: a student chain (fewer layers, distilled from the chain), int8 weights, or both."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finechain.chain import Chain
+from finechain.errors import FinechainError
+from finechain.inference.exported import is_exported
+from finechain.io import building_folder
+
+
+@dataclass
+class Compressed:
+    """What ``compress`` did: the steps, and per task the teacher's and the result's validation metric (a student)
+    or the largest output change (int8)."""
+
+    steps: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def compress_chain(
+    source: Path,
+    out: Path,
+    *,
+    trunk_layers: int | None = None,
+    branch_layers: int | None = None,
+    texts: list[str] | None = None,
+    int8: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    **distil_options: Any,
+) -> Compressed:
+    """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` a distilled student chain (a chain folder,
+    or with ``int8`` its int8 export), else the int8 export of ``source``. Nothing is left at ``out`` unless every step
+    worked.
+
+    Example:
+        >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
+    """
+    from finechain.export.quantize import quantize_int8
+
+    if trunk_layers is None:
+        if not int8:
+            raise FinechainError("nothing to do", fix="pass --int8 and/or --trunk-layers N")
+        manifest = quantize_int8(source, out, overwrite=overwrite)
+        rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
+        return Compressed(manifest.steps, rows)
+    if is_exported(source):
+        raise FinechainError(
+            "a student is distilled from a chain folder, not an exported one", file=source, fix="give the chain folder it was exported from"
+        )
+    if out.exists() and not overwrite:  # before the teacher is loaded and trained on
+        raise FinechainError(f"{out} already exists", fix="choose another --out, or pass --overwrite")
+    teacher = Chain.from_pretrained(source, device="auto")
+    branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
+    student = teacher.distil(trunk_layers, branch, texts=texts or (), progress=progress, **distil_options)
+    compression = student.model.compression or {}
+    steps = [
+        f"student: trunk layers {compression['trunk_layers_kept']} of {teacher.split}, "
+        f"branch layers {compression['branch_layers_kept']} of {teacher.num_layers - teacher.split}, distilled"
+    ]
+    rows = []
+    for name, record in student.records.items():
+        metric = record.metric or ""
+        before = (teacher.records[name].metrics or {}).get("validation", {}).get(metric, float("nan"))
+        after = (record.metrics or {}).get("validation", {}).get(metric, float("nan"))
+        rows.append({"task": name, "metric": metric, "teacher (val)": f"{before:.4f}", "student (val)": f"{after:.4f}"})
+    if not int8:
+        with building_folder(out, overwrite) as target:
+            student.save_pretrained(target)
+        return Compressed(steps, rows)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.student.", dir=out.parent if out.parent.exists() else None))
+    try:
+        student.save_pretrained(staging / "chain")
+        manifest = quantize_int8(staging / "chain", out, overwrite=overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Compressed(manifest.steps, rows)

@@ -1,0 +1,74 @@
+"""A student chain: fewer trunk and branch layers than its teacher, each initialised from one of the teacher's own
+layers (layer dropping), ready to be trained on the teacher's outputs (``finechain.train.distill``)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from finechain.branches import branch_mode
+from finechain.errors import FinechainError
+from finechain.model.chain_model import ChainModel
+from finechain.model.encoder import keep_layers, load_encoder
+from finechain.model.task import TaskModel
+
+
+def spread(available: int, keep: int) -> list[int]:
+    """``keep`` of ``available`` layer positions, evenly spaced, always with the top one (the layer the next stage
+    reads), as DistilBERT-style students take every other layer.
+
+    Example:
+        >>> spread(4, 3), spread(2, 1), spread(6, 3), spread(4, 4), spread(3, 0)
+        ([0, 2, 3], [1], [1, 3, 5], [0, 1, 2, 3], [])
+    """
+    if keep <= 0:
+        return []
+    step = available / keep
+    return [min(available - 1, round(available - 1 - (keep - 1 - i) * step)) for i in range(keep)]
+
+
+def student_of(teacher: ChainModel, trunk_layers: int, branch_layers: int) -> ChainModel:
+    """A student of ``teacher`` with ``trunk_layers`` trunk layers and ``branch_layers`` layers per task branch, each
+    copied from the teacher's layer at the same relative depth (:func:`spread`); heads are copied, LoRA branches merged.
+    The student's trunk is its own (saved with it), so it counts as tuned.
+
+    Example:
+        >>> student = student_of(teacher, trunk_layers=3, branch_layers=1)  # doctest: +SKIP
+        >>> student.layer_ids  # doctest: +SKIP
+        [0, 2, 3, 5]
+    """
+    branch_depth = teacher.num_layers - teacher.split
+    if not 1 <= trunk_layers <= teacher.split:
+        raise FinechainError(
+            f"a student trunk of {trunk_layers} layers does not fit the teacher's trunk of {teacher.split}",
+            field="trunk_layers",
+            fix=f"choose 1..{teacher.split}",
+        )
+    if not 0 <= branch_layers <= branch_depth:
+        raise FinechainError(
+            f"a student branch of {branch_layers} layers does not fit the teacher's branches of {branch_depth}",
+            field="branch_layers",
+            fix=f"choose 0..{branch_depth}",
+        )
+    trunk_kept, branch_kept = spread(teacher.split, trunk_layers), spread(branch_depth, branch_layers)
+    layer_ids = [teacher.layer_ids[i] for i in trunk_kept] + [teacher.layer_ids[teacher.split + j] for j in branch_kept]
+    encoder = load_encoder(teacher.backbone_path)
+    keep_layers(encoder, layer_ids)
+    student = ChainModel(encoder, teacher.tokenizer, teacher.backbone, teacher.backbone_path, trunk_layers, teacher.max_length, layer_ids)
+    for mine, theirs in zip(student.trunk.stack.layers, (teacher.trunk.stack.layers[i] for i in trunk_kept), strict=True):
+        mine.load_state_dict(theirs.state_dict())
+    student.trunk_tuned = True
+    mixed_states = [0, *(i + 1 for i in trunk_kept), *(teacher.split + j + 1 for j in branch_kept)]  # embeddings, then layers
+    for name, task in teacher.tasks.items():
+        tail = copy.deepcopy(task)
+        tail.merge_adapters()
+        layers = [tail.branch.layers[j] for j in branch_kept]
+        new = TaskModel(copy.deepcopy(task.head), layers, student.encoder_config, branch_mode(None), student.num_layers + 1)
+        new.head_layer.load_state_dict(tail.head_layer.state_dict())
+        if new.layer_mix is not None and tail.layer_mix is not None:
+            with torch.no_grad():
+                new.layer_mix.weights.copy_(tail.layer_mix.weights[mixed_states])
+                new.layer_mix.gamma.copy_(tail.layer_mix.gamma)
+        student.attach(name, new.to(teacher.device))
+    return student.to(teacher.device)

@@ -1,0 +1,211 @@
+"""Flows in a spec: small graphs of stages where one task's answer decides (routing) or feeds (spans) the next.
+
+A flow is a list of stages; each stage runs a task of this chain (or of another saved chain, ``chain:``) and, unless
+it is a root, reads the answer of the stage named in ``after``: it runs only when that answer meets ``when`` (labels,
+score bounds), or with ``otherwise: true`` when none of its siblings' label routes held (the default route); a stage
+with ``when: {score_below: 0.5}`` is the low-confidence fallback, and runs besides whatever route the label took.
+``input: span`` runs the stage on each span the upstream tagger found (``marked``: on the whole text with the span
+marked), optionally only spans of ``types``.
+
+The checks that need only the spec live here (:func:`flow_problem`); those that need a task's labels run when the
+labels are known (:func:`label_problem`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from finechain.spec.names import TASK_NAME
+
+STRICT = ConfigDict(extra="forbid")
+SPAN_INPUTS = ("span", "marked")
+
+
+class Condition(BaseModel):
+    """When a routed stage runs: every given test must hold for the upstream answer (its label, or for a multi-label
+    task any of its labels, and the score of that label)."""
+
+    model_config = STRICT
+
+    labels: list[str] | None = Field(None, min_length=1, description="the upstream label is one of these")
+    score_at_least: float | None = Field(None, ge=0.0, le=1.0, description="the upstream answer's score is at least this")
+    score_below: float | None = Field(None, ge=0.0, le=1.0, description="the upstream answer's score is below this (a fallback)")
+
+    @model_validator(mode="after")
+    def _something(self) -> Condition:
+        if self.labels is None and self.score_at_least is None and self.score_below is None:
+            raise ValueError("a condition needs labels, score_at_least or score_below")
+        return self
+
+
+class StageSpec(BaseModel):
+    """One stage of a flow."""
+
+    model_config = STRICT
+
+    task: str = Field(pattern=TASK_NAME, description="the task this stage runs")
+    name: str | None = Field(None, pattern=TASK_NAME, description="the stage's name in results (default: the task's)")
+    chain: str | None = Field(None, description="another saved chain folder holding the task (default: this chain)")
+    after: str | None = Field(None, description="the stage whose answer this one reads (none: a root, reads the text)")
+    when: Condition | None = None
+    otherwise: bool = Field(False, description="run when no sibling's 'when' held (the default route)")
+    input: Literal["text", "span", "marked"] = Field("text", description="the text, each upstream span, or the text with it marked")
+    types: list[str] | None = Field(None, min_length=1, description="only upstream spans of these types")
+
+    @property
+    def key(self) -> str:
+        """The stage's name: ``name``, or its task's."""
+        return self.name or self.task
+
+
+class FlowSpec(BaseModel):
+    """A named flow: its stages, roots first or in any order (``after`` gives the graph).
+
+    Example:
+        >>> flow = FlowSpec.model_validate({"name": "f", "stages": [{"task": "intent"}, {"task": "slots", "after": "intent"}]})
+        >>> [s.key for s in flow.stages]
+        ['intent', 'slots']
+    """
+
+    model_config = STRICT
+
+    name: str = Field(pattern=TASK_NAME)
+    stages: list[StageSpec] = Field(min_length=1)
+
+    def stage(self, key: str) -> StageSpec:
+        """The stage called ``key``."""
+        return next(s for s in self.stages if s.key == key)
+
+    def children(self, key: str | None) -> list[StageSpec]:
+        """The stages that read ``key``'s answer (``None``: the roots)."""
+        return [s for s in self.stages if s.after == key]
+
+
+Problem = tuple[str, tuple[str | int, ...], str]  # message, where (relative to the stage), fix
+
+
+def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | None = None) -> tuple[int, Problem] | None:
+    """The first thing wrong with ``flow`` that the spec alone shows, as (stage index, problem); ``span_tasks`` are the
+    tasks (of this chain) that produce spans, ``own_tasks`` this chain's tasks (None: not known here).
+
+    Example:
+        >>> bad = FlowSpec.model_validate({"name": "f", "stages": [{"task": "a", "after": "b"}]})
+        >>> flow_problem(bad, set())[1][0]
+        "stage 'a' reads 'b', which is not a stage of flow 'f'"
+    """
+    keys = [s.key for s in flow.stages]
+    for i, stage in enumerate(flow.stages):
+        if keys.count(stage.key) > 1:
+            return i, (f"stage '{stage.key}' appears twice in flow '{flow.name}'", ("task",), "give one of them its own 'name'")
+        if own_tasks is not None and stage.chain is None and stage.task not in own_tasks:
+            return i, (f"unknown task '{stage.task}' in flow '{flow.name}'", ("task",), f"use one of {sorted(own_tasks)}, or set 'chain:'")
+        if stage.after is None:
+            for field in ("when", "otherwise", "types"):
+                if getattr(stage, field):
+                    return i, (f"stage '{stage.key}' has '{field}' but reads no stage", (field,), "add 'after: <stage>', or drop it")
+            if stage.input != "text":
+                return i, (f"stage '{stage.key}' reads spans but no stage", ("input",), "add 'after: <a tagging stage>'")
+            continue
+        if stage.after not in keys:
+            message = f"stage '{stage.key}' reads '{stage.after}', which is not a stage of flow '{flow.name}'"
+            return i, (message, ("after",), f"use one of {keys}")
+        if stage.when is not None and stage.otherwise:
+            return i, (f"stage '{stage.key}' has both 'when' and 'otherwise'", ("otherwise",), "keep one: otherwise is the default route")
+        upstream = flow.stage(stage.after)
+        spans = upstream.chain is None and upstream.task in span_tasks
+        if stage.input in SPAN_INPUTS and upstream.chain is None and not spans and own_tasks is not None:
+            message = f"stage '{stage.key}' reads spans of '{stage.after}', which produces none"
+            return i, (message, ("input",), "read spans of a tagging stage")
+        if stage.types and stage.input not in SPAN_INPUTS:
+            return i, (f"stage '{stage.key}' has 'types' but reads the text", ("types",), "set 'input: span' or 'input: marked'")
+        if stage.input in SPAN_INPUTS and (stage.when is not None or stage.otherwise):
+            return i, (f"stage '{stage.key}' reads spans: it runs on each one", ("when",), "filter spans with 'types' instead")
+        if spans and stage.input == "text" and (stage.when is not None or stage.otherwise):
+            return i, (f"a condition on '{stage.after}', which produces spans, not a label", ("when",), "read its spans: 'input: span'")
+    cycle = _cycle(flow)
+    if cycle is not None:
+        return keys.index(cycle[0]), (f"flow '{flow.name}' has a cycle: {' -> '.join(cycle)}", ("after",), "a stage cannot read itself")
+    return None
+
+
+def _cycle(flow: FlowSpec) -> list[str] | None:
+    """A cycle of ``after`` links, if any (each stage reads at most one other, so following the links finds it)."""
+    for start in flow.stages:
+        seen, key = [start.key], start.after
+        while key is not None:
+            if key in seen:
+                return [*seen[seen.index(key) :], key]
+            seen.append(key)
+            key = flow.stage(key).after if key in {s.key for s in flow.stages} else None
+    return None
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What a flow needs to know of a stage's task: does it produce spans (and of which types), can it be routed on
+    (labels with scores), and its labels."""
+
+    spans: bool
+    routes: bool
+    labels: list[str]
+    span_types: list[str]
+
+
+def stage_problem(flow: FlowSpec, stage: StageSpec, facts: Callable[[StageSpec], TaskFacts | None]) -> Problem | None:
+    """What is wrong with ``stage`` given its tasks' facts (``facts(stage)`` is None for a task that does not exist):
+    an unknown task, a span edge from a task without spans or to a type it does not find, a route on a task without
+    labels or on a label it does not have.
+
+    Example:
+        >>> flow = FlowSpec.model_validate({"name": "f", "stages": [{"task": "a"}, {"task": "b", "after": "a", "when": {"labels": ["x"]}}]})
+        >>> stage_problem(flow, flow.stages[1], lambda s: TaskFacts(False, True, ["y"], []))[0]
+        "stage 'b' routes on label 'x', which 'a' does not have"
+    """
+    mine = facts(stage)
+    if mine is None:
+        return (
+            f"stage '{stage.key}' runs task '{stage.task}', which {stage.chain or 'this chain'} does not have",
+            ("task",),
+            "check the name",
+        )
+    if stage.after is None:
+        return None
+    upstream = facts(flow.stage(stage.after))
+    if upstream is None:
+        return None  # reported at the upstream stage
+    if stage.input in SPAN_INPUTS:
+        if not upstream.spans:
+            return (f"stage '{stage.key}' reads spans of '{stage.after}', which produces none", ("input",), "read a tagging stage")
+        unknown = sorted(set(stage.types or []) - set(upstream.span_types))
+        if unknown:
+            message = f"stage '{stage.key}' keeps spans of type '{unknown[0]}', which '{stage.after}' does not find"
+            return (message, ("types",), f"its types are {upstream.span_types}")
+        return None
+    if (stage.when is not None or stage.otherwise) and not upstream.routes:
+        message = f"stage '{stage.key}' routes on '{stage.after}', whose answers have no label to route on"
+        return (message, ("when",) if stage.when is not None else ("otherwise",), "route on a classification or multilabel stage")
+    return label_problem(stage, upstream.labels)
+
+
+def label_problem(stage: StageSpec, labels: list[str]) -> Problem | None:
+    """A condition of ``stage`` on a label its upstream task does not have (``labels``: that task's labels).
+
+    Example:
+        >>> stage = StageSpec(task="slots", after="intent", when={"labels": ["Nope"]})
+        >>> label_problem(stage, ["PlayMusic"])[0]
+        "stage 'slots' routes on label 'Nope', which 'intent' does not have"
+    """
+    if stage.when is None or stage.when.labels is None:
+        return None
+    unknown = [label for label in stage.when.labels if label not in labels]
+    if unknown:
+        return (
+            f"stage '{stage.key}' routes on label '{unknown[0]}', which '{stage.after}' does not have",
+            ("when", "labels"),
+            f"its labels are {labels[:10]}{' ...' if len(labels) > 10 else ''}",
+        )
+    return None

@@ -1,0 +1,145 @@
+"""Students: fewer layers started from the teacher's, distilled on its outputs; saved as chains that every verb reads,
+exported and quantized like any chain; bad requests are one-line errors that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from finechain import Chain
+from finechain.export.onnx import export_onnx
+from finechain.inference import Engine
+from finechain.inference.exported import ExportedChain, read_export_manifest
+from finechain.model.losses import SOFT_LOSSES
+from finechain.model.student import student_of
+from finechain.train.objectives import Distillation, StepInputs
+from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
+from tests.conftest import run_cli as cli
+from tests.test_joint import JOINT, TRAINING, specs_and_data
+
+TEXTS = ["alice visited new york", "superb film and music", "the plot was awful", "bob met carol in paris"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Chain, dict]:
+    """A jointly trained two-task chain (sentiment, NER) on the tiny BERT: split 2 of 4 layers."""
+    specs, data = specs_and_data(tmp_path_factory.mktemp("teacher"))
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    chain.fit_joint(specs, TRAINING, JOINT, data=data, progress=False)
+    return chain, data
+
+
+def test_a_distilled_student_keeps_what_the_teacher_knows(teacher: tuple[Chain, dict], tmp_path: Path) -> None:
+    chain, data = teacher
+    before = student_of(chain.model, 1, 1)
+    copied = {k: v.clone() for k, v in before.trunk.stack.state_dict().items()}
+    assert copied["layers.0.attention.self.query.weight"].equal(chain.model.trunk.stack.layers[1].attention.self.query.weight)
+    student = chain.distil(1, 1, data=data, training=TRAINING, epochs=8, trunk_learning_rate=1e-3, progress=False)
+    assert student.model.layer_ids == [1, 3] and student.split == 1 and student.num_layers == 2
+    assert all(len(task.branch.layers) == 1 for task in student.tasks.values())
+    assert any(not v.equal(student.model.trunk.stack.state_dict()[k]) for k, v in copied.items())  # it was trained
+    assert student.records["sent"].metrics["validation"]["accuracy"] >= 0.9
+    assert student.records["ner"].metrics["validation"]["entity_f1"] >= 0.7
+    dev = data["sent"].validation.texts
+    agree = sum(a["sent"].label == b["sent"].label for a, b in zip(chain.predict(dev), student.predict(dev), strict=True))
+    assert agree >= 0.9 * len(dev)
+    assert student.model.compression["trunk_layers_kept"] == [1] and student.model.compression["teacher"]["split"] == 2
+    # a chain folder like any other: it loads with its layers, and exports to one ONNX graph that answers the same
+    folder = student.save_pretrained(tmp_path / "student")
+    manifest = json.loads((folder / "finechain.json").read_text())
+    assert manifest["layers"] == [1, 3] and manifest["num_layers"] == 2 and manifest["compression"]["epochs"] == 8
+    loaded = Chain.from_pretrained(folder)
+    assert loaded.predict(TEXTS) == student.predict(TEXTS)
+    exported = export_onnx(folder, tmp_path / "onnx")
+    assert exported.steps[0] == "student: backbone layers [1, 3], distilled" and exported.layers == 2
+    engine = Engine(ExportedChain(tmp_path / "onnx"))
+    assert [p["ner"].to_dict()["tags"] for p in engine.predict(TEXTS)] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
+
+
+def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() -> None:
+    teacher = torch.randn(2, 5, 3)
+    student = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    loss = SOFT_LOSSES.get("token_cross_entropy")(student, teacher, mask, 2.0)
+    changed = student.clone()
+    changed[0, 3:] = 100.0  # padding: must not count
+    assert torch.allclose(loss, SOFT_LOSSES.get("token_cross_entropy")(changed, teacher, mask, 2.0))
+    same = SOFT_LOSSES.get("cross_entropy")(teacher[:, 0], teacher[:, 0], mask, 1.0)
+    worse = SOFT_LOSSES.get("cross_entropy")(-teacher[:, 0], teacher[:, 0], mask, 1.0)
+    assert same < worse
+
+    class Tail(torch.nn.Module):  # a task tail stand-in: outputs its input, the head's loss is cross-entropy
+        head = type("H", (), {"loss": "cross_entropy"})()
+
+        def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return states
+
+        def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(logits, targets)
+
+    logits, soft = torch.randn(4, 3), torch.randn(4, 3)
+    inputs = StepInputs(logits, torch.ones(4, 1), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]))
+    unlabelled = Distillation(soft, labelled=0, temperature=2.0, hard_weight=1.0).loss(Tail(), inputs)
+    assert torch.allclose(unlabelled, SOFT_LOSSES.get("cross_entropy")(logits, soft, inputs.mask, 2.0))
+    two = Distillation(soft, labelled=2, temperature=2.0, hard_weight=1.0).loss(Tail(), inputs)
+    assert torch.allclose(two - unlabelled, torch.nn.functional.cross_entropy(logits[:2], inputs.targets[:2]))
+
+
+@pytest.fixture
+def trained(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A frozen-trunk chain trained with the CLI, its backbone copied in."""
+    write_csv(tmp_path / "s.csv", sentiment_rows(80, 1))
+    write_conll(tmp_path / "n.conll", ner_sentences(80, 1))
+    (tmp_path / "chain.yaml").write_text(
+        f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\ntraining: {{epochs: 2, batch_size: 16, min_steps: 0}}\n"
+        "tasks:\n  - {name: sent, train: s.csv}\n  - {name: ner, type: tagging, train: n.conll}\n"
+    )
+    code, _, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "c"), "--copy-backbone", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    return tmp_path / "c"
+
+
+def test_cli_compress_to_a_student_then_to_int8(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "more.txt").write_text("alice met bob\nvery good music\nweak plot\n")
+    args = ["compress", str(trained), "--out", str(tmp_path / "s"), "--trunk-layers", "1", "--texts", str(tmp_path / "more.txt")]
+    code, out, err = cli([*args, "--epochs", "1", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "student: trunk layers [1] of 2, branch layers [0, 1] of 2, distilled" in " ".join(out.split())
+    assert "teacher (val)" in out and "student (val)" in out
+    manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
+    assert manifest["layers"] == [1, 2, 3] and manifest["compression"]["unlabelled_texts"] == 3
+    assert manifest["backbone"]["kind"] == "copied" and (tmp_path / "s" / "backbone").is_dir()
+    shutil.rmtree(trained)  # the student stands alone: its backbone was copied along with it
+    code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
+    assert code == 0 and "student: backbone layers [1, 2, 3] of the teacher's 4, distilled" in out, err
+    code, out, err = cli(["predict", str(tmp_path / "s"), "--input", str(tmp_path / "more.txt")], monkeypatch, capsys)
+    assert code == 0 and len(out.splitlines()) == 3, err
+    code, out, err = cli(["compress", str(tmp_path / "s"), "--out", str(tmp_path / "s8"), "--int8", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert read_export_manifest(tmp_path / "s8").steps[0].startswith("student: backbone layers [1, 2, 3]")
+
+
+def test_cli_compress_refuses_what_cannot_work(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export_onnx(trained, tmp_path / "onnx")
+    cases = [
+        (["compress", str(tmp_path / "onnx"), "--out", str(tmp_path / "x"), "--trunk-layers", "1"], "is distilled from a chain folder"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "3"], "does not fit the teacher's trunk of 2"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--branch-layers", "3"], "choose 0..2"),
+        (["compress", str(trained), "--out", str(tmp_path / "onnx"), "--trunk-layers", "1"], "already exists"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--no-int8"], "nothing to do"),
+    ]
+    for args, message in cases:
+        code, _, err = cli(args, monkeypatch, capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    (tmp_path / "s.csv").rename(tmp_path / "moved.csv")  # the teacher's training texts are gone
+    code, _, err = cli(["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "-q"], monkeypatch, capsys)
+    assert code == 2 and "s.csv" in err and len(err.strip().splitlines()) <= 2, err
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))

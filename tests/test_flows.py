@@ -1,0 +1,200 @@
+"""Flows: routing with a default route and a low-confidence fallback, span edges, another chain's stage, one trunk
+pass per chain, evaluation end to end, and every bad flow a one-line error at its YAML line."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from finechain import Chain
+from finechain.errors import FinechainError
+from finechain.flows import SpanAnswer
+from tests.conftest import FILLER, NEGATIVE, POSITIVE, TOPICS, ner_sentences, write_conll
+from tests.conftest import run_cli as cli
+
+TRAINING = "training: {epochs: 6, batch_size: 16, learning_rate: 0.003, head_learning_rate: 0.01, min_steps: 0, patience: 0}"
+
+
+def combo_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """Texts with a topic word and a sentiment cue: both labels on every row."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = list(TOPICS)[i % 3]
+        mood = "pos" if (i // 3) % 2 == 0 else "neg"
+        words = [rng.choice(TOPICS[topic]), rng.choice(POSITIVE if mood == "pos" else NEGATIVE), rng.choice(FILLER)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "topic": topic, "mood": mood})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+FLOWS = """
+flows:
+  - name: triage
+    stages:
+      - task: topic
+      - task: mood
+        after: topic
+        when: {labels: [sport]}
+      - name: general
+        task: mood
+        after: topic
+        otherwise: true
+      - name: unsure
+        task: other_mood
+        chain: other
+        after: topic
+        when: {score_below: 0.999}
+  - name: people
+    stages:
+      - task: ner
+      - task: mood
+        after: ner
+        input: marked
+        types: [PER]
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two chains: 'other' (one mood task) and 'c' (topic, mood, ner) whose flows route, read spans and use 'other'."""
+    from finechain.jobs.training import train_chain
+
+    root = tmp_path_factory.mktemp("flows")
+    write_jsonl(root / "combo.jsonl", combo_rows(240, 1))
+    write_jsonl(root / "combo_test.jsonl", combo_rows(30, 2))
+    write_conll(root / "n.conll", ner_sentences(120, 1))
+    head = f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n{TRAINING}\n"
+    (root / "other.yaml").write_text(head + "tasks:\n  - {name: other_mood, train: combo.jsonl, label_column: mood}\n")
+    train_chain(root / "other.yaml", root / "other", progress=False)
+    (root / "chain.yaml").write_text(
+        head + "sharing: joint\njoint: {epochs: 8, trunk_learning_rate: 0.001, refine_epochs: 1}\n"
+        "tasks:\n  - {name: topic, train: combo.jsonl, label_column: topic}\n"
+        "  - {name: mood, train: combo.jsonl, label_column: mood}\n  - {name: ner, type: tagging, train: n.conll}\n" + FLOWS
+    )
+    train_chain(root / "chain.yaml", root / "c", progress=False)
+    return root
+
+
+def test_routing_default_route_and_fallback_in_one_pass(trained: Path) -> None:
+    chain = Chain.from_pretrained(trained / "c")
+    assert sorted(chain.flows) == ["people", "triage"]
+    assert chain.flows["triage"].stages[3].chain == "../other"  # kept relative: the two folders move together
+    flow = chain.flow("triage")
+    calls = []
+    run = chain.engine.runner.run
+    chain.engine.runner.run = lambda *a, **k: calls.append(sorted(a[2])) or run(*a, **k)  # type: ignore[method-assign]
+    texts = ["match good the", "bank awful film", "phone superb plot", "goal dreadful story"]
+    results = flow.run(texts)
+    assert calls == [["mood", "topic"]]  # this chain: one pass (trunk once) for both its text stages
+    for result in results:
+        topic = result.answers["topic"]
+        assert result.path[0] == "topic" and set(result.times_ms) == {"topic", "mood", "general", "unsure"}
+        routed = {"mood"} if topic.label == "sport" else {"general"}
+        assert routed <= set(result.path) and not ({"mood", "general"} - routed) & set(result.path)
+        assert ("unsure" in result.path) == (topic.score < 0.999)
+        if "unsure" in result.path:
+            assert result.answers["unsure"].label in {"pos", "neg"}  # answered by the other chain
+    assert [r.answers["topic"].label for r in results][:3] == ["sport", "money", "tech"]
+    assert json.loads(json.dumps(results[0].to_dict()))["path"] == results[0].path
+
+
+def test_span_edges_run_on_each_marked_span(trained: Path) -> None:
+    chain = Chain.from_pretrained(trained / "c")
+    results = chain.flow("people").run(["alice visited paris", "the film was good"])
+    spans = results[0].answers["mood"]
+    assert isinstance(spans, list) and [a.span.type for a in spans] == ["PER"]
+    assert isinstance(spans[0], SpanAnswer) and spans[0].span.text == "alice"
+    assert results[1].answers["mood"] == [] and results[1].path == ["ner", "mood"]
+    assert results[0].to_dict()["answers"]["mood"][0]["span"]["text"] == "alice"
+
+
+def test_cli_predict_and_eval_a_flow(trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (trained / "in.txt").write_text("match good the\nbank awful film\n")
+    code, out, err = cli(["predict", str(trained / "c"), "--flow", "triage", "--input", str(trained / "in.txt")], monkeypatch, capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in records] == ["match good the", "bank awful film"] and records[0]["path"][0] == "topic"
+    code, out, err = cli(["eval", str(trained / "c"), "--flow", "triage", "--data", str(trained / "combo_test.jsonl")], monkeypatch, capsys)
+    assert code == 0 and "exact_match" in out, err
+    from finechain.jobs.evaluation import evaluate_flow
+
+    scores = evaluate_flow(trained / "c", "triage", trained / "combo_test.jsonl")
+    assert scores["n"] == 30 and scores["stages"]["topic"]["accuracy"] >= 0.9
+    mood_ok = sum(scores["stages"][k]["accuracy"] * scores["stages"][k]["n"] for k in ("mood", "general"))
+    assert scores["exact_match"] <= min(scores["stages"]["topic"]["accuracy"], mood_ok / 30) + 1e-9
+    for args, message in [
+        (["predict", str(trained / "c"), "--flow", "nope", "--input", str(trained / "in.txt")], "unknown flow 'nope'"),
+        (["predict", str(trained / "c"), "--flow", "triage", "--task", "topic"], "without --task"),
+        (["eval", str(trained / "c"), "--data", str(trained / "combo_test.jsonl")], "give --task or --flow"),
+    ]:
+        code, _, err = cli(args, monkeypatch, capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+BAD_FLOWS = [
+    ("      - {task: mood, after: nope}", "reads 'nope', which is not a stage"),
+    ("      - {task: mood, after: mood}", "has a cycle: mood -> mood"),
+    ("      - {task: mood, after: topic, when: {labels: [sports]}}", "routes on label 'sports', which 'topic' does not have"),
+    ("      - {task: mood, after: topic, input: span}", "reads spans of 'topic', which produces none"),
+    ("      - {task: mood, after: ner, when: {labels: [PER]}}", "a condition on 'ner', which produces spans"),
+    ("      - {task: mood, after: ner, input: span, types: [ORG]}", "keeps spans of type 'ORG', which 'ner' does not find"),
+    ("      - {task: nope, after: topic}", "unknown task 'nope' in flow 'f'"),
+    ("      - {task: other_mood, chain: missing, after: topic}", "not a chain folder"),
+    ("      - {task: mood, after: topic, when: {labels: [sport]}, otherwise: true}", "has both 'when' and 'otherwise'"),
+]
+
+
+@pytest.mark.parametrize(("stage", "message"), BAD_FLOWS)
+def test_bad_flows_are_one_line_errors_at_their_line(
+    trained: Path, stage: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = (trained / "chain.yaml").read_text().split("flows:")[0].splitlines()[:3]
+    body = "\n".join(spec) + "\ntasks:\n  - {name: topic, train: combo.jsonl, label_column: topic}\n"
+    body += "  - {name: mood, train: combo.jsonl, label_column: mood}\n  - {name: ner, type: tagging, train: n.conll}\n"
+    body += f"flows:\n  - name: f\n    stages:\n      - task: topic\n{stage}\n      - task: ner\n"
+    text = body.splitlines()
+    (trained / "bad.yaml").write_text(body)
+    code, _, err = cli(["check", str(trained / "bad.yaml")], monkeypatch, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    expected = next(i for i, row in enumerate(text, 1) if row == stage)
+    assert f"bad.yaml:{expected}" in err, err
+    with pytest.raises(FinechainError):
+        Chain.from_pretrained(trained / "c").add_flow({"name": "g", "stages": [{"task": "topic"}, {"task": "mood", "after": "ghost"}]})
+
+
+def test_the_server_runs_flows_through_its_batcher(trained: Path) -> None:
+    import httpx
+
+    from tests.test_serve import AUTH, Server
+
+    server = Server(trained / "c")
+    try:
+        texts = ["match good the", "bank awful film"]
+        response = httpx.post(f"{server.url}/v1/flows/triage", json={"texts": texts}, headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        served = response.json()["results"]
+        local = [r.to_dict() for r in Chain.from_pretrained(trained / "c").flow("triage").run(texts)]
+        assert [r["path"] for r in served] == [r["path"] for r in local]
+        assert [r["answers"]["topic"]["label"] for r in served] == [r["answers"]["topic"]["label"] for r in local]
+        listed = httpx.get(f"{server.url}/v1/flows", headers=AUTH, timeout=10).json()["flows"]
+        assert [f["name"] for f in listed] == ["triage", "people"]
+        missing = httpx.post(f"{server.url}/v1/flows/nope", json={"texts": ["x"]}, headers=AUTH, timeout=10)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_flow"
+        empty = httpx.post(f"{server.url}/v1/flows/triage", json={"texts": []}, headers=AUTH, timeout=10)
+        assert empty.status_code == 422
+        metrics = httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=10).text
+        counted = float(re.search(r"^finechain_texts_total (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+        assert counted >= len(texts)  # the flow's texts went through the service (and its batcher)
+    finally:
+        code, err = server.stop()
+    assert code == 0, err[-2000:]
