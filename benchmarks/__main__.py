@@ -17,6 +17,7 @@ SUITES = {
     "dropout": "benchmarks.dropout",
     "serve": "benchmarks.serve",
     "export": "benchmarks.export",
+    "snips": "benchmarks.snips",
     "report": "benchmarks.report",
 }
 

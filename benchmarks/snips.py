@@ -1,0 +1,181 @@
+"""SNIPS joint intent + slots (13,084 / 700 / 700 utterances, 7 intents, 39 slot types): a finechain chain with both
+tasks answered in one pass, next to what a user would build with the Hugging Face Trainer, an intent classifier and
+a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
+
+    python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0]
+
+Reported on the test file: intent accuracy, slot F1 (seqeval, entity level), whole-utterance exact match (the intent
+and every slot tag right), training time, and CPU throughput on the 700 test utterances (batch 32, both answers per
+utterance). Selection (early stopping) uses the dev file only. The chain's flow variant (intent first, then slots
+conditioned on the intent) is not measured yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import DATASETS, Recorder
+from benchmarks.peers import _fine_tune
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.model.backbone import resolve_backbone
+from finechain.spec import JointConfig
+
+SNIPS = DATASETS / "snips"
+
+
+def read(split: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (SNIPS / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def scores(intents: list[str], slots: list[list[str]], test: list[dict[str, Any]]) -> dict[str, float]:
+    """Intent accuracy, seqeval slot F1 and exact match of predictions against ``test``."""
+    from seqeval.metrics import f1_score
+
+    gold_intents, gold_slots = [r["intent"] for r in test], [r["slots"] for r in test]
+    right_intent = [p == g for p, g in zip(intents, gold_intents, strict=True)]
+    exact = [i and p == g for i, p, g in zip(right_intent, slots, gold_slots, strict=True)]
+    return {
+        "accuracy": float(np.mean(right_intent)),
+        "slot_f1": float(f1_score(gold_slots, slots)),
+        "exact_match": float(np.mean(exact)),
+    }
+
+
+def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, Any]]) -> None:
+    """The chain: intent and slots, trunk tuned jointly, then each branch refined; both answered in one pass."""
+    limit = args.train_examples or None
+    specs = [
+        TaskSpec(name="intent", train=SNIPS / "train.jsonl", dev=SNIPS / "dev.jsonl", label_column="intent", max_train_examples=limit),
+        TaskSpec(
+            name="slots",
+            type="tagging",
+            train=SNIPS / "train.jsonl",
+            dev=SNIPS / "dev.jsonl",
+            text_column="words",
+            label_column="slots",
+            max_train_examples=limit,
+        ),
+    ]
+    chain = Chain.from_backbone(split="auto", sharing="joint")
+    started = time.perf_counter()
+    chain.fit_joint(specs, TrainingConfig(epochs=args.epochs, seed=args.seed), JointConfig(), progress=False)
+    seconds = time.perf_counter() - started
+    words = [r["words"] for r in test]
+    chain.engine.batch_size = 32
+    predictions = chain.predict(words)
+    found = scores([p["intent"].label for p in predictions], [p["slots"].tags for p in predictions], test)
+    variant = f"chain: intent + slots in one pass (joint trunk, split {chain.split})"
+    for metric, value in found.items():
+        rec.add("snips", "finechain", variant, metric, value, "test")
+    rec.add("snips", "finechain", variant, "train_seconds", seconds, "s (both tasks)")
+    chain.predict(words[:32])  # warm-up
+    started = time.perf_counter()
+    chain.predict(words)
+    rec.add("snips", "finechain", variant, "samples_per_second", len(words) / (time.perf_counter() - started), "utterances/s, batch 32")
+
+
+def run_peer(rec: Recorder, args: argparse.Namespace, train: list[dict[str, Any]], test: list[dict[str, Any]]) -> None:
+    """Two Trainer fine-tunes (intent classifier, slot tagger), then both run on every test utterance in turn."""
+    import torch
+    from transformers import AutoTokenizer
+
+    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    intents = sorted({r["intent"] for r in train})
+    tags = sorted({t for r in train for t in r["slots"]} | {"O"})
+    intent_id, tag_id = {x: i for i, x in enumerate(intents)}, {x: i for i, x in enumerate(tags)}
+    kept: dict[str, Any] = {}
+
+    def encode_words(rows: list[dict[str, Any]], with_labels: bool) -> list[dict[str, Any]]:
+        enc = tokenizer([r["words"] for r in rows], is_split_into_words=True, truncation=True, max_length=128)
+        out = []
+        for i, r in enumerate(rows):
+            item = {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i]}
+            if with_labels:
+                seen: set[int] = set()
+                labels = []
+                for w in enc.word_ids(i):
+                    labels.append(-100 if w is None or w in seen else tag_id[r["slots"][w]])
+                    if w is not None:
+                        seen.add(w)
+                item["labels"] = labels
+            out.append(item)
+        return out
+
+    def keep(name: str) -> Any:
+        def evaluate(trainer: Any) -> dict[str, float]:
+            kept[name] = trainer.model.eval()
+            return {}
+
+        return evaluate
+
+    run = {"epochs": args.epochs, "seed": args.seed, "method": "full", "device": "cpu"}
+    texts = [" ".join(r["words"]) for r in train]
+    enc = tokenizer(texts, truncation=True, max_length=128)
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": intent_id[r["intent"]]}
+        for i, m, r in zip(enc["input_ids"], enc["attention_mask"], train, strict=True)
+    ]
+    first = _fine_tune("sequence", backbone, tokenizer, rows, len(intents), keep("intent"), **run)
+    second = _fine_tune("token", backbone, tokenizer, encode_words(train, True), len(tags), keep("slots"), **run)
+
+    @torch.inference_mode()
+    def predict(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        got_intents, got_slots = [], []
+        for start in range(0, len(rows), 32):
+            part = rows[start : start + 32]
+            batch = tokenizer([" ".join(r["words"]) for r in part], truncation=True, max_length=128, padding=True, return_tensors="pt")
+            got_intents += [intents[i] for i in kept["intent"](**batch).logits.argmax(-1).tolist()]
+            words = tokenizer(
+                [r["words"] for r in part], is_split_into_words=True, truncation=True, max_length=128, padding=True, return_tensors="pt"
+            )
+            best = kept["slots"](input_ids=words["input_ids"], attention_mask=words["attention_mask"]).logits.argmax(-1).tolist()
+            for i, r in enumerate(part):
+                first_pieces, seen = [], set()
+                for position, w in enumerate(words.word_ids(i)):
+                    if w is not None and w not in seen:
+                        seen.add(w)
+                        first_pieces.append(tags[best[i][position]])
+                got_slots.append(first_pieces + ["O"] * (len(r["words"]) - len(first_pieces)))
+        return got_intents, got_slots
+
+    found = scores(*predict(test), test)
+    variant = "intent classifier + slot tagger, fine-tuned separately, run in turn"
+    for metric, value in found.items():
+        rec.add("snips", "hf-trainer", variant, metric, value, "test")
+    rec.add("snips", "hf-trainer", variant, "train_seconds", first.seconds + second.seconds, "s (both models, trainer.train only)")
+    predict(test[:32])  # warm-up
+    started = time.perf_counter()
+    predict(test)
+    rec.add("snips", "hf-separate", variant, "samples_per_second", len(test) / (time.perf_counter() - started), "utterances/s, batch 32")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks snips", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="600 training utterances, 1 epoch, 100 test utterances")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-examples", type=int, default=0, help="0 = all 13,084")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--output", default=None, help="results name (default snips, or snips_quick)")
+    args = parser.parse_args(argv)
+    test = read("test")
+    if args.quick:
+        args.train_examples, args.epochs, test = 600, 1, test[:100]
+    rec = Recorder("snips", "cpu")
+    train = read("train")
+    if args.train_examples:
+        train = train[: args.train_examples]
+    run_finechain(rec, args, test)
+    if not args.no_peer:
+        run_peer(rec, args, train, test)
+    print(f"wrote {rec.save(args.output or ('snips_quick' if args.quick else 'snips'), vars(args))}")
+
+
+if __name__ == "__main__":
+    main()
