@@ -357,7 +357,7 @@ class Chain:
             >>> student = Chain.from_pretrained("my-chain").distil(3, 1)  # doctest: +SKIP
             >>> student.save_pretrained("my-chain-small")  # doctest: +SKIP
         """
-        from finechain.model.student import spread, student_of
+        from finechain.model.student import student_of
         from finechain.train.distill import distill
 
         if not self.tasks:
@@ -369,10 +369,7 @@ class Chain:
         trunk, results = distill(self.model, student.model, specs, datas, training, texts=texts, **options)
         student.trunk_record = TrunkEntry(**trunk)
         student.model.compression = {
-            "method": "layer dropping + distillation",
-            "teacher": {"split": self.split, "layers": self.model.layer_ids},
-            "trunk_layers_kept": spread(self.split, trunk_layers),
-            "branch_layers_kept": spread(self.num_layers - self.split, branch_layers),
+            **(student.model.compression or {}),
             **trunk["distillation"],
             "epochs": trunk["epochs"],
             "best_epoch": trunk["best_epoch"],

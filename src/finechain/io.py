@@ -201,6 +201,16 @@ def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """An existing ``--out`` is refused unless ``overwrite``: a one-line error naming it.
+
+    Example:
+        >>> refuse_existing(Path("/nonexistent/out"), overwrite=False)
+    """
+    if path.exists() and not overwrite:
+        raise FinechainError(f"{path} already exists", fix="choose another --out, or pass --overwrite")
+
+
 @contextmanager
 def building_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name beside ``path`` and put it at ``path`` when the block ends without an
@@ -217,8 +227,7 @@ def building_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]
         ('hi', True)
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FinechainError(f"{path} already exists", fix="choose another --out, or pass --overwrite")
+    refuse_existing(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

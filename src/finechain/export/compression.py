@@ -11,7 +11,7 @@ from typing import Any
 from finechain.chain import Chain
 from finechain.errors import FinechainError
 from finechain.inference.exported import is_exported
-from finechain.io import building_folder
+from finechain.io import building_folder, refuse_existing
 
 
 @dataclass
@@ -54,8 +54,7 @@ def compress_chain(
         raise FinechainError(
             "a student is distilled from a chain folder, not an exported one", file=source, fix="give the chain folder it was exported from"
         )
-    if out.exists() and not overwrite:  # before the teacher is loaded and trained on
-        raise FinechainError(f"{out} already exists", fix="choose another --out, or pass --overwrite")
+    refuse_existing(out, overwrite)  # before the teacher is loaded and trained on
     teacher = Chain.from_pretrained(source, device="auto")
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
     student = teacher.distil(trunk_layers, branch, texts=texts or (), progress=progress, **distil_options)

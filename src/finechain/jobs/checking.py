@@ -80,23 +80,40 @@ def check_chain(spec_path: Path) -> list[DataCheck]:
     return [check_data(checked.data[task.name], head_type(task.type), checked.tokenizer, spec.max_length, task.name) for task in spec.tasks]
 
 
-def _other_chain_facts(folder: Path) -> dict[str, TaskFacts]:
-    """The tasks of another chain a flow stage names, from its manifest (JSON only: no model is loaded here)."""
+def manifest_tasks(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The task entries of a chain folder's or an exported folder's manifest, read as JSON (no model is loaded), and
+    which manifest it was; a folder without one is a one-line error.
+
+    Example:
+        >>> manifest_tasks(Path("my-chain"))[0]  # doctest: +SKIP
+        'finechain.json'
+    """
     import json
 
-    for name, read in (
-        ("finechain.json", lambda e: (e["head"]["type"], e["head"]["labels"])),
-        ("finechain-export.json", lambda e: (e["type"], e["head"]["labels"])),
-    ):
+    for name in ("finechain.json", "finechain-export.json"):
         path = folder / name
         if path.is_file():
             try:
                 tasks = json.loads(path.read_text(encoding="utf-8"))["tasks"]
-                described = {task: read(entry) for task, entry in tasks.items()}
             except (ValueError, KeyError, TypeError):
                 raise FinechainError("its manifest cannot be read", file=path, fix="restore the chain folder") from None
-            return {task: _facts(kind, labels) for task, (kind, labels) in described.items()}
+            if not isinstance(tasks, dict):
+                raise FinechainError("its manifest cannot be read", file=path, fix="restore the chain folder")
+            return name, tasks
     raise FinechainError("not a chain folder (no finechain.json)", file=folder, fix="train that chain first, or fix the stage's 'chain:'")
+
+
+def _other_chain_facts(folder: Path) -> dict[str, TaskFacts]:
+    """The tasks of another chain a flow stage names, from its manifest."""
+    name, tasks = manifest_tasks(folder)
+    try:
+        if name == "finechain.json":
+            described = {task: (e["head"]["type"], e["head"]["labels"]) for task, e in tasks.items()}
+        else:
+            described = {task: (e["type"], e["head"]["labels"]) for task, e in tasks.items()}
+    except (KeyError, TypeError):
+        raise FinechainError("its manifest cannot be read", file=folder / name, fix="restore the chain folder") from None
+    return {task: _facts(kind, labels) for task, (kind, labels) in described.items()}
 
 
 def _facts(kind: str, labels: list[str]) -> TaskFacts:

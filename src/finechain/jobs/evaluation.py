@@ -11,6 +11,7 @@ from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, is_exported
+from finechain.jobs.checking import manifest_tasks
 from finechain.spec import TaskSpec
 
 DATA_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".conll", ".iob", ".bio"}
@@ -92,10 +93,5 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path) -> dict[str,
 
 def _stored_spec(folder: Path, task: str) -> dict[str, Any] | None:
     """The spec a task of another chain folder (or exported folder) was trained from, as its manifest keeps it."""
-    import json
-
-    for name in ("finechain.json", "finechain-export.json"):
-        if (folder / name).is_file():
-            entry = json.loads((folder / name).read_text(encoding="utf-8")).get("tasks", {}).get(task, {})
-            return entry.get("spec")
-    return None
+    entry = manifest_tasks(folder)[1].get(task)
+    return entry.get("spec") if isinstance(entry, dict) else None

@@ -31,7 +31,7 @@ def spread(available: int, keep: int) -> list[int]:
 def student_of(teacher: ChainModel, trunk_layers: int, branch_layers: int) -> ChainModel:
     """A student of ``teacher`` with ``trunk_layers`` trunk layers and ``branch_layers`` layers per task branch, each
     copied from the teacher's layer at the same relative depth (:func:`spread`); heads are copied, LoRA branches merged.
-    The student's trunk is its own (saved with it), so it counts as tuned.
+    The student's trunk is its own (saved with it), so it counts as tuned; ``compression`` records the layers kept.
 
     Example:
         >>> student = student_of(teacher, trunk_layers=3, branch_layers=1)  # doctest: +SKIP
@@ -59,6 +59,12 @@ def student_of(teacher: ChainModel, trunk_layers: int, branch_layers: int) -> Ch
     for mine, theirs in zip(student.trunk.stack.layers, (teacher.trunk.stack.layers[i] for i in trunk_kept), strict=True):
         mine.load_state_dict(theirs.state_dict())
     student.trunk_tuned = True
+    student.compression = {
+        "method": "layer dropping + distillation",
+        "teacher": {"split": teacher.split, "layers": teacher.layer_ids},
+        "trunk_layers_kept": trunk_kept,
+        "branch_layers_kept": branch_kept,
+    }
     mixed_states = [0, *(i + 1 for i in trunk_kept), *(teacher.split + j + 1 for j in branch_kept)]  # embeddings, then layers
     for name, task in teacher.tasks.items():
         tail = copy.deepcopy(task)
