@@ -54,6 +54,12 @@ flows:
         chain: other
         after: topic
         when: {score_below: 0.999}
+  - name: sport_names
+    stages:
+      - task: topic
+      - task: ner
+        after: topic
+        when: {labels: [sport]}
   - name: people
     stages:
       - task: ner
@@ -87,15 +93,21 @@ def trained(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_routing_default_route_and_fallback_in_one_pass(trained: Path) -> None:
     chain = Chain.from_pretrained(trained / "c")
-    assert sorted(chain.flows) == ["people", "triage"]
+    assert sorted(chain.flows) == ["people", "sport_names", "triage"]
     assert chain.flows["triage"].stages[3].chain == "../other"  # kept relative: the two folders move together
     flow = chain.flow("triage")
-    calls = []
-    run = chain.engine.runner.run
-    chain.engine.runner.run = lambda *a, **k: calls.append(sorted(a[2])) or run(*a, **k)  # type: ignore[method-assign]
+    trunk, tails = [], []
+    runner = chain.engine.runner
+    run, run_kept = runner.run, runner.run_kept
+    runner.run = lambda *a, **k: trunk.append(sorted(a[2])) or run(*a, **k)  # type: ignore[method-assign]
+    runner.run_kept = lambda h, wanted, *a, **k: tails.append(dict(wanted)) or run_kept(h, wanted, *a, **k)  # type: ignore[method-assign]
     texts = ["match good the", "bank awful film", "phone superb plot", "goal dreadful story"]
     results = flow.run(texts)
-    assert calls == [["mood", "topic"]]  # this chain: one pass (trunk once) for both its text stages
+    assert trunk == [["topic"]]  # this chain: one trunk pass, with the stage every text reads
+    sport = [i for i, r in enumerate(results) if r.answers["topic"].label == "sport"]
+    assert 0 < len(sport) < len(texts)
+    assert [list(t) for t in tails] == [["mood"], ["mood"]]  # then each route's branch on the kept states...
+    assert [len(t["mood"] or texts) for t in tails] == [len(sport), len(texts) - len(sport)]  # ...of its texts only
     for result in results:
         topic = result.answers["topic"]
         assert result.path[0] == "topic" and set(result.times_ms) == {"topic", "mood", "general", "unsure"}
@@ -106,6 +118,32 @@ def test_routing_default_route_and_fallback_in_one_pass(trained: Path) -> None:
             assert result.answers["unsure"].label in {"pos", "neg"}  # answered by the other chain
     assert [r.answers["topic"].label for r in results][:3] == ["sport", "money", "tech"]
     assert json.loads(json.dumps(results[0].to_dict()))["path"] == results[0].path
+
+
+def close(a: object, b: object) -> bool:
+    """Equal, numbers within float32 noise, through nested lists and dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4 + 1e-4 * abs(b)
+    return a == b
+
+
+def test_kept_states_answer_as_a_full_pass_would(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = Chain.from_pretrained(trained / "c")
+    long_sport = " ".join(["match alice good the"] * 20)  # past max_length (32): its routed tagging reads windows
+    texts = ["match good the", "bank awful film", "alice match superb", long_sport, "goal bob dreadful story"]
+    kept = chain.flow("sport_names").run(texts) + chain.flow("triage").run(texts)
+    monkeypatch.setattr(type(chain.engine), "keeps_states", property(lambda self: False))
+    again = chain.flow("sport_names").run(texts) + chain.flow("triage").run(texts)
+    assert [r.path for r in kept] == [r.path for r in again] and "ner" in kept[3].path
+    for first, second in zip(kept, again, strict=True):
+        for key, answer in first.answers.items():
+            assert close(answer.to_dict(), second.answers[key].to_dict()), key
+    direct = chain.predict(texts, ["ner"])
+    assert [e.text for e in kept[3].answers["ner"].entities] == [e.text for e in direct[3]["ner"].entities]
 
 
 def test_span_edges_run_on_each_marked_span(trained: Path) -> None:
@@ -173,11 +211,14 @@ def test_bad_flows_are_one_line_errors_at_their_line(
 
 
 def test_the_server_runs_flows_through_its_batcher(trained: Path) -> None:
+    import grpc
     import httpx
 
+    from finechain.serve.proto import finechain_pb2 as pb
+    from finechain.serve.proto import finechain_pb2_grpc as pb_grpc
     from tests.test_serve import AUTH, Server
 
-    server = Server(trained / "c")
+    server = Server(trained / "c", grpc=True)
     try:
         texts = ["match good the", "bank awful film"]
         response = httpx.post(f"{server.url}/v1/flows/triage", json={"texts": texts}, headers=AUTH, timeout=30)
@@ -187,7 +228,29 @@ def test_the_server_runs_flows_through_its_batcher(trained: Path) -> None:
         assert [r["path"] for r in served] == [r["path"] for r in local]
         assert [r["answers"]["topic"]["label"] for r in served] == [r["answers"]["topic"]["label"] for r in local]
         listed = httpx.get(f"{server.url}/v1/flows", headers=AUTH, timeout=10).json()["flows"]
-        assert [f["name"] for f in listed] == ["triage", "people"]
+        assert [f["name"] for f in listed] == ["triage", "sport_names", "people"]
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:  # the same over gRPC
+            stub, metadata = pb_grpc.ChainStub(channel), tuple((k.lower(), v) for k, v in AUTH.items())
+            reply = stub.RunFlow(pb.FlowRequest(name="triage", texts=texts), metadata=metadata, timeout=30)
+            assert [list(r.path) for r in reply.results] == [r["path"] for r in served] and reply.version
+            topic = reply.results[0].answers["topic"].answer.classification
+            assert topic.label == served[0]["answers"]["topic"]["label"] and set(reply.results[0].times_ms) == set(served[0]["times_ms"])
+            people = stub.RunFlow(pb.FlowRequest(name="people", texts=["alice visited paris"]), metadata=metadata, timeout=30)
+            spans = people.results[0].answers["mood"].spans.items
+            assert [s.span.type for s in spans] == ["PER"] and spans[0].answer.classification.label in {"pos", "neg"}
+            flows = stub.Flows(pb.FlowsRequest(), metadata=metadata).flows
+            assert [f.name for f in flows] == ["triage", "sport_names", "people"]
+            assert [(s.name, s.after, list(s.when.labels), s.otherwise) for s in flows[0].stages][1:3] == [
+                ("mood", "topic", ["sport"], False),
+                ("general", "topic", [], True),
+            ]
+            assert flows[0].stages[3].chain == "../other" and flows[0].stages[3].when.score_below == pytest.approx(0.999)
+            with pytest.raises(grpc.RpcError) as error:
+                stub.RunFlow(pb.FlowRequest(name="nope", texts=["x"]), metadata=metadata, timeout=10)
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND and "unknown flow 'nope'" in (error.value.details() or "")
+            with pytest.raises(grpc.RpcError) as error:
+                stub.RunFlow(pb.FlowRequest(name="triage"), metadata=metadata, timeout=10)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         missing = httpx.post(f"{server.url}/v1/flows/nope", json={"texts": ["x"]}, headers=AUTH, timeout=10)
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_flow"
         empty = httpx.post(f"{server.url}/v1/flows/triage", json={"texts": []}, headers=AUTH, timeout=10)

@@ -426,3 +426,14 @@ def test_schemathesis_finds_no_server_error(served: Server) -> None:
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
+def test_the_committed_grpc_stubs_match_the_proto(tmp_path: Path) -> None:
+    from grpc_tools import protoc
+
+    source = Path(__file__).resolve().parents[1] / "src"
+    proto = "finechain/serve/proto/finechain.proto"
+    assert protoc.main(["protoc", f"-I{source}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", proto]) == 0
+    for name in ("finechain_pb2.py", "finechain_pb2_grpc.py"):
+        fresh = (tmp_path / "finechain/serve/proto" / name).read_text()
+        assert fresh == (source / "finechain/serve/proto" / name).read_text(), f"{name} is stale: run scripts/make-grpc-stubs.sh"

@@ -1,11 +1,13 @@
 """Run a flow (``finechain.spec.flows``) on texts: stages in graph order, each on the texts (or spans) that reach it.
 
-Sharing: every stage that reads the text runs on its chain's :class:`~finechain.inference.Engine` together with the
-chain's other text stages, in one pass (one trunk pass per text and chain, whatever the graph). A routed stage
-therefore costs its branch on every text that reaches its chain, and its answer is kept only where the route holds:
-branches are cheap next to the trunk, and a second trunk pass for the routed texts would cost more. A chain that
-holds only routed stages (a fallback in another chain) runs only on the texts routed to it. A stage that reads spans
-runs on new inputs (the span's words, or the text with the span marked), so it takes its own pass over all of them.
+Sharing: the stages that read the text run on their chain's :class:`~finechain.inference.Engine` with one trunk pass
+per text and chain, whatever the graph. On a PyTorch chain the pass keeps its trunk states: the stages that read every
+text (no ``after``) run in it, and a stage reached later (a route, a stage after another) runs only its branch, only on
+the texts that reach it, on the kept states. An exported chain (one ONNX graph) cannot keep them, so its one pass runs
+every text stage's branch on every text, and a routed stage's answer is kept only where the route holds. A chain
+that holds only routed stages (a fallback in another chain) runs only on the texts routed to it. A stage that reads
+spans runs on new inputs (the span's words, or the text with the span marked), so it takes its own pass over them.
+Texts run in blocks of :attr:`Flow.block`, so the kept states of a long list never all sit in memory at once.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from finechain.data.tokens import Encoded
 from finechain.errors import FinechainError
 from finechain.heads import Prediction
 from finechain.heads.predictions import Entity
-from finechain.inference.engine import Engine
+from finechain.inference.engine import Engine, Kept, Prepared, Row
 from finechain.spec.flows import SPAN_INPUTS, Condition, FlowSpec, StageSpec, TaskFacts, flow_problem, stage_problem
 
 MARK_OPEN, MARK_CLOSE = "[", "]"  # how ``input: marked`` wraps the span in its text
@@ -86,6 +89,24 @@ def marked(text: str, span: Entity) -> str:
     return f"{text[: span.start]}{MARK_OPEN}{text[span.start : span.end]}{MARK_CLOSE}{text[span.end :]}"
 
 
+@dataclass
+class _Pass:
+    """One trunk pass of a chain over some texts: what was prepared, the rows that ran, and their kept states."""
+
+    prepared: Prepared
+    rows: list[Row]
+    kept: Kept
+
+
+@dataclass
+class _ChainState:
+    """What a chain has answered in one block of a flow run: per text its answers by task, and the pass that holds
+    its trunk states (with the text's position in it)."""
+
+    answers: dict[int, dict[str, Prediction]] = field(default_factory=dict)
+    passes: dict[int, tuple[_Pass, int]] = field(default_factory=dict)
+
+
 class Flow:
     """A flow bound to engines: ``engines[None]`` runs this chain's stages, ``engines[folder]`` those of the stages
     with ``chain: folder``. Checked on construction: every stage's task exists, span edges start at span-producing
@@ -121,13 +142,25 @@ class Flow:
         if problem is not None:
             raise FinechainError(f"flow '{self.name}': {problem[0]}", fix=problem[2])
 
+    block = 1024  # texts per block: the kept trunk states of one block are in memory at a time
+
     def run(self, texts: Sequence[Any]) -> list[FlowResult]:
-        """Every text through the flow; one :class:`FlowResult` per text."""
+        """Every text through the flow; one :class:`FlowResult` per text (``times_ms``: each stage's time for the
+        whole call)."""
         texts = list(texts)
+        results: list[FlowResult] = []
+        times: dict[str, float] = {stage.key: 0.0 for stage in self.order}
+        for start in range(0, len(texts), self.block):
+            results += self._run_block(texts[start : start + self.block], times)
+        for result in results:
+            result.times_ms = {key: round(1000 * value, 3) for key, value in times.items()}
+        return results
+
+    def _run_block(self, texts: list[Any], times: dict[str, float]) -> list[FlowResult]:
+        """One block of texts through every stage in graph order; each stage's seconds added to ``times``."""
         results = [FlowResult(text) for text in texts]
         reached: dict[str, list[int]] = {}
-        cache: dict[str | None, dict[int, dict[str, Prediction]]] = {key: {} for key in self.engines}
-        times: dict[str, float] = {}
+        states = {key: _ChainState() for key in self.engines}
         for stage in self.order:
             started = time.perf_counter()
             if stage.after is None:
@@ -138,10 +171,8 @@ class Flow:
             if stage.input in SPAN_INPUTS:
                 self._run_spans(stage, texts, results, rows)
             else:
-                self._run_text(stage, texts, results, rows, cache[stage.chain])
-            times[stage.key] = round(1000 * (time.perf_counter() - started), 3)
-        for result in results:
-            result.times_ms = dict(times)
+                self._run_text(stage, texts, results, rows, states[stage.chain])
+            times[stage.key] += time.perf_counter() - started
         return results
 
     def _routed(self, stage: StageSpec, result: FlowResult) -> bool:
@@ -156,18 +187,66 @@ class Flow:
             return not any(holds(when, upstream) for when in routes)
         return True
 
-    def _run_text(
-        self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int], cache: dict[int, dict[str, Prediction]]
-    ) -> None:
-        """Answer ``stage`` for ``rows`` from the chain's one pass (run now for the rows it has not seen)."""
-        missing = [i for i in rows if i not in cache]
-        if missing:
-            tasks = list(dict.fromkeys(s.task for s in self.spec.stages if s.chain == stage.chain and s.input == "text"))
-            for i, answers in zip(missing, self.engines[stage.chain].predict([texts[i] for i in missing], tasks), strict=True):
-                cache[i] = answers
+    def _run_text(self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int], state: _ChainState) -> None:
+        """Answer ``stage`` for ``rows``: from the chain's kept trunk states where a pass ran, else in a new pass."""
+        engine = self.engines[stage.chain]
+        need = [i for i in rows if stage.task not in state.answers.get(i, {})]
+        fresh = need
+        if engine.keeps_states:
+            again = self._from_kept(stage.task, engine, texts, [i for i in need if i in state.passes], state)
+            if again:  # long texts a token-level stage reads through windows: a pass of their own, for this task
+                for i, answers in zip(again, engine.predict([texts[i] for i in again], [stage.task]), strict=True):
+                    state.answers[i].update(answers)
+            fresh = [i for i in need if i not in state.passes]
+        if fresh:
+            self._first_pass(stage, engine, texts, fresh, state)
         for i in rows:
-            results[i].answers[stage.key] = cache[i][stage.task]
+            results[i].answers[stage.key] = state.answers[i][stage.task]
             results[i].path.append(stage.key)
+
+    def _first_pass(self, stage: StageSpec, engine: Engine, texts: list[Any], fresh: list[int], state: _ChainState) -> None:
+        """A trunk pass over ``fresh`` texts: with kept states, ``stage`` and the chain's stages that read every text
+        (the rest later, on the states); else every text stage of the chain at once."""
+        text_stages = [s for s in self.spec.stages if s.chain == stage.chain and s.input == "text"]
+        chain_tasks = list(dict.fromkeys(s.task for s in text_stages))
+        if not engine.keeps_states:
+            for i, answers in zip(fresh, engine.predict([texts[i] for i in fresh], chain_tasks), strict=True):
+                state.answers.setdefault(i, {}).update(answers)
+            return
+        eager = tuple(dict.fromkeys([stage.task] + [s.task for s in text_stages if s.after is None]))
+        prepared = engine.prepare([texts[i] for i in fresh], chain_tasks)
+        first = [Row(row.ids, tuple(t for t in row.tasks if t in eager)) for row in prepared.rows]
+        kept = Kept()
+        outputs = engine.forward(first, kept=kept)
+        view = Prepared(prepared.texts, eager, first, prepared.words, prepared.windows, prepared.long)
+        done = _Pass(prepared, first, kept)
+        for position, (i, answers) in enumerate(zip(fresh, engine.decode(view, outputs), strict=True)):
+            state.answers.setdefault(i, {}).update(answers)
+            state.passes[i] = (done, position)
+
+    def _from_kept(self, task: str, engine: Engine, texts: list[Any], kept_rows: list[int], state: _ChainState) -> list[int]:
+        """Answer ``task`` for ``kept_rows`` on their kept trunk states (its branch only); returns the texts that need a
+        pass of their own instead (long texts that a token-level task reads through windows)."""
+        token_level = engine.model.tasks[task].head.token_level
+        again: list[int] = []
+        by_pass: dict[int, tuple[_Pass, list[tuple[int, int]]]] = {}
+        for i in kept_rows:
+            done, position = state.passes[i]
+            if token_level and position in done.prepared.long:
+                again.append(i)
+            else:
+                by_pass.setdefault(id(done), (done, []))[1].append((i, position))
+        for done, members in by_pass.values():
+            positions = [position for _, position in members]
+            outputs = engine.forward_kept(done.rows, done.kept, {position: (task,) for position in positions})
+            words = done.prepared.words
+            if words is not None:
+                spans = None if words.word_spans is None else [words.word_spans[p] for p in positions]
+                words = Encoded([words.ids[p] for p in positions], [words.word_starts[p] for p in positions], spans)
+            view = Prepared([done.prepared.texts[p] for p in positions], (task,), [done.rows[p] for p in positions], words)
+            for (i, _), answers in zip(members, engine.decode(view, [outputs.get(p, {}) for p in positions]), strict=True):
+                state.answers.setdefault(i, {}).update(answers)
+        return again
 
     def _run_spans(self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int]) -> None:
         """Run ``stage`` on every span of its upstream answer (of ``types``), for all ``rows`` in one pass."""

@@ -11,6 +11,10 @@
 ``predict`` is the three in a row. A server runs ``prepare`` and ``decode`` per request off its event loop and
 merges the rows of many requests into one ``forward``. Each stage's time is added to :attr:`Engine.times`.
 
+A PyTorch chain can also keep each batch's trunk states (``forward(rows, kept=Kept())``) and later run more tasks'
+tails on some of those rows (:meth:`Engine.forward_kept`) without a second trunk pass: what a flow does when an
+answer decides which task reads the text next.
+
 The engine itself needs NumPy only: ``forward`` hands padded batches to a runner, :class:`~finechain.inference.
 torch_runner.TorchRunner` for a PyTorch chain, :class:`~finechain.inference.exported.OnnxRunner` for an exported one.
 """
@@ -52,6 +56,14 @@ class Prepared:
     words: Encoded | None = None
     windows: Windows | None = None
     long: list[int] = field(default_factory=list)  # texts read through windows, in the windows' owner order
+
+
+@dataclass
+class Kept:
+    """Trunk states kept by ``forward(rows, kept=...)``: per batch, the indices of the rows it holds and the runner's
+    handle on their states (for :meth:`Engine.forward_kept`)."""
+
+    batches: list[tuple[list[int], Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +110,7 @@ class Runner(Protocol):
         wanted: Mapping[str, list[int] | None],
         precision: str = "auto",
         observer: Callable[[str, float], None] | None = None,
+        kept: list[Any] | None = None,
     ) -> Mapping[str, Any]: ...
 
     def fetch(self, result: Any) -> np.ndarray: ...
@@ -131,6 +144,12 @@ class Engine:
             self.runner: Runner = make()
         else:  # a PyTorch chain: imported by name, so that this module (and an exported chain) needs no PyTorch
             self.runner = importlib.import_module("finechain.inference.torch_runner").TorchRunner(model)
+
+    @property
+    def keeps_states(self) -> bool:
+        """Whether the runner can keep trunk states for :meth:`forward_kept` (a PyTorch chain can; one ONNX graph
+        per chain cannot)."""
+        return callable(getattr(self.runner, "run_kept", None))
 
     # stage 1 ----------------------------------------------------------------------------------
     def prepare(self, texts: Any, tasks: Sequence[str] | None = None) -> Prepared:
@@ -168,21 +187,57 @@ class Engine:
             indices = [live[b] for b in batch]
             yield (indices, *pad_rows([ids[i] for i in indices], self.model.pad_id))
 
-    def forward(self, rows: Sequence[Row]) -> list[dict[str, np.ndarray]]:
+    def forward(self, rows: Sequence[Row], kept: Kept | None = None) -> list[dict[str, np.ndarray]]:
         """Each row's outputs per task it asked for (``[labels]``, or ``[tokens, labels]`` for token-level tasks), as
-        float32 NumPy arrays. Rows may come from any number of requests; each batch runs the trunk once."""
+        float32 NumPy arrays. Rows may come from any number of requests; each batch runs the trunk once.
+
+        With ``kept`` (when :attr:`keeps_states`), every row runs the trunk, even one that asks for no task yet, and
+        each batch's states are added to ``kept`` for :meth:`forward_kept`."""
+        if kept is not None and not self.keeps_states:
+            raise ValueError("this chain's runner cannot keep trunk states (see Engine.keeps_states)")
         started = time.perf_counter()
         outputs: list[dict[str, np.ndarray]] = [{} for _ in rows]
         pending = []  # results stay on the device until every batch is queued: a GPU is never waited for in between
         ids = [row.ids for row in rows]
-        for indices, input_ids, mask in self._batches(ids, [i for i, row in enumerate(rows) if row.tasks]):
-            wanted: dict[str, list[int] | None] = {}
-            for name in dict.fromkeys(name for i in indices for name in rows[i].tasks):
-                chosen = [k for k, i in enumerate(indices) if name in rows[i].tasks]
-                wanted[name] = None if len(chosen) == len(indices) else chosen
-            results = self.runner.run(input_ids, mask, wanted, self.precision, self.observer)
+        live = [i for i, row in enumerate(rows) if row.tasks or kept is not None]
+        for indices, input_ids, mask in self._batches(ids, live):
+            wanted = _wanted(indices, lambda i: rows[i].tasks)
+            if kept is None:
+                results = self.runner.run(input_ids, mask, wanted, self.precision, self.observer)
+            else:
+                handle: list[Any] = []
+                results = self.runner.run(input_ids, mask, wanted, self.precision, self.observer, handle)
+                kept.batches.append((indices, handle[0]))
             pending.append((indices, wanted, results))
             self.times.batches += 1
+        self._store(rows, outputs, pending)
+        self.times.add("forward", time.perf_counter() - started)
+        self.times.rows += len(rows)
+        return outputs
+
+    def forward_kept(self, rows: Sequence[Row], kept: Kept, asks: Mapping[int, Sequence[str]]) -> dict[int, dict[str, np.ndarray]]:
+        """Outputs of more tasks for rows whose trunk states ``forward(rows, kept=kept)`` kept: ``asks`` maps a row's
+        index to the tasks it now needs; only those tails run (no trunk pass).
+
+        Example:
+            >>> kept = Kept(); first = engine.forward(rows, kept=kept)  # doctest: +SKIP
+            >>> engine.forward_kept(rows, kept, {0: ["slots"]})[0]["slots"].shape  # doctest: +SKIP
+            (9, 79)
+        """
+        started = time.perf_counter()
+        outputs: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        pending = []
+        run_kept = self.runner.run_kept  # type: ignore[attr-defined]  # (checked by keeps_states)
+        for indices, handle in kept.batches:
+            wanted = _wanted(indices, lambda i: asks.get(i, ()))
+            if wanted:
+                pending.append((indices, wanted, run_kept(handle, wanted, self.precision, self.observer)))
+        self._store(rows, outputs, pending)
+        self.times.add("forward", time.perf_counter() - started)
+        return {i: outputs[i] for i in asks if outputs[i]}
+
+    def _store(self, rows: Sequence[Row], outputs: list[dict[str, np.ndarray]], pending: list[tuple[list[int], dict, Any]]) -> None:
+        """Each batch's results, fetched to the host, into ``outputs`` by row (token-level ones cut to the row)."""
         for indices, wanted, results in pending:
             for name, result in results.items():
                 array = self.runner.fetch(result)
@@ -191,9 +246,6 @@ class Engine:
                 for k, position in enumerate(range(len(indices)) if chosen is None else chosen):
                     i = indices[position]
                     outputs[i][name] = array[k, : len(rows[i].ids)] if token_level else array[k]
-        self.times.add("forward", time.perf_counter() - started)
-        self.times.rows += len(rows)
-        return outputs
 
     # stage 3 ----------------------------------------------------------------------------------
     def collect(self, prepared: Prepared, outputs: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], Encoded | None]:
@@ -277,6 +329,15 @@ class Engine:
                 out = np.zeros((len(ids), vectors.shape[1]), dtype=np.float32)
             out[indices] = vectors
         return out if out is not None else np.zeros((0, self.model.encoder_config.hidden_size), dtype=np.float32)
+
+
+def _wanted(indices: list[int], tasks_of: Callable[[int], Sequence[str]]) -> dict[str, list[int] | None]:
+    """Per task asked by any row of a batch, the batch positions that asked (``None``: every row)."""
+    wanted: dict[str, list[int] | None] = {}
+    for name in dict.fromkeys(name for i in indices for name in tasks_of(i)):
+        chosen = [k for k, i in enumerate(indices) if name in tasks_of(i)]
+        wanted[name] = None if len(chosen) == len(indices) else chosen
+    return wanted
 
 
 def _tags(label: Any) -> bool:

@@ -177,9 +177,13 @@ class OnnxRunner:
         wanted: Mapping[str, list[int] | None],
         precision: str = "auto",
         observer: Callable[[str, float], None] | None = None,
+        kept: list[Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """Outputs per task in ``wanted`` for the rows it lists (``None``: every row), float32. The precision was
-        fixed at export and one session call computes every task, so ``precision`` and ``observer`` are not used."""
+        fixed at export and one session call computes every task, so ``precision`` and ``observer`` are not used; the
+        graph gives no trunk states to keep, so ``kept`` must be None (the engine checks ``keeps_states``)."""
+        if kept is not None:
+            raise ValueError("an exported chain cannot keep trunk states")
         names = list(wanted)
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
         arrays = self.chain.session.run([self.chain.outputs[n] for n in names], feeds)

@@ -3,7 +3,9 @@ trunk once per batch, then each requested task's tail on the rows that asked for
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,28 +50,54 @@ class TorchRunner:
         wanted: Mapping[str, list[int] | None],
         precision: str = "auto",
         observer: Callable[[str, float], None] | None = None,
+        kept: list[Any] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per task in ``wanted``, its outputs for the rows listed (``None``: every row), float32 on the device;
-        ``observer`` is told each task's compute seconds (host time on GPUs)."""
-        import time
-
+        ``observer`` is told each task's compute seconds (host time on GPUs). With ``kept``, the batch's trunk states
+        are appended to it, for :meth:`run_kept`."""
         model = self.model.eval()
         ids, mask = self._inputs(input_ids, attention_mask)
-        results: dict[str, torch.Tensor] = {}
+        asked = model.tasks if kept is not None else wanted  # kept states must serve any task later
         with autocast_context(model.device, precision):
-            states = model.trunk_states(ids, mask, any(model.tasks[n].needs_trunk_states for n in wanted))
-            for name, rows in wanted.items():
-                task, timed = model.tasks[name], time.perf_counter()
-                given = states if task.needs_trunk_states else states[-1]
-                if rows is None:
-                    result = task(given, mask)
-                else:  # only some rows of this batch asked for the task
-                    index = index_tensor(rows, model.device)
-                    given = [s[index] for s in given] if isinstance(given, list) else given[index]
-                    result = task(given, mask[index])
-                results[name] = result.float()
-                if observer is not None:
-                    observer(name, time.perf_counter() - timed)
+            states = model.trunk_states(ids, mask, any(model.tasks[n].needs_trunk_states for n in asked))
+            if kept is not None:
+                kept.append((states, mask))
+            return self._tails(states, mask, wanted, observer)
+
+    @torch.inference_mode()
+    def run_kept(
+        self,
+        handle: Any,
+        wanted: Mapping[str, list[int] | None],
+        precision: str = "auto",
+        observer: Callable[[str, float], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Like :meth:`run`, on trunk states that ``run(..., kept=...)`` kept: only the tasks' tails run."""
+        states, mask = handle
+        with autocast_context(self.model.device, precision):
+            return self._tails(states, mask, wanted, observer)
+
+    def _tails(
+        self,
+        states: list[torch.Tensor],
+        mask: torch.Tensor,
+        wanted: Mapping[str, list[int] | None],
+        observer: Callable[[str, float], None] | None,
+    ) -> dict[str, torch.Tensor]:
+        """Each wanted task's tail on the trunk states of the rows that asked for it."""
+        results: dict[str, torch.Tensor] = {}
+        for name, rows in wanted.items():
+            task, timed = self.model.tasks[name], time.perf_counter()
+            given = states if task.needs_trunk_states else states[-1]
+            if rows is None:
+                result = task(given, mask)
+            else:  # only some rows of this batch asked for the task
+                index = index_tensor(rows, self.model.device)
+                given = [s[index] for s in given] if isinstance(given, list) else given[index]
+                result = task(given, mask[index])
+            results[name] = result.float()
+            if observer is not None:
+                observer(name, time.perf_counter() - timed)
         return results
 
     def fetch(self, result: torch.Tensor) -> np.ndarray:

@@ -288,7 +288,9 @@ class ChainService:
 
 @dataclass
 class _Served:
-    """An engine for a flow whose ``predict`` goes through the service (and its batcher)."""
+    """An engine for a flow whose ``predict`` goes through the service (and its batcher): its passes are merged with
+    other clients' rows, so it keeps no trunk states (each pass runs every text stage of the chain)."""
 
     model: Any
     predict: Any
+    keeps_states: bool = False

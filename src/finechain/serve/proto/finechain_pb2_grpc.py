@@ -44,6 +44,16 @@ class ChainStub:
                 request_serializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.TasksRequest.SerializeToString,
                 response_deserializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.TasksResponse.FromString,
                 _registered_method=True)
+        self.RunFlow = channel.unary_unary(
+                '/finechain.v1.Chain/RunFlow',
+                request_serializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowRequest.SerializeToString,
+                response_deserializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowResponse.FromString,
+                _registered_method=True)
+        self.Flows = channel.unary_unary(
+                '/finechain.v1.Chain/Flows',
+                request_serializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowsRequest.SerializeToString,
+                response_deserializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowsResponse.FromString,
+                _registered_method=True)
 
 
 class ChainServicer:
@@ -63,6 +73,20 @@ class ChainServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunFlow(self, request, context):
+        """Each text through one of the chain's flows: every stage's answer, the path taken, each stage's milliseconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Flows(self, request, context):
+        """The chain's flows, as declared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChainServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +99,16 @@ def add_ChainServicer_to_server(servicer, server):
                     servicer.Tasks,
                     request_deserializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.TasksRequest.FromString,
                     response_serializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.TasksResponse.SerializeToString,
+            ),
+            'RunFlow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunFlow,
+                    request_deserializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowRequest.FromString,
+                    response_serializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowResponse.SerializeToString,
+            ),
+            'Flows': grpc.unary_unary_rpc_method_handler(
+                    servicer.Flows,
+                    request_deserializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowsRequest.FromString,
+                    response_serializer=finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +165,60 @@ class Chain:
             '/finechain.v1.Chain/Tasks',
             finechain_dot_serve_dot_proto_dot_finechain__pb2.TasksRequest.SerializeToString,
             finechain_dot_serve_dot_proto_dot_finechain__pb2.TasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunFlow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finechain.v1.Chain/RunFlow',
+            finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowRequest.SerializeToString,
+            finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Flows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finechain.v1.Chain/Flows',
+            finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowsRequest.SerializeToString,
+            finechain_dot_serve_dot_proto_dot_finechain__pb2.FlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
