@@ -46,7 +46,7 @@ SUITE_TITLES = {
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
-    "snips": "SNIPS intent + slots: one chain vs two separately fine-tuned Trainer models (CPU)",
+    "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
 }
