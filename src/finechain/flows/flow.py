@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from finechain.data.tokens import Encoded
@@ -218,7 +218,7 @@ class Flow:
         first = [Row(row.ids, tuple(t for t in row.tasks if t in eager)) for row in prepared.rows]
         kept = Kept()
         outputs = engine.forward(first, kept=kept)
-        view = Prepared(prepared.texts, eager, first, prepared.words, prepared.windows, prepared.long)
+        view = replace(prepared, tasks=eager, rows=first)  # decode what ran: the eager tasks
         done = _Pass(prepared, first, kept)
         for position, (i, answers) in enumerate(zip(fresh, engine.decode(view, outputs), strict=True)):
             state.answers.setdefault(i, {}).update(answers)

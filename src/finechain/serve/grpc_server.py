@@ -18,6 +18,7 @@ from finechain.serve.settings import ServeSettings
 
 STATUS = {  # HTTP status of a ClientError -> gRPC status code
     401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     422: grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,8 +87,7 @@ class ChainServicer(pb_grpc.ChainServicer):
 
     async def _refuse(self, error: ClientError, context: grpc.aio.ServicerContext) -> None:
         where = f"{error.field}: " if error.field else ""
-        code = grpc.StatusCode.NOT_FOUND if error.status == 404 else STATUS.get(error.status, grpc.StatusCode.INVALID_ARGUMENT)
-        await context.abort(code, f"{where}{error.message}")
+        await context.abort(STATUS.get(error.status, grpc.StatusCode.INVALID_ARGUMENT), f"{where}{error.message}")
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         """Answer the request's tasks for its texts."""
