@@ -142,6 +142,16 @@ class Head(ABC):
         the data before a validation split was cut from it; else those ``parsed`` uses), a regression head's scale."""
         self.labels = list(labels) if labels is not None else self.label_names(parsed)
 
+    def selection_metric(self, parsed: Sequence[Any]) -> str:
+        """The validation metric that picks the best check when the spec names none, given the training labels;
+        default: :attr:`default_metric`."""
+        return self.default_metric
+
+    def loss_options(self) -> dict[str, Any]:
+        """Keyword arguments of the head's loss beyond outputs and targets (a per-label ``weight`` list, a focal
+        ``gamma``); default: none."""
+        return {}
+
     def check_known(self, parsed: Any, *, file: str, line: int) -> None:
         """Raise a :class:`DataError` if an evaluation label was never seen in training."""
         for name in parsed if isinstance(parsed, list) else [parsed]:

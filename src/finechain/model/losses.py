@@ -16,14 +16,28 @@ LOSSES: Registry[Loss] = Registry("loss")
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None, gamma: float = 0.0) -> torch.Tensor:
     """Softmax cross-entropy of ``[batch, labels]`` logits against label indices.
+
+    ``weight`` (one per label) weighs each example by its gold label's weight, averaged over the weights (as
+    PyTorch's weighted cross-entropy); ``gamma > 0`` is the focal loss (Lin et al. 2017): each example's term is
+    scaled by ``(1 - p_gold) ** gamma``, so that examples the model already gets right count less.
 
     Example:
         >>> round(float(cross_entropy(torch.zeros(1, 2), torch.tensor([0]))), 4)
         0.6931
+        >>> easy = torch.tensor([[3.0, 0.0]])
+        >>> bool(cross_entropy(easy, torch.tensor([0]), gamma=2.0) < cross_entropy(easy, torch.tensor([0])) / 10)
+        True
     """
-    return F.cross_entropy(logits.float(), targets)
+    if not gamma:
+        return F.cross_entropy(logits.float(), targets, weight=weight)
+    log_p = torch.log_softmax(logits.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    per = -((1.0 - log_p.exp()) ** gamma) * log_p
+    if weight is None:
+        return per.mean()
+    given = weight[targets]
+    return (per * given).sum() / given.sum()
 
 
 @LOSSES.register("binary_cross_entropy")

@@ -36,6 +36,11 @@ class TaskModel(nn.Module):
         self.head = head
         self.head_layer = HeadLayer(config.hidden_size, head.output_size, head.options.dropout, head.pooling)
         self.layer_mix = LayerMix(states) if head.options.layer_mix else None
+        options = head.loss_options()
+        weight = options.pop("weight", None)
+        self._loss_options = options
+        # per-label loss weights move with the module (not saved: they follow from the head's label counts)
+        self.register_buffer("class_weight", None if weight is None else torch.tensor(weight, dtype=torch.float32), persistent=False)
         use_fast_dropout(self)  # the branch's, the head's and any adapter's dropout: cheaper masks on CPU
 
     @property
@@ -64,7 +69,9 @@ class TaskModel(nn.Module):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The head's training loss (named by :attr:`Head.loss`) of a batch."""
-        return LOSSES.get(self.head.loss)(logits, targets)
+        if self.class_weight is None:
+            return LOSSES.get(self.head.loss)(logits, targets, **self._loss_options)
+        return LOSSES.get(self.head.loss)(logits, targets, weight=self.class_weight, **self._loss_options)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The head layer's tensors, plus the layer mix's (prefixed ``layer_mix.``) when there is one."""

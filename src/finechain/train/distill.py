@@ -104,7 +104,7 @@ def distill(
         gold = task.head.targets(data.train.labels, words)
         targets = _padded_targets(gold, len(extra_ids), soft.shape[1] if soft.dim() == 3 else 0).to(student.device)
         objective = Distillation(soft, len(ids), temperature, hard_weight)
-        metric = spec.metric or head_cls.default_metric
+        metric = spec.metric or task.head.selection_metric(data.train.labels)
         val_targets = task.head.targets(data.validation.labels, val_words)
         jobs.append(JointJob(spec, data, task.train(), metric, all_ids, targets, val_ids, val_targets, objective))
     joint = JointConfig(epochs=epochs, trunk_learning_rate=trunk_learning_rate, refine_epochs=0)

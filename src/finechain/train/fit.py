@@ -165,7 +165,6 @@ def _fit_task(
     cfg = spec.training.apply(training)
     head_cls = head_type(spec.type)
     data = data or load_task_data(spec, head_cls, cfg.seed)
-    metric = spec.metric or head_cls.default_metric
     torch.manual_seed(cfg.seed)
     if init is None:
         head = head_cls(options=spec.head)
@@ -173,6 +172,7 @@ def _fit_task(
         task = model.new_task(head, spec.branch)
     else:
         task = init
+    metric = spec.metric or task.head.selection_metric(data.train.labels)
     cfg = resolve_training(cfg, task)
     device = model.device
 

@@ -103,7 +103,7 @@ def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], 
         ids, words = model.encode(data.train.texts, with_words=head_cls.token_level)
         val_ids, val_words = model.encode(data.validation.texts, with_words=head_cls.token_level)
         targets = torch.from_numpy(head.targets(data.train.labels, words)).to(model.device)
-        metric = spec.metric or head_cls.default_metric
+        metric = spec.metric or head.selection_metric(data.train.labels)
         objective = HeadLoss(joint.loss_weights.get(spec.name, 1.0))
         jobs.append(JointJob(spec, data, task, metric, ids, targets, val_ids, head.targets(data.validation.labels, val_words), objective))
     return jobs
