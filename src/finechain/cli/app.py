@@ -1,4 +1,4 @@
-"""The ``finechain`` command line: train, check, add-task, eval, predict, serve, export, compress, info, demo."""
+"""The ``finechain`` command line: train, check, tune, add-task, eval, predict, serve, export, compress, info, demo."""
 
 from __future__ import annotations
 
@@ -97,6 +97,42 @@ def check(
         out.print("no warnings")
     if strict and warnings:
         raise SystemExit(1)
+
+
+@app.command()
+def tune(
+    spec: Annotated[Path, typer.Argument(help="chain spec YAML", metavar="SPEC")],
+    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="trials to run (default 20 without --budget)")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="time for the search, e.g. 15m (a started trial finishes)")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="where to write the best spec (default SPEC.tuned.yaml)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="the sampler's seed (default: training.seed)")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search SPEC's settings (split, learning rate, epochs, batch size, branch mode and LoRA rank, pooling, class
+    weights) with Optuna on validation data; write the best as a spec and every trial as JSON beside it."""
+    load_chain_spec(spec)  # a bad spec fails in a moment, before the model stack is imported
+    from finechain.jobs.tuning import parse_budget, tune_spec
+
+    seconds = parse_budget(budget) if budget is not None else None
+
+    def settings(params: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+    def show(record: Any) -> None:
+        scores = ", ".join(f"{name} {value:.4f}" for name, value in record.scores.items())
+        err.print(f"trial {record.number}: {record.state}, {scores or '-'} ({record.seconds:.0f} s) {settings(record.params)}")
+
+    result = tune_spec(spec, trials=trials, budget_seconds=seconds, out=out_file, seed=seed, progress=not quiet, on_trial=show)
+    table = Table(title=f"{len(result.trials)} trials; best: trial {result.best.number}, written to {result.spec_path!s}")
+    names = list(result.metrics)
+    for column in ("trial", "state", *(f"{n} {result.metrics[n]}" for n in names), "seconds", "settings"):
+        table.add_column(column)
+    for record in result.trials:
+        marker = " *" if record is result.best else ""
+        scores = [f"{record.scores[n]:.4f}" if n in record.scores else "-" for n in names]
+        table.add_row(f"{record.number}{marker}", record.state, *scores, f"{record.seconds:.0f}", settings(record.params))
+    out.print(table)
+    out.print(f"trials: {result.trials_path!s}; train the best with: finechain train {result.spec_path!s} --out DIR")
 
 
 @app.command("add-task")

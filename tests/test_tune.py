@@ -1,0 +1,109 @@
+"""`finechain tune`: an Optuna search over a spec's settings on validation data, the best written out as a spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finechain.errors import FinechainError
+from finechain.jobs import tuning
+from finechain.jobs.tuning import parse_budget, tune_spec
+from finechain.spec import load_chain_spec
+from tests.conftest import sentiment_rows, write_csv
+from tests.test_cli import cli
+
+
+def _spec(folder: Path, backbone: Path, extra: str = "", task: str = "") -> Path:
+    (folder / "data").mkdir(exist_ok=True)
+    write_csv(folder / "data" / "train.csv", sentiment_rows(120, 1))
+    write_csv(folder / "data" / "test.csv", sentiment_rows(30, 3))
+    spec = folder / "chain.yaml"
+    spec.write_text(
+        f"backbone: {backbone}\nmax_length: 32\n{extra}"
+        "training: {min_steps: 0, head_learning_rate: 0.01, epochs: 2}\n"
+        f"tasks:\n  - {{name: sentiment, train: data/train.csv, test: data/test.csv{task}}}\n"
+    )
+    return spec
+
+
+def test_tune_searches_on_validation_prunes_and_writes_a_trainable_spec(
+    tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path, tiny_backbone, task=", training: {batch_size: 16}")
+    trunks: list[int] = []
+    real_get = tuning.FeatureCache.get
+
+    def counting_get(self, trunk, ids, **kwargs):  # the trunk states each trial reads: computed once per trunk depth
+        found = len(self)
+        features = real_get(self, trunk, ids, **kwargs)
+        if len(self) > found:
+            trunks.append(trunk.split)
+        return features
+
+    monkeypatch.setattr(tuning.FeatureCache, "get", counting_get)
+    seen = []
+    result = tune_spec(spec, trials=6, out=tmp_path / "out" / "best.yaml", seed=3, on_trial=seen.append)
+    assert len(result.trials) == len(seen) == 6
+    states = {r.state for r in result.trials}
+    assert "complete" in states and states <= {"complete", "pruned", "failed"}
+    # every complete trial's value is its validation accuracy; the best is the highest
+    complete = [r for r in result.trials if r.state == "complete"]
+    assert all(r.value == pytest.approx(r.scores["sentiment"]) for r in complete)
+    assert result.best.value == max(r.value for r in complete)
+    # the split is searched (auto in the spec); batch_size and epochs are written in the spec: kept, never searched
+    assert all("split" in r.params and not {"batch_size", "epochs"} & set(r.params) for r in result.trials)
+    splits = {r.params["split"] for r in result.trials}
+    assert sorted(trunks) == sorted(s for s in splits for _ in range(2))  # train + validation states, once per depth
+    # the tuned spec: the best settings, data paths still pointing at the data, test never used for selection
+    tuned = load_chain_spec(result.spec_path)
+    task = tuned.tasks[0]
+    assert tuned.split == result.best.params["split"]
+    assert task.training.batch_size == 16 and task.training.learning_rate == pytest.approx(result.best.params["learning_rate"])
+    assert task.branch.mode == result.best.params["branch"]
+    assert task.train == (tmp_path / "data" / "train.csv").resolve() or task.train.resolve() == (tmp_path / "data" / "train.csv").resolve()
+    assert result.spec_path.read_text().startswith("# tuned by `finechain tune`: trial")
+    trials = json.loads(result.trials_path.read_text())
+    assert trials["metrics"] == {"sentiment": "accuracy"} and len(trials["trials"]) == 6
+    assert "test" not in json.dumps(trials["trials"])
+
+
+def test_pruning_stops_a_trial_behind_the_median(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna's pruner decides; the hook must stop the run and the trial must be recorded as pruned."""
+    import optuna
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
+    spec = _spec(tmp_path, tiny_backbone, extra="split: 2\n")
+    result = tune_spec(spec, trials=3, seed=1)
+    assert [r.state for r in result.trials] == ["complete", "pruned", "complete"]
+    assert all("split" not in r.params for r in result.trials)  # written in the spec: kept
+
+
+def test_tune_cli_prints_the_trials_and_refuses_bad_budgets(
+    tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _spec(tmp_path, tiny_backbone, extra="split: 3\n", task=", branch: {mode: full}, training: {epochs: 1}")
+    code, out, err = cli(["tune", str(spec), "--trials", "2", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "2 trials; best: trial" in out and "sentiment accuracy" in out
+    written = tmp_path / "chain.tuned.yaml"
+    assert written.is_file() and yaml.safe_load(written.read_text())["tasks"][0]["branch"] == {"mode": "full"}
+    assert err.count("trial ") >= 2
+    code, _, err = cli(["tune", str(spec), "--budget", "soon"], monkeypatch, capsys)
+    assert code == 2 and "--budget" in err and "15m" in err and "Traceback" not in err
+    code, _, err = cli(["tune", str(spec), "--out", str(spec)], monkeypatch, capsys)
+    assert code == 2 and "another file" in err
+
+
+def test_a_jointly_trained_spec_is_refused_with_the_fix(tiny_backbone: Path, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, tiny_backbone, extra="sharing: joint\n")
+    with pytest.raises(FinechainError, match="sharing: frozen"):
+        tune_spec(spec, trials=1)
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("2h") == 7200 and parse_budget("45s") == 45
+    with pytest.raises(FinechainError, match="90s, 15m or 2h"):
+        parse_budget("-3m")
