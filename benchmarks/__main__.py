@@ -18,6 +18,7 @@ SUITES = {
     "serve": "benchmarks.serve",
     "export": "benchmarks.export",
     "snips": "benchmarks.snips",
+    "imbalance": "benchmarks.imbalance",
     "report": "benchmarks.report",
 }
 

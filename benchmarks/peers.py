@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class PeerRun:
     seconds: float
     samples_per_second: float
     trainable_parameters: int
+    predictions: dict[str, list[str]] = field(default_factory=dict)  # per evaluation set, where the peer records them
 
 
 def _fine_tune(
@@ -101,15 +102,20 @@ def hf_sequence_classification(
             for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], gold, strict=True)
         ]
 
+    predicted: dict[str, list[str]] = {}
+
     def evaluate(trainer: Any) -> dict[str, float]:
         scores = {}
         for name, (texts, gold) in evaluations.items():
             predictions = trainer.predict(encode(texts, gold)).predictions.argmax(-1)
+            predicted[name] = [labels[i] for i in predictions.tolist()]
             scores[name] = float((predictions == np.array([index[y] for y in gold])).mean())
         return scores
 
     run = {"epochs": epochs, "seed": seed, "method": method, "device": device, "learning_rate": learning_rate}
-    return _fine_tune("sequence", backbone, tokenizer, encode(train.texts, train.labels), len(labels), evaluate, **run)
+    result = _fine_tune("sequence", backbone, tokenizer, encode(train.texts, train.labels), len(labels), evaluate, **run)
+    result.predictions = predicted
+    return result
 
 
 def hf_token_classification(

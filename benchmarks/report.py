@@ -49,6 +49,7 @@ SUITE_TITLES = {
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
+    "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
 }
 PEER_FIRST = {"hf-trainer": 0}
 
@@ -452,6 +453,53 @@ def snips_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def imbalance_table(records: list[dict[str, Any]]) -> str:
+    """Per task: each variant's macro-F1 and accuracy (mean and standard deviation over seeds) and training time, with
+    its macro-F1 gap to finechain's default and to the Trainer.
+
+    Example:
+        >>> rec = lambda system, variant, seed, metric, v: {"task": "agnews", "system": system, "variant": f"{variant}, seed {seed}",
+        ...     "metric": metric, "value": v, "unit": "test (100 texts)"}
+        >>> runs = [(1, "macro_f1", 0.8), (2, "macro_f1", 0.9), (1, "accuracy", 0.9)]
+        >>> records = [rec("finechain", "default", s, m, v) for s, m, v in runs]
+        >>> records += [rec("hf-trainer", "full", 1, "macro_f1", 0.82), rec("finechain", "default", 1, "train_seconds", 10.0)]
+        >>> print(imbalance_table(records))
+        **agnews**: test (100 texts)
+        <BLANKLINE>
+        | system | variant | macro-F1 % (sd) | accuracy % | train s | vs default | vs hf-trainer |
+        | --- | --- | --- | --- | --- | --- | --- |
+        | finechain | default | 85.0 (7.07) | 90.0 | 10 | +0.0 | +3.0 |
+        | hf-trainer | full | 82.0 (0.00) | - | - | -3.0 | +0.0 |
+        <BLANKLINE>
+    """
+    values: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    units: dict[str, str] = {}
+    for r in records:
+        variant = r["variant"].rpartition(", seed ")[0] or r["variant"]
+        values[r["task"]][(r["system"], variant)][r["metric"]].append(r["value"])
+        if r["metric"] == "macro_f1":
+            units[r["task"]] = r["unit"]
+    out = []
+    for task, rows in values.items():
+        mean = {key: statistics.mean(m["macro_f1"]) * 100 for key, m in rows.items() if m.get("macro_f1")}
+        default = next((v for (system, variant), v in mean.items() if system == "finechain" and variant.startswith("default")), None)
+        peer = next((v for (system, _), v in mean.items() if system == "hf-trainer"), None)
+        out += [f"**{task}**: {units.get(task, '')}", ""]
+        out += ["| system | variant | macro-F1 % (sd) | accuracy % | train s | vs default | vs hf-trainer |"]
+        out += ["| --- | --- | --- | --- | --- | --- | --- |"]
+        for (system, variant), metrics in sorted(rows.items(), key=lambda kv: kv[0][0] != "finechain"):
+            f1 = metrics.get("macro_f1", [])
+            sd = statistics.stdev(f1) * 100 if len(f1) > 1 else 0.0
+            acc = f"{statistics.mean(metrics['accuracy']) * 100:.1f}" if metrics.get("accuracy") else "-"
+            secs = f"{statistics.mean(metrics['train_seconds']):.0f}" if metrics.get("train_seconds") else "-"
+            here = mean.get((system, variant))
+            gaps = [f"{here - base:+.1f}" if here is not None and base is not None else "-" for base in (default, peer)]
+            cell = f"{here:.1f} ({sd:.2f})" if here is not None else "-"
+            out.append(f"| {system} | {variant} | {cell} | {acc} | {secs} | {gaps[0]} | {gaps[1]} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def comparison_table(base: str, head: str, skip: tuple[str, ...] = ()) -> str:
     """Runs of one suite at an earlier commit and at this one, in turns (``scripts/compare-commits.sh``): per measurement
     each run's value and the ratio of the medians (after / before); metrics in ``skip`` are left out."""
@@ -501,7 +549,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "branch_batching", "mixing", "decoding", "serve", "export", "snips"]
+SECTIONS += ["small_data", "imbalance", "branch_batching", "mixing", "decoding", "serve", "export", "snips"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -520,6 +568,7 @@ TABLES = {
     "serve": serve_table,
     "export": export_table,
     "snips": snips_table,
+    "imbalance": imbalance_table,
 }
 
 
@@ -540,6 +589,9 @@ def main(argv: list[str] | None = None) -> None:
         if not path.exists():
             continue
         records = json.loads(path.read_text())
+        searched = RESULTS / f"{suite}_tune.json"  # `finechain tune` on the same samples, run on its own (it takes longer)
+        if searched.exists():
+            records += [r for r in json.loads(searched.read_text()) if r["variant"].startswith("finechain tune")]
         tuned = RESULTS / f"{suite}_peer_lr.json"  # the same run's peers again at a learning rate chosen on validation
         if tuned.exists():
             chosen = [r for r in json.loads(tuned.read_text()) if r["variant"] == "full fine-tune per task"]
