@@ -12,7 +12,7 @@ from finechain.errors import FinechainError
 from finechain.jobs import tuning
 from finechain.jobs.tuning import parse_budget, tune_spec
 from finechain.spec import load_chain_spec
-from tests.conftest import sentiment_rows, write_csv
+from tests.conftest import TOPICS, sentiment_rows, write_csv
 from tests.test_cli import cli
 
 
@@ -95,6 +95,21 @@ def test_tune_cli_prints_the_trials_and_refuses_bad_budgets(
     assert code == 2 and "--budget" in err and "15m" in err and "Traceback" not in err
     code, _, err = cli(["tune", str(spec), "--out", str(spec)], monkeypatch, capsys)
     assert code == 2 and "another file" in err
+
+
+def test_a_frozen_multi_task_spec_searches_each_task_under_its_name(tiny_backbone: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "topic.csv", [(f"{w} {w}", topic) for topic, words in TOPICS.items() for w in words for _ in range(8)])
+    spec = _spec(tmp_path, tiny_backbone, extra="split: 3\nsharing: frozen\n")
+    spec.write_text(spec.read_text() + "  - {name: topic, train: topic.csv, training: {learning_rate: 0.001}}\n")
+    result = tune_spec(spec, trials=2, seed=5)
+    params = result.trials[0].params
+    assert {"sentiment.learning_rate", "topic.branch", "topic.pooling"} <= set(params) and "topic.learning_rate" not in params
+    assert set(result.best.scores) == {"sentiment", "topic"}
+    assert result.best.value == pytest.approx(sum(result.best.scores.values()) / 2)
+    tuned = load_chain_spec(result.spec_path)
+    sentiment, topic = tuned.tasks
+    assert sentiment.training.learning_rate == pytest.approx(result.best.params["sentiment.learning_rate"])
+    assert topic.training.learning_rate == 0.001 and topic.head.pooling == result.best.params["topic.pooling"]
 
 
 def test_a_jointly_trained_spec_is_refused_with_the_fix(tiny_backbone: Path, tmp_path: Path) -> None:

@@ -150,7 +150,8 @@ def tune_spec(
 ) -> TuneResult:
     """Search the settings of ``spec_path``'s tasks for ``trials`` trials and/or ``budget_seconds`` (a trial that has
     started finishes); write the best settings as a spec (``out``, default ``<spec>.tuned.yaml`` beside it) and every
-    trial as JSON beside it (``.trials.json``). ``on_trial`` is called with each :class:`TrialRecord` as it ends.
+    trial as JSON beside it (``.trials.json``, rewritten as each trial ends, so an interrupted search keeps what it
+    found). ``on_trial`` is called with each :class:`TrialRecord` as it ends.
 
     Example:
         >>> result = tune_spec(Path("chain.yaml"), trials=20, budget_seconds=900)  # doctest: +SKIP
@@ -174,6 +175,7 @@ def tune_spec(
     out = out or spec_path.with_name(f"{spec_path.stem}.tuned.yaml")
     if out.resolve() == spec_path.resolve():
         raise FinechainError("--out is the spec being tuned", file=out, fix="write the tuned spec to another file")
+    trials_path = out.with_suffix(".trials.json")
     spec_data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     datas = {name: replace(data, test=None) for name, data in checked.data.items()}  # validation only, never test
     chains: dict[int, Chain] = {}
@@ -221,6 +223,7 @@ def tune_spec(
                 chain.records.pop(task.name, None)
             gc.collect()
             record.seconds = round(time.perf_counter() - started, 3)
+            write_json(trials_path, {"metrics": metrics, "trials": [vars(r) for r in records]})  # an interrupted search keeps them
             if on_trial is not None:
                 on_trial(record)
 
@@ -241,7 +244,6 @@ def tune_spec(
     chains.clear()
     gc.collect()
     spec_out = write_text(out, _tuned_yaml(spec, spec_data, best, spec_path.parent, out.parent))
-    trials_path = write_json(out.with_suffix(".trials.json"), {"metrics": metrics, "trials": [vars(r) for r in records]})
     return TuneResult(records, best, spec_out, trials_path, metrics)
 
 
@@ -256,8 +258,6 @@ def _tuned_yaml(spec: ChainSpec, spec_data: dict[str, Any], best: TrialRecord, s
         task_data = dict(task_data)
         prefix = f"{task.name}." if len(spec.tasks) > 1 else ""
         chosen = {key.removeprefix(prefix): value for key, value in params.items() if key.startswith(prefix) and key != "split"}
-        if len(spec.tasks) > 1:
-            chosen = {key: value for key, value in chosen.items() if "." not in key}
         if "branch" in chosen:
             task_data["branch"] = {**(task_data.get("branch") or {}), "mode": chosen["branch"]}
             if "lora_rank" in chosen:
