@@ -78,14 +78,15 @@ class TuneResult:
 class _Pruning(Hook):
     """Reports each validation check to the Optuna trial; stops the run when the trial should be pruned."""
 
-    def __init__(self, trial: Any, task_index: int, sign: float) -> None:
-        self.trial, self.base, self.sign, self.checks, self.pruned = trial, task_index * CHECK_STEPS, sign, 0, False
+    def __init__(self, trial: Any, task_index: int) -> None:
+        self.trial, self.base, self.checks, self.pruned = trial, task_index * CHECK_STEPS, 0, False
 
     def on_check(self, loop: TrainingLoop, check: Check) -> None:
-        """Report the check (signed: higher is better); stop at the epoch's end if Optuna prunes the trial."""
+        """Report the check (signed by the loop's metric: higher is better); stop at the epoch's end if Optuna prunes
+        the trial."""
         self.checks += 1
         if not math.isnan(check.evaluation.value):
-            self.trial.report(self.sign * check.evaluation.value, self.base + self.checks)
+            self.trial.report(_oriented(loop.metric) * check.evaluation.value, self.base + self.checks)
         if not self.pruned and self.trial.should_prune():
             self.pruned = True
             loop.stop("pruned: behind the median of earlier trials")
@@ -201,9 +202,7 @@ def tune_spec(
         values = []
         try:
             for index, task in enumerate(tasks):
-                metric = task.metric or head_type(task.type)(options=task.head).selection_metric(datas[task.name].train.labels)
-                sign = _oriented(metric)
-                hook = _Pruning(trial, index, sign)
+                hook = _Pruning(trial, index)
                 result = chain.fit(task, spec.training, data=datas[task.name], hooks=[hook], features=features, progress=progress)
                 metrics[task.name] = result.metric
                 record.scores[task.name] = float(result.validation[result.metric])
