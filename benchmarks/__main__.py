@@ -19,6 +19,7 @@ SUITES = {
     "export": "benchmarks.export",
     "snips": "benchmarks.snips",
     "imbalance": "benchmarks.imbalance",
+    "zero-shot": "benchmarks.zero_shot",
     "report": "benchmarks.report",
 }
 

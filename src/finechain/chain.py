@@ -252,7 +252,10 @@ class Chain:
         assert result.tail is not None and result.training is not None
         self.model.attach(spec.name, result.tail)
         result.test = self.score(spec.name, data.test.texts, data.test.labels) if data.test is not None else None
-        metrics = {"validation": _headline(result.validation), **({"test": _headline(result.test)} if result.test else {})}
+        metrics = {
+            **({"validation": _headline(result.validation)} if result.validation else {}),  # none: zero-shot without dev data
+            **({"test": _headline(result.test)} if result.test else {}),
+        }
         self.records[spec.name] = TaskRecord(
             metric=result.metric,
             best_epoch=result.best_epoch,

@@ -108,7 +108,7 @@ def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length:
             listed = ", ".join(f"'{label}' ({n})" for n, label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
             have = "label has" if len(rare) == 1 else "labels have"
             report.warnings.append(f"{len(rare)} {have} fewer than {RARE_EXAMPLES} training examples: {listed}; expect weak recall on them")
-    if len(data.validation) < SMALL_VALIDATION:
+    if len(data.validation) < SMALL_VALIDATION and len(data.train):  # (no training, nothing to choose: zero-shot)
         report.warnings.append(
             f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
         )

@@ -150,6 +150,8 @@ def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
         >>> data.provenance["validation"]["source"]  # doctest: +SKIP
         'cut from train'
     """
+    if spec.train is None and head_cls.option_labels(spec.head) is not None:  # zero-shot: no examples needed
+        return labels_only_task_data(spec, head_cls)
     if spec.train is None:
         raise SpecError(
             f"task '{spec.name}' has no training data",
@@ -160,6 +162,26 @@ def load_task_data(spec: TaskSpec, head_cls: type[Head], seed: int) -> TaskData:
     dev = read_split(spec.dev, spec, head_cls) if spec.dev is not None else None
     test = read_split(spec.test, spec, head_cls) if spec.test is not None else None
     return assemble_task_data(spec, head_cls, train, dev, test, seed)
+
+
+def labels_only_task_data(spec: TaskSpec, head_cls: type[Head]) -> TaskData:
+    """The data of a task whose labels its options name (zero-shot) and that has no training file: no training
+    examples; the dev and test files, when given, to score it.
+
+    Example:
+        >>> spec = TaskSpec(name="topic", type="zero_shot", head={"labels": ["sport", "politics"]})
+        >>> data = labels_only_task_data(spec, head_type("zero_shot"))
+        >>> len(data.train), len(data.validation), data.labels
+        (0, 0, ['sport', 'politics'])
+    """
+    labels = head_cls.option_labels(spec.head) or []
+    dev = read_split(spec.dev, spec, head_cls) if spec.dev is not None else Split([], [], [], "none")
+    test = read_split(spec.test, spec, head_cls) if spec.test is not None else None
+    validation = {**_source(dev), "rows": len(dev)} if spec.dev is not None else {"source": "none", "rows": 0}
+    provenance: dict[str, Any] = {"train_rows": 0, "train_examples": 0, "validation": validation}
+    if test is not None:
+        provenance["test"] = {**_source(test), "rows": len(test)}
+    return TaskData(Split([], [], [], "none"), dev, test, labels, provenance)
 
 
 def task_data_from_lists(
@@ -193,7 +215,7 @@ def assemble_task_data(spec: TaskSpec, head_cls: type[Head], train: Split, dev: 
         >>> data = assemble_task_data(spec, ClassificationHead, train, None, None, seed=13)  # doctest: +SKIP
     """
     head_cls.check_training_labels(train.labels, train.lines, train.file)  # the data as given
-    labels = head_cls.label_names(train.labels)
+    labels = head_cls.option_labels(spec.head) or head_cls.label_names(train.labels)
     in_memory = isinstance(train.file, InMemory)
     provenance: dict[str, Any] = {"train": "in memory"} if in_memory else {"train_file": train.file}
     provenance["train_rows"] = len(train)

@@ -97,6 +97,17 @@ class Head(ABC):
         return len(self.labels)
 
     @property
+    def feature_scale(self) -> float | None:
+        """If set, the layer L2-normalises the features it reads and multiplies them by this (scaled-cosine logits);
+        default: plain features."""
+        return None
+
+    def prompts(self) -> list[list[str]]:
+        """Texts per output whose mean embedding starts that output's row of the linear layer (a zero-shot head's
+        label descriptions); default: none, the layer starts at random."""
+        return []
+
+    @property
     def pooling(self) -> Pooling | None:
         """How the layer pools token states into one vector per text (``None``: it reads every token)."""
         return None if self.token_level else self.options.pooling  # type: ignore[attr-defined]
@@ -106,6 +117,12 @@ class Head(ABC):
     @abstractmethod
     def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: HeadOptions) -> Any:
         """Check and normalise one raw label; raise :class:`DataError` naming file and line."""
+
+    @classmethod
+    def option_labels(cls, options: HeadOptions) -> list[str] | None:
+        """The label set when the options name it (a zero-shot head: it then needs no training data); default: None,
+        the labels come from the training data."""
+        return None
 
     @classmethod
     def label_names(cls, parsed: Sequence[Any]) -> list[str]:

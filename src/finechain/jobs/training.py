@@ -39,8 +39,10 @@ def _train_and_save(
 
 def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[Row]:
     labels = chain.tasks[name].head.labels
-    write_report(out_dir / "reports" / name, name, "validation", result.validation, labels)
-    rows: list[Row] = [(name, "validation", _scalars(result.validation))]
+    rows: list[Row] = []
+    if result.validation:  # a zero-shot task without dev data has no validation scores
+        write_report(out_dir / "reports" / name, name, "validation", result.validation, labels)
+        rows.append((name, "validation", _scalars(result.validation)))
     if result.test is not None:
         write_report(out_dir / "reports" / name, name, "test", result.test, labels)
         rows.append((name, "test", _scalars(result.test)))

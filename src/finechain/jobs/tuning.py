@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,13 +98,18 @@ def _explicit(spec_data: dict[str, Any], task_index: int) -> dict[str, Any]:
     return {"chain_training": spec_data.get("training") or {}, "task": spec_data["tasks"][task_index]}
 
 
-def _suggest(trial: Any, spec: ChainSpec, spec_data: dict[str, Any], layers: int) -> tuple[int | None, list[TaskSpec]]:
-    """The trunk depth (``None``: the spec's) and each task's spec with this trial's settings."""
+def _suggest(
+    trial: Any, spec: ChainSpec, spec_data: dict[str, Any], layers: int, untrained: Collection[str] = ()
+) -> tuple[int | None, list[TaskSpec]]:
+    """The trunk depth (``None``: the spec's) and the spec of each task but the ``untrained`` ones (zero-shot tasks
+    without examples: nothing to search) with this trial's settings."""
     split = None
     if spec.split == "auto":
         split = trial.suggest_int("split", 1, layers - 1)
     tasks = []
     for index, task in enumerate(spec.tasks):
+        if task.name in untrained:
+            continue
         fixed = _explicit(spec_data, index)
         written = {**fixed["chain_training"], **(fixed["task"].get("training") or {})}
         prefix = f"{task.name}." if len(spec.tasks) > 1 else ""
@@ -173,6 +179,13 @@ def tune_spec(
             field="sharing",
             fix="set sharing: frozen to tune, or tune each task in a spec of its own",
         )
+    untrained = {name for name, data in checked.data.items() if not len(data.train)}
+    if untrained == set(checked.data):
+        raise FinechainError(
+            "nothing to tune: no task of this spec has training examples (zero-shot tasks are answered from their labels)",
+            file=spec_path,
+            fix="add a train file to a task, then tune",
+        )
     out = out or spec_path.with_name(f"{spec_path.stem}.tuned.yaml")
     if out.resolve() == spec_path.resolve():
         raise FinechainError("--out is the spec being tuned", file=out, fix="write the tuned spec to another file")
@@ -195,7 +208,7 @@ def tune_spec(
 
     def objective(trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        split, tasks = _suggest(trial, spec, spec_data, layers)
+        split, tasks = _suggest(trial, spec, spec_data, layers, untrained)
         chain = chain_for(split if split is not None else checked.split)
         record = TrialRecord(trial.number, "running", dict(trial.params))
         records.append(record)

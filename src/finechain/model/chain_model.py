@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from finechain.branches import BranchOptions, branch_mode
+from finechain.data.batching import pad_ids
 from finechain.data.inputs import select_tasks
 from finechain.data.tokens import Encoded, encode_texts
 from finechain.errors import FinechainError
@@ -124,13 +125,49 @@ class ChainModel(nn.Module):
         return copy_layers(list(self.upper.layers))
 
     def new_task(self, head: Head, branch: BranchOptions | Mapping[str, Any] | None = None) -> TaskModel:
-        """An untrained tail for ``head`` (not yet attached), on this model's device.
+        """An untrained tail for ``head`` (not yet attached), on this model's device. A head with
+        :meth:`~finechain.heads.Head.prompts` (zero-shot) starts its linear layer from their embeddings.
 
         Example:
             >>> task = model.new_task(ClassificationHead(["neg", "pos"]))  # doctest: +SKIP
         """
-        task = TaskModel(head, self.fresh_branch(), self.encoder_config, branch_mode(branch), self.num_layers + 1)
-        return task.to(self.device)
+        task = TaskModel(head, self.fresh_branch(), self.encoder_config, branch_mode(branch), self.num_layers + 1).to(self.device)
+        prompts = head.prompts()
+        if prompts:
+            task.head_layer.set_prototypes(self.prompt_vectors(task, prompts))
+        return task
+
+    @torch.no_grad()
+    def prompt_vectors(self, task: TaskModel, prompts: Sequence[Sequence[str]], batch_size: int = 64) -> torch.Tensor:
+        """One unit vector per group of ``prompts``: the mean of the L2-normalised features ``task`` pools from each
+        prompt (this trunk, the task's branch and pooling), normalised again.
+
+        Example:
+            >>> model.prompt_vectors(task, [["It was great."], ["It was awful.", "It was bad."]]).shape  # doctest: +SKIP
+            torch.Size([2, 384])
+        """
+        if self.trunk_tuned:
+            raise FinechainError(
+                "label embeddings need the backbone's own trunk, and this chain's trunk was fine-tuned (sharing: joint)",
+                fix="add the zero-shot task to a chain trained with sharing: frozen",
+            )
+        flat = [text for group in prompts for text in group]
+        ids, _ = self.encode(flat)
+        was_training = task.training
+        task.eval()
+        vectors = []
+        for start in range(0, len(ids), batch_size):
+            input_ids, mask = pad_ids(ids[start : start + batch_size], self.pad_id)
+            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+            states = self.trunk_states(input_ids, mask, task.needs_trunk_states)
+            hidden = task.features(states if task.needs_trunk_states else states[-1], mask)
+            vectors.append(nn.functional.normalize(task.head_layer.features(hidden, mask).float(), dim=-1))
+        task.train(was_training)
+        flat_vectors = torch.cat(vectors)
+        sizes = torch.tensor([len(group) for group in prompts], device=flat_vectors.device)
+        groups = torch.repeat_interleave(torch.arange(len(prompts), device=flat_vectors.device), sizes)
+        means = torch.zeros(len(prompts), flat_vectors.shape[1], device=flat_vectors.device).index_add_(0, groups, flat_vectors)
+        return nn.functional.normalize(means, dim=-1)
 
     def attach(self, name: str, task: TaskModel) -> None:
         """Add (or replace) a task's tail, in eval mode; no other task is touched."""

@@ -10,7 +10,9 @@ from finechain.model.pooling import pool
 
 
 class HeadLayer(nn.Module):
-    """``Linear(dropout(pooled or token states))``; its weights are saved as ``out.weight`` / ``out.bias``.
+    """``Linear(dropout(pooled or token states))``; its weights are saved as ``out.weight`` / ``out.bias``. With
+    ``scale`` the features are L2-normalised and multiplied by it first (logits are scaled cosines to the rows of the
+    linear layer, which :meth:`set_prototypes` can start from).
 
     Example:
         >>> layer = HeadLayer(4, 3, pooling="mean").eval()
@@ -18,13 +20,35 @@ class HeadLayer(nn.Module):
         torch.Size([2, 3])
     """
 
-    def __init__(self, hidden_size: int, outputs: int, dropout: float = 0.1, pooling: Pooling | None = "mean") -> None:
+    def __init__(
+        self, hidden_size: int, outputs: int, dropout: float = 0.1, pooling: Pooling | None = "mean", scale: float | None = None
+    ) -> None:
         super().__init__()
         self.pooling = pooling
+        self.scale = scale
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, outputs)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits ``[batch, outputs]``, or ``[batch, tokens, outputs]`` for a head that reads every token."""
-        features = hidden if self.pooling is None else pool(hidden, attention_mask, self.pooling)
+        features = self.features(hidden, attention_mask)
+        if self.scale is not None:
+            features = nn.functional.normalize(features, dim=-1) * self.scale
         return self.out(self.dropout(features))
+
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the linear layer reads, before normalising: pooled (or token) states."""
+        return hidden if self.pooling is None else pool(hidden, attention_mask, self.pooling)
+
+    @torch.no_grad()
+    def set_prototypes(self, vectors: torch.Tensor) -> None:
+        """Start the linear layer from one unit vector per output (its weight rows) and a zero bias.
+
+        Example:
+            >>> layer = HeadLayer(2, 2, scale=10.0).eval()
+            >>> layer.set_prototypes(torch.eye(2))
+            >>> layer(torch.tensor([[[3.0, 4.0]]]), torch.ones(1, 1)).tolist()
+            [[6.0, 8.0]]
+        """
+        self.out.weight.copy_(nn.functional.normalize(vectors.float(), dim=-1))
+        self.out.bias.zero_()

@@ -34,7 +34,7 @@ class TaskModel(nn.Module):
         self.mode = mode or branch_mode(None)
         self.mode.prepare(self.branch.layers)
         self.head = head
-        self.head_layer = HeadLayer(config.hidden_size, head.output_size, head.options.dropout, head.pooling)
+        self.head_layer = HeadLayer(config.hidden_size, head.output_size, head.options.dropout, head.pooling, head.feature_scale)
         self.layer_mix = LayerMix(states) if head.options.layer_mix else None
         options = head.loss_options()
         weight = options.pop("weight", None)

@@ -211,7 +211,7 @@ VALUE_HINTS = {
 
 
 def _require_train(task: TaskSpec, path: Path, lines: Lines, at: tuple[Any, ...]) -> None:
-    if task.train is None:
+    if task.train is None and head_type(task.type).option_labels(task.head) is None:  # zero-shot tasks need no examples
         raise SpecError(f"task '{task.name}' has no 'train' file", file=path, line=lines.get(at), fix="add 'train: path/to/train.csv'")
 
 

@@ -166,6 +166,15 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _zero_shot_branch(cls, data: Any) -> Any:
+        """A zero-shot task's branch is LoRA unless set: the untrained adapters leave the backbone's layers as they
+        are (the label embeddings need them) and store next to nothing, and a few examples later tune only them."""
+        if isinstance(data, dict) and data.get("type") == "zero_shot" and data.get("branch") is None:
+            return {**data, "branch": {"mode": "lora"}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _flat_head_options(cls, data: Any) -> Any:
         """Move head options written next to ``type:`` (the spelling before ``head:`` existed) into ``head``."""
         if not isinstance(data, dict) or not any(key in data for key in FLAT_HEAD_OPTIONS):
@@ -267,8 +276,18 @@ class ChainSpec(BaseModel):
             'frozen'
         """
         if self.sharing == "auto":
-            return "joint" if len(self.tasks) > 1 else "frozen"
+            return "joint" if len(self.tasks) > 1 and not self.zero_shot_tasks else "frozen"
         return self.sharing
+
+    @property
+    def zero_shot_tasks(self) -> list[str]:
+        """Tasks whose labels their options name (zero-shot): they read the backbone's own trunk.
+
+        Example:
+            >>> ChainSpec(tasks=[TaskSpec(name="t", type="zero_shot", head={"labels": ["a", "b"]})]).zero_shot_tasks
+            ['t']
+        """
+        return [t.name for t in self.tasks if t.type in HEADS and HEADS.get(t.type).option_labels(t.head) is not None]
 
     @model_validator(mode="after")
     def _unique_names(self) -> ChainSpec:
@@ -276,6 +295,11 @@ class ChainSpec(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        if self.sharing == "joint" and self.zero_shot_tasks:
+            raise ValueError(
+                f"zero-shot tasks {self.zero_shot_tasks} compare texts and labels through the backbone's own trunk, which "
+                "sharing: joint fine-tunes; use sharing: frozen (or auto)"
+            )
         unknown = sorted(set(self.joint.loss_weights) - set(names))
         if unknown:
             raise ValueError(f"joint.loss_weights names unknown tasks {unknown}")

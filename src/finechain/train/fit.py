@@ -178,15 +178,21 @@ def _fit_task(
 
     started = time.perf_counter()
     cache = features if features is not None else FeatureCache()  # (an empty cache is falsy)
-    train_ids, train_words = model.encode(data.train.texts, with_words=head_cls.token_level)
     val_ids, val_words = model.encode(data.validation.texts, with_words=head_cls.token_level)
     states = dict(
         pad_id=model.pad_id, cache=cfg.cache, batch_size=cfg.eval_batch_size, all_states=task.needs_trunk_states, precision=cfg.precision
     )
-    train_feats = cache.get(model.trunk, train_ids, cache_file=run_path / "cache" / "train.npy", **states)
-    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states)
-    y_train = torch.from_numpy(task.head.targets(data.train.labels, train_words)).to(device)
     y_val = task.head.targets(data.validation.labels, val_words)
+    if not len(data.train):  # a task whose options give its labels and weights (zero-shot): nothing to train, only to score
+        validation: dict[str, Any] = {}
+        if len(val_ids):
+            val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states)
+            validation = task.head.score(task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision), y_val)
+        return FitResult(spec.name, metric, None, validation, None, time.perf_counter() - started, 0.0, [], task.eval(), cfg)
+    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states)
+    train_ids, train_words = model.encode(data.train.texts, with_words=head_cls.token_level)
+    train_feats = cache.get(model.trunk, train_ids, cache_file=run_path / "cache" / "train.npy", **states)
+    y_train = torch.from_numpy(task.head.targets(data.train.labels, train_words)).to(device)
 
     batches_per_pass = math.ceil(len(train_feats.lengths) / cfg.batch_size)
     steps_per_pass = math.ceil(batches_per_pass / cfg.gradient_accumulation)
