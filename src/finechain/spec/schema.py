@@ -24,6 +24,7 @@ DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TaskFormat = Literal["auto", "csv", "tsv", "jsonl", "conll"]
 Cache = Literal["memory", "disk", "off"]
+Adversarial = Literal["none", "fgm", "pgd"]
 # head options that specs wrote next to `type:` before `head:` existed; still accepted there
 FLAT_HEAD_OPTIONS = (
     "dropout",
@@ -98,6 +99,29 @@ class TrainingConfig(BaseModel):
     cuda_graphs: bool = Field(
         True, description="on a CUDA GPU, record each padded batch shape's step as a CUDA graph and replay it (far less host time)"
     )
+    head_epochs: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="staged training: the first this many epochs train the head alone on the frozen branch, then the branch "
+        "joins at its (lower) learning rate; 0 = off",
+    )
+    layer_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay: each branch layer below the top one gets this factor more (1 = off; "
+        "0.8 = the layer under the top at 0.8x, the next at 0.64x, ...)",
+    )
+    adversarial: Adversarial = Field(
+        "none",
+        description="adversarial training on the trunk states a tail reads: none, fgm (one gradient-sign step per batch) or "
+        "pgd (adversarial_steps projected steps); each batch's loss is the clean one plus the perturbed one",
+    )
+    adversarial_epsilon: float = Field(
+        0.05, gt=0, le=1, description="size of the adversarial perturbation, as a share of each example's trunk-state norm"
+    )
+    adversarial_steps: int = Field(3, ge=1, le=20, description="pgd: ascent steps per batch")
 
 
 class TrainingOverrides(BaseModel):
@@ -123,6 +147,11 @@ class TrainingOverrides(BaseModel):
     seed: int | None = None
     eval_batch_size: int | None = Field(None, ge=1)
     cuda_graphs: bool | None = None
+    head_epochs: int | None = Field(None, ge=0, le=10_000)
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    adversarial: Adversarial | None = None
+    adversarial_epsilon: float | None = Field(None, gt=0, le=1)
+    adversarial_steps: int | None = Field(None, ge=1, le=20)
 
     def apply(self, base: TrainingConfig) -> TrainingConfig:
         """``base`` with the fields set here replaced.

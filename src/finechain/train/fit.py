@@ -23,8 +23,8 @@ from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
 from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, fingerprint, run_folder
 from finechain.train.features import FeatureCache, TrunkFeatures
-from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
-from finechain.train.objectives import Objective
+from finechain.train.loop import Check, EarlyStopping, Evaluation, HeadFirst, Hook, TrainingLoop
+from finechain.train.objectives import Objective, training_objective
 from finechain.train.optim import build_optimizer, build_schedule
 from finechain.train.progress import MetricsLog, Report, TrainProgress
 from finechain.train.step import BatchStep
@@ -75,20 +75,35 @@ def passes_per_epoch(steps_per_pass: int, epochs: int, min_steps: int) -> int:
     return max(1, math.ceil(min_steps / (max(1, steps_per_pass) * epochs)))
 
 
-def tail_learning_rate(cfg: TrainingConfig) -> Callable[[str], float]:
+def tail_learning_rate(cfg: TrainingConfig, branch_layers: int = 0) -> Callable[[str], float]:
     """Head (and layer-mix) parameters get ``head_learning_rate``, everything else ``learning_rate`` (resolved, see
-    :func:`resolve_training`).
+    :func:`resolve_training`); with ``layer_decay`` below 1, branch layer ``i`` of ``branch_layers`` gets
+    ``learning_rate * layer_decay ** (branch_layers - 1 - i)`` (the top layer the full rate).
 
     Example:
         >>> rate = tail_learning_rate(TrainingConfig(learning_rate=1e-4))
         >>> rate("head_layer.out.weight"), rate("branch.layers.0.attention.self.query.weight")
         (0.001, 0.0001)
+        >>> rate = tail_learning_rate(TrainingConfig(learning_rate=1e-4, layer_decay=0.5), branch_layers=3)
+        >>> [rate(f"branch.layers.{i}.output.dense.weight") for i in range(3)]
+        [2.5e-05, 5e-05, 0.0001]
     """
     head_like = {"head_layer", "layer_mix"}
     if cfg.learning_rate is None:
         raise ValueError("resolve_training() first: learning_rate is unset")
-    branch_rate = cfg.learning_rate
-    return lambda name: cfg.head_learning_rate if head_like & set(name.split(".")) else branch_rate
+    branch_rate, decay = cfg.learning_rate, cfg.layer_decay
+
+    def rate(name: str) -> float:
+        parts = name.split(".")
+        if head_like & set(parts):
+            return cfg.head_learning_rate
+        if decay != 1.0 and "branch" in parts:
+            at = parts.index("branch")
+            if parts[at + 1 : at + 2] == ["layers"]:
+                return branch_rate * decay ** (branch_layers - 1 - int(parts[at + 2]))
+        return branch_rate
+
+    return rate
 
 
 @torch.inference_mode()
@@ -199,7 +214,7 @@ def _fit_task(
     passes = passes_per_epoch(steps_per_pass, cfg.epochs, cfg.min_steps) if init is None else 1  # a trained tail: no repeats
     batches_per_epoch = batches_per_pass * passes
     total_steps = math.ceil(batches_per_epoch / cfg.gradient_accumulation) * cfg.epochs
-    optimizer = build_optimizer(cfg, task, tail_learning_rate(cfg), device)
+    optimizer = build_optimizer(cfg, task, tail_learning_rate(cfg, len(task.branch.layers)), device)
     scheduler = build_schedule(cfg, optimizer, total_steps)
     scaler = gradient_scaler(device, cfg.precision)
     settings = fingerprint(
@@ -231,9 +246,10 @@ def _fit_task(
             "elapsed_seconds": round(time.perf_counter() - started - loop.observed, 3),  # since fit began: trunk states included
         }
 
-    step = BatchStep(
-        task, train_feats, y_train, cfg.precision, cfg.batch_size, cfg.gradient_accumulation, cfg.cuda_graphs, objective, scaler
-    )
+    graphs = cfg.cuda_graphs and not cfg.head_epochs  # a graph holds the gradients of the parameters training when recorded
+    objective = training_objective(cfg, objective)
+    step = BatchStep(task, train_feats, y_train, cfg.precision, cfg.batch_size, cfg.gradient_accumulation, graphs, objective, scaler)
+    staged = [HeadFirst(cfg.head_epochs, task.branch.parameters())] if cfg.head_epochs else []
     with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress) as bar:
         report = Report(
             bar, MetricsLog(run_path / "metrics.jsonl", fresh=not resume), record, lambda c: f"val {metric} {c.evaluation.value:.4f}"
@@ -254,14 +270,18 @@ def _fit_task(
             max_grad_norm=cfg.max_grad_norm,
             evaluations_per_epoch=cfg.evaluations_per_epoch,
             checkpointer=Checkpointer(run_path, settings),
-            hooks=[report, EarlyStopping(cfg.patience), *hooks],
+            hooks=[*staged, report, EarlyStopping(cfg.patience), *hooks],
         )
         if resume and loop.resume():
             bar.advance(batches_per_epoch * loop.state.epoch)
-        elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
+        elif init is not None or task.head.prompts():
+            # continuing a trained tail, or one that starts from its label embeddings (zero-shot): it is the epoch-0
+            # candidate, so training can only improve on it (on validation)
             loop.start_from(evaluate())
         for _ in loop.run():
             pass
+        for hook in staged:
+            hook.release()
 
     task.load_state_dict(loop.best_weights)
     # the best check's outputs are what the restored weights give (resumed: the best check may predate this call)

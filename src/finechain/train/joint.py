@@ -26,7 +26,7 @@ from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpo
 from finechain.train.features import TrunkFeatures
 from finechain.train.fit import FitResult, fit_task, gradient_scaler, passes_per_epoch, resolve_training, tail_learning_rate, task_outputs
 from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
-from finechain.train.objectives import HeadLoss, Objective, StepInputs
+from finechain.train.objectives import HeadLoss, Objective, StepInputs, training_objective
 from finechain.train.optim import build_optimizer, build_schedule
 from finechain.train.progress import MetricsLog, Report, TrainProgress
 
@@ -93,7 +93,9 @@ class JointStep:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], joint: JointConfig) -> list[JointJob]:
+def _jobs(
+    model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], training: TrainingConfig, joint: JointConfig
+) -> list[JointJob]:
     jobs = []
     for spec in specs:
         head_cls, data = head_type(spec.type), datas[spec.name]
@@ -104,7 +106,7 @@ def _jobs(model: ChainModel, specs: list[TaskSpec], datas: dict[str, TaskData], 
         val_ids, val_words = model.encode(data.validation.texts, with_words=head_cls.token_level)
         targets = torch.from_numpy(head.targets(data.train.labels, words)).to(model.device)
         metric = spec.metric or head.selection_metric(data.train.labels)
-        objective = HeadLoss(joint.loss_weights.get(spec.name, 1.0))
+        objective = training_objective(spec.training.apply(training), HeadLoss(joint.loss_weights.get(spec.name, 1.0)))
         jobs.append(JointJob(spec, data, task, metric, ids, targets, val_ids, head.targets(data.validation.labels, val_words), objective))
     return jobs
 
@@ -158,7 +160,7 @@ def _fit_joint(
     hooks: Sequence[Hook],
 ) -> JointResult:
     torch.manual_seed(training.seed)
-    jobs = _jobs(model, specs, datas, joint)
+    jobs = _jobs(model, specs, datas, training, joint)
     trunk, best_epoch = train_jobs(model, jobs, training, joint, run_path, resume=resume, progress=progress, hooks=hooks)
     result = JointResult(trunk)
     for job in jobs:
@@ -219,11 +221,13 @@ def train_jobs(
     model.trunk.stack.requires_grad_(True)
 
     per_task = {job.spec.name: resolve_training(job.spec.training.apply(training), job.task) for job in jobs}  # overrides apply to tails
+    tasks = {job.spec.name: job.task for job in jobs}
 
     def learning_rate(name: str) -> float:
         if name.startswith("trunk."):
             return joint.trunk_learning_rate
-        return tail_learning_rate(per_task[name.split(".")[1]])(name)
+        task = name.split(".")[1]
+        return tail_learning_rate(per_task[task], len(tasks[task].branch.layers))(name)
 
     probs = sampling_probabilities([len(job.ids) for job in jobs], joint.temperature)
     accumulation = training.gradient_accumulation

@@ -90,6 +90,9 @@ class Hook:
     """Observes a run; subclass and override what you need. Call ``loop.stop(reason)`` to end the run at the next
     epoch's end (the best check's weights are still kept)."""
 
+    def on_start(self, loop: TrainingLoop) -> None:
+        """Before the first batch of :meth:`TrainingLoop.run` (after a resume: ``loop.state`` says where it stands)."""
+
     def on_batch(self, loop: TrainingLoop, loss: float | None) -> None:
         """After every batch; ``loss`` is the epoch's running loss every 20 batches (reading it waits for a GPU)."""
 
@@ -115,6 +118,42 @@ class EarlyStopping(Hook):
         """Stop when the last ``patience`` epochs brought nothing better."""
         if self.patience and loop.state.bad_checks >= self.patience * loop.checks_per_epoch:
             loop.stop(f"no better validation {loop.metric} in {self.patience} epochs")
+
+
+class HeadFirst(Hook):
+    """Staged training: the first ``epochs`` epochs train only what is not in ``frozen`` (the head), then the frozen
+    parameters train too, at their own learning rate. Parameters of ``frozen`` that do not train anyway are left alone.
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> hook = HeadFirst(1, layer.parameters())
+        >>> class Loop: state = LoopState()
+        >>> hook.on_start(Loop()); layer.weight.requires_grad
+        False
+        >>> Loop.state.epoch = 1; hook.on_epoch_end(Loop()); layer.weight.requires_grad
+        True
+    """
+
+    def __init__(self, epochs: int, frozen: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> None:
+        self.epochs = epochs
+        self.params = [p for p in frozen if p.requires_grad]
+
+    def _set(self, loop: TrainingLoop) -> None:
+        for param in self.params:
+            param.requires_grad_(loop.state.epoch >= self.epochs)
+
+    def on_start(self, loop: TrainingLoop) -> None:
+        """Freeze, unless a resumed run is past the head-only epochs."""
+        self._set(loop)
+
+    def on_epoch_end(self, loop: TrainingLoop) -> None:
+        """Release the frozen parameters once the head-only epochs are done."""
+        self._set(loop)
+
+    def release(self) -> None:
+        """Let the frozen parameters train again (after the run, however it ended)."""
+        for param in self.params:
+            param.requires_grad_(True)
 
 
 def check_points(batches: int, per_epoch: int, accumulation: int = 1) -> list[int]:
@@ -252,6 +291,8 @@ class TrainingLoop:
     def run(self) -> Iterator[Check]:
         """Train to the end (or until stopped); yield a :class:`Check` after each validation check."""
         started = time.perf_counter()
+        for hook in self.hooks:
+            self._observe(lambda hook=hook: hook.on_start(self))
         while self.state.epoch < self.epochs and self.stopped is None:
             epoch_started, observed_before = time.perf_counter(), self.observed
             self.module.train()

@@ -3,13 +3,14 @@ from a teacher's outputs, adversarial steps, contrastive few-shot tuning) are ob
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 import torch
 
 from finechain.model.losses import SOFT_LOSSES
 from finechain.model.task import TaskModel
+from finechain.spec import TrainingConfig
 
 
 @dataclass
@@ -81,3 +82,68 @@ class Distillation:
             if bool(rows.any()):
                 loss = loss + self.hard_weight * task.loss(logits[rows], inputs.targets[rows])
         return loss
+
+
+def _per_example_norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each example's ``[tokens, hidden]`` block, shaped to broadcast over it."""
+    return x.float().flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+class Adversarial:
+    """Adversarial training on the trunk states a tail reads (the cached input of a frozen-trunk task, its embeddings'
+    counterpart): the ``base`` objective's loss plus its loss on states pushed the way that raises it most.
+
+    ``steps=1`` is FGM (Miyato et al. 2017): one step along the normalised gradient. More steps are PGD (Madry et al.
+    2018): ``steps`` ascent steps of ``2.5 * epsilon / steps``, each projected back into the ball. The radius is
+    ``epsilon`` times each example's state norm, so one setting fits any backbone and depth. Padding positions get no
+    push (they have no gradient: attention and pooling mask them).
+
+    Example:
+        >>> objective = Adversarial(HeadLoss(), epsilon=0.05, steps=3)
+        >>> objective.steps, objective.graph_safe
+        (3, False)
+    """
+
+    graph_safe: ClassVar[bool] = False  # a gradient inside the step: kept out of CUDA graphs
+
+    def __init__(self, base: Objective, epsilon: float = 0.05, steps: int = 1) -> None:
+        self.base, self.epsilon, self.steps = base, epsilon, steps
+
+    def moved(self, inputs: StepInputs, delta: torch.Tensor) -> StepInputs:
+        """``inputs`` with ``delta`` added to the trunk states the tail reads (the last, with layer mixing)."""
+        states = inputs.states
+        if isinstance(states, torch.Tensor):
+            return replace(inputs, states=states.detach() + delta)
+        return replace(inputs, states=[*states[:-1], states[-1].detach() + delta])
+
+    def perturbation(self, task: TaskModel, inputs: StepInputs) -> torch.Tensor:
+        """The adversarial push of the batch's trunk states (detached)."""
+        last = (inputs.states if isinstance(inputs.states, torch.Tensor) else inputs.states[-1]).detach()
+        radius = self.epsilon * _per_example_norm(last)
+        step = radius if self.steps == 1 else 2.5 * radius / self.steps
+        delta = torch.zeros_like(last)
+        for _ in range(self.steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.base.loss(task, self.moved(inputs, delta)), delta)
+            delta = delta.detach() + step * grad / _per_example_norm(grad)
+            if self.steps > 1:  # project back into the ball
+                delta = delta * (radius / _per_example_norm(delta)).clamp(max=1.0)
+        return delta.detach()
+
+    def loss(self, task: TaskModel, inputs: StepInputs) -> torch.Tensor:
+        """Clean loss + loss at the adversarial states."""
+        return self.base.loss(task, inputs) + self.base.loss(task, self.moved(inputs, self.perturbation(task, inputs)))
+
+
+def training_objective(cfg: TrainingConfig, base: Objective | None = None) -> Objective:
+    """The objective ``cfg`` asks for around ``base`` (default: the head's loss): itself, or :class:`Adversarial`
+    with ``adversarial: fgm`` (one step) or ``pgd`` (``adversarial_steps``).
+
+    Example:
+        >>> type(training_objective(TrainingConfig(adversarial="pgd"))).__name__
+        'Adversarial'
+    """
+    base = base or HeadLoss()
+    if cfg.adversarial == "none":
+        return base
+    return Adversarial(base, cfg.adversarial_epsilon, 1 if cfg.adversarial == "fgm" else cfg.adversarial_steps)

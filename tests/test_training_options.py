@@ -1,0 +1,114 @@
+"""Training options on the one loop: staged training (head first), layer-wise learning-rate decay, and adversarial
+training (FGM / PGD on the trunk states a tail reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.heads.classification import ClassificationHead
+from finechain.train.loop import Hook, TrainingLoop
+from finechain.train.objectives import Adversarial, HeadLoss, StepInputs
+from tests.conftest import sentiment_rows
+
+ROWS = sentiment_rows(96, 5)
+TEXTS, LABELS = [t for t, _ in ROWS], [y for _, y in ROWS]
+
+
+def _chain(backbone: Path) -> Chain:
+    return Chain.from_backbone(str(backbone), split=2, max_length=32)
+
+
+class Snapshots(Hook):
+    """The branch and head weights at the start and after each epoch, and the optimizer's base rates."""
+
+    def __init__(self) -> None:
+        self.branch: list[torch.Tensor] = []
+        self.head: list[torch.Tensor] = []
+        self.rates: set[float] = set()
+
+    def _take(self, loop: TrainingLoop) -> None:
+        self.branch.append(torch.cat([p.detach().flatten() for p in loop.module.branch.parameters()]).clone())
+        self.head.append(loop.module.head_layer.out.weight.detach().clone())
+
+    def on_start(self, loop: TrainingLoop) -> None:
+        self._take(loop)
+        self.rates = {round(group["initial_lr"], 10) for group in loop.optimizer.param_groups}
+
+    def on_epoch_end(self, loop: TrainingLoop) -> None:
+        self._take(loop)
+
+
+def test_head_first_trains_only_the_head_then_everything(tiny_backbone: Path) -> None:
+    chain, seen = _chain(tiny_backbone), Snapshots()
+    training = TrainingConfig(epochs=3, min_steps=0, patience=0, head_epochs=1, seed=2)
+    chain.fit(TaskSpec(name="s"), training, texts=TEXTS, labels=LABELS, hooks=[seen], progress=False)
+    assert torch.equal(seen.branch[0], seen.branch[1])  # epoch 1: the branch frozen
+    assert not torch.equal(seen.head[0], seen.head[1])  # ... the head trained
+    assert not torch.equal(seen.branch[1], seen.branch[2])  # epoch 2: the branch trains
+    assert all(p.requires_grad for p in chain.tasks["s"].branch.parameters())  # released after the run
+
+
+def test_layer_decay_gives_lower_layers_lower_rates(tiny_backbone: Path) -> None:
+    chain, seen = _chain(tiny_backbone), Snapshots()
+    training = TrainingConfig(epochs=1, min_steps=0, learning_rate=1e-4, head_learning_rate=1e-3, layer_decay=0.5)
+    chain.fit(TaskSpec(name="s"), training, texts=TEXTS, labels=LABELS, hooks=[seen], progress=False)
+    assert seen.rates == {1e-3, 1e-4, 5e-5}  # head; top branch layer; the one under it (2 branch layers)
+    lora, seen = _chain(tiny_backbone), Snapshots()
+    lora.fit(TaskSpec(name="s", branch={"mode": "lora"}), training, texts=TEXTS, labels=LABELS, hooks=[seen], progress=False)
+    assert seen.rates == {1e-3, 1e-4, 5e-5}  # adapters of each layer too
+
+
+def test_adversarial_push_has_the_asked_size_and_raises_the_loss(tiny_backbone: Path) -> None:
+    torch.manual_seed(0)
+    chain = _chain(tiny_backbone)
+    head = ClassificationHead(options={"dropout": 0.0})
+    head.initialize(LABELS)
+    task = chain.model.new_task(head).eval()
+    ids, mask = torch.randint(5, 40, (6, 7)), torch.ones(6, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    states = chain.model.trunk(ids, mask).detach()
+    inputs = StepInputs(states, mask, torch.tensor([0, 1, 0, 1, 0, 1]), torch.arange(6))
+    clean = HeadLoss().loss(task, inputs)
+    norms = states.flatten(1).norm(dim=1)
+    fgm = Adversarial(HeadLoss(), epsilon=0.1, steps=1)
+    delta = fgm.perturbation(task, inputs)
+    assert delta.flatten(1).norm(dim=1) == pytest.approx(0.1 * norms, rel=1e-4)
+    assert torch.all(delta[0, 4:] == 0)  # padding gets no push
+    assert HeadLoss().loss(task, fgm.moved(inputs, delta)) > clean
+    pgd = Adversarial(HeadLoss(), epsilon=0.1, steps=4)
+    pushed = pgd.perturbation(task, inputs)
+    assert torch.all(pushed.flatten(1).norm(dim=1) <= 0.1 * norms * (1 + 1e-4))
+    assert HeadLoss().loss(task, pgd.moved(inputs, pushed)) >= HeadLoss().loss(task, fgm.moved(inputs, delta)) - 1e-4
+    expected = float((clean + HeadLoss().loss(task, fgm.moved(inputs, delta))).detach())
+    assert float(fgm.loss(task, inputs).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fgm", "pgd"])
+def test_adversarial_training_runs_in_the_loop(kind: str, tiny_backbone: Path) -> None:
+    chain = _chain(tiny_backbone)
+    training = TrainingConfig(epochs=2, min_steps=0, adversarial=kind, adversarial_steps=2, seed=3)
+    result = chain.fit(TaskSpec(name="s"), training, texts=TEXTS, labels=LABELS, progress=False)
+    assert result.training is not None and result.training.adversarial == kind
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("adversarial", "fgsm", "'none', 'fgm' or 'pgd'"),
+        ("adversarial_epsilon", 0, "greater than 0"),
+        ("layer_decay", 1.5, "less than or equal to 1"),
+        ("head_epochs", -1, "greater than or equal to 0"),
+        ("adversarial_steps", 0, "greater than or equal to 1"),
+    ],
+)
+def test_bad_training_options_say_what_is_allowed(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        TrainingConfig.model_validate({field: value})
+    with pytest.raises(ValidationError, match=message):  # per-task overrides are checked the same way
+        TaskSpec.model_validate({"name": "t", "training": {field: value}})
