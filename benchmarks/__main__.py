@@ -20,6 +20,7 @@ SUITES = {
     "snips": "benchmarks.snips",
     "imbalance": "benchmarks.imbalance",
     "zero-shot": "benchmarks.zero_shot",
+    "robustness": "benchmarks.robustness",
     "report": "benchmarks.report",
 }
 

@@ -46,6 +46,8 @@ SUITE_TITLES = {
     "branch_batching": "Branch batching: equal-depth branches as one stacked kernel vs one after another",
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
+    "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
+    "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
@@ -500,6 +502,72 @@ def imbalance_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+PLAIN_METRICS = {"train_seconds": "{:.0f}", "samples_per_second": "{:.0f}"}  # shown as they are; scores as percentages
+
+
+def variants_table(records: list[dict[str, Any]], columns: dict[str, str], base: str) -> str:
+    """Per task: each (system, variant)'s mean over seeds (a variant's ``, seed N`` dropped) of each metric in
+    ``columns`` (scores in percent, with the standard deviation when there are several seeds; seconds and rates as
+    they are), and each score's gap to finechain's variant named ``base``.
+
+    Example:
+        >>> rec = lambda variant, metric, v: {"task": "sst2", "system": "finechain", "variant": variant, "metric": metric,
+        ...     "value": v, "unit": "dev"}
+        >>> records = [rec("default, seed 1", "accuracy", 0.8), rec("default, seed 2", "accuracy", 0.9)]
+        >>> records += [rec("fgm, seed 1", "accuracy", 0.9)]
+        >>> print(variants_table(records, {"accuracy": "accuracy %"}, "default"))
+        **sst2**: dev
+        <BLANKLINE>
+        | system | variant | accuracy % | accuracy vs default |
+        | --- | --- | --- | --- |
+        | finechain | default | 85.0 (7.07) | +0.0 |
+        | finechain | fgm | 90.0 | +5.0 |
+        <BLANKLINE>
+    """
+    values: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    units: dict[str, str] = {}
+    for r in records:
+        variant = r["variant"].rpartition(", seed ")[0] or r["variant"]
+        values[r["task"]][(r["system"], variant)][r["metric"]].append(r["value"])
+        if r["metric"] not in PLAIN_METRICS:
+            units.setdefault(r["task"], r["unit"])
+    scores = [m for m in columns if m not in PLAIN_METRICS]
+    out = []
+    for task, rows in values.items():
+        base_row = rows.get(("finechain", base), {})
+        out += [f"**{task}**: {units.get(task, '')}", ""]
+        headers = ["system", "variant", *columns.values(), *(f"{m.replace('_', ' ')} vs {base}" for m in scores)]
+        out += ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+        for (system, variant), metrics in rows.items():
+            cells = []
+            for metric in columns:
+                got = metrics.get(metric, [])
+                if not got:
+                    cells.append("-")
+                elif metric in PLAIN_METRICS:
+                    cells.append(PLAIN_METRICS[metric].format(statistics.mean(got)))
+                else:
+                    sd = f" ({statistics.stdev(got) * 100:.2f})" if len(got) > 1 else ""
+                    cells.append(f"{statistics.mean(got) * 100:.1f}{sd}")
+            for metric in scores:
+                here, there = metrics.get(metric), base_row.get(metric)
+                cells.append(f"{(statistics.mean(here) - statistics.mean(there)) * 100:+.1f}" if here and there else "-")
+            out.append(f"| {system} | {variant} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def zero_shot_table(records: list[dict[str, Any]]) -> str:
+    """Zero-shot and few-example variants: accuracy, macro-F1, speed, against a plain classifier on the same examples."""
+    columns = {"accuracy": "accuracy %", "macro_f1": "macro-F1 %", "samples_per_second": "texts/s", "train_seconds": "train s"}
+    return variants_table(records, columns, "majority class (no model)")
+
+
+def robustness_table(records: list[dict[str, Any]]) -> str:
+    """Clean and typo accuracy of each training option against the default."""
+    return variants_table(records, {"accuracy": "accuracy %", "typo_accuracy": "with typos %", "train_seconds": "train s"}, "default")
+
+
 def comparison_table(base: str, head: str, skip: tuple[str, ...] = ()) -> str:
     """Runs of one suite at an earlier commit and at this one, in turns (``scripts/compare-commits.sh``): per measurement
     each run's value and the ratio of the medians (after / before); metrics in ``skip`` are left out."""
@@ -549,7 +617,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "branch_batching", "mixing", "decoding", "serve", "export", "snips"]
+SECTIONS += ["small_data", "imbalance", "zero_shot", "robustness", "branch_batching", "mixing", "decoding", "serve", "export", "snips"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -569,6 +637,8 @@ TABLES = {
     "export": export_table,
     "snips": snips_table,
     "imbalance": imbalance_table,
+    "zero_shot": zero_shot_table,
+    "robustness": robustness_table,
 }
 
 

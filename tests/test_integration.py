@@ -238,3 +238,23 @@ def test_an_exported_chain_runs_in_a_virtual_environment_without_pytorch(tmp_pat
     assert [a["ner"]["entities"][0]["text"] for a in answers[:1]] == [expected[0]["ner"].entities[0].text]
     assert [a["sentiment"]["label"] for a in answers] == [p["sentiment"].label for p in expected]
     assert [a["stars"]["value"] for a in answers] == pytest.approx([p["stars"].value for p in expected], abs=1e-4)
+
+
+def test_zero_shot_quick_matches_sentence_transformers(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "zero-shot", "--quick", "--no-train", "--tasks", "sst2,agnews", timeout=600)
+    records = json.loads((tmp_path / "zero_shot_quick.json").read_text())
+    value = {(r["task"], r["system"], r["variant"], r["metric"]): r["value"] for r in records}
+    for task in ("sst2", "agnews"):
+        majority = value[(task, "finechain", "majority class (no model)", "accuracy")]
+        for variant in ("zero-shot, label names", "zero-shot, label described"):
+            ours = value[(task, "finechain", variant, "accuracy")]
+            assert ours == value[(task, "sentence-transformers", variant, "accuracy")]  # the same embeddings, the same answers
+            assert ours > majority + 0.1
+
+
+def test_robustness_quick_scores_clean_and_typo_texts(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "robustness", "--quick", "--tasks", "sst2", "--variants", "default,adversarial: fgm")
+    records = json.loads((tmp_path / "robustness_quick.json").read_text())
+    variants = ("default", "adversarial: fgm")
+    expected = {(f"{v}, seed 13", m) for v in variants for m in ("accuracy", "typo_accuracy", "train_seconds")}
+    assert {(r["variant"], r["metric"]) for r in records} == expected

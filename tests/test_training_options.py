@@ -3,6 +3,7 @@ training (FGM / PGD on the trunk states a tail reads)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 from pydantic import ValidationError
 
 from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.augment import augment, eda, synonyms
 from finechain.heads.classification import ClassificationHead
+from finechain.spec import ChainSpec
 from finechain.train.loop import Hook, TrainingLoop
 from finechain.train.objectives import Adversarial, HeadLoss, StepInputs
 from tests.conftest import sentiment_rows
@@ -112,3 +115,38 @@ def test_bad_training_options_say_what_is_allowed(field: str, value: object, mes
         TrainingConfig.model_validate({field: value})
     with pytest.raises(ValidationError, match=message):  # per-task overrides are checked the same way
         TaskSpec.model_validate({"name": "t", "training": {field: value}})
+
+
+def test_eda_copies_are_seeded_keep_their_labels_and_never_use_antonyms() -> None:
+    texts = ["the film was great and the story very funny", "shares of the company fell", "ok"]
+    first = augment(texts, ["pos", "neg", "pos"], copies=3, rate=0.2, seed=5)
+    assert first == augment(texts, ["pos", "neg", "pos"], copies=3, rate=0.2, seed=5)
+    assert first[0][:3] == texts and len(first[0]) > 3 and all(t.strip() for t in first[0])
+    for text, label in zip(*first, strict=True):
+        source = texts[0] if label == "pos" and text != "ok" else texts[1] if label == "neg" else "ok"
+        assert abs(len(text.split()) - len(source.split())) <= 3  # a few words changed, not rewritten
+    lexicon = synonyms()
+    for a, b in [("good", "bad"), ("great", "awful"), ("rise", "fall"), ("increase", "decrease"), ("win", "loss"), ("new", "old")]:
+        assert b not in lexicon.get(a, ()), (a, b)
+    rng = random.Random(0)
+    assert all(eda("word", rng) for _ in range(20))  # a one-word text is never emptied
+
+
+def test_augment_adds_copies_to_training_only(tiny_backbone: Path) -> None:
+    chain, seen = _chain(tiny_backbone), Snapshots()
+    training = TrainingConfig(epochs=1, min_steps=0, augment=2, evaluations_per_epoch=1)
+    result = chain.fit(TaskSpec(name="s"), training, texts=TEXTS, labels=LABELS, hooks=[seen], progress=False)
+    assert chain.records["s"].data["augmented"] == {"copies": 2, "rate": 0.1}
+    plain = _chain(tiny_backbone).fit(
+        TaskSpec(name="s"), training.model_copy(update={"augment": 0}), texts=TEXTS, labels=LABELS, progress=False
+    )
+    assert result.history[-1]["step"] > 2 * plain.history[-1]["step"]  # about three times the training examples
+    assert result.validation["n"] == plain.validation["n"]  # validation untouched
+
+
+def test_augment_is_refused_for_word_level_labels() -> None:
+    tasks = [{"name": "topic", "train": "t.csv"}, {"name": "ner", "type": "tagging", "train": "n.conll"}]
+    with pytest.raises(ValidationError, match=r"task 'ner' \(tagging\) has one label per word"):
+        ChainSpec.model_validate({"training": {"augment": 1}, "tasks": tasks})
+    tasks[0]["training"] = {"augment": 1}
+    assert ChainSpec.model_validate({"tasks": tasks}).tasks[0].training.augment == 1  # per task: fine

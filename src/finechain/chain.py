@@ -260,7 +260,7 @@ class Chain:
             metric=result.metric,
             best_epoch=result.best_epoch,
             training=result.training.model_dump(),
-            data=data.provenance,
+            data={**data.provenance, **result.provenance},
             spec=spec.model_dump(mode="json"),
             metrics=metrics,
             train_seconds=round(result.train_seconds, 3),

@@ -122,6 +122,15 @@ class TrainingConfig(BaseModel):
         0.05, gt=0, le=1, description="size of the adversarial perturbation, as a share of each example's trunk-state norm"
     )
     adversarial_steps: int = Field(3, ge=1, le=20, description="pgd: ascent steps per batch")
+    augment: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="offline data augmentation (EDA) for text-level tasks: add this many copies of every training example, "
+        "each with a few words replaced by synonyms from the packaged lexicon, synonyms inserted, words swapped or deleted; "
+        "0 = off",
+    )
+    augment_rate: float = Field(0.1, gt=0, le=0.5, description="share of a text's words each augmented copy changes")
 
 
 class TrainingOverrides(BaseModel):
@@ -152,6 +161,8 @@ class TrainingOverrides(BaseModel):
     adversarial: Adversarial | None = None
     adversarial_epsilon: float | None = Field(None, gt=0, le=1)
     adversarial_steps: int | None = Field(None, ge=1, le=20)
+    augment: int | None = Field(None, ge=0, le=20)
+    augment_rate: float | None = Field(None, gt=0, le=0.5)
 
     def apply(self, base: TrainingConfig) -> TrainingConfig:
         """``base`` with the fields set here replaced.
@@ -324,6 +335,12 @@ class ChainSpec(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        for task in self.tasks:
+            if task.type in HEADS and HEADS.get(task.type).token_level and task.training.apply(self.training).augment:
+                raise ValueError(
+                    f"training.augment changes words, and task '{task.name}' ({task.type}) has one label per word; set "
+                    f"augment per task (under the other tasks' training:), or 'training: {{augment: 0}}' on '{task.name}'"
+                )
         if self.sharing == "joint" and self.zero_shot_tasks:
             raise ValueError(
                 f"zero-shot tasks {self.zero_shot_tasks} compare texts and labels through the backbone's own trunk, which "

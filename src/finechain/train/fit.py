@@ -6,17 +6,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from finechain.data.augment import augment
 from finechain.data.batching import length_batches
-from finechain.data.prepare import TaskData, load_task_data
+from finechain.data.prepare import Split, TaskData, load_task_data
 from finechain.data.tokens import inference_batches
-from finechain.heads import head_type
+from finechain.errors import SpecError
+from finechain.heads import Head, head_type
 from finechain.model.chain_model import ChainModel
 from finechain.model.precision import autocast_context, resolve_precision
 from finechain.model.task import TaskModel
@@ -44,6 +46,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation check
     tail: TaskModel | None = None
     training: TrainingConfig | None = None  # the settings used, learning rate resolved
+    provenance: dict[str, Any] = field(default_factory=dict)  # what training added to the data's account (augmentation)
 
     @property
     def epochs_run(self) -> int:
@@ -121,6 +124,26 @@ def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, prec
     return out
 
 
+def augmented_data(data: TaskData, cfg: TrainingConfig, head_cls: type[Head]) -> TaskData:
+    """``data`` with ``cfg.augment`` EDA copies of each training example added (:func:`finechain.data.augment.augment`,
+    seeded by ``cfg.seed``); validation and test untouched. Token-level tasks cannot be augmented this way.
+
+    Example:
+        >>> len(augmented_data(data, TrainingConfig(augment=2), ClassificationHead).train)  # doctest: +SKIP
+        2904
+    """
+    if not cfg.augment or not len(data.train):
+        return data
+    if head_cls.token_level:
+        raise SpecError(
+            f"training.augment changes words, and {head_cls.type_name} labels are one per word", field="augment", fix="remove augment"
+        )
+    texts, labels = augment(data.train.texts, data.train.labels, cfg.augment, cfg.augment_rate, cfg.seed)
+    lines = [*data.train.lines, *(data.train.lines * cfg.augment)][: len(texts)]  # an added copy names a row of the file
+    train = Split(texts, labels, lines, data.train.file, data.train.warnings)
+    return replace(data, train=train, provenance={**data.provenance, "augmented": {"copies": cfg.augment, "rate": cfg.augment_rate}})
+
+
 def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
     """A loss scaler for fp16 training (small gradients would underflow in fp16 without it); None otherwise.
 
@@ -179,7 +202,7 @@ def _fit_task(
 ) -> FitResult:
     cfg = spec.training.apply(training)
     head_cls = head_type(spec.type)
-    data = data or load_task_data(spec, head_cls, cfg.seed)
+    data = augmented_data(data or load_task_data(spec, head_cls, cfg.seed), cfg, head_cls)
     torch.manual_seed(cfg.seed)
     if init is None:
         head = head_cls(options=spec.head)
@@ -290,4 +313,7 @@ def _fit_task(
     validation = task.head.score(best.outputs, y_val)
     train_seconds = time.perf_counter() - started - loop.observed + loop.resumed_seconds  # a resumed run counts its earlier epochs
     rate = loop.seen / max(loop.state.seconds, 1e-9)
-    return FitResult(spec.name, metric, loop.state.best_epoch, validation, None, train_seconds, rate, report.history, task.eval(), cfg)
+    augmented = {"augmented": data.provenance["augmented"]} if "augmented" in data.provenance else {}
+    return FitResult(
+        spec.name, metric, loop.state.best_epoch, validation, None, train_seconds, rate, report.history, task.eval(), cfg, augmented
+    )

@@ -24,7 +24,16 @@ from finechain.model.task import TaskModel
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
 from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpointer, fingerprint, run_folder
 from finechain.train.features import TrunkFeatures
-from finechain.train.fit import FitResult, fit_task, gradient_scaler, passes_per_epoch, resolve_training, tail_learning_rate, task_outputs
+from finechain.train.fit import (
+    FitResult,
+    augmented_data,
+    fit_task,
+    gradient_scaler,
+    passes_per_epoch,
+    resolve_training,
+    tail_learning_rate,
+    task_outputs,
+)
 from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
 from finechain.train.objectives import HeadLoss, Objective, StepInputs, training_objective
 from finechain.train.optim import build_optimizer, build_schedule
@@ -98,7 +107,8 @@ def _jobs(
 ) -> list[JointJob]:
     jobs = []
     for spec in specs:
-        head_cls, data = head_type(spec.type), datas[spec.name]
+        head_cls = head_type(spec.type)
+        data = augmented_data(datas[spec.name], spec.training.apply(training), head_cls)
         head = head_cls(options=spec.head)
         head.initialize(data.train.labels, data.labels)
         task = model.new_task(head, spec.branch)
