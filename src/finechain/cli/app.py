@@ -151,6 +151,66 @@ def add_task(
     out.print(_metrics_table(f"added to {chain_dir!s}", rows))
 
 
+@app.command()
+def update(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    task: Annotated[str, typer.Option("--task", "-t", help="the task to continue")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="new labelled file (same columns as the task's); new labels allowed")],
+    dev: Annotated[Path | None, typer.Option("--dev", help="new validation file (default: cut from --data)")] = None,
+    test: Annotated[Path | None, typer.Option("--test", help="new test file, scored before and after")] = None,
+    old_data: Annotated[
+        Path | None, typer.Option("--old-data", help="the earlier training data, when the files the task records are gone")
+    ] = None,
+    rehearsal: Annotated[float, typer.Option(min=0, help="earlier training examples mixed in per new example")] = 1.0,
+    max_forgetting: Annotated[
+        float, typer.Option(min=0, help="refuse the update if the old test score falls by more than this many points")
+    ] = 1.0,
+    force: Annotated[bool, typer.Option("--force", help="keep the update even if it forgets more")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Continue TASK on new data, rehearsing earlier data; the old test set is scored before and after, and the
+    previous version is kept (finechain restore brings it back)."""
+    from finechain.jobs.updating import update_task
+
+    report = update_task(
+        chain_dir,
+        task,
+        data,
+        dev=dev,
+        test=test,
+        old_data=old_data,
+        rehearsal=rehearsal,
+        max_forgetting=max_forgetting,
+        force=force,
+        progress=not quiet,
+        console=err,
+    )
+    table = Table(title=f"{task}: {report.metric} before and after the update ({report.rehearsed} earlier examples rehearsed)")
+    for column in ("data", "before", "after"):
+        table.add_column(column)
+    for key, values in report.scores.items():
+        table.add_row(key, *(f"{v:.4f}" if v is not None else "-" for v in (values["before"], values["after"])))
+    out.print(table)
+    if report.new_labels:
+        out.print(f"new labels: {', '.join(report.new_labels)}")
+    if not report.accepted:
+        raise FinechainError(report.note, file=chain_dir, fix="raise --rehearsal, or pass --force to keep it anyway")
+    out.print(f"updated; the previous version is kept as version {report.kept_version} (finechain restore {chain_dir!s} -t {task})")
+
+
+@app.command()
+def restore(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    task: Annotated[str, typer.Option("--task", "-t", help="the task to restore")],
+    version: Annotated[int | None, typer.Option("--version", help="the kept version (default: the latest)")] = None,
+) -> None:
+    """Bring back a version of TASK kept by finechain update (the current one is kept too)."""
+    from finechain.jobs.updating import restore_task
+
+    restored = restore_task(chain_dir, task, version)
+    out.print(f"{task}: version {restored} restored")
+
+
 @app.command("eval")
 def evaluate(
     chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from finechain.branches import BRANCH_MODES, branch_mode
 from finechain.errors import ArtifactError, short_reason
 from finechain.heads import HEADS, head_type
-from finechain.io import write_json
+from finechain.io import read_text_file, write_json
 from finechain.model.backbone import BackboneRef, load_tokenizer, locate_backbone
 from finechain.model.chain_model import ChainModel
 from finechain.model.encoder import keep_layers, load_encoder
@@ -336,3 +336,58 @@ def save_chain(
     )
     write_json(directory / MANIFEST, manifest.model_dump(mode="json"))
     return manifest
+
+
+VERSIONS_DIR = "versions"
+
+
+def task_versions(directory: str | Path, name: str) -> list[int]:
+    """The kept earlier versions of task ``name`` in a chain folder, oldest first (see :func:`keep_task_version`).
+
+    Example:
+        >>> task_versions("my-chain", "intent")  # doctest: +SKIP
+        [1, 2]
+    """
+    folder = Path(directory) / VERSIONS_DIR / name
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "entry.json").is_file()) if folder.is_dir() else []
+
+
+def keep_task_version(directory: str | Path, name: str) -> int:
+    """Copy task ``name`` as it is saved now (its weight files and manifest entry) to ``versions/<name>/<n>/``, the
+    next number; returns it. The copy is written in a temporary folder and renamed, so a version is whole or absent.
+
+    Example:
+        >>> keep_task_version("my-chain", "intent")  # doctest: +SKIP
+        1
+    """
+    directory = Path(directory)
+    entry = read_manifest(directory).tasks.get(name)
+    if entry is None:
+        raise ArtifactError(f"task '{name}' is not in this chain", file=directory / MANIFEST, fix="check the task name")
+    number = max(task_versions(directory, name), default=0) + 1
+    target = directory / VERSIONS_DIR / name / str(number)
+    staging = target.with_name(f".{number}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(directory / TASKS_DIR / name, staging)
+    write_json(staging / "entry.json", entry.model_dump(mode="json"))
+    staging.rename(target)
+    return number
+
+
+def load_task_version(model: ChainModel, directory: str | Path, name: str, version: int) -> tuple[TaskModel, TaskRecord]:
+    """A kept version of task ``name``: its tail (for ``model``) and its training record.
+
+    Example:
+        >>> task, record = load_task_version(model, "my-chain", "intent", 1)  # doctest: +SKIP
+    """
+    folder = Path(directory) / VERSIONS_DIR / name / str(version)
+    if not (folder / "entry.json").is_file():
+        kept = task_versions(directory, name)
+        raise ArtifactError(
+            f"task '{name}' has no kept version {version}", file=folder, fix=f"choose one of {kept}" if kept else "nothing to restore"
+        )
+    try:
+        entry = TaskEntry.model_validate(json.loads(read_text_file(folder / "entry.json")))
+    except (ValidationError, ValueError) as error:
+        raise ArtifactError(f"version {version} of task '{name}': {short_reason(error)}", file=folder / "entry.json") from None
+    return load_task(model, folder, entry), entry.record()

@@ -169,6 +169,7 @@ def fit_task(
     hooks: Sequence[Hook] = (),
     objective: Objective | None = None,
     features: FeatureCache | None = None,
+    repeat: bool | None = None,
 ) -> FitResult:
     """Train a new tail for ``spec`` on ``model``'s frozen trunk; return it (not attached) with the best validation
     check's weights, calibrated on validation data.
@@ -184,7 +185,9 @@ def fit_task(
         0.89
     """
     with run_folder(run_dir, f"finechain-{spec.name}-") as run_path:
-        return _fit_task(model, spec, training or TrainingConfig(), run_path, resume, progress, data, init, hooks, objective, features)
+        return _fit_task(
+            model, spec, training or TrainingConfig(), run_path, resume, progress, data, init, hooks, objective, features, repeat
+        )
 
 
 def _fit_task(
@@ -199,6 +202,7 @@ def _fit_task(
     hooks: Sequence[Hook],
     objective: Objective | None,
     features: FeatureCache | None,
+    repeat: bool | None,
 ) -> FitResult:
     cfg = spec.training.apply(training)
     head_cls = head_type(spec.type)
@@ -234,7 +238,8 @@ def _fit_task(
 
     batches_per_pass = math.ceil(len(train_feats.lengths) / cfg.batch_size)
     steps_per_pass = math.ceil(batches_per_pass / cfg.gradient_accumulation)
-    passes = passes_per_epoch(steps_per_pass, cfg.epochs, cfg.min_steps) if init is None else 1  # a trained tail: no repeats
+    repeat = init is None if repeat is None else repeat  # a trained tail (refined after joint training): no repeats
+    passes = passes_per_epoch(steps_per_pass, cfg.epochs, cfg.min_steps) if repeat else 1
     batches_per_epoch = batches_per_pass * passes
     total_steps = math.ceil(batches_per_epoch / cfg.gradient_accumulation) * cfg.epochs
     optimizer = build_optimizer(cfg, task, tail_learning_rate(cfg, len(task.branch.layers)), device)

@@ -1,0 +1,226 @@
+"""Continual updates: continue a trained task on new data (which may bring new labels) without forgetting the old.
+
+The update trains the task's tail from its current weights on the new examples plus a rehearsal sample of the data it
+was trained on before (read again from the files its record names, or given), selecting on a validation set that
+mixes new and old. The old test set (or the old validation data when there is none) is scored before and after: an
+update that loses more than ``max_forgetting`` points there is refused and nothing is written. An accepted update
+keeps the previous version of the task under ``versions/<task>/<n>/`` so that ``restore_task`` can bring it back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from finechain.chain import Chain
+from finechain.data.prepare import Split, TaskData, load_task_data
+from finechain.errors import FinechainError
+from finechain.evaluate.metrics import LOWER_IS_BETTER
+from finechain.heads import head_type
+from finechain.io import folder_lock
+from finechain.model.artifact import TaskRecord, keep_task_version, load_task_version, task_versions
+from finechain.model.task import TaskModel
+from finechain.spec import TaskSpec, TrainingConfig
+
+
+@dataclass
+class UpdateReport:
+    """Scores before and after an update, whether it was kept, and the version number the old task was kept as."""
+
+    task: str
+    metric: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # "old test" / "new test" -> {"before", "after"}
+    new_labels: list[str] = field(default_factory=list)
+    rehearsed: int = 0
+    accepted: bool = False
+    kept_version: int | None = None
+    note: str = ""
+
+
+def _sample(split: Split, size: int, seed: int) -> Split:
+    """``size`` rows of ``split`` at random (all of them when it has fewer)."""
+    if size >= len(split):
+        return split
+    return split.subset(sorted(random.Random(seed).sample(range(len(split)), size)))
+
+
+def _joined(first: Split, second: Split) -> Split:
+    return Split(first.texts + second.texts, first.labels + second.labels, first.lines + second.lines, first.file, first.warnings)
+
+
+def grown_task(old: TaskModel, labels: list[str], new_task: TaskModel) -> TaskModel:
+    """``new_task`` (built for ``labels``: the old ones first, then new ones) with ``old``'s weights: the branch, the
+    layer mix, and the head's row of every label it already had; new labels keep their fresh rows.
+
+    Example:
+        >>> task = grown_task(chain.tasks["intent"], ["a", "b", "c"], chain.model.new_task(head))  # doctest: +SKIP
+    """
+    new_task.branch.load_state_dict(old.branch.state_dict())
+    if old.layer_mix is not None and new_task.layer_mix is not None:
+        new_task.layer_mix.load_state_dict(old.layer_mix.state_dict())
+    before, after = old.head_layer.out, new_task.head_layer.out
+    with torch.no_grad():
+        if not old.head.labels:  # no label set (regression): the same shape
+            after.load_state_dict(before.state_dict())
+        for row, label in enumerate(old.head.labels):
+            at = labels.index(label)
+            after.weight[at] = before.weight[row]
+            after.bias[at] = before.bias[row]
+    return new_task
+
+
+def _score(chain: Chain, name: str, split: Split | None, metric: str) -> float | None:
+    """``metric`` of task ``name`` on ``split``, or None when there is no split or it names labels the task lacks."""
+    if split is None or not len(split):
+        return None
+    try:
+        return float(chain.score(name, split.texts, split.labels)[metric])
+    except FinechainError:  # labels the task does not have yet (the new data before the update)
+        return None
+
+
+def _old_data(chain: Chain, name: str, record: TaskRecord, spec: TaskSpec, old_data: Path | None, seed: int) -> TaskData:
+    """The data the task was trained on before: ``old_data`` when given, else its recorded files (the original
+    training file and every earlier update's)."""
+    head_cls = head_type(spec.type)
+    if old_data is not None:
+        return load_task_data(spec.model_copy(update={"train": old_data, "dev": None, "test": spec.test}), head_cls, seed)
+    files = [spec.train, *[Path(u["file"]) for u in (record.data or {}).get("updates", [])]]
+    if files[0] is None:
+        raise FinechainError(
+            f"task '{name}' was trained on data in memory, which the chain does not keep",
+            fix="give the earlier training data with --old-data FILE",
+        )
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise FinechainError(
+            f"the earlier training data of task '{name}' is not there", file=missing[0], fix="give it with --old-data FILE"
+        )
+    data = load_task_data(spec, head_cls, seed)
+    for extra in files[1:]:
+        more = load_task_data(spec.model_copy(update={"train": extra, "dev": None, "test": None}), head_cls, seed)
+        data = replace(data, train=_joined(data.train, more.train), validation=_joined(data.validation, more.validation))
+    return data
+
+
+def update_task(
+    chain_dir: Path,
+    name: str,
+    data: Path,
+    *,
+    dev: Path | None = None,
+    test: Path | None = None,
+    old_data: Path | None = None,
+    rehearsal: float = 1.0,
+    max_forgetting: float = 1.0,
+    force: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> UpdateReport:
+    """Continue task ``name`` of the chain in ``chain_dir`` on the labelled file ``data`` (new labels allowed), with
+    ``rehearsal`` old training examples per new one mixed in; keep the update if the old test score falls by at most
+    ``max_forgetting`` points (or with ``force``), keeping the previous version. Returns the before/after scores.
+
+    Example:
+        >>> report = update_task(Path("my-chain"), "intent", Path("new-intents.csv"))  # doctest: +SKIP
+        >>> report.scores["old test"]  # doctest: +SKIP
+        {'before': 0.912, 'after': 0.905}
+    """
+    console = console or Console(stderr=True)
+    with folder_lock(chain_dir, "writing to"):
+        chain = Chain.from_pretrained(chain_dir, device="auto")
+        if name not in chain.tasks:
+            raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
+        record = chain.records[name]
+        if record.spec is None:
+            raise FinechainError(
+                f"task '{name}' has no record of how it was trained", file=chain_dir, fix="retrain it with finechain train"
+            )
+        spec = TaskSpec.model_validate(record.spec)
+        training = TrainingConfig.model_validate(record.training or {})
+        seed = training.seed
+        head_cls = head_type(spec.type)
+        new = load_task_data(spec.model_copy(update={"train": data, "dev": dev, "test": test}), head_cls, seed)
+        old = _old_data(chain, name, record, spec, old_data, seed)
+        old_task = chain.tasks[name]
+        metric = record.metric or old_task.head.selection_metric(old.train.labels)
+        old_test = old.test if old.test is not None else old.validation
+        report = UpdateReport(name, metric)
+        report.new_labels = [label for label in new.labels if label not in old_task.head.labels]
+        before = {"old test": _score(chain, name, old_test, metric), "new test": _score(chain, name, new.test or new.validation, metric)}
+
+        labels = [*old_task.head.labels, *report.new_labels]
+        rehearsed = _sample(old.train, round(rehearsal * len(new.train)), seed)
+        report.rehearsed = len(rehearsed)
+        validation = _joined(new.validation, _sample(old.validation, len(new.validation), seed))
+        mixed = TaskData(_joined(new.train, rehearsed), validation, None, labels, {**(record.data or {})})
+        head = head_cls(labels, options=spec.head)
+        head.initialize(mixed.train.labels, labels)
+        task = grown_task(old_task, labels, chain.model.new_task(head, old_task.mode.config()))
+        run_dir = chain_dir / "runs" / f"{name}-update"
+        result = chain.fit(spec, training, data=mixed, init=task, repeat=True, run_dir=run_dir, progress=progress)
+        after = {"old test": _score(chain, name, old_test, metric), "new test": _score(chain, name, new.test or new.validation, metric)}
+        report.scores = {key: {"before": before[key], "after": after[key]} for key in before}  # type: ignore[misc]
+
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        lost = sign * ((before["old test"] or 0.0) - (after["old test"] or 0.0)) * 100 if before["old test"] is not None else 0.0
+        if lost > max_forgetting and not force:
+            report.note = (
+                f"refused: the old test {metric} fell {lost:.2f} points ({before['old test']:.4f} -> {after['old test']:.4f}), "
+                f"more than --max-forgetting {max_forgetting}"
+            )
+            return report
+        report.kept_version = keep_task_version(chain_dir, name)
+        updates = [*(record.data or {}).get("updates", [])]
+        updates.append(
+            {
+                "file": str(data),
+                "rows": len(new.train) + len(new.validation),
+                "new_labels": report.new_labels,
+                "rehearsed": report.rehearsed,
+                "date": dt.date.today().isoformat(),
+                "previous_version": report.kept_version,
+            }
+        )
+        metrics = dict(chain.records[name].metrics or {})
+        if old.test is not None:
+            metrics["test"] = {
+                k: round(v, 6) for k, v in chain.score(name, old.test.texts, old.test.labels).items() if isinstance(v, float)
+            }
+        chain.records[name] = chain.records[name].model_copy(
+            update={
+                "spec": record.spec,
+                "data": {**(record.data or {}), "updates": updates},
+                "metrics": metrics,
+                "train_seconds": result.train_seconds,
+            }
+        )
+        chain.save_pretrained(chain_dir, tasks=[name])
+        report.accepted = True
+        return report
+
+
+def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
+    """Bring back a kept version of task ``name`` (default: the latest); the current one is kept as a version too, so
+    a restore can be undone. Returns the version restored.
+
+    Example:
+        >>> restore_task(Path("my-chain"), "intent")  # doctest: +SKIP
+        1
+    """
+    with folder_lock(chain_dir, "writing to"):
+        kept = task_versions(chain_dir, name)
+        if not kept:
+            raise FinechainError(f"task '{name}' has no kept version", file=chain_dir, fix="versions are kept by finechain update")
+        version = version if version is not None else kept[-1]
+        chain = Chain.from_pretrained(chain_dir, device="cpu")
+        task, record = load_task_version(chain.model, chain_dir, name, version)
+        keep_task_version(chain_dir, name)
+        chain.attach(name, task, record)
+        chain.save_pretrained(chain_dir, tasks=[name])
+        return version

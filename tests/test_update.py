@@ -1,0 +1,94 @@
+"""Continual updates: finechain update continues a task on new data (new labels too) with rehearsal, scores the old
+test set before and after, refuses an update that forgets, keeps the previous version, and finechain restore."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from finechain import Chain
+from tests.conftest import FILLER, TOPICS, run_cli, write_csv
+
+
+def topic_rows(labels: list[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """Texts whose topic is given by one of its cue words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        rows.append((" ".join([*rng.sample(FILLER, 2), rng.choice(TOPICS[label])]), label))
+    return rows
+
+
+@pytest.fixture
+def trained(tmp_path: Path, tiny_backbone: Path, monkeypatch, capsys) -> Path:
+    write_csv(tmp_path / "train.csv", topic_rows(["sport", "money"], 120, 1))
+    write_csv(tmp_path / "test.csv", topic_rows(["sport", "money"], 40, 2))
+    (tmp_path / "chain.yaml").write_text(
+        f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n"
+        "training: {epochs: 2, min_steps: 40, learning_rate: 0.003, head_learning_rate: 0.01}\n"
+        "tasks:\n  - {name: topic, train: train.csv, test: test.csv}\n"
+    )
+    code, _, err = run_cli(["train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    return tmp_path / "chain"
+
+
+def test_update_adds_a_label_keeps_the_old_and_can_be_restored(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    write_csv(tmp_path / "new.csv", topic_rows(["tech", "sport", "money"], 90, 3))
+    write_csv(tmp_path / "new_test.csv", topic_rows(["tech", "sport", "money"], 30, 4))
+    before = json.loads((trained / "finechain.json").read_text())["tasks"]["topic"]
+    args = ["update", str(trained), "-t", "topic", "-d", str(tmp_path / "new.csv"), "--test", str(tmp_path / "new_test.csv"), "-q"]
+    args += ["--max-forgetting", "20"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "old test" in out and "new test" in out and "new labels: tech" in out and "version 1" in out
+    chain = Chain.from_pretrained(trained)
+    assert chain.tasks["topic"].head.labels == ["money", "sport", "tech"]  # old labels first, the new one added
+    assert chain.predict(["the phone chip app"])[0]["topic"].label == "tech"
+    assert chain.score("topic", ["a goal", "the market price"], ["sport", "money"])["accuracy"] >= 0.5
+    record = json.loads((trained / "finechain.json").read_text())["tasks"]["topic"]
+    update = record["data"]["updates"][0]
+    assert update["file"] == str(tmp_path / "new.csv") and update["new_labels"] == ["tech"] and update["previous_version"] == 1
+    assert update["rehearsed"] > 0 and record["spec"]["train"] == before["spec"]["train"]  # the original file stays the base
+    kept = json.loads((trained / "versions" / "topic" / "1" / "entry.json").read_text())
+    assert kept["head"]["labels"] == ["money", "sport"] and kept["metrics"] == before["metrics"]
+
+    code, out, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "version 1 restored" in out
+    assert Chain.from_pretrained(trained).tasks["topic"].head.labels == ["money", "sport"]
+    assert (trained / "versions" / "topic" / "2" / "entry.json").is_file()  # the updated one, kept: a restore can be undone
+    code, _, err = run_cli(["restore", str(trained), "-t", "topic", "--version", "9"], monkeypatch, capsys)
+    assert code != 0 and "no kept version 9" in err and "choose one of [1, 2]" in err
+
+
+def test_an_update_that_forgets_is_refused_and_writes_nothing(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    relabelled = [(text, "tech") for text, _ in topic_rows(["sport"], 60, 3)]  # sport texts now called tech: the old answers go
+    write_csv(tmp_path / "new.csv", [*relabelled, *topic_rows(["money"], 20, 5)])
+    manifest = (trained / "finechain.json").read_text()
+    args = ["update", str(trained), "-t", "topic", "-d", str(tmp_path / "new.csv"), "--rehearsal", "0", "--max-forgetting", "0", "-q"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code != 0 and "refused: the old test accuracy fell" in err and "--rehearsal" in err and "Traceback" not in err
+    assert (trained / "finechain.json").read_text() == manifest and not (trained / "versions").exists()
+
+
+def test_update_bad_inputs_are_one_line_errors(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    write_csv(tmp_path / "new.csv", topic_rows(["tech", "sport"], 40, 3))
+    code, _, err = run_cli(["update", str(trained), "-t", "mood", "-d", str(tmp_path / "new.csv")], monkeypatch, capsys)
+    assert code != 0 and "task 'mood' is not in this chain" in err
+    code, _, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
+    assert code != 0 and "no kept version" in err
+    shutil.move(tmp_path / "train.csv", tmp_path / "moved.csv")
+    code, _, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "new.csv"), "-q"], monkeypatch, capsys)
+    assert code != 0 and "train.csv" in err and "--old-data" in err and "Traceback" not in err
+    args = ["update", str(trained), "-t", "topic", "-d", str(tmp_path / "new.csv"), "--old-data", str(tmp_path / "moved.csv"), "-q"]
+    code, _, err = run_cli([*args, "--max-forgetting", "50"], monkeypatch, capsys)
+    assert code == 0, err
+    write_csv(tmp_path / "bad.csv", [("a goal", "")])
+    code, _, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "bad.csv"), "-q"], monkeypatch, capsys)
+    assert code != 0 and "bad.csv:2" in err
