@@ -21,6 +21,7 @@ SUITES = {
     "imbalance": "benchmarks.imbalance",
     "zero-shot": "benchmarks.zero_shot",
     "robustness": "benchmarks.robustness",
+    "update": "benchmarks.update",
     "report": "benchmarks.report",
 }
 

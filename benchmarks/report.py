@@ -48,6 +48,7 @@ SUITE_TITLES = {
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
+    "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
@@ -568,6 +569,11 @@ def robustness_table(records: list[dict[str, Any]]) -> str:
     return variants_table(records, {"accuracy": "accuracy %", "typo_accuracy": "with typos %", "train_seconds": "train s"}, "default")
 
 
+def update_table(records: list[dict[str, Any]]) -> str:
+    """Accuracy on the old, new and all intents before and after an update, against retraining from scratch."""
+    return variants_table(records, {"accuracy": "accuracy %", "train_seconds": "train s"}, "before the update")
+
+
 def comparison_table(base: str, head: str, skip: tuple[str, ...] = ()) -> str:
     """Runs of one suite at an earlier commit and at this one, in turns (``scripts/compare-commits.sh``): per measurement
     each run's value and the ratio of the medians (after / before); metrics in ``skip`` are left out."""
@@ -617,7 +623,8 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "zero_shot", "robustness", "branch_batching", "mixing", "decoding", "serve", "export", "snips"]
+SECTIONS += ["small_data", "imbalance", "zero_shot", "robustness", "update"]
+SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "export", "snips"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -639,6 +646,7 @@ TABLES = {
     "imbalance": imbalance_table,
     "zero_shot": zero_shot_table,
     "robustness": robustness_table,
+    "update": update_table,
 }
 
 

@@ -122,3 +122,20 @@ def test_parse_budget() -> None:
     assert parse_budget("2h") == 7200 and parse_budget("45s") == 45
     with pytest.raises(FinechainError, match="90s, 15m or 2h"):
         parse_budget("-3m")
+
+
+def test_tune_auto_in_the_spec_searches_then_trains_the_best(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    spec = _spec(tmp_path, tiny_backbone, extra="tune: {trials: 2, budget: null}\n")
+    assert load_chain_spec(spec).tune is not None
+    code, out, err = cli(["train", str(spec), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    tuned = yaml.safe_load((tmp_path / "chain.tuned.yaml").read_text())
+    assert "tune" not in tuned and "split" in tuned  # the search's choice, trained as written
+    manifest = json.loads((tmp_path / "chain" / "finechain.json").read_text())
+    assert manifest["split"] == tuned["split"] and "sentiment" in out
+    auto = tmp_path / "auto.yaml"
+    auto.write_text(spec.read_text().replace("tune: {trials: 2, budget: null}", "tune: auto"))
+    assert load_chain_spec(auto).tune.model_dump() == {"trials": 12, "budget": "15m"}
+    auto.write_text(spec.read_text().replace("budget: null", "budget: soon"))
+    code, _, err = cli(["train", str(auto), "--out", str(tmp_path / "x")], monkeypatch, capsys)
+    assert code != 0 and "auto.yaml:3" in err and "budget" in err and "Traceback" not in err

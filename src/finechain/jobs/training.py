@@ -17,7 +17,7 @@ from finechain.io import folder_lock
 from finechain.jobs.checking import check_spec, load_all
 from finechain.model.artifact import MANIFEST
 from finechain.model.chain_model import pick_device
-from finechain.spec import TaskSpec, TrainingConfig, load_task_specs
+from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
 from finechain.train.fit import FitResult
 
 Row = tuple[str, str, dict[str, Any]]
@@ -71,6 +71,8 @@ def train_chain(
     console = console or Console(stderr=True)
     checked = check_spec(spec_path)
     spec, data = checked.spec, checked.data
+    if spec.tune is not None:  # `tune: auto`: search first, then train the best settings found
+        return _tune_then_train(spec_path, spec.tune, out_dir, resume, copy_backbone, progress, console)
     with folder_lock(out_dir, "training into"):
         if (out_dir / MANIFEST).exists() and not resume:
             raise FinechainError(
@@ -114,6 +116,27 @@ def train_chain(
             chain.add_flow(flow.model_copy(update={"stages": stages}))
         chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
     return rows
+
+
+def _tune_then_train(
+    spec_path: Path, tune: TuneConfig, out_dir: Path, resume: bool, copy_backbone: bool, progress: bool, console: Console
+) -> list[Row]:
+    """``finechain tune`` with the spec's ``tune`` settings, the best spec written next to ``out_dir``
+    (``<out>.tuned.yaml``, kept: it says what was chosen), then that spec trained into ``out_dir``. A resumed run
+    reuses a tuned spec already written."""
+    from finechain.jobs.tuning import parse_budget, tune_spec
+
+    tuned = out_dir.with_name(f"{out_dir.name}.tuned.yaml")
+    if not (resume and tuned.is_file()):
+        if (out_dir / MANIFEST).exists():
+            raise FinechainError(
+                "this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out"
+            )
+        budget = parse_budget(tune.budget) if tune.budget else None
+        console.print(Text(f"tune: up to {tune.trials} trials{f' within {tune.budget}' if tune.budget else ''}, then the best is trained"))
+        result = tune_spec(spec_path, trials=tune.trials, budget_seconds=budget, out=tuned, progress=progress)
+        console.print(Text(f"tune: trial {result.best.number} of {len(result.trials)} chosen, {result.best.params}; written to {tuned}"))
+    return train_chain(tuned, out_dir, resume=resume, copy_backbone=copy_backbone, progress=progress, console=console)
 
 
 def add_tasks(

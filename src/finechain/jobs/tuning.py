@@ -261,7 +261,7 @@ def tune_spec(
 
 def _tuned_yaml(spec: ChainSpec, spec_data: dict[str, Any], best: TrialRecord, spec_dir: Path, out_dir: Path) -> str:
     """The spec file's content with the best trial's settings written in, data paths made relative to ``out_dir``."""
-    data = dict(spec_data)
+    data = {key: value for key, value in spec_data.items() if key != "tune"}  # the tuned spec trains as it is
     params = best.params
     if "split" in params:
         data["split"] = params["split"]

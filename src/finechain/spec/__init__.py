@@ -19,6 +19,7 @@ from finechain.spec.schema import (
     TaskSpec,
     TrainingConfig,
     TrainingOverrides,
+    TuneConfig,
     default_split,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "TaskSpec",
     "TrainingConfig",
     "TrainingOverrides",
+    "TuneConfig",
     "default_split",
     "load_chain_spec",
     "load_task_specs",

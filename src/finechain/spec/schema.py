@@ -289,6 +289,18 @@ class JointConfig(BaseModel):
     )
 
 
+class TuneConfig(BaseModel):
+    """``tune: auto`` (or with settings): ``finechain train`` first searches what the spec leaves at its defaults, as
+    ``finechain tune`` does (on validation data only), then trains the best settings found."""
+
+    model_config = STRICT
+
+    trials: int = Field(12, ge=1, le=1000, description="at most this many trials")
+    budget: str | None = Field(
+        "15m", pattern=r"^\s*\d+(\.\d+)?\s*[smh]?\s*$", description="and at most this long: 90s, 15m, 1.5h (null: no time limit)"
+    )
+
+
 class ChainSpec(BaseModel):
     """A whole chain: backbone, split depth, shared training settings and tasks."""
 
@@ -306,6 +318,13 @@ class ChainSpec(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
     flows: list[FlowSpec] = Field(default_factory=list, description="flows of tasks: routing, span edges, fallbacks")
+    tune: TuneConfig | None = Field(None, description="auto (or {trials, budget}): search the settings before training")
+
+    @field_validator("tune", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        """``tune: auto`` is the default search."""
+        return {} if value == "auto" else value
 
     @property
     def sharing_mode(self) -> Literal["frozen", "joint"]:
