@@ -96,8 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         train_size, eval_size, args.seeds, min_steps = dict.fromkeys(TRAIN_SIZE, 120), dict.fromkeys(TRAIN_SIZE, 100), args.seeds[:1], 20
     name = args.output or ("robustness_quick" if args.quick else "robustness")
     rec = Recorder("robustness", "cpu")
+    settings: dict[str, Any] = vars(args)
     if args.append and (RESULTS / f"{name}.json").exists():
         rec.records = [r for r in json.loads((RESULTS / f"{name}.json").read_text()) if r["task"] not in args.tasks]
+        earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
+        runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
+        settings = {"runs": [*runs, vars(args)]}  # each invocation's settings
     for task in args.tasks:
         evaluation = read_examples(DATASETS / CLASSIFICATION_SETS[task][1])
         if eval_size.get(task, len(evaluation)) < len(evaluation):
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 rec.add(task, "finechain", variant, "accuracy", chain.score(task, clean, gold)["accuracy"], unit)
                 rec.add(task, "finechain", variant, "typo_accuracy", chain.score(task, noisy, gold)["accuracy"], unit)
                 rec.add(task, "finechain", variant, "train_seconds", seconds, "s")
-    print(f"wrote {rec.save(name, vars(args))}")
+    print(f"wrote {rec.save(name, settings)}")
 
 
 if __name__ == "__main__":

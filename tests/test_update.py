@@ -53,7 +53,7 @@ def test_update_adds_a_label_keeps_the_old_and_can_be_restored(trained: Path, tm
     assert chain.score("topic", ["a goal", "the market price"], ["sport", "money"])["accuracy"] >= 0.5
     record = json.loads((trained / "finechain.json").read_text())["tasks"]["topic"]
     update = record["data"]["updates"][0]
-    assert update["file"] == str(tmp_path / "new.csv") and update["new_labels"] == ["tech"] and update["previous_version"] == 1
+    assert update["file"] == str((tmp_path / "new.csv").resolve()) and update["new_labels"] == ["tech"] and update["previous_version"] == 1
     assert update["rehearsed"] > 0 and record["spec"]["train"] == before["spec"]["train"]  # the original file stays the base
     kept = json.loads((trained / "versions" / "topic" / "1" / "entry.json").read_text())
     assert kept["head"]["labels"] == ["money", "sport"] and kept["metrics"] == before["metrics"]

@@ -179,7 +179,7 @@ def update_task(
         updates = [*(record.data or {}).get("updates", [])]
         updates.append(
             {
-                "file": str(data),
+                "file": str(data.resolve()),  # read again by the next update, from wherever it runs
                 "rows": len(new.train) + len(new.validation),
                 "new_labels": report.new_labels,
                 "rehearsed": report.rehearsed,
