@@ -149,6 +149,8 @@ def test_spec_and_cli_train_predict_and_score_a_zero_shot_task(tiny_backbone: Pa
     assert code == 0, err
     record = json.loads(out.splitlines()[0])
     assert record["topic"]["label"] in {"sport", "money", "tech"} and "sentiment" in record
+    code, out, err = run_cli(["info", str(tmp_path / "chain")], monkeypatch, capsys)
+    assert code == 0 and "zero_shot" in out and "nan" not in out  # no validation data: shown as -, not nan
     # bad inputs: joint sharing, a test label the task does not have
     spec.write_text(spec.read_text().replace("max_length: 32\n", "max_length: 32\nsharing: joint\n"))
     code, out, err = run_cli(["train", str(spec), "--out", str(tmp_path / "joint"), "-q"], monkeypatch, capsys)

@@ -517,8 +517,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
             f"{task.branch_layers} {mode}",
             compact_count(task.stored_parameters or task.parameters),
             metric,
-            f"{metrics.get('validation', {}).get(metric, float('nan')):.4f}",
-            f"{metrics['test'][metric]:.4f}" if "test" in metrics and metric in metrics["test"] else "-",
+            *(f"{metrics[split][metric]:.4f}" if metric in metrics.get(split, {}) else "-" for split in ("validation", "test")),
         )
     out.print(table)
 
