@@ -302,9 +302,9 @@ def _fit_task(
         )
         if resume and loop.resume():
             bar.advance(batches_per_epoch * loop.state.epoch)
-        elif init is not None or task.head.prompts():
-            # continuing a trained tail, or one that starts from its label embeddings (zero-shot): it is the epoch-0
-            # candidate, so training can only improve on it (on validation)
+        elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
+            # (not a zero-shot start: on the few validation examples of a few-shot set it ties too often, and the
+            # benchmark's AG News run kept 73.4% zero-shot where training reached 81.9%)
             loop.start_from(evaluate())
         for _ in loop.run():
             pass
