@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> None:
             by_label[str(row.label)].append(row)
         old, new = [], []
         for intent in intents:
-            picked = rng.sample(by_label[intent], args.per_intent + args.fresh)
+            pool = by_label[intent]  # a few intents have fewer examples than asked: all of them
+            picked = rng.sample(pool, min(len(pool), args.per_intent + args.fresh))
             if intent in new_intents:
                 new += picked[: args.per_intent]
             else:
-                old += picked[: args.per_intent]
-                new += picked[args.per_intent :]
+                old += picked[: len(picked) - args.fresh]
+                new += picked[len(picked) - args.fresh :]
         old_test = [r for r in test_rows if str(r.label) in old_intents]
         new_test = [r for r in test_rows if str(r.label) in new_intents]
         unit = f"Banking77 test: {len(old_test)} texts of {len(old_intents)} old intents, {len(new_test)} of {len(new_intents)} new"
