@@ -456,6 +456,25 @@ def snips_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+SeedValues = dict[str, dict[tuple[str, str], dict[str, list[float]]]]
+
+
+def over_seeds(records: list[dict[str, Any]]) -> SeedValues:
+    """Each task's values by (system, variant) and metric, one per seed: a variant named ``..., seed N`` counts as
+    the variant without its seed.
+
+    Example:
+        >>> rec = lambda variant, v: {"task": "t", "system": "s", "variant": variant, "metric": "accuracy", "value": v}
+        >>> dict(over_seeds([rec("default, seed 1", 0.8), rec("default, seed 2", 0.9)])["t"][("s", "default")])
+        {'accuracy': [0.8, 0.9]}
+    """
+    values: SeedValues = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        variant = r["variant"].rpartition(", seed ")[0] or r["variant"]
+        values[r["task"]][(r["system"], variant)][r["metric"]].append(r["value"])
+    return values
+
+
 def imbalance_table(records: list[dict[str, Any]]) -> str:
     """Per task: each variant's macro-F1 and accuracy (mean and standard deviation over seeds) and training time, with
     its macro-F1 gap to finechain's default and to the Trainer.
@@ -475,13 +494,8 @@ def imbalance_table(records: list[dict[str, Any]]) -> str:
         | hf-trainer | full | 82.0 (0.00) | - | - | -3.0 | +0.0 |
         <BLANKLINE>
     """
-    values: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    units: dict[str, str] = {}
-    for r in records:
-        variant = r["variant"].rpartition(", seed ")[0] or r["variant"]
-        values[r["task"]][(r["system"], variant)][r["metric"]].append(r["value"])
-        if r["metric"] == "macro_f1":
-            units[r["task"]] = r["unit"]
+    values = over_seeds(records)
+    units = {r["task"]: r["unit"] for r in records if r["metric"] == "macro_f1"}
     out = []
     for task, rows in values.items():
         mean = {key: statistics.mean(m["macro_f1"]) * 100 for key, m in rows.items() if m.get("macro_f1")}
@@ -525,11 +539,9 @@ def variants_table(records: list[dict[str, Any]], columns: dict[str, str], base:
         | finechain | fgm | 90.0 | +5.0 |
         <BLANKLINE>
     """
-    values: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    values = over_seeds(records)
     units: dict[str, str] = {}
     for r in records:
-        variant = r["variant"].rpartition(", seed ")[0] or r["variant"]
-        values[r["task"]][(r["system"], variant)][r["metric"]].append(r["value"])
         if r["metric"] not in PLAIN_METRICS:
             units.setdefault(r["task"], r["unit"])
     scores = [m for m in columns if m not in PLAIN_METRICS]

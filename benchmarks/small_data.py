@@ -24,10 +24,15 @@ from finechain.model.backbone import resolve_backbone
 
 def sample(task: str, per_class: int, examples: int, seed: int) -> list[Example]:
     """``per_class`` examples of every label (Banking77), or ``examples`` at random (SST-2), drawn with ``seed``."""
+    if task == "sst2":
+        return random.Random(seed).sample(read_examples(DATASETS / CLASSIFICATION_SETS[task][0]), examples)
+    return per_class_sample(task, per_class, seed)
+
+
+def per_class_sample(task: str, per_class: int, seed: int) -> list[Example]:
+    """``per_class`` training examples of every label of ``task``, drawn with ``seed``, shuffled."""
     rows = read_examples(DATASETS / CLASSIFICATION_SETS[task][0])
     rng = random.Random(seed)
-    if task == "sst2":
-        return rng.sample(rows, examples)
     by_label: dict[str, list[Example]] = defaultdict(list)
     for row in rows:
         by_label[str(row.label)].append(row)

@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any
 
 from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
+from benchmarks.small_data import per_class_sample
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.readers import read_examples
 from finechain.evaluate.metrics import classification_metrics
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.no_train:
             continue
         for seed in args.seeds:
-            rows = per_class(task, args.per_class, seed)
+            rows = per_class_sample(task, args.per_class, seed)
             train_texts, train_labels = [r.text for r in rows], [str(r.label) for r in rows]
             training = TrainingConfig(seed=seed, min_steps=min_steps)
             for variant, spec in (
@@ -137,17 +138,6 @@ def main(argv: list[str] | None = None) -> None:
                 rec.add(task, "finechain", name, "macro_f1", scores["macro_f1"], unit)
                 rec.add(task, "finechain", name, "train_seconds", seconds, "s")
     print(f"wrote {rec.save(args.output or ('zero_shot_quick' if args.quick else 'zero_shot'), vars(args))}")
-
-
-def per_class(task: str, per_class: int, seed: int) -> list[Any]:
-    """``per_class`` training examples of each label, drawn with ``seed``."""
-    rows = read_examples(DATASETS / CLASSIFICATION_SETS[task][0])
-    rng = random.Random(seed)
-    picked = []
-    for label in sorted({str(r.label) for r in rows}):
-        picked += rng.sample([r for r in rows if str(r.label) == label], per_class)
-    rng.shuffle(picked)
-    return picked
 
 
 if __name__ == "__main__":

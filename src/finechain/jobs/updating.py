@@ -74,12 +74,13 @@ def grown_task(old: TaskModel, labels: list[str], new_task: TaskModel) -> TaskMo
     return new_task
 
 
-def _score(chain: Chain, name: str, split: Split | None, metric: str) -> float | None:
-    """``metric`` of task ``name`` on ``split``, or None when there is no split or it names labels the task lacks."""
+def _scores(chain: Chain, name: str, split: Split | None) -> dict[str, float] | None:
+    """The scalar scores of task ``name`` on ``split``, or None when there is no split or it names labels the task
+    lacks."""
     if split is None or not len(split):
         return None
     try:
-        return float(chain.score(name, split.texts, split.labels)[metric])
+        return {k: v for k, v in chain.score(name, split.texts, split.labels).items() if isinstance(v, float)}
     except FinechainError:  # labels the task does not have yet (the new data before the update)
         return None
 
@@ -152,7 +153,8 @@ def update_task(
         old_test = old.test if old.test is not None else old.validation
         report = UpdateReport(name, metric)
         report.new_labels = [label for label in new.labels if label not in old_task.head.labels]
-        before = {"old test": _score(chain, name, old_test, metric), "new test": _score(chain, name, new.test or new.validation, metric)}
+        parts = {"old test": old_test, "new test": new.test or new.validation}
+        before = {key: _scores(chain, name, split) for key, split in parts.items()}
 
         labels = [*old_task.head.labels, *report.new_labels]
         rehearsed = _sample(old.train, round(rehearsal * len(new.train)), seed)
@@ -164,14 +166,17 @@ def update_task(
         task = grown_task(old_task, labels, chain.model.new_task(head, old_task.mode.config()))
         run_dir = chain_dir / "runs" / f"{name}-update"
         result = chain.fit(spec, training, data=mixed, init=task, repeat=True, run_dir=run_dir, progress=progress)
-        after = {"old test": _score(chain, name, old_test, metric), "new test": _score(chain, name, new.test or new.validation, metric)}
-        report.scores = {key: {"before": before[key], "after": after[key]} for key in before}  # type: ignore[misc]
-
+        after = {key: _scores(chain, name, split) for key, split in parts.items()}
+        report.scores = {
+            key: {"before": (before[key] or {}).get(metric), "after": (after[key] or {}).get(metric)}  # type: ignore[misc]
+            for key in parts
+        }
+        old_before, old_after = report.scores["old test"]["before"], report.scores["old test"]["after"]
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        lost = sign * ((before["old test"] or 0.0) - (after["old test"] or 0.0)) * 100 if before["old test"] is not None else 0.0
+        lost = sign * ((old_before or 0.0) - (old_after or 0.0)) * 100 if old_before is not None else 0.0
         if lost > max_forgetting and not force:
             report.note = (
-                f"refused: the old test {metric} fell {lost:.2f} points ({before['old test']:.4f} -> {after['old test']:.4f}), "
+                f"refused: the old test {metric} fell {lost:.2f} points ({old_before:.4f} -> {old_after:.4f}), "
                 f"more than --max-forgetting {max_forgetting}"
             )
             return report
@@ -188,10 +193,8 @@ def update_task(
             }
         )
         metrics = dict(chain.records[name].metrics or {})
-        if old.test is not None:
-            metrics["test"] = {
-                k: round(v, 6) for k, v in chain.score(name, old.test.texts, old.test.labels).items() if isinstance(v, float)
-            }
+        if old.test is not None and after["old test"] is not None:  # the old test set, scored above
+            metrics["test"] = {k: round(v, 6) for k, v in after["old test"].items()}
         chain.records[name] = chain.records[name].model_copy(
             update={
                 "spec": record.spec,

@@ -225,13 +225,12 @@ def _fit_task(
         pad_id=model.pad_id, cache=cfg.cache, batch_size=cfg.eval_batch_size, all_states=task.needs_trunk_states, precision=cfg.precision
     )
     y_val = task.head.targets(data.validation.labels, val_words)
+    scored = len(val_ids) or len(data.train)  # (a zero-shot task without dev data has nothing to score)
+    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states) if scored else None
     if not len(data.train):  # a task whose options give its labels and weights (zero-shot): nothing to train, only to score
-        validation: dict[str, Any] = {}
-        if len(val_ids):
-            val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states)
-            validation = task.head.score(task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision), y_val)
+        outputs = task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision) if val_feats is not None else None
+        validation = task.head.score(outputs, y_val) if outputs is not None else {}
         return FitResult(spec.name, metric, None, validation, None, time.perf_counter() - started, 0.0, [], task.eval(), cfg)
-    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states)
     train_ids, train_words = model.encode(data.train.texts, with_words=head_cls.token_level)
     train_feats = cache.get(model.trunk, train_ids, cache_file=run_path / "cache" / "train.npy", **states)
     y_train = torch.from_numpy(task.head.targets(data.train.labels, train_words)).to(device)
