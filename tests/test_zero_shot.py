@@ -122,6 +122,8 @@ def test_labelled_examples_train_it_from_the_label_embeddings(tiny_backbone: Pat
     moved = (task.head_layer.out.weight.detach() - start).norm() / start.norm()
     assert 0 < moved < 2  # trained from the label embeddings, not from scratch
     assert task.head.label_counts["art"] == 0
+    with pytest.raises(DataError, match=r"train: no rows in the training data \(fix: add labelled rows"):
+        chain.fit(spec, texts=[], labels=[], progress=False)
     with pytest.raises(DataError, match=r"train\[0\].*'film' is not one of"):
         chain.fit(spec, texts=["a film", "a film"], labels=["film", "film"], progress=False)
 

@@ -133,7 +133,9 @@ class ZeroShotHead(ClassificationHead):
     @classmethod
     def check_training_labels(cls, parsed: Sequence[Any], lines: Sequence[int], file: str) -> None:
         """Labelled examples only refine the label embeddings, so a few of some labels will do (each at least twice, so
-        that a validation split can keep one)."""
+        that a validation split can keep one), but a training file must hold some."""
+        if not parsed:
+            raise DataError("no rows in the training data", file=file, fix="add labelled rows, or remove 'train' to answer zero-shot")
         super(ClassificationHead, cls).check_training_labels(parsed, lines, file)
 
     def initialize(self, parsed: Sequence[Any], labels: Sequence[str] | None = None) -> None:
