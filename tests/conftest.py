@@ -6,6 +6,7 @@ import csv
 import os
 import random
 import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,18 @@ def make_tiny_backbone(folder: Path) -> Path:
     )
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _always_cut_validation() -> Iterator[None]:
+    """The synthetic sets here hold a few dozen to a few hundred rows, and these tests exercise selection on a validation
+    cut: cut one at any size (session-wide, so module fixtures that train see it too). The product's default (no cut
+    under 50 examples) is tested with ``min_validation`` set; commands run in a subprocess keep the default."""
+    from finechain.data import prepare
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prepare, "MIN_VALIDATION", 0)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -253,7 +253,7 @@ class Chain:
         self.model.attach(spec.name, result.tail)
         result.test = self.score(spec.name, data.test.texts, data.test.labels) if data.test is not None else None
         metrics = {
-            **({"validation": _headline(result.validation)} if result.validation else {}),  # none: zero-shot without dev data
+            **({"validation": _headline(result.validation)} if result.validation else {}),  # none: no dev data and no cut
             **({"test": _headline(result.test)} if result.test else {}),
         }
         self.records[spec.name] = TaskRecord(
@@ -324,6 +324,8 @@ class Chain:
             >>> results = chain.fit_joint(specs, data={"mood": (texts, labels)})  # doctest: +SKIP
         """
         training = training or TrainingConfig()
+        # the trunk is selected on every task's validation data: cut one from small data too, unless a spec says otherwise
+        specs = [s if s.min_validation is not None else s.model_copy(update={"min_validation": 0}) for s in specs]
         given = data or {}
         unknown = sorted(set(given) - {s.name for s in specs})
         if unknown:

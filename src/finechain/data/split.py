@@ -7,6 +7,16 @@ from collections import Counter
 from typing import Any
 
 
+def validation_size(examples: int, fraction: float) -> int:
+    """How many of ``examples`` a validation cut of ``fraction`` takes (at least one).
+
+    Example:
+        >>> validation_size(16, 0.1), validation_size(616, 0.1)
+        (2, 62)
+    """
+    return max(1, round(examples * fraction))
+
+
 def validation_split(labels: list[Any], fraction: float, seed: int, stratify: bool) -> tuple[list[int], list[int]]:
     """Indices ``(train, validation)``; stratified by label when every class can be split.
 
@@ -18,7 +28,7 @@ def validation_split(labels: list[Any], fraction: float, seed: int, stratify: bo
     from sklearn.model_selection import train_test_split  # here, not at import: predicting never needs it
 
     indices = list(range(len(labels)))
-    n_val = max(1, round(len(labels) * fraction))
+    n_val = validation_size(len(labels), fraction)
     counts = Counter(labels) if stratify else Counter()
     can_stratify = stratify and min(counts.values()) >= 2 and n_val >= len(counts) and len(labels) - n_val >= len(counts)
     train_idx, val_idx = train_test_split(

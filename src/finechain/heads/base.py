@@ -65,6 +65,8 @@ class Head(ABC):
     loss: ClassVar[str]  # the loss function's name in finechain.model.losses
     token_level: ClassVar[bool] = False  # one output per token (labels words), not one per text
     routes_on_labels: ClassVar[bool] = False  # a flow may route on its answers' labels and scores
+    pairs: ClassVar[bool] = False  # two texts' labels say how alike they are: contrastive training applies
+    starts_from_examples: ClassVar[bool] = False  # the layer's rows start as each label's mean training embedding
 
     def __init__(self, labels: Sequence[str] = (), options: HeadOptions | Mapping[str, Any] | None = None) -> None:
         self.labels = list(labels)

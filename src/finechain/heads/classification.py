@@ -73,6 +73,7 @@ class ClassificationHead(Head):
     type_name = "classification"
     default_metric = "accuracy"
     routes_on_labels = True
+    pairs = True
     metrics = ("accuracy", "macro_f1", "micro_f1", "weighted_f1")
     loss = "cross_entropy"
     Options = ClassificationOptions

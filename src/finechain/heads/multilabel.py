@@ -39,6 +39,7 @@ class MultiLabelHead(Head):
     routes_on_labels = True
     metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")
     loss = "binary_cross_entropy"
+    pairs = True
 
     def __init__(self, labels: Sequence[str] = (), options: Any = None) -> None:
         super().__init__(labels, options)

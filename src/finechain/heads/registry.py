@@ -19,7 +19,7 @@ def register_head(cls: type[Head]) -> type[Head]:
     Example:
         >>> from finechain.heads import HEADS
         >>> HEADS.names()
-        ['classification', 'multilabel', 'regression', 'tagging', 'zero_shot']
+        ['classification', 'multilabel', 'prototype', 'regression', 'tagging', 'zero_shot']
     """
     HEADS.register(cls.type_name, cls)
     return cls

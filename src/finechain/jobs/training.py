@@ -40,7 +40,7 @@ def _train_and_save(
 def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[Row]:
     labels = chain.tasks[name].head.labels
     rows: list[Row] = []
-    if result.validation:  # a zero-shot task without dev data has no validation scores
+    if result.validation:  # none without dev data for a zero-shot task, or few-shot data too small to cut from
         write_report(out_dir / "reports" / name, name, "validation", result.validation, labels)
         rows.append((name, "validation", _scalars(result.validation)))
     if result.test is not None:

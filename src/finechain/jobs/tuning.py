@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from finechain.chain import Chain
+from finechain.data.prepare import load_task_data
 from finechain.errors import FinechainError
 from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
@@ -186,12 +187,25 @@ def tune_spec(
             file=spec_path,
             fix="add a train file to a task, then tune",
         )
+    trials_data = dict(checked.data)
+    for task in spec.tasks:  # trials are compared on validation data: cut one from small data too, unless the spec says not to
+        if task.name not in untrained and not len(trials_data[task.name].validation) and task.min_validation is None:
+            cut = task.model_copy(update={"min_validation": 0})
+            trials_data[task.name] = load_task_data(cut, head_type(task.type), task.training.apply(spec.training).seed)
+    unscored = sorted(name for name, data in trials_data.items() if name not in untrained and not len(data.validation))
+    if unscored:
+        raise FinechainError(
+            f"tune compares trials on validation data, and task(s) {unscored} have none: too few examples to cut a validation "
+            "split (few-shot data)",
+            file=spec_path,
+            fix="give each a dev file, or remove min_validation from the task (tune then cuts one)",
+        )
     out = out or spec_path.with_name(f"{spec_path.stem}.tuned.yaml")
     if out.resolve() == spec_path.resolve():
         raise FinechainError("--out is the spec being tuned", file=out, fix="write the tuned spec to another file")
     trials_path = out.with_suffix(".trials.json")
     spec_data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    datas = {name: replace(data, test=None) for name, data in checked.data.items()}  # validation only, never test
+    datas = {name: replace(data, test=None) for name, data in trials_data.items()}  # validation only, never test
     chains: dict[int, Chain] = {}
     features = FeatureCache()
     records: list[TrialRecord] = []

@@ -96,3 +96,51 @@ def soft_binary_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, mask
 def soft_squared_error(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Squared error to the teacher's prediction (a regression has no temperature)."""
     return F.mse_loss(student.float(), teacher.float())
+
+
+# Contrastive training: how alike two texts' labels are, per head loss name: ``[batch, batch]`` in [0, 1] from the
+# batch's targets (heads with ``pairs``).
+PairTargets = Callable[[torch.Tensor], torch.Tensor]
+PAIR_TARGETS: Registry[PairTargets] = Registry("pair target")
+
+
+@PAIR_TARGETS.register("cross_entropy")
+def same_label(targets: torch.Tensor) -> torch.Tensor:
+    """1 where two texts have the same label, else 0.
+
+    Example:
+        >>> same_label(torch.tensor([0, 1, 0])).tolist()
+        [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    """
+    return (targets[:, None] == targets[None, :]).float()
+
+
+@PAIR_TARGETS.register("binary_cross_entropy")
+def label_overlap(targets: torch.Tensor) -> torch.Tensor:
+    """The Jaccard overlap of two texts' label sets (two texts without labels: 1).
+
+    Example:
+        >>> label_overlap(torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])).tolist()
+        [[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    t = targets.float()
+    both = t @ t.T
+    either = t.sum(1, keepdim=True) + t.sum(1)[None, :] - both
+    return torch.where(either > 0, both / either.clamp_min(1.0), torch.ones_like(both))
+
+
+def pair_loss(embeddings: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+    """SetFit's pair objective (Tunstall et al. 2022) over every pair of a batch: the squared gap between two texts'
+    cosine similarity and how alike their labels are (``similar``, in [0, 1]). Alike and unlike pairs weigh half each
+    (a batch of many labels has few alike pairs), and a text is not paired with itself.
+
+    Example:
+        >>> apart = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> float(pair_loss(apart, torch.eye(2))), float(pair_loss(apart, torch.ones(2, 2)))
+        (0.0, 0.5)
+    """
+    unit = F.normalize(embeddings.float(), dim=-1)
+    error = (unit @ unit.T - similar) ** 2
+    others = 1.0 - torch.eye(len(unit), device=unit.device)
+    alike, unlike = similar * others, (1.0 - similar) * others
+    return 0.5 * (error * alike).sum() / alike.sum().clamp_min(1e-6) + 0.5 * (error * unlike).sum() / unlike.sum().clamp_min(1e-6)

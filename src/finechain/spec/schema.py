@@ -131,6 +131,14 @@ class TrainingConfig(BaseModel):
         "0 = off",
     )
     augment_rate: float = Field(0.1, gt=0, le=0.5, description="share of a text's words each augmented copy changes")
+    contrastive: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="few-shot contrastive tuning (SetFit-style) for classification and multilabel tasks: add this weight "
+        "times a pair loss that pulls the pooled branch outputs of same-label texts together and pushes others apart; "
+        "0 = off",
+    )
 
 
 class TrainingOverrides(BaseModel):
@@ -163,6 +171,7 @@ class TrainingOverrides(BaseModel):
     adversarial_steps: int | None = Field(None, ge=1, le=20)
     augment: int | None = Field(None, ge=0, le=20)
     augment_rate: float | None = Field(None, gt=0, le=0.5)
+    contrastive: float | None = Field(None, ge=0, le=10)
 
     def apply(self, base: TrainingConfig) -> TrainingConfig:
         """``base`` with the fields set here replaced.
@@ -201,6 +210,12 @@ class TaskSpec(BaseModel):
     )
     metric: str | None = None
     dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    min_validation: int | None = Field(
+        None,
+        ge=0,
+        description="without a dev file, cut a validation split from train only if it holds at least this many examples "
+        "(unset: 50); with fewer (few-shot data) train on every example for the whole schedule and keep the last weights",
+    )
     max_train_examples: int | None = Field(None, ge=2, description="seeded subsample of the training file")
     training: TrainingOverrides = Field(default_factory=TrainingOverrides)
 
@@ -360,6 +375,15 @@ class ChainSpec(BaseModel):
                     f"training.augment changes words, and task '{task.name}' ({task.type}) has one label per word; set "
                     f"augment per task (under the other tasks' training:), or 'training: {{augment: 0}}' on '{task.name}'"
                 )
+            if task.type in HEADS and not HEADS.get(task.type).pairs and task.training.apply(self.training).contrastive:
+                raise ValueError(
+                    f"training.contrastive compares texts by their labels, which task '{task.name}' ({task.type}) cannot; set "
+                    f"contrastive per task (under the other tasks' training:), or 'training: {{contrastive: 0}}' on '{task.name}'"
+                )
+        if self.sharing_mode == "joint":  # joint training selects its trunk on every task's validation data: always cut one
+            for task in self.tasks:
+                if task.min_validation is None:
+                    task.min_validation = 0
         if self.sharing == "joint" and self.zero_shot_tasks:
             raise ValueError(
                 f"zero-shot tasks {self.zero_shot_tasks} compare texts and labels through the backbone's own trunk, which "

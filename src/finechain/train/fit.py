@@ -124,6 +124,30 @@ def task_outputs(task: TaskModel, features: TrunkFeatures, batch_size: int, prec
     return out
 
 
+@torch.inference_mode()
+def class_means(task: TaskModel, features: TrunkFeatures, targets: torch.Tensor, batch_size: int, precision: str) -> torch.Tensor:
+    """One unit vector per label: the mean of the L2-normalised pooled features ``task`` gives its training examples
+    (a label without examples keeps the head's current row).
+
+    Example:
+        >>> task.head_layer.set_prototypes(class_means(task, features, targets, 128, "auto"))  # doctest: +SKIP
+    """
+    task.eval()
+    means = task.head_layer.out.weight.detach().float().clone()
+    sums = torch.zeros_like(means)
+    counts = torch.zeros(len(means), device=means.device)
+    with autocast_context(features.device, precision):
+        for batch in inference_batches(features.lengths, batch_size, features.device):
+            hidden, mask = features.batch(batch)
+            pooled = torch.nn.functional.normalize(task.head_layer.features(task.features(hidden, mask), mask).float(), dim=-1)
+            labels = targets[torch.as_tensor(batch, device=targets.device)].to(means.device)
+            sums.index_add_(0, labels, pooled.to(means.device))
+            counts.index_add_(0, labels, torch.ones(len(batch), device=means.device))
+    seen = counts > 0
+    means[seen] = sums[seen] / counts[seen, None]
+    return means
+
+
 def augmented_data(data: TaskData, cfg: TrainingConfig, head_cls: type[Head]) -> TaskData:
     """``data`` with ``cfg.augment`` EDA copies of each training example added (:func:`finechain.data.augment.augment`,
     seeded by ``cfg.seed``); validation and test untouched. Token-level tasks cannot be augmented this way.
@@ -206,6 +230,12 @@ def _fit_task(
 ) -> FitResult:
     cfg = spec.training.apply(training)
     head_cls = head_type(spec.type)
+    if cfg.contrastive and not head_cls.pairs:
+        raise SpecError(
+            f"training.contrastive compares texts by their labels, which a {head_cls.type_name} task cannot",
+            field="contrastive",
+            fix="remove contrastive",
+        )
     data = augmented_data(data or load_task_data(spec, head_cls, cfg.seed), cfg, head_cls)
     torch.manual_seed(cfg.seed)
     if init is None:
@@ -225,8 +255,8 @@ def _fit_task(
         pad_id=model.pad_id, cache=cfg.cache, batch_size=cfg.eval_batch_size, all_states=task.needs_trunk_states, precision=cfg.precision
     )
     y_val = task.head.targets(data.validation.labels, val_words)
-    scored = len(val_ids) or len(data.train)  # (a zero-shot task without dev data has nothing to score)
-    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states) if scored else None
+    # no validation data (few-shot data, or a zero-shot task without a dev file): nothing to score or select on
+    val_feats = cache.get(model.trunk, val_ids, cache_file=run_path / "cache" / "validation.npy", **states) if len(val_ids) else None
     if not len(data.train):  # a task whose options give its labels and weights (zero-shot): nothing to train, only to score
         outputs = task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision) if val_feats is not None else None
         validation = task.head.score(outputs, y_val) if outputs is not None else {}
@@ -234,6 +264,8 @@ def _fit_task(
     train_ids, train_words = model.encode(data.train.texts, with_words=head_cls.token_level)
     train_feats = cache.get(model.trunk, train_ids, cache_file=run_path / "cache" / "train.npy", **states)
     y_train = torch.from_numpy(task.head.targets(data.train.labels, train_words)).to(device)
+    if init is None and task.head.starts_from_examples:  # a prototype head: rows start at the labels' mean embeddings
+        task.head_layer.set_prototypes(class_means(task, train_feats, y_train, cfg.eval_batch_size, cfg.precision))
 
     batches_per_pass = math.ceil(len(train_feats.lengths) / cfg.batch_size)
     steps_per_pass = math.ceil(batches_per_pass / cfg.gradient_accumulation)
@@ -253,7 +285,11 @@ def _fit_task(
         *([{"passes": passes}] if passes > 1 else []),
     )
 
+    selects = val_feats is not None
+
     def evaluate() -> Evaluation:
+        if not selects:  # each check beats the one before: the last weights are kept, nothing stops early
+            return Evaluation(float(loop.state.step))
         outputs = task_outputs(task, val_feats, cfg.eval_batch_size, cfg.precision)
         scores = task.head.score(outputs, y_val)
         return Evaluation(float(scores[metric]), scores, outputs)
@@ -267,8 +303,7 @@ def _fit_task(
             "passes": passes,
             "step": check.step,
             "train_loss": check.loss,
-            f"validation_{metric}": check.evaluation.value,
-            "best": check.best,
+            **({f"validation_{metric}": check.evaluation.value, "best": check.best} if selects else {}),
             "seconds": check.seconds,
             "elapsed_seconds": round(time.perf_counter() - started - loop.observed, 3),  # since fit began: trunk states included
         }
@@ -279,14 +314,17 @@ def _fit_task(
     staged = [HeadFirst(cfg.head_epochs, task.branch.parameters())] if cfg.head_epochs else []
     with TrainProgress(spec.name, total=batches_per_epoch * cfg.epochs, enabled=progress) as bar:
         report = Report(
-            bar, MetricsLog(run_path / "metrics.jsonl", fresh=not resume), record, lambda c: f"val {metric} {c.evaluation.value:.4f}"
+            bar,
+            MetricsLog(run_path / "metrics.jsonl", fresh=not resume),
+            record,
+            lambda c: f"val {metric} {c.evaluation.value:.4f}" if selects else f"step {c.step} (no validation)",
         )
         loop = TrainingLoop(
             task,
             step,
             epoch_batches,
             evaluate,
-            metric=metric,
+            metric=metric if selects else "steps",
             epochs=cfg.epochs,
             batches_per_epoch=batches_per_epoch,
             optimizer=optimizer,
@@ -301,7 +339,7 @@ def _fit_task(
         )
         if resume and loop.resume():
             bar.advance(batches_per_epoch * loop.state.epoch)
-        elif init is not None:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
+        elif init is not None and selects:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
             # (not a zero-shot start: on the few validation examples of a few-shot set it ties too often, and the
             # benchmark's AG News run kept 73.4% zero-shot where training reached 81.9%)
             loop.start_from(evaluate())
@@ -313,8 +351,10 @@ def _fit_task(
     task.load_state_dict(loop.best_weights)
     # the best check's outputs are what the restored weights give (resumed: the best check may predate this call)
     best = loop.best_evaluation if loop.best_evaluation is not None else evaluate()
-    task.head.calibrate(best.outputs, y_val)
-    validation = task.head.score(best.outputs, y_val)
+    validation: dict[str, Any] = {}
+    if selects:
+        task.head.calibrate(best.outputs, y_val)
+        validation = task.head.score(best.outputs, y_val)
     train_seconds = time.perf_counter() - started - loop.observed + loop.resumed_seconds  # a resumed run counts its earlier epochs
     rate = loop.seen / max(loop.state.seconds, 1e-9)
     augmented = {"augmented": data.provenance["augmented"]} if "augmented" in data.provenance else {}

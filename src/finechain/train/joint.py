@@ -16,6 +16,7 @@ from torch import nn
 
 from finechain.data.batching import index_tensor, length_batches, pad_ids
 from finechain.data.prepare import TaskData
+from finechain.errors import DataError
 from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.model.chain_model import ChainModel
@@ -109,6 +110,13 @@ def _jobs(
     for spec in specs:
         head_cls = head_type(spec.type)
         data = augmented_data(datas[spec.name], spec.training.apply(training), head_cls)
+        if not len(data.validation):
+            raise DataError(
+                f"joint training selects the trunk on every task's validation data, and task '{spec.name}' has none: too few "
+                "examples to cut a validation split (few-shot data)",
+                file=str(data.train.file),
+                fix=f"give '{spec.name}' a dev file, set min_validation: 0 on it, or train with sharing: frozen",
+            )
         head = head_cls(options=spec.head)
         head.initialize(data.train.labels, data.labels)
         task = model.new_task(head, spec.branch)

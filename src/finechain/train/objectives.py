@@ -8,7 +8,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from finechain.model.losses import SOFT_LOSSES
+from finechain.model.losses import PAIR_TARGETS, SOFT_LOSSES, pair_loss
 from finechain.model.task import TaskModel
 from finechain.spec import TrainingConfig
 
@@ -135,14 +135,47 @@ class Adversarial:
         return self.base.loss(task, inputs) + self.base.loss(task, self.moved(inputs, self.perturbation(task, inputs)))
 
 
+class Contrastive:
+    """Few-shot contrastive tuning in the style of SetFit (Tunstall et al. 2022), on the same step as the head: the
+    ``base`` objective (default: the head's loss) plus ``weight`` times :func:`~finechain.model.losses.pair_loss` of
+    the batch's pooled branch outputs, so that texts with the same label end up close and others apart. Every pair
+    of a batch counts (a batch of 32 gives 496 pairs from 32 branch passes; SetFit encodes both texts of each pair).
+
+    Example:
+        >>> objective = Contrastive(weight=1.0)
+        >>> objective.weight, objective.graph_safe
+        (1.0, True)
+    """
+
+    graph_safe: ClassVar[bool] = True  # fixed shapes, no host work
+
+    def __init__(self, weight: float = 1.0, base: Objective | None = None) -> None:
+        self.weight, self.base = weight, base
+
+    def loss(self, task: TaskModel, inputs: StepInputs) -> torch.Tensor:
+        """Base loss + ``weight`` x pair loss (with the head's loss as base, the branch runs once for both)."""
+        hidden = task.features(inputs.states, inputs.mask)
+        similar = PAIR_TARGETS.get(task.head.loss)(inputs.targets)
+        pairs = pair_loss(task.head_layer.features(hidden, inputs.mask), similar)
+        if self.base is None or isinstance(self.base, HeadLoss):
+            weight = 1.0 if self.base is None else self.base.weight
+            return weight * task.loss(task.head_layer(hidden, inputs.mask), inputs.targets) + self.weight * pairs
+        return self.base.loss(task, inputs) + self.weight * pairs
+
+
 def training_objective(cfg: TrainingConfig, base: Objective | None = None) -> Objective:
-    """The objective ``cfg`` asks for around ``base`` (default: the head's loss): itself, or :class:`Adversarial`
-    with ``adversarial: fgm`` (one step) or ``pgd`` (``adversarial_steps``).
+    """The objective ``cfg`` asks for around ``base`` (default: the head's loss): itself, with ``contrastive`` a
+    :class:`Contrastive` around it, and with ``adversarial: fgm`` (one step) or ``pgd`` (``adversarial_steps``) an
+    :class:`Adversarial` around that.
 
     Example:
         >>> type(training_objective(TrainingConfig(adversarial="pgd"))).__name__
         'Adversarial'
+        >>> type(training_objective(TrainingConfig(contrastive=1.0))).__name__
+        'Contrastive'
     """
+    if cfg.contrastive:
+        base = Contrastive(cfg.contrastive, base)
     base = base or HeadLoss()
     if cfg.adversarial == "none":
         return base

@@ -1,0 +1,171 @@
+"""Few-shot training: contrastive tuning (SetFit's pair objective on the one loop), prototype heads, and training
+without a validation split when the data is too small to cut one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.errors import DataError, FinechainError, SpecError
+from finechain.heads.prototype import PrototypeHead
+from finechain.jobs.tuning import tune_spec
+from finechain.model.losses import pair_loss, same_label
+from finechain.spec import ChainSpec, JointConfig
+from finechain.train.features import FeatureCache
+from finechain.train.fit import class_means
+from finechain.train.loop import Hook, TrainingLoop
+from finechain.train.objectives import Contrastive, HeadLoss, StepInputs, training_objective
+from tests.conftest import TOPICS, sentiment_rows, write_csv
+
+ROWS = sentiment_rows(24, 7)  # 12 per class: few-shot
+TEXTS, LABELS = [t for t, _ in ROWS], [y for _, y in ROWS]
+FEW = TrainingConfig(epochs=2, min_steps=20, batch_size=8, learning_rate=3e-3, head_learning_rate=1e-2, seed=3)
+
+
+def _chain(backbone: Path) -> Chain:
+    return Chain.from_backbone(str(backbone), split=2, max_length=32)
+
+
+def _batch(chain: Chain, task, texts: list[str], labels: list[str]) -> StepInputs:
+    ids, _ = chain.model.encode(texts)
+    features = FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
+    hidden, mask = features.batch(list(range(len(texts))))
+    targets = torch.from_numpy(task.head.targets(labels)).to(hidden.device)
+    return StepInputs(hidden, mask, targets, torch.arange(len(texts)))
+
+
+def _within_minus_between(chain: Chain, task, inputs: StepInputs) -> float:
+    """Mean cosine of same-label pairs minus that of different-label pairs of the batch's pooled branch outputs."""
+    with torch.no_grad():
+        task.eval()
+        pooled = task.head_layer.features(task.features(inputs.states, inputs.mask), inputs.mask)
+        unit = torch.nn.functional.normalize(pooled, dim=-1)
+        cos, same = unit @ unit.T, same_label(inputs.targets).bool()
+        others = ~torch.eye(len(unit), dtype=torch.bool)
+        return float(cos[same & others].mean() - cos[~same].mean())
+
+
+def test_contrastive_loss_is_the_head_loss_plus_the_weighted_pair_loss(tiny_backbone: Path) -> None:
+    chain = _chain(tiny_backbone)
+    from finechain.heads.classification import ClassificationHead
+
+    task = chain.model.new_task(ClassificationHead(["neg", "pos"])).eval()
+    inputs = _batch(chain, task, TEXTS[:8], LABELS[:8])
+    head = HeadLoss().loss(task, inputs)
+    pooled = task.head_layer.features(task.features(inputs.states, inputs.mask), inputs.mask)
+    pairs = pair_loss(pooled, same_label(inputs.targets))
+    assert float(pairs.detach()) > 0
+    assert torch.allclose(Contrastive(2.0).loss(task, inputs), head + 2.0 * pairs, atol=1e-5)
+    assert torch.allclose(Contrastive(2.0, HeadLoss(3.0)).loss(task, inputs), 3.0 * head + 2.0 * pairs, atol=1e-5)
+    assert type(training_objective(TrainingConfig(contrastive=1.0, adversarial="fgm"))).__name__ == "Adversarial"
+
+
+def test_contrastive_training_pulls_same_label_texts_together(tiny_backbone: Path) -> None:
+    chain = _chain(tiny_backbone)
+    training = FEW.model_copy(update={"head_learning_rate": 1e-9})  # the head barely moves: only the pair loss shapes the branch
+    contrastive = training.model_copy(update={"contrastive": 5.0})
+    chain.fit(TaskSpec(name="s", min_validation=50), contrastive, texts=TEXTS, labels=LABELS, progress=False)
+    plain = _chain(tiny_backbone)
+    plain.fit(TaskSpec(name="s", min_validation=50), training, texts=TEXTS, labels=LABELS, progress=False)
+    inputs = _batch(chain, chain.tasks["s"], TEXTS, LABELS)
+    contrastive_gap = _within_minus_between(chain, chain.tasks["s"], inputs)
+    plain_gap = _within_minus_between(plain, plain.tasks["s"], inputs)
+    assert contrastive_gap > plain_gap + 0.01 and contrastive_gap > 5 * plain_gap, (contrastive_gap, plain_gap)
+
+
+def test_contrastive_is_refused_where_labels_cannot_pair_texts(tiny_backbone: Path) -> None:
+    with pytest.raises(ValidationError, match="contrastive compares texts by their labels"):
+        ChainSpec(tasks=[TaskSpec(name="r", type="regression", train="r.csv")], training=TrainingConfig(contrastive=1.0))
+    ChainSpec(tasks=[TaskSpec(name="m", type="multilabel", train="m.csv")], training=TrainingConfig(contrastive=1.0))
+    with pytest.raises(SpecError, match="contrastive"):
+        training = FEW.model_copy(update={"contrastive": 1.0})
+        _chain(tiny_backbone).fit(TaskSpec(name="r", type="regression"), training, texts=TEXTS, labels=[1.0] * len(TEXTS), progress=False)
+    with pytest.raises(ValidationError, match="less than or equal to 10"):
+        TrainingConfig(contrastive=11)
+
+
+def test_prototype_head_starts_from_the_class_means_and_round_trips(tiny_backbone: Path, tmp_path: Path) -> None:
+    chain = _chain(tiny_backbone)
+    task = chain.model.new_task(PrototypeHead(["neg", "pos"]))
+    inputs = _batch(chain, task, TEXTS, LABELS)
+    ids, _ = chain.model.encode(TEXTS)
+    features = FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
+    means = class_means(task, features, inputs.targets, 5, "fp32")
+    pooled = torch.nn.functional.normalize(task.head_layer.features(task.features(inputs.states, inputs.mask), inputs.mask), dim=-1)
+    for row, label in enumerate(["neg", "pos"]):
+        expected = pooled[[i for i, y in enumerate(LABELS) if y == label]].mean(0)
+        assert torch.allclose(means[row], expected, atol=1e-5)
+    task.head_layer.set_prototypes(means)  # nearest class mean: every training text is closer to its own label's mean
+    logits = task(inputs.states, inputs.mask)
+    assert torch.allclose(logits, 20.0 * pooled @ torch.nn.functional.normalize(means, dim=-1).T, atol=1e-4)
+
+    result = chain.fit(TaskSpec(name="p", type="prototype", head={"temperature": 0.1}), FEW, texts=TEXTS, labels=LABELS, progress=False)
+    assert result.history
+    chain.save_pretrained(tmp_path / "chain")
+    again = Chain.from_pretrained(tmp_path / "chain")
+    assert [p["p"].scores for p in again.predict(TEXTS[:4], tasks=["p"])] == [p["p"].scores for p in chain.predict(TEXTS[:4], tasks=["p"])]
+    with pytest.raises(ValidationError, match="temperature"):
+        TaskSpec(name="p", type="prototype", head={"temperature": 0})
+
+
+class Checks(Hook):
+    def __init__(self) -> None:
+        self.epochs: list[float] = []
+
+    def on_check(self, loop: TrainingLoop, check) -> None:
+        self.epochs.append(check.epoch)
+
+
+def test_few_shot_data_trains_on_every_example_and_keeps_the_last_weights(tiny_backbone: Path) -> None:
+    chain, seen = _chain(tiny_backbone), Checks()
+    training = FEW.model_copy(update={"epochs": 3, "patience": 1})
+    result = chain.fit(TaskSpec(name="s", min_validation=50), training, texts=TEXTS, labels=LABELS, hooks=[seen], progress=False)
+    assert result.validation == {} and result.best_epoch == 3 and seen.epochs[-1] == 3  # nothing to stop on: all epochs run
+    assert all("validation_accuracy" not in record for record in result.history)
+    cut = _chain(tiny_backbone).fit(TaskSpec(name="s", min_validation=2), training, texts=TEXTS, labels=LABELS, progress=False)
+    assert "accuracy" in cut.validation  # a 10% cut of 24 is 2 examples: at least min_validation, so it is cut
+
+
+def test_tune_and_joint_training_need_validation_data(tiny_backbone: Path, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "train.csv", ROWS)
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(f"backbone: {tiny_backbone}\nmax_length: 32\ntasks:\n  - {{name: s, train: data/train.csv, min_validation: 50}}\n")
+    with pytest.raises(FinechainError, match=r"task\(s\) \['s'\] have none.*dev file"):
+        tune_spec(spec, trials=1)
+    topics = [(f"{w} news", t) for t, ws in TOPICS.items() for w in ws * 4]
+    specs = [
+        TaskSpec(name="s", train=write_csv(tmp_path / "s.csv", ROWS), min_validation=50),
+        TaskSpec(name="t", train=write_csv(tmp_path / "t.csv", topics), min_validation=0),
+    ]
+    with pytest.raises(DataError, match="task 's' has none"):
+        _chain(tiny_backbone).fit_joint(specs, FEW, JointConfig(epochs=1), progress=False)
+
+
+def test_cli_trains_a_few_shot_task_from_the_documented_spec(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from tests.test_cli import cli
+
+    write_csv(tmp_path / "train.csv", ROWS)
+    write_csv(tmp_path / "test.csv", sentiment_rows(10, 9))
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(
+        f"backbone: {tiny_backbone}\nmax_length: 32\ntasks:\n"
+        "  - {name: s, type: prototype, train: train.csv, test: test.csv, min_validation: 50,\n"
+        "     training: {contrastive: 1, min_steps: 10, epochs: 2}}\n"
+    )
+    code, out, err = cli(["train", str(spec), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "chain" / "finechain.json").read_text())
+    task = manifest["tasks"]["s"]
+    assert task["head"]["type"] == "prototype" and "validation" not in task["metrics"] and task["metrics"]["test"]["n"] == 10
+    assert task["data"]["validation"]["source"] == "none: too few examples to cut"
+    code, out, err = cli(["info", str(tmp_path / "chain")], monkeypatch, capsys)
+    assert code == 0 and "prototype" in out and "nan" not in out
+    spec.write_text(spec.read_text().replace("type: prototype", "type: regression"))
+    code, out, err = cli(["train", str(spec), "--out", str(tmp_path / "bad"), "-q"], monkeypatch, capsys)
+    assert code == 2 and "contrastive compares texts by their labels" in err and "Traceback" not in err
