@@ -22,6 +22,7 @@ SUITES = {
     "zero-shot": "benchmarks.zero_shot",
     "robustness": "benchmarks.robustness",
     "update": "benchmarks.update",
+    "few-shot": "benchmarks.few_shot",
     "report": "benchmarks.report",
 }
 

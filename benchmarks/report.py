@@ -47,6 +47,7 @@ SUITE_TITLES = {
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
+    "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
@@ -586,6 +587,50 @@ def update_table(records: list[dict[str, Any]]) -> str:
     return variants_table(records, {"accuracy": "accuracy %", "train_seconds": "train s"}, "before the update")
 
 
+def few_shot_table(records: list[dict[str, Any]]) -> str:
+    """Per task and sample size: each system's accuracy (mean and standard deviation over seeds) and training time,
+    with the accuracy gap to SetFit and SetFit's training time over each system's (above 2: under half its time).
+
+    Example:
+        >>> rec = lambda system, variant, seed, metric, v: {"task": "sst2", "system": system,
+        ...     "variant": f"sst2, 8 per class: {variant}, seed {seed}", "metric": metric, "value": v, "unit": "dev accuracy"}
+        >>> records = [rec("finechain", "recipe", s, "accuracy", v) for s, v in ((1, 0.7), (2, 0.8))]
+        >>> records += [rec("finechain", "recipe", 1, "train_seconds", 10.0), rec("setfit", "num_iterations 20", 1, "accuracy", 0.7)]
+        >>> records += [rec("setfit", "num_iterations 20", 1, "train_seconds", 30.0)]
+        >>> print(few_shot_table(records))
+        **sst2**: dev accuracy
+        <BLANKLINE>
+        | examples | system | variant | seeds | accuracy % (sd) | train s | accuracy vs SetFit | SetFit time / this |
+        | --- | --- | --- | --- | --- | --- | --- | --- |
+        | 8 per class | finechain | recipe | 2 | 75.0 (7.07) | 10 | +5.0 | 3.0x |
+        | 8 per class | setfit | num_iterations 20 | 1 | 70.0 | 30 | +0.0 | 1.0x |
+        <BLANKLINE>
+    """
+    values = over_seeds(records)
+    units = {r["task"]: r["unit"] for r in records if r["metric"] == "accuracy"}
+    out = []
+    for task, rows in values.items():
+        out += [f"**{task}**: {units.get(task, '')}", ""]
+        out += ["| examples | system | variant | seeds | accuracy % (sd) | train s | accuracy vs SetFit | SetFit time / this |"]
+        out += ["| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        sizes = sorted({variant.partition(": ")[0] for _, variant in rows}, key=lambda v: int(v.split(", ")[-1].split()[0]))
+        for size in sizes:
+            here = {(system, variant.partition(": ")[2]): m for (system, variant), m in rows.items() if variant.partition(": ")[0] == size}
+            peer = next((m for (system, _), m in here.items() if system == "setfit"), {})
+            for (system, variant), metrics in here.items():
+                acc, secs = metrics.get("accuracy", []), metrics.get("train_seconds", [])
+                sd = f" ({statistics.stdev(acc) * 100:.2f})" if len(acc) > 1 else ""
+                gap = f"{(statistics.mean(acc) - statistics.mean(peer['accuracy'])) * 100:+.1f}" if acc and peer.get("accuracy") else "-"
+                ratio = "-"
+                if secs and peer.get("train_seconds"):
+                    ratio = f"{statistics.mean(peer['train_seconds']) / statistics.mean(secs):.1f}x"
+                cells = [size.split(", ")[-1], system, variant, str(len(acc)), f"{statistics.mean(acc) * 100:.1f}{sd}" if acc else "-"]
+                cells += [f"{statistics.mean(secs):.0f}" if secs else "-", gap, ratio]
+                out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def comparison_table(base: str, head: str, skip: tuple[str, ...] = ()) -> str:
     """Runs of one suite at an earlier commit and at this one, in turns (``scripts/compare-commits.sh``): per measurement
     each run's value and the ratio of the medians (after / before); metrics in ``skip`` are left out."""
@@ -635,7 +680,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "zero_shot", "robustness", "update"]
+SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "robustness", "update"]
 SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "export", "snips"]
 TABLES = {
     "train": train_table,
@@ -659,6 +704,7 @@ TABLES = {
     "zero_shot": zero_shot_table,
     "robustness": robustness_table,
     "update": update_table,
+    "few_shot": few_shot_table,
 }
 
 

@@ -81,7 +81,8 @@ def peak_tflops(device: str) -> float | None:
 
 def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], training: TrainingConfig, device: str) -> dict[str, Any]:
     """Train the task (default settings unless ``training`` says otherwise); watch the dev metric at every validation check."""
-    spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"])
+    # min_validation 0: a --quick run's few hundred examples select on a validation cut as a full-size run does
+    spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"], min_validation=0)
     chain = Chain.from_backbone(split="auto").to(device)
     watched: list[float] = []
 

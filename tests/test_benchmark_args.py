@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import mixing, sharing, split_sweep, train
+from benchmarks import few_shot, mixing, sharing, split_sweep, train
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,11 @@ from benchmarks import mixing, sharing, split_sweep, train
         (sharing.main, ["--peer-tasks", "banking7"], "unknown banking7; choose from sst2, agnews, banking77, conll2003"),
         (split_sweep.main, ["--splits", "6,four"], "'6,four' is not a comma-separated list of int values"),
         (mixing.main, ["--splits", "2.5"], "'2.5' is not a comma-separated list of int values"),
+        (
+            few_shot.main,
+            ["--variants", "plain,setfit"],
+            "unknown setfit; choose from plain, plain (validation cut), few-shot recipe, few-shot recipe (min_steps 50)",
+        ),
     ],
 )
 def test_bad_list_items_are_usage_errors(main, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,127 @@
+"""Few-shot tasks: 8 and 64 labelled examples per class, against SetFit itself (the ``setfit`` package: the same
+backbone, the same samples). finechain's variants: ``plain`` (a classification task, all defaults: below 50 examples
+of validation none is cut, it trains on every example and keeps the last weights), ``plain (validation cut)`` (the
+default before that: select the best check on a 10% cut) and ``few-shot recipe`` (``type: prototype``: the head
+starts from each label's mean example embedding and scores scaled cosines; ``training: {contrastive: 1,
+min_steps: 100}``: SetFit's pair objective on every pair of each batch next to the head's loss, fewer repeats of the
+tiny data). SetFit runs the few-shot protocol of its paper (``num_iterations: 20``: 40 pairs per example, one epoch,
+batch 16, its default learning rates, a logistic-regression head); its v1 default samples every pair of the data,
+millions at 64 examples per class, far past a CPU run. SST-2 (dev), AG News (a seeded 2,000-text sample of test),
+Banking77 (test). Each seed draws its own sample; every system trains on the same one. ``train_seconds`` is the wall
+time of training.
+
+    python -m benchmarks few-shot [--quick] [--tasks sst2,agnews,banking77] [--per-class 8,64] [--seeds 13,14,15,16,17]
+        [--variants "plain,plain (validation cut),few-shot recipe,few-shot recipe (min_steps 50)"] [--no-setfit] [--append]
+
+Needs the ``setfit`` package for the peer (``pip install setfit``; not a finechain dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from typing import Any
+
+from benchmarks.common import CLASSIFICATION_SETS, RESULTS, Recorder, comma_list
+from benchmarks.small_data import per_class_sample
+from benchmarks.zero_shot import evaluation_rows
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.model.backbone import resolve_backbone
+
+# name: (task spec changes, training changes); "few-shot recipe" is what docs/spec.md recommends for 8-64 per class
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "plain": ({}, {}),
+    "plain (validation cut)": ({"min_validation": 0}, {}),  # the default before min_validation: select on a 10% cut
+    "few-shot recipe": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 100}),
+    "few-shot recipe (min_steps 50)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
+}
+DEFAULT_VARIANTS = ["plain", "plain (validation cut)", "few-shot recipe"]
+TASKS = ["sst2", "agnews", "banking77"]
+
+
+def setfit_run(backbone: str, texts: list[str], labels: list[str], seed: int, iterations: int) -> tuple[Any, float]:
+    """Train SetFit on the examples (its paper's few-shot protocol); return the model and training seconds."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    model = SetFitModel.from_pretrained(backbone)
+    with tempfile.TemporaryDirectory(prefix="setfit-") as out:
+        args = TrainingArguments(
+            output_dir=out,
+            batch_size=16,
+            num_epochs=1,
+            num_iterations=iterations,
+            seed=seed,
+            report_to="none",
+            save_strategy="no",
+            show_progress_bar=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
+        start = time.perf_counter()
+        trainer.train()
+        return model, time.perf_counter() - start
+
+
+def accuracy(predicted: list[str], gold: list[str]) -> float:
+    """Share of ``predicted`` equal to ``gold``."""
+    return sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks few-shot", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="SST-2, 8 per class, 100 evaluation texts, one seed, min_steps 40")
+    parser.add_argument("--tasks", type=comma_list(str, TASKS), default=TASKS)
+    parser.add_argument("--per-class", type=comma_list(int), default=[8, 64])
+    parser.add_argument("--seeds", type=comma_list(int), default=[13, 14, 15, 16, 17])
+    parser.add_argument("--variants", type=comma_list(str, VARIANTS), default=DEFAULT_VARIANTS)
+    parser.add_argument("--iterations", type=int, default=20, help="SetFit's num_iterations (pairs per example / 2)")
+    parser.add_argument("--no-setfit", action="store_true")
+    parser.add_argument("--append", action="store_true", help="keep the results file's records of other runs (task, size, seed, variant)")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    limit, min_steps = None, TrainingConfig().min_steps
+    if args.quick:
+        args.tasks, args.per_class, args.seeds, limit, min_steps = ["sst2"], [8], args.seeds[:1], 100, 40
+    name = args.output or ("few_shot_quick" if args.quick else "few_shot")
+    rec = Recorder("few_shot", "cpu")
+    settings: dict[str, Any] = vars(args)
+    if args.append and (RESULTS / f"{name}.json").exists():
+        rerun = [*args.variants, *([] if args.no_setfit else [f"num_iterations {args.iterations}"])]
+        runs = [(task, n, v, seed) for task in args.tasks for n in args.per_class for v in rerun for seed in args.seeds]
+        ran = {f"{task}, {n} per class: {v}, seed {seed}" for task, n, v, seed in runs}
+        rec.records = [r for r in json.loads((RESULTS / f"{name}.json").read_text()) if r["variant"] not in ran]
+        earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
+        runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
+        settings = {"runs": [*runs, vars(args)]}
+    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    for task in args.tasks:
+        eval_texts, gold = evaluation_rows(task, limit)
+        for per_class in args.per_class:
+            unit = f"{CLASSIFICATION_SETS[task][2]} accuracy, {len(gold)} texts"
+            for seed in args.seeds:
+                rows = per_class_sample(task, per_class, seed)
+                texts, labels = [r.text for r in rows], [str(r.label) for r in rows]
+                prefix = f"{task}, {per_class} per class: "
+                rec.variant_suffix = f", seed {seed}"
+                for variant in args.variants:
+                    chain = Chain.from_backbone()
+                    spec_changes, training_changes = VARIANTS[variant]
+                    training = TrainingConfig(seed=seed, **{"min_steps": min_steps, **training_changes})
+                    start = time.perf_counter()
+                    chain.fit(TaskSpec(name=task, **spec_changes), training, texts=texts, labels=labels, progress=False)
+                    seconds = time.perf_counter() - start
+                    rec.add(task, "finechain", prefix + variant, "accuracy", chain.score(task, eval_texts, gold)["accuracy"], unit)
+                    rec.add(task, "finechain", prefix + variant, "train_seconds", seconds, "s")
+                if not args.no_setfit:
+                    model, seconds = setfit_run(str(backbone), texts, labels, seed, args.iterations)
+                    predicted = [str(p) for p in model.predict(eval_texts, batch_size=64, as_numpy=True)]
+                    rec.add(task, "setfit", prefix + f"num_iterations {args.iterations}", "accuracy", accuracy(predicted, gold), unit)
+                    rec.add(task, "setfit", prefix + f"num_iterations {args.iterations}", "train_seconds", seconds, "s")
+                rec.save(name, settings)  # after every sample: a long run that is stopped keeps what it measured
+    print(f"wrote {rec.save(name, settings)}")
+
+
+if __name__ == "__main__":
+    main()
