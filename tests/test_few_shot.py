@@ -169,3 +169,11 @@ def test_cli_trains_a_few_shot_task_from_the_documented_spec(tiny_backbone: Path
     spec.write_text(spec.read_text().replace("type: prototype", "type: regression"))
     code, out, err = cli(["train", str(spec), "--out", str(tmp_path / "bad"), "-q"], monkeypatch, capsys)
     assert code == 2 and "contrastive compares texts by their labels" in err and "Traceback" not in err
+
+
+def test_joint_specs_always_cut_validation_unless_a_task_says_otherwise() -> None:
+    tasks = [{"name": "a", "train": "a.csv"}, {"name": "b", "train": "b.csv", "min_validation": 20}]
+    joint = ChainSpec.model_validate({"tasks": tasks})  # sharing auto with two tasks: joint
+    assert joint.sharing_mode == "joint" and [t.min_validation for t in joint.tasks] == [0, 20]
+    frozen = ChainSpec.model_validate({"tasks": tasks, "sharing": "frozen"})
+    assert [t.min_validation for t in frozen.tasks] == [None, 20]
