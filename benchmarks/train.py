@@ -81,7 +81,6 @@ def peak_tflops(device: str) -> float | None:
 
 def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], training: TrainingConfig, device: str) -> dict[str, Any]:
     """Train the task (default settings unless ``training`` says otherwise); watch the dev metric at every validation check."""
-    # min_validation 0: a --quick run's few hundred examples select on a validation cut as a full-size run does
     spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"], min_validation=0)
     chain = Chain.from_backbone(split="auto").to(device)
     watched: list[float] = []
@@ -143,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in args.tasks:
         metric, kind = TASKS[name]["metric"], TASKS[name]["type"]
-        spec = TaskSpec(name=name, type=kind, train=DATASETS / TASKS[name]["train"], max_train_examples=args.train_examples or None)
+        # min_validation 0: a --quick run's few hundred examples select on a validation cut as a full-size run does
+        train_file = DATASETS / TASKS[name]["train"]
+        spec = TaskSpec(name=name, type=kind, train=train_file, max_train_examples=args.train_examples or None, min_validation=0)
         data = load_task_data(spec, head_type(kind), args.seed)
         dev = dev_set(name, args.dev_limit)
         train_tokens, val_tokens = token_count(tokenizer, data.train.texts), token_count(tokenizer, data.validation.texts)
