@@ -13,7 +13,7 @@ time of training.
     python -m benchmarks few-shot [--quick] [--tasks sst2,agnews,banking77] [--per-class 8,64] [--seeds 13,14,15,16,17]
         [--variants "plain,plain (validation cut),few-shot recipe,few-shot recipe (min_steps 50)"] [--no-setfit] [--append]
 
-Needs the ``setfit`` package for the peer (``pip install setfit``; not a finechain dependency).
+Needs the ``setfit`` package for the peer (``pip install -e '.[peers]'``; not a finechain dependency).
 """
 
 from __future__ import annotations
