@@ -169,3 +169,28 @@ class ClassificationHead(Head):
     def score(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> dict[str, Any]:
         """Accuracy, F1s, per-class report and confusion matrix."""
         return classification_metrics(targets.tolist(), stacked(outputs, len(self.labels)).argmax(-1).tolist(), self.labels)
+
+
+class ScaledCosineOptions(ClassificationOptions):
+    """A classifier's options, and the temperature of its scaled cosines."""
+
+    temperature: float = Field(
+        0.05, gt=0, le=1, description="each label's logit is the cosine similarity of text and label row divided by this"
+    )
+
+
+class ScaledCosineHead(ClassificationHead):
+    """A classifier whose logits are cosines of the text's pooled embedding and each label's row, divided by the
+    ``temperature`` option (the base of the zero-shot and prototype heads; not a task type of its own).
+
+    Example:
+        >>> ScaledCosineHead(["a", "b"], options={"temperature": 0.1}).feature_scale
+        10.0
+    """
+
+    Options = ScaledCosineOptions
+
+    @property
+    def feature_scale(self) -> float | None:
+        """Pooled features are L2-normalised and multiplied by ``1 / temperature``: logits are scaled cosines."""
+        return round(1.0 / self.options.temperature, 6)  # type: ignore[attr-defined]

@@ -7,22 +7,12 @@ prototypes and the branch (with ``training: {contrastive: 1}``, SetFit-style, to
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from finechain.heads.classification import ClassificationHead, ClassificationOptions
+from finechain.heads.classification import ScaledCosineHead
 from finechain.heads.registry import register_head
 
 
-class PrototypeOptions(ClassificationOptions):
-    """The classifier's options, and the temperature of its scaled cosines."""
-
-    temperature: float = Field(
-        0.05, gt=0, le=1, description="each label's logit is the cosine similarity of text and prototype divided by this"
-    )
-
-
 @register_head
-class PrototypeHead(ClassificationHead):
+class PrototypeHead(ScaledCosineHead):
     """A classifier whose rows start as its labels' mean example embeddings (few-shot).
 
     Example:
@@ -32,10 +22,4 @@ class PrototypeHead(ClassificationHead):
     """
 
     type_name = "prototype"
-    Options = PrototypeOptions
     starts_from_examples = True
-
-    @property
-    def feature_scale(self) -> float | None:
-        """Pooled features are L2-normalised and multiplied by ``1 / temperature``: logits are scaled cosines."""
-        return round(1.0 / self.options.temperature, 6)  # type: ignore[attr-defined]

@@ -17,11 +17,11 @@ from pydantic import Field, field_validator
 
 from finechain.errors import DataError
 from finechain.heads.base import HeadOptions, RawLabel
-from finechain.heads.classification import ClassificationHead, ClassificationOptions
+from finechain.heads.classification import ClassificationHead, ScaledCosineHead, ScaledCosineOptions
 from finechain.heads.registry import register_head
 
 
-class ZeroShotOptions(ClassificationOptions):
+class ZeroShotOptions(ScaledCosineOptions):
     """A zero-shot task's labels (names, or names with descriptions), prompt templates and temperature, besides the
     classifier options that apply once it is trained on examples."""
 
@@ -34,9 +34,6 @@ class ZeroShotOptions(ClassificationOptions):
         min_length=1,
         description="prompts each label's description is put into, '{}' marking where (e.g. 'This review is {}.'); "
         "a label's embedding is the mean over its prompts",
-    )
-    temperature: float = Field(
-        0.05, gt=0, le=1, description="each label's logit is the cosine similarity of text and label divided by this"
     )
 
     @field_validator("labels")
@@ -86,7 +83,7 @@ def label_prompts(options: ZeroShotOptions) -> list[list[str]]:
 
 
 @register_head
-class ZeroShotHead(ClassificationHead):
+class ZeroShotHead(ScaledCosineHead):
     """A classifier that works before any training: its labels and their embeddings come from its options.
 
     Example:
@@ -110,11 +107,6 @@ class ZeroShotHead(ClassificationHead):
     def prompts(self) -> list[list[str]]:
         """Each label's prompts, whose mean embedding starts its row of the linear layer."""
         return label_prompts(self.options)  # type: ignore[arg-type]
-
-    @property
-    def feature_scale(self) -> float | None:
-        """Pooled features are L2-normalised and multiplied by ``1 / temperature``: logits are scaled cosines."""
-        return round(1.0 / self.options.temperature, 6)  # type: ignore[attr-defined]
 
     @classmethod
     def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: HeadOptions) -> str:
