@@ -177,3 +177,13 @@ def test_joint_specs_always_cut_validation_unless_a_task_says_otherwise() -> Non
     assert joint.sharing_mode == "joint" and [t.min_validation for t in joint.tasks] == [0, 20]
     frozen = ChainSpec.model_validate({"tasks": tasks, "sharing": "frozen"})
     assert [t.min_validation for t in frozen.tasks] == [None, 20]
+
+
+def test_a_run_with_nothing_to_score_says_so_instead_of_an_empty_table() -> None:
+    from rich.table import Table
+
+    from finechain.cli.app import _metrics_table
+
+    nothing = _metrics_table("chain saved to out", [("s", "validation", {})])
+    assert str(nothing) == "chain saved to out (no validation or test data to score)"
+    assert isinstance(_metrics_table("t", [("s", "test", {"accuracy": 0.5})]), Table)

@@ -34,7 +34,9 @@ def _tagged(tag: str, style: str, message: str) -> Text:
     return Text.assemble((tag, style), " ", message)
 
 
-def _metrics_table(title: str, rows: list[tuple[str, str, dict[str, Any]]]) -> Table:
+def _metrics_table(title: str, rows: list[tuple[str, str, dict[str, Any]]]) -> Table | Text:
+    if not any(isinstance(value, float) for _, _, scores in rows for value in scores.values()):  # no dev, no cut, no test
+        return Text(f"{title} (no validation or test data to score)")
     table = Table(title=title)
     for column in ("task", "split", "metric", "value"):
         table.add_column(column)
