@@ -158,3 +158,34 @@ def test_bad_entity_span_in_jsonl_tagging_data(folder: Path, tiny_backbone: Path
     spec = write_spec(folder, task_block("ner.jsonl").replace("classification", "tagging"), tiny_backbone)
     code, _, err = run_cli(["check", str(spec)], monkeypatch, capsys)
     expect_one_line_error(code, err, "ner.jsonl:2:", "entity span [0, 9] is not inside the text", '[start, end, "TYPE"]')
+
+
+@pytest.mark.parametrize("make", ["mkstemp", "mkdtemp"])
+def test_interrupt_just_after_a_temporary_is_made_still_removes_it(make: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing between creating the temporary file (or folder) and noting its name: the CI run once found a
+    checkpoint's ``.rng.safetensors.*.tmp`` left behind that way."""
+    import os
+    import signal
+    import tempfile
+
+    from finechain.io import atomic_write, building_folder
+
+    real = getattr(tempfile, make)
+
+    def make_then_interrupt(*args: object, **kwargs: object) -> object:
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered as soon as Python may run the handler
+        return made
+
+    monkeypatch.setattr(tempfile, make, make_then_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # raises KeyboardInterrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if make == "mkstemp":
+                atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("hi"))
+            else:
+                with building_folder(tmp_path / "out"):
+                    pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the block (they arrive when it ends): creating a temporary file and noting its
+    name must not be split by an interrupt, or no ``finally`` knows the file to remove.
+
+    Example:
+        >>> with _signals_held():
+        ...     pass
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def os_error(error: OSError, path: str | Path, doing: str = "write") -> FinechainError:
@@ -69,22 +89,22 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         ('hi', True)
     """
     path = Path(path)
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise os_error(error, path) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+        with _signals_held():
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp = Path(tmp_name)
+            os.close(fd)
         os.chmod(tmp, mode)  # mkstemp makes 0600: a chain saved by one user must stay readable by the service that serves it
         writer(tmp)
         os.replace(tmp, path)
     except OSError as error:
         raise os_error(error, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -228,13 +248,15 @@ def building_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]
     """
     path = Path(path)
     refuse_existing(path, overwrite)
+    staging: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        os.chmod(staging, 0o777 & ~_umask())
-    except OSError as error:
-        raise os_error(error, path, "create") from None
-    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _signals_held():
+                staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            os.chmod(staging, 0o777 & ~_umask())
+        except OSError as error:
+            raise os_error(error, path, "create") from None
         yield staging
         old = staging.with_name(f"{staging.name}.old")
         if path.exists():
@@ -242,4 +264,5 @@ def building_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]
         staging.rename(path)
         shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
