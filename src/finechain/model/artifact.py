@@ -315,9 +315,12 @@ def save_chain(
     if (copy_backbone and model.backbone.kind != "copied") or copied_elsewhere:  # a copied backbone travels with the chain
         staging = directory / f".{BACKBONE_DIR}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(model.backbone_path, staging, ignore=shutil.ignore_patterns("*.bin", "*.h5", "*.onnx", "*.msgpack", ".git*"))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        try:
+            shutil.copytree(model.backbone_path, staging, ignore=shutil.ignore_patterns("*.bin", "*.h5", "*.onnx", "*.msgpack", ".git*"))
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:  # also on Ctrl-C: no half-copied folder left
+            shutil.rmtree(staging, ignore_errors=True)
         model.backbone = BackboneRef(model.backbone.name, "copied", BACKBONE_DIR, model.backbone.sha256)
         model.backbone_path = target
     records = records or {}
@@ -368,9 +371,12 @@ def keep_task_version(directory: str | Path, name: str) -> int:
     target = directory / VERSIONS_DIR / name / str(number)
     staging = target.with_name(f".{number}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(directory / TASKS_DIR / name, staging)
-    write_json(staging / "entry.json", entry.model_dump(mode="json"))
-    staging.rename(target)
+    try:
+        shutil.copytree(directory / TASKS_DIR / name, staging)
+        write_json(staging / "entry.json", entry.model_dump(mode="json"))
+        staging.rename(target)
+    finally:  # also on Ctrl-C: no half-copied version left
+        shutil.rmtree(staging, ignore_errors=True)
     return number
 
 
