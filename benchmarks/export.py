@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in filter(None, args.students.split(",")):
         trunk_layers, branch_layers = (int(x) for x in shape.split("+"))
         started = time.perf_counter()
-        student = chain.distil(trunk_layers, branch_layers, data=datas, epochs=args.epochs, progress=False)
+        student = chain.distil(trunk_layers, branch_layers, data=datas, training=training, epochs=args.epochs, progress=False)
         seconds = time.perf_counter() - started
         folder = work / f"student-{trunk_layers}-{branch_layers}"
         student.save_pretrained(folder)
