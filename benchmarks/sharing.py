@@ -60,7 +60,7 @@ def task_specs(n: int | None, dev_sentences: int, eval_limit: int | None) -> tup
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks sharing", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="400 examples, 1 epoch, modes frozen:4, joint:4, joint-add:4, lora:4, no peers"
+        "--quick", action="store_true", help="200 examples, 1 epoch, modes frozen:4, joint:4, joint-add:4, lora:4, no peers"
     )
     parser.add_argument("--train-examples", type=int, default=2000, help="per task; 0 = every training example")
     parser.add_argument("--epochs", type=int, default=3)
@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_examples, args.epochs, args.no_peer, args.throughput_texts = 400, 1, True, 60
+        args.train_examples, args.epochs, args.no_peer, args.throughput_texts = 200, 1, True, 30
         args.modes = "frozen:4,joint:4,joint-add:4,lora:4"
     rec = Recorder("sharing", args.device)
-    specs, evaluation = task_specs(args.train_examples or None, 1000 if not args.quick else 100, 300 if args.quick else None)
+    specs, evaluation = task_specs(args.train_examples or None, 1000 if not args.quick else 100, 100 if args.quick else None)
     for seed in args.seeds or [args.seed]:  # each seed draws its own subsample and validation cut, and trains with it
         args.seed = seed
         rec.variant_suffix = f", seed {seed}" if args.seeds else ""
