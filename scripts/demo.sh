@@ -35,10 +35,11 @@ for text, byTask in zip(["my card has not arrived yet", "Angela Merkel visited P
 print(f"server timings: {answer['timings']}")
 PY
 echo
-echo "exporting it: finechain export demo-chain --out demo-onnx (one ONNX graph; runs with ONNX Runtime, no PyTorch)"
+echo "exporting it: finechain export demo-chain --out demo-onnx (one ONNX graph; runs with ONNX Runtime, no PyTorch;"
+echo "its flows come along: the same flow, on the export)"
 kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true
 finechain export demo-chain --out demo-onnx --overwrite
-echo 'Angela Merkel visited Paris' | finechain predict demo-onnx --task entities
+echo 'Angela Merkel visited Paris' | finechain predict demo-onnx --flow opinions
 echo
 echo "try: echo 'my card has not arrived yet' | .venv/bin/finechain predict demo-chain"
 echo "     .venv/bin/finechain serve demo-chain   # then open http://127.0.0.1:8000/"

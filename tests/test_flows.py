@@ -172,7 +172,7 @@ def test_cli_predict_and_eval_a_flow(trained: Path, monkeypatch: pytest.MonkeyPa
     assert scores["exact_match"] <= min(scores["stages"]["topic"]["accuracy"], mood_ok / 30) + 1e-9
     for args, message in [
         (["predict", str(trained / "c"), "--flow", "nope", "--input", str(trained / "in.txt")], "unknown flow 'nope'"),
-        (["predict", str(trained / "c"), "--flow", "triage", "--task", "topic"], "without --task"),
+        (["predict", str(trained / "c"), "--flow", "triage", "--task", "topic"], "--flow runs every task"),
         (["eval", str(trained / "c"), "--data", str(trained / "combo_test.jsonl")], "give --task or --flow"),
     ]:
         code, _, err = cli(args, monkeypatch, capsys)
@@ -261,3 +261,48 @@ def test_the_server_runs_flows_through_its_batcher(trained: Path) -> None:
     finally:
         code, err = server.stop()
     assert code == 0, err[-2000:]
+
+
+def test_flows_travel_with_copies_exports_and_int8_compressions(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A saved copy, an export and an int8 compression, each written elsewhere, keep the chain's flows, and the flows'
+    other chain ('other', named relative to 'c') is still found from where each copy lives."""
+    import httpx
+
+    from finechain.export.onnx import export_onnx
+    from finechain.export.quantize import quantize_int8
+    from finechain.inference.exported import ExportedChain
+    from tests.test_serve import AUTH, Server
+
+    texts = ["match good the", "bank awful film", "alice visited paris"]
+    local = [r.to_dict() for r in Chain.from_pretrained(trained / "c").flow("triage").run(texts)]
+    Chain.from_pretrained(trained / "c").save_pretrained(trained / "copies" / "c")
+    copied = Chain.from_pretrained(trained / "copies" / "c")
+    assert copied.flows["triage"].stages[-1].chain == "../../other"
+    assert [r.to_dict()["path"] for r in copied.flow("triage").run(texts)] == [r["path"] for r in local]
+    export_onnx(trained / "c", trained / "exports" / "c-onnx", tasks=["topic", "mood"])  # ner not exported: its flows left out
+    exported = ExportedChain(trained / "exports" / "c-onnx")
+    assert list(exported.flows) == ["triage"] and exported.flows["triage"].stages[-1].chain == "../../other"
+    quantize_int8(trained / "exports" / "c-onnx", trained / "deep" / "er" / "c-int8")
+    assert ExportedChain(trained / "deep" / "er" / "c-int8").flows["triage"].stages[-1].chain == "../../../other"
+    (trained / "in3.txt").write_text("\n".join(texts) + "\n")
+    for folder in (trained / "exports" / "c-onnx", trained / "deep" / "er" / "c-int8"):
+        code, out, err = cli(["predict", str(folder), "--flow", "triage", "--input", str(trained / "in3.txt")], monkeypatch, capsys)
+        assert code == 0, err
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [r["path"] for r in records] == [r["path"] for r in local]
+        assert [r["answers"]["topic"]["label"] for r in records] == [r["answers"]["topic"]["label"] for r in local]
+        code, out, err = cli(["predict", str(folder), "--flow", "people", "--input", str(trained / "in3.txt")], monkeypatch, capsys)
+        assert code == 2 and "unknown flow 'people'" in err and "triage" in err, err
+    code, out, err = cli(
+        ["eval", str(trained / "exports" / "c-onnx"), "--flow", "triage", "--data", str(trained / "combo_test.jsonl")], monkeypatch, capsys
+    )
+    assert code == 0 and "exact_match" in out, err
+    server = Server(trained / "exports" / "c-onnx")
+    try:
+        response = httpx.post(f"{server.url}/v1/flows/triage", json={"texts": texts}, headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        assert [r["path"] for r in response.json()["results"]] == [r["path"] for r in local]
+    finally:
+        server.stop()

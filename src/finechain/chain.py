@@ -18,33 +18,27 @@ from torch import nn
 
 from finechain.data.prepare import TaskData, load_task_data, task_data_from_lists
 from finechain.errors import DataError, FinechainError, SpecError
-from finechain.flows.flow import Flow
+from finechain.flows.flow import Flow, saved_flow, stage_engines
 from finechain.heads import Prediction, head_type
 from finechain.inference import Engine
 from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_chain
 from finechain.model.chain_model import ChainModel, pick_device
 from finechain.model.task import TaskModel
 from finechain.spec import DEFAULT_BACKBONE, JointConfig, TaskSpec, TrainingConfig
-from finechain.spec.flows import FlowSpec
+from finechain.spec.flows import FlowSpec, rebased
 from finechain.train.fit import FitResult, fit_task
 from finechain.train.joint import fit_joint
 
 
-def other_engine(folder: str, base: Path | None = None) -> Engine:
-    """The engine of another chain a flow stage names: a chain folder (PyTorch) or an exported one (ONNX Runtime);
-    a relative folder is read from ``base`` (the folder of the chain that holds the flow).
+def open_engine(folder: Path) -> Engine:
+    """The engine of a saved chain a flow stage names: a chain folder (PyTorch) or an exported one (ONNX Runtime).
 
     Example:
-        >>> other_engine("sentiment-chain", Path("my-chain")).model.tasks  # doctest: +SKIP
+        >>> open_engine(Path("sentiment-chain")).model.tasks  # doctest: +SKIP
     """
     from finechain.inference.exported import ExportedChain, is_exported
 
-    path = Path(folder)
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if not path.is_dir():
-        raise FinechainError(f"the flow's chain folder {path} is not there", file=path, fix="train it, or fix the stage's 'chain:'")
-    return Engine(ExportedChain(path)) if is_exported(path) else Chain.from_pretrained(path, device="auto").engine
+    return Engine(ExportedChain(folder)) if is_exported(folder) else Chain.from_pretrained(folder, device="auto").engine
 
 
 def _headline(scores: dict[str, Any]) -> dict[str, float]:
@@ -110,7 +104,7 @@ class Chain:
         Example:
             >>> chain.save_pretrained("my-chain")  # doctest: +SKIP
         """
-        flows = [flow.model_dump(mode="json", exclude_defaults=True) for flow in self.flows.values()]
+        flows = [flow.model_dump(mode="json", exclude_defaults=True) for flow in rebased(list(self.flows.values()), self.folder, directory)]
         save_chain(
             self.model, directory, records=self.records, trunk=self.trunk_record, copy_backbone=copy_backbone, tasks=tasks, flows=flows
         )
@@ -137,17 +131,10 @@ class Chain:
             >>> chain.flow("assistant").run(["play some jazz"])[0].path  # doctest: +SKIP
             ['intent', 'slots']
         """
-        if name not in self.flows:
-            known = sorted(self.flows) or "none"
-            raise FinechainError(f"unknown flow '{name}'", fix=f"this chain's flows: {known} (add one under 'flows:' in the spec)")
-        return self._bind(self.flows[name])
+        return saved_flow(name, self.flows, self.engine, self.folder, open_engine)
 
     def _bind(self, spec: FlowSpec) -> Flow:
-        engines: dict[str | None, Engine] = {None: self.engine}
-        for stage in spec.stages:
-            if stage.chain is not None and stage.chain not in engines:
-                engines[stage.chain] = other_engine(stage.chain, self.folder)
-        return Flow(spec, engines)
+        return Flow(spec, {None: self.engine, **stage_engines([spec], self.folder, open_engine)})
 
     # the parts ------------------------------------------------------------------------------
     @property
@@ -371,6 +358,7 @@ class Chain:
         first = self.records[specs[0].name].training or {}
         training = training or TrainingConfig(seed=first.get("seed", 13))
         student = Chain(student_of(self.model, trunk_layers, branch_layers))
+        student.flows = {flow.name: flow for flow in rebased(list(self.flows.values()), self.folder, Path.cwd())}  # same tasks
         trunk, results = distill(self.model, student.model, specs, datas, training, texts=texts, **options)
         student.trunk_record = TrunkEntry(**trunk)
         student.model.compression = {

@@ -277,8 +277,8 @@ def predict(
     if precision not in choices:
         raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
     exported = is_exported(chain_dir)
-    if flow is not None and (exported or task):
-        raise FinechainError("--flow runs a chain folder's flow, with every task it names", fix="give the chain folder, without --task")
+    if flow is not None and task:
+        raise FinechainError("--flow runs every task its stages name", fix="drop --task, or drop --flow")
     if not exported:
         import torch
 
@@ -298,17 +298,16 @@ def predict(
         err.print(f"no texts in {input_file or 'the input'}: nothing to predict")
     key = "words" if texts and isinstance(texts[0], list) else "text"
     if flow is not None:
-        from finechain import Chain
+        from finechain.flows.flow import saved_flow
 
-        chain = Chain.from_pretrained(chain_dir, device=device)
-        chain.engine.precision, chain.engine.batch_size = precision, batch_size
-        runner = chain.flow(flow)  # an unknown flow fails before any work
+        engine, flows = _engine(chain_dir, exported, device, precision, batch_size, threads)
+        runner = saved_flow(flow, flows, engine, chain_dir, _stage_engine)  # an unknown flow fails before any work
 
         def lines(part: list[Any]) -> list[str]:
             return [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in runner.run(part)]
 
     else:
-        engine = _engine(chain_dir, exported, device, precision, batch_size, threads)
+        engine, _ = _engine(chain_dir, exported, device, precision, batch_size, threads)
         tasks = engine.model.task_names(task)  # an unknown --task fails before any work
 
         def lines(part: list[Any]) -> list[str]:
@@ -335,17 +334,36 @@ def predict(
             raise os_error(error, "<stdout>") from None
 
 
-def _engine(chain_dir: Path, exported: bool, device: str, precision: str, batch_size: int, threads: int | None) -> Any:
-    """The inference engine over a chain folder (PyTorch) or an exported one (ONNX Runtime, no PyTorch imported)."""
+def _engine(
+    chain_dir: Path, exported: bool, device: str, precision: str, batch_size: int, threads: int | None
+) -> tuple[Any, dict[str, Any]]:
+    """The inference engine over a chain folder (PyTorch) or an exported one (ONNX Runtime, no PyTorch imported), and
+    the chain's flows by name."""
     from finechain.inference import Engine
 
     if exported:
         from finechain.inference.exported import ExportedChain
 
-        return Engine(ExportedChain(chain_dir, threads=threads), precision, batch_size)
+        model = ExportedChain(chain_dir, threads=threads)
+        return Engine(model, precision, batch_size), model.flows
     from finechain import Chain
 
-    return Engine(Chain.from_pretrained(chain_dir, device=device).model, precision, batch_size)
+    chain = Chain.from_pretrained(chain_dir, device=device)
+    return Engine(chain.model, precision, batch_size), chain.flows
+
+
+def _stage_engine(folder: Path) -> Any:
+    """The engine of another chain a flow stage names: an exported folder needs no PyTorch, a chain folder does."""
+    from finechain.inference.exported import is_exported
+
+    if is_exported(folder):
+        from finechain.inference import Engine
+        from finechain.inference.exported import ExportedChain
+
+        return Engine(ExportedChain(folder))
+    from finechain.chain import open_engine
+
+    return open_engine(folder)
 
 
 def _with_open(path: Path, write: Callable[[TextIO], None]) -> None:

@@ -13,6 +13,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, ExportedTask, ExportManifest
 from finechain.io import building_folder, write_json
+from finechain.spec.flows import rebased
 
 
 class _Graph(nn.Module):
@@ -37,6 +39,13 @@ class _Graph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(input_ids, attention_mask, self.names)
         return tuple(outputs[name].float() for name in self.names)
+
+
+def _exported_flows(chain: Chain, names: Sequence[str], out: str | Path) -> list[dict[str, Any]]:
+    """The chain's flows whose stages of this chain were all exported, as the export's manifest keeps them (other
+    chains' folders named from ``out``)."""
+    kept = [flow for flow in chain.flows.values() if all(s.chain is not None or s.task in names for s in flow.stages)]
+    return [flow.model_dump(mode="json", exclude_defaults=True) for flow in rebased(kept, chain.folder, out)]
 
 
 def export_onnx(
@@ -94,6 +103,7 @@ def export_onnx(
             pad_id=model.pad_id,
             tasks=entries,
             steps=steps,
+            flows=_exported_flows(chain, names, out),
         )
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         differences = compare_outputs(Engine(model, precision="fp32"), work, names)

@@ -13,8 +13,9 @@ Texts run in blocks of :attr:`Flow.block`, so the kept states of a long list nev
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from finechain.data.tokens import Encoded
@@ -268,6 +269,44 @@ class Flow:
             found = results[i].answers[stage.key]
             assert isinstance(found, list)
             found.append(SpanAnswer(span, answer[stage.task]))
+
+
+def stage_engines(flows: Iterable[FlowSpec], base: Path | None, open_folder: Callable[[Path], Engine]) -> dict[str, Engine]:
+    """The engines of the other chains ``flows``' stages name (``chain:``), each opened once with ``open_folder``; a
+    relative folder is read from ``base``, the folder of the chain that holds the flows (None: the working directory).
+
+    Example:
+        >>> stage_engines([], None, lambda path: None)
+        {}
+    """
+    engines: dict[str, Engine] = {}
+    for flow in flows:
+        for stage in flow.stages:
+            if stage.chain is None or stage.chain in engines:
+                continue
+            path = Path(stage.chain)
+            if not path.is_absolute() and base is not None:
+                path = base / path
+            if not path.is_dir():
+                fix = "train it, or fix the stage's 'chain:'"
+                raise FinechainError(f"flow '{flow.name}': the chain folder {path} is not there", file=path, fix=fix)
+            engines[stage.chain] = open_folder(path)
+    return engines
+
+
+def saved_flow(name: str, flows: Mapping[str, FlowSpec], engine: Engine, base: Path | None, open_folder: Callable[[Path], Engine]) -> Flow:
+    """The flow called ``name`` of a chain whose ``engine`` runs its own stages and whose ``flows`` are saved with it
+    (a chain folder's or an exported folder's), bound and ready to ``run``; other chains it names are opened now.
+
+    Example:
+        >>> saved_flow("nope", {}, engine, None, open_engine)  # doctest: +SKIP
+        FinechainError: unknown flow 'nope' (fix: this chain's flows: none (add one under 'flows:' in the spec))
+    """
+    if name not in flows:
+        known = sorted(flows) or "none"
+        raise FinechainError(f"unknown flow '{name}'", fix=f"this chain's flows: {known} (add one under 'flows:' in the spec)")
+    spec = flows[name]
+    return Flow(spec, {None: engine, **stage_engines([spec], base, open_folder)})
 
 
 def _graph_order(spec: FlowSpec) -> list[StageSpec]:

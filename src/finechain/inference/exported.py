@@ -25,6 +25,7 @@ from finechain.data.tokenizer_file import TokenizerFile
 from finechain.data.tokens import Encoded, encode_texts
 from finechain.errors import ArtifactError, FinechainError, short_reason
 from finechain.heads import Head, head_type
+from finechain.spec.flows import FlowSpec
 from finechain.version import __version__
 
 EXPORT_MANIFEST = "finechain-export.json"
@@ -64,6 +65,7 @@ class ExportManifest(BaseModel):
     tokenizer: str = TOKENIZER
     weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
+    flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows whose tasks were all exported
 
 
 def is_exported(directory: str | Path) -> bool:
@@ -138,6 +140,13 @@ class ExportedChain:
                 raise ArtifactError(
                     f"tasks.{name}.head: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix="export the chain again"
                 ) from None
+        self.flows: dict[str, FlowSpec] = {}  # by name, as the chain had them (see finechain.flows)
+        for i, flow in enumerate(self.manifest.flows):
+            try:
+                self.flows[flow["name"]] = FlowSpec.model_validate(flow)
+            except (KeyError, TypeError, ValidationError) as error:
+                fix = "export the chain again"
+                raise ArtifactError(f"flows.{i}: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix=fix) from None
         self.session = _session(self.directory / self.manifest.graph, threads, providers)
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
 

@@ -5,16 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finechain.chain import Chain
+from finechain.chain import Chain, open_engine
 from finechain.data.prepare import check_known_labels, read_split
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
+from finechain.flows.flow import saved_flow
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, is_exported
 from finechain.jobs.checking import manifest_tasks
 from finechain.spec import TaskSpec
+from finechain.spec.flows import FlowSpec
 
 DATA_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".conll", ".iob", ".bio"}
+
+
+def _open(chain_dir: Path) -> tuple[Engine, dict[str, FlowSpec], dict[str, dict[str, Any] | None]]:
+    """A chain folder (PyTorch) or an exported one (ONNX Runtime): its engine, its flows, and each task's spec as
+    trained (files are read with its columns)."""
+    if is_exported(chain_dir):
+        exported = ExportedChain(chain_dir)
+        return Engine(exported), exported.flows, {name: task.spec for name, task in exported.manifest.tasks.items()}
+    chain = Chain.from_pretrained(chain_dir, device="auto")
+    return chain.engine, chain.flows, {name: record.spec for name, record in chain.records.items()}
 
 
 def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path | None = None) -> tuple[dict[str, Any], list[Path]]:
@@ -24,16 +36,11 @@ def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path 
     Example:
         >>> scores, paths = evaluate_file(Path("my-chain"), "intent", Path("test.csv"))  # doctest: +SKIP
     """
-    if is_exported(chain_dir):
-        exported = ExportedChain(chain_dir)
-        engine, stored = Engine(exported), exported.manifest.tasks[task].spec if task in exported.tasks else None
-    else:
-        chain = Chain.from_pretrained(chain_dir, device="auto")
-        engine, stored = chain.engine, chain.records[task].spec if task in chain.tasks else None
+    engine, _, specs = _open(chain_dir)
     if task not in engine.model.tasks:
         raise FinechainError(f"unknown task '{task}'", file=chain_dir, fix=f"this chain has {sorted(engine.model.tasks)}")
     head = engine.model.tasks[task].head
-    spec = TaskSpec.model_validate(stored or {"name": task, "type": head.type_name})
+    spec = TaskSpec.model_validate(specs.get(task) or {"name": task, "type": head.type_name})
     split = read_split(data_path, spec, type(head))
     check_known_labels(split, head)
     scores = engine.score(task, split.texts, split.labels)
@@ -52,15 +59,15 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path) -> dict[str,
         >>> evaluate_flow(Path("snips-chain"), "assistant", Path("test.jsonl"))["exact_match"]  # doctest: +SKIP
         0.88
     """
-    chain = Chain.from_pretrained(chain_dir, device="auto")
-    flow = chain.flow(flow_name)
+    engine, flows, specs = _open(chain_dir)
+    flow = saved_flow(flow_name, flows, engine, chain_dir, open_engine)
     stages = [s for s in flow.spec.stages if s.input == "text"]
     golds: dict[str, list[Any]] = {}
     texts: list[Any] | None = None
     for stage in stages:
         engine = flow.engines[stage.chain]
         head = engine.model.tasks[stage.task].head
-        stored = chain.records[stage.task].spec if stage.chain is None else _stored_spec(chain_dir / stage.chain, stage.task)
+        stored = specs.get(stage.task) if stage.chain is None else _stored_spec(chain_dir / stage.chain, stage.task)
         spec = TaskSpec.model_validate(stored or {"name": stage.task, "type": head.type_name})
         split = read_split(data_path, spec, type(head))
         check_known_labels(split, head)

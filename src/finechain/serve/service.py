@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from finechain.chain import Chain, other_engine
+from finechain.chain import Chain, open_engine
 from finechain.errors import FinechainError, short_reason
 from finechain.flows import Flow, FlowResult
+from finechain.flows.flow import stage_engines
 from finechain.heads import Prediction
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, is_exported
@@ -53,7 +54,7 @@ class Loaded:
     about: dict[str, Any]  # backbone, split, layers, max_length, backend
     records: dict[str, tuple[str | None, dict[str, dict[str, float]]]]  # task -> (selection metric, split -> scores)
     loaded_at: float = field(default_factory=time.time)
-    flows: dict[str, FlowSpec] = field(default_factory=dict)  # the chain's flows (a chain folder's)
+    flows: dict[str, FlowSpec] = field(default_factory=dict)  # the chain's flows
     others: dict[str, Engine] = field(default_factory=dict)  # engines of other chains its flows' stages name
 
     def describe(self) -> list[dict[str, Any]]:
@@ -115,6 +116,7 @@ class ChainService:
             about["backend"] = f"onnxruntime ({manifest.weights})"
             records = {name: (task.metric, task.metrics) for name, task in manifest.tasks.items()}
             engine = Engine(exported, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
+            flows = exported.flows
         else:
             chain = Chain.from_pretrained(folder, device=self.settings.device)
             model = chain.model
@@ -122,16 +124,14 @@ class ChainService:
             about["backend"] = "pytorch"
             records = {name: (r.metric, r.metrics or {}) for name, r in chain.records.items()}
             engine = Engine(model, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
+            flows = chain.flows
         engine.observer = lambda task, seconds: self.metrics.task_seconds.labels(task=task).inc(seconds)
         engine.predict(["warm up"])
         loaded = Loaded(engine, version, about, records)
-        if not is_exported(folder):
-            loaded.flows = dict(chain.flows)
-            for flow in chain.flows.values():  # other chains a flow names: loaded (and checked) now, not per request
-                for stage in flow.stages:
-                    if stage.chain is not None and stage.chain not in loaded.others:
-                        loaded.others[stage.chain] = other_engine(stage.chain, folder)
-                Flow(flow, {None: engine, **loaded.others})
+        loaded.flows = dict(flows)
+        loaded.others = stage_engines(loaded.flows.values(), folder, open_engine)  # loaded now, not per request
+        for flow in loaded.flows.values():  # and checked against their tasks
+            Flow(flow, {None: engine, **loaded.others})
         return loaded
 
     def load(self) -> Loaded:

@@ -13,8 +13,10 @@ labels are known (:func:`label_problem`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -209,3 +211,27 @@ def label_problem(stage: StageSpec, labels: list[str]) -> Problem | None:
             f"its labels are {labels[:10]}{' ...' if len(labels) > 10 else ''}",
         )
     return None
+
+
+def rebased(flows: list[FlowSpec], old: str | Path | None, new: str | Path) -> list[FlowSpec]:
+    """``flows`` for a copy of their chain written to folder ``new``: a stage's relative ``chain:`` folder was read
+    from ``old`` (None: the working directory) and is rewritten to name the same folder from ``new``; absolute ones
+    stay.
+
+    Example:
+        >>> flow = FlowSpec.model_validate({"name": "f", "stages": [{"task": "t", "chain": "../other"}]})
+        >>> rebased([flow], "/work/chains/mine", "/work/exports/mine")[0].stages[0].chain
+        '../../chains/other'
+    """
+    old_base = Path(old).absolute() if old is not None else Path.cwd()
+    new_base = Path(new).absolute()
+    out = []
+    for flow in flows:
+        stages = []
+        for stage in flow.stages:
+            if stage.chain is not None and not Path(stage.chain).is_absolute():
+                target = os.path.normpath(old_base / stage.chain)
+                stage = stage.model_copy(update={"chain": os.path.relpath(target, os.path.normpath(new_base))})
+            stages.append(stage)
+        out.append(flow.model_copy(update={"stages": stages}))
+    return out
