@@ -306,3 +306,79 @@ def test_flows_travel_with_copies_exports_and_int8_compressions(
         assert [r["path"] for r in response.json()["results"]] == [r["path"] for r in local]
     finally:
         server.stop()
+
+
+ROUTED = """
+  - name: routed
+    stages:
+      - task: topic
+      - {task: sport_mood, after: topic, when: {labels: [sport]}, train_on: predicted}
+      - {task: rest_mood, after: topic, otherwise: true, train_on: gold}
+"""
+
+
+def test_routed_stages_train_on_the_rows_their_route_sends_them(tiny_backbone: Path, trained: Path) -> None:
+    """train_on: predicted keeps the training rows the trained topic stage sends the stage; gold those whose topic
+    label does (the default route: every topic but sport); the test file is chosen the same way."""
+    from finechain.jobs.training import train_chain
+
+    head = f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n{TRAINING}\n"
+    (trained / "routed.yaml").write_text(
+        head + "tasks:\n  - {name: topic, train: combo.jsonl, label_column: topic}\n"
+        "  - {name: sport_mood, train: combo.jsonl, test: combo_test.jsonl, label_column: mood}\n"
+        "  - {name: rest_mood, train: combo.jsonl, label_column: mood}\nflows:" + ROUTED
+    )
+    train_chain(trained / "routed.yaml", trained / "routed", progress=False)
+    chain = Chain.from_pretrained(trained / "routed")
+    rows = [json.loads(line) for line in (trained / "combo.jsonl").read_text().splitlines()]
+    predicted = [p["topic"].label for p in chain.predict([r["text"] for r in rows], ["topic"])]
+    sport = chain.records["sport_mood"].data["route"]
+    assert sport["train_on"] == "predicted" and sport["rows"]["train"] == [predicted.count("sport"), 240]
+    test_rows = [json.loads(line) for line in (trained / "combo_test.jsonl").read_text().splitlines()]
+    test_sport = [p["topic"].label for p in chain.predict([r["text"] for r in test_rows], ["topic"])].count("sport")
+    assert sport["rows"]["test"] == [test_sport, 30] and chain.records["sport_mood"].metrics["test"]["n"] == test_sport
+    rest = chain.records["rest_mood"].data["route"]
+    assert rest["train_on"] == "gold" and rest["rows"]["train"] == [sum(r["topic"] != "sport" for r in rows), 240]
+    assert [r.path for r in chain.flow("routed").run(["match good the"])] in ([["topic", "sport_mood"]], [["topic", "rest_mood"]])
+
+
+BAD_ROUTED = [
+    ("{task: sport_mood, after: topic, train_on: predicted}", "has 'train_on: predicted' but no route to choose its rows"),
+    ("{task: sport_mood, after: topic, when: {score_below: 0.6}, train_on: gold}", "routes on a score: gold data has labels"),
+    (
+        "{task: sport_mood, after: topic, otherwise: true, train_on: predicted}\n      - {name: again, task: sport_mood, after: topic, "
+        "when: {labels: [money]}, train_on: gold}",
+        "is trained on a route's rows by two stages",
+    ),
+]
+
+
+@pytest.mark.parametrize(("stage", "message"), BAD_ROUTED)
+def test_bad_train_on_is_a_one_line_error_at_its_line(
+    tiny_backbone: Path, trained: Path, stage: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\ntasks:\n  - {{name: topic, train: combo.jsonl, label_column: topic}}\n"
+    body += "  - {name: sport_mood, train: combo.jsonl, label_column: mood}\n"
+    body += f"flows:\n  - name: f\n    stages:\n      - task: topic\n      - {stage}\n"
+    (trained / "bad_routed.yaml").write_text(body)
+    code, _, err = cli(["check", str(trained / "bad_routed.yaml")], monkeypatch, capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"bad_routed\.yaml:(11|12):", err), err
+
+
+def test_gold_routes_need_the_upstream_label_on_every_row(tiny_backbone: Path, trained: Path) -> None:
+    from finechain.errors import DataError
+    from finechain.flows.routing import routed_task_data
+    from finechain.spec import TaskSpec
+    from finechain.spec.flows import FlowSpec
+
+    rows = combo_rows(20, 3)
+    del rows[4]["topic"]
+    write_jsonl(trained / "holes.jsonl", rows)
+    flow = FlowSpec.model_validate(
+        {"name": "f", "stages": [{"task": "topic"}, {"task": "m", "after": "topic", "when": {"labels": ["sport"]}, "train_on": "gold"}]}
+    )
+    task = TaskSpec(name="m", train=trained / "holes.jsonl", label_column="mood")
+    with pytest.raises(DataError, match="label field 'topic' missing") as error:
+        routed_task_data(task, flow, flow.stages[1], {}, upstream=TaskSpec(name="topic", label_column="topic"))
+    assert error.value.line == 5

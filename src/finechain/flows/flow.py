@@ -78,6 +78,28 @@ def holds(condition: Condition, answer: Prediction) -> bool:
     return not (condition.score_below is not None and (confidence is None or confidence >= condition.score_below))
 
 
+def routes_to(spec: FlowSpec, stage: StageSpec, upstream: Prediction | list[SpanAnswer] | None) -> bool:
+    """Whether the upstream stage's answer sends a text to ``stage`` of flow ``spec``: its ``when`` holds, or for the
+    default route (``otherwise``) no sibling's label route holds (score-only fallbacks do not count); a stage without
+    a condition gets every text its upstream stage answered.
+
+    Example:
+        >>> from finechain.heads.predictions import ClassPrediction
+        >>> spec = FlowSpec.model_validate({"name": "f", "stages": [{"task": "a"},
+        ...     {"task": "b", "after": "a", "when": {"labels": ["x"]}}, {"task": "c", "after": "a", "otherwise": True}]})
+        >>> [routes_to(spec, spec.stages[i], ClassPrediction("y", 0.9, {})) for i in (1, 2)]
+        [False, True]
+    """
+    if isinstance(upstream, list) or upstream is None:
+        return upstream is not None  # spans or text after a tagging stage: no condition (checked)
+    if stage.when is not None:
+        return holds(stage.when, upstream)
+    if stage.otherwise:
+        routes = [s.when for s in spec.children(stage.after) if s.when is not None and s.when.labels is not None]
+        return not any(holds(when, upstream) for when in routes)
+    return True
+
+
 def marked(text: str, span: Entity) -> str:
     """``text`` with ``span`` wrapped in brackets, the input of an ``input: marked`` stage.
 
@@ -111,7 +133,9 @@ class _ChainState:
 class Flow:
     """A flow bound to engines: ``engines[None]`` runs this chain's stages, ``engines[folder]`` those of the stages
     with ``chain: folder``. Checked on construction: every stage's task exists, span edges start at span-producing
-    tasks, routing conditions name labels the upstream task has.
+    tasks, routing conditions name labels the upstream task has. With ``only``, just those stages run (routes are
+    still decided by the whole flow's conditions): how a routed stage finds the rows it will be sent before its own
+    task is trained.
 
     Example:
         >>> flow = Flow(spec, {None: chain.engine})  # doctest: +SKIP
@@ -119,10 +143,10 @@ class Flow:
         ['intent', 'slots']
     """
 
-    def __init__(self, spec: FlowSpec, engines: Mapping[str | None, Engine]) -> None:
+    def __init__(self, spec: FlowSpec, engines: Mapping[str | None, Engine], only: set[str] | None = None) -> None:
         self.spec, self.engines = spec, dict(engines)
-        self.order = _graph_order(spec)
-        for stage in spec.stages:
+        self.order = [stage for stage in _graph_order(spec) if only is None or stage.key in only]  # ``only``: these stages run
+        for stage in self.order:
             self._check(stage)
 
     @property
@@ -178,15 +202,7 @@ class Flow:
 
     def _routed(self, stage: StageSpec, result: FlowResult) -> bool:
         """Whether ``result``'s upstream answer sends it to ``stage``."""
-        upstream = result.answers.get(stage.after or "")
-        if isinstance(upstream, list) or upstream is None:
-            return upstream is not None  # spans or text after a tagging stage: no condition (checked)
-        if stage.when is not None:
-            return holds(stage.when, upstream)
-        if stage.otherwise:  # the default route: no sibling's label route held (score-only fallbacks do not count)
-            routes = [s.when for s in self.spec.children(stage.after) if s.when is not None and s.when.labels is not None]
-            return not any(holds(when, upstream) for when in routes)
-        return True
+        return routes_to(self.spec, stage, result.answers.get(stage.after or ""))
 
     def _run_text(self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int], state: _ChainState) -> None:
         """Answer ``stage`` for ``rows``: from the chain's kept trunk states where a pass ran, else in a new pass."""
@@ -208,7 +224,8 @@ class Flow:
     def _first_pass(self, stage: StageSpec, engine: Engine, texts: list[Any], fresh: list[int], state: _ChainState) -> None:
         """A trunk pass over ``fresh`` texts: with kept states, ``stage`` and the chain's stages that read every text
         (the rest later, on the states); else every text stage of the chain at once."""
-        text_stages = [s for s in self.spec.stages if s.chain == stage.chain and s.input == "text"]
+        running = {s.key for s in self.order}
+        text_stages = [s for s in self.spec.stages if s.key in running and s.chain == stage.chain and s.input == "text"]
         chain_tasks = list(dict.fromkeys(s.task for s in text_stages))
         if not engine.keeps_states:
             for i, answers in zip(fresh, engine.predict([texts[i] for i in fresh], chain_tasks), strict=True):

@@ -9,15 +9,18 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from finechain.chain import Chain
+from finechain.chain import Chain, open_engine
 from finechain.data.prepare import TaskData
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
+from finechain.flows.flow import stage_engines
+from finechain.flows.routing import Answers, routed_task_data
 from finechain.io import folder_lock
 from finechain.jobs.checking import check_spec, load_all
 from finechain.model.artifact import MANIFEST
 from finechain.model.chain_model import pick_device
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
+from finechain.spec.flows import FlowSpec, StageSpec, route_trained
 from finechain.train.fit import FitResult
 
 Row = tuple[str, str, dict[str, Any]]
@@ -51,6 +54,14 @@ def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[R
 
 def _scalars(scores: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+
+def _depth(flow: FlowSpec, stage: StageSpec) -> int:
+    """How many stages ``stage`` hangs from."""
+    depth, key = 0, stage.after
+    while key is not None:
+        depth, key = depth + 1, flow.stage(key).after
+    return depth
 
 
 def train_chain(
@@ -90,7 +101,10 @@ def train_chain(
             )
         )
         rows: list[Row] = []
+        routed = route_trained(spec.flows)  # trained last, on the rows their routes send them
         pending = [task for task in spec.tasks if task.name not in chain.tasks]
+        later = sorted((task for task in pending if task.name in routed), key=lambda task: _depth(*routed[task.name]))
+        pending = [task for task in pending if task.name not in routed]
         for task in spec.tasks:
             if task not in pending:
                 console.print(f"{task.name}: already trained, kept")
@@ -110,6 +124,16 @@ def train_chain(
             pending = []
         for task in pending:
             rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
+        answers: Answers = {}  # the upstream stages' answers per file, shared by sibling routes
+        for task in later:  # a routed stage under another routed stage comes after it
+            flow, stage = routed[task.name]
+            upstream = next((t for t in spec.tasks if t.name == flow.stage(stage.after or "").task), None)
+            engines = {None: chain.engine, **stage_engines([flow], None, open_engine)}
+            routed_data = routed_task_data(task, flow, stage, engines, upstream=upstream, seed=spec.training.seed, cache=answers)
+            kept, total = routed_data.provenance["route"]["rows"]["train"]
+            reach = f"{kept} of {total} training rows reach stage '{stage.key}' of flow '{flow.name}'"
+            console.print(Text(f"{task.name}: {reach} ({stage.train_on} routes)"))
+            rows += _train_and_save(chain, task, routed_data, spec.training, out_dir, resume, progress, console)
         chain.folder = out_dir
         for flow in spec.flows:  # other chains' folders are kept relative to this one: move them together
             stages = [s.model_copy(update={"chain": os.path.relpath(s.chain, out_dir)}) if s.chain else s for s in flow.stages]

@@ -57,6 +57,11 @@ class StageSpec(BaseModel):
     otherwise: bool = Field(False, description="run when no sibling's 'when' held (the default route)")
     input: Literal["text", "span", "marked"] = Field("text", description="the text, each upstream span, or the text with it marked")
     types: list[str] | None = Field(None, min_length=1, description="only upstream spans of these types")
+    train_on: Literal["data", "predicted", "gold"] = Field(
+        "data",
+        description="what a routed stage's task trains on: its training file as given (data), the rows of that file the "
+        "upstream stage's predictions send it (predicted: its input as it will see it), or those its gold label sends (gold)",
+    )
 
     @property
     def key(self) -> str:
@@ -105,6 +110,9 @@ def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | Non
             return i, (f"stage '{stage.key}' appears twice in flow '{flow.name}'", ("task",), "give one of them its own 'name'")
         if own_tasks is not None and stage.chain is None and stage.task not in own_tasks:
             return i, (f"unknown task '{stage.task}' in flow '{flow.name}'", ("task",), f"use one of {sorted(own_tasks)}, or set 'chain:'")
+        trained = _training_problem(stage)
+        if trained is not None:
+            return i, trained
         if stage.after is None:
             for field in ("when", "otherwise", "types"):
                 if getattr(stage, field):
@@ -118,6 +126,9 @@ def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | Non
         if stage.when is not None and stage.otherwise:
             return i, (f"stage '{stage.key}' has both 'when' and 'otherwise'", ("otherwise",), "keep one: otherwise is the default route")
         upstream = flow.stage(stage.after)
+        if stage.train_on == "gold" and upstream.chain is not None:
+            message = f"stage '{stage.key}' trains on gold routes of '{stage.after}', a task of another chain"
+            return i, (message, ("train_on",), "use 'train_on: predicted', or route on a task of this chain")
         spans = upstream.chain is None and upstream.task in span_tasks
         if stage.input in SPAN_INPUTS and upstream.chain is None and not spans and own_tasks is not None:
             message = f"stage '{stage.key}' reads spans of '{stage.after}', which produces none"
@@ -132,6 +143,41 @@ def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | Non
     if cycle is not None:
         return keys.index(cycle[0]), (f"flow '{flow.name}' has a cycle: {' -> '.join(cycle)}", ("after",), "a stage cannot read itself")
     return None
+
+
+def _training_problem(stage: StageSpec) -> Problem | None:
+    """What is wrong with a stage's ``train_on``: only a routed stage of this chain that reads the text has rows to
+    choose, and gold routes exist for label conditions only."""
+    if stage.train_on == "data":
+        return None
+    where, fix = ("train_on",), "drop 'train_on': the task trains on its own file"
+    if stage.when is None and not stage.otherwise:
+        return f"stage '{stage.key}' has 'train_on: {stage.train_on}' but no route to choose its rows", where, fix
+    if stage.input != "text":
+        return f"stage '{stage.key}' reads spans: 'train_on' chooses rows of routed stages only", where, fix
+    if stage.chain is not None:
+        return f"stage '{stage.key}' runs a task of another chain: it is trained there", where, fix
+    if stage.train_on == "gold" and stage.when is not None and stage.when.labels is None:
+        message = f"stage '{stage.key}' routes on a score: gold data has labels, not scores"
+        return message, where, "use 'train_on: predicted', or route on 'labels'"
+    return None
+
+
+def route_trained(flows: list[FlowSpec]) -> dict[str, tuple[FlowSpec, StageSpec]]:
+    """The tasks a flow stage trains on its route's rows (``train_on`` predicted or gold): task -> (flow, stage).
+
+    Example:
+        >>> flow = FlowSpec.model_validate({"name": "f", "stages": [
+        ...     {"task": "intent"}, {"task": "slots", "after": "intent", "when": {"labels": ["a"]}, "train_on": "predicted"}]})
+        >>> {task: stage.train_on for task, (_, stage) in route_trained([flow]).items()}
+        {'slots': 'predicted'}
+    """
+    found: dict[str, tuple[FlowSpec, StageSpec]] = {}
+    for flow in flows:
+        for stage in flow.stages:
+            if stage.train_on != "data" and stage.chain is None:
+                found.setdefault(stage.task, (flow, stage))
+    return found
 
 
 def _cycle(flow: FlowSpec) -> list[str] | None:

@@ -251,6 +251,26 @@ def _check_flows(spec: ChainSpec, path: Path, lines: Lines) -> None:
             j, (message, where, fix) = found
             at = ("flows", i, "stages", j)
             raise SpecError(message, file=path, line=lines.get((*at, *where)) or lines.get(at), fix=fix)
+    trained_by: dict[str, str] = {}  # a task trained on a route's rows: by one stage only
+    for i, flow in enumerate(spec.flows):
+        for j, stage in enumerate(flow.stages):
+            if stage.train_on == "data" or stage.chain is not None:
+                continue
+            line = lines.get(("flows", i, "stages", j, "train_on"))
+            if stage.task in trained_by:
+                message = (
+                    f"task '{stage.task}' is trained on a route's rows by two stages ({trained_by[stage.task]}, {flow.name}.{stage.key})"
+                )
+                raise SpecError(message, file=path, line=line, fix="keep 'train_on' on one of them; add a task per route")
+            trained_by[stage.task] = f"{flow.name}.{stage.key}"
+            task = next(t for t in spec.tasks if t.name == stage.task)
+            if task.train is None:
+                raise SpecError(
+                    f"stage '{stage.key}' trains task '{stage.task}' on its route's rows, but it has no 'train' file",
+                    file=path,
+                    line=line,
+                    fix="give the task a 'train' file",
+                )
 
 
 def _resolve_chain(stage: StageSpec, base: Path) -> StageSpec:

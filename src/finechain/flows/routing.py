@@ -1,0 +1,162 @@
+"""Training a routed stage on the rows its route sends it (a flow stage's ``train_on``).
+
+A routed stage (``after`` + ``when``/``otherwise``) sees at prediction time only the texts its upstream stage sends
+it. ``train_on: predicted`` trains its task on the rows of its own files that the upstream stage's *predictions*
+send there (its input as it will see it: the router's mistakes included, so the stage learns from what it will
+really get); ``train_on: gold`` on the rows whose *gold* upstream label sends them there (read from the same file,
+with the upstream task's label column: clean, but a text the router sends wrongly at prediction time was never
+seen in training). Validation and test files are chosen the same way, so the task is selected and scored on what
+reaches it; their rows whose labels the chosen training rows never have (a wrong route can bring any) are left out
+and counted in the data's provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from finechain.data.prepare import Split, TaskData, assemble_task_data, read_split
+from finechain.errors import DataError
+from finechain.flows.flow import Flow, FlowResult, routes_to
+from finechain.heads import head_type
+from finechain.inference.engine import Engine
+from finechain.spec import TaskSpec
+from finechain.spec.flows import FlowSpec, StageSpec
+
+
+def _line_of_descent(flow: FlowSpec, stage: StageSpec) -> set[str]:
+    """The stages ``stage`` hangs from: its upstream stage, that one's, ... up to the root."""
+    keys: set[str] = set()
+    key = stage.after
+    while key is not None:
+        keys.add(key)
+        key = flow.stage(key).after
+    return keys
+
+
+Answers = dict[tuple[str, int, tuple[str, ...]], list[FlowResult]]  # (file, rows, stages run) -> their answers
+
+
+def predicted_routes(
+    flow: FlowSpec, stage: StageSpec, engines: Mapping[str | None, Engine], texts: list[Any], *, cache: Answers | None = None, key: str = ""
+) -> list[bool]:
+    """Per text, whether the trained stages above ``stage`` send it there (``stage``'s own task need not exist yet).
+    With a ``cache`` (and a ``key`` naming the texts, such as their file), the upstream stages' answers are kept and
+    reused for the sibling stages that hang from the same ones: the router runs once per file, not once per route.
+
+    Example:
+        >>> predicted_routes(flow, flow.stage("slots_music"), {None: chain.engine}, ["play some jazz"])  # doctest: +SKIP
+        [True]
+    """
+    if not texts:
+        return []
+    above = _line_of_descent(flow, stage)
+    slot = (key, len(texts), tuple(sorted(above)))
+    results = cache.get(slot) if cache is not None and key else None
+    if results is None:
+        results = Flow(flow, engines, only=above).run(texts)
+        if cache is not None and key:
+            cache[slot] = results
+    return [routes_to(flow, stage, result.answers.get(stage.after or "")) for result in results]
+
+
+def gold_routes(flow: FlowSpec, stage: StageSpec, labels: list[Any]) -> list[bool]:
+    """Per row, whether its gold upstream label (a label, or a list for a multi-label task) sends it to ``stage``:
+    one of ``when.labels``, or for the default route none of its siblings' label routes.
+
+    Example:
+        >>> spec = FlowSpec.model_validate({"name": "f", "stages": [{"task": "a"},
+        ...     {"task": "b", "after": "a", "when": {"labels": ["x"]}}, {"task": "c", "after": "a", "otherwise": True}]})
+        >>> gold_routes(spec, spec.stages[1], ["x", "y"]), gold_routes(spec, spec.stages[2], ["x", "y"])
+        ([True, False], [False, True])
+    """
+
+    def names(label: Any) -> set[str]:
+        return set(label) if isinstance(label, list) else {label}
+
+    if stage.when is not None:
+        wanted = set(stage.when.labels or [])
+        return [bool(names(label) & wanted) for label in labels]
+    taken = {name for s in flow.children(stage.after) if s.when is not None for name in s.when.labels or []}
+    return [not names(label) & taken for label in labels]
+
+
+def _upstream_labels(split: Split, upstream: TaskSpec) -> list[Any]:
+    """The upstream task's gold label of every row of ``split``, read from the same file with its label column and
+    matched by line."""
+    path = Path(split.file)
+    gold = read_split(path, upstream, head_type(upstream.type))
+    by_line = dict(zip(gold.lines, gold.labels, strict=True))
+    missing = next((line for line in split.lines if line not in by_line), None)
+    if missing is not None:
+        raise DataError(
+            f"no '{upstream.label_column}' label for '{upstream.name}' on this row",
+            file=path,
+            line=missing,
+            fix="give every row the upstream task's label, or use 'train_on: predicted'",
+        )
+    return [by_line[line] for line in split.lines]
+
+
+def routed_task_data(
+    task: TaskSpec,
+    flow: FlowSpec,
+    stage: StageSpec,
+    engines: Mapping[str | None, Engine],
+    *,
+    upstream: TaskSpec | None = None,
+    seed: int = 13,
+    cache: Answers | None = None,
+) -> TaskData:
+    """``task``'s data (its train, dev and test files) cut down to the rows ``stage``'s route sends it, by the
+    upstream stage's predictions (``stage.train_on == "predicted"``, run on ``engines``) or by the upstream task's gold
+    labels (``"gold"``: ``upstream`` is that task's spec, whose label column the files also hold). Pass one ``cache``
+    dict to the calls for a flow's sibling stages and the upstream stages run once per file.
+
+    Example:
+        >>> data = routed_task_data(slots_spec, flow, flow.stage("slots_music"), {None: chain.engine})  # doctest: +SKIP
+        >>> data.provenance["route"]["rows"]["train"]  # doctest: +SKIP
+        [1914, 13084]
+    """
+    head_cls = head_type(task.type)
+    files = {"train": task.train, "dev": task.dev, "test": task.test}
+    splits: dict[str, Split] = {}
+    counts: dict[str, list[int]] = {}
+    for name, path in files.items():
+        if path is None:
+            continue
+        split = read_split(Path(path), task, head_cls)
+        if stage.train_on == "gold":
+            if upstream is None:
+                raise ValueError("gold routes need the upstream task's spec")
+            keep = gold_routes(flow, stage, _upstream_labels(split, upstream))
+        else:
+            keep = predicted_routes(flow, stage, engines, split.texts, cache=cache, key=str(Path(path).absolute()))
+        splits[name] = split.subset([i for i, k in enumerate(keep) if k])
+        counts[name] = [len(splits[name]), len(split)]
+    train = splits["train"]
+    if not len(train):
+        raise DataError(
+            f"no training row of task '{task.name}' reaches stage '{stage.key}' ({stage.train_on} routes)",
+            file=train.file,
+            fix="check the route's labels, or give the task rows that reach it",
+        )
+    known = set(head_cls.label_names(train.labels))  # empty for regression: nothing to leave out
+    dropped: dict[str, int] = {}
+    for name in ("dev", "test"):
+        if name in splits and known:
+            split = splits[name]
+            fits = [i for i, labels in enumerate(split.labels) if set(head_cls.label_names([labels])) <= known]
+            dropped[name] = len(split) - len(fits)
+            splits[name] = split.subset(fits)
+    dev, test = splits.get("dev"), splits.get("test")
+    data = assemble_task_data(task, head_cls, train, dev if dev else None, test if test else None, seed)
+    data.provenance["route"] = {
+        "flow": flow.name,
+        "stage": stage.key,
+        "train_on": stage.train_on,
+        "rows": counts,
+        "left_out_unseen_labels": dropped,
+    }
+    return data
