@@ -418,12 +418,19 @@ def serve_table(records: list[dict[str, Any]]) -> str:
         out.append(row)
     if offline:
         out += ["", f"Offline batch throughput of the same chain (`Chain.predict`, batch 64): {offline:.1f} texts/s."]
-    memory = [r for r in records if r["metric"] == "rss_mb"]
+    memory = [r for r in records if r["metric"] == "rss_mb" and "soak round" not in r["variant"]]
     if memory:
         out += ["", "| system | resident memory before the load (MB) | after (MB) |", "| --- | --- | --- |"]
         for system in dict.fromkeys(r["system"] for r in memory):
             values = [r["value"] for r in memory if r["system"] == system]
             out.append(f"| {system} | {values[0]:.0f} | {values[-1]:.0f} |")
+    soak = [r for r in records if r["metric"] == "rss_mb" and "soak round" in r["variant"]]
+    if soak:
+        out += ["", "Resident memory under a steady load after those levels (MB, after each round):", ""]
+        out += ["| system | " + " | ".join(r["unit"].removeprefix("MB after ") for r in soak if r["system"] == soak[0]["system"]) + " |"]
+        out.append("|" + " --- |" * (1 + sum(r["system"] == soak[0]["system"] for r in soak)))
+        for system in dict.fromkeys(r["system"] for r in soak):
+            out.append(f"| {system} | " + " | ".join(f"{r['value']:.0f}" for r in soak if r["system"] == system) + " |")
     return "\n".join(out)
 
 

@@ -2,7 +2,7 @@
 throughput and against the deployment a user would build otherwise: four single-task fine-tuned models behind LitServe
 (one endpoint per task, LitServe's batching on), all four called for every text.
 
-    python -m benchmarks serve [--quick] [--seconds 20] [--clients 1,8,32,64] [--threads 2] [--no-peer] [--output serve]
+    python -m benchmarks serve [--quick] [--seconds 20] [--clients 1,8,32,64] [--soak-rounds 6] [--threads 2] [--no-peer]
 
 Each client sends one text per request and waits for its answer before sending the next (the chain: one request with
 every task; the peer: the four endpoints at once, the text counting when all four answered). Recorded per number of
@@ -164,6 +164,14 @@ def measure(
             rec.add("4 tasks", system, label, f"{q}_ms", result[q], "ms")
         rec.add("4 tasks", system, label, "errors", result["errors"], "failed requests")
     rec.add("4 tasks", system, variant, "rss_mb", rss_mb(process.pid), "MB after the load")
+    clients = max(args.clients)
+    for round_ in range(1, args.soak_rounds + 1):  # does resident memory level off under a steady load?
+        result = asyncio.run(load(ask, texts, clients, args.seconds))
+        label = f"{variant}, soak round {round_}"
+        rec.add(
+            "4 tasks", system, label, "rss_mb", rss_mb(process.pid), f"MB after {round_ * args.seconds:.0f} s more at {clients} clients"
+        )
+        rec.add("4 tasks", system, label, "errors", result["errors"], "failed requests")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="PyTorch threads of the finechain server (default: one per core)")
     parser.add_argument("--peer-threads", type=int, default=1, help="PyTorch threads of each peer model's worker process")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--soak-rounds", type=int, default=0, help="then this many more rounds at the most clients, resident memory after each"
+    )
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default: serve, or serve_quick)")
     args = parser.parse_args(argv)

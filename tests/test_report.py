@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import peer_learning_rate_table, seeds_table, sharing_table, train_table
+from benchmarks.report import peer_learning_rate_table, seeds_table, serve_table, sharing_table, train_table
 
 
 def _record(task: str, system: str, variant: str, metric: str, value: float, unit: str = "test accuracy") -> dict:
@@ -71,3 +71,23 @@ def test_seeds_table_gives_every_seed_the_mean_and_the_gap_on_shared_seeds_only(
     assert lines[5] == "| hf-trainer | full fine-tune per task | 83.0 | 81.0 | - | 82.0 | 1.41 |"
     assert "finechain - hf-trainer: +1.0, -1.0 points per seed; mean **+0.0**" in lines  # seed 16 has no peer run
     assert not any("all four" in line for line in lines)
+
+
+def test_serve_table_shows_each_level_against_offline_and_memory_through_the_soak() -> None:
+    def rec(system: str, variant: str, metric: str, value: float, unit: str = "") -> dict:
+        return {"system": system, "variant": variant, "metric": metric, "value": value, "unit": unit}
+
+    records = [
+        rec("finechain", "offline batch (Chain.predict, batch 64), fp32", "samples_per_second", 80.0),
+        rec("finechain", "finechain serve", "rss_mb", 600.0, "MB before the load"),
+        rec("finechain", "finechain serve, 32 clients", "samples_per_second", 40.0),
+        *(rec("finechain", "finechain serve, 32 clients", f"{q}_ms", v) for q, v in (("p50", 10), ("p95", 20), ("p99", 30))),
+        rec("finechain", "finechain serve, 32 clients", "errors", 0),
+        rec("finechain", "finechain serve", "rss_mb", 700.0, "MB after the load"),
+        rec("finechain", "finechain serve, soak round 1", "rss_mb", 710.0, "MB after 20 s more at 32 clients"),
+        rec("finechain", "finechain serve, soak round 2", "rss_mb", 712.0, "MB after 40 s more at 32 clients"),
+    ]
+    table = serve_table(records)
+    assert "| 32 | 40.0 | 50% | 10 / 20 / 30 | 0 |" in table
+    assert "| finechain | 600 | 700 |" in table  # before and after the levels: the soak rounds are their own row
+    assert "| system | 20 s more at 32 clients | 40 s more at 32 clients |" in table and "| finechain | 710 | 712 |" in table
