@@ -127,7 +127,7 @@ def stage_seconds(chain: Any, texts: list[str], names: list[str], repeats: int) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks infer", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="200 texts, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="64 texts, 1 repeat")
     parser.add_argument("--texts", type=int, default=1200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--split", default="auto")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help="results name (default: infer, or infer_quick); e.g. infer_gpu")
     args = parser.parse_args(argv)
     if args.quick:
-        args.texts, args.repeats = 200, 1
+        args.texts, args.repeats = 64, 1
     texts = load_texts(args.texts)
     rec = Recorder("infer", args.device)
     chain = build_chain(args.split, list(TASKS)).to(args.device)
