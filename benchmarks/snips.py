@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +33,10 @@ from benchmarks.common import DATASETS, Recorder
 from benchmarks.peers import _fine_tune
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.flows import FlowResult
+from finechain.flows.routing import routed_task_data
 from finechain.model.backbone import resolve_backbone
 from finechain.spec import JointConfig
+from finechain.spec.flows import FlowSpec
 
 SNIPS = DATASETS / "snips"
 
@@ -98,28 +102,23 @@ def run_flow(rec: Recorder, args: argparse.Namespace, chain: Chain, chain_second
     """The flow: the chain's intent stage routes each utterance to its intent's tagger (added to the same chain)."""
     started = time.perf_counter()
     limit = args.train_examples or None
-    splits = {name: read(name)[:limit] for name in ("train", "dev")}
-    routed: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for name, rows in splits.items():  # each tagger learns from what the intent stage will send it
-        predicted = chain.predict([r["words"] for r in rows], ["intent"])
-        for row, answer in zip(rows, predicted, strict=True):
-            routed.setdefault(answer["intent"].label, {}).setdefault(name, []).append(row)
-    intents = sorted(routed)
-    for intent in intents:
-        train = routed[intent].get("train", [])
-        seen = {tag for r in train for tag in r["slots"]}  # a dev utterance sent here by mistake may hold tags this
-        dev = [r for r in routed[intent].get("dev", []) if seen.issuperset(r["slots"])]  # tagger cannot produce
-        chain.fit(
-            TaskSpec(name=f"slots-{intent}", type="tagging"),
-            TrainingConfig(epochs=args.epochs, seed=args.seed),
-            texts=[r["words"] for r in train],
-            labels=[r["slots"] for r in train],
-            dev=([r["words"] for r in dev], [r["slots"] for r in dev]) if dev else None,
-            progress=False,
-        )
+    intents = sorted({r["intent"] for r in read("train")})
+    stages = [{"task": "intent"}]
+    stages += [{"task": f"slots-{i}", "after": "intent", "when": {"labels": [i]}, "train_on": "predicted"} for i in intents]
+    spec = FlowSpec.model_validate({"name": "snips", "stages": stages})
+    files = {name: SNIPS / f"{name}.jsonl" for name in ("train", "dev")}
+    if limit:  # a smaller run: the first utterances of each file
+        folder = Path(tempfile.mkdtemp(prefix="snips-bench-"))
+        for name in files:
+            files[name] = folder / f"{name}.jsonl"
+            files[name].write_text("".join(json.dumps(r) + "\n" for r in read(name)[:limit]), encoding="utf-8")
+    answers: dict = {}  # the intent stage runs once per file, not once per tagger
+    for stage in spec.stages[1:]:  # each tagger learns from what the intent stage will send it (train_on: predicted)
+        task = TaskSpec(name=stage.task, type="tagging", train=files["train"], dev=files["dev"], text_column="words", label_column="slots")
+        data = routed_task_data(task, spec, stage, {None: chain.engine}, seed=args.seed, cache=answers)
+        chain.fit(task, TrainingConfig(epochs=args.epochs, seed=args.seed), data=data, progress=False)
     seconds = chain_seconds + time.perf_counter() - started
-    stages = [{"task": "intent"}] + [{"task": f"slots-{i}", "after": "intent", "when": {"labels": [i]}} for i in intents]
-    flow = chain.add_flow({"name": "snips", "stages": stages})
+    flow = chain.add_flow(spec)
     chain.engine.batch_size = 32
     results: list[FlowResult] = flow.run([r["words"] for r in test])
     found_intents = [r.answers["intent"].label for r in results]  # type: ignore[union-attr]
