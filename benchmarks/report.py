@@ -52,6 +52,7 @@ SUITE_TITLES = {
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
+    "serve_onnx": "Serving the ONNX export: finechain serve on an exported folder under concurrent clients (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
     "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
 }
@@ -396,7 +397,8 @@ def _latencies(values: dict[str, float]) -> str:
 def serve_table(records: list[dict[str, Any]]) -> str:
     """Per number of clients: finechain serve and the peer side by side (texts/s with every task's answer, p50/p95/p99,
     errors), finechain's share of its own offline batch throughput and its ratio to the peer; then resident memory."""
-    offline = next((r["value"] for r in records if r["system"] == "finechain" and "offline" in r["variant"]), None)
+    offline_record = next((r for r in records if r["system"] == "finechain" and "offline" in r["variant"]), None)
+    offline = offline_record["value"] if offline_record else None
     levels: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         if ", " in r["variant"] and r["variant"].rsplit(", ", 1)[1].split(" ")[0].isdigit() and "client" in r["variant"]:
@@ -417,7 +419,8 @@ def serve_table(records: list[dict[str, Any]]) -> str:
             row += f" {ours['samples_per_second'] / theirs['samples_per_second']:.2f}x |"
         out.append(row)
     if offline:
-        out += ["", f"Offline batch throughput of the same chain (`Chain.predict`, batch 64): {offline:.1f} texts/s."]
+        how = offline_record["variant"].removeprefix("offline batch ").split("), ")[0].strip("(") if offline_record else ""
+        out += ["", f"Offline batch throughput of the same chain ({how}): {offline:.1f} texts/s."]
     memory = [r for r in records if r["metric"] == "rss_mb" and "soak round" not in r["variant"]]
     if memory:
         out += ["", "| system | resident memory before the load (MB) | after (MB) |", "| --- | --- | --- |"]
@@ -688,7 +691,7 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
 SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "robustness", "update"]
-SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "export", "snips"]
+SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "serve_onnx", "export", "snips"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,

@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--soak-rounds", type=int, default=0, help="then this many more rounds at the most clients, resident memory after each"
     )
+    parser.add_argument(
+        "--backend", default="pytorch", choices=["pytorch", "onnx"], help="serve the chain folder, or its ONNX export (offline timed alike)"
+    )
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default: serve, or serve_quick)")
     args = parser.parse_args(argv)
@@ -197,19 +200,24 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="finechain-serve-bench-"))
     chain = build_chain(args.split, list(TASKS))
     chain.save_pretrained(work / "chain")
-    offline = timed(lambda: chain.predict(texts, batch_size=64), 1 if args.quick else 3)
     precision = resolve_precision("cpu", "auto")
-    variant = f"finechain serve, split={chain.split}, {precision}"
-    rec.add(
-        "4 tasks",
-        "finechain",
-        f"offline batch (Chain.predict, batch 64), {precision}",
-        "samples_per_second",
-        len(texts) / offline,
-        "texts/s",
-    )
+    if args.backend == "onnx":  # the exported folder, served and timed offline with ONNX Runtime
+        from finechain.export.onnx import export_onnx
+        from finechain.inference import Engine
+        from finechain.inference.exported import ExportedChain
+
+        export_onnx(chain, work / "onnx")
+        engine = Engine(ExportedChain(work / "onnx"), batch_size=64)
+        offline = timed(lambda: engine.predict(texts), 1 if args.quick else 3)
+        served, variant = work / "onnx", f"finechain serve, split={chain.split}, ONNX Runtime fp32 (finechain export)"
+        offline_variant = "offline batch (exported folder, ONNX Runtime, batch 64), fp32"
+    else:
+        offline = timed(lambda: chain.predict(texts, batch_size=64), 1 if args.quick else 3)
+        served, variant = work / "chain", f"finechain serve, split={chain.split}, {precision}"
+        offline_variant = f"offline batch (Chain.predict, batch 64), {precision}"
+    rec.add("4 tasks", "finechain", offline_variant, "samples_per_second", len(texts) / offline, "texts/s")
     port = free_port()
-    command = [sys.executable, "-m", "finechain", "serve", str(work / "chain"), "--port", str(port), "--no-access-log"]
+    command = [sys.executable, "-m", "finechain", "serve", str(served), "--port", str(port), "--no-access-log"]
     command += ["--max-wait-ms", str(args.max_wait_ms)] + (["--threads", str(args.threads)] if args.threads else [])
     server = start(command, f"http://127.0.0.1:{port}/readyz")
     try:
