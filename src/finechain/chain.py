@@ -25,7 +25,7 @@ from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_ch
 from finechain.model.chain_model import ChainModel, pick_device
 from finechain.model.task import TaskModel
 from finechain.spec import DEFAULT_BACKBONE, JointConfig, TaskSpec, TrainingConfig
-from finechain.spec.flows import FlowSpec, rebased
+from finechain.spec.flows import FlowSpec, rebased, rebased_json
 from finechain.train.fit import FitResult, fit_task
 from finechain.train.joint import fit_joint
 
@@ -104,7 +104,7 @@ class Chain:
         Example:
             >>> chain.save_pretrained("my-chain")  # doctest: +SKIP
         """
-        flows = [flow.model_dump(mode="json", exclude_defaults=True) for flow in rebased(list(self.flows.values()), self.folder, directory)]
+        flows = rebased_json(list(self.flows.values()), self.folder, directory)
         save_chain(
             self.model, directory, records=self.records, trunk=self.trunk_record, copy_backbone=copy_backbone, tasks=tasks, flows=flows
         )

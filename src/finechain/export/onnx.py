@@ -25,7 +25,7 @@ from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, ExportedTask, ExportManifest
 from finechain.io import building_folder, write_json
-from finechain.spec.flows import rebased
+from finechain.spec.flows import rebased_json
 
 
 class _Graph(nn.Module):
@@ -45,7 +45,7 @@ def _exported_flows(chain: Chain, names: Sequence[str], out: str | Path) -> list
     """The chain's flows whose stages of this chain were all exported, as the export's manifest keeps them (other
     chains' folders named from ``out``)."""
     kept = [flow for flow in chain.flows.values() if all(s.chain is not None or s.task in names for s in flow.stages)]
-    return [flow.model_dump(mode="json", exclude_defaults=True) for flow in rebased(kept, chain.folder, out)]
+    return rebased_json(kept, chain.folder, out)
 
 
 def export_onnx(

@@ -12,7 +12,7 @@ from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, is_exported, read_export_manifest
 from finechain.io import building_folder, write_json
-from finechain.spec.flows import FlowSpec, rebased
+from finechain.spec.flows import FlowSpec, rebased_json
 
 INT8_STEP = "int8: dynamic quantization of MatMul weights, per channel (ONNX Runtime)"
 
@@ -39,8 +39,7 @@ def quantize_int8(source: str | Path, out: str | Path, overwrite: bool = False) 
             raise FinechainError(f"{source} already has {manifest.weights} weights", fix="quantize the fp32 export")
         shutil.copy2(fp32 / manifest.tokenizer, target / manifest.tokenizer)
         _quantize(fp32 / manifest.graph, target / manifest.graph)
-        flows = rebased([FlowSpec.model_validate(f) for f in manifest.flows], fp32, out)  # other chains named from out
-        flows_json = [flow.model_dump(mode="json", exclude_defaults=True) for flow in flows]
+        flows_json = rebased_json([FlowSpec.model_validate(f) for f in manifest.flows], fp32, out)  # other chains named from out
         manifest = manifest.model_copy(update={"weights": "int8", "steps": [*manifest.steps, INT8_STEP], "flows": flows_json})
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         names = list(manifest.tasks)

@@ -24,17 +24,6 @@ from finechain.inference.engine import Engine
 from finechain.spec import TaskSpec
 from finechain.spec.flows import FlowSpec, StageSpec
 
-
-def _line_of_descent(flow: FlowSpec, stage: StageSpec) -> set[str]:
-    """The stages ``stage`` hangs from: its upstream stage, that one's, ... up to the root."""
-    keys: set[str] = set()
-    key = stage.after
-    while key is not None:
-        keys.add(key)
-        key = flow.stage(key).after
-    return keys
-
-
 Answers = dict[tuple[str, int, tuple[str, ...]], list[FlowResult]]  # (file, rows, stages run) -> their answers
 
 
@@ -51,7 +40,7 @@ def predicted_routes(
     """
     if not texts:
         return []
-    above = _line_of_descent(flow, stage)
+    above = set(flow.ancestors(stage.key))
     slot = (key, len(texts), tuple(sorted(above)))
     results = cache.get(slot) if cache is not None and key else None
     if results is None:

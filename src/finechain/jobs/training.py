@@ -20,7 +20,7 @@ from finechain.jobs.checking import check_spec, load_all
 from finechain.model.artifact import MANIFEST
 from finechain.model.chain_model import pick_device
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
-from finechain.spec.flows import FlowSpec, StageSpec, route_trained
+from finechain.spec.flows import route_trained
 from finechain.train.fit import FitResult
 
 Row = tuple[str, str, dict[str, Any]]
@@ -54,14 +54,6 @@ def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[R
 
 def _scalars(scores: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in scores.items() if isinstance(v, float)}
-
-
-def _depth(flow: FlowSpec, stage: StageSpec) -> int:
-    """How many stages ``stage`` hangs from."""
-    depth, key = 0, stage.after
-    while key is not None:
-        depth, key = depth + 1, flow.stage(key).after
-    return depth
 
 
 def train_chain(
@@ -103,7 +95,10 @@ def train_chain(
         rows: list[Row] = []
         routed = route_trained(spec.flows)  # trained last, on the rows their routes send them
         pending = [task for task in spec.tasks if task.name not in chain.tasks]
-        later = sorted((task for task in pending if task.name in routed), key=lambda task: _depth(*routed[task.name]))
+        later = sorted(
+            (task for task in pending if task.name in routed),
+            key=lambda task: len(routed[task.name][0].ancestors(routed[task.name][1].key)),
+        )
         pending = [task for task in pending if task.name not in routed]
         for task in spec.tasks:
             if task not in pending:
@@ -125,10 +120,10 @@ def train_chain(
         for task in pending:
             rows += _train_and_save(chain, task, data[task.name], spec.training, out_dir, resume, progress, console)
         answers: Answers = {}  # the upstream stages' answers per file, shared by sibling routes
+        engines = {None: chain.engine, **stage_engines([routed[t.name][0] for t in later], None, open_engine)}  # opened once
         for task in later:  # a routed stage under another routed stage comes after it
             flow, stage = routed[task.name]
             upstream = next((t for t in spec.tasks if t.name == flow.stage(stage.after or "").task), None)
-            engines = {None: chain.engine, **stage_engines([flow], None, open_engine)}
             routed_data = routed_task_data(task, flow, stage, engines, upstream=upstream, seed=spec.training.seed, cache=answers)
             kept, total = routed_data.provenance["route"]["rows"]["train"]
             reach = f"{kept} of {total} training rows reach stage '{stage.key}' of flow '{flow.name}'"

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -90,6 +90,21 @@ class FlowSpec(BaseModel):
     def children(self, key: str | None) -> list[StageSpec]:
         """The stages that read ``key``'s answer (``None``: the roots)."""
         return [s for s in self.stages if s.after == key]
+
+    def ancestors(self, key: str) -> list[str]:
+        """The stages ``key`` hangs from: the one it reads, that one's, ... up to its root (an acyclic flow).
+
+        Example:
+            >>> stages = [{"task": "a"}, {"task": "b", "after": "a"}, {"task": "c", "after": "b"}]
+            >>> flow = FlowSpec.model_validate({"name": "f", "stages": stages})
+            >>> flow.ancestors("c")
+            ['b', 'a']
+        """
+        found, above = [], self.stage(key).after
+        while above is not None:
+            found.append(above)
+            above = self.stage(above).after
+        return found
 
 
 Problem = tuple[str, tuple[str | int, ...], str]  # message, where (relative to the stage), fix
@@ -257,6 +272,16 @@ def label_problem(stage: StageSpec, labels: list[str]) -> Problem | None:
             f"its labels are {labels[:10]}{' ...' if len(labels) > 10 else ''}",
         )
     return None
+
+
+def rebased_json(flows: list[FlowSpec], old: str | Path | None, new: str | Path) -> list[dict[str, Any]]:
+    """:func:`rebased`, as a manifest keeps flows (JSON, defaults left out).
+
+    Example:
+        >>> rebased_json([FlowSpec.model_validate({"name": "f", "stages": [{"task": "t"}]})], None, ".")
+        [{'name': 'f', 'stages': [{'task': 't'}]}]
+    """
+    return [flow.model_dump(mode="json", exclude_defaults=True) for flow in rebased(flows, old, new)]
 
 
 def rebased(flows: list[FlowSpec], old: str | Path | None, new: str | Path) -> list[FlowSpec]:
