@@ -328,7 +328,14 @@ def test_routed_stages_train_on_the_rows_their_route_sends_them(tiny_backbone: P
         "  - {name: sport_mood, train: combo.jsonl, test: combo_test.jsonl, label_column: mood}\n"
         "  - {name: rest_mood, train: combo.jsonl, label_column: mood}\nflows:" + ROUTED
     )
-    train_chain(trained / "routed.yaml", trained / "routed", progress=False)
+    import io
+
+    from rich.console import Console
+
+    said = io.StringIO()
+    train_chain(trained / "routed.yaml", trained / "routed", progress=False, console=Console(file=said, width=200))
+    assert "already trained" not in said.getvalue()  # a fresh run: the routed tasks are trained later, not kept
+    assert "rows reach stage 'sport_mood' of flow 'routed' (predicted routes)" in said.getvalue()
     chain = Chain.from_pretrained(trained / "routed")
     rows = [json.loads(line) for line in (trained / "combo.jsonl").read_text().splitlines()]
     predicted = [p["topic"].label for p in chain.predict([r["text"] for r in rows], ["topic"])]

@@ -99,10 +99,10 @@ def train_chain(
             (task for task in pending if task.name in routed),
             key=lambda task: len(routed[task.name][0].ancestors(routed[task.name][1].key)),
         )
-        pending = [task for task in pending if task.name not in routed]
         for task in spec.tasks:
-            if task not in pending:
+            if task.name in chain.tasks:
                 console.print(f"{task.name}: already trained, kept")
+        pending = [task for task in pending if task.name not in routed]
         if spec.sharing_mode == "joint" and pending:
             if chain.tasks:
                 raise FinechainError(
