@@ -287,13 +287,15 @@ def test_openapi_schema_documents_the_api(served: Server) -> None:
 
 
 def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
-    """``--workers 2``: two processes on one port, each with its own chain and batcher; /metrics adds both up."""
+    """``--workers 2``: two processes on one port, each with its own chain and batcher and half the cores (not every
+    core each, fighting over them); /metrics adds both up."""
     chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
     server = Server(chain, "--workers", "2", "--no-access-log")
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: post(server, {"texts": [f"text {i}"], "tasks": ["stars"]}), range(16)))
         assert [a.status_code for a in answers] == [200] * 16
+        assert httpx.get(f"{server.url}/v1/tasks", headers=AUTH).json()["model"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
         counted = sum(
             float(line.rsplit(" ", 1)[1])
             for line in httpx.get(f"{server.url}/metrics", headers=AUTH).text.splitlines()

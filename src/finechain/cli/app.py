@@ -395,7 +395,9 @@ def serve(
     ] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads per process")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads of each process's model (default: the cores shared out among the workers)")
+    ] = None,
     reload_check_s: Annotated[float, typer.Option(help="how often to look for a new version of the chain folder (0: never)")] = 2.0,
     no_access_log: Annotated[bool, typer.Option("--no-access-log", help="no JSON line per request")] = False,
 ) -> None:

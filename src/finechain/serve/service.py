@@ -110,10 +110,11 @@ class ChainService:
         folder = self.settings.chain
         version = _version(folder)
         if is_exported(folder):  # ONNX Runtime
-            exported = ExportedChain(folder, threads=self.settings.threads)
+            exported = ExportedChain(folder, threads=self.settings.threads_per_process)
             manifest = exported.manifest
             about = {"backbone": manifest.backbone, "split": manifest.split, "layers": manifest.layers, "max_length": manifest.max_length}
             about["backend"] = f"onnxruntime ({manifest.weights})"
+            about["threads"] = self.settings.threads_per_process
             records = {name: (task.metric, task.metrics) for name, task in manifest.tasks.items()}
             engine = Engine(exported, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
             flows = exported.flows
@@ -122,6 +123,7 @@ class ChainService:
             model = chain.model
             about = {"backbone": model.backbone.name, "split": model.split, "layers": model.num_layers, "max_length": model.max_length}
             about["backend"] = "pytorch"
+            about["threads"] = torch.get_num_threads()
             records = {name: (r.metric, r.metrics or {}) for name, r in chain.records.items()}
             engine = Engine(model, precision=self.settings.precision, batch_size=self.settings.max_batch_size)
             flows = chain.flows
@@ -137,16 +139,14 @@ class ChainService:
     def load(self) -> Loaded:
         """Load (and warm up) the chain now, in this thread: a chain that does not load fails here, with its one-line
         error, before any port is opened. :meth:`start` then uses it."""
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
+        torch.set_num_threads(self.settings.threads_per_process)
         self.current = self._load()
         return self.current
 
     async def start(self) -> None:
         """Load the chain (unless :meth:`load` did), start the batcher, and watch the folder for new versions."""
         if self.current is None:
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
+            torch.set_num_threads(self.settings.threads_per_process)
             self.current = await asyncio.get_running_loop().run_in_executor(self._loader, self._load)
         self.batcher.start()
         self.metrics.ready.set(1)

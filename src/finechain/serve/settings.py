@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,19 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list, description="origins a browser page may call from (* for any)")
     precision: Precision = "auto"
     device: str = "auto"
-    threads: int | None = Field(None, ge=1, description="PyTorch CPU threads per process")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of each process's model, PyTorch or ONNX Runtime (default: cores shared out among workers)"
+    )
     reload_check_s: float = Field(2.0, ge=0, description="how often the chain folder is checked for a new version (0: never)")
     access_log: bool = Field(True, description="one JSON line per request on stderr")
+
+    @property
+    def threads_per_process(self) -> int:
+        """CPU threads each server process gives its model: ``threads`` when set, else the cores this process may run
+        on shared out among the workers (two workers on 8 cores: 4 each, not 8 each competing for the same cores).
+
+        Example:
+            >>> ServeSettings(chain=Path("demo-chain"), workers=2, threads=3).threads_per_process
+            3
+        """
+        return self.threads or max(1, len(os.sched_getaffinity(0)) // self.workers)
