@@ -288,7 +288,8 @@ def test_openapi_schema_documents_the_api(served: Server) -> None:
 
 def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
     """``--workers 2``: two processes on one port, each with its own chain and batcher and half the cores (not every
-    core each, fighting over them); /metrics adds both up."""
+    core each, fighting over them); /metrics adds both up. The first process only hands out connections: no PyTorch,
+    no model in it."""
     chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
     server = Server(chain, "--workers", "2", "--no-access-log")
     try:
@@ -296,6 +297,11 @@ def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
             answers = list(pool.map(lambda i: post(server, {"texts": [f"text {i}"], "tasks": ["stars"]}), range(16)))
         assert [a.status_code for a in answers] == [200] * 16
         assert httpx.get(f"{server.url}/v1/tasks", headers=AUTH).json()["model"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+        resident = next(line for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
+        assert int(resident.split()[1]) < 200_000, resident  # kB: importing PyTorch alone takes 400 MB
+        workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        environments = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in workers]
+        assert sum(b"ONEDNN_PRIMITIVE_CACHE_CAPACITY=16" in e for e in environments) >= 2  # bounded: memory levels off
         counted = sum(
             float(line.rsplit(" ", 1)[1])
             for line in httpx.get(f"{server.url}/metrics", headers=AUTH).text.splitlines()
@@ -376,14 +382,15 @@ def test_sigterm_finishes_the_requests_in_flight(tmp_path: Path) -> None:
 def test_a_chain_that_does_not_load_is_a_one_line_error(tmp_path: Path) -> None:
     chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
     (chain / "tasks" / "ner" / "head.safetensors").write_bytes(b"")
-    done = subprocess.run(
-        [sys.executable, "-m", "finechain", "serve", str(chain), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "head.safetensors" in done.stderr
+    for workers in ("1", "2"):  # with several workers the chain is checked in a child process: the same one line
+        done = subprocess.run(
+            [sys.executable, "-m", "finechain", "serve", str(chain), "--port", str(free_port()), "--workers", workers],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "head.safetensors" in done.stderr, done.stderr
     done = subprocess.run([sys.executable, "-m", "finechain", "serve", str(chain), "--max-batch-size", "0"], capture_output=True, text=True)
     assert done.returncode == 2 and re.search(r"--max-batch-size: Input should be greater than or equal to 1", done.stderr)
 
