@@ -189,3 +189,52 @@ def test_the_exported_folder_runs_without_pytorch(exported: Path, tmp_path: Path
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["ner"]["entities"] is not None
+
+
+def _weight_bytes(folder: Path, dtype: str | None = None) -> int:
+    """Bytes of the exported graph's stored weights (of one ONNX data type, e.g. ``FLOAT``)."""
+    import onnx
+
+    weights = onnx.load(str(folder / "model.onnx")).graph.initializer
+    return sum(len(t.raw_data) for t in weights if dtype is None or t.data_type == getattr(onnx.TensorProto, dtype))
+
+
+def test_fp16_storage_halves_the_graph_and_keeps_the_answers(exported: Path, tmp_path: Path) -> None:
+    from finechain.export.half import store_fp16
+
+    manifest = store_fp16(exported, tmp_path / "half")
+    assert manifest.weights == "fp32, fp16 storage" and manifest.steps[-1].startswith("fp16 storage")
+    assert _weight_bytes(tmp_path / "half") < 0.55 * _weight_bytes(exported)  # (the tiny graph's file is mostly its nodes)
+    assert (tmp_path / "half" / "model.onnx").stat().st_size < (exported / "model.onnx").stat().st_size
+    fp32, half = Engine(ExportedChain(exported)), Engine(ExportedChain(tmp_path / "half"))
+    for ours, theirs in zip(fp32.predict(TEXTS), half.predict(TEXTS), strict=True):  # every task: the same answer
+        for task in ours:
+            decided = [n for n in ("label", "labels", "tags") if hasattr(ours[task], n)] or ["value"]
+            for name in decided:
+                assert getattr(ours[task], name) == pytest.approx(getattr(theirs[task], name), abs=1e-2), (task, name)
+    a, b = fp32.outputs(TEXTS, ["sentiment"])[0]["sentiment"], half.outputs(TEXTS, ["sentiment"])[0]["sentiment"]
+    change = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+    assert 0 < change < 1e-2 and manifest.tasks["sentiment"].max_abs_diff >= change  # fp16 rounding: moved, barely
+    with pytest.raises(FinechainError, match="already stores its weights as fp16"):
+        store_fp16(tmp_path / "half", tmp_path / "again")
+    with pytest.raises(FinechainError, match="already has fp32, fp16 storage weights"):
+        quantize_int8(tmp_path / "half", tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_cli_compress_int8_with_fp16_storage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--int8 --fp16: int8 matrix products, and what quantization leaves in fp32 (the embedding tables) stored as fp16."""
+    chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
+    code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "int8"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "both"), "--int8", "--fp16", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = read_export_manifest(tmp_path / "both")
+    assert manifest.weights == "int8, fp16 storage" and [s.split(":")[0] for s in manifest.steps][-2:] == ["int8", "fp16 storage"]
+    assert _weight_bytes(tmp_path / "both", "FLOAT") < 0.5 * _weight_bytes(tmp_path / "int8", "FLOAT")  # embeddings, mostly
+    assert _weight_bytes(tmp_path / "both", "INT8") == _weight_bytes(tmp_path / "int8", "INT8") > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both", "chain", "int8"]  # no scratch folder left
+    int8, both = Engine(ExportedChain(tmp_path / "int8")), Engine(ExportedChain(tmp_path / "both"))
+    assert [p["sentiment"].label for p in int8.predict(TEXTS)] == [p["sentiment"].label for p in both.predict(TEXTS)]
+    code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "both"), "--int8", "--fp16", "-q"], monkeypatch, capsys)
+    assert code == 2 and "already exists" in err

@@ -457,11 +457,14 @@ def export(
 
 @app.command()
 def compress(
-    source: Annotated[Path, typer.Argument(help="a chain folder (or an exported one, for --int8 alone)", metavar="DIR")],
+    source: Annotated[Path, typer.Argument(help="a chain folder (or an exported one, for --int8 and --fp16)", metavar="DIR")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="the folder to write (must not exist, unless --overwrite)")],
     int8: Annotated[
-        bool | None, typer.Option("--int8/--no-int8", help="int8 weights (ONNX Runtime); the default without --trunk-layers")
+        bool | None, typer.Option("--int8/--no-int8", help="int8 weights (ONNX Runtime); the default without --trunk-layers or --fp16")
     ] = None,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="store the exported weights as fp16 (half the size; computed in fp32), after --int8 if given")
+    ] = False,
     trunk_layers: Annotated[
         int | None, typer.Option("--trunk-layers", min=1, help="a student with this many trunk layers, distilled from the chain")
     ] = None,
@@ -479,7 +482,8 @@ def compress(
 ) -> None:
     """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers), each started from one of the
     chain's layers and trained on its outputs over the tasks' training texts (and --texts); and/or int8 weights
-    (ONNX Runtime dynamic quantization, an exported folder). The manifest records each step."""
+    (ONNX Runtime dynamic quantization, an exported folder); and/or fp16 storage of the exported weights (--fp16).
+    The manifest records each step."""
     from finechain.data.readers import read_texts
     from finechain.export.compression import compress_chain
 
@@ -490,7 +494,8 @@ def compress(
         trunk_layers=trunk_layers,
         branch_layers=branch_layers,
         texts=texts,
-        int8=int8 if int8 is not None else trunk_layers is None,
+        int8=int8 if int8 is not None else trunk_layers is None and not fp16,
+        fp16=fp16,
         overwrite=overwrite,
         progress=not quiet,
         epochs=epochs,

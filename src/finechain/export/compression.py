@@ -1,16 +1,19 @@
-"""``finechain compress``: a student chain (fewer layers, distilled from the chain), int8 weights, or both."""
+"""``finechain compress``: a student chain (fewer layers, distilled from the chain), int8 weights, fp16 storage, or a
+combination (in that order)."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finechain.chain import Chain
 from finechain.errors import FinechainError
-from finechain.inference.exported import is_exported
+from finechain.inference.exported import ExportManifest, is_exported
 from finechain.io import building_folder, refuse_existing
 
 
@@ -31,23 +34,22 @@ def compress_chain(
     branch_layers: int | None = None,
     texts: list[str] | None = None,
     int8: bool = True,
+    fp16: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     **distil_options: Any,
 ) -> Compressed:
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` a distilled student chain (a chain folder,
-    or with ``int8`` its int8 export), else the int8 export of ``source``. Nothing is left at ``out`` unless every step
-    worked.
+    or with ``int8`` / ``fp16`` its export with int8 weights / fp16 storage), else the export of ``source`` with int8
+    weights and/or fp16 storage. Nothing is left at ``out`` unless every step worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
     """
-    from finechain.export.quantize import quantize_int8
-
     if trunk_layers is None:
-        if not int8:
-            raise FinechainError("nothing to do", fix="pass --int8 and/or --trunk-layers N")
-        manifest = quantize_int8(source, out, overwrite=overwrite)
+        if not int8 and not fp16:
+            raise FinechainError("nothing to do", fix="pass --int8, --fp16 and/or --trunk-layers N")
+        manifest = _weights(source, out, int8=int8, fp16=fp16, overwrite=overwrite)
         rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
         return Compressed(manifest.steps, rows)
     if is_exported(source):
@@ -69,14 +71,35 @@ def compress_chain(
         before = (teacher.records[name].metrics or {}).get("validation", {}).get(metric, float("nan"))
         after = (record.metrics or {}).get("validation", {}).get(metric, float("nan"))
         rows.append({"task": name, "metric": metric, "teacher (val)": f"{before:.4f}", "student (val)": f"{after:.4f}"})
-    if not int8:
+    if not int8 and not fp16:
         with building_folder(out, overwrite) as target:
             student.save_pretrained(target)
         return Compressed(steps, rows)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.student.", dir=out.parent if out.parent.exists() else None))
-    try:
+    with _staging(out, "student") as staging:
         student.save_pretrained(staging / "chain")
-        manifest = quantize_int8(staging / "chain", out, overwrite=overwrite)
+        manifest = _weights(staging / "chain", out, int8=int8, fp16=fp16, overwrite=overwrite)
+    return Compressed(manifest.steps, rows)
+
+
+def _weights(source: Path, out: Path, *, int8: bool, fp16: bool, overwrite: bool) -> ExportManifest:
+    """The export of ``source`` (a chain or an exported folder) with int8 weights, fp16 storage, or both, at ``out``."""
+    from finechain.export.half import store_fp16
+    from finechain.export.quantize import quantize_int8
+
+    if not (int8 and fp16):
+        return quantize_int8(source, out, overwrite=overwrite) if int8 else store_fp16(source, out, overwrite=overwrite)
+    refuse_existing(out, overwrite)
+    with _staging(out, "int8") as staging:
+        quantize_int8(source, staging / "int8")
+        return store_fp16(staging / "int8", out, overwrite=overwrite)
+
+
+@contextmanager
+def _staging(out: Path, what: str) -> Iterator[Path]:
+    """A scratch folder beside ``out`` (so that flows naming other chains by relative path still find them), removed
+    afterwards."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{what}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Compressed(manifest.steps, rows)
