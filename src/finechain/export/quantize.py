@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from finechain.errors import FinechainError, short_reason
 from finechain.export.checks import compare_outputs
@@ -56,14 +57,34 @@ def _quantize(source: Path, target: Path) -> None:
     """ONNX Runtime's dynamic int8 quantization of every MatMul's weights (embedding tables stay fp32: quantizing
     them costs accuracy and saves no time)."""
     try:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise FinechainError("onnxruntime (with its quantization tools) is not installed", fix="pip install onnxruntime onnx") from None
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph goes to the root logger
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        model = _direct_weights(onnx.load(str(source)))
+        quantize_dynamic(model, str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
     except Exception as error:  # onnx and onnxruntime raise many types
         raise FinechainError(f"quantization failed ({short_reason(error)})", file=source, fix="export the chain again") from None
     finally:
         logging.getLogger().setLevel(quiet)
+
+
+def _direct_weights(model: Any) -> Any:
+    """``model`` with each node that read a weight through an ``Identity`` reading the weight itself. The exporter
+    writes a weight that several tasks' layers share (frozen branches are the backbone's own layers) once, and the
+    others reach it through ``Identity`` nodes, which the quantizer does not follow: those products stayed fp32."""
+    weights = {t.name for t in model.graph.initializer}
+    returned = {o.name for o in model.graph.output}
+    identities = [n for n in model.graph.node if n.op_type == "Identity" and n.input[0] in weights]
+    alias = {n.output[0]: n.input[0] for n in identities if n.output[0] not in returned}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
