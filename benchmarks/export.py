@@ -1,5 +1,6 @@
 """Export and compression: the sharing benchmark's four-task chain (joint trunk, split 4) run by PyTorch (fp32 and the
-machine's default precision), by ONNX Runtime from ``finechain export`` (fp32) and from ``finechain compress`` (int8):
+machine's default precision), by ONNX Runtime from ``finechain export`` (fp32) and from ``finechain compress`` (int8,
+fp16 storage, both):
 per task the metric, per variant the artifact size, CPU throughput at batch 1 and 32 and latency at batch 1.
 
     python -m benchmarks export [--quick] [--train-examples 2000] [--epochs 3] [--eval-limit 1000] [--students 3+1,2+1]
@@ -24,6 +25,7 @@ from benchmarks.common import Recorder
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TrainingConfig
 from finechain.data.prepare import load_task_data
+from finechain.export.half import store_fp16
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.heads import head_type
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     chain.save_pretrained(work / "chain", copy_backbone=True)
     export_onnx(chain, work / "onnx")
     quantize_int8(work / "onnx", work / "int8")
+    store_fp16(work / "onnx", work / "half")
+    store_fp16(work / "int8", work / "int8-half")
     students = {}
     for shape in filter(None, args.students.split(",")):
         trunk_layers, branch_layers = (int(x) for x in shape.split("+"))
@@ -98,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         f"PyTorch, the machine's default ({default})": (Engine(chain.model, precision="auto"), folder_mb(work / "chain")),
         "ONNX Runtime fp32 (finechain export)": (Engine(ExportedChain(work / "onnx")), folder_mb(work / "onnx")),
         "ONNX Runtime int8 (finechain compress --int8)": (Engine(ExportedChain(work / "int8")), folder_mb(work / "int8")),
+        "ONNX Runtime fp32, fp16 storage (finechain compress --fp16)": (Engine(ExportedChain(work / "half")), folder_mb(work / "half")),
+        "ONNX Runtime int8, fp16 storage (compress --int8 --fp16)": (
+            Engine(ExportedChain(work / "int8-half")),
+            folder_mb(work / "int8-half"),
+        ),
     }
     for shape, (student, folder, seconds) in students.items():
         trunk_layers, branch_layers = shape.split("+")
