@@ -51,6 +51,7 @@ SUITE_TITLES = {
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
+    "snips_chain_e5": "SNIPS intent + slots: the chain at the default 5 epochs (CPU)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "serve_onnx": "Serving the ONNX export: finechain serve on an exported folder under concurrent clients (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
@@ -691,7 +692,7 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
 SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "robustness", "update"]
-SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "serve_onnx", "export", "snips"]
+SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "serve_onnx", "export", "snips", "snips_chain_e5"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
