@@ -139,14 +139,20 @@ class ChainService:
     def load(self) -> Loaded:
         """Load (and warm up) the chain now, in this thread: a chain that does not load fails here, with its one-line
         error, before any port is opened. :meth:`start` then uses it."""
-        torch.set_num_threads(self.settings.threads_per_process)
+        self._set_threads()
         self.current = self._load()
         return self.current
+
+    def _set_threads(self) -> None:
+        """PyTorch's CPU threads: as set, or the cores shared out among several workers (one worker: PyTorch's own
+        default)."""
+        if self.settings.threads or self.settings.workers > 1:
+            torch.set_num_threads(self.settings.threads_per_process)
 
     async def start(self) -> None:
         """Load the chain (unless :meth:`load` did), start the batcher, and watch the folder for new versions."""
         if self.current is None:
-            torch.set_num_threads(self.settings.threads_per_process)
+            self._set_threads()
             self.current = await asyncio.get_running_loop().run_in_executor(self._loader, self._load)
         self.batcher.start()
         self.metrics.ready.set(1)
