@@ -5,17 +5,13 @@ norms). Outputs are checked against the graph it came from."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from finechain.errors import FinechainError, short_reason
-from finechain.export.checks import compare_outputs
-from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, is_exported, read_export_manifest
-from finechain.io import building_folder, write_json
-from finechain.spec.flows import FlowSpec, rebased_json
+from finechain.export.rewrite import rewritten_export
+from finechain.inference.exported import ExportManifest
 
 FP16_STEP = "fp16 storage: float weights stored as fp16, cast to fp32 when ONNX Runtime loads the graph"
 FP16_MAX = 65504.0  # the largest finite fp16: a tensor with a larger value stays fp32
@@ -32,31 +28,21 @@ def store_fp16(source: str | Path, out: str | Path, overwrite: bool = False) -> 
         >>> store_fp16("demo-onnx", "demo-fp16").weights  # doctest: +SKIP
         'fp32, fp16 storage'
     """
-    source = Path(source)
-    with building_folder(out, overwrite) as target:
-        before = source
-        if not is_exported(source):
-            from finechain.export.onnx import export_onnx  # a chain folder: PyTorch is needed for this step only
+    return rewritten_export(
+        source,
+        out,
+        rewrite=_halve,
+        check=_not_halved,
+        weights=lambda weights: f"{weights}, fp16 storage",
+        step=FP16_STEP,
+        adds_up=True,
+        overwrite=overwrite,
+    )
 
-            before = target / ".fp32"  # exported first, removed before the folder is put in place
-            export_onnx(source, before)
-        manifest = read_export_manifest(before)
-        if "fp16" in manifest.weights:
-            raise FinechainError(f"{source} already stores its weights as fp16", fix="give the folder it was made from")
-        shutil.copy2(before / manifest.tokenizer, target / manifest.tokenizer)
-        _halve(before / manifest.graph, target / manifest.graph)
-        flows_json = rebased_json([FlowSpec.model_validate(f) for f in manifest.flows], before, out)  # other chains named from out
-        update = {"weights": f"{manifest.weights}, fp16 storage", "steps": [*manifest.steps, FP16_STEP], "flows": flows_json}
-        manifest = manifest.model_copy(update=update, deep=True)
-        write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        names = list(manifest.tasks)
-        changes = compare_outputs(Engine(ExportedChain(before)), target, names)
-        for name in names:
-            manifest.tasks[name].max_abs_diff = (manifest.tasks[name].max_abs_diff or 0.0) + changes[name]
-        write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        if before != source:
-            shutil.rmtree(before)
-    return manifest
+
+def _not_halved(source: Path, weights: str) -> None:
+    if "fp16" in weights:
+        raise FinechainError(f"{source} already stores its weights as fp16", fix="give the folder it was made from")
 
 
 def _halve(source: Path, target: Path) -> None:

@@ -4,16 +4,12 @@ int8 per output channel, activations quantized on the fly), checked against the 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from finechain.errors import FinechainError, short_reason
-from finechain.export.checks import compare_outputs
-from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, is_exported, read_export_manifest
-from finechain.io import building_folder, write_json
-from finechain.spec.flows import FlowSpec, rebased_json
+from finechain.export.rewrite import rewritten_export
+from finechain.inference.exported import ExportManifest
 
 INT8_STEP = "int8: dynamic quantization of MatMul weights, per channel (ONNX Runtime)"
 
@@ -27,30 +23,14 @@ def quantize_int8(source: str | Path, out: str | Path, overwrite: bool = False) 
         >>> quantize_int8("demo-onnx", "demo-int8").weights  # doctest: +SKIP
         'int8'
     """
-    source = Path(source)
-    with building_folder(out, overwrite) as target:
-        fp32 = source
-        if not is_exported(source):
-            from finechain.export.onnx import export_onnx  # a chain folder: PyTorch is needed for this step only
+    return rewritten_export(
+        source, out, rewrite=_quantize, check=_fp32_only, weights=lambda _: "int8", step=INT8_STEP, adds_up=False, overwrite=overwrite
+    )
 
-            fp32 = target / ".fp32"  # exported first, removed before the folder is put in place
-            export_onnx(source, fp32)
-        manifest = read_export_manifest(fp32)
-        if manifest.weights != "fp32":
-            raise FinechainError(f"{source} already has {manifest.weights} weights", fix="quantize the fp32 export")
-        shutil.copy2(fp32 / manifest.tokenizer, target / manifest.tokenizer)
-        _quantize(fp32 / manifest.graph, target / manifest.graph)
-        flows_json = rebased_json([FlowSpec.model_validate(f) for f in manifest.flows], fp32, out)  # other chains named from out
-        manifest = manifest.model_copy(update={"weights": "int8", "steps": [*manifest.steps, INT8_STEP], "flows": flows_json})
-        write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        names = list(manifest.tasks)
-        changes = compare_outputs(Engine(ExportedChain(fp32)), target, names)
-        for name in names:
-            manifest.tasks[name].max_abs_diff = changes[name]
-        write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        if fp32 != source:
-            shutil.rmtree(fp32)
-    return manifest
+
+def _fp32_only(source: Path, weights: str) -> None:
+    if weights != "fp32":
+        raise FinechainError(f"{source} already has {weights} weights", fix="quantize the fp32 export")
 
 
 def _quantize(source: Path, target: Path) -> None:
