@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from finechain import Chain
+from finechain.data.batching import pad_ids
 from finechain.export.onnx import export_onnx
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest
@@ -89,6 +90,41 @@ def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() ->
     assert torch.allclose(two - unlabelled, torch.nn.functional.cross_entropy(logits[:2], inputs.targets[:2]))
 
 
+def test_hidden_state_loss_adds_the_gap_to_the_teacher_trunk_over_real_tokens() -> None:
+    class Tail(torch.nn.Module):  # outputs the mean state as two logits
+        head = type("H", (), {"loss": "cross_entropy"})()
+
+        def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return states.mean(1)[:, :2]
+
+    states, target = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    inputs = StepInputs(states, mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]))
+    plain = Distillation(torch.randn(2, 2), labelled=0).loss(Tail(), inputs)
+    hidden = Distillation(torch.randn(2, 2), labelled=0, hidden_weight=2.0, teacher_states=lambda i: target[i])
+    real = mask.bool()
+    gap = ((states[real] - target[real]) ** 2).mean()  # padding positions do not count
+    soft = Distillation(hidden.teacher, labelled=0).loss(Tail(), inputs)
+    assert torch.allclose(hidden.loss(Tail(), inputs) - soft, 2.0 * gap) and plain.shape == gap.shape
+    with pytest.raises(ValueError, match="teacher_states"):
+        Distillation(torch.zeros(2, 2), labelled=0, hidden_weight=1.0)
+
+
+def test_hidden_state_distillation_brings_the_student_trunk_closer_to_the_teacher(teacher: tuple[Chain, dict]) -> None:
+    chain, data = teacher
+    ids, mask = (t.to(chain.model.device) for t in pad_ids(chain.model.encode(data["sent"].validation.texts)[0], chain.model.pad_id))
+    with torch.no_grad():
+        target = chain.model.trunk_states(ids, mask)[-1]
+
+    def gap(weight: float) -> float:
+        student = chain.distil(1, 1, data=data, training=TRAINING, epochs=4, trunk_learning_rate=1e-3, hidden_weight=weight, progress=False)
+        assert student.model.compression["hidden_weight"] == weight
+        with torch.no_grad():
+            return float(((student.model.trunk_states(ids, mask)[-1] - target)[mask.bool()] ** 2).mean())
+
+    assert gap(10.0) < 0.8 * gap(0.0)
+
+
 @pytest.fixture
 def trained(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
     """A frozen-trunk chain trained with the CLI, its backbone copied in."""
@@ -108,12 +144,13 @@ def test_cli_compress_to_a_student_then_to_int8(
 ) -> None:
     (tmp_path / "more.txt").write_text("alice met bob\nvery good music\nweak plot\n")
     args = ["compress", str(trained), "--out", str(tmp_path / "s"), "--trunk-layers", "1", "--texts", str(tmp_path / "more.txt")]
-    code, out, err = cli([*args, "--epochs", "1", "-q"], monkeypatch, capsys)
+    code, out, err = cli([*args, "--epochs", "1", "--hidden-weight", "0.5", "-q"], monkeypatch, capsys)
     assert code == 0, err
     assert "student: trunk layers [1] of 2, branch layers [0, 1] of 2, distilled" in " ".join(out.split())
     assert "teacher (val)" in out and "student (val)" in out
     manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
     assert manifest["layers"] == [1, 2, 3] and manifest["compression"]["unlabelled_texts"] == 3
+    assert manifest["compression"]["hidden_weight"] == 0.5
     assert manifest["backbone"]["kind"] == "copied" and (tmp_path / "s" / "backbone").is_dir()
     shutil.rmtree(trained)  # the student stands alone: its backbone was copied along with it
     code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)

@@ -343,7 +343,7 @@ class Chain:
         branch, each started from this chain's layer at the same relative depth, then distilled over every task's
         training texts (read again from the files its record names, or given as ``data``) and the unlabelled
         ``texts``. ``options`` go to :func:`finechain.train.distill.distill` (``epochs``, ``temperature``,
-        ``hard_weight``, ``trunk_learning_rate``, ``run_dir``, ``resume``, ``progress``, ``hooks``).
+        ``hard_weight``, ``hidden_weight``, ``trunk_learning_rate``, ``run_dir``, ``resume``, ``progress``, ``hooks``).
 
         Example:
             >>> student = Chain.from_pretrained("my-chain").distil(3, 1)  # doctest: +SKIP

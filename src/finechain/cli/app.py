@@ -477,6 +477,9 @@ def compress(
     epochs: Annotated[int, typer.Option(min=1, max=1000, help="distillation epochs")] = 3,
     temperature: Annotated[float, typer.Option(min=0.01, help="softening of the teacher's outputs")] = 2.0,
     hard_weight: Annotated[float, typer.Option(min=0.0, help="weight of the gold labels' loss next to the teacher's")] = 0.5,
+    hidden_weight: Annotated[
+        float, typer.Option(min=0.0, help="weight of matching the teacher trunk's output (hidden-state distillation; 0 = off)")
+    ] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
@@ -501,6 +504,7 @@ def compress(
         epochs=epochs,
         temperature=temperature,
         hard_weight=hard_weight,
+        hidden_weight=hidden_weight,
     )
     table = Table(title=f"compressed to {out_dir!s} ({'; '.join(done.steps)})", box=None)
     for column in done.rows[0] if done.rows else ():

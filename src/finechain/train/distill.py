@@ -9,18 +9,20 @@ student kept is the one that scores best, not the one closest to the teacher.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from finechain.data.batching import pad_ids
 from finechain.data.prepare import TaskData
 from finechain.errors import FinechainError
 from finechain.heads import head_type
 from finechain.model.chain_model import ChainModel
 from finechain.model.losses import IGNORE
+from finechain.model.precision import autocast_context
 from finechain.spec import JointConfig, TaskSpec, TrainingConfig
 from finechain.train.checkpoint import run_folder
 from finechain.train.features import TrunkFeatures
@@ -52,6 +54,23 @@ def teacher_outputs(teacher: ChainModel, task: str, ids: list[list[int]], traini
     return torch.from_numpy(out)
 
 
+def teacher_trunk(teacher: ChainModel, ids: list[list[int]], precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function giving the teacher trunk's output for examples of ``ids`` (by index), padded as a training batch of
+    them is: the targets of hidden-state distillation, computed when a batch asks (no gradient, nothing stored).
+
+    Example:
+        >>> teacher_trunk(teacher, ids, "auto")(torch.tensor([0, 1])).shape  # doctest: +SKIP
+        torch.Size([2, 12, 384])
+    """
+
+    def states(indices: torch.Tensor) -> torch.Tensor:
+        input_ids, mask = (t.to(teacher.device) for t in pad_ids([ids[i] for i in indices.tolist()], teacher.pad_id))
+        with torch.no_grad(), autocast_context(teacher.device, precision):  # no_grad, not inference_mode: a loss target
+            return teacher.trunk_states(input_ids, mask)[-1]
+
+    return states
+
+
 def _padded_targets(targets: np.ndarray, extra: int, width: int) -> torch.Tensor:
     """Gold targets with ``extra`` rows for unlabelled texts (never read: the objective skips them), token-level
     targets widened to ``width`` tokens."""
@@ -73,6 +92,7 @@ def distill(
     epochs: int = 3,
     temperature: float = 2.0,
     hard_weight: float = 0.5,
+    hidden_weight: float = 0.0,
     trunk_learning_rate: float = 5e-5,
     run_dir: str | Path | None = None,
     resume: bool = False,
@@ -80,8 +100,10 @@ def distill(
     hooks: Sequence[Hook] = (),
 ) -> tuple[dict[str, Any], dict[str, FitResult]]:
     """Train ``student`` (its trunk and every task's tail) on ``teacher``'s outputs over each task's training texts
-    and the unlabelled ``texts``; keep the check with the best mean validation score. Returns the trunk's entry (what
-    was done, for the manifest) and each task's :class:`FitResult` (tails attached to ``student`` already).
+    and the unlabelled ``texts``; keep the check with the best mean validation score. With ``hidden_weight`` the
+    student's trunk also learns the teacher trunk's output (hidden-state distillation, see :class:`Distillation`).
+    Returns the trunk's entry (what was done, for the manifest) and each task's :class:`FitResult` (tails attached to
+    ``student`` already).
 
     Example:
         >>> trunk, results = distill(teacher, student_of(teacher, 3, 1), specs, datas, TrainingConfig())  # doctest: +SKIP
@@ -90,6 +112,8 @@ def distill(
     """
     if temperature <= 0:
         raise FinechainError(f"temperature {temperature} is not positive", field="temperature", fix="use a value such as 2")
+    if hidden_weight < 0:
+        raise FinechainError(f"hidden_weight {hidden_weight} is negative", field="hidden_weight", fix="use 0 (off) or a value such as 1")
     torch.manual_seed(training.seed)
     teacher.eval()
     extra_ids, _ = student.encode(list(texts)) if texts else ([], None)
@@ -103,14 +127,16 @@ def distill(
         soft = teacher_outputs(teacher, spec.name, all_ids, training).to(student.device)
         gold = task.head.targets(data.train.labels, words)
         targets = _padded_targets(gold, len(extra_ids), soft.shape[1] if soft.dim() == 3 else 0).to(student.device)
-        objective = Distillation(soft, len(ids), temperature, hard_weight)
+        hidden = teacher_trunk(teacher, all_ids, training.precision) if hidden_weight else None
+        objective = Distillation(soft, len(ids), temperature, hard_weight, hidden_weight, hidden)
         metric = spec.metric or task.head.selection_metric(data.train.labels)
         val_targets = task.head.targets(data.validation.labels, val_words)
         jobs.append(JointJob(spec, data, task.train(), metric, all_ids, targets, val_ids, val_targets, objective))
     joint = JointConfig(epochs=epochs, trunk_learning_rate=trunk_learning_rate, refine_epochs=0)
     identity = [
         {"teacher": [teacher.layer_ids, sorted(teacher.tasks)], "student": student.layer_ids},
-        {"texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "temperature": temperature, "hard_weight": hard_weight},
+        {"texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "temperature": temperature, "hard_weight": hard_weight}
+        | ({"hidden_weight": hidden_weight} if hidden_weight else {}),  # (a run from before the option still resumes)
     ]
     with run_folder(run_dir, "finechain-distill-") as run_path:
         trunk, best_epoch = train_jobs(
@@ -119,5 +145,6 @@ def distill(
     results = {job.spec.name: score_tail(student, job, training, best_epoch) for job in jobs}
     for name, result in results.items():
         student.attach(name, result.tail)
-    trunk |= {"distillation": {"temperature": temperature, "hard_weight": hard_weight, "unlabelled_texts": len(texts)}}
+    done = {"temperature": temperature, "hard_weight": hard_weight, "hidden_weight": hidden_weight, "unlabelled_texts": len(texts)}
+    trunk |= {"distillation": done}
     return trunk, results

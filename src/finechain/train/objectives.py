@@ -3,6 +3,7 @@ from a teacher's outputs, adversarial steps, contrastive few-shot tuning) are ob
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
@@ -59,16 +60,31 @@ class Distillation:
     ``teacher`` holds the teacher's outputs of every example: ``[examples, labels]``, or for token-level heads
     ``[examples, tokens, labels]`` padded to the longest.
 
+    Hidden-state distillation (``hidden_weight`` > 0, with ``teacher_states``): plus ``hidden_weight`` times the mean
+    squared gap between the trunk states the tail reads (the student trunk's output) and ``teacher_states(indices)``,
+    the teacher trunk's output for the batch's examples padded alike, over the real tokens.
+
     Example:
         >>> objective = Distillation(torch.zeros(4, 2), labelled=4)
-        >>> objective.temperature, objective.hard_weight
-        (2.0, 0.5)
+        >>> objective.temperature, objective.hard_weight, objective.hidden_weight
+        (2.0, 0.5, 0.0)
     """
 
     graph_safe: ClassVar[bool] = False  # picks the labelled rows of each batch on the host
 
-    def __init__(self, teacher: torch.Tensor, labelled: int, temperature: float = 2.0, hard_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        teacher: torch.Tensor,
+        labelled: int,
+        temperature: float = 2.0,
+        hard_weight: float = 0.5,
+        hidden_weight: float = 0.0,
+        teacher_states: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if hidden_weight and teacher_states is None:
+            raise ValueError("hidden_weight needs teacher_states: the teacher trunk's output for a batch's examples")
         self.teacher, self.labelled, self.temperature, self.hard_weight = teacher, labelled, temperature, hard_weight
+        self.hidden_weight, self.teacher_states = hidden_weight, teacher_states
 
     def loss(self, task: TaskModel, inputs: StepInputs) -> torch.Tensor:
         """Soft loss against the teacher, plus the weighted gold loss of the batch's labelled rows."""
@@ -81,6 +97,11 @@ class Distillation:
             rows = inputs.indices < self.labelled
             if bool(rows.any()):
                 loss = loss + self.hard_weight * task.loss(logits[rows], inputs.targets[rows])
+        if self.hidden_weight and self.teacher_states is not None:
+            student = inputs.states[-1] if isinstance(inputs.states, list) else inputs.states
+            real = inputs.mask.bool()
+            target = self.teacher_states(inputs.indices).to(student.device)
+            loss = loss + self.hidden_weight * torch.nn.functional.mse_loss(student[real].float(), target[real].float())
         return loss
 
 
