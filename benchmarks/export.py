@@ -6,7 +6,8 @@ per task the metric, per variant the artifact size, CPU throughput at batch 1 an
     python -m benchmarks export [--quick] [--train-examples 2000] [--epochs 3] [--eval-limit 1000] [--students 3+1,2+1]
 
 Students (``Chain.distil``, as ``finechain compress --trunk-layers``) are distilled from the chain over the same
-training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports.
+training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports. A student written
+``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``).
 
 Metrics are on the first ``--eval-limit`` examples of the SST-2 dev and the AG News / Banking77 / CoNLL-2003 test
 files (the same for every variant); speed on a fixed mix of 256 short and long texts, all four tasks per text.
@@ -33,6 +34,18 @@ from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
+
+
+def student_shape(shape: str) -> tuple[int, int, float]:
+    """``"3+1"`` -> 3 trunk layers, 1 per branch, no hidden-state loss; ``"3+1h1"``: hidden-state weight 1.
+
+    Example:
+        >>> student_shape("3+1"), student_shape("3+1h0.5")
+        ((3, 1, 0.0), (3, 1, 0.5))
+    """
+    layers, _, hidden = shape.partition("h")
+    trunk, branch = (int(x) for x in layers.split("+"))
+    return trunk, branch, float(hidden or 0)
 
 
 def folder_mb(folder: Path) -> float:
@@ -81,13 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     store_fp16(work / "int8", work / "int8-half")
     students = {}
     for shape in filter(None, args.students.split(",")):
-        trunk_layers, branch_layers = (int(x) for x in shape.split("+"))
+        trunk_layers, branch_layers, hidden = student_shape(shape)
         started = time.perf_counter()
-        student = chain.distil(trunk_layers, branch_layers, data=datas, training=training, epochs=args.epochs, progress=False)
+        student = chain.distil(
+            trunk_layers, branch_layers, data=datas, training=training, epochs=args.epochs, hidden_weight=hidden, progress=False
+        )
         seconds = time.perf_counter() - started
-        folder = work / f"student-{trunk_layers}-{branch_layers}"
+        folder = work / f"student-{shape}"
         student.save_pretrained(folder)
-        quantize_int8(folder, work / f"student-{trunk_layers}-{branch_layers}-int8")
+        quantize_int8(folder, work / f"student-{shape}-int8")
         students[shape] = (student, folder, seconds)
         print(f"student {shape}: distilled in {seconds:.0f} s", flush=True)
     pool = [
@@ -109,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         ),
     }
     for shape, (student, folder, seconds) in students.items():
-        trunk_layers, branch_layers = shape.split("+")
+        trunk_layers, branch_layers, hidden = student_shape(shape)
         name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
+        name += f", hidden states (weight {hidden:g})" if hidden else ""
         variants[f"{name}, PyTorch fp32"] = (Engine(student.model, precision="fp32"), folder_mb(folder))
         int8_folder = Path(f"{folder}-int8")
         variants[f"{name}, ONNX Runtime int8"] = (Engine(ExportedChain(int8_folder)), folder_mb(int8_folder))
