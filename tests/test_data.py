@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from finechain.data.batching import length_batches, pad_ids
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples, read_texts
-from finechain.data.tokens import CPU_PADDING, CPU_ROWS_BEFORE_CUT, GPU_TOKENS_PER_ROW, inference_batches
+from finechain.data.tokens import CPU_PASS_TOKENS, GPU_TOKENS_PER_ROW, cheapest_runs, inference_batches
 from finechain.errors import DataError
 from finechain.heads import head_type
 from finechain.spec import TaskSpec
@@ -85,15 +86,35 @@ def test_cpu_inference_batches_keep_similar_lengths_together() -> None:
     """A server's merged batch mixes short and long texts: on CPU the short ones are not padded to the long ones."""
     mixed = [12, 80, 14, 75, 10, 90, 11, 85, 13, 70, 12, 95, 15, 88, 10, 77, 14, 82]
     batches = inference_batches(mixed, 64, "cpu")
-    assert [sorted(mixed[i] for i in b) for b in batches] == [[10, 10, 11, 12, 12, 13, 14, 14, 15], [70, 75, 77, 80, 82, 85, 88, 90, 95]]
+    assert sorted(mixed[i] for i in batches[0]) == [10, 10, 11, 12, 12, 13, 14, 14, 15]  # the short ones together
+    assert all(min(mixed[i] for i in b) >= 70 for b in batches[1:])  # and no long one with them
     lengths = [(i * 7) % 300 + 1 for i in range(2000)]
     cpu = inference_batches(lengths, 16, torch.device("cpu"))
     assert sorted(i for b in cpu for i in b) == list(range(2000)) and max(len(b) for b in cpu) == 16
-    for batch in cpu:
-        widths = [lengths[i] for i in batch]
-        assert widths == sorted(widths)
-        assert len(batch) <= CPU_ROWS_BEFORE_CUT or len(batch) * widths[-1] <= (1 + CPU_PADDING) * sum(widths)
+    assert all([lengths[i] for i in batch] == sorted(lengths[i] for i in batch) for batch in cpu)
     assert inference_batches([5, 1, 4, 2], 2, "cpu") == length_batches([5, 1, 4, 2], 2, shuffle=False)  # equal lengths: as before
+    assert sorted(len(b) for b in inference_batches([30] * 100, 64, "cpu")) == [36, 64]  # no padding to save: fewest passes
+
+
+def test_cpu_batches_are_the_cheapest_cut() -> None:
+    """Against every way of cutting the sorted rows into runs: none costs less (a pass, plus its padded tokens)."""
+
+    def cost(widths: list[int], runs: list[tuple[int, int]]) -> float:
+        return sum(CPU_PASS_TOKENS + (b - a) * widths[b - 1] for a, b in runs)
+
+    generator = random.Random(0)
+    for _ in range(200):
+        widths = sorted(generator.choice([generator.randint(3, 20), generator.randint(20, 128)]) for _ in range(generator.randint(1, 9)))
+        size = generator.randint(1, 6)
+        found = cheapest_runs(widths, size)
+        assert [i for a, b in found for i in range(a, b)] == list(range(len(widths))) and all(b - a <= size for a, b in found)
+        every = []
+        for mask in range(2 ** (len(widths) - 1)):  # a cut after row k where bit k is set
+            ends = [k + 1 for k in range(len(widths) - 1) if mask >> k & 1] + [len(widths)]
+            runs = list(zip([0, *ends[:-1]], ends, strict=True))
+            if all(b - a <= size for a, b in runs):
+                every.append(cost(widths, runs))
+        assert cost(widths, found) == min(every)
 
 
 def test_gpu_inference_batches_grow_within_a_token_budget() -> None:

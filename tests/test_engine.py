@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from finechain import Chain
+from finechain.data.tokens import inference_batches
 from finechain.heads import ClassPrediction, EntitiesPrediction, LabelsPrediction, ValuePrediction, head_type
 from finechain.inference import Engine
 
@@ -86,7 +87,11 @@ def test_one_forward_pass_serves_rows_of_many_requests_each_with_its_own_tasks(m
     monkeypatch.setattr(mixed.model.trunk.embeddings, "forward", count("trunk", trunk_forward))
     monkeypatch.setattr(mixed.tasks["score"], "forward", count("score", tail_forward))
     outputs = engine.forward(rows)
-    assert calls == {"trunk": 1, "score": 1}  # one batch: the trunk once; a tail one request asked for, once
+    batches = inference_batches([len(row.ids) for row in rows], engine.batch_size, "cpu")  # the long text's windows apart
+    owner = [i for i, p in enumerate(prepared) for _ in p.rows]
+    assert any(len({owner[r] for r in batch}) > 1 for batch in batches)  # a pass holds rows of several requests
+    with_score = [batch for batch in batches if any("score" in rows[r].tasks for r in batch)]
+    assert calls == {"trunk": len(batches), "score": len(with_score)}  # the trunk once per batch; a tail only where asked
     assert {name for out in outputs for name in out} == {"sent", "tags", "score", "ner"}
     assert set(outputs[2]) == {"ner", "score"} and set(outputs[0]) == {"sent"}  # each row only has what it asked for
     start = 0

@@ -3,6 +3,7 @@ PyTorch): an exported chain prepares its inputs with this module too."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,19 +168,49 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, chunk: int = 204
 
 
 GPU_TOKENS_PER_ROW = 256  # on a GPU an inference batch holds up to batch_size * this many tokens (short texts: more rows)
-CPU_PADDING = 0.25  # on a CPU a batch of 8 or more rows stops before padding would add more than this share of tokens
-CPU_ROWS_BEFORE_CUT = 8  # ... but a smaller batch is kept whole: per-batch overhead outweighs the padding there
+# On a CPU one more PyTorch pass costs about as much as this many more tokens computed (padding included): the
+# four-task chain of the serving benchmark, one thread, ran a pass in ~25 ms + 0.7 ms per padded token (37 tokens)
+# (`python -m benchmarks pass-cost`, docs/benchmarks.md). An exported chain's runner says its own (ONNX Runtime: ~5).
+CPU_PASS_TOKENS = 40
 
 
-def inference_batches(lengths: list[int], batch_size: int, device: Any) -> list[list[int]]:
+def cheapest_runs(widths: Sequence[int], batch_size: int, pass_tokens: float = CPU_PASS_TOKENS) -> list[tuple[int, int]]:
+    """Cut ascending ``widths`` into runs ``(start, end)`` of at most ``batch_size`` rows that cost the least to compute
+    on a CPU, a run costing ``pass_tokens`` plus its rows times its widest row (exact, by dynamic programming).
+
+    Example:
+        >>> cheapest_runs([10] * 8 + [100] * 8, 64)  # not 8 short rows padded to 100
+        [(0, 8), (8, 16)]
+        >>> cheapest_runs([10, 11, 12, 13], 64)  # similar widths: one pass
+        [(0, 4)]
+    """
+    n = len(widths)
+    width = np.asarray(widths, dtype=np.float64)
+    best = np.zeros(n + 1)  # best[k]: the cheapest cost of the first k rows
+    start = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        first = np.arange(max(0, end - batch_size), end)
+        cost = best[first] + pass_tokens + (end - first) * width[end - 1]
+        pick = int(np.argmin(cost))  # of equal costs, the longest run
+        best[end], start[end] = cost[pick], first[pick]
+    runs: list[tuple[int, int]] = []
+    end = n
+    while end:
+        runs.append((int(start[end]), end))
+        end = int(start[end])
+    return runs[::-1]
+
+
+def inference_batches(lengths: list[int], batch_size: int, device: Any, pass_tokens: float = CPU_PASS_TOKENS) -> list[list[int]]:
     """Batches for inference passes, shortest texts first (``device``: a ``torch.device`` or its type's name).
 
-    On CPU, where time grows with every token computed, padding included, a batch holds up to ``batch_size`` texts
-    but is cut earlier when padding to its longest text would add more than ``CPU_PADDING`` of its real tokens (once
-    it has ``CPU_ROWS_BEFORE_CUT`` texts): rows of similar length stay together, so a mix of short and long texts (many
-    clients' requests in a server) does not pay for the longest one on every row. On a GPU, where a small batch is all
-    host overhead, a batch grows past ``batch_size`` texts while its padded size stays within ``batch_size *
-    GPU_TOKENS_PER_ROW`` tokens.
+    On CPU, where time grows with every token computed, padding included, texts sorted by length are cut into the
+    batches of at most ``batch_size`` that cost the least (:func:`cheapest_runs`, a pass costing ``pass_tokens``):
+    rows of similar length stay together, so a mix of short and long texts (many clients' requests in a server) does
+    not pay for the longest one on every row, while a batch is not split where one more pass would cost more than the
+    padding it saves. On a GPU,
+    where a small batch is all host overhead, a batch grows past ``batch_size`` texts while its padded size stays
+    within ``batch_size * GPU_TOKENS_PER_ROW`` tokens.
 
     Example:
         >>> inference_batches([5, 1, 4, 2], 2, "cpu")
@@ -190,19 +221,10 @@ def inference_batches(lengths: list[int], batch_size: int, device: Any) -> list[
         [8, 8]
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if getattr(device, "type", device) != "cuda":
+        return [order[a:b] for a, b in cheapest_runs([lengths[i] for i in order], batch_size, pass_tokens)]
     batches: list[list[int]] = []
     current: list[int] = []
-    if getattr(device, "type", device) != "cuda":
-        tokens = 0
-        for i in order:
-            padded = (len(current) + 1) * lengths[i]
-            wasteful = len(current) >= CPU_ROWS_BEFORE_CUT and padded > (1 + CPU_PADDING) * (tokens + lengths[i])
-            if current and (len(current) >= batch_size or wasteful):
-                batches.append(current)
-                current, tokens = [], 0
-            current.append(i)
-            tokens += lengths[i]
-        return [*batches, current] if current else batches
     budget = batch_size * GPU_TOKENS_PER_ROW
     # shortest first: the newest row is the widest, so a batch's padded size is its rows times that row's length
     for i in order:

@@ -103,6 +103,8 @@ class Runner(Protocol):
     @property
     def device_type(self) -> str: ...
 
+    pass_tokens: float  # on a CPU, what one more pass costs in tokens computed (how mixed lengths are cut into batches)
+
     def run(
         self,
         input_ids: np.ndarray,
@@ -183,7 +185,8 @@ class Engine:
     # stage 2 ----------------------------------------------------------------------------------
     def _batches(self, ids: Sequence[list[int]], live: list[int]) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
         """Length-bucketed batches of the sequences at ``live``: (their indices, padded ids, mask)."""
-        for batch in inference_batches([len(ids[i]) for i in live], self.batch_size, self.runner.device_type):
+        lengths = [len(ids[i]) for i in live]
+        for batch in inference_batches(lengths, self.batch_size, self.runner.device_type, self.runner.pass_tokens):
             indices = [live[b] for b in batch]
             yield (indices, *pad_rows([ids[i] for i in indices], self.model.pad_id))
 

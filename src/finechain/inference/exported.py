@@ -171,6 +171,10 @@ class ExportedChain:
 class OnnxRunner:
     """Runs padded token batches through the exported graph: every requested task's output in one session call."""
 
+    # what one more session call costs, in tokens computed: ~1.9 ms vs 0.35 ms per padded token for the four-task
+    # chain on one thread (`python -m benchmarks pass-cost --backend onnx`); PyTorch's is ~40 (data.tokens)
+    pass_tokens = 5.0
+
     def __init__(self, chain: ExportedChain) -> None:
         self.chain = chain
 

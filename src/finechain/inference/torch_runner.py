@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from finechain.data.batching import index_tensor
+from finechain.data.tokens import CPU_PASS_TOKENS
 from finechain.model.chain_model import ChainModel
 from finechain.model.precision import autocast_context
 
@@ -26,6 +27,8 @@ class TorchRunner:
         >>> runner.fetch(out["intent"]).shape  # doctest: +SKIP
         (2, 77)
     """
+
+    pass_tokens = CPU_PASS_TOKENS  # a pass's own cost on a CPU, in tokens (data.tokens)
 
     def __init__(self, model: ChainModel) -> None:
         self.model = model
