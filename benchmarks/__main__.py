@@ -16,6 +16,7 @@ SUITES = {
     "branch-batching": "benchmarks.branch_batching",
     "dropout": "benchmarks.dropout",
     "serve": "benchmarks.serve",
+    "pass-cost": "benchmarks.pass_cost",
     "export": "benchmarks.export",
     "snips": "benchmarks.snips",
     "imbalance": "benchmarks.imbalance",

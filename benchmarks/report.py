@@ -52,7 +52,10 @@ SUITE_TITLES = {
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "snips_chain_e5": "SNIPS intent + slots: the chain at the default 5 epochs (CPU)",
+    "snips_chain_s2lr": "SNIPS intent + slots: deeper branches and a faster trunk rate (CPU, a tried setting)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
+    "pass_cost": "What one more inference pass costs on a CPU, in tokens (how a server's mixed batch is cut)",
+    "pass_cost_onnx": "What one more inference pass costs on a CPU: the ONNX export",
     "serve_onnx": "Serving the ONNX export: finechain serve on an exported folder under concurrent clients (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
     "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
@@ -450,22 +453,53 @@ def _stage_name(variant: str) -> str:
 
 
 def snips_table(records: list[dict[str, Any]]) -> str:
-    """Per system: intent accuracy, slot F1, exact match, training seconds, utterances per second (both answers), and
-    the ratio of throughput to the peer's (the ``hf-separate`` record)."""
+    """Per system: slot F1 on dev (where recorded: what settings are chosen on), then on test intent accuracy, slot F1,
+    exact match, training seconds, utterances per second (both answers), and the ratio of throughput to the peer's
+    (the ``hf-separate`` record)."""
     variants = list(dict.fromkeys(r["variant"] for r in records))
     value = {(r["variant"], r["metric"]): r["value"] for r in records}
     system = {r["variant"]: r["system"] for r in records if r["metric"] == "accuracy"}
     peers = [r["value"] for r in records if r["system"] == "hf-separate" and r["metric"] == "samples_per_second"]
     peer = peers[0] if peers else None
-    out = ["| system | intent accuracy | slot F1 | exact match | train s | utterances/s | vs peer |", "|" + " --- |" * 7]
+    scored = ("dev_slot_f1", "accuracy", "slot_f1", "exact_match")
+    head = "| system | dev slot F1 | intent accuracy | slot F1 | exact match | train s | utterances/s | vs peer |"
+    out = [head, "|" + " --- |" * 8]
     for v in variants:
-        row = {m: value.get((v, m)) for m in ("accuracy", "slot_f1", "exact_match", "train_seconds", "samples_per_second")}
-        cells = [f"{100 * row[m]:.1f}" if row[m] is not None else "-" for m in ("accuracy", "slot_f1", "exact_match")]
+        row = {m: value.get((v, m)) for m in (*scored, "train_seconds", "samples_per_second")}
+        cells = [f"{100 * row[m]:.1f}" if row[m] is not None else "-" for m in scored]
         rate = row["samples_per_second"]
         cells += [f"{row['train_seconds']:.0f}" if row["train_seconds"] else "-", f"{rate:.1f}" if rate else "-"]
         cells.append(f"{rate / peer:.2f}x" if rate and peer else "-")
         out.append(f"| {system.get(v, '?')}: {v} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def pass_cost_table(records: list[dict[str, Any]]) -> str:
+    """Milliseconds per pass over the grid (rows down, widths across), then the fit ``a + b * tokens``.
+
+    Example:
+        >>> rec = lambda task, variant, metric, v: {"task": task, "variant": variant, "metric": metric, "value": v}
+        >>> print(pass_cost_table([rec("pass", "c, 1 rows x 16 tokens", "pass_ms", 50.0), rec("fit", "c", "pass_tokens", 40.0)]))
+        | rows \\ tokens per row | 16 |
+        | --- | --- |
+        | 1 | 50.0 |
+        <BLANKLINE>
+        Fit: pass_tokens 40.0
+    """
+    grid: dict[int, dict[int, float]] = defaultdict(dict)
+    for r in records:
+        if r["task"] == "pass":
+            rows, width = r["variant"].rsplit(", ", 1)[1].split(" rows x ")
+            grid[int(rows)][int(width.split()[0])] = r["value"]
+    widths = sorted({w for row in grid.values() for w in row})
+    out = ["| rows \\ tokens per row | " + " | ".join(map(str, widths)) + " |", "|" + " --- |" * (len(widths) + 1)]
+    out += [f"| {n} | " + " | ".join(f"{grid[n].get(w, float('nan')):.1f}" for w in widths) + " |" for n in sorted(grid)]
+    fit = ", ".join(
+        f"{r['metric']} {r['value']:.{3 if r['metric'] in {'token_ms', 'max_relative_error'} else 1}f}"
+        for r in records
+        if r["task"] == "fit"
+    )
+    return "\n".join([*out, "", f"Fit: {fit}"])
 
 
 SeedValues = dict[str, dict[tuple[str, str], dict[str, list[float]]]]
@@ -692,7 +726,7 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
 SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "robustness", "update"]
-SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "serve_onnx", "export", "snips", "snips_chain_e5"]
+SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "serve_onnx", "pass_cost", "pass_cost_onnx", "export", "snips", "snips_chain_e5", "snips_chain_s2lr"]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
@@ -709,6 +743,7 @@ TABLES = {
     "sharing_full_cpu_seeds": seeds_table,
     "small_data": seeds_table,
     "serve": serve_table,
+    "pass_cost": pass_cost_table,
     "export": export_table,
     "snips": snips_table,
     "imbalance": imbalance_table,

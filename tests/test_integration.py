@@ -194,6 +194,15 @@ def test_serve_quick_answers_every_request(shared_datasets: Path, tmp_path: Path
     assert all(r["value"] > 100 for r in records if r["metric"] == "rss_mb")
 
 
+def test_pass_cost_quick_fits_a_pass_and_a_token(shared_datasets: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "pass-cost", "--quick", timeout=600)
+    records = json.loads((tmp_path / "pass_cost_quick.json").read_text())
+    assert len([r for r in records if r["task"] == "pass"]) == 9
+    fit = {r["metric"]: r["value"] for r in records if r["task"] == "fit"}
+    assert fit["pass_ms"] > 0 and fit["token_ms"] > 0 and fit["pass_tokens"] > 0  # a pass costs something, so does a token
+    assert fit["max_relative_error"] < 0.5  # a pass's time: about a fixed cost plus one per token
+
+
 def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, tmp_path: Path) -> None:
     run_benchmark(tmp_path, shared_datasets, "export", "--quick", timeout=900)
     records = json.loads((tmp_path / "export_quick.json").read_text())
