@@ -726,7 +726,19 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
 SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "robustness", "update"]
-SECTIONS += ["branch_batching", "mixing", "decoding", "serve", "serve_onnx", "pass_cost", "pass_cost_onnx", "export", "snips", "snips_chain_e5", "snips_chain_s2lr"]
+SECTIONS += [
+    "branch_batching",
+    "mixing",
+    "decoding",
+    "serve",
+    "serve_onnx",
+    "pass_cost",
+    "pass_cost_onnx",
+    "export",
+    "snips",
+    "snips_chain_e5",
+    "snips_chain_s2lr",
+]
 TABLES = {
     "train": train_table,
     "split_sweep": split_sweep_table,
