@@ -526,8 +526,8 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
 
     manifest = read_manifest(chain_dir)
     bb = manifest.backbone
-    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest.finechain_version}"))
-    out.print(f"backbone {bb.name} ({bb.kind}: {bb.location}, sha256 {bb.sha256[:12]}…)")
+    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest.finechain_version}"), soft_wrap=True)  # a path stays whole
+    out.print(f"backbone {bb.name} ({bb.kind}: {bb.location}, sha256 {bb.sha256[:12]}…)", soft_wrap=True)
     trunk = manifest.trunk
     sharing = f"trunk tuned jointly (epoch {trunk.best_epoch} kept)" if trunk else "pretrained trunk, frozen"
     out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
@@ -558,8 +558,11 @@ def _exported_info(folder: Path) -> None:
     from finechain.inference.exported import read_export_manifest
 
     manifest = read_export_manifest(folder)
-    out.print(Text.assemble((str(folder), "bold"), f"  exported by finechain {manifest.finechain_version}"))
-    out.print(f"backbone {manifest.backbone}, split {manifest.split} of {manifest.layers} layers, max_length {manifest.max_length}")
+    out.print(Text.assemble((str(folder), "bold"), f"  exported by finechain {manifest.finechain_version}"), soft_wrap=True)
+    out.print(
+        f"backbone {manifest.backbone}, split {manifest.split} of {manifest.layers} layers, max_length {manifest.max_length}",
+        soft_wrap=True,
+    )
     out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("task", "type", "labels", "metric", "test", "largest difference"):
