@@ -208,9 +208,8 @@ def inference_batches(lengths: list[int], batch_size: int, device: Any, pass_tok
     batches of at most ``batch_size`` that cost the least (:func:`cheapest_runs`, a pass costing ``pass_tokens``):
     rows of similar length stay together, so a mix of short and long texts (many clients' requests in a server) does
     not pay for the longest one on every row, while a batch is not split where one more pass would cost more than the
-    padding it saves. On a GPU,
-    where a small batch is all host overhead, a batch grows past ``batch_size`` texts while its padded size stays
-    within ``batch_size * GPU_TOKENS_PER_ROW`` tokens.
+    padding it saves. On a GPU, where a small batch is all host overhead, a batch grows past ``batch_size`` texts
+    while its padded size stays within ``batch_size * GPU_TOKENS_PER_ROW`` tokens.
 
     Example:
         >>> inference_batches([5, 1, 4, 2], 2, "cpu")
