@@ -172,6 +172,8 @@ def test_cli_compress_refuses_what_cannot_work(
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--branch-layers", "3"], "choose 0..2"),
         (["compress", str(trained), "--out", str(tmp_path / "onnx"), "--trunk-layers", "1"], "already exists"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--no-int8"], "nothing to do"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--hidden-weight", "inf"], "hidden_weight inf"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--hard-weight", "inf"], "hard_weight inf"),
     ]
     for args, message in cases:
         code, _, err = cli(args, monkeypatch, capsys)

@@ -9,6 +9,7 @@ student kept is the one that scores best, not the one closest to the teacher.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,10 +111,13 @@ def distill(
         >>> results["sentiment"].validation["accuracy"]  # doctest: +SKIP
         0.90
     """
-    if temperature <= 0:
-        raise FinechainError(f"temperature {temperature} is not positive", field="temperature", fix="use a value such as 2")
-    if hidden_weight < 0:
-        raise FinechainError(f"hidden_weight {hidden_weight} is negative", field="hidden_weight", fix="use 0 (off) or a value such as 1")
+    for name, value, positive, fix in (  # inf and nan too: they would only show as a diverged run much later
+        ("temperature", temperature, True, "use a value such as 2"),
+        ("hard_weight", hard_weight, False, "use 0 (soft labels only) or a value such as 0.5"),
+        ("hidden_weight", hidden_weight, False, "use 0 (off) or a value such as 1"),
+    ):
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise FinechainError(f"{name} {value} is not a finite number {'above' if positive else 'of at least'} 0", field=name, fix=fix)
     torch.manual_seed(training.seed)
     teacher.eval()
     extra_ids, _ = student.encode(list(texts)) if texts else ([], None)
