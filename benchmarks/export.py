@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.train_examples, args.epochs, args.eval_limit, args.speed_texts = 200, 1, 50, 64
         args.students = "3+1" if args.students == parser.get_default("students") else args.students
+    for shape in filter(None, args.students.split(",")):  # before the chain trains, not after
+        try:
+            student_shape(shape)
+        except ValueError:
+            parser.error(f"--students: {shape!r} is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)")
     rec = Recorder("export", "cpu")
     work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import few_shot, mixing, sharing, split_sweep, train
+from benchmarks import export, few_shot, mixing, sharing, split_sweep, train
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,8 @@ from benchmarks import few_shot, mixing, sharing, split_sweep, train
         (sharing.main, ["--peer-tasks", "banking7"], "unknown banking7; choose from sst2, agnews, banking77, conll2003"),
         (split_sweep.main, ["--splits", "6,four"], "'6,four' is not a comma-separated list of int values"),
         (mixing.main, ["--splits", "2.5"], "'2.5' is not a comma-separated list of int values"),
+        (export.main, ["--students", "3+1,3x1"], "'3x1' is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)"),
+        (export.main, ["--students", "3+1hx"], "'3+1hx' is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)"),
         (
             few_shot.main,
             ["--variants", "plain,setfit"],
