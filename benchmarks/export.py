@@ -45,7 +45,10 @@ def student_shape(shape: str) -> tuple[int, int, float]:
     """
     layers, _, hidden = shape.partition("h")
     trunk, branch = (int(x) for x in layers.split("+"))
-    return trunk, branch, float(hidden or 0)
+    weight = float(hidden or 0)
+    if not 0 <= weight < float("inf"):
+        raise ValueError(f"hidden-state weight {hidden} is not a finite number of at least 0")
+    return trunk, branch, weight
 
 
 def folder_mb(folder: Path) -> float:
