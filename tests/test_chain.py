@@ -252,7 +252,7 @@ def test_lora_branch_trains_small_delta_and_roundtrips(tiny_backbone: Path, sent
 
 def test_unset_learning_rate_follows_the_branch_mode(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> None:
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    quick = TrainingConfig(epochs=1, batch_size=64)
+    quick = TrainingConfig(epochs=1, batch_size=64, min_steps=0)
     cases = [("full", {}, 1e-4), ("lora", {"branch": {"mode": "lora"}}, 5e-4)]
     cases.append(("lora-set", {"branch": {"mode": "lora"}, "training": {"learning_rate": 2e-3}}, 2e-3))
     for name, options, rate in cases:

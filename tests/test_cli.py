@@ -40,7 +40,7 @@ def trained(tmp_path: Path, tiny_backbone: Path, monkeypatch, capsys) -> Path:
     write_csv(tmp_path / "test.csv", sentiment_rows(30, 3), header=COLUMNS)
     (tmp_path / "chain.yaml").write_text(
         f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n"
-        "training: {epochs: 3, batch_size: 16, learning_rate: 0.003, head_learning_rate: 0.01}\n"
+        "training: {epochs: 3, batch_size: 16, learning_rate: 0.003, head_learning_rate: 0.01, min_steps: 0}\n"
         "tasks:\n  - {name: sentiment, train: train.csv, test: test.csv, text_column: review, label_column: stars}\n"
     )
     code, out, err = cli(["train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
@@ -172,7 +172,7 @@ def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> No
 def test_add_task_and_refuse_overwrite(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     rows = [(f"{w} {t}", topic) for topic, words in TOPICS.items() for w in words for t in ("today", "now", "again", "here", "news")]
     write_csv(tmp_path / "topic.csv", rows)
-    (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 2}\n")
+    (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 2, min_steps: 0}\n")
     before = (trained / "tasks" / "sentiment" / "branch.safetensors").read_bytes()
     entry = json.loads((trained / "finechain.json").read_text())["tasks"]["sentiment"]
     code, _, err = cli(["add-task", str(trained), str(tmp_path / "topic.yaml"), "-q"], monkeypatch, capsys)
@@ -194,7 +194,10 @@ def test_square_brackets_in_paths_print_as_written(tmp_path: Path, tiny_backbone
     shutil.copytree(tiny_backbone, backbone)
     write_csv(tmp_path / "train.csv", sentiment_rows(40, 1))
     spec = tmp_path / "chain.yaml"
-    spec.write_text(f"backbone: {backbone}\nsplit: 2\nmax_length: 16\ntraining: {{epochs: 1}}\ntasks:\n  - {{name: s, train: train.csv}}\n")
+    spec.write_text(
+        f"backbone: {backbone}\nsplit: 2\nmax_length: 16\ntraining: {{epochs: 1, min_steps: 0}}\n"
+        "tasks:\n  - {name: s, train: train.csv}\n"
+    )
     shown = io.StringIO()
     run = tmp_path / ("run [red] " + "x" * 80)  # longer than a pipe's 80 columns: printed whole, not wrapped
     train_chain(spec, run, progress=False, console=Console(file=shown, width=300))

@@ -22,7 +22,7 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 def write_spec(folder: Path, tasks: str, backbone: Path, extra: str = "") -> Path:
     spec = folder / "chain.yaml"
     spec.write_text(
-        f"backbone: {backbone}\nsplit: 2\n{extra}training:\n  epochs: 1\nmax_length: 32\ntasks:\n{tasks}"
+        f"backbone: {backbone}\nsplit: 2\n{extra}training:\n  epochs: 1\n  min_steps: 0\nmax_length: 32\ntasks:\n{tasks}"
     )  # the tiny BERT: 64 positions
     return spec
 
@@ -107,19 +107,19 @@ def test_invalid_jsonl(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -
 def test_spec_unknown_field_names_its_line(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
     spec = write_spec(folder, task_block(extra="    learning_rat: 0.1\n"), tiny_backbone)
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
-    expect_one_line_error(code, err, "chain.yaml:10:", "tasks.0.learning_rat", "did you mean 'training.learning_rate'")
+    expect_one_line_error(code, err, "chain.yaml:11:", "tasks.0.learning_rat", "did you mean 'training.learning_rate'")
     spec = write_spec(folder, task_block(extra="    epochs: 2\n"), tiny_backbone)
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
-    expect_one_line_error(code, err, "chain.yaml:10:", "tasks.0.epochs", "move it under 'training:'")
+    expect_one_line_error(code, err, "chain.yaml:11:", "tasks.0.epochs", "move it under 'training:'")
     spec = write_spec(folder, task_block(extra="    colour: red\n"), tiny_backbone)
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
-    expect_one_line_error(code, err, "chain.yaml:10:", "tasks.0.colour", "remove or rename")
+    expect_one_line_error(code, err, "chain.yaml:11:", "tasks.0.colour", "remove or rename")
 
 
 def test_spec_bad_value_and_type(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
     spec = write_spec(folder, task_block().replace("classification", "clasification"), tiny_backbone)
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
-    expect_one_line_error(code, err, "chain.yaml:8:", "unknown task type 'clasification'")
+    expect_one_line_error(code, err, "chain.yaml:9:", "unknown task type 'clasification'")
     spec.write_text(spec.read_text().replace("epochs: 1", "epochs: -3").replace("clasification", "classification"))
     code, _, err = run_cli(["train", str(spec), "--out", str(folder / "out")], monkeypatch, capsys)
     expect_one_line_error(code, err, "chain.yaml:4:", "training.epochs")

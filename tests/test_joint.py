@@ -103,7 +103,7 @@ def test_cli_joint_spec_then_add_task_keeps_tuned_trunk(tiny_backbone: Path, tmp
     write_conll(tmp_path / "n.conll", ner_sentences(80, 1))
     (tmp_path / "chain.yaml").write_text(
         f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\nsharing: joint\njoint: {{epochs: 2, loss_weights: {{ner: 2.0}}}}\n"
-        "training: {epochs: 2, batch_size: 16}\n"
+        "training: {epochs: 2, batch_size: 16, min_steps: 0}\n"
         "tasks:\n  - {name: sent, train: s.csv}\n  - {name: ner, type: tagging, train: n.conll}\n"
     )
     monkeypatch.setattr(sys, "argv", ["finechain", "train", str(tmp_path / "chain.yaml"), "--out", str(tmp_path / "c"), "-q"])
@@ -111,7 +111,7 @@ def test_cli_joint_spec_then_add_task_keeps_tuned_trunk(tiny_backbone: Path, tmp
     trunk_bytes = (tmp_path / "c" / "trunk.safetensors").read_bytes()
     rows = [(f"{w} {t}", topic) for topic, words in TOPICS.items() for w in words for t in ("today", "now", "again", "here")]
     write_csv(tmp_path / "topic.csv", rows)
-    (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 1}\n")
+    (tmp_path / "topic.yaml").write_text("name: topic\ntrain: topic.csv\ntraining: {epochs: 1, min_steps: 0}\n")
     monkeypatch.setattr(sys, "argv", ["finechain", "add-task", str(tmp_path / "c"), str(tmp_path / "topic.yaml"), "-q"])
     main()
     assert (tmp_path / "c" / "trunk.safetensors").read_bytes() == trunk_bytes
@@ -138,7 +138,7 @@ def test_auto_sharing_trains_two_tasks_jointly_at_the_joint_split(tiny_backbone:
     write_csv(tmp_path / "s.csv", sentiment_rows(80, 1))
     write_conll(tmp_path / "n.conll", ner_sentences(80, 1))
     (tmp_path / "chain.yaml").write_text(
-        f"backbone: {tiny_backbone}\nmax_length: 32\njoint: {{refine_epochs: 1}}\ntraining: {{epochs: 2, batch_size: 16}}\n"
+        f"backbone: {tiny_backbone}\nmax_length: 32\njoint: {{refine_epochs: 1}}\ntraining: {{epochs: 2, batch_size: 16, min_steps: 0}}\n"
         "tasks:\n  - {name: sent, train: s.csv}\n  - {name: ner, type: tagging, train: n.conll, training: {epochs: 7}}\n"
     )
     assert load_chain_spec(tmp_path / "chain.yaml").sharing_mode == "joint"
