@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, timed
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, timed
 from finechain.data.batching import pad_ids
 from finechain.data.readers import read_examples
 from finechain.data.tokens import inference_batches
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         args.texts, args.repeats = 64, 1
     warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap falls back to a loop for CPU attention
     rec = Recorder("branch_batching", args.device)
-    model = ChainModel.from_backbone(split=args.split).to(args.device).eval()
+    model = ChainModel.from_backbone(BACKBONE, split=args.split).to(args.device).eval()
     device = model.device
     texts = [r.text for name in CLASSIFICATION_SETS for r in read_examples(DATASETS / CLASSIFICATION_SETS[name][1])]
     texts = texts[:: max(1, len(texts) // args.texts)][: args.texts]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import DATASETS, Recorder, timed
+from benchmarks.common import BACKBONE, DATASETS, Recorder, timed
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import TaggedSentence, read_conll
 from finechain.heads.tagging import spans_from_tags
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.train_examples, args.epochs, limit = 300, 1, 300
     rec = Recorder("decoding", args.device)
-    chain = Chain.from_backbone().to(args.device)
+    chain = Chain.from_backbone(BACKBONE).to(args.device)
     spec = TaskSpec(name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", max_train_examples=args.train_examples)
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)  # one pass per epoch, as recorded
     chain.fit(spec, training, progress=False)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = timed(lambda: head.decode(outputs["conll2003"], texts, words), repeats=5)
         variant = f"{decoding} decoding, split={chain.split}"
         rec.add("conll2003", "finechain", variant, "samples_per_second", len(texts) / seconds, "texts/s (decoding only)")
-    spans_chain = Chain.from_backbone().to(args.device)  # the same sentences (same subsample and validation cut) as running text
+    spans_chain = Chain.from_backbone(BACKBONE).to(args.device)  # the same sentences (same subsample and validation cut) as running text
     train = read_conll(DATASETS / "conll2003/train.txt")
     texts, entities = zip(*(running_text_example(s) for s in train), strict=True)
     spec = TaskSpec(name="conll2003", type="tagging", max_train_examples=args.train_examples)

@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.common import DATASETS, DROPOUT_VARIANTS, Recorder, comma_list
+from benchmarks.common import BACKBONE, DATASETS, DROPOUT_VARIANTS, Recorder, comma_list
 from benchmarks.train import TASKS
 from finechain import TaskSpec
 from finechain.data.batching import index_tensor, length_batches
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.examples, args.steps, args.repeats = 128, 4, 1
     rec = Recorder("dropout", "cpu")
-    model = ChainModel.from_backbone()
+    model = ChainModel.from_backbone(BACKBONE)
     for name in args.tasks:
         kind = TASKS[name]["type"]
         spec = TaskSpec(name=name, type=kind, train=DATASETS / TASKS[name]["train"], max_train_examples=args.examples)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Recorder
+from benchmarks.common import BACKBONE, Recorder
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TrainingConfig
 from finechain.data.prepare import load_task_data
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
-    chain = Chain.from_backbone(split=4)
+    chain = Chain.from_backbone(BACKBONE, split=4)
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     chain.fit_joint(specs, training, JointConfig(epochs=args.epochs), data=datas, progress=False)
     chain.save_pretrained(work / "chain", copy_backbone=True)

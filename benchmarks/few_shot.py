@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import CLASSIFICATION_SETS, RESULTS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, RESULTS, Recorder, comma_list
 from benchmarks.small_data import per_class_sample
 from benchmarks.zero_shot import evaluation_rows
 from finechain import Chain, TaskSpec, TrainingConfig
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
         runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
         settings = {"runs": [*runs, vars(args)]}
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     for task in args.tasks:
         eval_texts, gold = evaluation_rows(task, limit)
         for per_class in args.per_class:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                 prefix = f"{task}, {per_class} per class: "
                 rec.variant_suffix = f", seed {seed}"
                 for variant in args.variants:
-                    chain = Chain.from_backbone()
+                    chain = Chain.from_backbone(BACKBONE)
                     spec_changes, training_changes = VARIANTS[variant]
                     training = TrainingConfig(seed=seed, **{"min_steps": min_steps, **training_changes})
                     start = time.perf_counter()

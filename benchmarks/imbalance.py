@@ -25,7 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.readers import Example, read_examples
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         sizes, args.seeds, min_steps, evaluation_size = {"agnews": 300, "sst2": 200}, args.seeds[:1], 40, 300
     rec = Recorder("imbalance", args.device)
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     for seed in args.seeds:
         rec.variant_suffix = f", seed {seed}"
         for task in args.tasks:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_texts, eval_labels = [e.text for e in evaluation], [str(e.label) for e in evaluation]
             unit = f"{eval_name} ({len(evaluation)} texts, {rare_name} {share:.0%}; {len(rows)} training texts)"
             for variant, (head, metric) in ({} if args.no_variants else VARIANTS).items():
-                chain = Chain.from_backbone().to(args.device)
+                chain = Chain.from_backbone(BACKBONE).to(args.device)
                 spec = TaskSpec(name=task, head=head, metric=metric)
                 start = time.perf_counter()
                 chain.fit(spec, TrainingConfig(seed=seed, min_steps=min_steps), texts=texts, labels=labels, progress=False)

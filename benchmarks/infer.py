@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import DATASETS, Recorder, timed
+from benchmarks.common import BACKBONE, DATASETS, Recorder, timed
 from finechain.data.readers import read_examples
 from finechain.model.precision import autocast_context, resolve_precision
 
@@ -34,7 +34,7 @@ def build_chain(split: str, tasks: list[str]):
     from finechain import Chain
     from finechain.heads import head_type
 
-    chain = Chain.from_backbone(split=split)
+    chain = Chain.from_backbone(BACKBONE, split=split)
     torch.manual_seed(0)
     for name in tasks:
         kind, n = TASKS[name]
@@ -51,7 +51,7 @@ def build_separate(tasks: list[str], device: str = "cpu"):
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    path = str(resolve_backbone("all-MiniLM-L6-v2")[0])
+    path = str(resolve_backbone(BACKBONE)[0])
     tokenizer = AutoTokenizer.from_pretrained(path)
     models = {}
     for name in tasks:
@@ -89,7 +89,7 @@ def embedding_peer(texts: list[str], repeats: int, device: str, rec: Recorder) -
     from finechain import Chain
     from finechain.model.backbone import resolve_backbone
 
-    path = str(resolve_backbone("all-MiniLM-L6-v2")[0])
+    path = str(resolve_backbone(BACKBONE)[0])
     chain = Chain.from_backbone(path).to(device)
     model = SentenceTransformer(path, device=device)
     model.max_seq_length = chain.max_length  # same truncation for both (its config says 256, finechain's default is 128)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import Recorder, comma_list
+from benchmarks.common import BACKBONE, Recorder, comma_list
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TrainingConfig
 from finechain.data.prepare import load_task_data
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     learned: dict[str, list[float]] = {}
     for split in args.splits:
         for mix in (False, True):
-            chain = Chain.from_backbone(split=split).to(args.device)
+            chain = Chain.from_backbone(BACKBONE, split=split).to(args.device)
             variant = f"split={split}, {'layer mix' if mix else 'last layer'}"
             for spec in specs:
                 start = time.perf_counter()

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, RESULTS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, RESULTS, Recorder, comma_list
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.readers import read_examples
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             texts, labels = [r.text for r in picked], [str(r.label) for r in picked]
             rec.variant_suffix = f", seed {seed}"
             for variant in args.variants:
-                chain = Chain.from_backbone()
+                chain = Chain.from_backbone(BACKBONE)
                 training = TrainingConfig(seed=seed, min_steps=min_steps, **VARIANTS[variant])
                 start = time.perf_counter()
                 chain.fit(TaskSpec(name=task), training, texts=texts, labels=labels, progress=False)

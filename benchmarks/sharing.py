@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list, timed
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list, timed
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.branches import LoraOptions
@@ -113,7 +113,7 @@ def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], eva
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
     for mode in filter(None, args.modes.split(",")):
         kind, split = mode.split(":")
-        chain = Chain.from_backbone(split=int(split)).to(args.device)
+        chain = Chain.from_backbone(BACKBONE, split=int(split)).to(args.device)
         variant = {
             "frozen": f"frozen trunk, split={split}, full branches",
             "joint": f"joint trunk (MT), split={split}",
@@ -165,7 +165,7 @@ def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], eva
 def run_peers(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], datas: dict, evaluation: dict, pool: list[str]) -> None:
     """Hugging Face Trainer full fine-tunes, one per task (the best of ``--peer-learning-rates`` on validation data),
     and the throughput of four separate fine-tuned models on the same texts."""
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     tasks, rates = args.peer_tasks, args.peer_learning_rates
     total = 0.0
     for spec in (s for s in specs if s.name in tasks):

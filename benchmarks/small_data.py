@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from types import SimpleNamespace
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.readers import Example, read_examples
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {f"min_steps {args.min_steps}{' (default)' if args.min_steps == default else ''}": args.min_steps}
     variants["min_steps 0 (one pass per epoch)"] = 0
     rec = Recorder("small_data", args.device)
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     for seed in args.seeds:
         rec.variant_suffix = f", seed {seed}"
         for task in ("banking77", "sst2"):
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_texts, eval_labels = [e.text for e in evaluation], [str(e.label) for e in evaluation]
             unit = f"{CLASSIFICATION_SETS[task][2]} accuracy ({len(rows)} training examples)"
             for variant, min_steps in variants.items():
-                chain = Chain.from_backbone().to(args.device)
+                chain = Chain.from_backbone(BACKBONE).to(args.device)
                 start = time.perf_counter()
                 chain.fit(TaskSpec(name=task), TrainingConfig(seed=seed, min_steps=min_steps), texts=texts, labels=labels, progress=False)
                 seconds = time.perf_counter() - start

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import DATASETS, Recorder
+from benchmarks.common import BACKBONE, DATASETS, Recorder
 from benchmarks.peers import _fine_tune
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.flows import FlowResult
@@ -83,7 +83,7 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
             max_train_examples=limit,
         ),
     ]
-    chain = Chain.from_backbone(split=args.split if args.split == "auto" else int(args.split), sharing="joint")
+    chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
     joint = JointConfig() if args.trunk_learning_rate is None else JointConfig(trunk_learning_rate=args.trunk_learning_rate)
     started = time.perf_counter()
     chain.fit_joint(specs, TrainingConfig(epochs=args.epochs, seed=args.seed), joint, progress=False)
@@ -139,7 +139,7 @@ def run_peer(rec: Recorder, args: argparse.Namespace, train: list[dict[str, Any]
     import torch
     from transformers import AutoTokenizer
 
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     intents = sorted({r["intent"] for r in train})
     tags = sorted({t for r in train for t in r["slots"]} | {"O"})

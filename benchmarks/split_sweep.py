@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import load_task_data
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         args.tasks, args.splits, args.train_examples, args.epochs = ["sst2"], [6, 4], 300, 1
 
     rec = Recorder("split_sweep", args.device)
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     for name in args.tasks:
         train_file, eval_file, eval_kind = CLASSIFICATION_SETS[name]
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_texts, eval_labels = [e.text for e in evaluation], [str(e.label) for e in evaluation]
         metric_name = "accuracy"
         for split in args.splits:
-            chain = Chain.from_backbone(split=split, max_length=args.max_length).to(args.device)
+            chain = Chain.from_backbone(BACKBONE, split=split, max_length=args.max_length).to(args.device)
             result = chain.fit(spec, training, progress=False, data=data)
             acc = chain.score(name, eval_texts, eval_labels)["accuracy"]
             variant = f"split={split} ({6 - split} branch layers)"

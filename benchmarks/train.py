@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from benchmarks.common import DATASETS, Recorder, comma_list
+from benchmarks.common import BACKBONE, DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.branches import BranchMode
@@ -82,7 +82,7 @@ def peak_tflops(device: str) -> float | None:
 def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], training: TrainingConfig, device: str) -> dict[str, Any]:
     """Train the task (default settings unless ``training`` says otherwise); watch the dev metric at every validation check."""
     spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"], min_validation=0)
-    chain = Chain.from_backbone(split="auto").to(device)
+    chain = Chain.from_backbone(BACKBONE, split="auto").to(device)
     watched: list[float] = []
 
     class Watch(Hook):  # scores the dev file at every validation check; its time is left out of the training time
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         args.train_examples, args.epochs, args.dev_limit, args.peers, args.finechain_fp32 = 300, 1, 200, "full,lora", False
 
     rec = Recorder("train", args.device)
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     (layer_flops, layers), peak = layer_flops_per_token(backbone), peak_tflops(args.device)
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)

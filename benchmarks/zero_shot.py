@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from benchmarks.common import CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list
 from benchmarks.small_data import per_class_sample
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.readers import read_examples
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         limit, args.per_class, args.seeds, min_steps = 200, 2, args.seeds[:1], 20
     rec = Recorder("zero_shot", "cpu")
-    backbone, _ = resolve_backbone("all-MiniLM-L6-v2")
+    backbone, _ = resolve_backbone(BACKBONE)
     peer = None
     if not args.no_peer:
         from sentence_transformers import SentenceTransformer
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         rec.add(task, "finechain", "majority class (no model)", "macro_f1", scores["macro_f1"], unit)
         for variant in ("names", "described"):
             options = head_options(task, variant, labels)
-            chain = Chain.from_backbone()
+            chain = Chain.from_backbone(BACKBONE)
             chain.fit(TaskSpec(name=task, type="zero_shot", head=options), progress=False)
             start = time.perf_counter()
             predicted = [p[task].label for p in chain.predict(texts)]
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("classification, random head", TaskSpec(name=task)),
                 ("zero-shot head + examples", TaskSpec(name=task, type="zero_shot", head=head_options(task, "described", labels))),
             ):
-                chain = Chain.from_backbone()
+                chain = Chain.from_backbone(BACKBONE)
                 start = time.perf_counter()
                 chain.fit(spec, training, texts=train_texts, labels=train_labels, progress=False)
                 seconds = time.perf_counter() - start

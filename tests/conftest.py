@@ -39,6 +39,37 @@ def make_tiny_backbone(folder: Path) -> Path:
     return folder
 
 
+def make_smoke_backbone(folder: Path, words: int = 8000, width: int = 128) -> Path:
+    """all-MiniLM-L6-v2's shape, narrow and random, into ``folder``: its 6 layers, 512 positions, tokenizer rules and
+    sentence-transformers pooling, with the first ``words`` word pieces of its vocabulary (every single character and
+    ``##`` piece among them, so any text tokenises) and ``width`` hidden units. The benchmarks' --quick smoke runs train,
+    export and serve it (FINECHAIN_BENCH_BACKBONE) to check their code paths on the real data in a fraction of the time;
+    it learns little, so they assert no accuracy."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from finechain.model.backbone import resolve_backbone
+
+    real, _ = resolve_backbone("all-MiniLM-L6-v2")
+    folder.mkdir(parents=True)
+    pieces = (real / "vocab.txt").read_text(encoding="utf-8").splitlines()[:words]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=512).save_pretrained(folder)
+    config = BertConfig.from_pretrained(real)
+    config.update({"vocab_size": words, "hidden_size": width, "num_attention_heads": 4, "intermediate_size": 4 * width})
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        shutil.copy(real / name, folder / name)
+    pooling = json.loads((real / "1_Pooling" / "config.json").read_text()) | {"word_embedding_dimension": width}
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    return folder
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _always_cut_validation() -> Iterator[None]:
     """The synthetic sets here hold a few dozen to a few hundred rows, and these tests exercise selection on a validation
@@ -55,6 +86,12 @@ def _always_cut_validation() -> Iterator[None]:
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random BERT of :func:`make_tiny_backbone`, once per test session."""
     return make_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def smoke_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The narrow random all-MiniLM-L6-v2 of :func:`make_smoke_backbone`, once per test session."""
+    return make_smoke_backbone(tmp_path_factory.mktemp("smoke-backbone") / "minilm-narrow")
 
 
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:

@@ -59,28 +59,31 @@ def test_demo_command_trains_and_queries(tmp_path: Path) -> None:
     assert "card_arrival" in done.stdout and "example predictions" in done.stdout
 
 
-def run_benchmark(results: Path, datasets: Path, *args: str, timeout: int = 900) -> None:
-    """Run ``python -m benchmarks ARGS`` with results and the docs page redirected into ``results``."""
+def run_benchmark(results: Path, datasets: Path, *args: str, timeout: int = 900, backbone: Path | None = None) -> None:
+    """Run ``python -m benchmarks ARGS`` with results and the docs page redirected into ``results`` (and the suite's
+    backbone replaced by ``backbone``: the narrow random one of a smoke run, see ``make_smoke_backbone``)."""
     env = {
         **os.environ,
         "FINECHAIN_RESULTS": str(results),
         "FINECHAIN_DATASETS": str(datasets),
         "FINECHAIN_DOC": str(results / "benchmarks.md"),
     }
+    if backbone is not None:
+        env["FINECHAIN_BENCH_BACKBONE"] = str(backbone)
     done = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_split_sweep_quick_writes_result_records(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "split-sweep", "--quick", timeout=600)
+def test_split_sweep_quick_writes_result_records(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "split-sweep", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "split_sweep_quick.json").read_text())
     keys = {"suite", "task", "system", "variant", "metric", "value", "unit", "device", "date"}
     assert records and all(set(r) == keys for r in records)
     assert {r["system"] for r in records} == {"finechain", "hf-trainer"}
 
 
-def test_train_quick_runs_both_peers_and_renders(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "train", "--quick", timeout=900)
+def test_train_quick_runs_both_peers_and_renders(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "train", "--quick", timeout=900, backbone=smoke_backbone)
     records = json.loads((tmp_path / "train_quick.json").read_text())
     assert {r["system"] for r in records} == {"finechain", "hf-trainer", "hf-lora"}
     assert {(r["task"], r["metric"]) for r in records if r["system"] == "finechain"} >= {
@@ -94,8 +97,8 @@ def test_train_quick_runs_both_peers_and_renders(shared_datasets: Path, tmp_path
     assert "| finechain | default (split=2, " in (tmp_path / "benchmarks.md").read_text()
 
 
-def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "infer", "--quick", timeout=900)
+def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "infer", "--quick", timeout=900, backbone=smoke_backbone)
     records = json.loads((tmp_path / "infer_quick.json").read_text())
     assert {(r["task"], r["system"]) for r in records} >= {
         ("4 tasks", "finechain"),
@@ -110,15 +113,15 @@ def test_infer_quick_matches_sentence_transformers(shared_datasets: Path, tmp_pa
     assert min(cosines.values()) > 0.99  # ... and nearly the same under bf16 autocast
 
 
-def test_memory_quick_measures_fresh_processes(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "memory", "--quick", "--output", "memory_named", timeout=600)
+def test_memory_quick_measures_fresh_processes(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "memory", "--quick", "--output", "memory_named", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "memory_named.json").read_text())  # --output names the results file
     rss = {r["task"]: r["value"] for r in records if r["metric"] == "rss_mb"}
     assert set(rss) == {"1 task", "4 tasks"} and 200 < rss["1 task"] <= rss["4 tasks"] < 4000
 
 
-def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "sharing", "--quick", timeout=1200)
+def test_sharing_quick_covers_every_mode(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "sharing", "--quick", timeout=1200, backbone=smoke_backbone)
     records = json.loads((tmp_path / "sharing_quick.json").read_text())
     variants = {r["variant"] for r in records}
     assert len(variants) == 4 and any("added later" in v for v in variants) and any("LoRA" in v for v in variants)
@@ -126,8 +129,8 @@ def test_sharing_quick_covers_every_mode(shared_datasets: Path, tmp_path: Path) 
     assert {("conll2003", "entity_f1"), ("banking77", "accuracy"), ("all four", "samples_per_second")} <= metrics
 
 
-def test_decoding_quick_compares_both_modes(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "decoding", "--quick", timeout=600)
+def test_decoding_quick_compares_both_modes(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "decoding", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "decoding_quick.json").read_text())
     assert {r["variant"].split()[0] for r in records} == {"constrained", "argmax", "running", "trained"}
     running = {r["metric"]: r["value"] for r in records if r["variant"].startswith("running text")}
@@ -136,8 +139,8 @@ def test_decoding_quick_compares_both_modes(shared_datasets: Path, tmp_path: Pat
     assert len(from_spans) == 2  # scored on running text and on word lists
 
 
-def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "branch-batching", "--quick", timeout=600)
+def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "branch-batching", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "branch_batching_quick.json").read_text())
     speeds = {r["variant"] for r in records if r["metric"] == "samples_per_second"}
     assert {v.split(",")[0] for v in speeds} == {"one after another", "stacked (torch.func.vmap)"}
@@ -145,8 +148,8 @@ def test_branch_batching_quick_gives_the_same_outputs_both_ways(shared_datasets:
     assert gaps["stacked (torch.func.vmap), fp32"] < 1e-4
 
 
-def test_dropout_quick_times_both_variants_on_both_tasks(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "dropout", "--quick", timeout=600)
+def test_dropout_quick_times_both_variants_on_both_tasks(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "dropout", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "dropout_quick.json").read_text())
     timed = {(r["task"], r["variant"].split(",")[0]) for r in records if r["metric"] == "ms_per_step" and r["value"] > 0}
     assert timed == {(t, v) for t in ("sst2", "conll2003") for v in ("PyTorch dropout (bernoulli_)", "finechain masks (default)")}
@@ -171,8 +174,8 @@ def test_check_finds_the_known_overlaps_in_the_public_sets(shared_datasets: Path
     assert "sst2: 4 training texts occur with different labels" in done.stdout
 
 
-def test_small_data_quick_compares_passes_and_the_peer(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "small-data", "--quick", timeout=900)
+def test_small_data_quick_compares_passes_and_the_peer(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "small-data", "--quick", timeout=900, backbone=smoke_backbone)
     records = json.loads((tmp_path / "small_data_quick.json").read_text())
     runs = {(r["task"], r["system"], r["variant"]) for r in records if r["metric"] == "accuracy"}
     variants = [
@@ -183,8 +186,8 @@ def test_small_data_quick_compares_passes_and_the_peer(shared_datasets: Path, tm
     assert runs == {(task, system, f"{variant}, seed 13") for task in ("banking77", "sst2") for system, variant in variants}
 
 
-def test_serve_quick_answers_every_request(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "serve", "--quick", timeout=600)
+def test_serve_quick_answers_every_request(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "serve", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "serve_quick.json").read_text())
     rates = {r["variant"]: r["value"] for r in records if r["metric"] == "samples_per_second"}
     assert any("offline batch" in v for v in rates) and any("8 clients" in v for v in rates)
@@ -203,8 +206,8 @@ def test_pass_cost_quick_fits_a_pass_and_a_token(shared_datasets: Path, tmp_path
     assert fit["max_relative_error"] < 0.5  # a pass's time: about a fixed cost plus one per token
 
 
-def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "export", "--quick", timeout=900)
+def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "export", "--quick", timeout=900, backbone=smoke_backbone)
     records = json.loads((tmp_path / "export_quick.json").read_text())
     metric = {(r["task"], r["variant"]): r["value"] for r in records if r["metric"] in ("accuracy", "entity_f1")}
     fp32 = {task: v for (task, variant), v in metric.items() if variant == "PyTorch fp32"}
@@ -261,8 +264,18 @@ def test_zero_shot_quick_matches_sentence_transformers(shared_datasets: Path, tm
             assert ours > majority + 0.1
 
 
-def test_robustness_quick_scores_clean_and_typo_texts(shared_datasets: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "robustness", "--quick", "--tasks", "sst2", "--variants", "default,adversarial: fgm")
+def test_robustness_quick_scores_clean_and_typo_texts(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(
+        tmp_path,
+        shared_datasets,
+        "robustness",
+        "--quick",
+        "--tasks",
+        "sst2",
+        "--variants",
+        "default,adversarial: fgm",
+        backbone=smoke_backbone,
+    )
     records = json.loads((tmp_path / "robustness_quick.json").read_text())
     variants = ("default", "adversarial: fgm")
     expected = {(f"{v}, seed 13", m) for v in variants for m in ("accuracy", "typo_accuracy", "train_seconds")}
