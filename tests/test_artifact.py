@@ -13,7 +13,7 @@ import pytest
 from finechain import Chain
 from finechain.cli.app import main
 from finechain.errors import ArtifactError
-from finechain.model.artifact import FORMAT_VERSION, MANIFEST, read_manifest
+from finechain.model.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 

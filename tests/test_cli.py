@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -156,6 +157,33 @@ def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained:
 def test_usage_errors_print_usage_not_a_traceback(args: list[str], expected: str, monkeypatch, capsys) -> None:
     code, out, err = cli(args, monkeypatch, capsys)
     assert code == 2 and expected in out + err and "Traceback" not in out + err
+
+
+def test_a_bad_chain_folder_or_task_fails_before_pytorch_loads(trained: Path, tmp_path: Path) -> None:
+    """predict and eval read the manifest first: a damaged one, or a task the chain does not have, is the one-line error
+    in about a second, without importing PyTorch (which takes several)."""
+    import subprocess
+
+    broken = shutil.copytree(trained, tmp_path / "broken")
+    (broken / "finechain.json").write_text("{not json")
+    probe = "import runpy, sys\ntry:\n    runpy.run_module('finechain', run_name='__main__')\nexcept SystemExit as end:\n"
+    probe += "    print(end.code, 'torch' in sys.modules)\n"
+    cases = [
+        (["predict", str(broken)], "finechain.json:1: not valid JSON"),
+        (["predict", str(trained), "-t", "nope"], "unknown task(s) ['nope']"),
+        (["eval", str(trained), "-t", "nope", "-d", str(tmp_path / "test.csv")], "unknown task 'nope'"),
+    ]
+    for argv, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv],
+            input="good film\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert done.stdout.split() == ["2", "False"], (argv, done.stdout, done.stderr[-1000:])
+        assert message in done.stderr
 
 
 def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:

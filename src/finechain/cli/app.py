@@ -279,7 +279,13 @@ def predict(
     exported = is_exported(chain_dir)
     if flow is not None and task:
         raise FinechainError("--flow runs every task its stages name", fix="drop --task, or drop --flow")
-    if not exported:
+    if not exported:  # the manifest first: a damaged folder or an unknown --task fails before PyTorch loads
+        from finechain.data.inputs import select_tasks
+        from finechain.model.manifest import read_manifest
+
+        manifest = read_manifest(chain_dir)
+        if task:
+            select_tasks(manifest.tasks, task)
         import torch
 
         from finechain.model.chain_model import pick_device
@@ -522,7 +528,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     if is_exported(chain_dir):
         _exported_info(chain_dir)
         return
-    from finechain.model.artifact import read_manifest
+    from finechain.model.manifest import read_manifest
 
     manifest = read_manifest(chain_dir)
     bb = manifest.backbone

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finechain.chain import Chain, open_engine
 from finechain.data.prepare import check_known_labels, read_split
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
@@ -13,6 +12,7 @@ from finechain.flows.flow import saved_flow
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, is_exported
 from finechain.jobs.checking import manifest_tasks
+from finechain.model.manifest import read_manifest
 from finechain.spec import TaskSpec
 from finechain.spec.flows import FlowSpec
 
@@ -25,8 +25,15 @@ def _open(chain_dir: Path) -> tuple[Engine, dict[str, FlowSpec], dict[str, dict[
     if is_exported(chain_dir):
         exported = ExportedChain(chain_dir)
         return Engine(exported), exported.flows, {name: task.spec for name, task in exported.manifest.tasks.items()}
+    from finechain.chain import Chain  # PyTorch: imported once the folder's manifest has been read and found sound
+
     chain = Chain.from_pretrained(chain_dir, device="auto")
     return chain.engine, chain.flows, {name: record.spec for name, record in chain.records.items()}
+
+
+def _known_task(task: str, tasks: list[str], chain_dir: Path) -> None:
+    if task not in tasks:
+        raise FinechainError(f"unknown task '{task}'", file=chain_dir, fix=f"this chain has {sorted(tasks)}")
 
 
 def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path | None = None) -> tuple[dict[str, Any], list[Path]]:
@@ -36,9 +43,10 @@ def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path 
     Example:
         >>> scores, paths = evaluate_file(Path("my-chain"), "intent", Path("test.csv"))  # doctest: +SKIP
     """
+    if not is_exported(chain_dir):  # a damaged manifest or an unknown task fails here, before PyTorch loads
+        _known_task(task, list(read_manifest(chain_dir).tasks), chain_dir)
     engine, _, specs = _open(chain_dir)
-    if task not in engine.model.tasks:
-        raise FinechainError(f"unknown task '{task}'", file=chain_dir, fix=f"this chain has {sorted(engine.model.tasks)}")
+    _known_task(task, list(engine.model.tasks), chain_dir)
     head = engine.model.tasks[task].head
     spec = TaskSpec.model_validate(specs.get(task) or {"name": task, "type": head.type_name})
     split = read_split(data_path, spec, type(head))
@@ -60,6 +68,8 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path) -> dict[str,
         0.88
     """
     engine, flows, specs = _open(chain_dir)
+    from finechain.chain import open_engine
+
     flow = saved_flow(flow_name, flows, engine, chain_dir, open_engine)
     stages = [s for s in flow.spec.stages if s.input == "text"]
     golds: dict[str, list[Any]] = {}

@@ -17,8 +17,8 @@ from finechain.flows.flow import stage_engines
 from finechain.flows.routing import Answers, routed_task_data
 from finechain.io import folder_lock
 from finechain.jobs.checking import check_spec, load_all
-from finechain.model.artifact import MANIFEST
 from finechain.model.chain_model import pick_device
+from finechain.model.manifest import MANIFEST
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
 from finechain.spec.flows import route_trained
 from finechain.train.fit import FitResult

@@ -1,209 +1,40 @@
-"""A saved chain on disk: the typed, versioned manifest and the one place that reads and writes chain folders.
-
-Layout (names declared once, here)::
-
-    finechain.json                      the manifest (:class:`Manifest`)
-    trunk.safetensors                   the trunk's layers, when they were tuned (joint sharing)
-    tasks/<name>/branch.safetensors     the task's branch tensors (all layers, or only LoRA adapters)
-    tasks/<name>/head.safetensors       its head layer (and layer mix)
-    backbone/                           the backbone itself, when copied in (``copy_backbone``)
-
-Manifests of earlier formats are upgraded when read; one from a newer finechain is refused with a clear error.
-"""
+"""A saved chain on disk: the one place that reads and writes chain folders; their layout and manifest are declared in
+:mod:`finechain.model.manifest`."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from finechain.branches import BRANCH_MODES, branch_mode
+from finechain.branches import branch_mode
 from finechain.errors import ArtifactError, short_reason
-from finechain.heads import HEADS, head_type
+from finechain.heads import head_type
 from finechain.io import read_text_file, write_json
 from finechain.model.backbone import BackboneRef, load_tokenizer, locate_backbone
 from finechain.model.chain_model import ChainModel
 from finechain.model.encoder import keep_layers, load_encoder
+from finechain.model.manifest import (
+    BACKBONE_DIR,
+    BRANCH_FILE,
+    HEAD_FILE,
+    MANIFEST,
+    TASKS_DIR,
+    TRUNK_FILE,
+    BackboneEntry,
+    HeadEntry,
+    Manifest,
+    TaskEntry,
+    TaskRecord,
+    TrunkEntry,
+    read_manifest,
+)
 from finechain.model.task import TaskModel
 from finechain.model.weights import load_tensors, save_tensors
-from finechain.spec import FLAT_HEAD_OPTIONS, TASK_NAME
 from finechain.version import __version__
-
-MANIFEST = "finechain.json"
-TRUNK_FILE = "trunk.safetensors"
-TASKS_DIR = "tasks"
-BRANCH_FILE = "branch.safetensors"
-HEAD_FILE = "head.safetensors"
-BACKBONE_DIR = "backbone"
-FORMAT_VERSION = 2  # 1: finechain 0.1 (flat head config); 2: typed head entry (labels, options, state)
-
-
-class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BackboneEntry(_Entry):
-    """Where the backbone came from and the sha256 of its weights (checked on load)."""
-
-    name: str
-    kind: Literal["package", "path", "hub", "copied"]
-    location: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    def ref(self) -> BackboneRef:
-        """As the backbone resolver's :class:`BackboneRef`."""
-        return BackboneRef(self.name, self.kind, self.location, self.sha256)
-
-
-class HeadEntry(_Entry):
-    """A task's head: type, labels, options and fitted state (thresholds, target scale)."""
-
-    type: str
-    labels: list[str]
-    options: dict[str, Any] = Field(default_factory=dict)
-    state: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("type")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in HEADS:
-            raise ValueError(f"unknown task type '{value}' (this finechain knows {HEADS.names()})")
-        return value
-
-
-class TaskRecord(_Entry):
-    """How a task was trained and how it scored: the manifest's account of it beyond its structure."""
-
-    metric: str | None = None
-    best_epoch: float | None = None
-    training: dict[str, Any] | None = None  # the resolved TrainingConfig
-    data: dict[str, Any] | None = None  # provenance: files, validation cut, subsample
-    spec: dict[str, Any] | None = None  # the TaskSpec it was trained from (eval reads files with its columns)
-    metrics: dict[str, dict[str, float]] | None = None
-    train_seconds: float | None = None
-
-
-class TaskEntry(TaskRecord):
-    """One task in the manifest: its structure (head, branch) and its :class:`TaskRecord`."""
-
-    head: HeadEntry
-    branch: dict[str, Any] = Field(default_factory=lambda: {"mode": "full"})
-    branch_layers: int = Field(ge=0)
-    layer_mix: list[float] | None = None  # the learned weight of each mixed layer (when the head mixes layers)
-    parameters: int = 0
-    trainable_parameters: int = 0
-    stored_parameters: int = 0
-
-    def record(self) -> TaskRecord:
-        """The training record alone."""
-        return TaskRecord.model_validate(self.model_dump(include=set(TaskRecord.model_fields)))
-
-
-class TrunkEntry(_Entry):
-    """How the trunk's layers were tuned (joint multi-task training): the joint settings, best epoch, time."""
-
-    model_config = ConfigDict(extra="allow")
-
-    sharing: Literal["joint"] = "joint"
-    best_epoch: float | None = None
-    seconds: float | None = None
-
-
-class Manifest(_Entry):
-    """``finechain.json``: everything needed to rebuild a chain around its weight files."""
-
-    format: Literal[2] = FORMAT_VERSION
-    finechain_version: str
-    backbone: BackboneEntry
-    split: int = Field(ge=0)
-    num_layers: int = Field(ge=1)
-    hidden_size: int = Field(ge=1)
-    max_length: int = Field(ge=1)
-    trunk: TrunkEntry | None = None
-    layers: list[int] | None = None  # the backbone layers kept, in order (a student chain); None: all of them
-    compression: dict[str, Any] | None = None  # how a student chain was made from its teacher (layers, distillation)
-    tasks: dict[str, TaskEntry] = Field(default_factory=dict)
-    flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows (finechain.spec.flows.FlowSpec)
-
-    @field_validator("tasks")
-    @classmethod
-    def _task_names(cls, tasks: dict[str, TaskEntry]) -> dict[str, TaskEntry]:
-        """Task names become folder names: the same rule as in a spec (no path separators, no dots)."""
-        bad = [name for name in tasks if not re.match(TASK_NAME, name) or len(name) > 64]
-        if bad:
-            raise ValueError(f"task name {bad[0]!r} is not a valid task name (letters, digits, _ and -)")
-        return tasks
-
-
-def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """A finechain 0.1 manifest as format 2: the head's flat config becomes labels + options + state."""
-    tasks = {}
-    for name, entry in dict(data.get("tasks") or {}).items():
-        entry = dict(entry)
-        old = dict(entry.pop("head", {}))
-        kind = entry.pop("type", "classification")
-        pooling = entry.pop("pooling", "mean")
-        entry.pop("files", None)
-        allowed = set(HEADS.get(kind).Options.model_fields) if kind in HEADS else set()
-        options = {"dropout": old.get("dropout", 0.1), "layer_mix": bool(entry.get("layer_mix")), "pooling": pooling}
-        options |= {"decoding": old["decoding"]} if "decoding" in old else {}
-        state = {k: old[k] for k in ("thresholds", "mean", "std") if k in old}
-        entry["head"] = {
-            "type": kind,
-            "labels": old.get("labels", []),
-            "options": {k: v for k, v in options.items() if k in allowed},
-            "state": state,
-        }
-        if isinstance(entry.get("spec"), dict):  # 0.1 wrote every head and LoRA field, whatever the type and mode: keep their own
-            spec = {k: v for k, v in entry["spec"].items() if k not in FLAT_HEAD_OPTIONS or k in allowed}
-            branch = spec.get("branch") if isinstance(spec.get("branch"), dict) else {}
-            mode = branch.get("mode", "full")
-            if mode in BRANCH_MODES:
-                spec["branch"] = {k: v for k, v in branch.items() if k in BRANCH_MODES.get(mode).Options.model_fields}
-            entry["spec"] = spec
-        tasks[name] = entry
-    return {**data, "format": 2, "tasks": tasks}
-
-
-def read_manifest(directory: str | Path) -> Manifest:
-    """The manifest of a chain folder, upgraded to the current format and validated; every problem is one line.
-
-    Example:
-        >>> read_manifest("demo-chain").tasks["intent"].head.type  # doctest: +SKIP
-        'classification'
-    """
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"no {MANIFEST} here: not a finechain folder", file=directory, fix="give the --out folder of `finechain train`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        line = getattr(error, "lineno", None)
-        raise ArtifactError(
-            f"not valid JSON ({type(error).__name__})", file=path, line=line, fix="restore the file, or retrain the chain"
-        ) from None
-    if not isinstance(data, dict):
-        raise ArtifactError("the manifest is not a JSON object", file=path, fix="restore the file, or retrain the chain")
-    version = data.get("format")
-    if version == 1:
-        data = _upgrade_v1(data)
-    elif isinstance(version, int) and version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"manifest format {version} is newer than this finechain reads ({FORMAT_VERSION})",
-            file=path,
-            fix="upgrade finechain (pip install -U finechain)",
-        )
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise ArtifactError(f"{field}: {first['msg']}", file=path, fix="restore the file, or retrain the chain") from None
 
 
 def task_entry(task: TaskModel, record: TaskRecord | None = None) -> TaskEntry:

@@ -23,7 +23,7 @@ from finechain.flows.flow import stage_engines
 from finechain.heads import Prediction
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, is_exported
-from finechain.model.artifact import MANIFEST
+from finechain.model.manifest import MANIFEST
 from finechain.serve.batcher import MicroBatcher
 from finechain.serve.metrics import Metrics
 from finechain.serve.settings import ServeSettings
