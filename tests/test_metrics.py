@@ -1,0 +1,34 @@
+"""Task metrics: the classification scores computed from one confusion matrix are scikit-learn's own scores."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+from finechain.evaluate.metrics import classification_metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_classification_metrics_equal_scikit_learns_scores(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(40):  # classes absent from the gold labels, from the predictions, or from both
+        k, n = rng.randint(2, 9), rng.randint(1, 60)  # a task has two classes or more
+        gold = [rng.randrange(k) for _ in range(n)]
+        predicted = [rng.randrange(k) if rng.random() < 0.5 else g for g in gold]
+        labels = [f"label{i}" for i in range(k)]
+        ids = list(range(k))
+        ours = classification_metrics(gold, predicted, labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn warns about a single label; the scores stand
+            assert ours["accuracy"] == pytest.approx(accuracy_score(gold, predicted), abs=1e-12)
+            for average in ("macro", "micro", "weighted"):
+                expected = f1_score(gold, predicted, labels=ids, average=average, zero_division=0)
+                assert ours[f"{average}_f1"] == pytest.approx(expected, abs=1e-12)
+            precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, labels=ids, zero_division=0)
+        for i, label in enumerate(labels):
+            row = ours["per_class"][label]
+            assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((precision[i], recall[i], f1[i]), abs=1e-12)
+            assert row["support"] == support[i]
