@@ -15,13 +15,15 @@ from typing import Any
 
 import torch
 
+from finechain.spec import DEFAULT_BACKBONE
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("FINECHAIN_RESULTS", ROOT / "benchmarks" / "results"))
 DATASETS = Path(os.environ.get("FINECHAIN_DATASETS", ROOT.parent / "shared" / "datasets"))
 # the backbone every suite trains (and its peers fine-tune): all-MiniLM-L6-v2; the test suite's --quick smoke runs set
 # FINECHAIN_BENCH_BACKBONE to a folder of the same shape, narrower and random (tests/conftest.py: make_smoke_backbone), which checks the
 # suites' code paths in a fraction of the time and measures nothing
-BACKBONE = os.environ.get("FINECHAIN_BENCH_BACKBONE", "all-MiniLM-L6-v2")
+BACKBONE = os.environ.get("FINECHAIN_BENCH_BACKBONE", DEFAULT_BACKBONE)
 
 # name -> (train file, evaluation file, what the evaluation file is)
 CLASSIFICATION_SETS = {
@@ -119,7 +121,7 @@ class Recorder:
 
         name = name or self.suite
         settings = {k: v for k, v in (extra or {}).items() if k != "device"}
-        if BACKBONE != "all-MiniLM-L6-v2":  # a smoke run's numbers say nothing about all-MiniLM-L6-v2: the meta says so
+        if BACKBONE != DEFAULT_BACKBONE:  # a smoke run's numbers say nothing about all-MiniLM-L6-v2: the meta says so
             settings["backbone"] = BACKBONE
         write_json(RESULTS / f"{name}.meta.json", {**settings, "versions": versions(), "device": self.device, "date": self.date})
         return write_json(RESULTS / f"{name}.json", self.records)

@@ -24,12 +24,8 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
     return new < old if metric in LOWER_IS_BETTER else new > old
 
 
-def _per_class(y_true: Any, y_pred: Any, labels: list[str]) -> dict[str, dict[str, float]]:
-    from sklearn.metrics import precision_recall_fscore_support
-
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(len(labels))) if np.ndim(y_true) == 1 else None, zero_division=0
-    )
+def _per_class(labels: list[str], precision: Any, recall: Any, f1: Any, support: Any) -> dict[str, dict[str, float]]:
+    """Each label's precision, recall, F1 and support, as the reports show them."""
     return {
         label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
@@ -61,10 +57,7 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
         "macro_f1": float(f1.mean()) if len(f1) else 0.0,
         "micro_f1": float(_ratio(2 * tp.sum(), predicted.sum() + actual.sum())),
         "weighted_f1": float(_ratio((f1 * actual).sum(), actual.sum())),
-        "per_class": {
-            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for label, p, r, f, s in zip(labels, precision, recall, f1, actual, strict=True)
-        },
+        "per_class": _per_class(labels, precision, recall, f1, actual),
         "confusion_matrix": matrix.tolist(),
         "n": len(y_true),
     }
@@ -83,14 +76,15 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
         >>> multilabel_metrics(np.array([[0, 0], [1, 0]]), np.array([[0, 0], [1, 0]]), ["a", "b"])["samples_f1"]
         1.0
     """
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
     return {
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
-        "per_class": _per_class(y_true, y_pred, labels),
+        "per_class": _per_class(labels, precision, recall, f1, support),
         "n": len(y_true),
     }
 
