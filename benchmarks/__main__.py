@@ -33,7 +33,18 @@ def main() -> None:
         print(f"usage: python -m benchmarks {{{','.join(SUITES)}}} [--help]", file=sys.stderr)
         raise SystemExit(2)
     import importlib
+    import os
 
+    backbone = os.environ.get("FINECHAIN_BENCH_BACKBONE")
+    if backbone is not None:  # found before the suite starts: a one-line error, not a traceback after its imports
+        from finechain.errors import FinechainError
+        from finechain.model.backbone import resolve_backbone
+
+        try:
+            resolve_backbone(backbone)
+        except FinechainError as error:
+            print(f"error: FINECHAIN_BENCH_BACKBONE: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     module = importlib.import_module(SUITES[sys.argv[1]])
     module.main(sys.argv[2:])
 

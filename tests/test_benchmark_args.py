@@ -37,3 +37,23 @@ def test_bad_list_items_are_usage_errors(main, argv: list[str], message: str, ca
 def test_good_lists_parse() -> None:
     assert train.comma_list(int)("32, 256") == [32, 256]
     assert train.comma_list(str, train.TASKS)("conll2003") == ["conll2003"]
+
+
+def test_a_missing_smoke_backbone_is_a_usage_error(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "FINECHAIN_BENCH_BACKBONE": str(tmp_path / "nope"), "FINECHAIN_RESULTS": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "dropout", "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "FINECHAIN_BENCH_BACKBONE: backbone folder" in done.stderr and "not found" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing written
