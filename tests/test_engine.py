@@ -87,7 +87,7 @@ def test_one_forward_pass_serves_rows_of_many_requests_each_with_its_own_tasks(m
     monkeypatch.setattr(mixed.model.trunk.embeddings, "forward", count("trunk", trunk_forward))
     monkeypatch.setattr(mixed.tasks["score"], "forward", count("score", tail_forward))
     outputs = engine.forward(rows)
-    batches = inference_batches([len(row.ids) for row in rows], engine.batch_size, "cpu")  # the long text's windows apart
+    batches = inference_batches([len(row.ids) for row in rows], engine.batch_size, "cpu", packed=engine.runner.packs)
     owner = [i for i, p in enumerate(prepared) for _ in p.rows]
     assert any(len({owner[r] for r in batch}) > 1 for batch in batches)  # a pass holds rows of several requests
     with_score = [batch for batch in batches if any("score" in rows[r].tasks for r in batch)]

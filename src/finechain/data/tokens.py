@@ -201,15 +201,18 @@ def cheapest_runs(widths: Sequence[int], batch_size: int, pass_tokens: float = C
     return runs[::-1]
 
 
-def inference_batches(lengths: list[int], batch_size: int, device: Any, pass_tokens: float = CPU_PASS_TOKENS) -> list[list[int]]:
+def inference_batches(
+    lengths: list[int], batch_size: int, device: Any, pass_tokens: float = CPU_PASS_TOKENS, packed: bool = False
+) -> list[list[int]]:
     """Batches for inference passes, shortest texts first (``device``: a ``torch.device`` or its type's name).
 
     On CPU, where time grows with every token computed, padding included, texts sorted by length are cut into the
     batches of at most ``batch_size`` that cost the least (:func:`cheapest_runs`, a pass costing ``pass_tokens``):
     rows of similar length stay together, so a mix of short and long texts (many clients' requests in a server) does
     not pay for the longest one on every row, while a batch is not split where one more pass would cost more than the
-    padding it saves. On a GPU, where a small batch is all host overhead, a batch grows past ``batch_size`` texts
-    while its padded size stays within ``batch_size * GPU_TOKENS_PER_ROW`` tokens.
+    padding it saves. A runner that computes no padding (``packed``: a PyTorch chain on a CPU packs its batches) gets
+    the fewest passes: ``batch_size`` texts each. On a GPU, where a small batch is all host overhead, a batch grows
+    past ``batch_size`` texts while its padded size stays within ``batch_size * GPU_TOKENS_PER_ROW`` tokens.
 
     Example:
         >>> inference_batches([5, 1, 4, 2], 2, "cpu")
@@ -218,8 +221,12 @@ def inference_batches(lengths: list[int], batch_size: int, device: Any, pass_tok
         [[1, 3, 2, 0]]
         >>> [len(b) for b in inference_batches([10] * 8 + [100] * 8, 64, "cpu")]  # not 8 short rows padded to 100
         [8, 8]
+        >>> [len(b) for b in inference_batches([10] * 8 + [100] * 8, 64, "cpu", packed=True)]  # no padding computed
+        [16]
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if packed and getattr(device, "type", device) != "cuda":
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if getattr(device, "type", device) != "cuda":
         return [order[a:b] for a, b in cheapest_runs([lengths[i] for i in order], batch_size, pass_tokens)]
     batches: list[list[int]] = []

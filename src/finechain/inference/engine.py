@@ -104,6 +104,7 @@ class Runner(Protocol):
     def device_type(self) -> str: ...
 
     pass_tokens: float  # on a CPU, what one more pass costs in tokens computed (how mixed lengths are cut into batches)
+    packs: bool  # on a CPU, whether it computes no padding (then batches need not be cut by length)
 
     def run(
         self,
@@ -186,7 +187,8 @@ class Engine:
     def _batches(self, ids: Sequence[list[int]], live: list[int]) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
         """Length-bucketed batches of the sequences at ``live``: (their indices, padded ids, mask)."""
         lengths = [len(ids[i]) for i in live]
-        for batch in inference_batches(lengths, self.batch_size, self.runner.device_type, self.runner.pass_tokens):
+        runner = self.runner
+        for batch in inference_batches(lengths, self.batch_size, runner.device_type, runner.pass_tokens, runner.packs):
             indices = [live[b] for b in batch]
             yield (indices, *pad_rows([ids[i] for i in indices], self.model.pad_id))
 

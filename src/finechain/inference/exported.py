@@ -174,6 +174,7 @@ class OnnxRunner:
     # what one more session call costs, in tokens computed: ~1.9 ms vs 0.35 ms per padded token for the four-task
     # chain on one thread (`python -m benchmarks pass-cost --backend onnx`); PyTorch's is ~40 (data.tokens)
     pass_tokens = 5.0
+    packs = False  # the graph takes padded batches
 
     def __init__(self, chain: ExportedChain) -> None:
         self.chain = chain

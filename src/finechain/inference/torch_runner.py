@@ -1,5 +1,6 @@
 """The engine's ``forward`` on a PyTorch :class:`~finechain.model.chain_model.ChainModel`: padded NumPy batches in, the
-trunk once per batch, then each requested task's tail on the rows that asked for it."""
+trunk once per batch, then each requested task's tail on the rows that asked for it. On a CPU a batch of mixed lengths
+runs packed (:mod:`finechain.model.packing`): its texts end to end in a few rows, no padding computed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from finechain.data.batching import index_tensor
 from finechain.data.tokens import CPU_PASS_TOKENS
 from finechain.model.chain_model import ChainModel
+from finechain.model.packing import Packing, plan_packing
 from finechain.model.precision import autocast_context
 
 
@@ -29,9 +31,11 @@ class TorchRunner:
     """
 
     pass_tokens = CPU_PASS_TOKENS  # a pass's own cost on a CPU, in tokens (data.tokens)
+    packs = True  # on a CPU a batch's padding is not computed (model.packing): batches need not be cut by length
 
     def __init__(self, model: ChainModel) -> None:
         self.model = model
+        self.hidden_size = int(model.encoder_config.hidden_size)
 
     @property
     def device_type(self) -> str:
@@ -61,11 +65,12 @@ class TorchRunner:
         model = self.model.eval()
         ids, mask = self._inputs(input_ids, attention_mask)
         asked = model.tasks if kept is not None else wanted  # kept states must serve any task later
+        packing = plan_packing(mask, self.hidden_size)
         with autocast_context(model.device, precision):
-            states = model.trunk_states(ids, mask, any(model.tasks[n].needs_trunk_states for n in asked))
+            states = model.trunk_states(ids, mask, any(model.tasks[n].needs_trunk_states for n in asked), packing)
             if kept is not None:
-                kept.append((states, mask))
-            return self._tails(states, mask, wanted, observer)
+                kept.append((states, mask, packing))
+            return self._tails(states, mask, packing, wanted, observer)
 
     @torch.inference_mode()
     def run_kept(
@@ -76,28 +81,31 @@ class TorchRunner:
         observer: Callable[[str, float], None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Like :meth:`run`, on trunk states that ``run(..., kept=...)`` kept: only the tasks' tails run."""
-        states, mask = handle
+        states, mask, packing = handle
         with autocast_context(self.model.device, precision):
-            return self._tails(states, mask, wanted, observer)
+            return self._tails(states, mask, packing, wanted, observer)
 
     def _tails(
         self,
         states: list[torch.Tensor],
         mask: torch.Tensor,
+        packing: Packing | None,
         wanted: Mapping[str, list[int] | None],
         observer: Callable[[str, float], None] | None,
     ) -> dict[str, torch.Tensor]:
-        """Each wanted task's tail on the trunk states of the rows that asked for it."""
+        """Each wanted task's tail on the trunk states of the rows that asked for it (``states`` packed by
+        ``packing``, when there is one)."""
         results: dict[str, torch.Tensor] = {}
         for name, rows in wanted.items():
             task, timed = self.model.tasks[name], time.perf_counter()
-            given = states if task.needs_trunk_states else states[-1]
+            given = states if task.needs_trunk_states else states[-1:]
             if rows is None:
-                result = task(given, mask)
-            else:  # only some rows of this batch asked for the task
+                result = task(given, mask, packing)
+            else:  # only some rows of this batch asked for the task: their states, packed anew where that saves
                 index = index_tensor(rows, self.model.device)
-                given = [s[index] for s in given] if isinstance(given, list) else given[index]
-                result = task(given, mask[index])
+                padded = [(s if packing is None else packing.unpack(s))[index] for s in given]
+                subset = plan_packing(mask[index], self.hidden_size)
+                result = task(padded if subset is None else [subset.pack(s) for s in padded], mask[index], subset)
             results[name] = result.float()
             if observer is not None:
                 observer(name, time.perf_counter() - timed)

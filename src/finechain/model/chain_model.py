@@ -18,6 +18,7 @@ from finechain.heads import Head
 from finechain.model.backbone import BackboneRef, check_max_length, load_tokenizer, resolve_backbone
 from finechain.model.encoder import load_encoder
 from finechain.model.layers import LayerStack, Trunk, copy_layers
+from finechain.model.packing import Packing
 from finechain.model.pooling import pool
 from finechain.model.task import TaskModel
 from finechain.spec import DEFAULT_BACKBONE, default_split
@@ -202,11 +203,12 @@ class ChainModel(nn.Module):
         return encode_texts(self.tokenizer, texts, self.max_length, with_words)
 
     # the network ------------------------------------------------------------------------------
-    def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_states: bool = False) -> list[torch.Tensor]:
-        """The trunk's output (a list of one), or with ``all_states`` the embeddings and every trunk layer's output."""
-        if all_states:
-            return self.trunk.all_states(input_ids, attention_mask)
-        return [self.trunk(input_ids, attention_mask)]
+    def trunk_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_states: bool = False, packing: Packing | None = None
+    ) -> list[torch.Tensor]:
+        """The trunk's output (a list of one), or with ``all_states`` the embeddings and every trunk layer's output;
+        with ``packing`` (:func:`~finechain.model.packing.plan_packing`), in its packed rows."""
+        return self.trunk.all_states(input_ids, attention_mask, packing, all_layers=all_states)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Every requested task's head outputs (default: all tasks): the trunk once, then each tail."""

@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.masking_utils import create_bidirectional_mask
 
 from finechain.model.dropout import use_fast_dropout
+from finechain.model.packing import Packing
 
 # On CUDA, PyTorch may pick cuDNN's attention first (it does on Hopper GPUs), and cuDNN builds a new execution
 # plan for each new sequence length: about 6 ms of host time per call, measured on an H100. Length-bucketed
@@ -37,7 +38,9 @@ class LayerStack(nn.Module):
         self.config = config
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False) -> list[torch.Tensor]:
-        """Return the output of every layer (or only the last, when ``all_layers`` is false)."""
+        """Return the output of every layer (or only the last, when ``all_layers`` is false). ``attention_mask`` is
+        ``[batch, tokens]`` (1 = a token, 0 = padding) or a ready ``[batch, 1, tokens, tokens]`` boolean mask (a
+        :class:`~finechain.model.packing.Packing`'s)."""
         outputs = [hidden]
         if len(self.layers):
             # on CUDA, build the mask even without padding: checking for padding would wait for the GPU every call; when
@@ -72,14 +75,20 @@ class Trunk(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states after layer ``split - 1`` (the embeddings when ``split == 0``)."""
-        hidden = self.embeddings(input_ids=input_ids)
-        return self.stack(hidden, attention_mask)[-1]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        """Hidden states after layer ``split - 1`` (the embeddings when ``split == 0``); with ``packing``, in its
+        packed rows."""
+        return self.all_states(input_ids, attention_mask, packing, all_layers=False)[-1]
 
-    def all_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        """The embeddings and every trunk layer's output (``split + 1`` tensors; the last is :meth:`forward`'s)."""
-        return self.stack(self.embeddings(input_ids=input_ids), attention_mask, all_layers=True)
+    def all_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: Packing | None = None, all_layers: bool = True
+    ) -> list[torch.Tensor]:
+        """The embeddings and every trunk layer's output (``split + 1`` tensors; the last is :meth:`forward`'s). With
+        ``packing`` the embeddings are computed on the padded batch and the layers run on its packed rows."""
+        hidden = self.embeddings(input_ids=input_ids)
+        if packing is None:
+            return self.stack(hidden, attention_mask, all_layers=all_layers)
+        return self.stack(packing.pack(hidden), packing.mask, all_layers=all_layers)
 
 
 def copy_layers(layers: list[nn.Module]) -> list[nn.Module]:

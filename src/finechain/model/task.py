@@ -14,6 +14,7 @@ from finechain.model.head_layer import HeadLayer
 from finechain.model.layers import LayerStack
 from finechain.model.losses import LOSSES
 from finechain.model.mixing import LayerMix
+from finechain.model.packing import Packing
 
 
 class TaskModel(nn.Module):
@@ -63,9 +64,14 @@ class TaskModel(nn.Module):
             return self.branch(states[-1], attention_mask)[-1]
         return self.layer_mix([*states[:-1], *self.branch(states[-1], attention_mask, all_layers=True)])
 
-    def forward(self, states: torch.Tensor | list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
-        """Head outputs for the trunk's output (or all its states, see :meth:`features`)."""
-        return self.head_layer(self.features(states, attention_mask), attention_mask)
+    def forward(
+        self, states: torch.Tensor | list[torch.Tensor], attention_mask: torch.Tensor, packing: Packing | None = None
+    ) -> torch.Tensor:
+        """Head outputs for the trunk's output (or all its states, see :meth:`features`). With ``packing`` the states
+        are in its packed rows: the branch runs on them, and the head reads them unpacked."""
+        if packing is None:
+            return self.head_layer(self.features(states, attention_mask), attention_mask)
+        return self.head_layer(packing.unpack(self.features(states, packing.mask)), attention_mask)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The head's training loss (named by :attr:`Head.loss`) of a batch."""
