@@ -51,3 +51,20 @@ def test_word_lists_are_tokenised_like_running_text_on_a_byte_level_bpe(tiny_rob
     )
     found = chain.predict(["bob visited new york"])[0]["ner"].entities
     assert [(e.text, e.type) for e in found] == [("bob", "PER"), ("new york", "LOC")]
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_check_counts_tokens_as_the_model_cuts_them_without_transformers(kind: str, tiny_backbone: Path, tiny_roberta: Path) -> None:
+    """``finechain check`` reads ``tokenizer.json`` with the tokenizers library alone (no PyTorch): the same ids as the
+    tokenizer the model is loaded with, running text and word lists, byte-level BPE included (its prefix space)."""
+    from finechain.model.backbone import inspect_backbone, inspect_tokenizer, load_tokenizer
+
+    folder = tiny_backbone if kind == "bert" else tiny_roberta
+    light, full = inspect_tokenizer(folder), load_tokenizer(folder)
+    texts = ["alice visited new york", "bob met carol in paris, then left."]
+    words = [text.split() for text in texts]
+    for given, split in ((texts, False), (words, True)):
+        expected = full(given, truncation=True, max_length=64, is_split_into_words=split)["input_ids"]
+        assert light(given, truncation=True, max_length=64, is_split_into_words=split)["input_ids"] == expected
+    assert light.model_max_length == full.model_max_length
+    assert inspect_backbone(folder).num_hidden_layers == 4

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,21 @@ def test_entities_that_cut_words_are_reported(tiny_backbone: Path, tmp_path: Pat
     assert code == 0, out + err
     assert "warning ner: 1 of 31 entities do not start and end where words do" in " ".join(out.split())
     assert "ner.jsonl:8: 'paris' in 'paris-based'" in " ".join(out.split())
+
+
+def test_check_of_a_good_spec_imports_no_pytorch(tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """The backbone's config, weights header and tokenizer are checked from their files: ``finechain check`` answers in
+    about a second instead of the several that importing PyTorch (through transformers) takes."""
+    spec = tmp_path / "chain.yaml"
+    task = f"{{name: s, train: {sentiment_files[0]}, dev: {sentiment_files[1]}}}"
+    spec.write_text(f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 16\ntasks:\n  - {task}\n")
+    probe = "import runpy, sys\ncode = 0\ntry:\n    runpy.run_module('finechain', run_name='__main__')\n"
+    probe += "except SystemExit as end:\n    code = end.code\nprint(code, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "check", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.stdout.split()[-3:] == ["0", "False", "False"], (done.stdout, done.stderr[-1000:])

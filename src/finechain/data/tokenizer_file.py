@@ -5,6 +5,7 @@ tokenizer does (the same backend underneath), so both paths cut texts into the s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,19 @@ class TokenizerFile:
         [[101, 7592, 2088, 102]]
     """
 
-    def __init__(self, path: str | Path, pad_token_id: int = 0) -> None:
+    def __init__(self, path: str | Path, pad_token_id: int = 0, prefix_space: bool = False, fix: str = "export the chain again") -> None:
         from tokenizers import Tokenizer
 
         try:
-            self.backend = Tokenizer.from_file(str(path))
+            text = Path(path).read_text(encoding="utf-8")
+            if prefix_space:  # as a backbone's byte-level BPE is loaded for finechain (model.backbone.load_tokenizer)
+                text = _with_prefix_space(text)
+            self.backend = Tokenizer.from_str(text)
         except Exception as error:  # the tokenizers library raises its own exception type for a bad file
-            raise ArtifactError(f"the tokenizer cannot be read ({short_reason(error)})", file=path, fix="export the chain again") from None
+            raise ArtifactError(f"the tokenizer cannot be read ({short_reason(error)})", file=path, fix=fix) from None
         self.backend.no_padding()
         self.pad_token_id = pad_token_id
+        self.model_max_length: int | None = None
 
     def __call__(
         self,
@@ -54,6 +59,23 @@ class TokenizerFile:
             rows.extend(parts)
             owners.extend([owner] * len(parts))
         return _Batch(rows, owners)
+
+
+def _with_prefix_space(text: str) -> str:
+    """A ``tokenizer.json`` whose byte-level steps (pre-tokenizer, post-processor) add a space before the first word.
+
+    Example:
+        >>> json.loads(_with_prefix_space('{"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}}'))
+        {'pre_tokenizer': {'type': 'ByteLevel', 'add_prefix_space': True}}
+    """
+    spec = json.loads(text)
+    for key in ("pre_tokenizer", "post_processor"):
+        part = spec.get(key) or {}
+        steps = part.get("pretokenizers" if key == "pre_tokenizer" else "processors", [part]) if part.get("type") == "Sequence" else [part]
+        for step in steps:
+            if step.get("type") in ("ByteLevel", "RobertaProcessing") and "add_prefix_space" in step:
+                step["add_prefix_space"] = True
+    return json.dumps(spec)
 
 
 class _Batch(dict):

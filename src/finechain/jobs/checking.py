@@ -12,7 +12,7 @@ from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import FinechainError
 from finechain.heads import head_type
 from finechain.heads.tagging import entity_types
-from finechain.model.backbone import check_max_length, inspect_backbone, load_tokenizer, resolve_backbone
+from finechain.model.backbone import check_max_length, inspect_backbone, inspect_tokenizer, resolve_backbone
 from finechain.spec import ChainSpec, TaskSpec, TrainingConfig, default_split, load_chain_spec, spec_line
 from finechain.spec.flows import StageSpec, TaskFacts, stage_problem
 
@@ -25,7 +25,8 @@ def load_all(specs: list[TaskSpec], training: TrainingConfig) -> dict[str, TaskD
 @dataclass
 class Checked:
     """A spec with every check that training runs before its first step done: the spec, each task's data (read,
-    checked, split), the backbone's folder and tokenizer (config and weights header checked), the trunk depth."""
+    checked, split), the backbone's folder and tokenizer (config and weights header checked; the tokenizer read from
+    its ``tokenizer.json``, no PyTorch), the trunk depth."""
 
     spec: ChainSpec
     data: dict[str, TaskData]
@@ -50,7 +51,7 @@ def check_spec(spec_path: Path) -> Checked:
     try:
         path, _ = resolve_backbone(spec.backbone, spec_path.parent)
         config = inspect_backbone(path)
-        tokenizer = load_tokenizer(path)
+        tokenizer = inspect_tokenizer(path)
         check_max_length(spec.max_length, config, tokenizer)
         layers = int(config.num_hidden_layers)
         split = default_split(layers, spec.sharing_mode) if spec.split == "auto" else spec.split

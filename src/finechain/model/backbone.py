@@ -153,32 +153,36 @@ def locate_backbone(ref: BackboneRef, artifact_dir: Path, override: str | Path |
     return path
 
 
-def inspect_backbone(path: Path) -> Any:
-    """Check a backbone folder without loading its weights, and return its config: ``config.json`` is there and
-    readable, the weights file's header is whole (a truncated or corrupt file fails here, not halfway through
-    training). Every problem is a one-line :class:`ArtifactError` naming the file.
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What finechain reads from a backbone's ``config.json`` before loading the model (as JSON: no PyTorch)."""
+
+    model_type: str
+    num_hidden_layers: int
+    hidden_size: int
+    max_position_embeddings: int = 512
+    pad_token_id: int | None = None
+
+
+def inspect_backbone(path: Path) -> BackboneConfig:
+    """Check a backbone folder without loading its weights or importing PyTorch, and return its config: ``config.json``
+    is there and holds the fields finechain needs, the weights file's header is whole (a truncated or corrupt file
+    fails here, not halfway through training). Every problem is a one-line :class:`ArtifactError` naming the file.
 
     Example:
         >>> inspect_backbone(resolve_backbone("all-MiniLM-L6-v2")[0]).num_hidden_layers  # doctest: +SKIP
         6
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safetensors import SafetensorError, safe_open
-    from transformers import AutoConfig
 
     config_file = path / "config.json"
     if not config_file.is_file():
         fix = "give a Hugging Face model folder (config.json, model.safetensors and the tokenizer's files)"
         raise ArtifactError("no config.json in the backbone folder", file=path, fix=fix, field="backbone")
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as error:
-        raise ArtifactError(
-            f"config.json cannot be read ({short_reason(error)})", file=config_file, fix="restore the backbone folder"
-        ) from None
+    config = _read_config(config_file)
     weights = path / WEIGHTS_FILE
     try:
-        with safe_open(str(weights), "pt") as handle:
+        with safe_open(str(weights), "numpy") as handle:  # the header only
             if not list(handle.keys()):
                 raise ArtifactError("the weights file holds no tensors", file=weights, fix="restore the backbone folder")
     except (SafetensorError, OSError) as error:
@@ -188,6 +192,62 @@ def inspect_backbone(path: Path) -> Any:
             fix="restore the backbone folder (re-install or re-download it)",
         ) from None
     return config
+
+
+def _read_config(config_file: Path) -> BackboneConfig:
+    """``config.json``'s fields finechain needs; anything unreadable or missing is a one-line error naming the file."""
+
+    def unreadable(reason: str) -> ArtifactError:
+        return ArtifactError(f"config.json cannot be read ({reason})", file=config_file, fix="restore the backbone folder")
+
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise unreadable(short_reason(error)) from None
+    if not isinstance(raw, dict):
+        raise unreadable("not a JSON object")
+    values: dict[str, Any] = {}
+    for name in ("model_type", "num_hidden_layers", "hidden_size", "max_position_embeddings", "pad_token_id"):
+        value = raw.get(name)
+        required = name in ("model_type", "num_hidden_layers", "hidden_size")
+        if value is None and not required:
+            continue
+        wanted = str if name == "model_type" else int
+        if not isinstance(value, wanted) or isinstance(value, bool) or (wanted is int and name != "pad_token_id" and value < 1):
+            raise unreadable(f"'{name}' is {value!r}, not a {'name' if wanted is str else 'positive whole number'}")
+        values[name] = value
+    return BackboneConfig(**values)
+
+
+def inspect_tokenizer(path: Path) -> Any:
+    """The backbone's ``tokenizer.json`` read with the ``tokenizers`` library alone (no PyTorch, no transformers), with
+    ``model_max_length`` from ``tokenizer_config.json``: what ``finechain check`` counts tokens with. It cuts texts as
+    :func:`load_tokenizer` does (byte-level BPE with a prefix space, see there).
+
+    Example:
+        >>> inspect_tokenizer(resolve_backbone("all-MiniLM-L6-v2")[0])(["U.N. envoy"])["input_ids"]  # doctest: +SKIP
+        [[101, 1057, 1012, 1050, 1012, 19918, 102]]
+    """
+    from finechain.data.tokenizer_file import TokenizerFile
+
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        raise ArtifactError(
+            "the backbone has no fast tokenizer (tokenizer.json)", file=path, fix="save the tokenizer with a tokenizer.json"
+        )
+    settings: dict[str, Any] = {}
+    settings_file = path / "tokenizer_config.json"
+    if settings_file.is_file():
+        try:
+            settings = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ArtifactError(
+                f"the backbone's tokenizer cannot be loaded ({short_reason(error)})", file=settings_file, fix="restore its tokenizer files"
+            ) from None
+    tokenizer = TokenizerFile(file, prefix_space=True, fix="restore its tokenizer files")
+    declared = settings.get("model_max_length") if isinstance(settings, dict) else None
+    tokenizer.model_max_length = declared if isinstance(declared, int) and not isinstance(declared, bool) else None
+    return tokenizer
 
 
 def load_tokenizer(path: Path) -> Any:
