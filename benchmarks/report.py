@@ -54,6 +54,7 @@ SUITE_TITLES = {
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
     "snips_chain_e5": "SNIPS intent + slots: the chain at the default 5 epochs (CPU)",
     "snips_chain_s2lr": "SNIPS intent + slots: deeper branches and a faster trunk rate (CPU, a tried setting)",
+    "snips_chain_e10": "SNIPS intent + slots: the chain at 10 epochs, as JointBERT trains (CPU, a tried setting)",
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "pass_cost": "What one more inference pass costs on a CPU, in tokens (how a server's mixed batch is cut)",
     "pass_cost_onnx": "What one more inference pass costs on a CPU: the ONNX export",
@@ -740,6 +741,7 @@ SECTIONS += [
     "snips",
     "snips_chain_e5",
     "snips_chain_s2lr",
+    "snips_chain_e10",
 ]
 TABLES = {
     "train": train_table,
