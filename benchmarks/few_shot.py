@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
             eval_texts, gold = holdout_rows(task, args.per_class, args.seeds, limit)
         else:
             eval_texts, gold = evaluation_rows(task, limit)
-        where = "held-out training texts" if args.evaluate_on == "holdout" else "texts"
         for per_class in args.per_class:
-            unit = f"{CLASSIFICATION_SETS[task][2]} accuracy, {len(gold)} {where}"
+            unit = f"{CLASSIFICATION_SETS[task][2]} accuracy, {len(gold)} texts"
+            if args.evaluate_on == "holdout":
+                unit = f"accuracy, {len(gold)} held-out training texts"
             for seed in args.seeds:
                 rows = per_class_sample(task, per_class, seed)
                 texts, labels = [r.text for r in rows], [str(r.label) for r in rows]

@@ -49,6 +49,7 @@ SUITE_TITLES = {
     "export_hidden": "Export and compression: students distilled with and without hidden states (CPU)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
     "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
+    "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
@@ -727,7 +728,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "robustness", "update"]
+SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "few_shot_holdout", "robustness", "update"]
 SECTIONS += [
     "branch_batching",
     "mixing",
@@ -767,6 +768,7 @@ TABLES = {
     "robustness": robustness_table,
     "update": update_table,
     "few_shot": few_shot_table,
+    "few_shot_holdout": few_shot_table,
 }
 
 
