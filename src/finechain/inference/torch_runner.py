@@ -96,16 +96,25 @@ class TorchRunner:
         """Each wanted task's tail on the trunk states of the rows that asked for it (``states`` packed by
         ``packing``, when there is one)."""
         results: dict[str, torch.Tensor] = {}
+        unpacked: dict[int, torch.Tensor] = {}  # trunk states back in the padded layout, once per batch, for subsets
+
+        def padded(depth: int) -> torch.Tensor:
+            if packing is None:
+                return states[depth]
+            if depth not in unpacked:
+                unpacked[depth] = packing.unpack(states[depth])
+            return unpacked[depth]
+
         for name, rows in wanted.items():
             task, timed = self.model.tasks[name], time.perf_counter()
-            given = states if task.needs_trunk_states else states[-1:]
+            depths = range(len(states)) if task.needs_trunk_states else [len(states) - 1]
             if rows is None:
-                result = task(given, mask, packing)
+                result = task([states[d] for d in depths], mask, packing)
             else:  # only some rows of this batch asked for the task: their states, packed anew where that saves
                 index = index_tensor(rows, self.model.device)
-                padded = [(s if packing is None else packing.unpack(s))[index] for s in given]
-                subset = plan_packing(mask[index], self.hidden_size)
-                result = task(padded if subset is None else [subset.pack(s) for s in padded], mask[index], subset)
+                given, subset_mask = [padded(d)[index] for d in depths], mask[index]
+                subset = plan_packing(subset_mask, self.hidden_size)
+                result = task(given if subset is None else [subset.pack(s) for s in given], subset_mask, subset)
             results[name] = result.float()
             if observer is not None:
                 observer(name, time.perf_counter() - timed)

@@ -45,7 +45,11 @@ class Packing:
     def plan(cls, lengths: Sequence[int], width: int, row_tokens: int = 256) -> Packing:
         """Lay texts of ``lengths`` tokens (padded to ``width``) into as few rows of about ``row_tokens`` as they fill,
         longest first into the emptiest row, so that the rows end up about equally long."""
-        members = _rows(lengths, _row_count(lengths, width, row_tokens))[0]
+        return cls.from_rows(lengths, width, _rows(lengths, _row_count(lengths, width, row_tokens))[0])
+
+    @classmethod
+    def from_rows(cls, lengths: Sequence[int], width: int, members: list[list[int]]) -> Packing:
+        """The packing that puts the texts ``members[r]`` (indices into ``lengths``) in row ``r``, in text order."""
         row_width = max(sum(lengths[t] for t in texts) for texts in members)
         source: list[int] = []
         target: list[int] = []
@@ -60,11 +64,6 @@ class Packing:
                 at += n
         mask = (segment[:, :, None] == segment[:, None, :]).unsqueeze(1)
         return cls(len(lengths), width, len(members), row_width, torch.tensor(source), torch.tensor(target), mask)
-
-    def to(self, device: torch.device) -> Packing:
-        """The same packing with its index tensors on ``device``."""
-        moved = (t.to(device) for t in (self.source, self.target, self.mask))
-        return Packing(self.texts, self.width, self.rows, self.row_width, *moved)
 
     def pack(self, states: torch.Tensor) -> torch.Tensor:
         """``[texts, width, hidden]`` -> ``[rows, row_width, hidden]`` (zeros after each row's last text)."""
@@ -110,12 +109,12 @@ def plan_packing(attention_mask: torch.Tensor, hidden_size: int) -> Packing | No
     lengths = attention_mask.sum(1).tolist()
     width = attention_mask.shape[1]
     best, cost = None, layer_cost(len(lengths), width, hidden_size)
-    for row_tokens in ROW_TOKENS:
-        rows = _row_count(lengths, width, row_tokens)
-        packed = layer_cost(rows, max(_rows(lengths, rows)[1]), hidden_size)
+    for rows in dict.fromkeys(_row_count(lengths, width, row_tokens) for row_tokens in ROW_TOKENS):  # each count once
+        members, loads = _rows(lengths, rows)
+        packed = layer_cost(rows, max(loads), hidden_size)
         if packed < cost:
-            best, cost = row_tokens, packed
-    return None if best is None else Packing.plan(lengths, width, best)
+            best, cost = members, packed
+    return None if best is None else Packing.from_rows(lengths, width, best)
 
 
 def _row_count(lengths: Sequence[int], width: int, row_tokens: int) -> int:
