@@ -61,6 +61,20 @@ class TokenizerFile:
         return _Batch(rows, owners)
 
 
+def pipeline_steps(spec: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The steps of a ``tokenizer.json``'s ``pre_tokenizer`` or ``post_processor``: its ``Sequence``'s, or itself.
+
+    Example:
+        >>> pipeline_steps({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "ByteLevel"}]}}, "pre_tokenizer")
+        [{'type': 'ByteLevel'}]
+        >>> pipeline_steps({"pre_tokenizer": None}, "pre_tokenizer")
+        [{}]
+    """
+    part = spec.get(key) or {}
+    children = "pretokenizers" if key == "pre_tokenizer" else "processors"
+    return part.get(children, [part]) if part.get("type") == "Sequence" else [part]
+
+
 def _with_prefix_space(text: str) -> str:
     """A ``tokenizer.json`` whose byte-level steps (pre-tokenizer, post-processor) add a space before the first word.
 
@@ -70,9 +84,7 @@ def _with_prefix_space(text: str) -> str:
     """
     spec = json.loads(text)
     for key in ("pre_tokenizer", "post_processor"):
-        part = spec.get(key) or {}
-        steps = part.get("pretokenizers" if key == "pre_tokenizer" else "processors", [part]) if part.get("type") == "Sequence" else [part]
-        for step in steps:
+        for step in pipeline_steps(spec, key):
             if step.get("type") in ("ByteLevel", "RobertaProcessing") and "add_prefix_space" in step:
                 step["add_prefix_space"] = True
     return json.dumps(spec)

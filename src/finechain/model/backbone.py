@@ -283,9 +283,9 @@ def _byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return False
-    pre = json.loads(backend.to_str()).get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    return any(step.get("type") == "ByteLevel" for step in steps)
+    from finechain.data.tokenizer_file import pipeline_steps
+
+    return any(step.get("type") == "ByteLevel" for step in pipeline_steps(json.loads(backend.to_str()), "pre_tokenizer"))
 
 
 def backbone_positions(config: Any, tokenizer: Any) -> int:
