@@ -8,6 +8,7 @@ import random
 import string
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,6 +81,30 @@ def _always_cut_validation() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(prepare, "MIN_VALIDATION", 0)
         yield
+
+
+def mixed_chain(backbone: Path, **extra: Any) -> Any:
+    """An untrained chain on ``backbone`` (split 2, max_length 16, fp32) with all four head types, plus ``extra`` heads
+    by task name: random tails are enough to compare code paths."""
+    import torch
+
+    from finechain import Chain
+    from finechain.heads import head_type
+
+    torch.manual_seed(0)
+    chain = Chain.from_backbone(str(backbone), split=2, max_length=16)
+    heads = {
+        "sent": head_type("classification")(["neg", "pos"]),
+        "tags": head_type("multilabel")(["a", "b", "c"]),
+        "score": head_type("regression")(),
+        "ner": head_type("tagging")(["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]),
+        **extra,
+    }
+    heads["score"].load_state({"mean": 3.0, "std": 2.0})
+    for name, head in heads.items():
+        chain.attach(name, chain.model.new_task(head))
+    chain.precision = "fp32"
+    return chain
 
 
 @pytest.fixture(scope="session")

@@ -13,24 +13,13 @@ from finechain import Chain
 from finechain.data.tokens import inference_batches
 from finechain.heads import ClassPrediction, EntitiesPrediction, LabelsPrediction, ValuePrediction, head_type
 from finechain.inference import Engine
+from tests.conftest import mixed_chain
 
 
 @pytest.fixture
 def mixed(tiny_backbone: Path) -> Chain:
     """An untrained chain (the tails' random weights are enough to compare code paths) with all four head types."""
-    torch.manual_seed(0)
-    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=16)
-    heads = {
-        "sent": head_type("classification")(["neg", "pos"]),
-        "tags": head_type("multilabel")(["a", "b", "c"]),
-        "score": head_type("regression")(),
-        "ner": head_type("tagging")(["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]),
-    }
-    heads["score"].load_state({"mean": 3.0, "std": 2.0})
-    for name, head in heads.items():
-        chain.attach(name, chain.model.new_task(head))
-    chain.precision = "fp32"
-    return chain
+    return mixed_chain(tiny_backbone)
 
 
 LONG = " ".join(["alice visited new york and"] * 5)  # 25 words, 27 tokens: past max_length 16

@@ -15,6 +15,7 @@ from finechain.data.tokens import pad_rows
 from finechain.heads import head_type
 from finechain.inference import torch_runner
 from finechain.model.packing import Packing, plan_packing
+from tests.conftest import mixed_chain
 
 TEXTS = [
     "good",
@@ -28,20 +29,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def chain(tiny_backbone: Path) -> Chain:
-    """An untrained chain with every head type and one layer-mixing task (random weights are enough to compare paths)."""
-    torch.manual_seed(0)
-    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=16)
-    heads = {
-        "sent": head_type("classification")(["neg", "pos"]),
-        "tags": head_type("multilabel")(["a", "b", "c"]),
-        "score": head_type("regression")(),
-        "ner": head_type("tagging")(["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]),
-        "mix": head_type("classification")(["x", "y", "z"], {"layer_mix": True, "pooling": "max"}),
-    }
-    for name, head in heads.items():
-        chain.attach(name, chain.model.new_task(head))
-    chain.precision = "fp32"
-    return chain
+    """The engine tests' chain with every head type, plus one layer-mixing task."""
+    return mixed_chain(tiny_backbone, mix=head_type("classification")(["x", "y", "z"], {"layer_mix": True, "pooling": "max"}))
 
 
 def test_pack_then_unpack_gives_back_every_token_and_zeros_at_padding() -> None:
