@@ -121,12 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     for task in args.tasks:
         if args.evaluate_on == "holdout":
             eval_texts, gold = holdout_rows(task, args.per_class, args.seeds, limit)
+            unit = f"accuracy, {len(gold)} held-out training texts"
         else:
             eval_texts, gold = evaluation_rows(task, limit)
-        for per_class in args.per_class:
             unit = f"{CLASSIFICATION_SETS[task][2]} accuracy, {len(gold)} texts"
-            if args.evaluate_on == "holdout":
-                unit = f"accuracy, {len(gold)} held-out training texts"
+        for per_class in args.per_class:
             for seed in args.seeds:
                 rows = per_class_sample(task, per_class, seed)
                 texts, labels = [r.text for r in rows], [str(r.label) for r in rows]
