@@ -2,7 +2,7 @@
 tasks answered in one pass, next to what a user would build with the Hugging Face Trainer, an intent classifier and
 a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
 
-    python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5]
+    python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -81,6 +81,7 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
             text_column="words",
             label_column="slots",
             max_train_examples=limit,
+            head={"crf": args.crf},
         ),
     ]
     chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
@@ -92,6 +93,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
     variant = f"chain: intent + slots in one pass (joint trunk, split {chain.split})"
     if args.trunk_learning_rate is not None:
         variant += f", trunk lr {args.trunk_learning_rate:g}"
+    if args.crf:
+        variant += ", CRF slot tagger"
     for split, rows in (("dev", read("dev")), ("test", test)):  # dev: what settings are chosen on; test: what is reported
         predictions = chain.predict([r["words"] for r in rows])
         found = scores([p["intent"].label for p in predictions], [p["slots"].tags for p in predictions], rows)
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--split", default="auto", help="the chain's split depth: auto or a number of trunk layers")
     parser.add_argument("--trunk-learning-rate", type=float, default=None, help="joint trunk rate (default JointConfig's 5e-5)")
+    parser.add_argument("--crf", action="store_true", help="the chain's slot tagger is a CRF (head option crf: true)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-flow", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default snips, or snips_quick)")

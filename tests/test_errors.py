@@ -125,6 +125,13 @@ def test_spec_bad_value_and_type(folder: Path, tiny_backbone: Path, monkeypatch,
     expect_one_line_error(code, err, "chain.yaml:4:", "training.epochs")
 
 
+def test_spec_head_options_that_contradict_name_their_line(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    block = task_block().replace("classification", "tagging") + "    head: {crf: true, decoding: argmax}\n"
+    code, _, err = run_cli(["train", str(write_spec(folder, block, tiny_backbone)), "--out", str(folder / "out")], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:11:", "a CRF decodes whole tag sequences", "remove `decoding: argmax`")
+    assert not (folder / "out").exists()
+
+
 def test_invalid_yaml(folder: Path, monkeypatch, capsys) -> None:
     (folder / "broken.yaml").write_text("tasks:\n  - name: a\n   type: x\n")
     code, _, err = run_cli(["train", str(folder / "broken.yaml"), "--out", str(folder / "out")], monkeypatch, capsys)

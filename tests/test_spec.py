@@ -50,6 +50,8 @@ def test_reading_a_spec_imports_no_model_stack(tmp_path: Path) -> None:
         ({"type": "classification", "decoding": "argmax"}, "extra_forbidden"),
         ({"type": "tagging", "pooling": "cls"}, "extra_forbidden"),
         ({"type": "tagging", "decoding": "argmax", "head": {"decoding": "constrained"}}, "set twice"),
+        ({"type": "tagging", "head": {"crf": True}}, None),
+        ({"type": "tagging", "head": {"crf": True, "decoding": "argmax"}}, "a CRF decodes whole tag sequences"),
         ({"type": "multilabel", "label_separator": ";"}, None),
         ({"branch": {"mode": "lora", "rank": 0}}, "greater than or equal to 1"),
         ({"branch": {"mode": "full", "rank": 4}}, "extra_forbidden"),

@@ -14,7 +14,7 @@ from finechain.cli.app import main
 from finechain.data.conll import read_conll, read_word_lists
 from finechain.data.tokens import overflow_windows
 from finechain.errors import DataError
-from finechain.heads.tagging import allowed_transitions, best_paths, spans_from_tags
+from finechain.heads.tagging import TransitionScores, allowed_transitions, best_paths, spans_from_tags
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 
 FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
@@ -127,6 +127,91 @@ def test_viterbi_finds_the_best_valid_path() -> None:
     assert 0 < shortcuts < len(texts) - 50  # both ways through the function were taken, often
 
 
+def test_viterbi_with_crf_scores_finds_the_best_valid_path() -> None:
+    """With a CRF's move scores every text goes through Viterbi: its path is the best valid one by word scores plus
+    start, move and end scores, against every path."""
+    import itertools
+
+    labels = ["B-LOC", "I-LOC", "O"]
+    start, trans = allowed_transitions(labels)
+    rng = np.random.default_rng(2)
+    scores = TransitionScores(rng.normal(size=3), rng.normal(size=(3, 3)) * 2, rng.normal(size=3))
+    texts = [np.log(rng.dirichlet(np.full(3, 0.5), size=int(rng.integers(0, 5)))) for _ in range(200)]
+    lengths = np.array([len(t) for t in texts])
+    found = np.split(best_paths(np.concatenate(texts), lengths, start, trans, scores), np.cumsum(lengths)[:-1])
+
+    def total(log_probs: np.ndarray, p: tuple[int, ...]) -> float:
+        moves = sum(scores.moves[a, b] for a, b in itertools.pairwise(p))
+        return sum(log_probs[w, t] for w, t in enumerate(p)) + scores.start[p[0]] + moves + scores.end[p[-1]]
+
+    differs = 0
+    for log_probs, path in zip(texts, found, strict=True):
+        if not len(log_probs):
+            continue
+        every = itertools.product(range(3), repeat=len(log_probs))
+        valid = [p for p in every if start[p[0]] and all(trans[a, b] for a, b in itertools.pairwise(p))]
+        assert path.tolist() == list(max(valid, key=lambda p: total(log_probs, p)))
+        differs += path.tolist() != best_paths(log_probs, np.array([len(log_probs)]), start, trans).tolist()
+    assert differs > 20  # the move scores changed many answers
+
+
+def test_crf_loss_is_the_sequence_likelihood() -> None:
+    """Against every tag sequence: minus the gold sequence's log-probability, per word, over texts whose words start
+    at different tokens (targets -100 elsewhere); gradients reach the move scores."""
+    import itertools
+
+    import torch
+
+    from finechain.model.losses import crf_negative_log_likelihood
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(3, 6, 3), torch.tensor([[-100, 1, -100, 2, 0, -100], [0, 2, -100, -100, -100, -100], [-100] * 6])
+    start, moves, end = (torch.randn(*shape, requires_grad=True) for shape in ((3,), (3, 3), (3,)))
+
+    def score(emitted: torch.Tensor, tags: list[int]) -> torch.Tensor:
+        steps = sum(moves[a, b] + emitted[t + 1, b] for t, (a, b) in enumerate(itertools.pairwise(tags)))
+        return start[tags[0]] + emitted[0, tags[0]] + steps + end[tags[-1]]
+
+    expected, words = torch.zeros(()), 0
+    for row in range(2):  # the third text has no words: it adds nothing
+        positions = [i for i in range(6) if targets[row, i] != -100]
+        emitted, gold = logits[row, positions], [int(targets[row, i]) for i in positions]
+        every = torch.stack([score(emitted, list(p)) for p in itertools.product(range(3), repeat=len(positions))])
+        expected = expected + torch.logsumexp(every, 0) - score(emitted, gold)
+        words += len(positions)
+    loss = crf_negative_log_likelihood(logits, targets, start, moves, end)
+    assert abs(loss.item() - (expected / words).item()) < 1e-5
+    loss.backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in (start, moves, end))
+
+
+def test_a_crf_tagger_learns_moves_and_keeps_them_everywhere(tiny_backbone: Path, tmp_path: Path) -> None:
+    """``crf: true``: trained on sequence likelihood, its move scores learned (an O -> I-X move is disliked), in the
+    saved head config, and the same answers from the reloaded chain and the ONNX export (NumPy decoding only)."""
+    from finechain.export.onnx import export_onnx
+    from finechain.inference import Engine
+    from finechain.inference.exported import ExportedChain
+
+    train = write_conll(tmp_path / "train.conll", ner_sentences(200, 1))
+    dev = write_conll(tmp_path / "dev.conll", ner_sentences(50, 2))
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    spec = TaskSpec(name="ner", type="tagging", train=train, dev=dev, head={"crf": True})
+    result = chain.fit(spec, FAST, progress=False)
+    assert result.validation["entity_f1"] > 0.9
+    head = chain.model.tasks["ner"].head
+    moves = np.array(head.config()["state"]["transitions"]["moves"])
+    o, i_loc, b_loc = (head.labels.index(tag) for tag in ("O", "I-LOC", "B-LOC"))
+    assert moves[b_loc, i_loc] > moves[o, i_loc] + 0.1  # learned: I-LOC follows B-LOC, not O
+    texts = ["alice visited new york", "bob met alice in paris"]
+    answers = chain.predict(texts)
+    assert [(e.type, e.text) for e in answers[0]["ner"].entities] == [("PER", "alice"), ("LOC", "new york")]
+    reloaded = Chain.from_pretrained(chain.save_pretrained(tmp_path / "chain"))
+    assert reloaded.model.tasks["ner"].head.config() == head.config()
+    assert reloaded.predict(texts) == answers
+    export_onnx(reloaded, tmp_path / "onnx")
+    assert [p["ner"].tags for p in Engine(ExportedChain(tmp_path / "onnx")).predict(texts)] == [p["ner"].tags for p in answers]
+
+
 def test_tagging_learns_and_predicts_character_spans(
     tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -226,3 +311,25 @@ def test_tagging_spec_errors_through_data_loading(tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "c.csv", sentiment_rows(10, 0))
     with pytest.raises(DataError, match="format 'conll' is for tagging"):
         load_task_data(TaskSpec(name="c", train=csv, format="conll"), head_type("classification"), seed=0)
+
+
+def test_a_crf_grown_by_an_update_keeps_its_old_moves(tiny_backbone: Path) -> None:
+    """``finechain update`` adding entity types to a CRF tagger: moves between old tags are kept, new ones start at 0,
+    and the head decodes with the grown scores once evaluated."""
+    import torch
+
+    from finechain.heads.tagging import TaggingHead
+    from finechain.jobs.updating import grown_task
+
+    model = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32).model
+    old = model.new_task(TaggingHead(["B-PER", "I-PER", "O"], {"crf": True}))
+    with torch.no_grad():
+        for tensor in old.head_layer.transition_scores().values():
+            tensor.copy_(torch.randn_like(tensor))
+    labels = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]
+    grown = grown_task(old, labels, model.new_task(TaggingHead(labels, {"crf": True}))).eval()
+    before, after = old.head_layer.transition_scores(), grown.head_layer.transition_scores()
+    assert torch.equal(after["moves"][:3, :3], before["moves"]) and torch.equal(after["start"][:3], before["start"])
+    assert not after["moves"][3:].any() and not after["moves"][:, 3:].any() and not after["end"][3:].any()
+    saved = grown.head.config()["state"]["transitions"]
+    assert np.allclose(saved["moves"], after["moves"].detach().numpy()) and np.allclose(saved["end"], after["end"].detach().numpy())

@@ -3,7 +3,7 @@
 A head type owns its options (validated in the spec's ``head:`` block), its labels (parsed, checked and counted),
 its training targets, and how raw outputs become predictions and metrics. All of it works on NumPy arrays, so a
 chain exported without PyTorch decodes and scores with the same code. The layer itself (dropout, a linear map, the
-loss named by :attr:`Head.loss`) is built by ``finechain.model`` from :attr:`Head.output_size` and the options.
+loss named by :attr:`Head.loss_name`) is built by ``finechain.model`` from :attr:`Head.output_size` and the options.
 """
 
 from __future__ import annotations
@@ -165,6 +165,21 @@ class Head(ABC):
         """The validation metric that picks the best check when the spec names none, given the training labels;
         default: :attr:`default_metric`."""
         return self.default_metric
+
+    @property
+    def loss_name(self) -> str:
+        """The name of the training loss in ``finechain.model.losses`` (default :attr:`loss`; an option may change it)."""
+        return self.loss
+
+    @property
+    def learns_transitions(self) -> bool:
+        """Whether the head's layer also learns tag-to-tag move scores (a CRF), which decoding then reads through
+        :meth:`take_layer_state`; default: no."""
+        return False
+
+    def take_layer_state(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Keep what decoding needs of the head layer's trained tensors (a CRF's move scores); default: nothing."""
+        return None
 
     def loss_options(self) -> dict[str, Any]:
         """Keyword arguments of the head's loss beyond outputs and targets (a per-label ``weight`` list, a focal

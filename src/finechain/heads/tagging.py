@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from finechain.errors import DataError
 from finechain.heads.base import Head, HeadOptions, RawLabel, WordPositions, log_softmax
@@ -20,10 +21,21 @@ class TaggingOptions(HeadOptions):
     """Tagging options: how tags are decoded, and how CoNLL files are read."""
 
     decoding: Decoding = Field("constrained", description="constrained: Viterbi over valid IOB2 moves; argmax: the best tag per word")
+    crf: bool = Field(
+        False,
+        description="a linear-chain CRF: the head also learns a score for each tag-to-tag move (and for the first and last "
+        "tag), trains on the likelihood of whole tag sequences, and decodes by Viterbi over both (within valid IOB2 moves)",
+    )
     strict_bio: bool = Field(False, description="an I-X that does not continue X is an error instead of being repaired")
     keep_docstart: bool = Field(False, description="keep -DOCSTART- lines as tokens")
     token_column: int | None = Field(None, description="CoNLL column of the token; default 0, or 1 (FORM) in .conllu files")
     tag_column: int = Field(-1, description="CoNLL column of the tag (-1 = last)")
+
+    @model_validator(mode="after")
+    def _crf_decodes_sequences(self) -> TaggingOptions:
+        if self.crf and self.decoding == "argmax":
+            raise ValueError("a CRF decodes whole tag sequences: remove `decoding: argmax`, or set `crf: false`")
+        return self
 
 
 IGNORE = -100
@@ -42,9 +54,40 @@ def allowed_transitions(labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return start, trans
 
 
-def viterbi(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class TransitionScores:
+    """A CRF's learned scores (natural-log units, added to the words' log-probabilities): ``start[tag]`` for a text's
+    first tag, ``moves[previous, next]`` for each step, ``end[tag]`` for its last tag.
+
+    Example:
+        >>> TransitionScores.zeros(2).moves.tolist()
+        [[0.0, 0.0], [0.0, 0.0]]
+    """
+
+    start: np.ndarray
+    moves: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def zeros(cls, labels: int) -> TransitionScores:
+        """No preference for any move: decoding is then the plain constrained Viterbi."""
+        return cls(np.zeros(labels), np.zeros((labels, labels)), np.zeros(labels))
+
+    def to_json(self) -> dict[str, list]:
+        """Plain lists, for the head's saved state."""
+        return {"start": self.start.tolist(), "moves": self.moves.tolist(), "end": self.end.tolist()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TransitionScores:
+        """Inverse of :meth:`to_json`."""
+        return cls(*(np.asarray(data[key], dtype=np.float64) for key in ("start", "moves", "end")))
+
+
+def viterbi(
+    log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans: np.ndarray, scores: TransitionScores | None = None
+) -> np.ndarray:
     """Best tag paths under the IOB2 constraints for padded ``[texts, words, labels]`` log-probabilities, all texts
-    at once: ``[texts, words]`` tag ids (columns past a text's length are filler).
+    at once, plus a CRF's move ``scores`` if given: ``[texts, words]`` tag ids (columns past a text's length are filler).
 
     Example:
         >>> lp = np.log(np.array([[[0.1, 0.6, 0.3], [0.2, 0.7, 0.1]]]))  # B-PER, I-PER, O
@@ -52,18 +95,19 @@ def viterbi(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans
         [[0, 1]]
     """
     texts, width, n_labels = log_probs.shape
-    penalty = np.where(trans, 0.0, -np.inf)
-    score = np.where(start, log_probs[:, 0], -np.inf)
+    scores = scores or TransitionScores.zeros(n_labels)
+    moves = np.where(trans, scores.moves, -np.inf)
+    score = np.where(start, log_probs[:, 0] + scores.start, -np.inf)
     stay = np.broadcast_to(np.arange(n_labels), (texts, n_labels))
     back = np.empty((width, texts, n_labels), dtype=np.intp)
     for t in range(1, width):
-        total = score[:, :, None] + penalty  # [texts, previous tag, next tag]
+        total = score[:, :, None] + moves  # [texts, previous tag, next tag]
         pointers = total.argmax(1)
         active = (t < lengths)[:, None]  # past its end a text keeps its score and points at itself
         score = np.where(active, total.max(1) + log_probs[:, t], score)
         back[t] = np.where(active, pointers, stay)
     paths = np.empty((texts, width), dtype=np.intp)
-    current = score.argmax(-1)
+    current = (score + scores.end).argmax(-1)
     for t in range(width - 1, 0, -1):
         paths[:, t] = current
         current = back[t, np.arange(texts), current]
@@ -71,10 +115,13 @@ def viterbi(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans
     return paths
 
 
-def best_paths(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans: np.ndarray) -> np.ndarray:
+def best_paths(
+    log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, trans: np.ndarray, scores: TransitionScores | None = None
+) -> np.ndarray:
     """The best IOB2-valid tag path of every text, for ``[words, labels]`` log-probabilities of all texts one after
-    another (``lengths`` words each): the free per-word choice where that is valid (nothing scores higher), else
-    Viterbi, in padded batches of up to 256 texts of similar length. Returns the tag ids, flat like the input.
+    another (``lengths`` words each), plus a CRF's move ``scores`` if given. Without them the free per-word choice is
+    kept where it is valid (nothing scores higher); the other texts (with scores: all) go through Viterbi, in padded
+    batches of up to 256 texts of similar length. Returns the tag ids, flat like the input.
 
     Example:
         >>> lp = np.log(np.array([[0.1, 0.6, 0.3], [0.2, 0.7, 0.1], [0.2, 0.7, 0.1]]))  # B-PER, I-PER, O
@@ -83,18 +130,21 @@ def best_paths(log_probs: np.ndarray, lengths: np.ndarray, start: np.ndarray, tr
     """
     path = log_probs.argmax(-1)
     ends = np.cumsum(lengths)
-    firsts = (ends - lengths)[lengths > 0]
-    owner = np.repeat(np.arange(lengths.size), lengths)
-    invalid = ~trans[path[:-1], path[1:]]
-    invalid[firsts[1:] - 1] = False  # the step from one text's last word to the next text's first
-    redo = np.union1d(owner[firsts][~start[path[firsts]]], owner[1:][invalid])
+    if scores is None:
+        firsts = (ends - lengths)[lengths > 0]
+        owner = np.repeat(np.arange(lengths.size), lengths)
+        invalid = ~trans[path[:-1], path[1:]]
+        invalid[firsts[1:] - 1] = False  # the step from one text's last word to the next text's first
+        redo = np.union1d(owner[firsts][~start[path[firsts]]], owner[1:][invalid])
+    else:
+        redo = np.flatnonzero(lengths > 0)
     order = redo[np.argsort(lengths[redo], kind="stable")]  # similar lengths together: little padding
     for begin in range(0, order.size, 256):
         group = order[begin : begin + 256]
         padded = np.zeros((group.size, lengths[group].max(), log_probs.shape[-1]), dtype=log_probs.dtype)
         for j, text in enumerate(group):
             padded[j, : lengths[text]] = log_probs[ends[text] - lengths[text] : ends[text]]
-        for text, found in zip(group, viterbi(padded, lengths[group], start, trans), strict=True):
+        for text, found in zip(group, viterbi(padded, lengths[group], start, trans, scores), strict=True):
             path[ends[text] - lengths[text] : ends[text]] = found[: lengths[text]]
     return path
 
@@ -151,11 +201,41 @@ class TaggingHead(Head):
     def __init__(self, labels: Sequence[str] = (), options: Any = None) -> None:
         super().__init__(labels, options)
         self._start, self._trans = allowed_transitions(self.labels)
+        self._scores: TransitionScores | None = None  # a CRF's learned move scores, once trained
 
     def initialize(self, parsed: Sequence[Any], labels: Sequence[str] | None = None) -> None:
         """The tag set of the training data."""
         super().initialize(parsed, labels)
         self._start, self._trans = allowed_transitions(self.labels)
+        self._scores = None
+
+    @property
+    def loss_name(self) -> str:
+        """``crf`` (sequence likelihood) with the ``crf`` option, else the per-word cross-entropy."""
+        return "crf" if self.options.crf else self.loss  # type: ignore[attr-defined]
+
+    @property
+    def learns_transitions(self) -> bool:
+        """With the ``crf`` option."""
+        return bool(self.options.crf)  # type: ignore[attr-defined]
+
+    def take_layer_state(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Keep the CRF's move scores (the layer's ``start_transitions``, ``transitions``, ``end_transitions``) for
+        decoding."""
+        if self.learns_transitions and "transitions" in tensors:
+            self._scores = TransitionScores(
+                np.asarray(tensors["start_transitions"], dtype=np.float64),
+                np.asarray(tensors["transitions"], dtype=np.float64),
+                np.asarray(tensors["end_transitions"], dtype=np.float64),
+            )
+
+    def state(self) -> dict[str, Any]:
+        """A CRF's learned move scores (so that a chain exported without PyTorch decodes as the original does)."""
+        return {"transitions": self._scores.to_json()} if self._scores is not None else {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state`."""
+        self._scores = TransitionScores.from_json(state["transitions"]) if "transitions" in state else None
 
     @classmethod
     def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: Any) -> list[str]:
@@ -206,7 +286,10 @@ class TaggingHead(Head):
             return [[] for _ in positions], [[] for _ in positions]
         rows = [np.asarray(o, dtype=np.float32)[p] for o, p in zip(outputs, positions, strict=True)]
         log_probs = log_softmax(np.concatenate(rows), axis=-1)
-        if self.options.decoding == "constrained":  # type: ignore[attr-defined]
+        if self.options.crf:  # type: ignore[attr-defined]
+            scores = self._scores or TransitionScores.zeros(len(self.labels))
+            path = best_paths(log_probs, np.array(lengths, dtype=np.intp), self._start, self._trans, scores)
+        elif self.options.decoding == "constrained":  # type: ignore[attr-defined]
             path = best_paths(log_probs, np.array(lengths, dtype=np.intp), self._start, self._trans)
         else:
             path = log_probs.argmax(-1)

@@ -55,7 +55,8 @@ def _joined(first: Split, second: Split) -> Split:
 
 def grown_task(old: TaskModel, labels: list[str], new_task: TaskModel) -> TaskModel:
     """``new_task`` (built for ``labels``: the old ones first, then new ones) with ``old``'s weights: the branch, the
-    layer mix, and the head's row of every label it already had; new labels keep their fresh rows.
+    layer mix, and the head's row of every label it already had (and a CRF's moves between them); new labels keep
+    their fresh rows.
 
     Example:
         >>> task = grown_task(chain.tasks["intent"], ["a", "b", "c"], chain.model.new_task(head))  # doctest: +SKIP
@@ -71,6 +72,12 @@ def grown_task(old: TaskModel, labels: list[str], new_task: TaskModel) -> TaskMo
             at = labels.index(label)
             after.weight[at] = before.weight[row]
             after.bias[at] = before.bias[row]
+        moves_before, moves_after = old.head_layer.transition_scores(), new_task.head_layer.transition_scores()
+        if moves_before and moves_after:  # a CRF: the moves between old labels are kept; moves to or from new ones start at 0
+            at = torch.tensor([labels.index(label) for label in old.head.labels])
+            moves_after["start"][at] = moves_before["start"]
+            moves_after["end"][at] = moves_before["end"]
+            moves_after["moves"][at.unsqueeze(1), at.unsqueeze(0)] = moves_before["moves"]
     return new_task
 
 

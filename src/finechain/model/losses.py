@@ -60,6 +60,54 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=IGNORE)
 
 
+def word_sequences(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each text's scored tokens (those whose target is set: its words' first sub-words) moved to the front, in order:
+    ``[texts, words, labels]`` scores, ``[texts, words]`` tags (0 past a text's words) and the words' mask.
+
+    Example:
+        >>> scores, tags, mask = word_sequences(torch.arange(6.0).reshape(1, 3, 2), torch.tensor([[-100, 1, 0]]))
+        >>> scores.tolist(), tags.tolist(), mask.tolist()
+        ([[[2.0, 3.0], [4.0, 5.0]]], [[1, 0]], [[True, True]])
+    """
+    scored = targets != IGNORE
+    counts = scored.sum(1)
+    width = max(int(counts.max()), 1) if counts.numel() else 1
+    order = torch.sort((~scored).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # scored positions first
+    scores = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    mask = torch.arange(width, device=targets.device) < counts.unsqueeze(1)
+    return scores, targets.gather(1, order).clamp(min=0) * mask, mask
+
+
+@LOSSES.register("crf")
+def crf_negative_log_likelihood(
+    logits: torch.Tensor, targets: torch.Tensor, start: torch.Tensor, moves: torch.Tensor, end: torch.Tensor
+) -> torch.Tensor:
+    """Linear-chain CRF loss: minus the log-probability of each text's gold tag sequence (its words' first sub-words'
+    scores plus the ``start``, ``moves`` and ``end`` scores, against all sequences by the forward algorithm), per word,
+    so that it is on the scale of the per-word cross-entropy.
+
+    Example:
+        >>> logits, targets = torch.zeros(1, 2, 2), torch.tensor([[0, 1]])
+        >>> round(float(crf_negative_log_likelihood(logits, targets, torch.zeros(2), torch.zeros(2, 2), torch.zeros(2))), 4)
+        0.6931
+    """
+    scores, tags, mask = word_sequences(logits.float(), targets[:, : logits.shape[1]])
+    start, moves, end = start.float(), moves.float(), end.float()
+    texts = mask.any(1)
+    if not bool(texts.any()):
+        return logits.sum() * 0.0
+    scores, tags, mask = scores[texts], tags[texts], mask[texts]
+    last = tags.gather(1, (mask.sum(1, keepdim=True) - 1))
+    emitted = scores.gather(2, tags.unsqueeze(-1)).squeeze(-1)
+    gold = start[tags[:, 0]] + (emitted * mask).sum(1) + (moves[tags[:, :-1], tags[:, 1:]] * mask[:, 1:]).sum(1) + end[last.squeeze(1)]
+    alpha = start + scores[:, 0]  # [texts, labels]: log-sum of every path's score ending in each tag
+    for t in range(1, scores.shape[1]):
+        step = torch.logsumexp(alpha.unsqueeze(2) + moves, dim=1) + scores[:, t]
+        alpha = torch.where(mask[:, t : t + 1], step, alpha)
+    partition = torch.logsumexp(alpha + end, dim=1)
+    return (partition - gold).sum() / mask.sum()
+
+
 # Distillation: the student's outputs against the teacher's, per head loss name. ``mask`` is the batch's attention
 # mask (token-level outputs are averaged over real tokens); ``temperature`` softens both distributions (Hinton et al.),
 # and the loss is scaled by its square so that its gradients keep their size as it changes.
@@ -69,6 +117,7 @@ SOFT_LOSSES: Registry[SoftLoss] = Registry("distillation loss")
 
 @SOFT_LOSSES.register("cross_entropy")
 @SOFT_LOSSES.register("token_cross_entropy")
+@SOFT_LOSSES.register("crf")  # a CRF student learns its teacher's word scores; it keeps the teacher's move scores
 def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of the student's softmax against the teacher's (both at ``temperature``), per text or per token.
 

@@ -35,7 +35,9 @@ class TaskModel(nn.Module):
         self.mode = mode or branch_mode(None)
         self.mode.prepare(self.branch.layers)
         self.head = head
-        self.head_layer = HeadLayer(config.hidden_size, head.output_size, head.options.dropout, head.pooling, head.feature_scale)
+        self.head_layer = HeadLayer(
+            config.hidden_size, head.output_size, head.options.dropout, head.pooling, head.feature_scale, head.learns_transitions
+        )
         self.layer_mix = LayerMix(states) if head.options.layer_mix else None
         options = head.loss_options()
         weight = options.pop("weight", None)
@@ -74,10 +76,23 @@ class TaskModel(nn.Module):
         return self.head_layer(packing.unpack(self.features(states, packing.mask)), attention_mask)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The head's training loss (named by :attr:`Head.loss`) of a batch."""
-        if self.class_weight is None:
-            return LOSSES.get(self.head.loss)(logits, targets, **self._loss_options)
-        return LOSSES.get(self.head.loss)(logits, targets, weight=self.class_weight, **self._loss_options)
+        """The head's training loss (named by :attr:`Head.loss_name`) of a batch."""
+        options = {**self._loss_options, **self.head_layer.transition_scores()}
+        if self.class_weight is not None:
+            options["weight"] = self.class_weight
+        return LOSSES.get(self.head.loss_name)(logits, targets, **options)
+
+    def train(self, mode: bool = True) -> TaskModel:
+        """Switch training mode; on the way to evaluation the head takes what decoding needs of its layer's trained
+        tensors (a CRF's move scores), so that validation checks, predictions and saved configs use the current ones."""
+        super().train(mode)
+        if not mode:
+            self._share_layer_state()
+        return self
+
+    def _share_layer_state(self) -> None:
+        if self.head.learns_transitions:
+            self.head.take_layer_state({k: v.detach().float().cpu().numpy() for k, v in self.head_layer.state_dict().items()})
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The head layer's tensors, plus the layer mix's (prefixed ``layer_mix.``) when there is one."""
@@ -89,6 +104,7 @@ class TaskModel(nn.Module):
     def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`head_state`."""
         self.head_layer.load_state_dict({k: v for k, v in state.items() if not k.startswith("layer_mix.")})
+        self._share_layer_state()
         if self.layer_mix is not None:
             self.layer_mix.load_state_dict({k.removeprefix("layer_mix."): v for k, v in state.items() if k.startswith("layer_mix.")})
 

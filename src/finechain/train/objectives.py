@@ -92,7 +92,7 @@ class Distillation:
         teacher = self.teacher[inputs.indices.to(self.teacher.device)].to(logits.device)
         if teacher.dim() == 3:  # token-level: as wide as this batch
             teacher = teacher[:, : logits.shape[1]]
-        loss = SOFT_LOSSES.get(task.head.loss)(logits, teacher, inputs.mask, self.temperature)
+        loss = SOFT_LOSSES.get(task.head.loss_name)(logits, teacher, inputs.mask, self.temperature)
         if self.hard_weight:
             rows = inputs.indices < self.labelled
             if bool(rows.any()):
@@ -176,7 +176,7 @@ class Contrastive:
     def loss(self, task: TaskModel, inputs: StepInputs) -> torch.Tensor:
         """Base loss + ``weight`` x pair loss (with the head's loss as base, the branch runs once for both)."""
         hidden = task.features(inputs.states, inputs.mask)
-        similar = PAIR_TARGETS.get(task.head.loss)(inputs.targets)
+        similar = PAIR_TARGETS.get(task.head.loss_name)(inputs.targets)
         pairs = pair_loss(task.head_layer.features(hidden, inputs.mask), similar)
         if self.base is None or isinstance(self.base, HeadLoss):
             weight = 1.0 if self.base is None else self.base.weight
