@@ -72,6 +72,51 @@ def test_the_exported_folder_predicts_what_the_chain_predicts(name: str, tmp_pat
     ]
 
 
+def test_a_graph_per_task_answers_like_the_chain_and_rows_run_only_their_tasks(exported: Path, tmp_path: Path) -> None:
+    """``per_task``: a trunk graph and one graph per task (a layer-mix task reads every trunk state); the answers of the
+    chain; rows of one batch asking for different tasks run only those; int8 and fp16 rewrite every graph; a missing
+    task graph is a one-line error."""
+    from finechain.export.half import store_fp16
+
+    chain = Chain.from_pretrained(RELEASE / "frozen")
+    chain.precision = "fp32"
+    out = tmp_path / "per-task"
+    manifest = export_onnx(chain, out, per_task=True)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == sorted([EXPORT_MANIFEST, "tokenizer.json", "trunk.onnx", *(f"tasks/{name}.onnx" for name in chain.tasks)])
+    assert manifest.format == 2 and manifest.steps[0] == "export: onnx, a graph per task"
+    assert all(t.max_abs_diff < 1e-4 for t in manifest.tasks.values())
+    reads = {name: len(task.inputs) for name, task in manifest.tasks.items()}
+    assert reads["sentiment"] == 1 and max(reads.values()) == chain.split + 1  # the layer mix: embeddings + each trunk layer
+    engine = Engine(ExportedChain(out))
+    for ours, theirs in zip(chain.predict(TEXTS), engine.predict(TEXTS), strict=True):
+        for task in ours:
+            _same(ours[task].to_dict(), theirs[task].to_dict())
+    one_graph = Engine(ExportedChain(exported))
+    got = []
+    for runner in (engine, one_graph):  # two requests in one batch: texts 0-1 want sentiment, texts 2-4 ner
+        first, second = runner.prepare(TEXTS[:2], ["sentiment"]), runner.prepare(TEXTS[2:], ["ner"])
+        got.append(runner.forward(first.rows + second.rows))
+        assert all(set(r) == {"sentiment"} for r in got[-1][: len(first.rows)])
+        assert all(set(r) <= {"ner"} for r in got[-1][len(first.rows) :]) and any(got[-1][len(first.rows) :])
+    for a, b in zip(*got, strict=True):
+        assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert [p["ner"].tags for p in engine.predict(TEXTS[2:], ["ner"])] == [p["ner"].tags for p in one_graph.predict(TEXTS[2:], ["ner"])]
+    quantize_int8(out, tmp_path / "int8")
+    small = store_fp16(tmp_path / "int8", tmp_path / "int8-fp16")
+    assert small.weights == "int8, fp16 storage" and all(0 < t.max_abs_diff < 1.0 for t in small.tasks.values())
+    assert sorted(p.relative_to(tmp_path / "int8-fp16").as_posix() for p in (tmp_path / "int8-fp16").rglob("*.onnx")) == [
+        f for f in files if f.endswith(".onnx")
+    ]
+    assert [p["sentiment"].label for p in Engine(ExportedChain(tmp_path / "int8-fp16")).predict(TEXTS)] == [
+        p["sentiment"].label for p in engine.predict(TEXTS)
+    ]
+    (out / "tasks" / "ner.onnx").unlink()
+    with pytest.raises(FinechainError, match=r"tasks/ner\.onnx is missing") as error:
+        ExportedChain(out)
+    assert "\n" not in str(error.value)
+
+
 def test_export_of_chosen_tasks_and_its_checks(tmp_path: Path) -> None:
     manifest = export_onnx(RELEASE / "frozen", tmp_path / "two", tasks=["sentiment", "ner"])
     assert list(manifest.tasks) == ["sentiment", "ner"] and manifest.source.endswith("frozen")
@@ -137,17 +182,20 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: ") and "already exists" in err
     code, _, err = cli(["export", str(chain), "--out", str(tmp_path / "x"), "--format", "tflite"], monkeypatch, capsys)
     assert code == 2 and "unknown export format 'tflite'" in err
+    code, out, _ = cli(["export", str(chain), "--out", str(tmp_path / "per-task"), "--per-task-graphs"], monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "per-task" / "tasks" / "sentiment_lora.onnx").is_file()
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS[:4]) + "\n")
     answers = {}
-    for folder in ("chain", "onnx"):
+    for folder in ("chain", "onnx", "per-task"):
         code, out, _ = cli(["predict", str(tmp_path / folder), "--input", str(texts), "--precision", "fp32"], monkeypatch, capsys)
         assert code == 0
         answers[folder] = [json.loads(line) for line in out.splitlines()]
-    for ours, theirs in zip(answers["chain"], answers["onnx"], strict=True):
-        assert ours.keys() == theirs.keys()
+    for ours, theirs, per_task in zip(answers["chain"], answers["onnx"], answers["per-task"], strict=True):
+        assert ours.keys() == theirs.keys() == per_task.keys()
         for task in ours.keys() - {"text"}:
             _same(ours[task], theirs[task])
+            _same(ours[task], per_task[task])
     data = tmp_path / "labelled.csv"
     data.write_text("text,label\nvery good music,pos\nweak ending and poor plot,neg\ngood plot,pos\npoor music,neg\n")
     reports = {}
@@ -177,10 +225,15 @@ main()
 """
 
 
-def test_the_exported_folder_runs_without_pytorch(exported: Path, tmp_path: Path) -> None:
-    """The CLI's predict on an exported folder in a process where importing torch, transformers or safetensors fails."""
+@pytest.mark.parametrize("graphs", ["one", "per task"])
+def test_the_exported_folder_runs_without_pytorch(exported: Path, tmp_path: Path, graphs: str) -> None:
+    """The CLI's predict on an exported folder (one graph, or a graph per task) in a process where importing torch,
+    transformers or safetensors fails."""
+    folder = exported if graphs == "one" else tmp_path / "per-task"
+    if graphs == "per task":
+        export_onnx(RELEASE / "frozen", folder, per_task=True)
     done = subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH, str(exported)],
+        [sys.executable, "-c", BLOCK_TORCH, str(folder)],
         input="alice visited new york\n",
         capture_output=True,
         text=True,
@@ -188,7 +241,8 @@ def test_the_exported_folder_runs_without_pytorch(exported: Path, tmp_path: Path
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["ner"]["entities"] is not None
+    answer = json.loads(done.stdout)
+    assert [e["type"] for e in answer["ner"]["entities"]] == ["PER", "LOC"]
 
 
 def _weight_bytes(folder: Path, dtype: str | None = None) -> int:

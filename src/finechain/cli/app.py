@@ -445,6 +445,9 @@ def export(
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task(s) to export; default all")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
     tolerance: Annotated[float, typer.Option(help="largest difference to PyTorch's outputs accepted", min=0)] = 1e-3,
+    per_task_graphs: Annotated[
+        bool, typer.Option("--per-task-graphs", help="a trunk graph and one graph per task (each replaceable alone) instead of one graph")
+    ] = False,
 ) -> None:
     """Export the chain (trunk once, every branch and head) as one ONNX graph with its tokenizer and a manifest: the
     folder runs with ONNX Runtime, tokenizers and NumPy alone (predict, eval and serve read it too)."""
@@ -452,7 +455,7 @@ def export(
         raise FinechainError(f"unknown export format '{export_format}'", fix="use --format onnx")
     from finechain.export.onnx import export_onnx
 
-    manifest = export_onnx(chain_dir, out_dir, task, tolerance=tolerance, overwrite=overwrite)
+    manifest = export_onnx(chain_dir, out_dir, task, tolerance=tolerance, overwrite=overwrite, per_task=per_task_graphs)
     table = Table(title=f"exported to {out_dir!s} (ONNX)", box=None)
     for column in ("task", "type", "output", "largest difference to PyTorch"):
         table.add_column(column)

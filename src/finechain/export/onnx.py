@@ -5,6 +5,11 @@ The graph's inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, to
 ``name``'s output is ``name`` (``[batch, labels]``, or ``[batch, tokens, labels]`` for token-level tasks). LoRA
 branches are merged into plain layers first. Before the folder is kept, ONNX Runtime runs it on sample texts and the
 largest difference to PyTorch per task is recorded in the manifest; a difference above ``tolerance`` is an error.
+
+With ``per_task`` the folder holds a trunk graph (``trunk.onnx``: token ids and mask in, the trunk's output ``trunk``
+out, plus ``trunk.0`` ... for every layer's output when a task mixes layers) and one graph per task
+(``tasks/NAME.onnx``: the trunk outputs it reads and the mask in, its output out): a task's graph can be replaced or
+left out without touching the others, and a task asked for by some texts of a batch runs on those rows only.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from finechain.data.batching import pad_ids
 from finechain.errors import ArtifactError, FinechainError, short_reason
 from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, ExportedTask, ExportManifest
+from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, TRUNK_GRAPH, ExportedTask, ExportManifest, task_graph
 from finechain.io import building_folder, write_json
 from finechain.spec.flows import rebased_json
 
@@ -41,6 +46,30 @@ class _Graph(nn.Module):
         return tuple(outputs[name].float() for name in self.names)
 
 
+class _TrunkGraph(nn.Module):
+    """The trunk alone: its output, or with ``all_states`` the embeddings and every trunk layer's output."""
+
+    def __init__(self, model: nn.Module, all_states: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.all_states = all_states
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(state.float() for state in self.model.trunk_states(input_ids, attention_mask, self.all_states))
+
+
+class _TaskGraph(nn.Module):
+    """One task's branch and head on trunk outputs (its last one, or all of them for a task that mixes layers)."""
+
+    def __init__(self, task: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        *states, mask = inputs
+        return self.task(states if self.task.needs_trunk_states else states[0], mask).float()
+
+
 def _exported_flows(chain: Chain, names: Sequence[str], out: str | Path) -> list[dict[str, Any]]:
     """The chain's flows whose stages of this chain were all exported, as the export's manifest keeps them (other
     chains' folders named from ``out``)."""
@@ -55,10 +84,12 @@ def export_onnx(
     opset: int = 18,
     tolerance: float = 1e-3,
     overwrite: bool = False,
+    per_task: bool = False,
 ) -> ExportManifest:
     """Write ``chain`` (a :class:`Chain` or a chain folder) as an exported folder at ``out``: ``model.onnx``,
-    ``tokenizer.json`` and ``finechain-export.json``. Only ``tasks`` when given. Nothing is left at ``out`` unless the
-    whole export worked and ONNX Runtime reproduced PyTorch's outputs within ``tolerance``.
+    ``tokenizer.json`` and ``finechain-export.json`` (with ``per_task``: ``trunk.onnx`` and ``tasks/NAME.onnx``
+    instead of ``model.onnx``). Only ``tasks`` when given. Nothing is left at ``out`` unless the whole export worked
+    and ONNX Runtime reproduced PyTorch's outputs within ``tolerance``.
 
     Example:
         >>> export_onnx("demo-chain", "demo-onnx").tasks["intent"].max_abs_diff  # doctest: +SKIP
@@ -81,7 +112,9 @@ def export_onnx(
                 file=model.backbone_path,
                 fix="use a backbone with a fast tokenizer",
             )
-        _write_graph(model, names, work / GRAPH, opset)
+        trunk_outputs = _write_graphs(model, names, work, opset) if per_task else []
+        if not per_task:
+            _write_graph(model, names, work / GRAPH, opset)
         backend.save(str(work / TOKENIZER))
         entries = {}
         for name in names:
@@ -91,10 +124,16 @@ def export_onnx(
             spec = record.spec if record is not None else None
             metric = record.metric if record is not None else None
             entries[name] = ExportedTask(type=head.type_name, head=head.config(), output=name, metrics=metrics, spec=spec, metric=metric)
+            if per_task:
+                entries[name].graph = task_graph(name)
+                entries[name].inputs = trunk_outputs if model.tasks[name].needs_trunk_states else trunk_outputs[-1:]
         student = model.compression
         steps = [f"student: backbone layers {model.layer_ids}, distilled"] if student else []
-        steps += ["export: onnx"] + [f"merge LoRA: {name}" for name in merged if name in names]
+        steps += ["export: onnx" + (", a graph per task" if per_task else "")] + [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(
+            format=2 if per_task else 1,
+            graph=TRUNK_GRAPH if per_task else GRAPH,
+            trunk_outputs=trunk_outputs,
             source=source,
             backbone=model.backbone.name,
             split=model.split,
@@ -118,22 +157,68 @@ def export_onnx(
     return manifest
 
 
+def _sample_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask of two texts of different lengths (so that the traced graph handles padding)."""
+    return pad_ids(model.encode(["an example to trace the graph with", "short"])[0], model.pad_id)
+
+
 def _write_graph(model: nn.Module, names: list[str], path: Path, opset: int) -> None:
     """Trace ``model`` for ``names`` into ``path`` with dynamic batch and sequence axes."""
-    graph = _Graph(model, names).eval()
-    ids, mask = pad_ids(model.encode(["an example to trace the graph with", "short"])[0], model.pad_id)  # two lengths: padding
-    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    axes = {name: {0: "batch", 1: "tokens"} if model.tasks[name].head.token_level else {0: "batch"} for name in names}
+    _trace(_Graph(model, names), _sample_inputs(model), ["input_ids", "attention_mask"], names, axes, path, opset, model)
+
+
+def _write_graphs(model: nn.Module, names: list[str], folder: Path, opset: int) -> list[str]:
+    """The trunk graph and one graph per task of ``names`` in ``folder``; returns the trunk graph's output names (the
+    last is the trunk's output)."""
+    all_states = any(model.tasks[name].needs_trunk_states for name in names)
+    inputs = _sample_inputs(model)
+    with torch.no_grad():
+        states = _TrunkGraph(model, all_states)(*inputs)
+    outputs = [f"trunk.{i}" for i in range(len(states) - 1)] + ["trunk"] if all_states else ["trunk"]
+    token_axes = {0: "batch", 1: "tokens"}
+    _trace(
+        _TrunkGraph(model, all_states),
+        inputs,
+        ["input_ids", "attention_mask"],
+        outputs,
+        dict.fromkeys(outputs, token_axes),
+        folder / TRUNK_GRAPH,
+        opset,
+        model,
+    )
+    (folder / task_graph(names[0])).parent.mkdir(exist_ok=True)
     for name in names:
-        axes[name] = {0: "batch", 1: "tokens"} if model.tasks[name].head.token_level else {0: "batch"}
+        task = model.tasks[name]
+        reads = outputs if task.needs_trunk_states else outputs[-1:]
+        given = [*(states if task.needs_trunk_states else states[-1:]), inputs[1]]
+        axes = dict.fromkeys([*reads, "attention_mask"], token_axes) | {name: token_axes if task.head.token_level else {0: "batch"}}
+        _trace(_TaskGraph(task), tuple(given), [*reads, "attention_mask"], [name], axes, folder / task_graph(name), opset, model)
+    return outputs
+
+
+def _trace(
+    graph: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    output_axes: dict[str, dict[int, str]],
+    path: Path,
+    opset: int,
+    model: nn.Module,
+) -> None:
+    """Trace ``graph`` on ``inputs`` into ``path``: the inputs' first two axes (batch, tokens) and ``output_axes``
+    dynamic; an unsupported layer is an :class:`ArtifactError` naming ``model``'s backbone."""
+    axes = {name: {0: "batch", 1: "tokens"} for name in input_names} | output_axes
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                graph,
-                (ids, mask),
+                graph.eval(),
+                inputs,
                 str(path),
-                input_names=["input_ids", "attention_mask"],
-                output_names=names,
+                input_names=input_names,
+                output_names=output_names,
                 dynamic_axes=axes,
                 opset_version=opset,
                 dynamo=False,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from finechain.export.checks import compare_outputs
 from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, is_exported, read_export_manifest
+from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, graph_files, is_exported, read_export_manifest
 from finechain.io import building_folder, write_json
 from finechain.spec.flows import FlowSpec, rebased_json
 
@@ -26,8 +26,8 @@ def rewritten_export(
     adds_up: bool,
     overwrite: bool = False,
 ) -> ExportManifest:
-    """Write ``source`` (an exported folder; a chain folder is exported first) at ``out`` with its graph passed through
-    ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
+    """Write ``source`` (an exported folder; a chain folder is exported first) at ``out`` with each of its graphs passed
+    through ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
     weights; the manifest gets ``weights(old weights)`` and ``step``. Each task's ``max_abs_diff`` becomes the largest
     change of its outputs against the source graph on sample texts, or with ``adds_up`` that change added to the
     source's own value (at most that far from the chain it came from).
@@ -48,7 +48,9 @@ def rewritten_export(
         manifest = read_export_manifest(before)
         check(source, manifest.weights)
         shutil.copy2(before / manifest.tokenizer, target / manifest.tokenizer)
-        rewrite(before / manifest.graph, target / manifest.graph)
+        for graph in graph_files(manifest):  # the one graph, or the trunk's and each task's
+            (target / graph).parent.mkdir(parents=True, exist_ok=True)
+            rewrite(before / graph, target / graph)
         flows_json = rebased_json([FlowSpec.model_validate(f) for f in manifest.flows], before, out)  # other chains named from out
         update = {"weights": weights(manifest.weights), "steps": [*manifest.steps, step], "flows": flows_json}
         manifest = manifest.model_copy(update=update, deep=True)

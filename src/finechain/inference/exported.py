@@ -7,6 +7,10 @@ exactly as it runs a PyTorch chain (the same ``prepare`` and ``decode``), with :
                               the checks made at export (largest difference to PyTorch per task), compression steps
       model.onnx              inputs input_ids, attention_mask [batch, tokens] int64; one output per task
       tokenizer.json
+
+or, exported with a graph per task (format 2), ``trunk.onnx`` (inputs as above; outputs the manifest's
+``trunk_outputs``, the last being the trunk's output) and ``tasks/NAME.onnx`` (inputs the trunk outputs the task's
+``inputs`` name and ``attention_mask``; its one output) in place of ``model.onnx``.
 """
 
 from __future__ import annotations
@@ -29,9 +33,20 @@ from finechain.spec.flows import FlowSpec
 from finechain.version import __version__
 
 EXPORT_MANIFEST = "finechain-export.json"
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task
 GRAPH = "model.onnx"
+TRUNK_GRAPH = "trunk.onnx"
 TOKENIZER = "tokenizer.json"
+
+
+def task_graph(name: str) -> str:
+    """Where a task's own graph is in a folder exported with a graph per task.
+
+    Example:
+        >>> task_graph("intent")
+        'tasks/intent.onnx'
+    """
+    return f"tasks/{name}.onnx"
 
 
 class ExportedTask(BaseModel):
@@ -46,6 +61,8 @@ class ExportedTask(BaseModel):
     metric: str | None = None  # the selection metric it was trained for
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # as trained: split -> metric -> value
     spec: dict[str, Any] | None = None  # the task's spec as trained (eval reads files with its columns)
+    graph: str | None = None  # its own graph (exported with a graph per task); None: an output of the manifest's graph
+    inputs: list[str] = Field(default_factory=list)  # the trunk graph's outputs its own graph reads
 
 
 class ExportManifest(BaseModel):
@@ -61,7 +78,8 @@ class ExportManifest(BaseModel):
     max_length: int
     pad_id: int = 0
     tasks: dict[str, ExportedTask]
-    graph: str = GRAPH
+    graph: str = GRAPH  # the graph that reads token ids: every task's outputs, or the trunk's (see trunk_outputs)
+    trunk_outputs: list[str] = Field(default_factory=list)  # a graph per task: what the trunk graph returns
     tokenizer: str = TOKENIZER
     weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
@@ -126,7 +144,7 @@ class ExportedChain:
     def __init__(self, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
         self.directory = Path(directory)
         self.manifest = read_export_manifest(self.directory)
-        for name in (self.manifest.graph, self.manifest.tokenizer):
+        for name in [*graph_files(self.manifest), self.manifest.tokenizer]:
             if not (self.directory / name).is_file():
                 raise ArtifactError(f"{name} is missing", file=self.directory, fix="export the chain again")
         self.max_length = self.manifest.max_length
@@ -149,6 +167,9 @@ class ExportedChain:
                 raise ArtifactError(f"flows.{i}: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix=fix) from None
         self.session = _session(self.directory / self.manifest.graph, threads, providers)
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
+        self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
+            name: _session(self.directory / task.graph, threads, providers) for name, task in self.manifest.tasks.items() if task.graph
+        }
 
     @property
     def split(self) -> int:
@@ -200,12 +221,29 @@ class OnnxRunner:
             raise ValueError("an exported chain cannot keep trunk states")
         names = list(wanted)
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        if self.chain.task_sessions:
+            return self._run_per_task(feeds, wanted)
         arrays = self.chain.session.run([self.chain.outputs[n] for n in names], feeds)
         results = {}
         for name, array in zip(names, arrays, strict=True):
             rows = wanted[name]
             array = np.asarray(array, dtype=np.float32)
             results[name] = array if rows is None else array[rows]
+        return results
+
+    def _run_per_task(self, feeds: dict[str, np.ndarray], wanted: Mapping[str, list[int] | None]) -> dict[str, np.ndarray]:
+        """The trunk graph once, then each wanted task's graph on the rows it is wanted for."""
+        manifest = self.chain.manifest
+        needed = list(dict.fromkeys(i for name in wanted for i in manifest.tasks[name].inputs))
+        states = dict(zip(needed, self.chain.session.run(needed, feeds), strict=True))
+        mask = feeds["attention_mask"]
+        results = {}
+        for name, rows in wanted.items():
+            task = manifest.tasks[name]
+            given = {i: states[i] if rows is None else states[i][rows] for i in task.inputs}
+            given["attention_mask"] = mask if rows is None else mask[rows]
+            (array,) = self.chain.task_sessions[name].run([task.output], given)
+            results[name] = np.asarray(array, dtype=np.float32)
         return results
 
     def fetch(self, result: np.ndarray) -> np.ndarray:
@@ -215,6 +253,16 @@ class OnnxRunner:
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool, precision: str = "auto") -> np.ndarray:
         """Not in an exported chain: its graph holds the tasks only."""
         raise FinechainError("an exported chain has no sentence embeddings", fix="use the chain folder it was exported from")
+
+
+def graph_files(manifest: ExportManifest) -> list[str]:
+    """Every ONNX graph of an exported folder, relative to it: the one graph, or the trunk's and each task's.
+
+    Example:
+        >>> graph_files(read_export_manifest("demo-onnx"))  # doctest: +SKIP
+        ['model.onnx']
+    """
+    return [manifest.graph, *(task.graph for task in manifest.tasks.values() if task.graph)]
 
 
 def _session(path: Path, threads: int | None, providers: Sequence[str] | None) -> Any:
