@@ -6,13 +6,17 @@ instead of word lists, scored on character spans. Last, a second tagger trained 
 way annotation tools export them, running text with character-span entities, scored on both inputs.
 
     python -m benchmarks decoding [--quick] [--train-examples 2000] [--epochs 3]
+
+With ``--crf-seeds 13,14,15`` it instead compares the tagger with a CRF tagger (head option ``crf: true``), both
+otherwise at their defaults, trained on the same sentences per seed (each seed its own sample and validation cut),
+scored on the dev and test files (``--output decoding_crf``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import BACKBONE, DATASETS, Recorder, timed
+from benchmarks.common import BACKBONE, DATASETS, Recorder, comma_list, timed
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import TaggedSentence, read_conll
 from finechain.heads.tagging import spans_from_tags
@@ -53,6 +57,36 @@ def running_text_scores(chain: Chain, task: str, sentences: list[TaggedSentence]
     return {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall}
 
 
+def crf_comparison(args: argparse.Namespace, limit: int | None) -> Recorder:
+    """Per seed: the default tagger and a CRF tagger on the same sampled sentences; dev and test entity F1, training
+    time and decoding speed."""
+    rec = Recorder("decoding", args.device)
+    dev, test = (read_conll(DATASETS / f"conll2003/{split}.txt")[:limit] for split in ("dev", "test"))
+    for seed in args.crf_seeds:
+        for name, head in (("tagger (constrained decoding)", {}), ("CRF tagger (crf: true)", {"crf": True})):
+            chain = Chain.from_backbone(BACKBONE).to(args.device)
+            spec = TaskSpec(
+                name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", max_train_examples=args.train_examples, head=head
+            )
+            result = chain.fit(spec, TrainingConfig(epochs=args.epochs, seed=seed), progress=False)
+            variant = f"{name}, split={chain.split}, seed {seed}"
+            for task, sentences in (("conll2003 dev", dev), ("conll2003", test)):
+                scores = chain.score("conll2003", [s.words for s in sentences], [s.tags for s in sentences])
+                rec.add(task, "finechain", variant, "entity_f1", scores["entity_f1"], "dev" if task.endswith("dev") else "test")
+            rec.add("conll2003", "finechain", variant, "train_seconds", result.train_seconds, "s")
+            texts = [" ".join(s.words) for s in test]
+            outputs, words = chain.engine.outputs(texts, ["conll2003"])
+            seconds = timed(
+                lambda chain=chain, outputs=outputs, texts=texts, words=words: chain.tasks["conll2003"].head.decode(
+                    outputs["conll2003"], texts, words
+                ),
+                repeats=3,
+            )
+            rec.add("conll2003", "finechain", variant, "samples_per_second", len(texts) / seconds, "texts/s (decoding only)")
+            print(f"{variant}: done", flush=True)
+    return rec
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks decoding", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="300 sentences, 1 epoch, 300 test sentences")
@@ -60,10 +94,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--crf-seeds", type=comma_list(int), default=None, help="compare the tagger with a CRF tagger over these seeds")
+    parser.add_argument("--output", default=None, help="results name (default decoding, decoding_crf, or *_quick)")
     args = parser.parse_args(argv)
     limit = None
     if args.quick:
         args.train_examples, args.epochs, limit = 300, 1, 300
+    if args.crf_seeds:
+        default = "decoding_crf_quick" if args.quick else "decoding_crf"
+        print(f"wrote {crf_comparison(args, limit).save(args.output or default, vars(args))}")
+        return
     rec = Recorder("decoding", args.device)
     chain = Chain.from_backbone(BACKBONE).to(args.device)
     spec = TaskSpec(name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", max_train_examples=args.train_examples)
@@ -98,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = spans_chain.score("conll2003", [s.words for s in test], [s.tags for s in test])
     for metric in ("entity_f1", "entity_precision", "entity_recall"):
         rec.add("conll2003", "finechain", variant.format("word-list"), metric, scores[metric], "test")
-    print(f"wrote {rec.save('decoding_quick' if args.quick else 'decoding', vars(args))}")
+    print(f"wrote {rec.save(args.output or ('decoding_quick' if args.quick else 'decoding'), vars(args))}")
 
 
 if __name__ == "__main__":
