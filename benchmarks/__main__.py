@@ -18,6 +18,7 @@ SUITES = {
     "serve": "benchmarks.serve",
     "pass-cost": "benchmarks.pass_cost",
     "export": "benchmarks.export",
+    "runtimes": "benchmarks.runtimes",
     "snips": "benchmarks.snips",
     "imbalance": "benchmarks.imbalance",
     "zero-shot": "benchmarks.zero_shot",
