@@ -263,6 +263,39 @@ def test_the_server_runs_flows_through_its_batcher(trained: Path) -> None:
     assert code == 0, err[-2000:]
 
 
+def test_a_graph_per_task_export_keeps_trunk_states_for_flows(trained: Path) -> None:
+    """Exported with a graph per task, a flow runs the trunk graph once per text and each routed stage's graph only on
+    the texts routed to it (as a PyTorch chain does), answering as the chain does; one graph per chain cannot keep
+    states and answers the same."""
+    from finechain.chain import open_engine
+    from finechain.export.onnx import export_onnx
+    from finechain.flows.flow import saved_flow
+
+    chain = Chain.from_pretrained(trained / "c")
+    chain.precision = "fp32"
+    export_onnx(chain, trained / "per-task", per_task=True)
+    export_onnx(chain, trained / "one-graph")
+    texts = ["match good the", "bank awful film", "alice match superb", " ".join(["match alice good the"] * 20), "goal bob dreadful"]
+    expected = chain.flow("sport_names").run(texts) + chain.flow("triage").run(texts)
+    for folder, keeps in (("per-task", True), ("one-graph", False)):
+        engine = open_engine(trained / folder)
+        assert engine.keeps_states is keeps
+        trunk: list[list[str]] = []
+        run = engine.runner.run
+        engine.runner.run = lambda *a, trunk=trunk, run=run, **k: trunk.append(sorted(a[2])) or run(*a, **k)  # type: ignore[method-assign]
+        got = [
+            r
+            for name in ("sport_names", "triage")
+            for r in saved_flow(name, engine.model.flows, engine, trained / folder, open_engine).run(texts)
+        ]
+        assert [r.path for r in got] == [r.path for r in expected]
+        for first, second in zip(got, expected, strict=True):
+            for key, answer in first.answers.items():
+                assert close(answer.to_dict(), second.answers[key].to_dict()), (folder, key)
+        if keeps:  # triage: one trunk call for its first stage; the routes' graphs ran on the kept trunk outputs
+            assert ["topic"] in trunk and ["mood", "topic"] not in trunk
+
+
 def test_flows_travel_with_copies_exports_and_int8_compressions(
     trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -106,6 +106,9 @@ class Runner(Protocol):
     pass_tokens: float  # on a CPU, what one more pass costs in tokens computed (how mixed lengths are cut into batches)
     packs: bool  # on a CPU, whether it computes no padding (then batches need not be cut by length)
 
+    @property
+    def keeps_states(self) -> bool: ...  # whether ``run(..., kept=...)`` and ``run_kept`` work
+
     def run(
         self,
         input_ids: np.ndarray,
@@ -150,9 +153,9 @@ class Engine:
 
     @property
     def keeps_states(self) -> bool:
-        """Whether the runner can keep trunk states for :meth:`forward_kept` (a PyTorch chain can; one ONNX graph
-        per chain cannot)."""
-        return callable(getattr(self.runner, "run_kept", None))
+        """Whether the runner can keep trunk states for :meth:`forward_kept` (a PyTorch chain can, and a chain exported
+        with a graph per task; one ONNX graph per chain cannot)."""
+        return self.runner.keeps_states
 
     # stage 1 ----------------------------------------------------------------------------------
     def prepare(self, texts: Any, tasks: Sequence[str] | None = None) -> Prepared:

@@ -215,14 +215,21 @@ class OnnxRunner:
         kept: list[Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """Outputs per task in ``wanted`` for the rows it lists (``None``: every row), float32. The precision was
-        fixed at export and one session call computes every task, so ``precision`` and ``observer`` are not used; the
-        graph gives no trunk states to keep, so ``kept`` must be None (the engine checks ``keeps_states``)."""
-        if kept is not None:
-            raise ValueError("an exported chain cannot keep trunk states")
+        fixed at export and one session call computes every task, so ``precision`` and ``observer`` are not used. With
+        ``kept`` (a graph per task only: one graph gives no trunk states out; the engine checks ``keeps_states``) the
+        batch's trunk outputs are appended to it, for :meth:`run_kept`."""
+        if kept is not None and not self.keeps_states:
+            raise ValueError("an exported chain with one graph cannot keep trunk states")
         names = list(wanted)
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
-        if self.chain.task_sessions:
-            return self._run_per_task(feeds, wanted)
+        if self.keeps_states:
+            manifest = self.chain.manifest
+            needed = manifest.trunk_outputs if kept is not None else [i for name in wanted for i in manifest.tasks[name].inputs]
+            needed = list(dict.fromkeys(needed))
+            states = dict(zip(needed, self.chain.session.run(needed, feeds), strict=True))
+            if kept is not None:  # kept states must serve any task later
+                kept.append((states, feeds["attention_mask"]))
+            return self._tails(states, feeds["attention_mask"], wanted)
         arrays = self.chain.session.run([self.chain.outputs[n] for n in names], feeds)
         results = {}
         for name, array in zip(names, arrays, strict=True):
@@ -231,15 +238,27 @@ class OnnxRunner:
             results[name] = array if rows is None else array[rows]
         return results
 
-    def _run_per_task(self, feeds: dict[str, np.ndarray], wanted: Mapping[str, list[int] | None]) -> dict[str, np.ndarray]:
-        """The trunk graph once, then each wanted task's graph on the rows it is wanted for."""
-        manifest = self.chain.manifest
-        needed = list(dict.fromkeys(i for name in wanted for i in manifest.tasks[name].inputs))
-        states = dict(zip(needed, self.chain.session.run(needed, feeds), strict=True))
-        mask = feeds["attention_mask"]
+    @property
+    def keeps_states(self) -> bool:
+        """True for a chain exported with a graph per task: the trunk graph's outputs can be kept and each task's graph
+        run on them later (:meth:`run_kept`)."""
+        return bool(self.chain.task_sessions)
+
+    def run_kept(
+        self,
+        handle: Any,
+        wanted: Mapping[str, list[int] | None],
+        precision: str = "auto",
+        observer: Callable[[str, float], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Like :meth:`run`, on trunk outputs that ``run(..., kept=...)`` kept: only the tasks' graphs run."""
+        return self._tails(*handle, wanted)
+
+    def _tails(self, states: Mapping[str, np.ndarray], mask: np.ndarray, wanted: Mapping[str, list[int] | None]) -> dict[str, np.ndarray]:
+        """Each wanted task's graph on the trunk outputs of the rows it is wanted for."""
         results = {}
         for name, rows in wanted.items():
-            task = manifest.tasks[name]
+            task = self.chain.manifest.tasks[name]
             given = {i: states[i] if rows is None else states[i][rows] for i in task.inputs}
             given["attention_mask"] = mask if rows is None else mask[rows]
             (array,) = self.chain.task_sessions[name].run([task.output], given)

@@ -32,6 +32,7 @@ class TorchRunner:
 
     pass_tokens = CPU_PASS_TOKENS  # a pass's own cost on a CPU, in tokens (data.tokens)
     packs = True  # on a CPU a batch's padding is not computed (model.packing): batches need not be cut by length
+    keeps_states = True  # run(..., kept=...) keeps a batch's trunk states for run_kept
 
     def __init__(self, model: ChainModel) -> None:
         self.model = model
