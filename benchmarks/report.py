@@ -47,6 +47,9 @@ SUITE_TITLES = {
     "decoding": "NER decoding: BIO-constrained Viterbi vs per-word argmax (CPU)",
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
     "export_hidden": "Export and compression: students distilled with and without hidden states (CPU)",
+    "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
+    "decoding_crf": "NER: the tagger vs a CRF tagger, three seeds (CoNLL-2003, CPU)",
+    "snips_chain_e10_crf": "SNIPS intent + slots: a CRF slot tagger, 10 epochs (CPU, a tried setting)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
     "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
     "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
@@ -397,6 +400,38 @@ def export_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def runtimes_table(records: list[dict[str, Any]]) -> str:
+    """Per runtime and weights: texts/s at batch 1 and 32, each as a ratio to the first variant (ONNX Runtime fp32),
+    and the largest output change against it.
+
+    Example:
+        >>> rec = lambda v, m, x: {"variant": v, "metric": m, "value": x}
+        >>> print(runtimes_table([rec("ORT, fp32", "max_abs_diff", 0.0), rec("ORT, fp32, batch 1", "samples_per_second", 50.0),
+        ...     rec("ORT, fp32, batch 32", "samples_per_second", 80.0), rec("OV, fp32", "max_abs_diff", 1e-6),
+        ...     rec("OV, fp32, batch 1", "samples_per_second", 40.0), rec("OV, fp32, batch 32", "samples_per_second", 88.0)]))
+        | runtime, weights | texts/s, batch 1 | vs first | texts/s, batch 32 | vs first | largest output change |
+        | --- | --- | --- | --- | --- | --- |
+        | ORT, fp32 | 50.0 | 1.00x | 80.0 | 1.00x | 0 |
+        | OV, fp32 | 40.0 | 0.80x | 88.0 | 1.10x | 1e-06 |
+    """
+    value = {(r["variant"], r["metric"]): r["value"] for r in records}
+    variants = [r["variant"] for r in records if r["metric"] == "max_abs_diff"]
+    out = [
+        "| runtime, weights | texts/s, batch 1 | vs first | texts/s, batch 32 | vs first | largest output change |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant in variants:
+        cells = []
+        for size in (1, 32):
+            speed, base = (
+                value[(f"{variant}, batch {size}", "samples_per_second")],
+                value[(f"{variants[0]}, batch {size}", "samples_per_second")],
+            )
+            cells += [f"{speed:.1f}", f"{speed / base:.2f}x"]
+        out.append(f"| {variant} | " + " | ".join(cells) + f" | {value[(variant, 'max_abs_diff')]:.2g} |")
+    return "\n".join(out)
+
+
 def _latencies(values: dict[str, float]) -> str:
     return " / ".join(f"{values[q]:.0f}" for q in ("p50_ms", "p95_ms", "p99_ms"))
 
@@ -739,10 +774,13 @@ SECTIONS += [
     "pass_cost_onnx",
     "export",
     "export_hidden",
+    "runtimes",
+    "decoding_crf",
     "snips",
     "snips_chain_e5",
     "snips_chain_s2lr",
     "snips_chain_e10",
+    "snips_chain_e10_crf",
 ]
 TABLES = {
     "train": train_table,
@@ -762,6 +800,8 @@ TABLES = {
     "serve": serve_table,
     "pass_cost": pass_cost_table,
     "export": export_table,
+    "runtimes": runtimes_table,
+    "decoding_crf": seeds_table,
     "snips": snips_table,
     "imbalance": imbalance_table,
     "zero_shot": zero_shot_table,
