@@ -112,8 +112,10 @@ def export_onnx(
                 file=model.backbone_path,
                 fix="use a backbone with a fast tokenizer",
             )
-        trunk_outputs = _write_graphs(model, names, work, opset) if per_task else []
-        if not per_task:
+        trunk_outputs: list[str] = []  # a graph per task: what the trunk graph returns
+        if per_task:
+            trunk_outputs = _write_graphs(model, names, work, opset)
+        else:
             _write_graph(model, names, work / GRAPH, opset)
         backend.save(str(work / TOKENIZER))
         entries = {}
