@@ -74,7 +74,7 @@ def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() ->
     assert same < worse
 
     class Tail(torch.nn.Module):  # a task tail stand-in: outputs its input, the head's loss is cross-entropy
-        head = type("H", (), {"loss": "cross_entropy"})()
+        head = type("H", (), {"loss_name": "cross_entropy"})()
 
         def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return states
@@ -92,7 +92,7 @@ def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() ->
 
 def test_hidden_state_loss_adds_the_gap_to_the_teacher_trunk_over_real_tokens() -> None:
     class Tail(torch.nn.Module):  # outputs the mean state as two logits
-        head = type("H", (), {"loss": "cross_entropy"})()
+        head = type("H", (), {"loss_name": "cross_entropy"})()
 
         def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return states.mean(1)[:, :2]
