@@ -173,14 +173,14 @@ def _write_graph(model: nn.Module, names: list[str], path: Path, opset: int) -> 
 def _write_graphs(model: nn.Module, names: list[str], folder: Path, opset: int) -> list[str]:
     """The trunk graph and one graph per task of ``names`` in ``folder``; returns the trunk graph's output names (the
     last is the trunk's output)."""
-    all_states = any(model.tasks[name].needs_trunk_states for name in names)
+    trunk = _TrunkGraph(model, any(model.tasks[name].needs_trunk_states for name in names))
     inputs = _sample_inputs(model)
     with torch.no_grad():
-        states = _TrunkGraph(model, all_states)(*inputs)
-    outputs = [f"trunk.{i}" for i in range(len(states) - 1)] + ["trunk"] if all_states else ["trunk"]
+        states = trunk(*inputs)  # what the task graphs are traced on
+    outputs = [f"trunk.{i}" for i in range(len(states) - 1)] + ["trunk"] if trunk.all_states else ["trunk"]
     token_axes = {0: "batch", 1: "tokens"}
     _trace(
-        _TrunkGraph(model, all_states),
+        trunk,
         inputs,
         ["input_ids", "attention_mask"],
         outputs,

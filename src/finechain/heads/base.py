@@ -178,7 +178,8 @@ class Head(ABC):
         return False
 
     def take_layer_state(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Keep what decoding needs of the head layer's trained tensors (a CRF's move scores); default: nothing."""
+        """Keep what decoding needs of the head layer's trained tensors (a CRF's move scores, as
+        ``HeadLayer.transition_scores`` names them: ``start``, ``moves``, ``end``); default: nothing."""
         return None
 
     def loss_options(self) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class TransitionScores:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TransitionScores:
-        """Inverse of :meth:`to_json`."""
+        """From ``start``, ``moves`` and ``end`` lists or arrays (the inverse of :meth:`to_json`)."""
         return cls(*(np.asarray(data[key], dtype=np.float64) for key in ("start", "moves", "end")))
 
 
@@ -220,14 +220,9 @@ class TaggingHead(Head):
         return bool(self.options.crf)  # type: ignore[attr-defined]
 
     def take_layer_state(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Keep the CRF's move scores (the layer's ``start_transitions``, ``transitions``, ``end_transitions``) for
-        decoding."""
-        if self.learns_transitions and "transitions" in tensors:
-            self._scores = TransitionScores(
-                np.asarray(tensors["start_transitions"], dtype=np.float64),
-                np.asarray(tensors["transitions"], dtype=np.float64),
-                np.asarray(tensors["end_transitions"], dtype=np.float64),
-            )
+        """Keep the CRF's move scores (``start``, ``moves``, ``end``) for decoding."""
+        if self.learns_transitions:
+            self._scores = TransitionScores.from_json(tensors)
 
     def state(self) -> dict[str, Any]:
         """A CRF's learned move scores (so that a chain exported without PyTorch decodes as the original does)."""

@@ -91,8 +91,9 @@ class TaskModel(nn.Module):
         return self
 
     def _share_layer_state(self) -> None:
-        if self.head.learns_transitions:
-            self.head.take_layer_state({k: v.detach().float().cpu().numpy() for k, v in self.head_layer.state_dict().items()})
+        scores = self.head_layer.transition_scores()  # empty unless the layer learns a CRF's move scores
+        if scores:
+            self.head.take_layer_state({k: v.detach().float().cpu().numpy() for k, v in scores.items()})
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The head layer's tensors, plus the layer mix's (prefixed ``layer_mix.``) when there is one."""
