@@ -672,43 +672,54 @@ def update_table(records: list[dict[str, Any]]) -> str:
 
 def few_shot_table(records: list[dict[str, Any]]) -> str:
     """Per task and sample size: each system's accuracy (mean and standard deviation over seeds) and training time,
-    with the accuracy gap to SetFit and SetFit's training time over each system's (above 2: under half its time).
+    with the accuracy gap to SetFit and SetFit's training time over each system's (above 2: under half its time), both
+    on the seeds (samples) that the two ran.
 
     Example:
         >>> rec = lambda system, variant, seed, metric, v: {"task": "sst2", "system": system,
         ...     "variant": f"sst2, 8 per class: {variant}, seed {seed}", "metric": metric, "value": v, "unit": "dev accuracy"}
         >>> records = [rec("finechain", "recipe", s, "accuracy", v) for s, v in ((1, 0.7), (2, 0.8))]
-        >>> records += [rec("finechain", "recipe", 1, "train_seconds", 10.0), rec("setfit", "num_iterations 20", 1, "accuracy", 0.7)]
+        >>> records += [rec("finechain", "recipe", 1, "train_seconds", 10.0), rec("setfit", "num_iterations 20", 1, "accuracy", 0.6)]
         >>> records += [rec("setfit", "num_iterations 20", 1, "train_seconds", 30.0)]
         >>> print(few_shot_table(records))
         **sst2**: dev accuracy
         <BLANKLINE>
-        | examples | system | variant | seeds | accuracy % (sd) | train s | accuracy vs SetFit | SetFit time / this |
+        | examples | system | variant | seeds | accuracy % (sd) | train s | accuracy vs SetFit (same seeds) | SetFit time / this |
         | --- | --- | --- | --- | --- | --- | --- | --- |
-        | 8 per class | finechain | recipe | 2 | 75.0 (7.07) | 10 | +5.0 | 3.0x |
-        | 8 per class | setfit | num_iterations 20 | 1 | 70.0 | 30 | +0.0 | 1.0x |
+        | 8 per class | finechain | recipe | 2 | 75.0 (7.07) | 10 | +10.0 (1) | 3.0x |
+        | 8 per class | setfit | num_iterations 20 | 1 | 60.0 | 30 | +0.0 (1) | 1.0x |
         <BLANKLINE>
     """
-    values = over_seeds(records)
+    # task -> sample size -> (system, variant) -> metric -> seed -> value
+    values: dict[str, dict[str, dict[tuple[str, str], dict[str, dict[str, float]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    )
+    for r in records:
+        name, _, seed = r["variant"].rpartition(", seed ")
+        size, _, variant = name.partition(": ")
+        values[r["task"]][size.split(", ")[-1]][(r["system"], variant)][r["metric"]][seed] = r["value"]
     units = {r["task"]: r["unit"] for r in records if r["metric"] == "accuracy"}
     out = []
-    for task, rows in values.items():
+    for task, sizes in values.items():
         out += [f"**{task}**: {units.get(task, '')}", ""]
-        out += ["| examples | system | variant | seeds | accuracy % (sd) | train s | accuracy vs SetFit | SetFit time / this |"]
+        out += [
+            "| examples | system | variant | seeds | accuracy % (sd) | train s | accuracy vs SetFit (same seeds) | SetFit time / this |"
+        ]
         out += ["| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        sizes = sorted({variant.partition(": ")[0] for _, variant in rows}, key=lambda v: int(v.split(", ")[-1].split()[0]))
-        for size in sizes:
-            here = {(system, variant.partition(": ")[2]): m for (system, variant), m in rows.items() if variant.partition(": ")[0] == size}
+        for size in sorted(sizes, key=lambda v: int(v.split()[0])):
+            here = sizes[size]
             peer = next((m for (system, _), m in here.items() if system == "setfit"), {})
             for (system, variant), metrics in here.items():
-                acc, secs = metrics.get("accuracy", []), metrics.get("train_seconds", [])
-                sd = f" ({statistics.stdev(acc) * 100:.2f})" if len(acc) > 1 else ""
-                gap = f"{(statistics.mean(acc) - statistics.mean(peer['accuracy'])) * 100:+.1f}" if acc and peer.get("accuracy") else "-"
-                ratio = "-"
-                if secs and peer.get("train_seconds"):
-                    ratio = f"{statistics.mean(peer['train_seconds']) / statistics.mean(secs):.1f}x"
-                cells = [size.split(", ")[-1], system, variant, str(len(acc)), f"{statistics.mean(acc) * 100:.1f}{sd}" if acc else "-"]
-                cells += [f"{statistics.mean(secs):.0f}" if secs else "-", gap, ratio]
+                acc, secs = metrics.get("accuracy", {}), metrics.get("train_seconds", {})
+                sd = f" ({statistics.stdev(acc.values()) * 100:.2f})" if len(acc) > 1 else ""
+                gap, ratio = "-", "-"
+                if common := sorted(set(acc) & set(peer.get("accuracy", {}))):
+                    diff = statistics.mean(acc[s] - peer["accuracy"][s] for s in common) * 100
+                    gap = f"{diff:+.1f} ({len(common)})"
+                if common := sorted(set(secs) & set(peer.get("train_seconds", {}))):
+                    ratio = f"{statistics.mean(peer['train_seconds'][s] for s in common) / statistics.mean(secs[s] for s in common):.1f}x"
+                cells = [size, system, variant, str(len(acc)), f"{statistics.mean(acc.values()) * 100:.1f}{sd}" if acc else "-"]
+                cells += [f"{statistics.mean(secs.values()):.0f}" if secs else "-", gap, ratio]
                 out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
