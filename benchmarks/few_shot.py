@@ -43,6 +43,14 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # contrastive-only body objective
     "few-shot recipe (min_steps 50; lr 3e-5)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50, "learning_rate": 3e-5}),
     "few-shot recipe (min_steps 50; contrastive 3)": ({"type": "prototype"}, {"contrastive": 3.0, "min_steps": 50}),
+    # SetFit tunes every layer of the body; the chain's default frozen trunk keeps the lower 2 of 6
+    "few-shot recipe (min_steps 50; split 0)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
+    "few-shot recipe (min_steps 50; split 1)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
+}
+# variants on a chain other than the default one: Chain.from_backbone's keyword arguments
+CHAIN_CHANGES: dict[str, dict[str, Any]] = {
+    "few-shot recipe (min_steps 50; split 0)": {"split": 0},
+    "few-shot recipe (min_steps 50; split 1)": {"split": 1},
 }
 DEFAULT_VARIANTS = ["plain", "plain (validation cut)", "few-shot recipe"]
 TASKS = ["sst2", "agnews", "banking77"]
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 prefix = f"{task}, {per_class} per class: "
                 rec.variant_suffix = f", seed {seed}"
                 for variant in args.variants:
-                    chain = Chain.from_backbone(BACKBONE)
+                    chain = Chain.from_backbone(BACKBONE, **CHAIN_CHANGES.get(variant, {}))
                     spec_changes, training_changes = VARIANTS[variant]
                     training = TrainingConfig(seed=seed, **{"min_steps": min_steps, **training_changes})
                     start = time.perf_counter()
