@@ -310,3 +310,60 @@ def test_int8_quantizes_a_weight_that_several_tasks_share(tmp_path: Path) -> Non
     assert float_matrices and all("embeddings" in name for name in float_matrices), float_matrices
     answers = Engine(ExportedChain(tmp_path / "int8")).predict(TEXTS)
     assert [a["mood"].label for a in answers] == [a["sentiment"].label for a in answers]
+
+
+def test_sentence_embeddings_travel_with_the_export_and_through_int8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``embeddings=True`` adds the backbone's sentence embeddings as a graph: the same vectors as ``Chain.embed``,
+    checked at export, kept (and re-checked) by int8 and fp16; an export without them, or from a tuned trunk, says
+    what to do."""
+    chain = Chain.from_pretrained(RELEASE / "frozen")
+    chain.precision = "fp32"
+    code, out, _ = cli(
+        ["export", str(RELEASE / "frozen"), "--out", str(tmp_path / "onnx"), "--embeddings", "--per-task-graphs"], monkeypatch, capsys
+    )
+    assert code == 0 and "(sentence embeddings)" in out
+    manifest = read_export_manifest(tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "embeddings.onnx").is_file() and manifest.embedding_size == chain.model.embedding_size
+    assert manifest.embeddings_max_abs_diff is not None and manifest.embeddings_max_abs_diff < 1e-4
+    assert "sentence embeddings" in manifest.steps[0]
+    exported = Engine(ExportedChain(tmp_path / "onnx"))
+    ours, theirs = chain.embed(TEXTS), exported.embed(TEXTS)
+    assert theirs.shape == ours.shape and np.abs(ours - theirs).max() < 1e-4
+    assert np.linalg.norm(theirs, axis=1) == pytest.approx(1.0, abs=1e-5)
+    raw = exported.embed(TEXTS, normalize=False)
+    assert raw / np.linalg.norm(raw, axis=1, keepdims=True) == pytest.approx(theirs, abs=1e-6)
+    assert exported.embed([]).shape == (0, chain.model.embedding_size)
+    assert exported.predict(TEXTS[:1])[0].keys() == chain.predict(TEXTS[:1])[0].keys()  # the tasks are untouched
+    smaller = quantize_int8(tmp_path / "onnx", tmp_path / "int8")
+    assert smaller.embeddings == "embeddings.onnx" and 0 < smaller.embeddings_max_abs_diff < 0.5
+    int8 = Engine(ExportedChain(tmp_path / "int8")).embed(TEXTS)
+    assert float((int8 * theirs).sum(axis=1).min()) > 0.9  # int8 moves the vectors a little (a tiny random model)
+    code, out, _ = cli(["compress", str(tmp_path / "onnx"), "--out", str(tmp_path / "fp16"), "--fp16"], monkeypatch, capsys)
+    assert code == 0 and np.abs(Engine(ExportedChain(tmp_path / "fp16")).embed(TEXTS) - theirs).max() < 1e-2
+    export_onnx(chain, tmp_path / "plain")
+    with pytest.raises(FinechainError, match=r"has no sentence embeddings.*--embeddings"):
+        Engine(ExportedChain(tmp_path / "plain")).embed(TEXTS)
+    with pytest.raises(FinechainError, match=r"trunk was fine-tuned.*without --embeddings"):
+        export_onnx(RELEASE / "joint", tmp_path / "joint", embeddings=True)
+    assert not (tmp_path / "joint").exists()
+
+
+def test_a_chain_without_tasks_exports_its_embeddings_alone(tiny_backbone: Path, tmp_path: Path) -> None:
+    """A backbone with no tasks yet: ``--embeddings`` exports one graph, the sentence embeddings (a
+    sentence-transformers-style ONNX encoder); without it there is nothing to export."""
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    chain.precision = "fp32"
+    with pytest.raises(FinechainError, match="no tasks to export"):
+        export_onnx(chain, tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+    manifest = export_onnx(chain, tmp_path / "onnx", embeddings=True)
+    assert manifest.graph == manifest.embeddings == "embeddings.onnx" and not manifest.tasks
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["embeddings.onnx", EXPORT_MANIFEST, "tokenizer.json"]
+    exported = ExportedChain(tmp_path / "onnx")
+    assert exported.embedding_session is exported.session
+    assert np.abs(Engine(exported).embed(TEXTS) - chain.embed(TEXTS)).max() < 1e-4
+    quantize_int8(tmp_path / "onnx", tmp_path / "int8")
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["embeddings.onnx", EXPORT_MANIFEST, "tokenizer.json"]
+    assert Engine(ExportedChain(tmp_path / "int8")).embed(TEXTS).shape == (len(TEXTS), chain.model.embedding_size)

@@ -448,6 +448,9 @@ def export(
     per_task_graphs: Annotated[
         bool, typer.Option("--per-task-graphs", help="a trunk graph and one graph per task (each replaceable alone) instead of one graph")
     ] = False,
+    embeddings: Annotated[
+        bool, typer.Option("--embeddings", help="also the backbone's sentence embeddings (embeddings.onnx; a chain with a frozen trunk)")
+    ] = False,
 ) -> None:
     """Export the chain (trunk once, every branch and head) as one ONNX graph with its tokenizer and a manifest: the
     folder runs with ONNX Runtime, tokenizers and NumPy alone (predict, eval and serve read it too)."""
@@ -455,12 +458,15 @@ def export(
         raise FinechainError(f"unknown export format '{export_format}'", fix="use --format onnx")
     from finechain.export.onnx import export_onnx
 
-    manifest = export_onnx(chain_dir, out_dir, task, tolerance=tolerance, overwrite=overwrite, per_task=per_task_graphs)
+    options = {"tolerance": tolerance, "overwrite": overwrite, "per_task": per_task_graphs, "embeddings": embeddings}
+    manifest = export_onnx(chain_dir, out_dir, task, **options)
     table = Table(title=f"exported to {out_dir!s} (ONNX)", box=None)
     for column in ("task", "type", "output", "largest difference to PyTorch"):
         table.add_column(column)
     for name, entry in manifest.tasks.items():
         table.add_row(name, entry.type, entry.output, f"{entry.max_abs_diff:.2g}")
+    if manifest.embeddings_max_abs_diff is not None:
+        table.add_row("(sentence embeddings)", "-", "embeddings", f"{manifest.embeddings_max_abs_diff:.2g}")
     out.print(table)
 
 

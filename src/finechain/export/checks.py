@@ -31,3 +31,15 @@ def compare_outputs(reference: Engine, exported: str | Path, tasks: Sequence[str
     theirs, _ = Engine(ExportedChain(exported)).outputs(list(texts), list(tasks))
     ours, _ = reference.outputs(list(texts), list(tasks))
     return {name: max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(ours[name], theirs[name], strict=True)) for name in tasks}
+
+
+def compare_embeddings(reference: Engine, exported: str | Path, texts: Sequence[str] = CHECK_TEXTS) -> float:
+    """Largest absolute difference between ``reference``'s L2-normalised sentence embeddings and the exported folder's
+    on ``texts`` (the folder was exported with ``embeddings``).
+
+    Example:
+        >>> compare_embeddings(Engine(chain.model, precision="fp32"), "demo-onnx")  # doctest: +SKIP
+        3.0e-07
+    """
+    theirs = Engine(ExportedChain(exported)).embed(list(texts))
+    return float(np.max(np.abs(reference.embed(list(texts)) - theirs), initial=0.0))

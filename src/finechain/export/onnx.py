@@ -10,6 +10,10 @@ With ``per_task`` the folder holds a trunk graph (``trunk.onnx``: token ids and 
 out, plus ``trunk.0`` ... for every layer's output when a task mixes layers) and one graph per task
 (``tasks/NAME.onnx``: the trunk outputs it reads and the mask in, its output out): a task's graph can be replaced or
 left out without touching the others, and a task asked for by some texts of a batch runs on those rows only.
+
+With ``embeddings`` the folder also holds ``embeddings.onnx``: the untouched backbone (trunk and its own upper layers)
+mean pooled, as ``Chain.embed`` computes it, so ``Engine.embed`` and a ``sentence-transformers``-style
+``encode`` run on the export too; checked against PyTorch like the tasks.
 """
 
 from __future__ import annotations
@@ -26,9 +30,18 @@ from torch import nn
 from finechain.chain import Chain
 from finechain.data.batching import pad_ids
 from finechain.errors import ArtifactError, FinechainError, short_reason
-from finechain.export.checks import compare_outputs
+from finechain.export.checks import compare_embeddings, compare_outputs
 from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, GRAPH, TOKENIZER, TRUNK_GRAPH, ExportedTask, ExportManifest, task_graph
+from finechain.inference.exported import (
+    EMBEDDINGS_GRAPH,
+    EXPORT_MANIFEST,
+    GRAPH,
+    TOKENIZER,
+    TRUNK_GRAPH,
+    ExportedTask,
+    ExportManifest,
+    task_graph,
+)
 from finechain.io import building_folder, write_json
 from finechain.spec.flows import rebased_json
 
@@ -58,6 +71,17 @@ class _TrunkGraph(nn.Module):
         return tuple(state.float() for state in self.model.trunk_states(input_ids, attention_mask, self.all_states))
 
 
+class _EmbeddingGraph(nn.Module):
+    """The untouched backbone's mean-pooled last layer (``ChainModel.sentence_embeddings``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.sentence_embeddings(input_ids, attention_mask).float()
+
+
 class _TaskGraph(nn.Module):
     """One task's branch and head on trunk outputs (its last one, or all of them for a task that mixes layers)."""
 
@@ -85,11 +109,13 @@ def export_onnx(
     tolerance: float = 1e-3,
     overwrite: bool = False,
     per_task: bool = False,
+    embeddings: bool = False,
 ) -> ExportManifest:
     """Write ``chain`` (a :class:`Chain` or a chain folder) as an exported folder at ``out``: ``model.onnx``,
     ``tokenizer.json`` and ``finechain-export.json`` (with ``per_task``: ``trunk.onnx`` and ``tasks/NAME.onnx``
-    instead of ``model.onnx``). Only ``tasks`` when given. Nothing is left at ``out`` unless the whole export worked
-    and ONNX Runtime reproduced PyTorch's outputs within ``tolerance``.
+    instead of ``model.onnx``; with ``embeddings``: ``embeddings.onnx`` too, the backbone's sentence embeddings). Only
+    ``tasks`` when given. Nothing is left at ``out`` unless the whole export worked and ONNX Runtime reproduced
+    PyTorch's outputs within ``tolerance``.
 
     Example:
         >>> export_onnx("demo-chain", "demo-onnx").tasks["intent"].max_abs_diff  # doctest: +SKIP
@@ -100,8 +126,15 @@ def export_onnx(
         if not isinstance(chain, Chain):
             chain = Chain.from_pretrained(chain)
         names = chain.model.task_names(tasks)
-        if not names:
-            raise FinechainError("the chain has no tasks to export", fix="train or add a task first")
+        if not names and not embeddings:
+            raise FinechainError(
+                "the chain has no tasks to export", fix="train or add a task first, or export its embeddings (--embeddings)"
+            )
+        if embeddings and chain.model.trunk_tuned:
+            raise FinechainError(
+                "this chain's trunk was fine-tuned (sharing: joint), so it no longer gives the backbone's sentence embeddings",
+                fix="export without --embeddings, or from a chain trained with sharing: frozen",
+            )
         model = copy.deepcopy(chain.model).to("cpu").float().eval()
         merged = model.merge_adapters()
         tokenizer = model.tokenizer
@@ -113,10 +146,13 @@ def export_onnx(
                 fix="use a backbone with a fast tokenizer",
             )
         trunk_outputs: list[str] = []  # a graph per task: what the trunk graph returns
-        if per_task:
+        if names and per_task:
             trunk_outputs = _write_graphs(model, names, work, opset)
-        else:
-            _write_graph(model, names, work / GRAPH, opset)
+        elif names:
+            _write_graph(model, names, work / GRAPH, opset)  # with no tasks, the embeddings' graph is the folder's
+        if embeddings:
+            graph, inputs, axes = _EmbeddingGraph(model), _sample_inputs(model), {"embeddings": {0: "batch"}}
+            _trace(graph, inputs, ["input_ids", "attention_mask"], ["embeddings"], axes, work / EMBEDDINGS_GRAPH, opset, model)
         backend.save(str(work / TOKENIZER))
         entries = {}
         for name in names:
@@ -131,10 +167,11 @@ def export_onnx(
                 entries[name].inputs = trunk_outputs if model.tasks[name].needs_trunk_states else trunk_outputs[-1:]
         student = model.compression
         steps = [f"student: backbone layers {model.layer_ids}, distilled"] if student else []
-        steps += ["export: onnx" + (", a graph per task" if per_task else "")] + [f"merge LoRA: {name}" for name in merged if name in names]
+        steps += ["export: onnx" + (", a graph per task" if per_task else "") + (", sentence embeddings" if embeddings else "")]
+        steps += [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(
             format=2 if per_task else 1,
-            graph=TRUNK_GRAPH if per_task else GRAPH,
+            graph=EMBEDDINGS_GRAPH if not names else TRUNK_GRAPH if per_task else GRAPH,
             trunk_outputs=trunk_outputs,
             source=source,
             backbone=model.backbone.name,
@@ -145,9 +182,11 @@ def export_onnx(
             tasks=entries,
             steps=steps,
             flows=_exported_flows(chain, names, out),
+            embeddings=EMBEDDINGS_GRAPH if embeddings else None,
+            embedding_size=model.embedding_size if embeddings else 0,
         )
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        differences = compare_outputs(Engine(model, precision="fp32"), work, names)
+        differences = compare_outputs(Engine(model, precision="fp32"), work, names) if names else {}
         for name, difference in differences.items():
             if difference > tolerance:
                 raise FinechainError(
@@ -155,6 +194,14 @@ def export_onnx(
                     fix="report this backbone; export with --tolerance to keep it anyway",
                 )
             manifest.tasks[name].max_abs_diff = float(difference)
+        if embeddings:
+            difference = compare_embeddings(Engine(model, precision="fp32"), work)
+            if difference > tolerance:
+                raise FinechainError(
+                    f"ONNX Runtime's sentence embeddings differ from PyTorch's by {difference:.2g} (more than {tolerance:g})",
+                    fix="report this backbone; export with --tolerance to keep it anyway",
+                )
+            manifest.embeddings_max_abs_diff = difference
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
     return manifest
 

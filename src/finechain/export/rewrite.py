@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from finechain.export.checks import compare_outputs
+from finechain.export.checks import compare_embeddings, compare_outputs
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, ExportManifest, graph_files, is_exported, read_export_manifest
 from finechain.io import building_folder, write_json
@@ -59,6 +59,9 @@ def rewritten_export(
         changes = compare_outputs(Engine(ExportedChain(before)), target, names)
         for name in names:
             manifest.tasks[name].max_abs_diff = ((manifest.tasks[name].max_abs_diff or 0.0) if adds_up else 0.0) + changes[name]
+        if manifest.embeddings:
+            change = compare_embeddings(Engine(ExportedChain(before)), target)
+            manifest.embeddings_max_abs_diff = ((manifest.embeddings_max_abs_diff or 0.0) if adds_up else 0.0) + change
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         if before != source:
             shutil.rmtree(before)

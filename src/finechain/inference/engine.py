@@ -336,7 +336,7 @@ class Engine:
             if out is None:
                 out = np.zeros((len(ids), vectors.shape[1]), dtype=np.float32)
             out[indices] = vectors
-        return out if out is not None else np.zeros((0, self.model.encoder_config.hidden_size), dtype=np.float32)
+        return out if out is not None else np.zeros((0, self.model.embedding_size), dtype=np.float32)
 
 
 def _wanted(indices: list[int], tasks_of: Callable[[int], Sequence[str]]) -> dict[str, list[int] | None]:

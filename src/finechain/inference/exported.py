@@ -10,7 +10,9 @@ exactly as it runs a PyTorch chain (the same ``prepare`` and ``decode``), with :
 
 or, exported with a graph per task (format 2), ``trunk.onnx`` (inputs as above; outputs the manifest's
 ``trunk_outputs``, the last being the trunk's output) and ``tasks/NAME.onnx`` (inputs the trunk outputs the task's
-``inputs`` name and ``attention_mask``; its one output) in place of ``model.onnx``.
+``inputs`` name and ``attention_mask``; its one output) in place of ``model.onnx``. Exported with sentence embeddings,
+``embeddings.onnx`` too (inputs as ``model.onnx``; output ``embeddings``, ``[batch, hidden]``: the untouched backbone's
+mean-pooled last layer, normalised by the runner when asked).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ EXPORT_MANIFEST = "finechain-export.json"
 EXPORT_FORMAT = 2  # the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task
 GRAPH = "model.onnx"
 TRUNK_GRAPH = "trunk.onnx"
+EMBEDDINGS_GRAPH = "embeddings.onnx"
 TOKENIZER = "tokenizer.json"
 
 
@@ -84,6 +87,9 @@ class ExportManifest(BaseModel):
     weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows whose tasks were all exported
+    embeddings: str | None = None  # the sentence-embedding graph (export --embeddings); None: not exported
+    embedding_size: int = 0  # its vectors' length
+    embeddings_max_abs_diff: float | None = None  # largest difference of the normalised vectors to PyTorch's at export
 
 
 def is_exported(directory: str | Path) -> bool:
@@ -170,6 +176,17 @@ class ExportedChain:
         self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
             name: _session(self.directory / task.graph, threads, providers) for name, task in self.manifest.tasks.items() if task.graph
         }
+        embeddings = self.manifest.embeddings
+        self.embedding_session = None  # exported with sentence embeddings: their session (the only one without tasks)
+        if embeddings:
+            self.embedding_session = (
+                self.session if embeddings == self.manifest.graph else _session(self.directory / embeddings, threads, providers)
+            )
+
+    @property
+    def embedding_size(self) -> int:
+        """The length of this chain's sentence embeddings (0 when it was exported without them)."""
+        return self.manifest.embedding_size
 
     @property
     def split(self) -> int:
@@ -270,18 +287,32 @@ class OnnxRunner:
         return result
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool, precision: str = "auto") -> np.ndarray:
-        """Not in an exported chain: its graph holds the tasks only."""
-        raise FinechainError("an exported chain has no sentence embeddings", fix="use the chain folder it was exported from")
+        """The backbone's sentence embeddings from the embedding graph (``finechain export --embeddings``),
+        L2-normalised unless ``normalize`` is off; ``precision`` was fixed at export."""
+        session = self.chain.embedding_session
+        if session is None:
+            raise FinechainError(
+                f"the exported chain at {self.chain.directory} has no sentence embeddings",
+                fix="export it again with --embeddings (from a chain whose trunk is not tuned)",
+            )
+        feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        (vectors,) = session.run(["embeddings"], feeds)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 def graph_files(manifest: ExportManifest) -> list[str]:
-    """Every ONNX graph of an exported folder, relative to it: the one graph, or the trunk's and each task's.
+    """Every ONNX graph of an exported folder, relative to it: the one graph, or the trunk's and each task's; and the
+    sentence-embedding graph when there is one.
 
     Example:
         >>> graph_files(read_export_manifest("demo-onnx"))  # doctest: +SKIP
         ['model.onnx']
     """
-    return [manifest.graph, *(task.graph for task in manifest.tasks.values() if task.graph)]
+    extra = [manifest.embeddings] if manifest.embeddings else []
+    return list(dict.fromkeys([manifest.graph, *(task.graph for task in manifest.tasks.values() if task.graph), *extra]))
 
 
 def _session(path: Path, threads: int | None, providers: Sequence[str] | None) -> Any:

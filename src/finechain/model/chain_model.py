@@ -216,6 +216,11 @@ class ChainModel(nn.Module):
         states = self.trunk_states(input_ids, attention_mask, any(self.tasks[n].needs_trunk_states for n in names))
         return {name: self.tasks[name](states if self.tasks[name].needs_trunk_states else states[-1], attention_mask) for name in names}
 
+    @property
+    def embedding_size(self) -> int:
+        """The length of the backbone's sentence embeddings."""
+        return int(self.encoder_config.hidden_size)
+
     def sentence_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The untouched backbone's mean-pooled last layer (trunk + the backbone's own upper layers)."""
         return pool(self.upper(self.trunk(input_ids, attention_mask), attention_mask)[-1], attention_mask, "mean")
