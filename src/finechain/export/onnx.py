@@ -170,7 +170,7 @@ def export_onnx(
         steps += ["export: onnx" + (", a graph per task" if per_task else "") + (", sentence embeddings" if embeddings else "")]
         steps += [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(
-            format=2 if per_task else 1,
+            format=3 if embeddings else 2 if per_task else 1,  # what a reader must know: older ones refuse it, saying so
             graph=EMBEDDINGS_GRAPH if not names else TRUNK_GRAPH if per_task else GRAPH,
             trunk_outputs=trunk_outputs,
             source=source,

@@ -35,7 +35,8 @@ from finechain.spec.flows import FlowSpec
 from finechain.version import __version__
 
 EXPORT_MANIFEST = "finechain-export.json"
-EXPORT_FORMAT = 2  # the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task
+# the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task, 3 = either with sentence embeddings
+EXPORT_FORMAT = 3
 GRAPH = "model.onnx"
 TRUNK_GRAPH = "trunk.onnx"
 EMBEDDINGS_GRAPH = "embeddings.onnx"
