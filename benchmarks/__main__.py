@@ -19,6 +19,7 @@ SUITES = {
     "pass-cost": "benchmarks.pass_cost",
     "export": "benchmarks.export",
     "runtimes": "benchmarks.runtimes",
+    "export-embeddings": "benchmarks.export_embeddings",
     "snips": "benchmarks.snips",
     "imbalance": "benchmarks.imbalance",
     "zero-shot": "benchmarks.zero_shot",

@@ -48,6 +48,7 @@ SUITE_TITLES = {
     "export": "Export and compression: the four-task chain in PyTorch, ONNX Runtime fp32 and int8 (CPU)",
     "export_hidden": "Export and compression: students distilled with and without hidden states (CPU)",
     "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
+    "export_embeddings": "Sentence embeddings exported: ONNX fp32 and int8 vs sentence-transformers' own ONNX backends (CPU)",
     "decoding_crf": "NER: the tagger vs a CRF tagger, three seeds (CoNLL-2003, CPU)",
     "snips_chain_e10_crf": "SNIPS intent + slots: a CRF slot tagger, 10 epochs (CPU, a tried setting)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
@@ -432,6 +433,38 @@ def runtimes_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def export_embeddings_table(records: list[dict[str, Any]]) -> str:
+    """Per system and variant: texts/s at batch 1 and 32, each as a ratio to finechain's PyTorch fp32 row and to the
+    same system's PyTorch fp32 row, and the lowest and mean cosine to finechain's PyTorch fp32 vectors.
+
+    Example:
+        >>> rec = lambda s, v, m, x: {"system": s, "variant": v, "metric": m, "value": x}
+        >>> speeds = [("finechain", "PyTorch fp32", 10.0, 100.0), ("st", "PyTorch fp32", 20.0, 50.0), ("st", "ONNX int8", 40.0, 150.0)]
+        >>> records = [rec(s, f"{v}, batch {b}", "samples_per_second", x) for s, v, *xs in speeds for b, x in zip((1, 32), xs)]
+        >>> records += [rec("st", "ONNX int8", "min_cosine", 0.991), rec("st", "ONNX int8", "mean_cosine", 0.998)]
+        >>> print("\\n".join(export_embeddings_table(records).splitlines()[2:]))
+        | finechain | PyTorch fp32 | 10.0 | 1.00x | 1.00x | 100.0 | 1.00x | 1.00x | - | - |
+        | st | PyTorch fp32 | 20.0 | 2.00x | 1.00x | 50.0 | 0.50x | 1.00x | - | - |
+        | st | ONNX int8 | 40.0 | 4.00x | 2.00x | 150.0 | 1.50x | 3.00x | 0.9910 | 0.9980 |
+    """
+    value = {(r["system"], r["variant"], r["metric"]): r["value"] for r in records}
+    rows = list(dict.fromkeys((r["system"], r["variant"].rsplit(", batch ", 1)[0]) for r in records if r["metric"] == "samples_per_second"))
+    first = {system: variant for system, variant in reversed(rows)}  # each system's first row: its PyTorch fp32
+    columns = ["texts/s, batch {0}", "vs finechain PyTorch fp32", "vs own PyTorch fp32"]
+    header = [c.format(size) for size in (1, 32) for c in columns] + ["lowest cosine", "mean cosine"]
+    out = ["| system | variant | " + " | ".join(header) + " |", "|" + " --- |" * (len(header) + 2)]
+    for system, variant in rows:
+        cells = []
+        for size in (1, 32):
+            speed = value[(system, f"{variant}, batch {size}", "samples_per_second")]
+            ours = value[("finechain", f"{first['finechain']}, batch {size}", "samples_per_second")]
+            own = value[(system, f"{first[system]}, batch {size}", "samples_per_second")]
+            cells += [f"{speed:.1f}", f"{speed / ours:.2f}x", f"{speed / own:.2f}x"]
+        cells += [f"{value[(system, variant, m)]:.4f}" if (system, variant, m) in value else "-" for m in ("min_cosine", "mean_cosine")]
+        out.append(f"| {system} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _latencies(values: dict[str, float]) -> str:
     return " / ".join(f"{values[q]:.0f}" for q in ("p50_ms", "p95_ms", "p99_ms"))
 
@@ -786,6 +819,7 @@ SECTIONS += [
     "export",
     "export_hidden",
     "runtimes",
+    "export_embeddings",
     "decoding_crf",
     "snips",
     "snips_chain_e5",
@@ -812,6 +846,7 @@ TABLES = {
     "pass_cost": pass_cost_table,
     "export": export_table,
     "runtimes": runtimes_table,
+    "export_embeddings": export_embeddings_table,
     "decoding_crf": seeds_table,
     "snips": snips_table,
     "imbalance": imbalance_table,

@@ -220,6 +220,20 @@ def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, s
     assert "| ONNX Runtime int8 (finechain compress --int8) | " in (tmp_path / "benchmarks.md").read_text()
 
 
+def test_export_embeddings_quick_exports_the_backbone_embeddings(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    """The embeddings suite without its peer (sentence-transformers' ONNX extra needs its own environment): the export
+    gives PyTorch's vectors, int8 nearly so, and the report renders the table."""
+    run_benchmark(tmp_path, shared_datasets, "export-embeddings", "--quick", timeout=600, backbone=smoke_backbone)
+    records = json.loads((tmp_path / "export_embeddings_quick.json").read_text())
+    cosine = {r["variant"]: r["value"] for r in records if r["metric"] == "min_cosine"}
+    assert cosine["ONNX Runtime fp32 (export --embeddings)"] > 0.9999 and 0.95 < cosine["ONNX Runtime int8 (compress --int8)"] < 1.0
+    speeds = [r for r in records if r["metric"] == "samples_per_second"]
+    assert len(speeds) == 6 and all(r["value"] > 0 and r["system"] == "finechain" for r in speeds)
+    (tmp_path / "export_embeddings.json").write_text((tmp_path / "export_embeddings_quick.json").read_text())
+    run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
+    assert "| finechain | ONNX Runtime int8 (compress --int8) | " in (tmp_path / "benchmarks.md").read_text()
+
+
 def test_an_exported_chain_runs_in_a_virtual_environment_without_pytorch(tmp_path: Path) -> None:
     """A fresh virtual environment with ONNX Runtime, tokenizers, NumPy and the command line's own small libraries (no
     torch, no transformers): ``finechain predict`` on an exported folder answers like the chain."""
