@@ -328,6 +328,8 @@ def test_sentence_embeddings_travel_with_the_export_and_through_int8(
     assert (tmp_path / "onnx" / "embeddings.onnx").is_file() and manifest.embedding_size == chain.model.embedding_size
     assert manifest.embeddings_max_abs_diff is not None and manifest.embeddings_max_abs_diff < 1e-4
     assert "sentence embeddings" in manifest.steps[0] and manifest.format == 3  # an older reader says to upgrade
+    code, out, _ = cli(["info", str(tmp_path / "onnx")], monkeypatch, capsys)
+    assert code == 0 and f"sentence embeddings: embeddings.onnx ({chain.model.embedding_size} values; largest difference" in out
     exported = Engine(ExportedChain(tmp_path / "onnx"))
     ours, theirs = chain.embed(TEXTS), exported.embed(TEXTS)
     assert theirs.shape == ours.shape and np.abs(ours - theirs).max() < 1e-4

@@ -579,6 +579,9 @@ def _exported_info(folder: Path) -> None:
         soft_wrap=True,
     )
     out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}")
+    if manifest.embeddings:
+        diff = "-" if manifest.embeddings_max_abs_diff is None else f"{manifest.embeddings_max_abs_diff:.2g}"
+        out.print(f"sentence embeddings: {manifest.embeddings} ({manifest.embedding_size} values; largest difference {diff})")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("task", "type", "labels", "metric", "test", "largest difference"):
         table.add_column(column, no_wrap=True)
