@@ -352,7 +352,9 @@ def test_sentence_embeddings_travel_with_the_export_and_through_int8(
     assert not (tmp_path / "joint").exists()
 
 
-def test_a_chain_without_tasks_exports_its_embeddings_alone(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_a_chain_without_tasks_exports_its_embeddings_alone(
+    tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A backbone with no tasks yet: ``--embeddings`` exports one graph, the sentence embeddings (a
     sentence-transformers-style ONNX encoder); without it there is nothing to export."""
     chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
@@ -365,6 +367,9 @@ def test_a_chain_without_tasks_exports_its_embeddings_alone(tiny_backbone: Path,
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["embeddings.onnx", EXPORT_MANIFEST, "tokenizer.json"]
     exported = ExportedChain(tmp_path / "onnx")
     assert exported.embedding_session is exported.session
+    (tmp_path / "texts.txt").write_text("hello\n")
+    code, _, err = cli(["predict", str(tmp_path / "onnx"), "--input", str(tmp_path / "texts.txt")], monkeypatch, capsys)
+    assert code == 2 and err.strip().endswith("has no tasks to predict (fix: train a task into it first, or embed with Engine.embed)")
     assert np.abs(Engine(exported).embed(TEXTS) - chain.embed(TEXTS)).max() < 1e-4
     quantize_int8(tmp_path / "onnx", tmp_path / "int8")
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["embeddings.onnx", EXPORT_MANIFEST, "tokenizer.json"]

@@ -315,6 +315,8 @@ def predict(
     else:
         engine, _ = _engine(chain_dir, exported, device, precision, batch_size, threads)
         tasks = engine.model.task_names(task)  # an unknown --task fails before any work
+        if not tasks:  # e.g. an export of the backbone's sentence embeddings alone
+            raise FinechainError(f"{chain_dir} has no tasks to predict", fix="train a task into it first, or embed with Engine.embed")
 
         def lines(part: list[Any]) -> list[str]:
             return [
