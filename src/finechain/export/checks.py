@@ -21,25 +21,33 @@ CHECK_TEXTS = [
 ]
 
 
-def compare_outputs(reference: Engine, exported: str | Path, tasks: Sequence[str], texts: Sequence[str] = CHECK_TEXTS) -> dict[str, float]:
-    """Largest absolute difference per task between ``reference``'s outputs and the exported folder's on ``texts``.
+def compare_outputs(
+    reference: Engine, exported: str | Path | Engine, tasks: Sequence[str], texts: Sequence[str] = CHECK_TEXTS
+) -> dict[str, float]:
+    """Largest absolute difference per task between ``reference``'s outputs and the exported folder's (or an engine
+    already open on it) on ``texts``.
 
     Example:
         >>> compare_outputs(Engine(chain.model, precision="fp32"), "demo-onnx", ["intent"])  # doctest: +SKIP
         {'intent': 2.1e-06}
     """
-    theirs, _ = Engine(ExportedChain(exported)).outputs(list(texts), list(tasks))
+    theirs, _ = _engine(exported).outputs(list(texts), list(tasks))
     ours, _ = reference.outputs(list(texts), list(tasks))
     return {name: max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(ours[name], theirs[name], strict=True)) for name in tasks}
 
 
-def compare_embeddings(reference: Engine, exported: str | Path, texts: Sequence[str] = CHECK_TEXTS) -> float:
+def compare_embeddings(reference: Engine, exported: str | Path | Engine, texts: Sequence[str] = CHECK_TEXTS) -> float:
     """Largest absolute difference between ``reference``'s L2-normalised sentence embeddings and the exported folder's
-    on ``texts`` (the folder was exported with ``embeddings``).
+    (or an engine already open on it) on ``texts`` (the folder was exported with ``embeddings``).
 
     Example:
         >>> compare_embeddings(Engine(chain.model, precision="fp32"), "demo-onnx")  # doctest: +SKIP
         3.0e-07
     """
-    theirs = Engine(ExportedChain(exported)).embed(list(texts))
+    theirs = _engine(exported).embed(list(texts))
     return float(np.max(np.abs(reference.embed(list(texts)) - theirs), initial=0.0))
+
+
+def _engine(exported: str | Path | Engine) -> Engine:
+    """An engine on an exported folder, or the one given."""
+    return exported if isinstance(exported, Engine) else Engine(ExportedChain(exported))

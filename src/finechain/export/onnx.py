@@ -38,6 +38,7 @@ from finechain.inference.exported import (
     GRAPH,
     TOKENIZER,
     TRUNK_GRAPH,
+    ExportedChain,
     ExportedTask,
     ExportManifest,
     task_graph,
@@ -186,24 +187,23 @@ def export_onnx(
             embedding_size=model.embedding_size if embeddings else 0,
         )
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
-        differences = compare_outputs(Engine(model, precision="fp32"), work, names) if names else {}
-        for name, difference in differences.items():
-            if difference > tolerance:
-                raise FinechainError(
-                    f"ONNX Runtime's '{name}' outputs differ from PyTorch's by {difference:.2g} (more than {tolerance:g})",
-                    fix="report this backbone; export with --tolerance to keep it anyway",
-                )
-            manifest.tasks[name].max_abs_diff = float(difference)
+        reference, exported = Engine(model, precision="fp32"), Engine(ExportedChain(work))
+        for name, difference in (compare_outputs(reference, exported, names) if names else {}).items():
+            manifest.tasks[name].max_abs_diff = _within_tolerance(f"'{name}' outputs", difference, tolerance)
         if embeddings:
-            difference = compare_embeddings(Engine(model, precision="fp32"), work)
-            if difference > tolerance:
-                raise FinechainError(
-                    f"ONNX Runtime's sentence embeddings differ from PyTorch's by {difference:.2g} (more than {tolerance:g})",
-                    fix="report this backbone; export with --tolerance to keep it anyway",
-                )
-            manifest.embeddings_max_abs_diff = difference
+            manifest.embeddings_max_abs_diff = _within_tolerance("sentence embeddings", compare_embeddings(reference, exported), tolerance)
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
     return manifest
+
+
+def _within_tolerance(what: str, difference: float, tolerance: float) -> float:
+    """``difference`` (ONNX Runtime's largest difference to PyTorch on ``what``), or an error when above ``tolerance``."""
+    if difference > tolerance:
+        raise FinechainError(
+            f"ONNX Runtime's {what} differ from PyTorch's by {difference:.2g} (more than {tolerance:g})",
+            fix="report this backbone; export with --tolerance to keep it anyway",
+        )
+    return float(difference)
 
 
 def _sample_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

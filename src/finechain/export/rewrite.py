@@ -56,11 +56,12 @@ def rewritten_export(
         manifest = manifest.model_copy(update=update, deep=True)
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         names = list(manifest.tasks)
-        changes = compare_outputs(Engine(ExportedChain(before)), target, names)
+        reference, rewritten = Engine(ExportedChain(before)), Engine(ExportedChain(target))
+        changes = compare_outputs(reference, rewritten, names)
         for name in names:
             manifest.tasks[name].max_abs_diff = ((manifest.tasks[name].max_abs_diff or 0.0) if adds_up else 0.0) + changes[name]
         if manifest.embeddings:
-            change = compare_embeddings(Engine(ExportedChain(before)), target)
+            change = compare_embeddings(reference, rewritten)
             manifest.embeddings_max_abs_diff = ((manifest.embeddings_max_abs_diff or 0.0) if adds_up else 0.0) + change
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         if before != source:

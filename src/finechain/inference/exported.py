@@ -239,7 +239,7 @@ class OnnxRunner:
         if kept is not None and not self.keeps_states:
             raise ValueError("an exported chain with one graph cannot keep trunk states")
         names = list(wanted)
-        feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        feeds = _feeds(input_ids, attention_mask)
         if self.keeps_states:
             manifest = self.chain.manifest
             needed = manifest.trunk_outputs if kept is not None else [i for name in wanted for i in manifest.tasks[name].inputs]
@@ -296,7 +296,7 @@ class OnnxRunner:
                 f"the exported chain at {self.chain.directory} has no sentence embeddings",
                 fix="export it again with --embeddings (from a chain whose trunk is not tuned)",
             )
-        feeds = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        feeds = _feeds(input_ids, attention_mask)
         (vectors,) = session.run(["embeddings"], feeds)
         vectors = np.asarray(vectors, dtype=np.float32)
         if normalize:
@@ -314,6 +314,11 @@ def graph_files(manifest: ExportManifest) -> list[str]:
     """
     extra = [manifest.embeddings] if manifest.embeddings else []
     return list(dict.fromkeys([manifest.graph, *(task.graph for task in manifest.tasks.values() if task.graph), *extra]))
+
+
+def _feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """A padded batch as the graphs read it (int64 token ids and mask)."""
+    return {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
 
 
 def _session(path: Path, threads: int | None, providers: Sequence[str] | None) -> Any:
