@@ -7,7 +7,9 @@ per task the metric, per variant the artifact size, CPU throughput at batch 1 an
 
 Students (``Chain.distil``, as ``finechain compress --trunk-layers``) are distilled from the chain over the same
 training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports. A student written
-``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``).
+``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``); ``3+1u1000`` also over 1,000 unlabelled texts
+from each task's training file (texts the chain did not train on, their labels dropped: ``finechain compress
+--texts``), 4,000 in all, which every task's branch learns the teacher's answers on.
 
 Metrics are on the first ``--eval-limit`` examples of the SST-2 dev and the AG News / Banking77 / CoNLL-2003 test
 files (the same for every variant); speed on a fixed mix of 256 short and long texts, all four tasks per text.
@@ -16,6 +18,8 @@ files (the same for every variant); speed on a fixed mix of 256 short and long t
 from __future__ import annotations
 
 import argparse
+import random
+import re
 import shutil
 import statistics
 import tempfile
@@ -24,8 +28,10 @@ from pathlib import Path
 
 from benchmarks.common import BACKBONE, Recorder
 from benchmarks.sharing import METRIC, task_specs
-from finechain import Chain, TrainingConfig
-from finechain.data.prepare import load_task_data
+from finechain import Chain, TaskSpec, TrainingConfig
+from finechain.data.conll import read_conll
+from finechain.data.prepare import TaskData, load_task_data
+from finechain.data.readers import read_examples
 from finechain.export.half import store_fp16
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
@@ -35,20 +41,56 @@ from finechain.inference.exported import ExportedChain
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
 
+STUDENT = re.compile(r"(\d+)\+(\d+)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?")
 
-def student_shape(shape: str) -> tuple[int, int, float]:
-    """``"3+1"`` -> 3 trunk layers, 1 per branch, no hidden-state loss; ``"3+1h1"``: hidden-state weight 1.
+
+def student_shape(shape: str) -> tuple[int, int, float, int]:
+    """``"3+1"`` -> 3 trunk layers, 1 per branch, no hidden-state loss, no unlabelled texts; ``"3+1h1"``: hidden-state
+    weight 1; ``"3+1h1u1000"``: and 1,000 unlabelled texts per task.
 
     Example:
-        >>> student_shape("3+1"), student_shape("3+1h0.5")
-        ((3, 1, 0.0), (3, 1, 0.5))
+        >>> student_shape("3+1"), student_shape("3+1h0.5"), student_shape("3+1u500")
+        ((3, 1, 0.0, 0), (3, 1, 0.5, 0), (3, 1, 0.0, 500))
     """
-    layers, _, hidden = shape.partition("h")
-    trunk, branch = (int(x) for x in layers.split("+"))
-    weight = float(hidden or 0)
-    if not 0 <= weight < float("inf"):
-        raise ValueError(f"hidden-state weight {hidden} is not a finite number of at least 0")
-    return trunk, branch, weight
+    match = STUDENT.fullmatch(shape)
+    if match is None:
+        raise ValueError(f"{shape!r} is not TRUNK+BRANCH[hWEIGHT][uTEXTS]")
+    trunk, branch, hidden, unlabelled = match.groups()
+    return int(trunk), int(branch), float(hidden or 0), int(unlabelled or 0)
+
+
+def student_name(shape: str) -> str:
+    """The table's name for a student.
+
+    Example:
+        >>> student_name("3+1h1u1000")
+        'student: 3-layer trunk, 1-layer branches, hidden states (weight 1), 1,000 unlabelled texts per task'
+    """
+    trunk_layers, branch_layers, hidden, unlabelled = student_shape(shape)
+    name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
+    name += f", hidden states (weight {hidden:g})" if hidden else ""
+    return name + (f", {unlabelled:,} unlabelled texts per task" if unlabelled else "")
+
+
+def unlabelled_texts(specs: list[TaskSpec], datas: dict[str, TaskData], per_task: int, seed: int) -> list[str]:
+    """``per_task`` texts from each task's training file that the chain neither trained nor selected on, labels
+    dropped (a tagging task's words joined by spaces): what a user would pass as ``finechain compress --texts``."""
+    rng = random.Random(seed)
+    texts: list[str] = []
+    for spec in specs:
+        data = datas[spec.name]
+        seen = {_text(t) for t in [*data.train.texts, *data.validation.texts]}
+        words = head_type(spec.type).token_level
+        rows = [s.words for s in read_conll(spec.train)] if words else [r.text for r in read_examples(spec.train)]
+        pool = sorted({_text(r) for r in rows} - seen)
+        if len(pool) < per_task:
+            raise SystemExit(f"{spec.train}: only {len(pool)} texts the chain did not train on; ask for fewer unlabelled texts")
+        texts += rng.sample(pool, per_task)
+    return texts
+
+
+def _text(text: str | list[str]) -> str:
+    return text if isinstance(text, str) else " ".join(text)
 
 
 def folder_mb(folder: Path) -> float:
@@ -87,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             student_shape(shape)
         except ValueError:
-            parser.error(f"--students: {shape!r} is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)")
+            parser.error(
+                f"--students: {shape!r} is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)"
+            )
     rec = Recorder("export", "cpu")
     work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
@@ -102,10 +146,18 @@ def main(argv: list[str] | None = None) -> None:
     store_fp16(work / "int8", work / "int8-half")
     students = {}
     for shape in filter(None, args.students.split(",")):
-        trunk_layers, branch_layers, hidden = student_shape(shape)
+        trunk_layers, branch_layers, hidden, unlabelled = student_shape(shape)
+        extra = unlabelled_texts(specs, datas, unlabelled, args.seed) if unlabelled else []
         started = time.perf_counter()
         student = chain.distil(
-            trunk_layers, branch_layers, data=datas, training=training, epochs=args.epochs, hidden_weight=hidden, progress=False
+            trunk_layers,
+            branch_layers,
+            texts=extra,
+            data=datas,
+            training=training,
+            epochs=args.epochs,
+            hidden_weight=hidden,
+            progress=False,
         )
         seconds = time.perf_counter() - started
         folder = work / f"student-{shape}"
@@ -132,9 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     }
     for shape, (student, folder, seconds) in students.items():
-        trunk_layers, branch_layers, hidden = student_shape(shape)
-        name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
-        name += f", hidden states (weight {hidden:g})" if hidden else ""
+        name = student_name(shape)
         variants[f"{name}, PyTorch fp32"] = (Engine(student.model, precision="fp32"), folder_mb(folder))
         int8_folder = Path(f"{folder}-int8")
         variants[f"{name}, ONNX Runtime int8"] = (Engine(ExportedChain(int8_folder)), folder_mb(int8_folder))

@@ -16,9 +16,26 @@ from benchmarks import export, few_shot, mixing, sharing, split_sweep, train
         (sharing.main, ["--peer-tasks", "banking7"], "unknown banking7; choose from sst2, agnews, banking77, conll2003"),
         (split_sweep.main, ["--splits", "6,four"], "'6,four' is not a comma-separated list of int values"),
         (mixing.main, ["--splits", "2.5"], "'2.5' is not a comma-separated list of int values"),
-        (export.main, ["--students", "3+1,3x1"], "'3x1' is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)"),
-        (export.main, ["--students", "3+1h-1"], "'3+1h-1' is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)"),
-        (export.main, ["--students", "3+1hx"], "'3+1hx' is not TRUNK+BRANCH layers (e.g. 3+1, or 3+1h1 with hidden states)"),
+        (
+            export.main,
+            ["--students", "3+1u1000,3+1uh1"],
+            "'3+1uh1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+        ),
+        (
+            export.main,
+            ["--students", "3+1,3x1"],
+            "'3x1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+        ),
+        (
+            export.main,
+            ["--students", "3+1h-1"],
+            "'3+1h-1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+        ),
+        (
+            export.main,
+            ["--students", "3+1hx"],
+            "'3+1hx' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+        ),
         (
             few_shot.main,
             ["--variants", "plain,setfit"],
