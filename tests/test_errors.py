@@ -167,25 +167,44 @@ def test_bad_entity_span_in_jsonl_tagging_data(folder: Path, tiny_backbone: Path
     expect_one_line_error(code, err, "ner.jsonl:2:", "entity span [0, 9] is not inside the text", '[start, end, "TYPE"]')
 
 
+@pytest.mark.parametrize("receiver", ["this thread", "another thread"])
 @pytest.mark.parametrize("make", ["mkstemp", "mkdtemp"])
-def test_interrupt_just_after_a_temporary_is_made_still_removes_it(make: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_just_after_a_temporary_is_made_still_removes_it(
+    make: str, receiver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C landing between creating the temporary file (or folder) and noting its name: the CI run once found a
-    checkpoint's ``.rng.safetensors.*.tmp`` left behind that way."""
+    checkpoint's ``.rng.safetensors.*.tmp`` left behind that way. The operating system may hand the signal to any
+    thread that does not block it (PyTorch's, a server's): Python then runs the handler in the main thread all the same,
+    so a mask on the main thread alone does not hold it back (a run under pytest-xdist, whose workers have threads,
+    found that)."""
     import os
+    import select
     import signal
     import tempfile
+    import threading
 
     from finechain.io import atomic_write, building_folder
 
     real = getattr(tempfile, make)
 
+    woken, wakeup = os.pipe()  # the signal's number is written here once a thread has taken it in
+
     def make_then_interrupt(*args: object, **kwargs: object) -> object:
         made = real(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)  # delivered as soon as Python may run the handler
+        if receiver == "another thread":  # wait until the other thread has taken it: Python's handler is then due here
+            assert select.select([woken], [], [], 10)[0], "no thread took the signal"
         return made
 
     monkeypatch.setattr(tempfile, make, make_then_interrupt)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # raises KeyboardInterrupt
+    os.set_blocking(wakeup, False)
+    previous_wakeup = signal.set_wakeup_fd(wakeup)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    if receiver == "another thread":  # the other thread, started first, keeps SIGINT unblocked; this one blocks it
+        other.start()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         with pytest.raises(KeyboardInterrupt):
             if make == "mkstemp":
@@ -194,5 +213,12 @@ def test_interrupt_just_after_a_temporary_is_made_still_removes_it(make: str, tm
                 with building_folder(tmp_path / "out"):
                     pass
     finally:
+        if other.is_alive():
+            stop.set()
+            other.join()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGINT, previous)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(woken)
+        os.close(wakeup)
     assert list(tmp_path.iterdir()) == []

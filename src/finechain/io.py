@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,15 +36,42 @@ def _signals_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM back for the block (they arrive when it ends): creating a temporary file and noting its
     name must not be split by an interrupt, or no ``finally`` knows the file to remove.
 
+    Python runs signal handlers in the main thread, whichever thread the operating system hands the signal to (in a
+    process with PyTorch's or a server's threads, often another one), so masking the signal in this thread is not
+    enough: the block swaps the handlers for ones that only note the signal, and raises it again once the old ones are
+    back (called here, so that the interrupt comes at once). Elsewhere than in the main thread no handler can interrupt
+    the block.
+
     Example:
-        >>> with _signals_held():
-        ...     pass
+        >>> import signal
+        >>> try:
+        ...     with _signals_held():
+        ...         signal.raise_signal(signal.SIGINT)
+        ...         print("the block ends first")
+        ... except KeyboardInterrupt:
+        ...     print("then the interrupt")
+        the block ends first
+        then the interrupt
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    held = [sig for sig, handler in previous.items() if handler is not None]  # (None: set outside Python, left alone)
+    for sig in held:
+        signal.signal(sig, lambda number, _frame: arrived.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig in held:
+            signal.signal(sig, previous[sig])
+        for sig in dict.fromkeys(arrived):  # as Python would have run the old handler, now
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(sig)
 
 
 def os_error(error: OSError, path: str | Path, doing: str = "write") -> FinechainError:
