@@ -44,6 +44,7 @@ def _signals_held() -> Iterator[None]:
 
     Example:
         >>> import signal
+        >>> before = signal.signal(signal.SIGINT, signal.default_int_handler)
         >>> try:
         ...     with _signals_held():
         ...         signal.raise_signal(signal.SIGINT)
@@ -52,6 +53,7 @@ def _signals_held() -> Iterator[None]:
         ...     print("then the interrupt")
         the block ends first
         then the interrupt
+        >>> _ = signal.signal(signal.SIGINT, before)
     """
     if threading.current_thread() is not threading.main_thread():
         yield
