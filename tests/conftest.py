@@ -12,6 +12,22 @@ from typing import Any
 
 import pytest
 
+
+def _keep_to_this_workers_cpus() -> None:
+    """Under pytest-xdist (``scripts/test.sh`` runs two workers), each worker and every process it starts keeps to its
+    own share of the CPUs, so PyTorch, ONNX Runtime and the commands the tests run size their thread pools to it
+    instead of each spinning threads on every core. Done before anything imports PyTorch."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = cpus[int(worker[2:]) :: count]
+    if mine:  # (more workers than CPUs: the rest share them all)
+        os.sched_setaffinity(0, mine)
+
+
+_keep_to_this_workers_cpus()
+
 SHARED = Path(os.environ.get("FINECHAIN_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 POSITIVE = ["good", "great", "excellent", "lovely", "superb", "fine"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "dreadful", "weak"]
@@ -69,6 +85,31 @@ def make_smoke_backbone(folder: Path, words: int = 8000, width: int = 128) -> Pa
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     return folder
+
+
+# Files whose module fixtures cost much (the bad-input corpus runs most of its cases in one fixture; the server and
+# flow tests train chains once per module): each runs in one pytest-xdist worker, not in both
+ONE_WORKER_FILES = {"tests/test_bad_inputs.py", "tests/test_serve.py", "tests/test_flows.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scheduler with every test a unit of its own but the files of ``ONE_WORKER_FILES``, each one unit
+    (``--dist loadgroup`` would do it with marks, but its marks are ignored under pytest 9.2: pytest-xdist issue 1386)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerPerCostlyFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER_FILES else nodeid
+
+    return OneWorkerPerCostlyFile(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow real-backbone tests first, every file's own order kept: with two workers the quick ones then fill the
+    gaps at the end instead of one slow test running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -364,13 +364,23 @@ def test_hot_reload_keeps_serving_and_reports_failures(tmp_path: Path) -> None:
         server.stop()
 
 
+def _arrived(server: Server) -> float:
+    """Predict requests the server has taken in: waiting for a forward pass, or answered."""
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    waiting = re.search(r"^finechain_queue_depth (\S+)$", metrics, re.M)
+    answered = re.search(r'^finechain_requests_total\{[^}]*route="/v1/predict"[^}]*status="200"[^}]*\} (\S+)$', metrics, re.M)
+    return sum(float(m.group(1)) for m in (waiting, answered) if m)
+
+
 def test_sigterm_finishes_the_requests_in_flight(tmp_path: Path) -> None:
     chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
     server = Server(chain, "--no-key", "--max-batch-size", "4")
     long = " ".join(["alice visited new york and"] * 12)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(post, server, {"texts": [long] * 8}, {}) for _ in range(8)]
-        time.sleep(0.3)  # requests in flight
+        deadline = time.monotonic() + 30
+        while _arrived(server) < 8 and time.monotonic() < deadline:  # every request taken in (a busy machine: not at once)
+            time.sleep(0.02)
         code, err = server.stop()
         statuses = [f.result().status_code for f in futures]
     assert statuses == [200] * 8, err[-2000:]
