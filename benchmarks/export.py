@@ -29,9 +29,7 @@ from pathlib import Path
 from benchmarks.common import BACKBONE, Recorder
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TaskSpec, TrainingConfig
-from finechain.data.conll import read_conll
-from finechain.data.prepare import TaskData, load_task_data
-from finechain.data.readers import read_examples
+from finechain.data.prepare import TaskData, load_task_data, read_split
 from finechain.export.half import store_fp16
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
@@ -80,9 +78,7 @@ def unlabelled_texts(specs: list[TaskSpec], datas: dict[str, TaskData], per_task
     for spec in specs:
         data = datas[spec.name]
         seen = {_text(t) for t in [*data.train.texts, *data.validation.texts]}
-        words = head_type(spec.type).token_level
-        rows = [s.words for s in read_conll(spec.train)] if words else [r.text for r in read_examples(spec.train)]
-        pool = sorted({_text(r) for r in rows} - seen)
+        pool = sorted({_text(t) for t in read_split(spec.train, spec, head_type(spec.type)).texts} - seen)
         if len(pool) < per_task:
             raise SystemExit(f"{spec.train}: only {len(pool)} texts the chain did not train on; ask for fewer unlabelled texts")
         texts += rng.sample(pool, per_task)

@@ -86,6 +86,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert code == 0, err[-2000:]
 
 
+ANSWERED = 'finechain_requests_total{method="POST",route="/v1/predict",status="200"}'
+
+
+def _metric(exposition: str, sample: str) -> float:
+    """The value of ``sample`` (a metric name with its labels, as written) in a Prometheus exposition, summed over its
+    lines (0 when absent)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(f"{sample} "))
+
+
 def post(server: Server, body: Any, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/predict", json=body, headers=AUTH if headers is None else headers, timeout=30, **kw)
 
@@ -302,12 +311,7 @@ def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
         workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
         environments = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in workers]
         assert sum(b"ONEDNN_PRIMITIVE_CACHE_CAPACITY=16" in e for e in environments) >= 2  # bounded: memory levels off
-        counted = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in httpx.get(f"{server.url}/metrics", headers=AUTH).text.splitlines()
-            if line.startswith('finechain_requests_total{method="POST",route="/v1/predict",status="200"}')
-        )
-        assert counted == 16
+        assert _metric(httpx.get(f"{server.url}/metrics", headers=AUTH).text, ANSWERED) == 16
     finally:
         code, err = server.stop()
     assert code == 0, err[-2000:]
@@ -367,9 +371,7 @@ def test_hot_reload_keeps_serving_and_reports_failures(tmp_path: Path) -> None:
 def _arrived(server: Server) -> float:
     """Predict requests the server has taken in: waiting for a forward pass, or answered."""
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    waiting = re.search(r"^finechain_queue_depth (\S+)$", metrics, re.M)
-    answered = re.search(r'^finechain_requests_total\{[^}]*route="/v1/predict"[^}]*status="200"[^}]*\} (\S+)$', metrics, re.M)
-    return sum(float(m.group(1)) for m in (waiting, answered) if m)
+    return _metric(metrics, "finechain_queue_depth") + _metric(metrics, ANSWERED)
 
 
 def test_sigterm_finishes_the_requests_in_flight(tmp_path: Path) -> None:
