@@ -80,7 +80,7 @@ def unlabelled_texts(specs: list[TaskSpec], datas: dict[str, TaskData], per_task
         seen = {_text(t) for t in [*data.train.texts, *data.validation.texts]}
         pool = sorted({_text(t) for t in read_split(spec.train, spec, head_type(spec.type)).texts} - seen)
         if len(pool) < per_task:
-            raise SystemExit(f"{spec.train}: only {len(pool)} texts the chain did not train on; ask for fewer unlabelled texts")
+            raise ValueError(f"{spec.train}: only {len(pool)} texts the chain does not train on; ask for fewer unlabelled texts")
         texts += rng.sample(pool, per_task)
     return texts
 
@@ -129,9 +129,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"--students: {shape!r} is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)"
             )
     rec = Recorder("export", "cpu")
-    work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
+    extras = {}  # before the chain trains: too few texts is a usage error, not an hour lost
+    for shape in filter(None, args.students.split(",")):
+        try:
+            per_task = student_shape(shape)[3]
+            extras[shape] = unlabelled_texts(specs, datas, per_task, args.seed) if per_task else []
+        except ValueError as error:
+            parser.error(f"--students {shape}: {error}")
+    work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
     chain = Chain.from_backbone(BACKBONE, split=4)
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     chain.fit_joint(specs, training, JointConfig(epochs=args.epochs), data=datas, progress=False)
@@ -142,13 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     store_fp16(work / "int8", work / "int8-half")
     students = {}
     for shape in filter(None, args.students.split(",")):
-        trunk_layers, branch_layers, hidden, unlabelled = student_shape(shape)
-        extra = unlabelled_texts(specs, datas, unlabelled, args.seed) if unlabelled else []
+        trunk_layers, branch_layers, hidden, _ = student_shape(shape)
         started = time.perf_counter()
         student = chain.distil(
             trunk_layers,
             branch_layers,
-            texts=extra,
+            texts=extras[shape],
             data=datas,
             training=training,
             epochs=args.epochs,
