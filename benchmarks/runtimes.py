@@ -1,7 +1,9 @@
 """ONNX runtimes on this CPU: the sharing benchmark's four-task chain, exported (``finechain export``), run by ONNX
 Runtime (finechain's backend) and by OpenVINO on the same graphs: fp32, ONNX Runtime's dynamic int8 (``finechain
 compress --int8``) and static int8 (QDQ, activations calibrated on training texts). Whether OpenVINO or static
-quantization would make a faster backend on this machine.
+quantization would make a faster backend on this machine. Next to them, fp32 and dynamic int8 graphs traced with
+PyTorch's fused attention (SDPA, as ``finechain export`` wrote graphs before it traced plain attention), to measure
+what the plain form gains.
 
     python -m benchmarks runtimes [--quick] [--speed-texts 256] [--threads 2]
 
@@ -14,12 +16,14 @@ difference are measured, not accuracy). OpenVINO is an optional package (``pip i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -91,6 +95,14 @@ def static_int8(source: Path, target: Path, calibration: list[Batch]) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def sdpa_as_traced() -> Any:
+    """Within it, ``finechain export`` traces the layers' attention as PyTorch's SDPA (the exporter writes its NaN guard
+    for rows that see no token into every layer), as it did before it traced plain attention."""
+    with mock.patch("finechain.export.onnx._plain_attention", lambda graph: contextlib.nullcontext()):
+        yield
+
+
 def onnx_runtime(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
     """Every output of ``graph`` for a batch, by an ONNX Runtime session (all graph optimisations, ``threads``)."""
     import onnxruntime as ort
@@ -141,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     chain.fit_joint(specs, TrainingConfig(epochs=1, seed=args.seed, min_steps=0), JointConfig(epochs=1), progress=False)
     export_onnx(chain, work / "fp32")
     quantize_int8(work / "fp32", work / "dynamic")
+    with sdpa_as_traced():
+        export_onnx(chain, work / "fp32-sdpa")
+    quantize_int8(work / "fp32-sdpa", work / "dynamic-sdpa")
     texts = [t for name in ("sst2", "agnews") for t in evaluation[name][0][: args.speed_texts // 2]]
     ids, _ = ExportedChain(work / "fp32").encode(texts)
     calibration = sorted_batches(ids[::4], 16)  # a quarter of the texts, spread over their lengths
@@ -150,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         "fp32": work / "fp32",
         "dynamic int8 (finechain compress --int8)": work / "dynamic",
         "static int8 (QDQ, calibrated)": work / "static",
+        "fp32, attention traced as SDPA (before)": work / "fp32-sdpa",
+        "dynamic int8, attention traced as SDPA (before)": work / "dynamic-sdpa",
     }
     runtimes = {"ONNX Runtime": onnx_runtime} | ({"OpenVINO": openvino} if has_openvino else {})
     probe = sorted_batches(ids, 32)[len(ids) // 64]  # one batch of 32 from the middle of the lengths

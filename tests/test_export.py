@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from finechain import Chain
@@ -49,12 +50,22 @@ def _same(ours: dict, theirs: dict) -> None:
             assert value == other
 
 
+def _attention_of(chain: Chain) -> dict[str, str]:
+    """Each module's attention implementation, by module name (the modules that have one)."""
+    configs = {name: getattr(module, "config", None) for name, module in chain.model.named_modules()}
+    return {name: c._attn_implementation for name, c in configs.items() if hasattr(c, "_attn_implementation")}
+
+
 @pytest.mark.parametrize("name", ["frozen", "joint"])
 def test_the_exported_folder_predicts_what_the_chain_predicts(name: str, tmp_path: Path) -> None:
     chain = Chain.from_pretrained(RELEASE / name)
     chain.precision = "fp32"
+    attention = _attention_of(chain)
     manifest = export_onnx(chain, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]
+    ops = {node.op_type for node in onnx.load(tmp_path / "out" / "model.onnx").graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops  # attention traced plain, not as SDPA with its NaN guard per layer
+    assert _attention_of(chain) == attention and "eager" not in attention.values()  # the chain keeps its own
     assert set(manifest.tasks) == set(chain.tasks) and all(t.max_abs_diff < 1e-4 for t in manifest.tasks.values())
     if name == "frozen":
         assert "merge LoRA: sentiment_lora" in manifest.steps  # LoRA folded into plain layers before tracing

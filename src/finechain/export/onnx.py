@@ -18,9 +18,10 @@ mean pooled, as ``Chain.embed`` computes it, so ``Engine.embed`` and a ``sentenc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,7 @@ def _trace(
     dynamic; an unsupported layer is an :class:`ArtifactError` naming ``model``'s backbone."""
     axes = {name: {0: "batch", 1: "tokens"} for name in input_names} | output_axes
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _plain_attention(graph):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph.eval(),
@@ -278,3 +279,27 @@ def _trace(
             file=getattr(model, "backbone_path", None),
             fix="use a BERT-style backbone (BERT, RoBERTa, MiniLM, XLM-R)",
         ) from None
+
+
+@contextlib.contextmanager
+def _plain_attention(graph: nn.Module) -> Iterator[None]:
+    """While tracing, ``graph``'s layers compute attention as matrix products, an additive mask and a softmax
+    (transformers' "eager" attention) instead of PyTorch's fused SDPA, which the exporter spells out with a NaN guard
+    for rows that see no token (``IsNaN`` and ``Where`` over every attention matrix). On real tokens both give the same
+    outputs (the export checks them against PyTorch), and the plain form runs faster in ONNX Runtime (``python -m
+    benchmarks runtimes`` times both). Each layer's previous attention is restored afterwards: the chain keeps its own
+    for PyTorch.
+
+    Example:
+        >>> with _plain_attention(chain.model):  # doctest: +SKIP
+        ...     torch.onnx.export(...)
+    """
+    configs = {id(c): c for m in graph.modules() if hasattr(c := getattr(m, "config", None), "_attn_implementation")}
+    before = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = before[key]
