@@ -16,7 +16,7 @@ import pytest
 
 from finechain import Chain
 from finechain.errors import FinechainError
-from finechain.export.onnx import export_onnx
+from finechain.export.onnx import _plain_attention, export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, read_export_manifest
@@ -56,16 +56,24 @@ def _attention_of(chain: Chain) -> dict[str, str]:
     return {name: c._attn_implementation for name, c in configs.items() if hasattr(c, "_attn_implementation")}
 
 
+def test_tracing_switches_attention_to_plain_and_back_even_on_failure() -> None:
+    chain = Chain.from_pretrained(RELEASE / "joint")
+    attention = _attention_of(chain)
+    assert attention and "eager" not in attention.values()
+    with pytest.raises(RuntimeError, match="tracing failed"), _plain_attention(chain.model):
+        assert set(_attention_of(chain).values()) == {"eager"}  # trunk and every branch
+        raise RuntimeError("tracing failed")
+    assert _attention_of(chain) == attention
+
+
 @pytest.mark.parametrize("name", ["frozen", "joint"])
 def test_the_exported_folder_predicts_what_the_chain_predicts(name: str, tmp_path: Path) -> None:
     chain = Chain.from_pretrained(RELEASE / name)
     chain.precision = "fp32"
-    attention = _attention_of(chain)
     manifest = export_onnx(chain, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]
     ops = {node.op_type for node in onnx.load(tmp_path / "out" / "model.onnx").graph.node}
     assert "Softmax" in ops and "IsNaN" not in ops  # attention traced plain, not as SDPA with its NaN guard per layer
-    assert _attention_of(chain) == attention and "eager" not in attention.values()  # the chain keeps its own
     assert set(manifest.tasks) == set(chain.tasks) and all(t.max_abs_diff < 1e-4 for t in manifest.tasks.values())
     if name == "frozen":
         assert "merge LoRA: sentiment_lora" in manifest.steps  # LoRA folded into plain layers before tracing
