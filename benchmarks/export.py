@@ -121,9 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.train_examples, args.epochs, args.eval_limit, args.speed_texts = 200, 1, 50, 64
         args.students = "3+1" if args.students == parser.get_default("students") else args.students
-    for shape in filter(None, args.students.split(",")):  # before the chain trains, not after
+    # each student's (trunk layers, branch layers, hidden weight, unlabelled texts per task), read before the chain trains
+    shapes: dict[str, tuple[int, int, float, int]] = {}
+    for shape in filter(None, args.students.split(",")):
         try:
-            student_shape(shape)
+            shapes[shape] = student_shape(shape)
         except ValueError:
             parser.error(
                 f"--students: {shape!r} is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)"
@@ -132,9 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     extras = {}  # before the chain trains: too few texts is a usage error, not an hour lost
-    for shape in filter(None, args.students.split(",")):
+    for shape, (*_, per_task) in shapes.items():
         try:
-            per_task = student_shape(shape)[3]
             extras[shape] = unlabelled_texts(specs, datas, per_task, args.seed) if per_task else []
         except ValueError as error:
             parser.error(f"--students {shape}: {error}")
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     store_fp16(work / "onnx", work / "half")
     store_fp16(work / "int8", work / "int8-half")
     students = {}
-    for shape in filter(None, args.students.split(",")):
-        trunk_layers, branch_layers, hidden, _ = student_shape(shape)
+    for shape, (trunk_layers, branch_layers, hidden, _) in shapes.items():
         started = time.perf_counter()
         student = chain.distil(
             trunk_layers,
