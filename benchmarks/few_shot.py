@@ -43,6 +43,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # contrastive-only body objective
     "few-shot recipe (min_steps 50; lr 3e-5)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50, "learning_rate": 3e-5}),
     "few-shot recipe (min_steps 50; contrastive 3)": ({"type": "prototype"}, {"contrastive": 3.0, "min_steps": 50}),
+    # the prototype head's rows as training left them, not set to the class means of the trained branch (recentre: the
+    # default since 2026-12-02; rows of the recipe variants measured before then were made this way)
+    "few-shot recipe (min_steps 50; rows as trained)": (
+        {"type": "prototype", "head": {"recentre": False}},
+        {"contrastive": 1.0, "min_steps": 50},
+    ),
     # SetFit tunes every layer of the body; the chain's default frozen trunk keeps the lower 2 of 6
     "few-shot recipe (min_steps 50; split 0)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
     "few-shot recipe (min_steps 50; split 1)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),

@@ -113,6 +113,27 @@ def test_prototype_head_starts_from_the_class_means_and_round_trips(tiny_backbon
         TaskSpec(name="p", type="prototype", head={"temperature": 0})
 
 
+def test_prototype_rows_end_at_the_class_means_of_the_trained_branch(tiny_backbone: Path) -> None:
+    def trained(recentre: bool) -> tuple[Chain, torch.Tensor, torch.Tensor]:
+        chain = _chain(tiny_backbone)
+        spec = TaskSpec(name="p", type="prototype", head={"temperature": 0.1, "recentre": recentre}, min_validation=50)
+        chain.fit(spec, FEW, texts=TEXTS, labels=LABELS, progress=False)
+        task = chain.tasks["p"]
+        inputs = _batch(chain, task, TEXTS, LABELS)
+        ids, _ = chain.model.encode(TEXTS)
+        features = FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
+        rows = torch.nn.functional.normalize(class_means(task, features, inputs.targets, 5, "fp32"), dim=-1)
+        return chain, task.head_layer.out.weight.detach(), rows
+
+    chain, weight, means = trained(True)
+    assert torch.allclose(weight, means, atol=1e-5) and not chain.tasks["p"].head_layer.out.bias.any()
+    _, kept, kept_means = trained(False)  # as trained: the rows lag behind the branch
+    assert (kept - kept_means).abs().max() > 1e-3
+    assert chain.tasks["p"].head.config()["options"]["recentre"] is True
+    with pytest.raises(ValidationError, match="recentre"):
+        TaskSpec(name="p", type="prototype", head={"recentre": "sometimes"})
+
+
 class Checks(Hook):
     def __init__(self) -> None:
         self.epochs: list[float] = []

@@ -99,6 +99,12 @@ class Head(ABC):
         return len(self.labels)
 
     @property
+    def ends_from_examples(self) -> bool:
+        """After training, the layer's rows are set to each label's mean training embedding under the trained branch
+        (a prototype head's ``recentre``); default: the rows stay as trained."""
+        return False
+
+    @property
     def feature_scale(self) -> float | None:
         """If set, the layer L2-normalises the features it reads and multiplies them by this (scaled-cosine logits);
         default: plain features."""

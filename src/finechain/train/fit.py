@@ -349,8 +349,11 @@ def _fit_task(
             hook.release()
 
     task.load_state_dict(loop.best_weights)
+    recentred = task.head.ends_from_examples  # a prototype head: rows move to the labels' mean embeddings under the trained branch
+    if recentred:
+        task.head_layer.set_prototypes(class_means(task, train_feats, y_train, cfg.eval_batch_size, cfg.precision))
     # the best check's outputs are what the restored weights give (resumed: the best check may predate this call)
-    best = loop.best_evaluation if loop.best_evaluation is not None else evaluate()
+    best = loop.best_evaluation if loop.best_evaluation is not None and not recentred else evaluate()
     validation: dict[str, Any] = {}
     if selects:
         task.head.calibrate(best.outputs, y_val)
