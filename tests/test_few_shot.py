@@ -31,9 +31,14 @@ def _chain(backbone: Path) -> Chain:
     return Chain.from_backbone(str(backbone), split=2, max_length=32)
 
 
-def _batch(chain: Chain, task, texts: list[str], labels: list[str]) -> StepInputs:
+def _features(chain: Chain, texts: list[str]):
+    """The frozen trunk's states of ``texts``, as training caches them."""
     ids, _ = chain.model.encode(texts)
-    features = FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
+    return FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
+
+
+def _batch(chain: Chain, task, texts: list[str], labels: list[str]) -> StepInputs:
+    features = _features(chain, texts)
     hidden, mask = features.batch(list(range(len(texts))))
     targets = torch.from_numpy(task.head.targets(labels)).to(hidden.device)
     return StepInputs(hidden, mask, targets, torch.arange(len(texts)))
@@ -93,9 +98,7 @@ def test_prototype_head_starts_from_the_class_means_and_round_trips(tiny_backbon
     chain = _chain(tiny_backbone)
     task = chain.model.new_task(PrototypeHead(["neg", "pos"]))
     inputs = _batch(chain, task, TEXTS, LABELS)
-    ids, _ = chain.model.encode(TEXTS)
-    features = FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
-    means = class_means(task, features, inputs.targets, 5, "fp32")
+    means = class_means(task, _features(chain, TEXTS), inputs.targets, 5, "fp32")
     pooled = torch.nn.functional.normalize(task.head_layer.features(task.features(inputs.states, inputs.mask), inputs.mask), dim=-1)
     for row, label in enumerate(["neg", "pos"]):
         expected = pooled[[i for i, y in enumerate(LABELS) if y == label]].mean(0)
@@ -119,10 +122,8 @@ def test_prototype_rows_end_at_the_class_means_of_the_trained_branch(tiny_backbo
         spec = TaskSpec(name="p", type="prototype", head={"temperature": 0.1, "recentre": recentre}, min_validation=50)
         chain.fit(spec, FEW, texts=TEXTS, labels=LABELS, progress=False)
         task = chain.tasks["p"]
-        inputs = _batch(chain, task, TEXTS, LABELS)
-        ids, _ = chain.model.encode(TEXTS)
-        features = FeatureCache().get(chain.model.trunk, ids, pad_id=chain.model.pad_id, cache="memory", batch_size=64)
-        rows = torch.nn.functional.normalize(class_means(task, features, inputs.targets, 5, "fp32"), dim=-1)
+        targets = torch.from_numpy(task.head.targets(LABELS))
+        rows = torch.nn.functional.normalize(class_means(task, _features(chain, TEXTS), targets, 5, "fp32"), dim=-1)
         return chain, task.head_layer.out.weight.detach(), rows
 
     chain, weight, means = trained(True)
