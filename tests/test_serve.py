@@ -37,7 +37,7 @@ def free_port() -> int:
 class Server:
     """``finechain serve`` in a subprocess, stopped with SIGTERM."""
 
-    def __init__(self, chain: Path, *options: str, grpc: bool = False) -> None:
+    def __init__(self, chain: Path, *options: str, grpc: bool = False, extra_env: dict[str, str] | None = None) -> None:
         self.port, self.grpc_port = free_port(), free_port() if grpc else None
         command = [sys.executable, "-m", "finechain", "serve", str(chain), "--port", str(self.port), *options]
         if grpc:
@@ -47,6 +47,7 @@ class Server:
             if "--no-key" not in options
             else {**os.environ, "HF_HUB_OFFLINE": "1"}
         )
+        env.update(extra_env or {})
         command = [c for c in command if c != "--no-key"]
         # logs go to a file, not a pipe: a pipe nobody reads fills up (64 KiB of access logs) and then blocks the server
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (open for the life of the server; closed with the process)
@@ -300,8 +301,11 @@ def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
     core each, fighting over them); /metrics adds both up. The first process only hands out connections: no PyTorch,
     no model in it."""
     chain = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
-    server = Server(chain, "--workers", "2", "--no-access-log")
+    scratch = tmp_path / "tmp"  # the server's temporary folders: its workers' metric files, gone once it stops
+    scratch.mkdir()
+    server = Server(chain, "--workers", "2", "--no-access-log", extra_env={"TMPDIR": str(scratch)})
     try:
+        assert [p.name[:18] for p in scratch.glob("finechain-*")] == ["finechain-metrics-"]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: post(server, {"texts": [f"text {i}"], "tasks": ["stars"]}), range(16)))
         assert [a.status_code for a in answers] == [200] * 16
@@ -315,6 +319,7 @@ def test_several_workers_answer_and_count_together(tmp_path: Path) -> None:
     finally:
         code, err = server.stop()
     assert code == 0, err[-2000:]
+    assert list(scratch.glob("finechain-*")) == []  # (PyTorch's compile cache, torchinductor_*, is meant to stay)
 
 
 def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:

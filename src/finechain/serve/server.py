@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -83,18 +84,26 @@ def serve(settings: ServeSettings, announce: Callable[[str], None] = lambda line
         raise FinechainError(problem)
     # several processes: each worker builds its own app (chain, batcher) from the environment; metrics are added up
     os.environ["FINECHAIN_SERVE_SETTINGS"] = settings.model_dump_json()
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="finechain-metrics-"))
+    # the workers' metric files: a folder of the user's is kept, one made here is removed when the server stops
+    made = None if "PROMETHEUS_MULTIPROC_DIR" in os.environ else tempfile.mkdtemp(prefix="finechain-metrics-")
+    if made is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
     announce(f"serving {settings.chain} on http://{settings.host}:{settings.port} with {settings.workers} workers")
-    uvicorn.run(
-        "finechain.serve.rest:app_from_environment",
-        factory=True,
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.timeout_ms / 1000) + 1,
-    )
+    try:
+        uvicorn.run(
+            "finechain.serve.rest:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.timeout_ms / 1000) + 1,
+        )
+    finally:
+        if made is not None:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _loaded(settings: ServeSettings) -> ChainService:
