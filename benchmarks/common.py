@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -127,15 +130,20 @@ class Recorder:
         return write_json(RESULTS / f"{name}.json", self.records)
 
 
+def scratch_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when the benchmark's process exits (also after an error)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def peer_training_args(prefix: str, epochs: int, seed: int, learning_rate: float = 5e-5, device: str = "cpu", bf16: bool | None = None):
     """The Hugging Face Trainer recipe used for every peer: batch 32, no saving or logging; bf16 on CUDA (or when asked)."""
-    import tempfile
-
     from transformers import TrainingArguments
 
     cuda = device.startswith("cuda")
     return TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix=prefix),
+        output_dir=str(scratch_folder(prefix)),
         per_device_train_batch_size=32,
         per_device_eval_batch_size=128,
         num_train_epochs=epochs,

@@ -22,11 +22,10 @@ import random
 import re
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import BACKBONE, Recorder
+from benchmarks.common import BACKBONE, Recorder, scratch_folder
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import TaskData, load_task_data, read_split
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             extras[shape] = unlabelled_texts(specs, datas, per_task, args.seed) if per_task else []
         except ValueError as error:
             parser.error(f"--students {shape}: {error}")
-    work = Path(tempfile.mkdtemp(prefix="finechain-export-bench-"))
+    work = scratch_folder("finechain-export-bench-")
     chain = Chain.from_backbone(BACKBONE, split=4)
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     chain.fit_joint(specs, training, JointConfig(epochs=args.epochs), data=datas, progress=False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from unittest import mock
 
 import numpy as np
 
-from benchmarks.common import BACKBONE, Recorder
+from benchmarks.common import BACKBONE, Recorder, scratch_folder
 from benchmarks.sharing import task_specs
 from finechain import Chain, TrainingConfig
 from finechain.data.tokens import pad_rows
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if not has_openvino and not args.quick:
         parser.error("OpenVINO is not installed: pip install openvino (or run --quick without it)")
     rec = Recorder("runtimes", "cpu")
-    work = Path(tempfile.mkdtemp(prefix="finechain-runtimes-"))
+    work = scratch_folder("finechain-runtimes-")
     specs, evaluation = task_specs(200, 50, args.speed_texts)
     chain = Chain.from_backbone(BACKBONE, split=4)
     chain.fit_joint(specs, TrainingConfig(epochs=1, seed=args.seed, min_steps=0), JointConfig(epochs=1), progress=False)

@@ -20,11 +20,10 @@ AG News / Banking77 / CoNLL-2003 test files.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list, timed
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, Recorder, comma_list, scratch_folder, timed
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.branches import LoraOptions
@@ -45,7 +44,7 @@ def task_specs(n: int | None, dev_sentences: int, eval_limit: int | None) -> tup
         for name in ("sst2", "agnews", "banking77")
     ]
     dev = read_conll(DATASETS / "conll2003/dev.txt")[:dev_sentences]
-    dev_file = Path(tempfile.mkdtemp(prefix="conll-dev-")) / "dev.conll"
+    dev_file = scratch_folder("conll-dev-") / "dev.conll"
     dev_file.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(s.words, s.tags, strict=True)) for s in dev) + "\n")
     specs.append(TaskSpec(name="conll2003", type="tagging", train=DATASETS / "conll2003/train.txt", dev=dev_file, max_train_examples=n))
     evaluation = {}

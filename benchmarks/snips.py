@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BACKBONE, DATASETS, Recorder
+from benchmarks.common import BACKBONE, DATASETS, Recorder, scratch_folder
 from benchmarks.peers import _fine_tune
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.flows import FlowResult
@@ -115,7 +113,7 @@ def run_flow(rec: Recorder, args: argparse.Namespace, chain: Chain, chain_second
     spec = FlowSpec.model_validate({"name": "snips", "stages": stages})
     files = {name: SNIPS / f"{name}.jsonl" for name in ("train", "dev")}
     if limit:  # a smaller run: the first utterances of each file
-        folder = Path(tempfile.mkdtemp(prefix="snips-bench-"))
+        folder = scratch_folder("snips-bench-")
         for name in files:
             files[name] = folder / f"{name}.jsonl"
             files[name].write_text("".join(json.dumps(r) + "\n" for r in read(name)[:limit]), encoding="utf-8")

@@ -3,6 +3,7 @@ the page test and by scripts/page_screenshot.py."""
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +27,9 @@ def open_browser(width: int = 1180, height: int = 900) -> Any:
     options.binary_location = CHROMIUM or ""
     flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run"]
     flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync", f"--window-size={width},{height}"]
-    flags.append(f"--user-data-dir={tempfile.mkdtemp(prefix='finechain-chromium-')}")
+    profile = tempfile.mkdtemp(prefix="finechain-chromium-")
+    atexit.register(shutil.rmtree, profile, True)  # once the browser has quit
+    flags.append(f"--user-data-dir={profile}")
     for flag in flags:
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(DRIVER), options=options)

@@ -3,7 +3,9 @@ raise finechain's own one-line error, never anything else."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from finechain.spec import load_chain_spec, load_task_specs
 # derandomized: CI sees the same examples each run (a failure is reproducible); raise max_examples to search harder
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 SCRATCH = Path(tempfile.mkdtemp(prefix="finechain-fuzz-"))
+atexit.register(shutil.rmtree, SCRATCH, True)
 
 # bytes that look like the files they fuzz (separators, quotes, brackets, tags, UTF-8 and broken UTF-8), and any bytes
 TEXTY = st.lists(
