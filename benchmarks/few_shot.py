@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"type": "prototype", "head": {"recentre": False}},
         {"contrastive": 1.0, "min_steps": 50},
     ),
+    # offline EDA copies of each example (the augmentation option): more distinct texts per class for the branch
+    "few-shot recipe (min_steps 50; augment 2)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50, "augment": 2}),
     # SetFit tunes every layer of the body; the chain's default frozen trunk keeps the lower 2 of 6
     "few-shot recipe (min_steps 50; split 0)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
     "few-shot recipe (min_steps 50; split 1)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
