@@ -26,6 +26,7 @@ SUITES = {
     "robustness": "benchmarks.robustness",
     "update": "benchmarks.update",
     "few-shot": "benchmarks.few_shot",
+    "tagging-defaults": "benchmarks.tagging_defaults",
     "report": "benchmarks.report",
 }
 

@@ -56,6 +56,7 @@ SUITE_TITLES = {
     "decoding_crf": "NER: the tagger vs a CRF tagger, three seeds (CoNLL-2003, CPU)",
     "snips_chain_e10_crf": "SNIPS intent + slots: a CRF slot tagger, 10 epochs (CPU, a tried setting)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
+    "tagging_defaults": "Tagging with all defaults on small and out-of-genre data vs full fine-tunes (CoNLL-2003, SNIPS slots; CPU)",
     "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
     "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
@@ -811,7 +812,7 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "zero_shot", "few_shot", "few_shot_holdout", "robustness", "update"]
+SECTIONS += ["small_data", "imbalance", "tagging_defaults", "zero_shot", "few_shot", "few_shot_holdout", "robustness", "update"]
 SECTIONS += [
     "branch_batching",
     "mixing",
@@ -850,6 +851,7 @@ TABLES = {
     "sharing_full_gpu": seeds_table,
     "sharing_full_cpu_seeds": seeds_table,
     "small_data": seeds_table,
+    "tagging_defaults": seeds_table,
     "serve": serve_table,
     "pass_cost": pass_cost_table,
     "export": export_table,

@@ -186,6 +186,17 @@ def test_small_data_quick_compares_passes_and_the_peer(shared_datasets: Path, sm
     assert runs == {(task, system, f"{variant}, seed 13") for task in ("banking77", "sst2") for system, variant in variants}
 
 
+def test_tagging_defaults_quick_scores_every_variant_and_the_peer(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    variants = ["--variants", "default,split 1"]
+    run_benchmark(tmp_path, shared_datasets, "tagging-defaults", "--quick", *variants, timeout=900, backbone=smoke_backbone)
+    records = json.loads((tmp_path / "tagging_defaults_quick.json").read_text())
+    scores = {(r["task"], r["system"], r["variant"]): r["value"] for r in records if r["metric"] == "entity_f1"}
+    runs = [("finechain", "default (split 2)"), ("finechain", "split 1 (split 1)"), ("hf-trainer", "full fine-tune, 1 epochs")]
+    names = {"conll2003": "conll2003 (news NER)", "snips": "snips (voice-assistant slots)"}
+    expected = {(task, system, f"{names[task]}, 100 sentences: {variant}, seed 13") for task in names for system, variant in runs}
+    assert set(scores) == expected and all(0 <= value <= 1 for value in scores.values())
+
+
 def test_serve_quick_answers_every_request(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
     run_benchmark(tmp_path, shared_datasets, "serve", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "serve_quick.json").read_text())
