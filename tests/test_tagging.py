@@ -333,3 +333,28 @@ def test_a_crf_grown_by_an_update_keeps_its_old_moves(tiny_backbone: Path) -> No
     assert not after["moves"][3:].any() and not after["moves"][:, 3:].any() and not after["end"][3:].any()
     saved = grown.head.config()["state"]["transitions"]
     assert np.allclose(saved["moves"], after["moves"].detach().numpy()) and np.allclose(saved["end"], after["end"].detach().numpy())
+
+
+def test_one_tagging_task_tunes_every_layer_under_split_auto(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Per-word heads lose F1 to frozen lower layers on small or out-of-genre data (the tagging-defaults benchmark): a
+    spec of one tagging task resolves ``split: auto`` to 0, while a sentence task keeps the frozen trunk's
+    ``N - round(2N/3)``, an explicit split wins, and two tasks keep the joint trunk's depth."""
+    from finechain.jobs.checking import check_spec
+
+    write_conll(tmp_path / "n.conll", ner_sentences(40, 1))
+    write_csv(tmp_path / "s.csv", sentiment_rows(40, 1))
+    ner, sent = "  - {name: ner, type: tagging, train: n.conll}\n", "  - {name: sent, train: s.csv}\n"
+
+    def spec(name: str, tasks: str, extra: str = "") -> Path:
+        path = tmp_path / name
+        path.write_text(f"backbone: {tiny_backbone}\nmax_length: 32\ntraining: {{epochs: 1, min_steps: 0}}\n{extra}tasks:\n{tasks}")
+        return path
+
+    assert check_spec(spec("sent.yaml", sent)).split == 1  # 4-layer backbone: 4 - round(8/3)
+    assert check_spec(spec("fixed.yaml", ner, "split: 2\n")).split == 2
+    assert check_spec(spec("both.yaml", ner + sent)).split == 3  # joint: round(8/3)
+    monkeypatch.setattr(sys, "argv", ["finechain", "train", str(spec("ner.yaml", ner)), "--out", str(tmp_path / "c"), "-q"])
+    main()
+    manifest = json.loads((tmp_path / "c" / "finechain.json").read_text())
+    assert manifest["split"] == 0 and manifest["trunk"] is None  # no tuned trunk: every layer is the task's
+    capsys.readouterr()

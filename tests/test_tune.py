@@ -139,3 +139,18 @@ def test_tune_auto_in_the_spec_searches_then_trains_the_best(tiny_backbone: Path
     auto.write_text(spec.read_text().replace("budget: null", "budget: soon"))
     code, _, err = cli(["train", str(auto), "--out", str(tmp_path / "x")], monkeypatch, capsys)
     assert code != 0 and "auto.yaml:3" in err and "budget" in err and "Traceback" not in err
+
+
+def test_the_searched_depths_reach_down_to_the_specs_own_default() -> None:
+    """One tagging task's ``split: auto`` is 0 (every layer tuned), so the search tries 0 too; a sentence task's
+    search starts at 1 as before."""
+    import optuna
+
+    from finechain.spec import ChainSpec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for kind, lowest in (("tagging", 0), ("classification", 1)):
+        data = {"tasks": [{"name": "t", "type": kind, "train": "t.csv"}]}
+        trial = optuna.create_study().ask()
+        tuning._suggest(trial, ChainSpec.model_validate(data), data, layers=6)
+        assert (trial.distributions["split"].low, trial.distributions["split"].high) == (lowest, 5), kind

@@ -66,6 +66,10 @@ class Head(ABC):
     token_level: ClassVar[bool] = False  # one output per token (labels words), not one per text
     routes_on_labels: ClassVar[bool] = False  # a flow may route on its answers' labels and scores
     pairs: ClassVar[bool] = False  # two texts' labels say how alike they are: contrastive training applies
+    # `split: auto` for a spec of this one task on a frozen trunk: the frozen lower layers (None: the chain's usual
+    # N - round(2N/3)). Per-word heads lose F1 to frozen lower layers on small or out-of-genre data, sentence heads do
+    # not (`python -m benchmarks tagging-defaults` vs `split-sweep`)
+    frozen_layers_alone: ClassVar[int | None] = None
     starts_from_examples: ClassVar[bool] = False  # the layer's rows start as each label's mean training embedding
 
     def __init__(self, labels: Sequence[str] = (), options: HeadOptions | Mapping[str, Any] | None = None) -> None:

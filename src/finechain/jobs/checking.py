@@ -13,7 +13,7 @@ from finechain.errors import FinechainError
 from finechain.heads import head_type
 from finechain.heads.tagging import entity_types
 from finechain.model.backbone import check_max_length, inspect_backbone, inspect_tokenizer, resolve_backbone
-from finechain.spec import ChainSpec, TaskSpec, TrainingConfig, default_split, load_chain_spec, spec_line
+from finechain.spec import ChainSpec, TaskSpec, TrainingConfig, load_chain_spec, spec_line
 from finechain.spec.flows import StageSpec, TaskFacts, stage_problem
 
 
@@ -54,7 +54,7 @@ def check_spec(spec_path: Path) -> Checked:
         tokenizer = inspect_tokenizer(path)
         check_max_length(spec.max_length, config, tokenizer)
         layers = int(config.num_hidden_layers)
-        split = default_split(layers, spec.sharing_mode) if spec.split == "auto" else spec.split
+        split = spec.trunk_depth(layers)
         if not 0 <= split <= layers:
             raise FinechainError(f"split {split} is outside 0..{layers} for this backbone", fix=f"choose 0..{layers}", field="split")
         if spec.device not in ("auto", "cpu"):  # whether CUDA is there takes PyTorch to tell

@@ -103,10 +103,11 @@ def _suggest(
     trial: Any, spec: ChainSpec, spec_data: dict[str, Any], layers: int, untrained: Collection[str] = ()
 ) -> tuple[int | None, list[TaskSpec]]:
     """The trunk depth (``None``: the spec's) and the spec of each task but the ``untrained`` ones (zero-shot tasks
-    without examples: nothing to search) with this trial's settings."""
+    without examples: nothing to search) with this trial's settings. The depths tried reach down to the spec's own
+    default (0 for one tagging task)."""
     split = None
     if spec.split == "auto":
-        split = trial.suggest_int("split", 1, layers - 1)
+        split = trial.suggest_int("split", min(1, spec.trunk_depth(layers)), layers - 1)
     tasks = []
     for index, task in enumerate(spec.tasks):
         if task.name in untrained:

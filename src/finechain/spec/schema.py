@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAn
 from pydantic_core import PydanticCustomError
 
 from finechain.branches import BRANCH_MODES, BranchOptions
-from finechain.heads import HEADS, HeadOptions
+from finechain.heads import HEADS, HeadOptions, head_type
 from finechain.registrations import OPTIMIZERS, SCHEDULES
 from finechain.registry import named
 from finechain.spec.flows import FlowSpec
@@ -340,6 +340,23 @@ class ChainSpec(BaseModel):
     def _auto(cls, value: Any) -> Any:
         """``tune: auto`` is the default search."""
         return {} if value == "auto" else value
+
+    def trunk_depth(self, num_layers: int) -> int:
+        """``split`` with ``auto`` resolved for a backbone of ``num_layers`` layers: :func:`default_split` for the
+        sharing mode, except for one task on a frozen trunk whose head says how many layers to freeze (tagging: none).
+
+        Example:
+            >>> tagging = ChainSpec(tasks=[TaskSpec(name="ner", type="tagging", train="ner.conll")])
+            >>> ChainSpec(tasks=[TaskSpec(name="a", train="a.csv")]).trunk_depth(6), tagging.trunk_depth(6)
+            (2, 0)
+        """
+        if self.split != "auto":
+            return self.split
+        if self.sharing_mode == "frozen" and len(self.tasks) == 1:
+            alone = head_type(self.tasks[0].type).frozen_layers_alone
+            if alone is not None:
+                return min(alone, num_layers)
+        return default_split(num_layers, self.sharing_mode)
 
     @property
     def sharing_mode(self) -> Literal["frozen", "joint"]:
