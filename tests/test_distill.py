@@ -4,6 +4,7 @@ exported and quantized like any chain; bad requests are one-line errors that lea
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,29 @@ def test_cli_compress_refuses_what_cannot_work(
     code, _, err = cli(["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "-q"], monkeypatch, capsys)
     assert code == 2 and "s.csv" in err and len(err.strip().splitlines()) <= 2, err
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
+
+
+def test_cli_compress_the_branches_of_a_tagging_chain_trained_without_validation(
+    tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One tagging task tunes every layer (split 0): there is no trunk to drop layers from, so ``--branch-layers`` alone
+    makes the student (the whole trunk kept, here none); its 40 sentences left no validation data, which distillation
+    neither scores nor selects on (it keeps the last epoch, as training does)."""
+    write_conll(tmp_path / "n.conll", ner_sentences(40, 1))
+    task = "{name: ner, type: tagging, train: n.conll, min_validation: 50}"  # 40 sentences: no validation cut
+    training = "{epochs: 1, min_steps: 0}"
+    (tmp_path / "ner.yaml").write_text(f"backbone: {tiny_backbone}\nmax_length: 32\ntraining: {training}\ntasks:\n  - {task}\n")
+    code, _, err = cli(["train", str(tmp_path / "ner.yaml"), "--out", str(tmp_path / "c"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    code, _, err = cli(["compress", str(tmp_path / "c"), "--out", str(tmp_path / "x"), "--trunk-layers", "1"], monkeypatch, capsys)
+    assert code == 2 and "no trunk layers to keep 1 of (split 0" in err and "--branch-layers N" in err, err
+    code, out, err = cli(
+        ["compress", str(tmp_path / "c"), "--out", str(tmp_path / "s"), "--branch-layers", "2", "--epochs", "1", "-q"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
+    assert manifest["split"] == 0 and manifest["compression"]["branch_layers_kept"] == [1, 3] and manifest["layers"] == [1, 3]
+    assert re.search(r"ner\s+entity_f1\s+-\s+-", out), out  # no validation score to show
+    (tmp_path / "in.txt").write_text("alice visited paris\n")
+    code, out, err = cli(["predict", str(tmp_path / "s"), "--input", str(tmp_path / "in.txt")], monkeypatch, capsys)
+    assert code == 0 and len(json.loads(out)["ner"]["tags"]) == 3, err

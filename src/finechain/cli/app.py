@@ -486,7 +486,7 @@ def compress(
         int | None, typer.Option("--trunk-layers", min=1, help="a student with this many trunk layers, distilled from the chain")
     ] = None,
     branch_layers: Annotated[
-        int | None, typer.Option("--branch-layers", min=0, help="the student's layers per task branch (default: the chain's)")
+        int | None, typer.Option("--branch-layers", min=0, help="a student's layers per task branch (default: the chain's)")
     ] = None,
     texts_file: Annotated[
         Path | None, typer.Option("--texts", help="unlabelled texts to distil on as well (.txt a line each, .csv/.tsv/.jsonl text)")
@@ -514,7 +514,7 @@ def compress(
         trunk_layers=trunk_layers,
         branch_layers=branch_layers,
         texts=texts,
-        int8=int8 if int8 is not None else trunk_layers is None and not fp16,
+        int8=int8 if int8 is not None else trunk_layers is None and branch_layers is None and not fp16,
         fp16=fp16,
         overwrite=overwrite,
         progress=not quiet,

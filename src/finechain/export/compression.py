@@ -39,16 +39,17 @@ def compress_chain(
     progress: bool = True,
     **distil_options: Any,
 ) -> Compressed:
-    """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` a distilled student chain (a chain folder,
-    or with ``int8`` / ``fp16`` its export with int8 weights / fp16 storage), else the export of ``source`` with int8
-    weights and/or fp16 storage. Nothing is left at ``out`` unless every step worked.
+    """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` a distilled
+    student chain (a chain folder, or with ``int8`` / ``fp16`` its export with int8 weights / fp16 storage; branch
+    layers alone keep every trunk layer), else the export of ``source`` with int8 weights and/or fp16 storage. Nothing
+    is left at ``out`` unless every step worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
     """
-    if trunk_layers is None:
+    if trunk_layers is None and branch_layers is None:
         if not int8 and not fp16:
-            raise FinechainError("nothing to do", fix="pass --int8, --fp16 and/or --trunk-layers N")
+            raise FinechainError("nothing to do", fix="pass --int8, --fp16, --trunk-layers N and/or --branch-layers N")
         manifest = _weights(source, out, int8=int8, fp16=fp16, overwrite=overwrite)
         rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
         return Compressed(manifest.steps, rows)
@@ -58,8 +59,9 @@ def compress_chain(
         )
     refuse_existing(out, overwrite)  # before the teacher is loaded and trained on
     teacher = Chain.from_pretrained(source, device="auto")
+    trunk = teacher.split if trunk_layers is None else trunk_layers  # branch layers alone: the whole trunk is kept
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
-    student = teacher.distil(trunk_layers, branch, texts=texts or (), progress=progress, **distil_options)
+    student = teacher.distil(trunk, branch, texts=texts or (), progress=progress, **distil_options)
     compression = student.model.compression or {}
     steps = [
         f"student: trunk layers {compression['trunk_layers_kept']} of {teacher.split}, "
@@ -68,9 +70,10 @@ def compress_chain(
     rows = []
     for name, record in student.records.items():
         metric = record.metric or ""
-        before = (teacher.records[name].metrics or {}).get("validation", {}).get(metric, float("nan"))
-        after = (record.metrics or {}).get("validation", {}).get(metric, float("nan"))
-        rows.append({"task": name, "metric": metric, "teacher (val)": f"{before:.4f}", "student (val)": f"{after:.4f}"})
+        before = (teacher.records[name].metrics or {}).get("validation", {}).get(metric)
+        after = (record.metrics or {}).get("validation", {}).get(metric)
+        shown = {"teacher (val)": before, "student (val)": after}  # "-": trained without validation data
+        rows.append({"task": name, "metric": metric, **{k: "-" if v is None else f"{v:.4f}" for k, v in shown.items()}})
     if not int8 and not fp16:
         with building_folder(out, overwrite) as target:
             student.save_pretrained(target)

@@ -39,7 +39,13 @@ def student_of(teacher: ChainModel, trunk_layers: int, branch_layers: int) -> Ch
         [0, 2, 3, 5]
     """
     branch_depth = teacher.num_layers - teacher.split
-    if not 1 <= trunk_layers <= teacher.split:
+    if teacher.split == 0 and trunk_layers != 0:
+        raise FinechainError(
+            f"the teacher has no trunk layers to keep {trunk_layers} of (split 0: every layer belongs to its tasks)",
+            field="trunk_layers",
+            fix="leave the trunk out and give the student fewer branch layers (--branch-layers N)",
+        )
+    if teacher.split and not 1 <= trunk_layers <= teacher.split:
         raise FinechainError(
             f"a student trunk of {trunk_layers} layers does not fit the teacher's trunk of {teacher.split}",
             field="trunk_layers",

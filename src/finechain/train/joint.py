@@ -206,9 +206,11 @@ def score_tail(model: ChainModel, job: JointJob, training: TrainingConfig, best_
         >>> score_tail(model, job, TrainingConfig(), 2.0).validation["accuracy"]  # doctest: +SKIP
         0.91
     """
-    outputs = _validation_outputs(model, job, training)
-    job.task.head.calibrate(outputs, job.val_targets)
-    validation = job.task.head.score(outputs, job.val_targets)
+    validation: dict[str, Any] = {}
+    if job.val_ids:  # (trained without validation data: nothing to calibrate or score on)
+        outputs = _validation_outputs(model, job, training)
+        job.task.head.calibrate(outputs, job.val_targets)
+        validation = job.task.head.score(outputs, job.val_targets)
     cfg = resolve_training(job.spec.training.apply(training), job.task)
     return FitResult(job.spec.name, job.metric, best_epoch, validation, None, 0.0, 0.0, tail=job.task.eval(), training=cfg)
 
@@ -278,14 +280,19 @@ def train_jobs(
             batches.append((k, queues[k].pop()))
         return batches
 
+    scored = [job for job in jobs if job.val_ids]  # a task trained without validation data (few examples) has no score
+
     def evaluate() -> Evaluation:
-        """Every task's validation score through the current trunk; the selection value is their sign-adjusted mean."""
+        """Every task's validation score through the current trunk; the selection value is their sign-adjusted mean
+        (with no validation data at all, each check beats the one before: the last weights are kept)."""
+        if not scored:
+            return Evaluation(float(loop.state.step))
         model.trunk.eval()
         scores = {
             job.spec.name: float(job.task.head.score(_validation_outputs(model, job, training), job.val_targets)[job.metric])
-            for job in jobs
+            for job in scored
         }
-        mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(jobs, scores.values(), strict=True)) / len(jobs)
+        mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(scored, scores.values(), strict=True)) / len(scored)
         return Evaluation(mean, scores)
 
     def record(check: Check) -> dict[str, Any]:
