@@ -130,6 +130,14 @@ class Recorder:
         return write_json(RESULTS / f"{name}.json", self.records)
 
 
+def appended_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings to save with results file ``name`` when a run appends to it: every earlier run's (from its meta
+    file), then this run's ``settings``."""
+    earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
+    runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
+    return {"runs": [*runs, settings]}
+
+
 def scratch_folder(prefix: str) -> Path:
     """A new temporary folder, removed when the benchmark's process exits (also after an error)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))

@@ -26,7 +26,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, RESULTS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, RESULTS, Recorder, appended_settings, comma_list
 from benchmarks.small_data import per_class_sample
 from benchmarks.zero_shot import evaluation_rows
 from finechain import Chain, TaskSpec, TrainingConfig
@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [(task, n, v, seed) for task in args.tasks for n in args.per_class for v in rerun for seed in args.seeds]
         ran = {f"{task}, {n} per class: {v}, seed {seed}" for task, n, v, seed in runs}
         rec.records = [r for r in json.loads((RESULTS / f"{name}.json").read_text()) if r["variant"] not in ran]
-        earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
-        runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
-        settings = {"runs": [*runs, vars(args)]}
+        settings = appended_settings(name, vars(args))
     backbone, _ = resolve_backbone(BACKBONE)
     for task in args.tasks:
         if args.evaluate_on == "holdout":

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any
 
-from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, RESULTS, Recorder, comma_list
+from benchmarks.common import BACKBONE, CLASSIFICATION_SETS, DATASETS, RESULTS, Recorder, appended_settings, comma_list
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.readers import read_examples
 
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     settings: dict[str, Any] = vars(args)
     if args.append and (RESULTS / f"{name}.json").exists():
         rec.records = [r for r in json.loads((RESULTS / f"{name}.json").read_text()) if r["task"] not in args.tasks]
-        earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
-        runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
-        settings = {"runs": [*runs, vars(args)]}  # each invocation's settings
+        settings = appended_settings(name, vars(args))
     for task in args.tasks:
         evaluation = read_examples(DATASETS / CLASSIFICATION_SETS[task][1])
         if eval_size.get(task, len(evaluation)) < len(evaluation):

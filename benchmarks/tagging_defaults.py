@@ -24,11 +24,13 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from benchmarks.common import BACKBONE, DATASETS, RESULTS, Recorder, comma_list
+from benchmarks.common import BACKBONE, DATASETS, RESULTS, Recorder, appended_settings, comma_list
 from benchmarks.peers import hf_token_classification
+from benchmarks.snips import read as read_snips
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.conll import read_conll
-from finechain.model.backbone import resolve_backbone
+from finechain.model.backbone import inspect_backbone, resolve_backbone
+from finechain.spec import default_split
 
 Sentences = tuple[list[list[str]], list[list[str]]]
 
@@ -42,7 +44,7 @@ def read_set(name: str, part: str) -> Sentences:
     if name == "conll2003":
         sentences = read_conll(DATASETS / "conll2003" / f"{part}.txt")
         return [s.words for s in sentences], [s.tags for s in sentences]
-    rows = [json.loads(line) for line in (DATASETS / "snips" / f"{part}.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    rows = read_snips(part)
     return [r["words"] for r in rows], [r["slots"] for r in rows]
 
 
@@ -89,11 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     settings: dict[str, Any] = vars(args)
     if args.append and (RESULTS / f"{name}.json").exists():
         rec.records = json.loads((RESULTS / f"{name}.json").read_text())
-        earlier = json.loads((RESULTS / f"{name}.meta.json").read_text())
-        runs = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in {"versions", "device", "date"}}]
-        settings = {"runs": [*runs, vars(args)]}
+        settings = appended_settings(name, vars(args))
     backbone, _ = resolve_backbone(BACKBONE)
-    default = Chain.from_backbone(BACKBONE).split  # what "default" resolves to, for its rows' labels
+    default = default_split(inspect_backbone(backbone).num_hidden_layers)  # what "default" resolves to, for its rows' labels
     peer_epochs = [] if args.no_peer else args.peer_epochs
     for task in args.sets:
         train, dev, test = read_set(task, "train"), read_set(task, "dev"), read_set(task, "test")
