@@ -13,6 +13,7 @@ import torch
 
 from finechain import Chain
 from finechain.data.batching import pad_ids
+from finechain.errors import FinechainError
 from finechain.export.onnx import export_onnx
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest
@@ -60,6 +61,28 @@ def test_a_distilled_student_keeps_what_the_teacher_knows(teacher: tuple[Chain, 
     assert exported.steps[0] == "student: backbone layers [1, 3], distilled" and exported.layers == 2
     engine = Engine(ExportedChain(tmp_path / "onnx"))
     assert [p["ner"].to_dict()["tags"] for p in engine.predict(TEXTS)] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
+
+
+def test_a_student_keeps_branch_layers_only_for_the_tasks_that_ask(teacher: tuple[Chain, dict], tmp_path: Path) -> None:
+    """Per-task branch depth: NER keeps one branch layer, sentiment reads the student trunk directly; the chain saves,
+    loads and exports with branches of different depths and answers the same everywhere."""
+    chain, data = teacher
+    student = chain.distil(1, 0, task_branch_layers={"ner": 1}, data=data, training=TRAINING, epochs=2, progress=False)
+    assert [len(student.model.tasks[n].branch.layers) for n in ("sent", "ner")] == [0, 1]
+    assert student.model.layer_ids == [1, 3] and student.num_layers == 2  # the deepest branch's layers
+    assert student.model.compression["branch_layers_kept"] == {"sent": [], "ner": [1]}
+    folder = student.save_pretrained(tmp_path / "student")
+    manifest = json.loads((folder / "finechain.json").read_text())
+    assert {n: t["branch_layers"] for n, t in manifest["tasks"].items()} == {"sent": 0, "ner": 1}
+    loaded = Chain.from_pretrained(folder)
+    assert [len(loaded.model.tasks[n].branch.layers) for n in ("sent", "ner")] == [0, 1]
+    assert loaded.predict(TEXTS) == student.predict(TEXTS)
+    export_onnx(folder, tmp_path / "onnx")
+    exported = Engine(ExportedChain(tmp_path / "onnx")).predict(TEXTS)
+    assert [p["sent"].label for p in exported] == [p["sent"].label for p in loaded.predict(TEXTS)]
+    assert [p["ner"].to_dict()["tags"] for p in exported] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
+    with pytest.raises(FinechainError, match="no task 'nerd'"):
+        student_of(chain.model, 1, 0, {"nerd": 1})
 
 
 def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() -> None:
@@ -163,6 +186,19 @@ def test_cli_compress_to_a_student_then_to_int8(
     assert read_export_manifest(tmp_path / "s8").steps[0].startswith("student: backbone layers [1, 2, 3]")
 
 
+def test_cli_compress_with_branch_layers_per_task(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["compress", str(trained), "--out", str(tmp_path / "s"), "--trunk-layers", "1", "--branch-layers", "0, ner=1"]
+    code, out, err = cli([*args, "--epochs", "1", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "branch layers sent [], ner [1] of 2, distilled" in " ".join(out.split())
+    manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
+    assert {n: t["branch_layers"] for n, t in manifest["tasks"].items()} == {"sent": 0, "ner": 1}
+    code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
+    assert code == 0 and re.search(r"sent\s+classification\s+\d+\s+0 full", out) and re.search(r"ner\s+tagging\s+\d+\s+1 full", out), out
+
+
 def test_cli_compress_refuses_what_cannot_work(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,6 +207,11 @@ def test_cli_compress_refuses_what_cannot_work(
         (["compress", str(tmp_path / "onnx"), "--out", str(tmp_path / "x"), "--trunk-layers", "1"], "is distilled from a chain folder"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "3"], "does not fit the teacher's trunk of 2"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--branch-layers", "3"], "choose 0..2"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "0,ner=3"], "of 3 layers for 'ner' does not fit"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "0,nerd=1"], "no task 'nerd' in the teacher"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "ner=one"], "'ner=one' is not a number of layers"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "1,2"], "'2' is not a number of layers"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "=1"], "'=1' is not a number of layers"),
         (["compress", str(trained), "--out", str(tmp_path / "onnx"), "--trunk-layers", "1"], "already exists"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--no-int8"], "nothing to do"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--hidden-weight", "inf"], "hidden_weight inf"),
@@ -204,7 +245,7 @@ def test_cli_compress_the_branches_of_a_tagging_chain_trained_without_validation
     )
     assert code == 0, err
     manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
-    assert manifest["split"] == 0 and manifest["compression"]["branch_layers_kept"] == [1, 3] and manifest["layers"] == [1, 3]
+    assert manifest["split"] == 0 and manifest["compression"]["branch_layers_kept"] == {"ner": [1, 3]} and manifest["layers"] == [1, 3]
     assert re.search(r"ner\s+entity_f1\s+-\s+-", out), out  # no validation score to show
     (tmp_path / "in.txt").write_text("alice visited paris\n")
     code, out, err = cli(["predict", str(tmp_path / "s"), "--input", str(tmp_path / "in.txt")], monkeypatch, capsys)

@@ -8,7 +8,7 @@ how it was trained, on what, how it scored) that the manifest keeps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,20 +334,23 @@ class Chain:
         trunk_layers: int,
         branch_layers: int,
         *,
+        task_branch_layers: Mapping[str, int] | None = None,
         texts: Sequence[str] = (),
         data: dict[str, TaskData] | None = None,
         training: TrainingConfig | None = None,
         **options: Any,
     ) -> Chain:
         """A smaller chain trained on this one's outputs: ``trunk_layers`` trunk layers and ``branch_layers`` per task
-        branch, each started from this chain's layer at the same relative depth, then distilled over every task's
-        training texts (read again from the files its record names, or given as ``data``) and the unlabelled
-        ``texts``. ``options`` go to :func:`finechain.train.distill.distill` (``epochs``, ``temperature``,
-        ``hard_weight``, ``hidden_weight``, ``trunk_learning_rate``, ``run_dir``, ``resume``, ``progress``, ``hooks``).
+        branch (or the number ``task_branch_layers`` gives a task), each started from this chain's layer at the same
+        relative depth, then distilled over every task's training texts (read again from the files its record names,
+        or given as ``data``) and the unlabelled ``texts``. ``options`` go to :func:`finechain.train.distill.distill`
+        (``epochs``, ``temperature``, ``hard_weight``, ``hidden_weight``, ``trunk_learning_rate``, ``run_dir``,
+        ``resume``, ``progress``, ``hooks``).
 
         Example:
             >>> student = Chain.from_pretrained("my-chain").distil(3, 1)  # doctest: +SKIP
             >>> student.save_pretrained("my-chain-small")  # doctest: +SKIP
+            >>> lean = Chain.from_pretrained("my-chain").distil(3, 0, task_branch_layers={"intent": 1})  # doctest: +SKIP
         """
         from finechain.model.student import student_of
         from finechain.train.distill import distill
@@ -357,7 +360,7 @@ class Chain:
         specs, datas = self._training_data(data or {})
         first = self.records[specs[0].name].training or {}
         training = training or TrainingConfig(seed=first.get("seed", 13))
-        student = Chain(student_of(self.model, trunk_layers, branch_layers))
+        student = Chain(student_of(self.model, trunk_layers, branch_layers, task_branch_layers))
         student.flows = {flow.name: flow for flow in rebased(list(self.flows.values()), self.folder, Path.cwd())}  # same tasks
         trunk, results = distill(self.model, student.model, specs, datas, training, texts=texts, **options)
         student.trunk_record = TrunkEntry(**trunk)

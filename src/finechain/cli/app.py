@@ -486,7 +486,12 @@ def compress(
         int | None, typer.Option("--trunk-layers", min=1, help="a student with this many trunk layers, distilled from the chain")
     ] = None,
     branch_layers: Annotated[
-        int | None, typer.Option("--branch-layers", min=0, help="a student's layers per task branch (default: the chain's)")
+        str | None,
+        typer.Option(
+            "--branch-layers",
+            metavar="N[,TASK=M]",
+            help="a student's layers per task branch (default: the chain's); per task too: '0,intent=1' (the rest 0, intent 1)",
+        ),
     ] = None,
     texts_file: Annotated[
         Path | None, typer.Option("--texts", help="unlabelled texts to distil on as well (.txt a line each, .csv/.tsv/.jsonl text)")
@@ -507,12 +512,14 @@ def compress(
     from finechain.data.readers import read_texts
     from finechain.export.compression import compress_chain
 
+    every, per_task = branch_numbers(branch_layers) if branch_layers is not None else (None, {})
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
     done = compress_chain(
         source,
         out_dir,
         trunk_layers=trunk_layers,
-        branch_layers=branch_layers,
+        branch_layers=every,
+        task_branch_layers=per_task,
         texts=texts,
         int8=int8 if int8 is not None else trunk_layers is None and branch_layers is None and not fp16,
         fp16=fp16,
@@ -529,6 +536,30 @@ def compress(
     for row in done.rows:
         table.add_row(*row.values())
     out.print(table)
+
+
+def branch_numbers(text: str) -> tuple[int | None, dict[str, int]]:
+    """``--branch-layers``: a number for every task, ``task=number`` pairs, or both, comma-separated.
+
+    Example:
+        >>> branch_numbers("1"), branch_numbers("0,intent=1, slots=2")
+        ((1, {}), (0, {'intent': 1, 'slots': 2}))
+    """
+    every: int | None = None
+    per_task: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, _, number = part.rpartition("=")
+        if not number.isdigit() or (not name.strip() and "=" in part) or (not name and every is not None):
+            raise FinechainError(
+                f"--branch-layers {text!r}: {part!r} is not a number of layers or TASK=NUMBER",
+                field="branch-layers",
+                fix="e.g. --branch-layers 1, or 0,intent=1 (intent keeps 1 layer, the other tasks none)",
+            )
+        if name:
+            per_task[name.strip()] = int(number)
+        else:
+            every = int(number)
+    return every, per_task
 
 
 @app.command()

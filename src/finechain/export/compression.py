@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ def compress_chain(
     *,
     trunk_layers: int | None = None,
     branch_layers: int | None = None,
+    task_branch_layers: Mapping[str, int] | None = None,
     texts: list[str] | None = None,
     int8: bool = True,
     fp16: bool = False,
@@ -39,15 +40,18 @@ def compress_chain(
     progress: bool = True,
     **distil_options: Any,
 ) -> Compressed:
-    """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` a distilled
-    student chain (a chain folder, or with ``int8`` / ``fp16`` its export with int8 weights / fp16 storage; branch
-    layers alone keep every trunk layer), else the export of ``source`` with int8 weights and/or fp16 storage. Nothing
-    is left at ``out`` unless every step worked.
+    """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
+    ``task_branch_layers``, which win) a distilled student chain (a chain folder, or with ``int8`` / ``fp16`` its
+    export with int8 weights / fp16 storage; branch layers alone keep every trunk layer, a task left out of both keeps
+    its branch), else the export of ``source`` with int8 weights and/or fp16 storage. Nothing is left at ``out``
+    unless every step worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
+        >>> lean = {"trunk_layers": 3, "branch_layers": 0, "task_branch_layers": {"intent": 1}}
+        >>> compress_chain(Path("my-chain"), Path("my-chain-lean"), **lean)  # doctest: +SKIP
     """
-    if trunk_layers is None and branch_layers is None:
+    if trunk_layers is None and branch_layers is None and not task_branch_layers:
         if not int8 and not fp16:
             raise FinechainError("nothing to do", fix="pass --int8, --fp16, --trunk-layers N and/or --branch-layers N")
         manifest = _weights(source, out, int8=int8, fp16=fp16, overwrite=overwrite)
@@ -61,11 +65,13 @@ def compress_chain(
     teacher = Chain.from_pretrained(source, device="auto")
     trunk = teacher.split if trunk_layers is None else trunk_layers  # branch layers alone: the whole trunk is kept
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
-    student = teacher.distil(trunk, branch, texts=texts or (), progress=progress, **distil_options)
+    student = teacher.distil(trunk, branch, task_branch_layers=task_branch_layers, texts=texts or (), progress=progress, **distil_options)
     compression = student.model.compression or {}
+    kept = compression["branch_layers_kept"]
+    shown = next(iter(kept.values())) if len({tuple(v) for v in kept.values()}) == 1 else ", ".join(f"{k} {v}" for k, v in kept.items())
     steps = [
         f"student: trunk layers {compression['trunk_layers_kept']} of {teacher.split}, "
-        f"branch layers {compression['branch_layers_kept']} of {teacher.num_layers - teacher.split}, distilled"
+        f"branch layers {shown} of {teacher.num_layers - teacher.split}, distilled"
     ]
     rows = []
     for name, record in student.records.items():

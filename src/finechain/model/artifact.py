@@ -58,14 +58,14 @@ def load_task(model: ChainModel, directory: Path, entry: TaskEntry) -> TaskModel
         raise ArtifactError(
             f"task '{directory.name}': {short_reason(error)}", file=directory.parent.parent / MANIFEST, fix="retrain the task"
         ) from None
-    expected = model.num_layers - model.split
-    if entry.branch_layers != expected:
+    available = model.num_layers - model.split  # a student's task may keep fewer (model.student)
+    if entry.branch_layers > available:
         raise ArtifactError(
-            f"task '{directory.name}' has {entry.branch_layers} branch layers, but split {model.split} leaves {expected}",
+            f"task '{directory.name}' has {entry.branch_layers} branch layers, but split {model.split} leaves {available}",
             file=directory.parent.parent / MANIFEST,
             fix="retrain the task",
         )
-    task = TaskModel(head, model.fresh_branch(), model.encoder_config, mode, model.num_layers + 1)
+    task = TaskModel(head, model.fresh_branch(entry.branch_layers), model.encoder_config, mode, model.split + entry.branch_layers + 1)
     try:
         if len(task.branch.layers):
             task.mode.load_state(task.branch.layers, load_tensors(directory / BRANCH_FILE))

@@ -121,9 +121,9 @@ class ChainModel(nn.Module):
         return self.tokenizer.pad_token_id or 0
 
     # tasks ------------------------------------------------------------------------------------
-    def fresh_branch(self) -> list[nn.Module]:
-        """New copies of the pretrained upper layers, to start a task branch from."""
-        return copy_layers(list(self.upper.layers))
+    def fresh_branch(self, layers: int | None = None) -> list[nn.Module]:
+        """New copies of the pretrained upper layers (all of them, or the first ``layers``), to start a task branch from."""
+        return copy_layers(list(self.upper.layers)[:layers])
 
     def new_task(self, head: Head, branch: BranchOptions | Mapping[str, Any] | None = None) -> TaskModel:
         """An untrained tail for ``head`` (not yet attached), on this model's device. A head with
