@@ -7,6 +7,7 @@ per task the metric, per variant the artifact size, CPU throughput at batch 1 an
 
 Students (``Chain.distil``, as ``finechain compress --trunk-layers``) are distilled from the chain over the same
 training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports. A student written
+``3+1/0/1/0`` keeps a branch layer for SST-2 and Banking77 only (``--branch-layers 0,sst2=1,banking77=1``);
 ``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``); ``3+1u1000`` also over 1,000 unlabelled texts
 from each task's training file (texts the chain did not train on, their labels dropped: ``finechain compress
 --texts``), 4,000 in all, which every task's branch learns the teacher's answers on.
@@ -38,22 +39,29 @@ from finechain.inference.exported import ExportedChain
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
 
-STUDENT = re.compile(r"(\d+)\+(\d+)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?")
+STUDENT = re.compile(r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?")
 
 
-def student_shape(shape: str) -> tuple[int, int, float, int]:
+def student_shape(shape: str) -> tuple[int, int | dict[str, int], float, int]:
     """``"3+1"`` -> 3 trunk layers, 1 per branch, no hidden-state loss, no unlabelled texts; ``"3+1h1"``: hidden-state
-    weight 1; ``"3+1h1u1000"``: and 1,000 unlabelled texts per task.
+    weight 1; ``"3+1h1u1000"``: and 1,000 unlabelled texts per task; ``"3+1/0/1/0"``: branch layers per task, in the
+    order of the chain's tasks (SST-2, AG News, Banking77, CoNLL-2003).
 
     Example:
         >>> student_shape("3+1"), student_shape("3+1h0.5"), student_shape("3+1u500")
         ((3, 1, 0.0, 0), (3, 1, 0.5, 0), (3, 1, 0.0, 500))
+        >>> student_shape("3+1/0/1/0u1000")
+        (3, {'sst2': 1, 'agnews': 0, 'banking77': 1, 'conll2003': 0}, 0.0, 1000)
     """
     match = STUDENT.fullmatch(shape)
     if match is None:
-        raise ValueError(f"{shape!r} is not TRUNK+BRANCH[hWEIGHT][uTEXTS]")
+        raise ValueError(f"{shape!r} is not TRUNK+BRANCH layers")
     trunk, branch, hidden, unlabelled = match.groups()
-    return int(trunk), int(branch), float(hidden or 0), int(unlabelled or 0)
+    depths = [int(d) for d in branch.split("/")]
+    if len(depths) not in (1, len(METRIC)):
+        raise ValueError(f"{shape!r}: give one branch depth, or one per task ({'/'.join(METRIC)})")
+    per_task = depths[0] if len(depths) == 1 else dict(zip(METRIC, depths, strict=True))
+    return int(trunk), per_task, float(hidden or 0), int(unlabelled or 0)
 
 
 def student_name(shape: str) -> str:
@@ -62,9 +70,15 @@ def student_name(shape: str) -> str:
     Example:
         >>> student_name("3+1h1u1000")
         'student: 3-layer trunk, 1-layer branches, hidden states (weight 1), 1,000 unlabelled texts per task'
+        >>> student_name("3+1/0/1/0")
+        'student: 3-layer trunk, branches of 1/0/1/0 layers (SST-2/AG News/Banking77/CoNLL)'
     """
     trunk_layers, branch_layers, hidden, unlabelled = student_shape(shape)
-    name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
+    if isinstance(branch_layers, int):
+        name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
+    else:
+        depths = "/".join(str(d) for d in branch_layers.values())
+        name = f"student: {trunk_layers}-layer trunk, branches of {depths} layers (SST-2/AG News/Banking77/CoNLL)"
     name += f", hidden states (weight {hidden:g})" if hidden else ""
     return name + (f", {unlabelled:,} unlabelled texts per task" if unlabelled else "")
 
@@ -121,13 +135,14 @@ def main(argv: list[str] | None = None) -> None:
         args.train_examples, args.epochs, args.eval_limit, args.speed_texts = 200, 1, 50, 64
         args.students = "3+1" if args.students == parser.get_default("students") else args.students
     # each student's (trunk layers, branch layers, hidden weight, unlabelled texts per task), read before the chain trains
-    shapes: dict[str, tuple[int, int, float, int]] = {}
+    shapes: dict[str, tuple[int, int | dict[str, int], float, int]] = {}
     for shape in filter(None, args.students.split(",")):
         try:
             shapes[shape] = student_shape(shape)
-        except ValueError:
+        except ValueError as error:
             parser.error(
-                f"--students: {shape!r} is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)"
+                f"--students: {error} (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch "
+                "layers per task)"
             )
     rec = Recorder("export", "cpu")
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
@@ -152,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         student = chain.distil(
             trunk_layers,
-            branch_layers,
+            branch_layers if isinstance(branch_layers, int) else 0,
+            task_branch_layers=branch_layers if isinstance(branch_layers, dict) else None,
             texts=extras[shape],
             data=datas,
             training=training,

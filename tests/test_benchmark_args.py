@@ -19,22 +19,32 @@ from benchmarks import export, few_shot, mixing, sharing, split_sweep, train
         (
             export.main,
             ["--students", "3+1u1000,3+1uh1"],
-            "'3+1uh1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+            "'3+1uh1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
+            " layers per task)",
         ),
         (
             export.main,
             ["--students", "3+1,3x1"],
-            "'3x1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+            "'3x1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
+            " layers per task)",
         ),
         (
             export.main,
             ["--students", "3+1h-1"],
-            "'3+1h-1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+            "'3+1h-1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
+            " layers per task)",
         ),
         (
             export.main,
             ["--students", "3+1hx"],
-            "'3+1hx' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts)",
+            "'3+1hx' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
+            " layers per task)",
+        ),
+        (
+            export.main,
+            ["--students", "3+1/0/1"],
+            "'3+1/0/1': give one branch depth, or one per task (sst2/agnews/banking77/conll2003) (e.g. 3+1, 3+1h1 with hidden"
+            " states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch layers per task)",
         ),
         (
             few_shot.main,
