@@ -25,13 +25,13 @@ from transformers import AutoTokenizer
 
 from benchmarks.common import BACKBONE, DATASETS, Recorder, comma_list
 from benchmarks.peers import hf_sequence_classification, hf_token_classification
-from finechain import Chain, TaskSpec, TrainingConfig
+from finechain import Chain, ChainSpec, TaskSpec, TrainingConfig
 from finechain.branches import BranchMode
 from finechain.data.conll import read_conll
 from finechain.data.prepare import load_task_data
 from finechain.data.readers import read_examples
 from finechain.heads import head_type
-from finechain.model.backbone import resolve_backbone
+from finechain.model.backbone import inspect_backbone, resolve_backbone
 from finechain.model.precision import resolve_precision
 from finechain.train.loop import Check, Hook, TrainingLoop
 
@@ -82,7 +82,9 @@ def peak_tflops(device: str) -> float | None:
 def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], training: TrainingConfig, device: str) -> dict[str, Any]:
     """Train the task (default settings unless ``training`` says otherwise); watch the dev metric at every validation check."""
     spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"], min_validation=0)
-    chain = Chain.from_backbone(BACKBONE, split="auto").to(device)
+    # the split `finechain train` gives a spec of this one task (a tagging task alone tunes every layer)
+    split = ChainSpec(tasks=[spec]).trunk_depth(inspect_backbone(resolve_backbone(BACKBONE)[0]).num_hidden_layers)
+    chain = Chain.from_backbone(BACKBONE, split=split).to(device)
     watched: list[float] = []
 
     class Watch(Hook):  # scores the dev file at every validation check; its time is left out of the training time
