@@ -22,6 +22,7 @@ SUITE_TITLES = {
     "train_epyc_bf16": "Training on a CPU with AVX512-BF16 (AMD EPYC, 2 threads): the same suite, bf16 peer included",
     "train_epyc_bf16_peer": "Training against the bf16 Trainer on the AVX512-BF16 EPYC, after bf16 trunk caching (three runs)",
     "train_epyc_checks": "Training with two validation checks an epoch (the default now), AVX512-BF16 EPYC: fp32 and bf16 Trainer",
+    "train_conll_split0": "Training CoNLL-2003 as a spec of one tagging task now trains it (every layer tuned), fp32 EPYC",
     "dropout": "Dropout masks on CPU: time per training step with PyTorch's dropout vs finechain's (AMD EPYC)",
     "train_gpu": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H100)",
     "train_gpu_h200": "Training on a GPU: SST-2, all 67k examples, finechain vs the Hugging Face Trainer (H200, same command)",
@@ -50,6 +51,9 @@ SUITE_TITLES = {
     "export_unlabelled": "Export and compression: students distilled over unlabelled texts too (CPU)",
     "export_rerun": "Export and compression: the unlabelled-text student again, on a faster host, plain-attention export (CPU)",
     "export_trunk_only": "Export and compression: students with a 3-layer trunk and no branch layers (CPU)",
+    "export_task_branches": "Export and compression: students that keep a branch layer only for the tasks that need one (CPU)",
+    "export_task_branches_sst2": "Export and compression: a per-task student with SST-2's whole branch kept (CPU)",
+    "export_task_branches_conll": "Export and compression: the within-1% student without CoNLL-2003's branch layer (CPU)",
     "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
     "runtimes_attention": "ONNX graphs with plain attention vs attention traced as SDPA (AMD EPYC, 2 threads)",
     "export_embeddings": "Sentence embeddings exported: ONNX fp32 and int8 vs sentence-transformers' own ONNX backends (CPU)",
@@ -807,7 +811,7 @@ COMPARISONS = {
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "train_epyc_checks", "dropout"]
+SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "train_epyc_checks", "train_conll_split0", "dropout"]
 SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_head", "train_gpu_conll", "train_gpu_conll_h200"]
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
@@ -826,6 +830,9 @@ SECTIONS += [
     "export_unlabelled",
     "export_trunk_only",
     "export_rerun",
+    "export_task_branches",
+    "export_task_branches_sst2",
+    "export_task_branches_conll",
     "runtimes",
     "runtimes_attention",
     "export_embeddings",
