@@ -83,6 +83,10 @@ def test_a_student_keeps_branch_layers_only_for_the_tasks_that_ask(teacher: tupl
     assert [p["ner"].to_dict()["tags"] for p in exported] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
     with pytest.raises(FinechainError, match="no task 'nerd'"):
         student_of(chain.model, 1, 0, {"nerd": 1})
+    manifest["tasks"]["ner"]["branch_layers"] = 0  # a manifest that drops a layer the weights have: refused, not cut
+    (folder / "finechain.json").write_text(json.dumps(manifest))
+    with pytest.raises(FinechainError, match="weights do not fit task 'ner'"):
+        Chain.from_pretrained(folder)
 
 
 def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() -> None:
