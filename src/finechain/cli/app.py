@@ -548,15 +548,16 @@ def branch_numbers(text: str) -> tuple[int | None, dict[str, int]]:
     every: int | None = None
     per_task: dict[str, int] = {}
     for part in (p.strip() for p in text.split(",")):
-        name, _, number = part.rpartition("=")
-        if not number.isdigit() or (not name.strip() and "=" in part) or (not name and every is not None):
+        name, named, number = part.partition("=") if "=" in part else ("", "", part)
+        name = name.strip()
+        if not number.strip().isdecimal() or (named and not name) or (not named and every is not None):
             raise FinechainError(
                 f"--branch-layers {text!r}: {part!r} is not a number of layers or TASK=NUMBER",
                 field="branch-layers",
                 fix="e.g. --branch-layers 1, or 0,intent=1 (intent keeps 1 layer, the other tasks none)",
             )
-        if name:
-            per_task[name.strip()] = int(number)
+        if named:
+            per_task[name] = int(number)
         else:
             every = int(number)
     return every, per_task
