@@ -67,11 +67,12 @@ def compress_chain(
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
     student = teacher.distil(trunk, branch, task_branch_layers=task_branch_layers, texts=texts or (), progress=progress, **distil_options)
     compression = student.model.compression or {}
-    kept = compression["branch_layers_kept"]
-    shown = next(iter(kept.values())) if len({tuple(v) for v in kept.values()}) == 1 else ", ".join(f"{k} {v}" for k, v in kept.items())
+    kept = compression["branch_layers_kept"]  # per task
+    same = len({tuple(layers) for layers in kept.values()}) == 1
+    branches = str(next(iter(kept.values()))) if same else ", ".join(f"{name} {layers}" for name, layers in kept.items())
     steps = [
         f"student: trunk layers {compression['trunk_layers_kept']} of {teacher.split}, "
-        f"branch layers {shown} of {teacher.num_layers - teacher.split}, distilled"
+        f"branch layers {branches} of {teacher.num_layers - teacher.split}, distilled"
     ]
     rows = []
     for name, record in student.records.items():
