@@ -219,6 +219,7 @@ def test_cli_compress_refuses_what_cannot_work(
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "ner=²"], "'ner=²' is not a number of layers"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "ner=1=2"], "'ner=1=2' is not a number of layers"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", " "], "'' is not a number of layers"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--branch-layers", "0,ner=1,ner=0"], "task 'ner' is given twice"),
         (["compress", str(trained), "--out", str(tmp_path / "onnx"), "--trunk-layers", "1"], "already exists"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--no-int8"], "nothing to do"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--hidden-weight", "inf"], "hidden_weight inf"),

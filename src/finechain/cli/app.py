@@ -556,6 +556,12 @@ def branch_numbers(text: str) -> tuple[int | None, dict[str, int]]:
                 field="branch-layers",
                 fix="e.g. --branch-layers 1, or 0,intent=1 (intent keeps 1 layer, the other tasks none)",
             )
+        if named and name in per_task:
+            raise FinechainError(
+                f"--branch-layers {text!r}: task {name!r} is given twice",
+                field="branch-layers",
+                fix=f"name {name} once, with the number of branch layers it keeps",
+            )
         if named:
             per_task[name] = int(number)
         else:
