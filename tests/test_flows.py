@@ -189,6 +189,18 @@ BAD_FLOWS = [
     ("      - {task: nope, after: topic}", "unknown task 'nope' in flow 'f'"),
     ("      - {task: other_mood, chain: missing, after: topic}", "not a chain folder"),
     ("      - {task: mood, after: topic, when: {labels: [sport]}, otherwise: true}", "has both 'when' and 'otherwise'"),
+    ("      - {task: topic, after: ner}", "stage 'topic' appears twice in flow 'f'"),  # at the second one's line
+    ("      - {task: mood, when: {labels: [sport]}}", "stage 'mood' has 'when' but reads no stage"),
+    ("      - {task: mood, input: span}", "stage 'mood' reads spans but no stage"),
+    ("      - {task: mood, after: ner, types: [PER]}", "stage 'mood' has 'types' but reads the text"),
+    ("      - {task: mood, after: ner, input: span, when: {labels: [PER]}}", "stage 'mood' reads spans: it runs on each one"),
+    ("      - {task: mood, after: ner, input: span, when: {labels: [PER]}, train_on: predicted}", "'train_on' chooses rows of routed"),
+    ("      - {task: other_mood, chain: other, after: topic, when: {labels: [sport]}, train_on: predicted}", "it is trained there"),
+    (
+        "      - {name: ext, task: other_mood, chain: other, after: topic}\n"
+        "      - {task: mood, after: ext, when: {labels: [pos]}, train_on: gold}",
+        "trains on gold routes of 'ext', a task of another chain",
+    ),
 ]
 
 
@@ -204,7 +216,7 @@ def test_bad_flows_are_one_line_errors_at_their_line(
     (trained / "bad.yaml").write_text(body)
     code, _, err = cli(["check", str(trained / "bad.yaml")], monkeypatch, capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
-    expected = next(i for i, row in enumerate(text, 1) if row == stage)
+    expected = next(i for i, row in enumerate(text, 1) if row == stage.splitlines()[-1])  # a case's last stage is the bad one
     assert f"bad.yaml:{expected}" in err, err
     with pytest.raises(FinechainError):
         Chain.from_pretrained(trained / "c").add_flow({"name": "g", "stages": [{"task": "topic"}, {"task": "mood", "after": "ghost"}]})

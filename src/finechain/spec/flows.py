@@ -121,7 +121,7 @@ def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | Non
     """
     keys = [s.key for s in flow.stages]
     for i, stage in enumerate(flow.stages):
-        if keys.count(stage.key) > 1:
+        if stage.key in keys[:i]:  # the second occurrence is the one to point at
             return i, (f"stage '{stage.key}' appears twice in flow '{flow.name}'", ("task",), "give one of them its own 'name'")
         if own_tasks is not None and stage.chain is None and stage.task not in own_tasks:
             return i, (f"unknown task '{stage.task}' in flow '{flow.name}'", ("task",), f"use one of {sorted(own_tasks)}, or set 'chain:'")
