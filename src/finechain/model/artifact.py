@@ -67,7 +67,9 @@ def load_task(model: ChainModel, directory: Path, entry: TaskEntry) -> TaskModel
         )
     task = TaskModel(head, model.fresh_branch(entry.branch_layers), model.encoder_config, mode, model.split + entry.branch_layers + 1)
     try:
-        if len(task.branch.layers) or (directory / BRANCH_FILE).exists():  # a branch of 0 layers stores no tensors
+        # saving always writes the branch file (empty for 0 layers), and it is checked whenever it is there; only a
+        # 0-layer branch may do without it, having no tensors to load
+        if len(task.branch.layers) or (directory / BRANCH_FILE).exists():
             task.mode.load_state(task.branch.layers, load_tensors(directory / BRANCH_FILE))
         task.load_head_state(load_tensors(directory / HEAD_FILE))
     except (ValueError, RuntimeError) as error:  # tensors of other names or shapes than this task's structure
