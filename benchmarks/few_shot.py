@@ -53,6 +53,13 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # offline EDA copies of each example (the augmentation option): more distinct texts per class for the branch
     "few-shot recipe (min_steps 50; augment 2)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50, "augment": 2}),
+    # fewer steps (the branch drifts less from the backbone's geometry) / softer scaled cosines (the head's loss stops
+    # pulling each class into a tight cluster sooner), tried on held-out training texts
+    "few-shot recipe (min_steps 25)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 25}),
+    "few-shot recipe (min_steps 50; temperature 0.1)": (
+        {"type": "prototype", "head": {"temperature": 0.1}},
+        {"contrastive": 1.0, "min_steps": 50},
+    ),
     # SetFit tunes every layer of the body; the chain's default frozen trunk keeps the lower 2 of 6
     "few-shot recipe (min_steps 50; split 0)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
     "few-shot recipe (min_steps 50; split 1)": ({"type": "prototype"}, {"contrastive": 1.0, "min_steps": 50}),
