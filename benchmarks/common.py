@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from finechain.model.precision import cpu_has_native_bf16
 from finechain.spec import DEFAULT_BACKBONE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,8 @@ def device_description(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"CPU {model}, {torch.get_num_threads()} threads"
+    units = " with bf16 units" if cpu_has_native_bf16() else ""  # where the chain's default precision (auto) is bf16
+    return f"CPU {model}{units}, {torch.get_num_threads()} threads"
 
 
 def versions() -> dict[str, str]:

@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             options = head_options(task, variant, labels)
             chain = Chain.from_backbone(BACKBONE)
             chain.fit(TaskSpec(name=task, type="zero_shot", head=options), progress=False)
+            chain.precision = "fp32"  # the peer's precision on a CPU (the default is bf16 where the CPU has bf16 units)
             start = time.perf_counter()
             predicted = [p[task].label for p in chain.predict(texts)]
             rate = len(texts) / (time.perf_counter() - start)

@@ -120,7 +120,8 @@ def test_prototype_rows_end_at_the_class_means_of_the_trained_branch(tiny_backbo
     def trained(recentre: bool) -> tuple[Chain, torch.Tensor, torch.Tensor]:
         chain = _chain(tiny_backbone)
         spec = TaskSpec(name="p", type="prototype", head={"temperature": 0.1, "recentre": recentre}, min_validation=50)
-        chain.fit(spec, FEW, texts=TEXTS, labels=LABELS, progress=False)
+        # fp32 as the means below (where the CPU has bf16 units training's default is bf16)
+        chain.fit(spec, FEW.model_copy(update={"precision": "fp32"}), texts=TEXTS, labels=LABELS, progress=False)
         task = chain.tasks["p"]
         targets = torch.from_numpy(task.head.targets(LABELS))
         rows = torch.nn.functional.normalize(class_means(task, _features(chain, TEXTS), targets, 5, "fp32"), dim=-1)
