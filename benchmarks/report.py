@@ -55,6 +55,7 @@ SUITE_TITLES = {
     "export_task_branches_sst2": "Export and compression: a per-task student with SST-2's whole branch kept (CPU)",
     "export_task_branches_conll": "Export and compression: the within-1% student without CoNLL-2003's branch layer (CPU)",
     "export_task_branches_u2000": "Export and compression: per-task students over twice the unlabelled texts (CPU)",
+    "export_avx512": "Export and compression: int8 on a CPU with AVX512-VNNI and bf16 units (CPU)",
     "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
     "runtimes_attention": "ONNX graphs with plain attention vs attention traced as SDPA (AMD EPYC, 2 threads)",
     "export_embeddings": "Sentence embeddings exported: ONNX fp32 and int8 vs sentence-transformers' own ONNX backends (CPU)",
@@ -64,6 +65,7 @@ SUITE_TITLES = {
     "tagging_defaults": "Tagging with all defaults on small and out-of-genre data vs full fine-tunes (CoNLL-2003, SNIPS slots; CPU)",
     "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
     "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
+    "few_shot_holdout_bf16": "Few-shot recipe variants on held-out training texts, on a CPU with bf16 units (AG News; CPU)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
@@ -817,7 +819,8 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "tagging_defaults", "zero_shot", "few_shot", "few_shot_holdout", "robustness", "update"]
+SECTIONS += ["small_data", "imbalance", "tagging_defaults", "zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16"]
+SECTIONS += ["robustness", "update"]
 SECTIONS += [
     "branch_batching",
     "mixing",
@@ -835,6 +838,7 @@ SECTIONS += [
     "export_task_branches_sst2",
     "export_task_branches_conll",
     "export_task_branches_u2000",
+    "export_avx512",
     "runtimes",
     "runtimes_attention",
     "export_embeddings",
@@ -874,6 +878,7 @@ TABLES = {
     "update": update_table,
     "few_shot": few_shot_table,
     "few_shot_holdout": few_shot_table,
+    "few_shot_holdout_bf16": few_shot_table,
 }
 
 
