@@ -19,6 +19,7 @@ SUITES = {
     "pass-cost": "benchmarks.pass_cost",
     "export": "benchmarks.export",
     "runtimes": "benchmarks.runtimes",
+    "kernels": "benchmarks.kernels",
     "export-embeddings": "benchmarks.export_embeddings",
     "snips": "benchmarks.snips",
     "imbalance": "benchmarks.imbalance",

@@ -140,10 +140,11 @@ def appended_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     return {"runs": [*runs, settings]}
 
 
-def scratch_folder(prefix: str) -> Path:
-    """A new temporary folder, removed when the benchmark's process exits (also after an error)."""
+def scratch_folder(prefix: str, keep: bool = False) -> Path:
+    """A new temporary folder, removed when the benchmark's process exits (also after an error) unless ``keep``."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, folder, True)
+    if not keep:
+        atexit.register(shutil.rmtree, folder, True)
     return folder
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             extras[shape] = unlabelled_texts(specs, datas, per_task, args.seed) if per_task else []
         except ValueError as error:
             parser.error(f"--students {shape}: {error}")
-    work = scratch_folder("finechain-export-bench-")
+    work = scratch_folder("finechain-export-bench-", keep=args.keep)
     chain = Chain.from_backbone(BACKBONE, split=4)
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     chain.fit_joint(specs, training, JointConfig(epochs=args.epochs), data=datas, progress=False)
@@ -219,8 +218,8 @@ def main(argv: list[str] | None = None) -> None:
             rec.add("all four", "finechain", f"{variant}, batch {batch}", "p50_ms", ms, "ms per call")
         print(f"{variant}: done", flush=True)
     print(f"wrote {rec.save(args.output or ('export_quick' if args.quick else 'export'), vars(args))}")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"kept the chain and its exports in {work}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=comma_list(int), default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--widths", type=comma_list(int), default=[16, 32, 64, 128])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnx"], help="the chain, or its ONNX export")
+    parser.add_argument(
+        "--backend", default="pytorch", choices=["pytorch", "onnx", "onnx-int8"], help="the chain, its ONNX export, or that quantized"
+    )
     parser.add_argument("--output", default=None, help="results name (default pass_cost, or pass_cost_quick)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -55,14 +57,19 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     chain = build_chain(args.split, list(TASKS))
     engine = chain.engine
     variant = f"4 tasks, split={chain.split}, {args.threads} thread(s), PyTorch"
-    if args.backend == "onnx":
+    if args.backend != "pytorch":
         from finechain.export.onnx import export_onnx
+        from finechain.export.quantize import quantize_int8
         from finechain.inference import Engine
         from finechain.inference.exported import ExportedChain
 
-        export_onnx(chain, work / "onnx")
-        engine = Engine(ExportedChain(work / "onnx", threads=args.threads))
-        variant = variant.replace("PyTorch", "ONNX Runtime")
+        folder = work / "onnx"
+        export_onnx(chain, folder)
+        if args.backend == "onnx-int8":
+            quantize_int8(folder, work / "int8")
+            folder = work / "int8"
+        engine = Engine(ExportedChain(folder, threads=args.threads))
+        variant = variant.replace("PyTorch", "ONNX Runtime int8" if args.backend == "onnx-int8" else "ONNX Runtime")
     rec = Recorder("pass_cost", "cpu")
     tokens, seconds = [], []
     for rows, width in itertools.product(args.rows, args.widths):

@@ -56,8 +56,10 @@ SUITE_TITLES = {
     "export_task_branches_conll": "Export and compression: the within-1% student without CoNLL-2003's branch layer (CPU)",
     "export_task_branches_u2000": "Export and compression: per-task students over twice the unlabelled texts (CPU)",
     "export_avx512": "Export and compression: int8 on a CPU with AVX512-VNNI and bf16 units (CPU)",
+    "export_avx512_passes": "Export and compression on a CPU with int8 and bf16 units, exported calls cut for two threads (CPU)",
     "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
     "runtimes_attention": "ONNX graphs with plain attention vs attention traced as SDPA (AMD EPYC, 2 threads)",
+    "kernels": "Matrix products at the chain's shapes per runtime: what int8 can gain at most (CPU)",
     "export_embeddings": "Sentence embeddings exported: ONNX fp32 and int8 vs sentence-transformers' own ONNX backends (CPU)",
     "decoding_crf": "NER: the tagger vs a CRF tagger, three seeds (CoNLL-2003, CPU)",
     "snips_chain_e10_crf": "SNIPS intent + slots: a CRF slot tagger, 10 epochs (CPU, a tried setting)",
@@ -75,6 +77,8 @@ SUITE_TITLES = {
     "serve": "Serving: finechain serve under concurrent clients vs four single-task LitServe endpoints (CPU)",
     "pass_cost": "What one more inference pass costs on a CPU, in tokens (how a server's mixed batch is cut)",
     "pass_cost_onnx": "What one more inference pass costs on a CPU: the ONNX export",
+    "pass_cost_onnx_threads": "What one more inference pass costs on a CPU: the ONNX export on two threads",
+    "pass_cost_onnx_int8": "What one more inference pass costs on a CPU: the int8 export on two threads",
     "serve_onnx": "Serving the ONNX export: finechain serve on an exported folder under concurrent clients (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
     "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
@@ -442,6 +446,37 @@ def runtimes_table(records: list[dict[str, Any]]) -> str:
             )
             cells += [f"{speed:.1f}", f"{speed / base:.2f}x"]
         out.append(f"| {variant} | " + " | ".join(cells) + f" | {value[(variant, 'max_abs_diff')]:.2g} |")
+    return "\n".join(out)
+
+
+def kernels_table(records: list[dict[str, Any]]) -> str:
+    """Billions of multiply-adds per second per product (rows down) and runtime (across), then ONNX Runtime int8's
+    ratio to PyTorch fp32 and to PyTorch bf16.
+
+    Example:
+        >>> rec = lambda v, x: {"variant": v, "metric": "gmacs_per_second", "value": x}
+        >>> print(kernels_table([rec("PyTorch fp32, 8 rows, one layer", 50.0), rec("PyTorch bf16, 8 rows, one layer", 100.0),
+        ...     rec("ONNX Runtime int8, 8 rows, one layer", 170.0)]))
+        | product (tokens x in x out) | PyTorch fp32 | PyTorch bf16 | ONNX Runtime int8 | int8 / PyTorch fp32 | int8 / PyTorch bf16 |
+        | --- | --- | --- | --- | --- | --- |
+        | 8 rows, one layer | 50.0 | 100.0 | 170.0 | 3.40x | 1.70x |
+    """
+    records = [r for r in records if r["metric"] == "gmacs_per_second"]
+    value: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in records:
+        runtime, product = r["variant"].split(", ", 1)
+        value[product][runtime] = r["value"]
+    runtimes = list(dict.fromkeys(r["variant"].split(", ", 1)[0] for r in records))
+    out = [
+        "| product (tokens x in x out) | " + " | ".join(runtimes) + " | int8 / PyTorch fp32 | int8 / PyTorch bf16 |",
+        "|" + " --- |" * (len(runtimes) + 3),
+    ]
+    for product, rates in value.items():
+        int8 = rates.get("ONNX Runtime int8")
+        ratios = [f"{int8 / rates[base]:.2f}x" if int8 and rates.get(base) else "-" for base in ("PyTorch fp32", "PyTorch bf16")]
+        out.append(
+            f"| {product} | " + " | ".join(f"{rates[r]:.1f}" if r in rates else "-" for r in runtimes) + " | " + " | ".join(ratios) + " |"
+        )
     return "\n".join(out)
 
 
@@ -829,6 +864,8 @@ SECTIONS += [
     "serve_onnx",
     "pass_cost",
     "pass_cost_onnx",
+    "pass_cost_onnx_threads",
+    "pass_cost_onnx_int8",
     "export",
     "export_hidden",
     "export_unlabelled",
@@ -839,8 +876,10 @@ SECTIONS += [
     "export_task_branches_conll",
     "export_task_branches_u2000",
     "export_avx512",
+    "export_avx512_passes",
     "runtimes",
     "runtimes_attention",
+    "kernels",
     "export_embeddings",
     "decoding_crf",
     "snips",
@@ -869,6 +908,7 @@ TABLES = {
     "pass_cost": pass_cost_table,
     "export": export_table,
     "runtimes": runtimes_table,
+    "kernels": kernels_table,
     "export_embeddings": export_embeddings_table,
     "decoding_crf": seeds_table,
     "snips": snips_table,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_demo_command_trains_and_queries(tmp_path: Path) -> None:
     assert "card_arrival" in done.stdout and "example predictions" in done.stdout
 
 
-def run_benchmark(results: Path, datasets: Path, *args: str, timeout: int = 900, backbone: Path | None = None) -> None:
+def run_benchmark(results: Path, datasets: Path, *args: str, timeout: int = 900, backbone: Path | None = None) -> str:
     """Run ``python -m benchmarks ARGS`` with results and the docs page redirected into ``results`` (and the suite's
     backbone replaced by ``backbone``: the narrow random one of a smoke run, see ``make_smoke_backbone``)."""
     env = {
@@ -72,6 +73,7 @@ def run_benchmark(results: Path, datasets: Path, *args: str, timeout: int = 900,
         env["FINECHAIN_BENCH_BACKBONE"] = str(backbone)
     done = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def test_split_sweep_quick_writes_result_records(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
@@ -217,8 +219,28 @@ def test_pass_cost_quick_fits_a_pass_and_a_token(shared_datasets: Path, tmp_path
     assert fit["max_relative_error"] < 0.5  # a pass's time: about a fixed cost plus one per token
 
 
+def test_kernels_quick_times_each_runtime_and_checks_its_products(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "kernels", "--quick", timeout=300, backbone=smoke_backbone)
+    records = json.loads((tmp_path / "kernels_quick.json").read_text())
+    rates = {r["variant"]: r["value"] for r in records if r["metric"] == "gmacs_per_second"}
+    runtimes = ("PyTorch fp32", "PyTorch bf16", "ONNX Runtime fp32", "ONNX Runtime int8")
+    assert {f"{runtime}, {rows} rows, one layer" for runtime in runtimes for rows in (32, 256)} <= set(rates)
+    assert len(rates) == 4 * 2 * 4 and all(rate > 0 for rate in rates.values())  # three products and a layer, per rows
+    errors: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
+    for r in records:
+        if r["metric"] == "max_relative_error":
+            errors[r["variant"].split(", ")[0]].append(r["value"])
+    assert all(len(found) == 2 * 3 for found in errors.values())
+    assert max(errors["PyTorch fp32"] + errors["ONNX Runtime fp32"]) < 1e-4  # each times the product it names
+    assert min(errors["PyTorch bf16"] + errors["ONNX Runtime int8"]) > 1e-4  # rounded: bf16 and int8 really run
+    assert max(errors["PyTorch bf16"] + errors["ONNX Runtime int8"]) < 0.05  # and are only rounded
+
+
 def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
-    run_benchmark(tmp_path, shared_datasets, "export", "--quick", timeout=900, backbone=smoke_backbone)
+    out = run_benchmark(tmp_path, shared_datasets, "export", "--quick", "--keep", timeout=900, backbone=smoke_backbone)
+    kept = Path(out.rsplit("kept the chain and its exports in ", 1)[1].strip())
+    assert (kept / "onnx" / "model.onnx").is_file() and (kept / "int8" / "model.onnx").is_file()  # --keep keeps them
+    shutil.rmtree(kept)
     records = json.loads((tmp_path / "export_quick.json").read_text())
     metric = {(r["task"], r["variant"]): r["value"] for r in records if r["metric"] in ("accuracy", "entity_f1")}
     fp32 = {task: v for (task, variant), v in metric.items() if variant == "PyTorch fp32"}

@@ -24,7 +24,7 @@ def quantize_int8(source: str | Path, out: str | Path, overwrite: bool = False) 
         'int8'
     """
     return rewritten_export(
-        source, out, rewrite=_quantize, check=_fp32_only, weights=lambda _: "int8", step=INT8_STEP, adds_up=False, overwrite=overwrite
+        source, out, rewrite=quantize_graph, check=_fp32_only, weights=lambda _: "int8", step=INT8_STEP, adds_up=False, overwrite=overwrite
     )
 
 
@@ -33,9 +33,14 @@ def _fp32_only(source: Path, weights: str) -> None:
         raise FinechainError(f"{source} already has {weights} weights", fix="quantize the fp32 export")
 
 
-def _quantize(source: Path, target: Path) -> None:
-    """ONNX Runtime's dynamic int8 quantization of every MatMul's weights (embedding tables stay fp32: quantizing
-    them costs accuracy and saves no time)."""
+def quantize_graph(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization of every MatMul's weights in the graph at ``source``, written to
+    ``target`` (embedding tables stay fp32: quantizing them costs accuracy and saves no time). The graph-level step of
+    :func:`quantize_int8`, which adds the folder, the checks and the manifest.
+
+    Example:
+        >>> quantize_graph(Path("demo-onnx/model.onnx"), Path("int8.onnx"))  # doctest: +SKIP
+    """
     try:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -33,7 +33,7 @@ def rewritten_export(
     source's own value (at most that far from the chain it came from).
 
     Example:
-        >>> rewritten_export("demo-onnx", "demo-int8", rewrite=_quantize, check=_fp32_only, weights=lambda _: "int8",
+        >>> rewritten_export("demo-onnx", "demo-int8", rewrite=quantize_graph, check=_fp32_only, weights=lambda _: "int8",
         ...                  step=INT8_STEP, adds_up=False).weights  # doctest: +SKIP
         'int8'
     """
