@@ -19,7 +19,7 @@ from finechain.errors import FinechainError
 from finechain.export.onnx import _plain_attention, export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, read_export_manifest
+from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, OnnxRunner, read_export_manifest
 from tests.conftest import run_cli as cli
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
@@ -134,6 +134,25 @@ def test_a_graph_per_task_answers_like_the_chain_and_rows_run_only_their_tasks(e
     with pytest.raises(FinechainError, match=r"tasks/ner\.onnx is missing") as error:
         ExportedChain(out)
     assert "\n" not in str(error.value)
+
+
+def test_an_exported_engine_cuts_batches_by_its_threads(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread: a session call costs ~5 tokens, so mixed lengths are cut finely; more threads: ~30, fewer, larger
+    calls (small ones leave threads idle). The answers are the same either way."""
+    texts = [" ".join(["word"] * n) for n in (1, 2, 3, 5, 8, 13, 21, 30)] * 2
+    calls: list[int] = []
+    run = OnnxRunner.run
+    monkeypatch.setattr(OnnxRunner, "run", lambda self, ids, *a, **k: calls.append(len(ids)) or run(self, ids, *a, **k))
+    answers, made = [], []
+    for threads in (1, 2):
+        chain = ExportedChain(exported, threads=threads)
+        assert (chain.threads, chain.runner().pass_tokens) == (threads, 5.0 if threads == 1 else 30.0)
+        calls.clear()
+        answers.append([v for p in Engine(chain).predict(texts, ["sentiment"]) for v in p["sentiment"].scores.values()])
+        assert sum(calls) == len(texts)  # each text once
+        made.append(len(calls))
+    assert made[1] < made[0]  # two threads: fewer, larger calls
+    assert answers[0] == pytest.approx(answers[1], abs=1e-5)
 
 
 def test_export_of_chosen_tasks_and_its_checks(tmp_path: Path) -> None:

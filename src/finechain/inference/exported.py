@@ -172,16 +172,17 @@ class ExportedChain:
             except (KeyError, TypeError, ValidationError) as error:
                 fix = "export the chain again"
                 raise ArtifactError(f"flows.{i}: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix=fix) from None
-        self.session = _session(self.directory / self.manifest.graph, threads, providers)
+        self.threads = threads or len(os.sched_getaffinity(0))  # ONNX Runtime's intra-op threads per session
+        self.session = _session(self.directory / self.manifest.graph, self.threads, providers)
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
         self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
-            name: _session(self.directory / task.graph, threads, providers) for name, task in self.manifest.tasks.items() if task.graph
+            name: _session(self.directory / task.graph, self.threads, providers) for name, task in self.manifest.tasks.items() if task.graph
         }
         embeddings = self.manifest.embeddings
         self.embedding_session = None  # exported with sentence embeddings: their session (the only one without tasks)
         if embeddings:
             self.embedding_session = (
-                self.session if embeddings == self.manifest.graph else _session(self.directory / embeddings, threads, providers)
+                self.session if embeddings == self.manifest.graph else _session(self.directory / embeddings, self.threads, providers)
             )
 
     @property
@@ -210,13 +211,18 @@ class ExportedChain:
 class OnnxRunner:
     """Runs padded token batches through the exported graph: every requested task's output in one session call."""
 
-    # what one more session call costs, in tokens computed: ~1.9 ms vs 0.35 ms per padded token for the four-task
-    # chain on one thread (`python -m benchmarks pass-cost --backend onnx`); PyTorch's is ~40 (data.tokens)
-    pass_tokens = 5.0
     packs = False  # the graph takes padded batches
 
     def __init__(self, chain: ExportedChain) -> None:
         self.chain = chain
+
+    @property
+    def pass_tokens(self) -> float:
+        """What one more session call costs, in tokens computed (how the engine cuts a batch of mixed lengths): ~5 on
+        one thread (1.9 ms vs 0.35 ms per padded token for the four-task chain, `python -m benchmarks pass-cost
+        --backend onnx`), ~30 on more, where a small call leaves the other threads little to share (fits of 33 for
+        fp32 and 18-45 for int8 on two threads); PyTorch's is ~40 (data.tokens)."""
+        return 5.0 if self.chain.threads == 1 else 30.0
 
     @property
     def device_type(self) -> str:
