@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import export, few_shot, mixing, sharing, split_sweep, train
+from benchmarks import export, few_shot, kernels, mixing, sharing, split_sweep, train
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,9 @@ from benchmarks import export, few_shot, mixing, sharing, split_sweep, train
             "'3+1/0/1': give one branch depth, or one per task (sst2/agnews/banking77/conll2003) (e.g. 3+1, 3+1h1 with hidden"
             " states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch layers per task)",
         ),
+        (export.main, ["--rounds", "0"], "--rounds must be at least 1"),
+        (kernels.main, ["--rows", "32,0"], "--rows and --threads must be at least 1, --seconds above 0"),
+        (kernels.main, ["--rows", "32,many"], "'32,many' is not a comma-separated list of int values"),
         (
             few_shot.main,
             ["--variants", "plain,setfit"],
