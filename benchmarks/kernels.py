@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import BACKBONE, Recorder, comma_list
+from benchmarks.common import BACKBONE, Recorder, comma_list, timed
 from finechain.export.quantize import quantize_graph
+from finechain.inference.exported import onnx_session
 from finechain.model.backbone import resolve_backbone
 
 RUNTIMES = ["PyTorch fp32", "PyTorch bf16", "ONNX Runtime fp32", "ONNX Runtime int8"]
@@ -49,13 +49,8 @@ def layer_products(hidden: int, feed_forward: int) -> list[tuple[int, int, int]]
 
 def per_second(call: Callable[[], object], seconds: float) -> float:
     """Calls per second of ``call``: the median call time over at least ``seconds`` (and at least 5 calls)."""
-    call()
-    times: list[float] = []
-    while len(times) < 5 or sum(times) < seconds:
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1.0 / statistics.median(times)
+    once = timed(call, 1)
+    return 1.0 / timed(call, max(5, math.ceil(seconds / max(once, 1e-9))))
 
 
 def relative_error(result: object, exact: np.ndarray) -> float:
@@ -73,7 +68,6 @@ def relative_error(result: object, exact: np.ndarray) -> float:
 def onnx_product(weight: np.ndarray, folder: Path, int8: bool, threads: int) -> Callable[[np.ndarray], object]:
     """``x @ weight`` as a one-MatMul ONNX graph in an ONNX Runtime session (int8: quantized as ``compress --int8``)."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     inputs, outputs = weight.shape
@@ -90,11 +84,7 @@ def onnx_product(weight: np.ndarray, folder: Path, int8: bool, threads: int) -> 
         quantized = path.with_suffix(".int8.onnx")
         quantize_graph(path, quantized)
         path = quantized
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     return lambda x: session.run(["y"], {"x": x})
 
 

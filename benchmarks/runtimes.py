@@ -32,7 +32,7 @@ from finechain import Chain, TrainingConfig
 from finechain.data.tokens import pad_rows
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
-from finechain.inference.exported import ExportedChain
+from finechain.inference.exported import ExportedChain, onnx_session
 from finechain.spec import JointConfig
 
 Batch = tuple[np.ndarray, np.ndarray]
@@ -103,14 +103,8 @@ def sdpa_as_traced() -> Any:
 
 
 def onnx_runtime(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
-    """Every output of ``graph`` for a batch, by an ONNX Runtime session (all graph optimisations, ``threads``)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    """Every output of ``graph`` for a batch, by an ONNX Runtime session as finechain's backend makes one (``threads``)."""
+    session = onnx_session(graph, threads)
     names = [o.name for o in session.get_outputs()]
     return lambda ids, mask: session.run(names, {"input_ids": ids, "attention_mask": mask})
 

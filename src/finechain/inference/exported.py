@@ -173,16 +173,18 @@ class ExportedChain:
                 fix = "export the chain again"
                 raise ArtifactError(f"flows.{i}: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix=fix) from None
         self.threads = threads or len(os.sched_getaffinity(0))  # ONNX Runtime's intra-op threads per session
-        self.session = _session(self.directory / self.manifest.graph, self.threads, providers)
+        self.session = onnx_session(self.directory / self.manifest.graph, self.threads, providers)
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
         self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
-            name: _session(self.directory / task.graph, self.threads, providers) for name, task in self.manifest.tasks.items() if task.graph
+            name: onnx_session(self.directory / task.graph, self.threads, providers)
+            for name, task in self.manifest.tasks.items()
+            if task.graph
         }
         embeddings = self.manifest.embeddings
         self.embedding_session = None  # exported with sentence embeddings: their session (the only one without tasks)
         if embeddings:
             self.embedding_session = (
-                self.session if embeddings == self.manifest.graph else _session(self.directory / embeddings, self.threads, providers)
+                self.session if embeddings == self.manifest.graph else onnx_session(self.directory / embeddings, self.threads, providers)
             )
 
     @property
@@ -327,15 +329,22 @@ def _feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.nd
     return {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
 
 
-def _session(path: Path, threads: int | None, providers: Sequence[str] | None) -> Any:
-    """An ONNX Runtime inference session over ``path``, all graph optimisations on."""
+def onnx_session(path: Path, threads: int, providers: Sequence[str] | None = None) -> Any:
+    """An ONNX Runtime inference session over ``path`` as an exported chain runs its graphs: all graph optimisations on,
+    ``threads`` intra-op threads, one inter-op thread, only errors logged; a graph that cannot be loaded is an
+    :class:`ArtifactError`.
+
+    Example:
+        >>> onnx_session(Path("demo-onnx/model.onnx"), threads=2).get_outputs()[0].name  # doctest: +SKIP
+        'intent'
+    """
     try:
         import onnxruntime as ort
     except ImportError:
         raise FinechainError("onnxruntime is not installed", fix="pip install onnxruntime") from None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about initializers on stdout
     try:
