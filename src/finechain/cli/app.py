@@ -220,22 +220,26 @@ def evaluate(
     task: Annotated[str | None, typer.Option("--task", "-t", help="task to evaluate")] = None,
     flow: Annotated[str | None, typer.Option("--flow", help="evaluate this flow end to end instead (per stage + exact match)")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
+    runtime: Annotated[
+        str, typer.Option(help="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino")
+    ] = "auto",
 ) -> None:
     """Score TASK on a labelled file and write JSON/Markdown/PNG reports; or a whole flow (--flow): each stage on the
     texts that reached it, and the share of texts where every stage was right."""
     from finechain.jobs.evaluation import evaluate_file, evaluate_flow
 
+    _check_runtime(runtime)
     if (task is None) == (flow is None):
         raise FinechainError("give --task or --flow", fix="e.g. --task intent, or --flow assistant")
     if flow is not None:
-        scores = evaluate_flow(chain_dir, flow, data)
+        scores = evaluate_flow(chain_dir, flow, data, runtime=runtime)
         rows = [(name, data.name, stage) for name, stage in scores["stages"].items()]
         rows.append(("end to end", data.name, {"exact_match": scores["exact_match"], "n": scores["n"]}))
         out.print(_metrics_table(f"flow {flow} on {data!s}", rows))
         return
     assert task is not None
 
-    scores, paths = evaluate_file(chain_dir, task, data, report_dir)
+    scores, paths = evaluate_file(chain_dir, task, data, report_dir, runtime=runtime)
     out.print(_metrics_table(f"{task} on {data!s}", [(task, data.name, scores)]))
     for path in paths:
         out.print(f"report: {path}")
@@ -263,9 +267,12 @@ def predict(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32, bf16 or fp16")
     ] = "auto",
+    runtime: Annotated[
+        str, typer.Option(help="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino")
+    ] = "auto",
 ) -> None:
     """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL. CHAIN_DIR may also be an
-    exported folder (finechain export / compress): it then runs with ONNX Runtime, without PyTorch."""
+    exported folder (finechain export / compress): it then runs with ONNX Runtime (or OpenVINO), without PyTorch."""
     from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
     from finechain.data.readers import read_texts
     from finechain.inference.exported import is_exported
@@ -276,6 +283,7 @@ def predict(
     choices = get_args(Precision)
     if precision not in choices:
         raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
+    _check_runtime(runtime)
     exported = is_exported(chain_dir)
     if flow is not None and task:
         raise FinechainError("--flow runs every task its stages name", fix="drop --task, or drop --flow")
@@ -306,14 +314,14 @@ def predict(
     if flow is not None:
         from finechain.flows.flow import saved_flow
 
-        engine, flows = _engine(chain_dir, exported, device, precision, batch_size, threads)
+        engine, flows = _engine(chain_dir, exported, device, precision, batch_size, threads, runtime)
         runner = saved_flow(flow, flows, engine, chain_dir, _stage_engine)  # an unknown flow fails before any work
 
         def lines(part: list[Any]) -> list[str]:
             return [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in runner.run(part)]
 
     else:
-        engine, _ = _engine(chain_dir, exported, device, precision, batch_size, threads)
+        engine, _ = _engine(chain_dir, exported, device, precision, batch_size, threads, runtime)
         tasks = engine.model.task_names(task)  # an unknown --task fails before any work
         if not tasks:  # e.g. an export of the backbone's sentence embeddings alone
             raise FinechainError(f"{chain_dir} has no tasks to predict", fix="train a task into it first, or embed with Engine.embed")
@@ -343,21 +351,29 @@ def predict(
 
 
 def _engine(
-    chain_dir: Path, exported: bool, device: str, precision: str, batch_size: int, threads: int | None
+    chain_dir: Path, exported: bool, device: str, precision: str, batch_size: int, threads: int | None, runtime: str = "auto"
 ) -> tuple[Any, dict[str, Any]]:
-    """The inference engine over a chain folder (PyTorch) or an exported one (ONNX Runtime, no PyTorch imported), and
-    the chain's flows by name."""
+    """The inference engine over a chain folder (PyTorch) or an exported one (ONNX Runtime or OpenVINO, no PyTorch
+    imported), and the chain's flows by name."""
     from finechain.inference import Engine
 
     if exported:
         from finechain.inference.exported import ExportedChain
 
-        model = ExportedChain(chain_dir, threads=threads)
+        model = ExportedChain(chain_dir, threads=threads, runtime=runtime)
         return Engine(model, precision, batch_size), model.flows
     from finechain import Chain
 
     chain = Chain.from_pretrained(chain_dir, device=device)
     return Engine(chain.model, precision, batch_size), chain.flows
+
+
+def _check_runtime(runtime: str) -> None:
+    """A bad ``--runtime`` fails before any work, whatever the folder."""
+    from finechain.inference.exported import RUNTIMES
+
+    if runtime not in ("auto", *RUNTIMES):
+        raise FinechainError(f"unknown runtime '{runtime}'", fix=f"use auto, {', '.join(RUNTIMES)}", field="--runtime")
 
 
 def _stage_engine(folder: Path) -> Any:
@@ -407,6 +423,9 @@ def serve(
         int | None, typer.Option(help="CPU threads of each process's model (default: the cores shared out among the workers)")
     ] = None,
     reload_check_s: Annotated[float, typer.Option(help="how often to look for a new version of the chain folder (0: never)")] = 2.0,
+    runtime: Annotated[
+        str, typer.Option(help="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino")
+    ] = "auto",
     no_access_log: Annotated[bool, typer.Option("--no-access-log", help="no JSON line per request")] = False,
 ) -> None:
     """Serve a chain over REST (and gRPC), batching texts from many clients into shared passes; a page to try it at /."""
@@ -424,6 +443,7 @@ def serve(
         max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_ms=timeout_ms,
         max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, api_key=key, cors_origins=cors_origin or [],
         precision=precision, device=device, threads=threads, reload_check_s=reload_check_s, access_log=not no_access_log,
+        runtime=runtime,
     )  # fmt: skip
     try:
         settings = ServeSettings(**options)
@@ -479,6 +499,14 @@ def compress(
     int8: Annotated[
         bool | None, typer.Option("--int8/--no-int8", help="int8 weights (ONNX Runtime); the default without --trunk-layers or --fp16")
     ] = None,
+    static: Annotated[
+        bool,
+        typer.Option(
+            "--static",
+            help="static int8 (implies --int8): activation ranges calibrated on the tasks' training texts (or --texts) by NNCF, "
+            "for OpenVINO (pip install finechain[openvino])",
+        ),
+    ] = False,
     fp16: Annotated[
         bool, typer.Option("--fp16", help="store the exported weights as fp16 (half the size; computed in fp32), after --int8 if given")
     ] = False,
@@ -494,7 +522,10 @@ def compress(
         ),
     ] = None,
     texts_file: Annotated[
-        Path | None, typer.Option("--texts", help="unlabelled texts to distil on as well (.txt a line each, .csv/.tsv/.jsonl text)")
+        Path | None,
+        typer.Option(
+            "--texts", help="unlabelled texts to distil on as well, and to calibrate --static on (.txt a line each, .csv/.tsv/.jsonl text)"
+        ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, max=1000, help="distillation epochs")] = 3,
     temperature: Annotated[float, typer.Option(min=0.01, help="softening of the teacher's outputs")] = 2.0,
@@ -507,8 +538,8 @@ def compress(
 ) -> None:
     """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers), each started from one of the
     chain's layers and trained on its outputs over the tasks' training texts (and --texts); and/or int8 weights
-    (ONNX Runtime dynamic quantization, an exported folder); and/or fp16 storage of the exported weights (--fp16).
-    The manifest records each step."""
+    (ONNX Runtime dynamic quantization, or with --static NNCF's calibrated quantization for OpenVINO; an exported
+    folder); and/or fp16 storage of the exported weights (--fp16). The manifest records each step."""
     from finechain.data.readers import read_texts
     from finechain.export.compression import compress_chain
 
@@ -521,7 +552,8 @@ def compress(
         branch_layers=every,
         task_branch_layers=per_task,
         texts=texts,
-        int8=int8 if int8 is not None else trunk_layers is None and branch_layers is None and not fp16,
+        int8=int8 if int8 is not None else static or (trunk_layers is None and branch_layers is None and not fp16),
+        static=static,
         fp16=fp16,
         overwrite=overwrite,
         progress=not quiet,
@@ -619,6 +651,8 @@ def _exported_info(folder: Path) -> None:
         soft_wrap=True,
     )
     out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}")
+    if manifest.runtime != "onnxruntime":
+        out.print(f"made for {manifest.runtime} (runtime auto picks it where it is installed)")
     if manifest.embeddings:
         diff = "-" if manifest.embeddings_max_abs_diff is None else f"{manifest.embeddings_max_abs_diff:.2g}"
         out.print(f"sentence embeddings: {manifest.embeddings} ({manifest.embedding_size} values; largest difference {diff})")

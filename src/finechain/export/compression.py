@@ -35,6 +35,7 @@ def compress_chain(
     task_branch_layers: Mapping[str, int] | None = None,
     texts: list[str] | None = None,
     int8: bool = True,
+    static: bool = False,
     fp16: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -43,18 +44,21 @@ def compress_chain(
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
     ``task_branch_layers``, which win) a distilled student chain (a chain folder, or with ``int8`` / ``fp16`` its
     export with int8 weights / fp16 storage; branch layers alone keep every trunk layer, a task left out of both keeps
-    its branch), else the export of ``source`` with int8 weights and/or fp16 storage. Nothing is left at ``out``
-    unless every step worked.
+    its branch), else the export of ``source`` with int8 weights and/or fp16 storage. With ``static`` the int8 step is
+    static (NNCF, calibrated on ``texts`` or on the tasks' training texts; made for OpenVINO) instead of dynamic
+    (ONNX Runtime). Nothing is left at ``out`` unless every step worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
         >>> lean = {"trunk_layers": 3, "branch_layers": 0, "task_branch_layers": {"intent": 1}}
         >>> compress_chain(Path("my-chain"), Path("my-chain-lean"), **lean)  # doctest: +SKIP
     """
+    if static and not int8:
+        raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
     if trunk_layers is None and branch_layers is None and not task_branch_layers:
         if not int8 and not fp16:
             raise FinechainError("nothing to do", fix="pass --int8, --fp16, --trunk-layers N and/or --branch-layers N")
-        manifest = _weights(source, out, int8=int8, fp16=fp16, overwrite=overwrite)
+        manifest = _weights(source, out, int8=int8, static=static, fp16=fp16, overwrite=overwrite, texts=texts)
         rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
         return Compressed(manifest.steps, rows)
     if is_exported(source):
@@ -87,20 +91,27 @@ def compress_chain(
         return Compressed(steps, rows)
     with _staging(out, "student") as staging:
         student.save_pretrained(staging / "chain")
-        manifest = _weights(staging / "chain", out, int8=int8, fp16=fp16, overwrite=overwrite)
+        manifest = _weights(staging / "chain", out, int8=int8, static=static, fp16=fp16, overwrite=overwrite, texts=texts)
     return Compressed(manifest.steps, rows)
 
 
-def _weights(source: Path, out: Path, *, int8: bool, fp16: bool, overwrite: bool) -> ExportManifest:
-    """The export of ``source`` (a chain or an exported folder) with int8 weights, fp16 storage, or both, at ``out``."""
+def _weights(source: Path, out: Path, *, int8: bool, static: bool, fp16: bool, overwrite: bool, texts: list[str] | None) -> ExportManifest:
+    """The export of ``source`` (a chain or an exported folder) with int8 weights (dynamic, or ``static``: calibrated
+    on ``texts`` or the training texts), fp16 storage, or both, at ``out``."""
     from finechain.export.half import store_fp16
     from finechain.export.quantize import quantize_int8
+    from finechain.export.static_int8 import quantize_static_int8
+
+    def quantize(into: Path, overwrite: bool = False) -> ExportManifest:
+        if static:
+            return quantize_static_int8(source, into, texts=texts or None, overwrite=overwrite)
+        return quantize_int8(source, into, overwrite=overwrite)
 
     if not (int8 and fp16):
-        return quantize_int8(source, out, overwrite=overwrite) if int8 else store_fp16(source, out, overwrite=overwrite)
+        return quantize(out, overwrite) if int8 else store_fp16(source, out, overwrite=overwrite)
     refuse_existing(out, overwrite)
     with _staging(out, "int8") as staging:
-        quantize_int8(source, staging / "int8")
+        quantize(staging / "int8")
         return store_fp16(staging / "int8", out, overwrite=overwrite)
 
 

@@ -24,11 +24,16 @@ def quantize_int8(source: str | Path, out: str | Path, overwrite: bool = False) 
         'int8'
     """
     return rewritten_export(
-        source, out, rewrite=quantize_graph, check=_fp32_only, weights=lambda _: "int8", step=INT8_STEP, adds_up=False, overwrite=overwrite
+        source, out, rewrite=quantize_graph, check=fp32_only, weights=lambda _: "int8", step=INT8_STEP, adds_up=False, overwrite=overwrite
     )
 
 
-def _fp32_only(source: Path, weights: str) -> None:
+def fp32_only(source: Path, weights: str) -> None:
+    """Quantization starts from fp32 weights: anything else is a :class:`FinechainError`.
+
+    Example:
+        >>> fp32_only(Path("demo-onnx"), "fp32")
+    """
     if weights != "fp32":
         raise FinechainError(f"{source} already has {weights} weights", fix="quantize the fp32 export")
 

@@ -25,17 +25,19 @@ def rewritten_export(
     step: str,
     adds_up: bool,
     overwrite: bool = False,
+    runtime: str | None = None,
 ) -> ExportManifest:
     """Write ``source`` (an exported folder; a chain folder is exported first) at ``out`` with each of its graphs passed
-    through ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
-    weights; the manifest gets ``weights(old weights)`` and ``step``. Each task's ``max_abs_diff`` becomes the largest
-    change of its outputs against the source graph on sample texts, or with ``adds_up`` that change added to the
-    source's own value (at most that far from the chain it came from).
+        through ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
+        weights; the manifest gets ``weights(old weights)`` and ``step``. Each task's ``max_abs_diff`` becomes the largest
+        change of its outputs against the source graph on sample texts, or with ``adds_up`` that change added to the
+        source's own value (at most that far from the chain it came from). ``runtime`` (when given) becomes the runtime the
+    new graphs are made for, checked with.
 
-    Example:
-        >>> rewritten_export("demo-onnx", "demo-int8", rewrite=quantize_graph, check=_fp32_only, weights=lambda _: "int8",
-        ...                  step=INT8_STEP, adds_up=False).weights  # doctest: +SKIP
-        'int8'
+        Example:
+            >>> rewritten_export("demo-onnx", "demo-int8", rewrite=quantize_graph, check=fp32_only, weights=lambda _: "int8",
+            ...                  step=INT8_STEP, adds_up=False).weights  # doctest: +SKIP
+            'int8'
     """
     source = Path(source)
     with building_folder(out, overwrite) as target:
@@ -53,6 +55,8 @@ def rewritten_export(
             rewrite(before / graph, target / graph)
         flows_json = rebased_json([FlowSpec.model_validate(f) for f in manifest.flows], before, out)  # other chains named from out
         update = {"weights": weights(manifest.weights), "steps": [*manifest.steps, step], "flows": flows_json}
+        if runtime is not None and runtime != manifest.runtime:
+            update |= {"runtime": runtime, "format": max(manifest.format, 4)}  # older readers would run it on the wrong runtime
         manifest = manifest.model_copy(update=update, deep=True)
         write_json(target / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         names = list(manifest.tasks)

@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,8 +35,10 @@ from finechain.spec.flows import FlowSpec
 from finechain.version import __version__
 
 EXPORT_MANIFEST = "finechain-export.json"
-# the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task, 3 = either with sentence embeddings
-EXPORT_FORMAT = 3
+# the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task, 3 = either with sentence embeddings,
+# 4 = any of them with the runtime its graphs are made for (static int8: OpenVINO)
+EXPORT_FORMAT = 4
+RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported chain's graphs (ExportedChain's ``runtime``)
 GRAPH = "model.onnx"
 TRUNK_GRAPH = "trunk.onnx"
 EMBEDDINGS_GRAPH = "embeddings.onnx"
@@ -85,7 +87,8 @@ class ExportManifest(BaseModel):
     graph: str = GRAPH  # the graph that reads token ids: every task's outputs, or the trunk's (see trunk_outputs)
     trunk_outputs: list[str] = Field(default_factory=list)  # a graph per task: what the trunk graph returns
     tokenizer: str = TOKENIZER
-    weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization)
+    weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization), int8-static (calibrated), int8-fp16, int8-static-fp16
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"  # the runtime the graphs run fastest on (runtime "auto" picks it)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows whose tasks were all exported
     embeddings: str | None = None  # the sentence-embedding graph (export --embeddings); None: not exported
@@ -139,7 +142,10 @@ class ExportedTaskView:
 class ExportedChain:
     """An exported folder, loaded: tokenizer, heads and an ONNX Runtime session.
 
-    ``threads`` sets ONNX Runtime's intra-op threads (default: one per core).
+    ``threads`` sets the runtime's threads per graph (default: one per core). ``runtime`` picks what runs the graphs:
+    ``onnxruntime``, ``openvino`` (``pip install openvino``; on CPUs with native bf16 it computes fp32 graphs in bf16),
+    or ``auto``: the one the folder's graphs were made for (``openvino`` after ``finechain compress --int8 --static``,
+    else ``onnxruntime``), falling back to ONNX Runtime where OpenVINO is not installed.
 
     Example:
         >>> from finechain.inference import Engine
@@ -148,9 +154,12 @@ class ExportedChain:
         'card_arrival'
     """
 
-    def __init__(self, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None, runtime: str = "auto"
+    ) -> None:
         self.directory = Path(directory)
         self.manifest = read_export_manifest(self.directory)
+        self.runtime = resolve_runtime(runtime, self.manifest)
         for name in [*graph_files(self.manifest), self.manifest.tokenizer]:
             if not (self.directory / name).is_file():
                 raise ArtifactError(f"{name} is missing", file=self.directory, fix="export the chain again")
@@ -172,20 +181,24 @@ class ExportedChain:
             except (KeyError, TypeError, ValidationError) as error:
                 fix = "export the chain again"
                 raise ArtifactError(f"flows.{i}: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix=fix) from None
-        self.threads = threads or len(os.sched_getaffinity(0))  # ONNX Runtime's intra-op threads per session
-        self.session = onnx_session(self.directory / self.manifest.graph, self.threads, providers)
+        self.threads = threads or len(os.sched_getaffinity(0))  # the runtime's threads per session
+        self.session = self._session(self.manifest.graph, providers)
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
         self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
-            name: onnx_session(self.directory / task.graph, self.threads, providers)
-            for name, task in self.manifest.tasks.items()
-            if task.graph
+            name: self._session(task.graph, providers) for name, task in self.manifest.tasks.items() if task.graph
         }
         embeddings = self.manifest.embeddings
         self.embedding_session = None  # exported with sentence embeddings: their session (the only one without tasks)
         if embeddings:
-            self.embedding_session = (
-                self.session if embeddings == self.manifest.graph else onnx_session(self.directory / embeddings, self.threads, providers)
-            )
+            self.embedding_session = self.session if embeddings == self.manifest.graph else self._session(embeddings, providers)
+
+    def _session(self, graph: str, providers: Sequence[str] | None) -> Any:
+        """A session over one of the folder's graphs, by this chain's runtime."""
+        if self.runtime == "openvino":
+            from finechain.inference.openvino_session import OpenVinoSession
+
+            return OpenVinoSession(self.directory / graph, self.threads)
+        return onnx_session(self.directory / graph, self.threads, providers)
 
     @property
     def embedding_size(self) -> int:
@@ -310,6 +323,23 @@ class OnnxRunner:
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
+
+
+def resolve_runtime(runtime: str, manifest: ExportManifest) -> str:
+    """The runtime that will run an exported chain: ``runtime`` itself, or for ``auto`` the one its graphs were made
+    for (``manifest.runtime``) where that is installed, else ONNX Runtime; an unknown name is a :class:`FinechainError`.
+
+    Example:
+        >>> resolve_runtime("auto", ExportManifest(max_length=8, tasks={}))
+        'onnxruntime'
+    """
+    if runtime == "auto":
+        from finechain.inference.openvino_session import openvino_installed
+
+        return manifest.runtime if manifest.runtime != "openvino" or openvino_installed() else "onnxruntime"
+    if runtime not in RUNTIMES:
+        raise FinechainError(f"unknown runtime '{runtime}'", fix=f"use auto or one of {', '.join(RUNTIMES)}", field="runtime")
+    return runtime
 
 
 def graph_files(manifest: ExportManifest) -> list[str]:

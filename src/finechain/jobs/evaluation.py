@@ -19,11 +19,11 @@ from finechain.spec.flows import FlowSpec
 DATA_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".conll", ".iob", ".bio"}
 
 
-def _open(chain_dir: Path) -> tuple[Engine, dict[str, FlowSpec], dict[str, dict[str, Any] | None]]:
-    """A chain folder (PyTorch) or an exported one (ONNX Runtime): its engine, its flows, and each task's spec as
+def _open(chain_dir: Path, runtime: str = "auto") -> tuple[Engine, dict[str, FlowSpec], dict[str, dict[str, Any] | None]]:
+    """A chain folder (PyTorch) or an exported one (its ``runtime``): its engine, its flows, and each task's spec as
     trained (files are read with its columns)."""
     if is_exported(chain_dir):
-        exported = ExportedChain(chain_dir)
+        exported = ExportedChain(chain_dir, runtime=runtime)
         return Engine(exported), exported.flows, {name: task.spec for name, task in exported.manifest.tasks.items()}
     from finechain.chain import Chain  # PyTorch: imported once the folder's manifest has been read and found sound
 
@@ -36,16 +36,18 @@ def _known_task(task: str, tasks: list[str], chain_dir: Path) -> None:
         raise FinechainError(f"unknown task '{task}'", file=chain_dir, fix=f"this chain has {sorted(tasks)}")
 
 
-def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path | None = None) -> tuple[dict[str, Any], list[Path]]:
+def evaluate_file(
+    chain_dir: Path, task: str, data_path: Path, report_dir: Path | None = None, runtime: str = "auto"
+) -> tuple[dict[str, Any], list[Path]]:
     """Score a saved task on a labelled file (read with the task's own columns) and write reports. ``chain_dir`` may be
-    an exported folder (ONNX Runtime).
+    an exported folder (run by ``runtime``: auto, onnxruntime or openvino).
 
     Example:
         >>> scores, paths = evaluate_file(Path("my-chain"), "intent", Path("test.csv"))  # doctest: +SKIP
     """
     if not is_exported(chain_dir):  # a damaged manifest or an unknown task fails here, before PyTorch loads
         _known_task(task, list(read_manifest(chain_dir).tasks), chain_dir)
-    engine, _, specs = _open(chain_dir)
+    engine, _, specs = _open(chain_dir, runtime)
     _known_task(task, list(engine.model.tasks), chain_dir)
     head = engine.model.tasks[task].head
     spec = TaskSpec.model_validate(specs.get(task) or {"name": task, "type": head.type_name})
@@ -57,7 +59,7 @@ def evaluate_file(chain_dir: Path, task: str, data_path: Path, report_dir: Path 
     return scores, paths
 
 
-def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path) -> dict[str, Any]:
+def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str = "auto") -> dict[str, Any]:
     """Score a chain's flow on a labelled file: each stage that reads the text is read with its task's own columns
     and scored on the texts that reached it (its head's metrics, ``n`` = how many reached it); ``exact_match`` is the
     share of texts where every such stage was right (a stage routed away counts as right only where its gold says
@@ -67,7 +69,7 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path) -> dict[str,
         >>> evaluate_flow(Path("snips-chain"), "assistant", Path("test.jsonl"))["exact_match"]  # doctest: +SKIP
         0.88
     """
-    engine, flows, specs = _open(chain_dir)
+    engine, flows, specs = _open(chain_dir, runtime)
     from finechain.chain import open_engine
 
     flow = saved_flow(flow_name, flows, engine, chain_dir, open_engine)

@@ -109,11 +109,11 @@ class ChainService:
         """Load the folder's chain and run one text through it (first-call costs paid before the first request)."""
         folder = self.settings.chain
         version = _version(folder)
-        if is_exported(folder):  # ONNX Runtime
-            exported = ExportedChain(folder, threads=self.settings.threads_per_process)
+        if is_exported(folder):  # ONNX Runtime or OpenVINO
+            exported = ExportedChain(folder, threads=self.settings.threads_per_process, runtime=self.settings.runtime)
             manifest = exported.manifest
             about = {"backbone": manifest.backbone, "split": manifest.split, "layers": manifest.layers, "max_length": manifest.max_length}
-            about["backend"] = f"onnxruntime ({manifest.weights})"
+            about["backend"] = f"{exported.runtime} ({manifest.weights})"
             about["threads"] = self.settings.threads_per_process
             records = {name: (task.metric, task.metrics) for name, task in manifest.tasks.items()}
             engine = Engine(exported, precision=self.settings.precision, batch_size=self.settings.max_batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +38,9 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list, description="origins a browser page may call from (* for any)")
     precision: Precision = "auto"
     device: str = "auto"
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto", description="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino"
+    )
     threads: int | None = Field(
         None, ge=1, description="CPU threads of each process's model, PyTorch or ONNX Runtime (default: cores shared out among workers)"
     )
