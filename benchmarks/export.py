@@ -1,6 +1,7 @@
 """Export and compression: the sharing benchmark's four-task chain (joint trunk, split 4) run by PyTorch (fp32 and the
 machine's default precision), by ONNX Runtime from ``finechain export`` (fp32) and from ``finechain compress`` (int8,
-fp16 storage, both):
+fp16 storage, both), and by OpenVINO (the fp32 export, which it computes in bf16 on CPUs with native bf16, and
+``finechain compress --int8 --static``: int8 calibrated on 300 training texts by NNCF; ``--no-openvino`` leaves them out):
 per task the metric, per variant the artifact size, CPU throughput at batch 1 and 32 and latency at batch 1.
 
     python -m benchmarks export [--quick] [--train-examples 2000] [--epochs 3] [--eval-limit 1000] [--students 3+1,2+1]
@@ -33,6 +34,7 @@ from finechain.data.prepare import TaskData, load_task_data, read_split
 from finechain.export.half import store_fp16
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
+from finechain.export.static_int8 import quantize_static_int8
 from finechain.heads import head_type
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--students", default="3+1,2+1", help="students to distil: trunk+branch layers, comma-separated ('' for none)")
     parser.add_argument("--rounds", type=int, default=3, help="speed rounds, every variant in turn each round; the best counts")
     parser.add_argument("--keep", action="store_true", help="keep the folders written (default: removed at the end)")
+    parser.add_argument("--no-openvino", action="store_true", help="no OpenVINO variants (the fp32 export run by OpenVINO, static int8)")
     parser.add_argument("--output", default=None, help="results name (default export, or export_quick)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     quantize_int8(work / "onnx", work / "int8")
     store_fp16(work / "onnx", work / "half")
     store_fp16(work / "int8", work / "int8-half")
+    openvino = not args.no_openvino
+    if openvino:  # calibrated on the tasks' training files, as compress --int8 --static does by default
+        quantize_static_int8(work / "onnx", work / "static")
     students = {}
     for shape, (trunk_layers, branch_layers, hidden, _) in shapes.items():
         started = time.perf_counter()
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         folder = work / f"student-{shape}"
         student.save_pretrained(folder)
         quantize_int8(folder, work / f"student-{shape}-int8")
+        if openvino:
+            quantize_static_int8(folder, work / f"student-{shape}-static")
         students[shape] = (student, folder, seconds)
         print(f"student {shape}: distilled in {seconds:.0f} s", flush=True)
     pool = [
@@ -203,11 +211,20 @@ def main(argv: list[str] | None = None) -> None:
             folder_mb(work / "int8-half"),
         ),
     }
+    if openvino:
+        variants["OpenVINO, the fp32 export (finechain predict --runtime openvino)"] = (
+            Engine(ExportedChain(work / "onnx", runtime="openvino")),
+            folder_mb(work / "onnx"),
+        )
+        variants["OpenVINO static int8 (compress --int8 --static)"] = (Engine(ExportedChain(work / "static")), folder_mb(work / "static"))
     for shape, (student, folder, seconds) in students.items():
         name = student_name(shape)
         variants[f"{name}, PyTorch fp32"] = (Engine(student.model, precision="fp32"), folder_mb(folder))
         int8_folder = Path(f"{folder}-int8")
         variants[f"{name}, ONNX Runtime int8"] = (Engine(ExportedChain(int8_folder)), folder_mb(int8_folder))
+        if openvino:
+            static_folder = Path(f"{folder}-static")
+            variants[f"{name}, OpenVINO static int8"] = (Engine(ExportedChain(static_folder)), folder_mb(static_folder))
         rec.add("all four", "finechain", f"{name}, PyTorch fp32", "train_seconds", seconds, "s to distil (all four tasks)")
     for variant, (engine, size) in variants.items():
         for name in METRIC:

@@ -1,7 +1,8 @@
 """ONNX runtimes on this CPU: the sharing benchmark's four-task chain, exported (``finechain export``), run by ONNX
 Runtime (finechain's backend) and by OpenVINO on the same graphs: fp32, ONNX Runtime's dynamic int8 (``finechain
-compress --int8``) and static int8 (QDQ, activations calibrated on training texts). Whether OpenVINO or static
-quantization would make a faster backend on this machine. Next to them, fp32 and dynamic int8 graphs traced with
+compress --int8``), static int8 (ONNX Runtime's QDQ quantizer, activations calibrated on training texts) and, where
+NNCF is installed, static int8 as ``finechain compress --int8 --static`` makes it (NNCF, OpenVINO's quantizer). Whether
+OpenVINO or static quantization would make a faster backend on this machine. Next to them, fp32 and dynamic int8 graphs traced with
 PyTorch's fused attention (SDPA, as ``finechain export`` wrote graphs before it traced plain attention), to measure
 what the plain form gains.
 
@@ -32,6 +33,7 @@ from finechain import Chain, TrainingConfig
 from finechain.data.tokens import pad_rows
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
+from finechain.export.static_int8 import quantize_static_int8
 from finechain.inference.exported import ExportedChain, onnx_session
 from finechain.spec import JointConfig
 
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib.util
 
     has_openvino = importlib.util.find_spec("openvino") is not None
+    has_nncf = importlib.util.find_spec("nncf") is not None
     if not has_openvino and not args.quick:
         parser.error("OpenVINO is not installed: pip install openvino (or run --quick without it)")
     rec = Recorder("runtimes", "cpu")
@@ -154,10 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     calibration = sorted_batches(ids[::4], 16)  # a quarter of the texts, spread over their lengths
     seconds = static_int8(work / "fp32" / "model.onnx", work / "static", calibration)
     rec.add("all four", "finechain", "static int8 (QDQ), calibration", "seconds", seconds, f"s on {len(ids[::4])} texts")
+    if has_nncf:
+        started = time.perf_counter()
+        quantize_static_int8(work / "fp32", work / "nncf", texts=texts[::4])
+        seconds = time.perf_counter() - started
+        unit = f"s on {len(texts[::4])} texts, checks included"
+        rec.add("all four", "finechain", "static int8 (NNCF), calibration", "seconds", seconds, unit)
     graphs = {
         "fp32": work / "fp32",
         "dynamic int8 (finechain compress --int8)": work / "dynamic",
         "static int8 (QDQ, calibrated)": work / "static",
+        **({"static int8 (NNCF, finechain compress --int8 --static)": work / "nncf"} if has_nncf else {}),
         "fp32, attention traced as SDPA (before)": work / "fp32-sdpa",
         "dynamic int8, attention traced as SDPA (before)": work / "dynamic-sdpa",
     }
