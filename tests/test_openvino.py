@@ -171,3 +171,28 @@ def test_cli_compress_static_then_predict_eval_and_bad_options(
     assert code == 2 and "unknown runtime 'tflite'" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="runtime"):
         ServeSettings(chain=tmp_path / "static", runtime="tflite")  # type: ignore[arg-type]
+
+
+def test_the_server_runs_a_static_export_on_openvino(static: Path) -> None:
+    """``finechain serve`` on the static folder: OpenVINO by default (what it was made for), ONNX Runtime when asked;
+    the engine's answers either way."""
+    import httpx
+
+    from tests.test_serve import AUTH, Server, post
+
+    texts = TEXTS[:3]
+    for runtime, backend in (("auto", "openvino (int8 static)"), ("onnxruntime", "onnxruntime (int8 static)")):
+        served = Server(static, "--runtime", runtime)
+        try:
+            answers = post(served, {"texts": texts, "tasks": ["sentiment", "ner"]}).json()["predictions"]
+            about = httpx.get(f"{served.url}/v1/tasks", headers=AUTH).json()
+        finally:
+            served.stop()
+        assert about["model"]["backend"] == backend
+        engine = Engine(ExportedChain(static, runtime=runtime))
+        for mine, theirs in zip(engine.predict(texts, ["sentiment", "ner"]), answers, strict=True):
+            assert mine["sentiment"].label == theirs["sentiment"]["label"]
+            assert mine["sentiment"].score == pytest.approx(theirs["sentiment"]["score"], abs=1e-4)
+            assert [(e.type, e.start, e.end) for e in mine["ner"].entities] == [
+                (e["type"], e["start"], e["end"]) for e in theirs["ner"]["entities"]
+            ]
