@@ -155,6 +155,28 @@ def test_an_exported_engine_cuts_batches_by_its_threads(exported: Path, monkeypa
     assert answers[0] == pytest.approx(answers[1], abs=1e-5)
 
 
+def test_sessions_that_take_turns_do_not_spin(exported: Path, tmp_path: Path) -> None:
+    """A graph per task: the trunk's and the tasks' sessions take turns on every call, so their idle threads sleep
+    instead of spinning (a spinning session took CPU from the next: 2-3x slower, benchmarks runtimes); one graph keeps
+    ONNX Runtime's spinning (faster alone); either can be asked for; the answers are the same."""
+    per_task = tmp_path / "per-task"
+    export_onnx(RELEASE / "frozen", per_task, per_task=True)
+
+    def spins(chain: ExportedChain) -> list[str]:
+        sessions = [chain.session, *chain.task_sessions.values()]
+        return [s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") for s in sessions]
+
+    one, several = ExportedChain(exported), ExportedChain(per_task)
+    assert one.spinning and several.spinning is False
+    assert spins(several) == ["0"] * (1 + len(several.task_sessions))
+    with pytest.raises(Exception, match="allow_spinning"):  # not set: ONNX Runtime's default (spin)
+        spins(one)
+    asked = ExportedChain(per_task, spinning=True)
+    assert asked.spinning and not ExportedChain(exported, spinning=False).spinning
+    a, b = Engine(several).outputs(TEXTS, ["ner"])[0]["ner"], Engine(asked).outputs(TEXTS, ["ner"])[0]["ner"]
+    assert all(np.allclose(x, y, atol=1e-6) for x, y in zip(a, b, strict=True))
+
+
 def test_export_of_chosen_tasks_and_its_checks(tmp_path: Path) -> None:
     manifest = export_onnx(RELEASE / "frozen", tmp_path / "two", tasks=["sentiment", "ner"])
     assert list(manifest.tasks) == ["sentiment", "ner"] and manifest.source.endswith("frozen")

@@ -145,7 +145,9 @@ class ExportedChain:
     ``threads`` sets the runtime's threads per graph (default: one per core). ``runtime`` picks what runs the graphs:
     ``onnxruntime``, ``openvino`` (``pip install openvino``; on CPUs with native bf16 it computes fp32 graphs in bf16),
     or ``auto``: the one the folder's graphs were made for (``openvino`` after ``finechain compress --int8 --static``,
-    else ``onnxruntime``), falling back to ONNX Runtime where OpenVINO is not installed.
+    else ``onnxruntime``), falling back to ONNX Runtime where OpenVINO is not installed. ``spinning``: whether ONNX
+    Runtime's idle threads spin waiting for work (its default) or sleep; default: spin where the folder has one graph,
+    sleep where a graph per task makes sessions take turns (a spinning session's threads take CPU from the next one).
 
     Example:
         >>> from finechain.inference import Engine
@@ -155,7 +157,12 @@ class ExportedChain:
     """
 
     def __init__(
-        self, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None, runtime: str = "auto"
+        self,
+        directory: str | Path,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        runtime: str = "auto",
+        spinning: bool | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.manifest = read_export_manifest(self.directory)
@@ -182,6 +189,9 @@ class ExportedChain:
                 fix = "export the chain again"
                 raise ArtifactError(f"flows.{i}: {short_reason(error)}", file=self.directory / EXPORT_MANIFEST, fix=fix) from None
         self.threads = threads or len(os.sched_getaffinity(0))  # the runtime's threads per session
+        separate_embeddings = bool(self.manifest.embeddings) and self.manifest.embeddings != self.manifest.graph
+        several = any(task.graph for task in self.manifest.tasks.values()) or separate_embeddings
+        self.spinning = not several if spinning is None else spinning
         self.session = self._session(self.manifest.graph, providers)
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
         self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
@@ -198,7 +208,7 @@ class ExportedChain:
             from finechain.inference.openvino_session import OpenVinoSession
 
             return OpenVinoSession(self.directory / graph, self.threads)
-        return onnx_session(self.directory / graph, self.threads, providers)
+        return onnx_session(self.directory / graph, self.threads, providers, spinning=self.spinning)
 
     @property
     def embedding_size(self) -> int:
@@ -359,10 +369,10 @@ def _feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.nd
     return {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
 
 
-def onnx_session(path: Path, threads: int, providers: Sequence[str] | None = None) -> Any:
+def onnx_session(path: Path, threads: int, providers: Sequence[str] | None = None, spinning: bool = True) -> Any:
     """An ONNX Runtime inference session over ``path`` as an exported chain runs its graphs: all graph optimisations on,
-    ``threads`` intra-op threads, one inter-op thread, only errors logged; a graph that cannot be loaded is an
-    :class:`ArtifactError`.
+    ``threads`` intra-op threads (spinning while idle, or with ``spinning`` off sleeping), one inter-op thread, only
+    errors logged; a graph that cannot be loaded is an :class:`ArtifactError`.
 
     Example:
         >>> onnx_session(Path("demo-onnx/model.onnx"), threads=2).get_outputs()[0].name  # doctest: +SKIP
@@ -377,6 +387,8 @@ def onnx_session(path: Path, threads: int, providers: Sequence[str] | None = Non
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about initializers on stdout
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as error:  # onnxruntime raises its own exception types for a bad graph
