@@ -62,6 +62,7 @@ SUITE_TITLES = {
     "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
     "runtimes_attention": "ONNX graphs with plain attention vs attention traced as SDPA (AMD EPYC, 2 threads)",
     "runtimes_avx512": "ONNX runtimes on a CPU with int8 and bf16 units: ONNX Runtime vs OpenVINO (AMD EPYC, 2 threads)",
+    "runtimes_spinning": "Exported engine with a graph per task: ONNX Runtime's spinning threads (AMD EPYC, 2 threads)",
     "kernels": "Matrix products at the chain's shapes per runtime: what int8 can gain at most (CPU)",
     "export_embeddings": "Sentence embeddings exported: ONNX fp32 and int8 vs sentence-transformers' own ONNX backends (CPU)",
     "decoding_crf": "NER: the tagger vs a CRF tagger, three seeds (CoNLL-2003, CPU)",
@@ -449,6 +450,10 @@ def runtimes_table(records: list[dict[str, Any]]) -> str:
             )
             cells += [f"{speed:.1f}", f"{speed / base:.2f}x"]
         out.append(f"| {variant} | " + " | ".join(cells) + f" | {value[(variant, 'max_abs_diff')]:.2g} |")
+    engine = [(r["variant"].removesuffix(", batch 32"), r["value"]) for r in records if r["variant"].startswith("ONNX Runtime engine, ")]
+    if engine:  # the exported engine, spinning threads or not: a table of its own
+        out += ["", "| exported engine (batch 32) | texts/s |", "| --- | --- |"]
+        out += [f"| {variant.removeprefix('ONNX Runtime engine, ')} | {speed:.1f} |" for variant, speed in engine]
     return "\n".join(out)
 
 
@@ -885,6 +890,7 @@ SECTIONS += [
     "runtimes",
     "runtimes_attention",
     "runtimes_avx512",
+    "runtimes_spinning",
     "kernels",
     "export_embeddings",
     "decoding_crf",

@@ -11,7 +11,9 @@ what the plain form gains.
 Speed: raw session calls (no tokenising or decoding) on the same length-sorted padded batches of SST-2 and AG News
 texts, batch 1 and 32, the best of two rounds. Quality: the largest difference of any task's outputs to ONNX Runtime
 fp32 on one batch of 32 texts (the heads are trained briefly, 200 examples per task, 1 epoch: only speed and that
-difference are measured, not accuracy). OpenVINO is an optional package (``pip install openvino``).
+difference are measured, not accuracy). OpenVINO is an optional package (``pip install openvino``). Last, the exported
+engine on one graph and on a graph per task with ONNX Runtime's idle threads spinning or not (``ExportedChain``'s
+``spinning``; by default off where sessions take turns).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from finechain.data.tokens import pad_rows
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.export.static_int8 import quantize_static_int8
+from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, onnx_session
 from finechain.spec import JointConfig
 
@@ -126,6 +129,38 @@ def openvino(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray], li
     return run
 
 
+def spinning(rec: Recorder, chain: Chain, work: Path, texts: list[str], threads: int, rounds: int) -> None:
+    """The exported engine (tokenising included, batch 32, all four tasks) on one graph and on a graph per task, fp32 and
+    dynamic int8, with ONNX Runtime's idle threads spinning (its default) or sleeping, all sessions alive in one process
+    as in a server; the best of ``rounds`` rounds with every variant in turn."""
+    export_onnx(chain, work / "per-task", per_task=True)
+    quantize_int8(work / "per-task", work / "per-task-int8")
+    folders = {
+        "one graph, fp32": work / "fp32",
+        "one graph, dynamic int8": work / "dynamic",
+        "a graph per task, fp32": work / "per-task",
+        "a graph per task, dynamic int8": work / "per-task-int8",
+    }
+    engines = {
+        f"ONNX Runtime engine, {name}, {'spinning' if spin else 'no spinning'}": Engine(
+            ExportedChain(folder, threads=threads, spinning=spin), batch_size=32
+        )
+        for name, folder in folders.items()
+        for spin in (True, False)
+    }
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for variant, engine in engines.items():
+            tasks = engine.model.task_names()
+            engine.outputs(texts[:32], tasks)
+            started = time.perf_counter()
+            engine.outputs(texts, tasks)
+            best[variant] = max(best.get(variant, 0.0), len(texts) / (time.perf_counter() - started))
+    for variant, speed in best.items():
+        rec.add("all four", "finechain", f"{variant}, batch 32", "samples_per_second", speed, "texts/s (4 tasks, engine, no decoding)")
+        print(f"{variant}: {speed:.1f} texts/s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks runtimes", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="64 speed texts, OpenVINO only if installed")
@@ -184,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                 speed = rate(run, sorted_batches(ids, size))
                 rec.add("all four", "finechain", f"{variant}, batch {size}", "samples_per_second", speed, "texts/s (4 tasks, graph only)")
             print(f"{variant}: done", flush=True)
+    spinning(rec, chain, work, texts, args.threads, rounds=1 if args.quick else 3)
     print(f"wrote {rec.save(args.output or ('runtimes_quick' if args.quick else 'runtimes'), vars(args))}")
     shutil.rmtree(work, ignore_errors=True)
 
