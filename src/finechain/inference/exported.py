@@ -87,7 +87,7 @@ class ExportManifest(BaseModel):
     graph: str = GRAPH  # the graph that reads token ids: every task's outputs, or the trunk's (see trunk_outputs)
     trunk_outputs: list[str] = Field(default_factory=list)  # a graph per task: what the trunk graph returns
     tokenizer: str = TOKENIZER
-    weights: str = "fp32"  # fp32, fp16, int8 (dynamic quantization), int8-static (calibrated), int8-fp16, int8-static-fp16
+    weights: str = "fp32"  # fp32, int8 (dynamic), int8 static (calibrated); each may add ", fp16 storage"
     runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"  # the runtime the graphs run fastest on (runtime "auto" picks it)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows whose tasks were all exported
@@ -140,7 +140,7 @@ class ExportedTaskView:
 
 
 class ExportedChain:
-    """An exported folder, loaded: tokenizer, heads and an ONNX Runtime session.
+    """An exported folder, loaded: tokenizer, heads and a session per graph (ONNX Runtime's or OpenVINO's).
 
     ``threads`` sets the runtime's threads per graph (default: one per core). ``runtime`` picks what runs the graphs:
     ``onnxruntime``, ``openvino`` (``pip install openvino``; on CPUs with native bf16 it computes fp32 graphs in bf16),
