@@ -370,10 +370,9 @@ def _engine(
 
 def _check_runtime(runtime: str) -> None:
     """A bad ``--runtime`` fails before any work, whatever the folder."""
-    from finechain.inference.exported import RUNTIMES
+    from finechain.inference.exported import check_runtime
 
-    if runtime not in ("auto", *RUNTIMES):
-        raise FinechainError(f"unknown runtime '{runtime}'", fix=f"use auto, {', '.join(RUNTIMES)}", field="--runtime")
+    check_runtime(runtime, field="--runtime")
 
 
 def _stage_engine(folder: Path) -> Any:

@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,7 +38,8 @@ EXPORT_MANIFEST = "finechain-export.json"
 # the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task, 3 = either with sentence embeddings,
 # 4 = any of them with the runtime its graphs are made for (static int8: OpenVINO)
 EXPORT_FORMAT = 4
-RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported chain's graphs (ExportedChain's ``runtime``)
+Runtime = Literal["onnxruntime", "openvino"]  # what runs an exported chain's graphs (ExportedChain's ``runtime``)
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 GRAPH = "model.onnx"
 TRUNK_GRAPH = "trunk.onnx"
 EMBEDDINGS_GRAPH = "embeddings.onnx"
@@ -88,7 +89,7 @@ class ExportManifest(BaseModel):
     trunk_outputs: list[str] = Field(default_factory=list)  # a graph per task: what the trunk graph returns
     tokenizer: str = TOKENIZER
     weights: str = "fp32"  # fp32, int8 (dynamic), int8 static (calibrated); each may add ", fp16 storage"
-    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"  # the runtime the graphs run fastest on (runtime "auto" picks it)
+    runtime: Runtime = "onnxruntime"  # the runtime the graphs run fastest on (runtime "auto" picks it)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows whose tasks were all exported
     embeddings: str | None = None  # the sentence-embedding graph (export --embeddings); None: not exported
@@ -343,13 +344,22 @@ def resolve_runtime(runtime: str, manifest: ExportManifest) -> str:
         >>> resolve_runtime("auto", ExportManifest(max_length=8, tasks={}))
         'onnxruntime'
     """
+    check_runtime(runtime)
     if runtime == "auto":
         from finechain.inference.openvino_session import openvino_installed
 
         return manifest.runtime if manifest.runtime != "openvino" or openvino_installed() else "onnxruntime"
-    if runtime not in RUNTIMES:
-        raise FinechainError(f"unknown runtime '{runtime}'", fix=f"use auto or one of {', '.join(RUNTIMES)}", field="runtime")
     return runtime
+
+
+def check_runtime(runtime: str, field: str = "runtime") -> None:
+    """``auto`` or one of :data:`RUNTIMES`; anything else is a :class:`FinechainError` naming ``field``.
+
+    Example:
+        >>> check_runtime("openvino")
+    """
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise FinechainError(f"unknown runtime '{runtime}'", fix=f"use auto or one of {', '.join(RUNTIMES)}", field=field)
 
 
 def graph_files(manifest: ExportManifest) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from finechain.inference.exported import Runtime
 from finechain.spec import Precision
 
 
@@ -38,7 +39,7 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list, description="origins a browser page may call from (* for any)")
     precision: Precision = "auto"
     device: str = "auto"
-    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+    runtime: Literal["auto", Runtime] = Field(
         "auto", description="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino"
     )
     threads: int | None = Field(
