@@ -22,14 +22,15 @@ def rewritten_export(
     rewrite: Callable[[Path, Path], None],
     check: Callable[[Path, str], None],
     weights: Callable[[str], str],
-    step: str,
+    step: str | Callable[[], str],
     adds_up: bool,
     overwrite: bool = False,
     runtime: str | None = None,
 ) -> ExportManifest:
     """Write ``source`` (an exported folder; a chain folder is exported first) at ``out`` with each of its graphs passed
         through ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
-        weights; the manifest gets ``weights(old weights)`` and ``step``. Each task's ``max_abs_diff`` becomes the largest
+        weights; the manifest gets ``weights(old weights)`` and ``step`` (or, when ``step`` is a callable, what it returns once the
+    graphs are rewritten). Each task's ``max_abs_diff`` becomes the largest
         change of its outputs against the source graph on sample texts, or with ``adds_up`` that change added to the
         source's own value (at most that far from the chain it came from). ``runtime`` (when given) becomes the runtime the
     new graphs are made for, checked with.
@@ -54,7 +55,8 @@ def rewritten_export(
             (target / graph).parent.mkdir(parents=True, exist_ok=True)
             rewrite(before / graph, target / graph)
         flows_json = rebased_json([FlowSpec.model_validate(f) for f in manifest.flows], before, out)  # other chains named from out
-        update = {"weights": weights(manifest.weights), "steps": [*manifest.steps, step], "flows": flows_json}
+        step_done = step if isinstance(step, str) else step()  # a callable: said once the graphs are rewritten
+        update = {"weights": weights(manifest.weights), "steps": [*manifest.steps, step_done], "flows": flows_json}
         if runtime is not None and runtime != manifest.runtime:
             update |= {"runtime": runtime, "format": max(manifest.format, 4)}  # older readers would run it on the wrong runtime
         manifest = manifest.model_copy(update=update, deep=True)

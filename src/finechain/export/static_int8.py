@@ -61,7 +61,7 @@ def quantize_static_int8(
         rewrite=rewrite,
         check=fp32_only,
         weights=lambda _: "int8 static",
-        step=STATIC_STEP.format(count=count if texts is None else min(count, len(texts))),
+        step=lambda: STATIC_STEP.format(count=len(calibration["ids"])),  # how many there were: training files may hold fewer
         adds_up=False,
         overwrite=overwrite,
         runtime="openvino",
@@ -137,8 +137,6 @@ def quantize_graph_static(source: Path, target: Path, calibration: list[list[int
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # nor NNCF's progress bars
             quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
         onnx.save(quantized, str(target))
-    except FinechainError:
-        raise
     except Exception as error:  # nncf, onnx and openvino raise many types
         raise FinechainError(f"static quantization failed ({short_reason(error)})", file=source, fix="export the chain again") from None
     finally:
