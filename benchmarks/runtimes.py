@@ -38,6 +38,7 @@ from finechain.export.quantize import quantize_int8
 from finechain.export.static_int8 import quantize_static_int8
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, onnx_session
+from finechain.inference.openvino_session import OpenVinoSession
 from finechain.spec import JointConfig
 
 Batch = tuple[np.ndarray, np.ndarray]
@@ -115,18 +116,9 @@ def onnx_runtime(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray]
 
 
 def openvino(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
-    """Every output of ``graph`` for a batch, by OpenVINO's CPU plugin (latency hint, ``threads``)."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(graph), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-    request = compiled.create_infer_request()
-    outputs = list(compiled.outputs)
-
-    def run(ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-        found = request.infer({"input_ids": ids, "attention_mask": mask})
-        return [np.asarray(found[o]) for o in outputs]
-
-    return run
+    """Every output of ``graph`` for a batch, by OpenVINO's CPU plugin as finechain's OpenVINO runtime runs it."""
+    session = OpenVinoSession(graph, threads)
+    return lambda ids, mask: session.run(session.outputs, {"input_ids": ids, "attention_mask": mask})
 
 
 def spinning(rec: Recorder, chain: Chain, work: Path, texts: list[str], threads: int, rounds: int) -> None:
