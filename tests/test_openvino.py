@@ -165,6 +165,10 @@ def test_cli_compress_static_then_predict_eval_and_bad_options(
         code, out, err = cli(args, monkeypatch, capsys)
         assert code == 0, err
         assert "accuracy" in json.loads(next(report.glob("*.json")).read_text())
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    blank = ["compress", str(chain), "--out", str(tmp_path / "x"), "--static", "--texts", str(tmp_path / "blank.txt")]
+    code, _, err = cli(blank, monkeypatch, capsys)
+    assert code == 2 and "blank.txt" in err and "no texts in the file" in err and not (tmp_path / "x").exists()
     code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "x"), "--static", "--no-int8"], monkeypatch, capsys)
     assert code == 2 and "--static is a kind of int8 weights" in err and not (tmp_path / "x").exists()
     code, _, err = cli(["predict", str(tmp_path / "static"), "--input", str(texts), "--runtime", "tflite"], monkeypatch, capsys)

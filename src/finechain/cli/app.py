@@ -544,6 +544,8 @@ def compress(
 
     every, per_task = branch_numbers(branch_layers) if branch_layers is not None else (None, {})
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
+    if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
+        raise FinechainError("no texts in the file", file=texts_file, fix="give a file with a text per line, or drop --texts")
     done = compress_chain(
         source,
         out_dir,
