@@ -95,7 +95,7 @@ def test_a_graph_per_task_answers_like_the_chain_and_rows_run_only_their_tasks(e
     """``per_task``: a trunk graph and one graph per task (a layer-mix task reads every trunk state); the answers of the
     chain; rows of one batch asking for different tasks run only those; int8 and fp16 rewrite every graph; a missing
     task graph is a one-line error."""
-    from finechain.export.half import store_fp16
+    from finechain.export.half import store_half
 
     chain = Chain.from_pretrained(RELEASE / "frozen")
     chain.precision = "fp32"
@@ -122,7 +122,7 @@ def test_a_graph_per_task_answers_like_the_chain_and_rows_run_only_their_tasks(e
         assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-4) for k in a)
     assert [p["ner"].tags for p in engine.predict(TEXTS[2:], ["ner"])] == [p["ner"].tags for p in one_graph.predict(TEXTS[2:], ["ner"])]
     quantize_int8(out, tmp_path / "int8")
-    small = store_fp16(tmp_path / "int8", tmp_path / "int8-fp16")
+    small = store_half(tmp_path / "int8", tmp_path / "int8-fp16")
     assert small.weights == "int8, fp16 storage" and all(0 < t.max_abs_diff < 1.0 for t in small.tasks.values())
     assert sorted(p.relative_to(tmp_path / "int8-fp16").as_posix() for p in (tmp_path / "int8-fp16").rglob("*.onnx")) == [
         f for f in files if f.endswith(".onnx")
@@ -313,27 +313,56 @@ def _weight_bytes(folder: Path, dtype: str | None = None) -> int:
     return sum(len(t.raw_data) for t in weights if dtype is None or t.data_type == getattr(onnx.TensorProto, dtype))
 
 
-def test_fp16_storage_halves_the_graph_and_keeps_the_answers(exported: Path, tmp_path: Path) -> None:
-    from finechain.export.half import store_fp16
+@pytest.mark.parametrize(("storage", "largest"), [("fp16", 1e-2), ("bf16", 5e-2)])
+def test_half_storage_halves_the_graph_and_keeps_the_answers(exported: Path, tmp_path: Path, storage: str, largest: float) -> None:
+    """fp16 and bf16 storage: half the weight bytes, the same answers, outputs moved by the rounding only (bf16's 8 bits
+    move them more than fp16's 11), recorded in the manifest; a folder stored either way is not halved again."""
+    from finechain.export.half import store_half
 
-    manifest = store_fp16(exported, tmp_path / "half")
-    assert manifest.weights == "fp32, fp16 storage" and manifest.steps[-1].startswith("fp16 storage")
+    manifest = store_half(exported, tmp_path / "half", storage)  # type: ignore[arg-type]
+    assert manifest.weights == f"fp32, {storage} storage" and manifest.steps[-1].startswith(f"{storage} storage")
     assert _weight_bytes(tmp_path / "half") < 0.55 * _weight_bytes(exported)  # (the tiny graph's file is mostly its nodes)
+    assert _weight_bytes(tmp_path / "half", {"fp16": "FLOAT16", "bf16": "BFLOAT16"}[storage]) > 0
     assert (tmp_path / "half" / "model.onnx").stat().st_size < (exported / "model.onnx").stat().st_size
     fp32, half = Engine(ExportedChain(exported)), Engine(ExportedChain(tmp_path / "half"))
     for ours, theirs in zip(fp32.predict(TEXTS), half.predict(TEXTS), strict=True):  # every task: the same answer
         for task in ours:
             decided = [n for n in ("label", "labels", "tags") if hasattr(ours[task], n)] or ["value"]
             for name in decided:
-                assert getattr(ours[task], name) == pytest.approx(getattr(theirs[task], name), abs=1e-2), (task, name)
+                assert getattr(ours[task], name) == pytest.approx(getattr(theirs[task], name), abs=largest), (task, name)
     a, b = fp32.outputs(TEXTS, ["sentiment"])[0]["sentiment"], half.outputs(TEXTS, ["sentiment"])[0]["sentiment"]
     change = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
-    assert 0 < change < 1e-2 and manifest.tasks["sentiment"].max_abs_diff >= change  # fp16 rounding: moved, barely
-    with pytest.raises(FinechainError, match="already stores its weights as fp16"):
-        store_fp16(tmp_path / "half", tmp_path / "again")
-    with pytest.raises(FinechainError, match="already has fp32, fp16 storage weights"):
+    assert 0 < change < largest and manifest.tasks["sentiment"].max_abs_diff >= change  # the rounding: moved, barely
+    for other in ("fp16", "bf16"):
+        with pytest.raises(FinechainError, match=f"already stores its weights as {storage}"):
+            store_half(tmp_path / "half", tmp_path / "again", other)  # type: ignore[arg-type]
+    with pytest.raises(FinechainError, match=f"already has fp32, {storage} storage weights"):
         quantize_int8(tmp_path / "half", tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_bf16_storage_keeps_weights_beyond_the_fp16_range(tmp_path: Path) -> None:
+    """A weight beyond fp16's +-65,504 keeps its tensor in fp32 with fp16 storage; bf16 stores it, within 0.4%."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from finechain.export.half import _halve
+
+    big = np.full((32, 32), 1e5, dtype=np.float32)
+    big[0, 0] = 3.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [numpy_helper.from_array(big, "w")],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    for storage, kept in (("fp16", TensorProto.FLOAT), ("bf16", TensorProto.BFLOAT16)):
+        _halve(tmp_path / "g.onnx", tmp_path / f"{storage}.onnx", storage)  # type: ignore[arg-type]
+        (weight,) = onnx.load(str(tmp_path / f"{storage}.onnx")).graph.initializer
+        assert weight.data_type == kept
+        assert np.allclose(numpy_helper.to_array(weight).astype(np.float32), big, rtol=4e-3)
 
 
 def test_cli_compress_int8_with_fp16_storage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -352,6 +381,17 @@ def test_cli_compress_int8_with_fp16_storage(monkeypatch: pytest.MonkeyPatch, ca
     assert [p["sentiment"].label for p in int8.predict(TEXTS)] == [p["sentiment"].label for p in both.predict(TEXTS)]
     code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "both"), "--int8", "--fp16", "-q"], monkeypatch, capsys)
     assert code == 2 and "already exists" in err
+    code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "bf16"), "--bf16", "-q"], monkeypatch, capsys)  # bf16 alone
+    assert code == 0, err
+    manifest = read_export_manifest(tmp_path / "bf16")
+    assert manifest.weights == "fp32, bf16 storage" and _weight_bytes(tmp_path / "bf16", "BFLOAT16") > 0
+    teacher = Chain.from_pretrained(chain)
+    teacher.precision = "fp32"
+    for ours, theirs in zip(teacher.predict(TEXTS), Engine(ExportedChain(tmp_path / "bf16")).predict(TEXTS), strict=True):
+        assert ours["sentiment"].label == theirs["sentiment"].label
+    code, _, err = cli(["compress", str(chain), "--out", str(tmp_path / "two"), "--fp16", "--bf16", "-q"], monkeypatch, capsys)
+    assert code == 2 and "--fp16 and --bf16" in err and "choose one" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "two").exists()
 
 
 def test_int8_quantizes_a_weight_that_several_tasks_share(tmp_path: Path) -> None:

@@ -48,14 +48,19 @@ def _largest_change(a: Engine, b: Engine, tasks: list[str]) -> dict[str, float]:
     return {t: max(float(np.abs(x - y).max()) for x, y in zip(ours[t], theirs[t], strict=True)) for t in tasks}
 
 
-@pytest.mark.parametrize("per_task", [False, True])
-def test_openvino_runs_an_export_as_onnx_runtime_does(exported: Path, tmp_path: Path, per_task: bool) -> None:
+@pytest.mark.parametrize(("per_task", "storage"), [(False, None), (True, None), (False, "bf16")])
+def test_openvino_runs_an_export_as_onnx_runtime_does(exported: Path, tmp_path: Path, per_task: bool, storage: str | None) -> None:
     """Every task's outputs within bf16 rounding of ONNX Runtime's (OpenVINO computes in bf16 on CPUs that have it),
-    one graph or a graph per task; the same labels and tags."""
+    one graph or a graph per task, weights stored in fp32 or bf16; the same labels and tags."""
+    from finechain.export.half import store_half
+
     folder = exported
     if per_task:
         folder = tmp_path / "per-task"
         export_onnx(RELEASE / "frozen", folder, per_task=True)
+    if storage is not None:
+        store_half(folder, tmp_path / storage, storage)  # type: ignore[arg-type]
+        folder = tmp_path / storage
     onnx_runtime, openvino = Engine(ExportedChain(folder)), Engine(ExportedChain(folder, runtime="openvino"))
     assert onnx_runtime.model.runtime == "onnxruntime" and openvino.model.runtime == "openvino"
     tasks = onnx_runtime.model.task_names()

@@ -493,10 +493,11 @@ def export(
 
 @app.command()
 def compress(
-    source: Annotated[Path, typer.Argument(help="a chain folder (or an exported one, for --int8 and --fp16)", metavar="DIR")],
+    source: Annotated[Path, typer.Argument(help="a chain folder (or an exported one, for --int8, --fp16 and --bf16)", metavar="DIR")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="the folder to write (must not exist, unless --overwrite)")],
     int8: Annotated[
-        bool | None, typer.Option("--int8/--no-int8", help="int8 weights (ONNX Runtime); the default without --trunk-layers or --fp16")
+        bool | None,
+        typer.Option("--int8/--no-int8", help="int8 weights (ONNX Runtime); the default without --trunk-layers, --fp16 or --bf16"),
     ] = None,
     static: Annotated[
         bool,
@@ -508,6 +509,12 @@ def compress(
     ] = False,
     fp16: Annotated[
         bool, typer.Option("--fp16", help="store the exported weights as fp16 (half the size; computed in fp32), after --int8 if given")
+    ] = False,
+    bf16: Annotated[
+        bool,
+        typer.Option(
+            "--bf16", help="store the exported weights as bf16 (half the size, fp32's range, coarser than fp16; computed in fp32)"
+        ),
     ] = False,
     trunk_layers: Annotated[
         int | None, typer.Option("--trunk-layers", min=1, help="a student with this many trunk layers, distilled from the chain")
@@ -538,10 +545,14 @@ def compress(
     """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers), each started from one of the
     chain's layers and trained on its outputs over the tasks' training texts (and --texts); and/or int8 weights
     (ONNX Runtime dynamic quantization, or with --static NNCF's calibrated quantization for OpenVINO; an exported
-    folder); and/or fp16 storage of the exported weights (--fp16). The manifest records each step."""
+    folder); and/or fp16 or bf16 storage of the exported weights (--fp16, --bf16). The manifest records each step."""
     from finechain.data.readers import read_texts
     from finechain.export.compression import compress_chain
+    from finechain.export.half import Storage
 
+    if fp16 and bf16:
+        raise FinechainError("--fp16 and --bf16 are two ways to store the same weights", fix="choose one of them")
+    storage: Storage | None = "fp16" if fp16 else "bf16" if bf16 else None
     every, per_task = branch_numbers(branch_layers) if branch_layers is not None else (None, {})
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
     if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
@@ -553,9 +564,9 @@ def compress(
         branch_layers=every,
         task_branch_layers=per_task,
         texts=texts,
-        int8=int8 if int8 is not None else static or (trunk_layers is None and branch_layers is None and not fp16),
+        int8=int8 if int8 is not None else static or (trunk_layers is None and branch_layers is None and storage is None),
         static=static,
-        fp16=fp16,
+        storage=storage,
         overwrite=overwrite,
         progress=not quiet,
         epochs=epochs,

@@ -1,5 +1,5 @@
-"""``finechain compress``: a student chain (fewer layers, distilled from the chain), int8 weights, fp16 storage, or a
-combination (in that order)."""
+"""``finechain compress``: a student chain (fewer layers, distilled from the chain), int8 weights, fp16 or bf16 storage,
+or a combination (in that order)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from finechain.chain import Chain
 from finechain.errors import FinechainError
+from finechain.export.half import Storage
 from finechain.inference.exported import ExportManifest, is_exported
 from finechain.io import building_folder, refuse_existing
 
@@ -36,17 +37,18 @@ def compress_chain(
     texts: list[str] | None = None,
     int8: bool = True,
     static: bool = False,
-    fp16: bool = False,
+    storage: Storage | None = None,
     overwrite: bool = False,
     progress: bool = True,
     **distil_options: Any,
 ) -> Compressed:
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
-    ``task_branch_layers``, which win) a distilled student chain (a chain folder, or with ``int8`` / ``fp16`` its
-    export with int8 weights / fp16 storage; branch layers alone keep every trunk layer, a task left out of both keeps
-    its branch), else the export of ``source`` with int8 weights and/or fp16 storage. With ``static`` the int8 step is
-    static (NNCF, calibrated on ``texts`` or on the tasks' training texts; made for OpenVINO) instead of dynamic
-    (ONNX Runtime). Nothing is left at ``out`` unless every step worked.
+    ``task_branch_layers``, which win) a distilled student chain (a chain folder, or with ``int8`` / ``storage`` its
+    export with int8 weights / its float weights stored as ``"fp16"`` or ``"bf16"``; branch layers alone keep every
+    trunk layer, a task left out of both keeps its branch), else the export of ``source`` with int8 weights and/or
+    half-size storage. With ``static`` the int8 step is static (NNCF, calibrated on ``texts`` or on the tasks'
+    training texts; made for OpenVINO) instead of dynamic (ONNX Runtime). Nothing is left at ``out`` unless every step
+    worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
@@ -56,9 +58,9 @@ def compress_chain(
     if static and not int8:
         raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
     if trunk_layers is None and branch_layers is None and not task_branch_layers:
-        if not int8 and not fp16:
-            raise FinechainError("nothing to do", fix="pass --int8, --fp16, --trunk-layers N and/or --branch-layers N")
-        manifest = _weights(source, out, int8=int8, static=static, fp16=fp16, overwrite=overwrite, texts=texts)
+        if not int8 and storage is None:
+            raise FinechainError("nothing to do", fix="pass --int8, --fp16, --bf16, --trunk-layers N and/or --branch-layers N")
+        manifest = _weights(source, out, int8=int8, static=static, storage=storage, overwrite=overwrite, texts=texts)
         rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
         return Compressed(manifest.steps, rows)
     if is_exported(source):
@@ -85,20 +87,22 @@ def compress_chain(
         after = (record.metrics or {}).get("validation", {}).get(metric)
         shown = {"teacher (val)": before, "student (val)": after}  # "-": trained without validation data
         rows.append({"task": name, "metric": metric, **{k: "-" if v is None else f"{v:.4f}" for k, v in shown.items()}})
-    if not int8 and not fp16:
+    if not int8 and storage is None:
         with building_folder(out, overwrite) as target:
             student.save_pretrained(target)
         return Compressed(steps, rows)
     with _staging(out, "student") as staging:
         student.save_pretrained(staging / "chain")
-        manifest = _weights(staging / "chain", out, int8=int8, static=static, fp16=fp16, overwrite=overwrite, texts=texts)
+        manifest = _weights(staging / "chain", out, int8=int8, static=static, storage=storage, overwrite=overwrite, texts=texts)
     return Compressed(manifest.steps, rows)
 
 
-def _weights(source: Path, out: Path, *, int8: bool, static: bool, fp16: bool, overwrite: bool, texts: list[str] | None) -> ExportManifest:
+def _weights(
+    source: Path, out: Path, *, int8: bool, static: bool, storage: Storage | None, overwrite: bool, texts: list[str] | None
+) -> ExportManifest:
     """The export of ``source`` (a chain or an exported folder) with int8 weights (dynamic, or ``static``: calibrated
-    on ``texts`` or the training texts), fp16 storage, or both, at ``out``."""
-    from finechain.export.half import store_fp16
+    on ``texts`` or the training texts), fp16 or bf16 storage (``storage``), or both, at ``out``."""
+    from finechain.export.half import store_half
     from finechain.export.quantize import quantize_int8
     from finechain.export.static_int8 import quantize_static_int8
 
@@ -107,12 +111,14 @@ def _weights(source: Path, out: Path, *, int8: bool, static: bool, fp16: bool, o
             return quantize_static_int8(source, into, texts=texts or None, overwrite=overwrite)
         return quantize_int8(source, into, overwrite=overwrite)
 
-    if not (int8 and fp16):
-        return quantize(out, overwrite) if int8 else store_fp16(source, out, overwrite=overwrite)
+    if storage is None:
+        return quantize(out, overwrite)
+    if not int8:
+        return store_half(source, out, storage, overwrite=overwrite)
     refuse_existing(out, overwrite)
     with _staging(out, "int8") as staging:
         quantize(staging / "int8")
-        return store_fp16(staging / "int8", out, overwrite=overwrite)
+        return store_half(staging / "int8", out, storage, overwrite=overwrite)
 
 
 @contextmanager

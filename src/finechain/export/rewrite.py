@@ -1,4 +1,4 @@
-"""A copy of an exported chain with its graph rewritten (int8 weights, fp16 storage): a chain folder is exported
+"""A copy of an exported chain with its graph rewritten (int8 weights, fp16 or bf16 storage): a chain folder is exported
 first, the tokenizer copied, the flows named again from the new folder, and each task's outputs compared with the
 graph the step started from. Nothing is left at ``out`` unless the whole step worked."""
 

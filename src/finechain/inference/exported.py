@@ -88,7 +88,7 @@ class ExportManifest(BaseModel):
     graph: str = GRAPH  # the graph that reads token ids: every task's outputs, or the trunk's (see trunk_outputs)
     trunk_outputs: list[str] = Field(default_factory=list)  # a graph per task: what the trunk graph returns
     tokenizer: str = TOKENIZER
-    weights: str = "fp32"  # fp32, int8 (dynamic), int8 static (calibrated); each may add ", fp16 storage"
+    weights: str = "fp32"  # fp32, int8 (dynamic), int8 static (calibrated); each may add ", fp16 storage" or ", bf16 storage"
     runtime: Runtime = "onnxruntime"  # the runtime the graphs run fastest on (runtime "auto" picks it)
     steps: list[str] = Field(default_factory=list)  # what was done to the chain on the way: export, merge LoRA, int8 ...
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows whose tasks were all exported
