@@ -1,6 +1,6 @@
 """Export and compression: the sharing benchmark's four-task chain (joint trunk, split 4) run by PyTorch (fp32 and the
 machine's default precision), by ONNX Runtime from ``finechain export`` (fp32) and from ``finechain compress`` (int8,
-fp16 storage, both), and by OpenVINO (the fp32 export, which it computes in bf16 on CPUs with native bf16, and
+fp16 or bf16 storage, int8 with either), and by OpenVINO (the fp32 export, which it computes in bf16 on CPUs with native bf16, and
 ``finechain compress --int8 --static``: int8 calibrated on 300 training texts by NNCF; ``--no-openvino`` leaves them out):
 per task the metric, per variant the artifact size, CPU throughput at batch 1 and 32 and latency at batch 1.
 
@@ -31,7 +31,7 @@ from benchmarks.common import BACKBONE, Recorder, scratch_folder
 from benchmarks.sharing import METRIC, task_specs
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.data.prepare import TaskData, load_task_data, read_split
-from finechain.export.half import store_fp16
+from finechain.export.half import store_half
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.export.static_int8 import quantize_static_int8
@@ -166,8 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     chain.save_pretrained(work / "chain", copy_backbone=True)
     export_onnx(chain, work / "onnx")
     quantize_int8(work / "onnx", work / "int8")
-    store_fp16(work / "onnx", work / "half")
-    store_fp16(work / "int8", work / "int8-half")
+    store_half(work / "onnx", work / "half")
+    store_half(work / "int8", work / "int8-half")
+    store_half(work / "onnx", work / "bf16", "bf16")
+    store_half(work / "int8", work / "int8-bf16", "bf16")
     openvino = not args.no_openvino
     if openvino:  # calibrated on the tasks' training files, as compress --int8 --static does by default
         quantize_static_int8(work / "onnx", work / "static")
@@ -209,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
         "ONNX Runtime int8, fp16 storage (compress --int8 --fp16)": (
             Engine(ExportedChain(work / "int8-half")),
             folder_mb(work / "int8-half"),
+        ),
+        "ONNX Runtime fp32, bf16 storage (finechain compress --bf16)": (Engine(ExportedChain(work / "bf16")), folder_mb(work / "bf16")),
+        "ONNX Runtime int8, bf16 storage (compress --int8 --bf16)": (
+            Engine(ExportedChain(work / "int8-bf16")),
+            folder_mb(work / "int8-bf16"),
         ),
     }
     if openvino:
