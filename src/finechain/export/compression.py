@@ -13,7 +13,7 @@ from typing import Any
 
 from finechain.chain import Chain
 from finechain.errors import FinechainError
-from finechain.export.half import Storage
+from finechain.export.half import Storage, store_half
 from finechain.inference.exported import ExportManifest, is_exported
 from finechain.io import building_folder, refuse_existing
 
@@ -102,7 +102,6 @@ def _weights(
 ) -> ExportManifest:
     """The export of ``source`` (a chain or an exported folder) with int8 weights (dynamic, or ``static``: calibrated
     on ``texts`` or the training texts), fp16 or bf16 storage (``storage``), or both, at ``out``."""
-    from finechain.export.half import store_half
     from finechain.export.quantize import quantize_int8
     from finechain.export.static_int8 import quantize_static_int8
 

@@ -28,17 +28,16 @@ def rewritten_export(
     runtime: str | None = None,
 ) -> ExportManifest:
     """Write ``source`` (an exported folder; a chain folder is exported first) at ``out`` with each of its graphs passed
-        through ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
-        weights; the manifest gets ``weights(old weights)`` and ``step`` (or, when ``step`` is a callable, what it returns once the
-    graphs are rewritten). Each task's ``max_abs_diff`` becomes the largest
-        change of its outputs against the source graph on sample texts, or with ``adds_up`` that change added to the
-        source's own value (at most that far from the chain it came from). ``runtime`` (when given) becomes the runtime the
-    new graphs are made for, checked with.
+    through ``rewrite(graph, new_graph)``. ``check(source, weights)`` raises when the step cannot apply to the source's
+    weights; the manifest gets ``weights(old weights)`` and ``step`` (or, when ``step`` is a callable, what it returns
+    once the graphs are rewritten). Each task's ``max_abs_diff`` becomes the largest change of its outputs against the
+    source graph on sample texts, or with ``adds_up`` that change added to the source's own value (at most that far
+    from the chain it came from). ``runtime`` (when given) becomes the runtime the new graphs are made for, checked with.
 
-        Example:
-            >>> rewritten_export("demo-onnx", "demo-int8", rewrite=quantize_graph, check=fp32_only, weights=lambda _: "int8",
-            ...                  step=INT8_STEP, adds_up=False).weights  # doctest: +SKIP
-            'int8'
+    Example:
+        >>> rewritten_export("demo-onnx", "demo-int8", rewrite=quantize_graph, check=fp32_only, weights=lambda _: "int8",
+        ...                  step=INT8_STEP, adds_up=False).weights  # doctest: +SKIP
+        'int8'
     """
     source = Path(source)
     with building_folder(out, overwrite) as target:
