@@ -17,8 +17,9 @@ from finechain.errors import FinechainError
 from finechain.export.onnx import export_onnx
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest
+from finechain.model.encoder import feed_forward
 from finechain.model.losses import SOFT_LOSSES
-from finechain.model.student import student_of
+from finechain.model.student import ffn_activity, student_of
 from finechain.train.objectives import Distillation, StepInputs
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 from tests.conftest import run_cli as cli
@@ -87,6 +88,87 @@ def test_a_student_keeps_branch_layers_only_for_the_tasks_that_ask(teacher: tupl
     (folder / "finechain.json").write_text(json.dumps(manifest))
     with pytest.raises(FinechainError, match="weights do not fit task 'ner'"):
         Chain.from_pretrained(folder)
+
+
+def test_a_narrowed_layer_keeps_its_most_active_neurons_and_computes_what_the_teacher_did_without_the_others(
+    teacher: tuple[Chain, dict],
+) -> None:
+    """Structured pruning: each student layer keeps the feed-forward neurons its teacher layer ranks first (mean
+    absolute activation times outgoing weight size); the narrowed layer is the teacher's with the others zeroed."""
+    chain, _ = teacher
+    ids = chain.model.encode(TEXTS)[0]
+    activity = ffn_activity(chain.model, {"sent": ids[:2], "ner": ids[2:]})
+    trunk_layer = chain.model.trunk.stack.layers[1]
+    assert set(activity) == {*chain.model.trunk.stack.layers, *(layer for t in chain.model.tasks.values() for layer in t.branch.layers)}
+    alone = ffn_activity(chain.model, {"sent": ids[:2]})  # a branch is ranked on its own task's texts only
+    assert alone[chain.model.tasks["sent"].branch.layers[0]].equal(activity[chain.model.tasks["sent"].branch.layers[0]])
+    assert not alone[trunk_layer].equal(activity[trunk_layer]) and chain.model.tasks["ner"].branch.layers[0] not in alone
+    with pytest.raises(FinechainError, match="no task 'nerd' in the teacher"):
+        ffn_activity(chain.model, {"nerd": ids})
+    assert activity[trunk_layer].shape == (64,) and (activity[trunk_layer] >= 0).all() and activity[trunk_layer].sum() > 0
+    student = student_of(chain.model, 1, 1, ffn_width=16, activity=activity)
+    into, out = feed_forward(trunk_layer)
+    score = activity[trunk_layer] * out.weight.detach().norm(dim=0)
+    kept = score.topk(16).indices.sort().values
+    narrow_in, narrow_out = feed_forward(student.trunk.stack.layers[0])
+    assert narrow_in.weight.equal(into.weight[kept]) and narrow_out.weight.equal(out.weight[:, kept])
+    assert narrow_out.bias.equal(out.bias) and student.ffn_width == 16
+    for name, task in student.tasks.items():  # each branch ranked by its own teacher layer's activity
+        theirs = chain.model.tasks[name].branch.layers[1]
+        ranked = (activity[theirs] * feed_forward(theirs)[1].weight.detach().norm(dim=0)).topk(16).indices.sort().values
+        assert feed_forward(task.branch.layers[0])[0].weight.equal(feed_forward(theirs)[0].weight[ranked])
+    assert all(feed_forward(layer)[0].out_features == 16 for layer in student.upper.layers)  # templates of new tasks too
+    # the narrowed layer answers as the teacher's layer with every other neuron's output zeroed
+    input_ids, mask = pad_ids(ids, chain.model.pad_id)
+    with torch.no_grad():
+        states = chain.model.trunk_states(input_ids, mask, all_states=True)[1]  # what trunk layer 1 reads
+        gate = torch.zeros(64)
+        gate[kept] = 1.0
+        handle = trunk_layer.intermediate.register_forward_hook(lambda _m, _i, output: output * gate)
+        try:
+            zeroed = trunk_layer(states)
+        finally:
+            handle.remove()
+        assert torch.allclose(student.trunk.stack.layers[0](states), zeroed, atol=1e-5)
+
+
+def test_a_narrowed_student_saves_loads_exports_and_is_narrowed_again(teacher: tuple[Chain, dict], tmp_path: Path) -> None:
+    chain, data = teacher
+    student = chain.distil(1, 1, data=data, training=TRAINING, epochs=2, ffn_width=0.5, progress=False)
+    assert student.model.ffn_width == 32 and student.model.compression["ffn_width"] == {"kept": 32, "of": 64}
+    layers = [*student.model.trunk.stack.layers, *(layer for task in student.model.tasks.values() for layer in task.branch.layers)]
+    assert [feed_forward(layer)[0].out_features for layer in layers] == [32, 32, 32]
+    folder = student.save_pretrained(tmp_path / "student")
+    assert json.loads((folder / "finechain.json").read_text())["ffn_width"] == 32
+    loaded = Chain.from_pretrained(folder)
+    assert loaded.model.ffn_width == 32 and loaded.predict(TEXTS) == student.predict(TEXTS)
+    exported = export_onnx(folder, tmp_path / "onnx")
+    assert exported.steps[0] == "student: backbone layers [1, 3], 32 feed-forward neurons per layer, distilled"
+    engine = Engine(ExportedChain(tmp_path / "onnx"))
+    assert [p["ner"].to_dict()["tags"] for p in engine.predict(TEXTS)] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
+    again = loaded.distil(1, 1, data=data, training=TRAINING, epochs=1, ffn_width=0.5, progress=False)  # a share of 32
+    assert again.model.ffn_width == 16 and again.model.compression["ffn_width"] == {"kept": 16, "of": 32}
+    same = loaded.distil(1, 0, data=data, training=TRAINING, epochs=1, progress=False)  # fewer layers, as narrow as its teacher
+    assert same.model.ffn_width == 32 and Chain.from_pretrained(same.save_pretrained(tmp_path / "same")).model.ffn_width == 32
+    with pytest.raises(FinechainError, match="feed-forward width of 0 is not a share"):
+        chain.distil(1, 1, data=data, training=TRAINING, ffn_width=0.0, progress=False)
+
+
+def test_a_lora_teacher_is_narrowed_and_a_lora_task_added_to_the_narrowed_student_roundtrips(tiny_backbone: Path, tmp_path: Path) -> None:
+    """A LoRA branch is merged, then narrowed; a LoRA task trained later on the narrowed student adapts the narrowed
+    templates (the backbone's upper layers, narrowed by weight), which loading rebuilds the same way."""
+    specs, data = specs_and_data(tmp_path)
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    lora = specs[0].model_copy(update={"branch": {"mode": "lora", "rank": 4}})
+    chain.fit(lora, TRAINING.model_copy(update={"epochs": 2}), data=data["sent"], progress=False)
+    student = chain.distil(1, 1, data={"sent": data["sent"]}, training=TRAINING, epochs=1, ffn_width=0.75, progress=False)
+    assert feed_forward(student.model.tasks["sent"].branch.layers[0])[0].out_features == 48
+    more = specs[0].model_copy(update={"name": "more", "branch": {"mode": "lora", "rank": 4}})
+    student.fit(more, TRAINING, data=data["sent"], progress=False)
+    folder = student.save_pretrained(tmp_path / "student")
+    loaded = Chain.from_pretrained(folder)
+    assert loaded.model.tasks["more"].mode.config()["mode"] == "lora"
+    assert loaded.predict(TEXTS) == student.predict(TEXTS)
 
 
 def test_soft_losses_count_real_tokens_and_the_gold_loss_only_labelled_rows() -> None:
@@ -194,9 +276,11 @@ def test_cli_compress_with_branch_layers_per_task(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["compress", str(trained), "--out", str(tmp_path / "s"), "--trunk-layers", "1", "--branch-layers", "0, ner=1"]
-    code, out, err = cli([*args, "--epochs", "1", "-q"], monkeypatch, capsys)
+    code, out, err = cli([*args, "--ffn-width", "0.5", "--epochs", "1", "-q"], monkeypatch, capsys)
     assert code == 0, err
-    assert "branch layers sent [], ner [1] of 2, distilled" in " ".join(out.split())
+    assert "branch layers sent [], ner [1] of 2, feed-forward neurons 32 of 64 per layer, distilled" in " ".join(out.split())
+    code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
+    assert code == 0 and "backbone layers [1, 3] of the teacher's 4, 32 feed-forward neurons per layer, distilled" in " ".join(out.split())
     manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
     assert {n: t["branch_layers"] for n, t in manifest["tasks"].items()} == {"sent": 0, "ner": 1}
     code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
@@ -224,6 +308,9 @@ def test_cli_compress_refuses_what_cannot_work(
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--no-int8"], "nothing to do"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--hidden-weight", "inf"], "hidden_weight inf"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--trunk-layers", "1", "--hard-weight", "inf"], "hard_weight inf"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "1.5"], "feed-forward width of 1.5 is not a share"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "0"], "feed-forward width of 0 is not a share"),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "nan"], "feed-forward width of nan is not a share"),
     ]
     for args, message in cases:
         code, _, err = cli(args, monkeypatch, capsys)

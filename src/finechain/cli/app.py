@@ -527,6 +527,14 @@ def compress(
             help="a student's layers per task branch (default: the chain's); per task too: '0,intent=1' (the rest 0, intent 1)",
         ),
     ] = None,
+    ffn_width: Annotated[
+        float | None,
+        typer.Option(
+            "--ffn-width",
+            metavar="SHARE",
+            help="a student whose layers keep this share of their feed-forward neurons (0.75: the most active three quarters)",
+        ),
+    ] = None,
     texts_file: Annotated[
         Path | None,
         typer.Option(
@@ -542,10 +550,11 @@ def compress(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers), each started from one of the
-    chain's layers and trained on its outputs over the tasks' training texts (and --texts); and/or int8 weights
-    (ONNX Runtime dynamic quantization, or with --static NNCF's calibrated quantization for OpenVINO; an exported
-    folder); and/or fp16 or bf16 storage of the exported weights (--fp16, --bf16). The manifest records each step."""
+    """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers) and/or fewer feed-forward neurons
+    per layer (--ffn-width), each layer started from one of the chain's and trained on its outputs over the tasks'
+    training texts (and --texts); and/or int8 weights (ONNX Runtime dynamic quantization, or with --static NNCF's
+    calibrated quantization for OpenVINO; an exported folder); and/or fp16 or bf16 storage of the exported weights
+    (--fp16, --bf16). The manifest records each step."""
     from finechain.data.readers import read_texts
     from finechain.export.compression import compress_chain
     from finechain.export.half import Storage
@@ -563,8 +572,9 @@ def compress(
         trunk_layers=trunk_layers,
         branch_layers=every,
         task_branch_layers=per_task,
+        ffn_width=ffn_width,
         texts=texts,
-        int8=int8 if int8 is not None else static or (trunk_layers is None and branch_layers is None and storage is None),
+        int8=int8 if int8 is not None else static or (trunk_layers is None and branch_layers is None and ffn_width is None and not storage),
         static=static,
         storage=storage,
         overwrite=overwrite,
@@ -632,7 +642,8 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
     if manifest.compression is not None:
         teacher_layers = len(manifest.compression.get("teacher", {}).get("layers", [])) or "?"
-        out.print(f"student: backbone layers {manifest.layers} of the teacher's {teacher_layers}, distilled")
+        narrowed = f", {manifest.ffn_width} feed-forward neurons per layer" if manifest.ffn_width else ""
+        out.print(f"student: backbone layers {manifest.layers} of the teacher's {teacher_layers}{narrowed}, distilled")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)
     for column in ("task", "type", "labels", "branch", "stored", "metric", "val", "test"):
         table.add_column(column, no_wrap=True)

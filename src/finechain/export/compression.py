@@ -16,6 +16,7 @@ from finechain.errors import FinechainError
 from finechain.export.half import Storage, store_half
 from finechain.inference.exported import ExportManifest, is_exported
 from finechain.io import building_folder, refuse_existing
+from finechain.model.student import check_ffn_share
 
 
 @dataclass
@@ -34,6 +35,7 @@ def compress_chain(
     trunk_layers: int | None = None,
     branch_layers: int | None = None,
     task_branch_layers: Mapping[str, int] | None = None,
+    ffn_width: float | None = None,
     texts: list[str] | None = None,
     int8: bool = True,
     static: bool = False,
@@ -43,23 +45,26 @@ def compress_chain(
     **distil_options: Any,
 ) -> Compressed:
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
-    ``task_branch_layers``, which win) a distilled student chain (a chain folder, or with ``int8`` / ``storage`` its
-    export with int8 weights / its float weights stored as ``"fp16"`` or ``"bf16"``; branch layers alone keep every
-    trunk layer, a task left out of both keeps its branch), else the export of ``source`` with int8 weights and/or
-    half-size storage. With ``static`` the int8 step is static (NNCF, calibrated on ``texts`` or on the tasks'
-    training texts; made for OpenVINO) instead of dynamic (ONNX Runtime). Nothing is left at ``out`` unless every step
-    worked.
+    ``task_branch_layers``, which win) and/or ``ffn_width`` (the share of each layer's feed-forward neurons kept) a
+    distilled student chain (a chain folder, or with ``int8`` / ``storage`` its export with int8 weights / its float
+    weights stored as ``"fp16"`` or ``"bf16"``; branch layers alone keep every trunk layer, a task left out of both
+    keeps its branch), else the export of ``source`` with int8 weights and/or half-size storage. With ``static`` the
+    int8 step is static (NNCF, calibrated on ``texts`` or on the tasks' training texts; made for OpenVINO) instead of
+    dynamic (ONNX Runtime). Nothing is left at ``out`` unless every step worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
         >>> lean = {"trunk_layers": 3, "branch_layers": 0, "task_branch_layers": {"intent": 1}}
         >>> compress_chain(Path("my-chain"), Path("my-chain-lean"), **lean)  # doctest: +SKIP
+        >>> compress_chain(Path("my-chain"), Path("my-chain-narrow"), trunk_layers=3, branch_layers=1, ffn_width=0.75)  # doctest: +SKIP
     """
     if static and not int8:
         raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
-    if trunk_layers is None and branch_layers is None and not task_branch_layers:
+    if trunk_layers is None and branch_layers is None and not task_branch_layers and ffn_width is None:
         if not int8 and storage is None:
-            raise FinechainError("nothing to do", fix="pass --int8, --fp16, --bf16, --trunk-layers N and/or --branch-layers N")
+            raise FinechainError(
+                "nothing to do", fix="pass --int8, --fp16, --bf16, --trunk-layers N, --branch-layers N and/or --ffn-width SHARE"
+            )
         manifest = _weights(source, out, int8=int8, static=static, storage=storage, overwrite=overwrite, texts=texts)
         rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
         return Compressed(manifest.steps, rows)
@@ -67,18 +72,24 @@ def compress_chain(
         raise FinechainError(
             "a student is distilled from a chain folder, not an exported one", file=source, fix="give the chain folder it was exported from"
         )
+    if ffn_width is not None:
+        check_ffn_share(ffn_width)
     refuse_existing(out, overwrite)  # before the teacher is loaded and trained on
     teacher = Chain.from_pretrained(source, device="auto")
     trunk = teacher.split if trunk_layers is None else trunk_layers  # branch layers alone: the whole trunk is kept
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
-    student = teacher.distil(trunk, branch, task_branch_layers=task_branch_layers, texts=texts or (), progress=progress, **distil_options)
+    student = teacher.distil(
+        trunk, branch, task_branch_layers=task_branch_layers, texts=texts or (), ffn_width=ffn_width, progress=progress, **distil_options
+    )
     compression = student.model.compression or {}
     kept = compression["branch_layers_kept"]  # per task
     same = len({tuple(layers) for layers in kept.values()}) == 1
     branches = str(next(iter(kept.values()))) if same else ", ".join(f"{name} {layers}" for name, layers in kept.items())
     steps = [
         f"student: trunk layers {compression['trunk_layers_kept']} of {teacher.split}, "
-        f"branch layers {branches} of {teacher.num_layers - teacher.split}, distilled"
+        f"branch layers {branches} of {teacher.num_layers - teacher.split}"
+        + (f", feed-forward neurons {width['kept']} of {width['of']} per layer" if (width := compression.get("ffn_width")) else "")
+        + ", distilled"
     ]
     rows = []
     for name, record in student.records.items():

@@ -168,7 +168,8 @@ def export_onnx(
                 entries[name].graph = task_graph(name)
                 entries[name].inputs = trunk_outputs if model.tasks[name].needs_trunk_states else trunk_outputs[-1:]
         student = model.compression
-        steps = [f"student: backbone layers {model.layer_ids}, distilled"] if student else []
+        narrowed = f", {model.ffn_width} feed-forward neurons per layer" if model.ffn_width else ""
+        steps = [f"student: backbone layers {model.layer_ids}{narrowed}, distilled"] if student else []
         steps += ["export: onnx" + (", a graph per task" if per_task else "") + (", sentence embeddings" if embeddings else "")]
         steps += [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(

@@ -16,7 +16,7 @@ from finechain.heads import head_type
 from finechain.io import read_text_file, write_json
 from finechain.model.backbone import BackboneRef, load_tokenizer, locate_backbone
 from finechain.model.chain_model import ChainModel
-from finechain.model.encoder import keep_layers, load_encoder
+from finechain.model.encoder import keep_layers, load_encoder, narrow_encoder
 from finechain.model.manifest import (
     BACKBONE_DIR,
     BRANCH_FILE,
@@ -99,8 +99,13 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
                 fix="restore the file, or compress the teacher again",
             )
         keep_layers(encoder, manifest.layers)
+    if manifest.ffn_width is not None:
+        try:
+            narrow_encoder(encoder, manifest.ffn_width)
+        except ValueError as error:
+            raise ArtifactError(str(error), file=directory / MANIFEST, fix="restore the file, or compress the teacher again") from None
     model = ChainModel(encoder, load_tokenizer(path), ref, path, manifest.split, manifest.max_length, manifest.layers)
-    model.compression = manifest.compression
+    model.compression, model.ffn_width = manifest.compression, manifest.ffn_width
     if manifest.trunk is not None:
         state = load_tensors(directory / TRUNK_FILE)
         try:
@@ -167,6 +172,7 @@ def save_chain(
         trunk=trunk if model.trunk_tuned else None,
         layers=model.layer_ids if model.layer_ids != list(range(model.num_layers)) else None,
         compression=model.compression,
+        ffn_width=model.ffn_width,
         tasks={name: task_entry(task, records.get(name)) for name, task in model.tasks.items()},
         flows=flows or [],
     )

@@ -120,6 +120,7 @@ class Manifest(_Entry):
     trunk: TrunkEntry | None = None
     layers: list[int] | None = None  # the backbone layers kept, in order (a student chain); None: all of them
     compression: dict[str, Any] | None = None  # how a student chain was made from its teacher (layers, distillation)
+    ffn_width: int | None = Field(None, ge=1)  # a narrowed student's feed-forward neurons per layer; None: the backbone's
     tasks: dict[str, TaskEntry] = Field(default_factory=dict)
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows (finechain.spec.flows.FlowSpec)
 

@@ -1,18 +1,23 @@
 """A student chain: fewer trunk and branch layers than its teacher, each initialised from one of the teacher's own
-layers (layer dropping), ready to be trained on the teacher's outputs (``finechain.train.distill``)."""
+layers (layer dropping) and optionally narrowed to its most active feed-forward neurons (structured pruning), ready
+to be trained on the teacher's outputs (``finechain.train.distill``)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from finechain.branches import branch_mode
+from finechain.data.batching import pad_ids
 from finechain.errors import FinechainError
 from finechain.model.chain_model import ChainModel
-from finechain.model.encoder import keep_layers, load_encoder
+from finechain.model.encoder import feed_forward, keep_layers, load_encoder, narrow_encoder, narrow_layer
 from finechain.model.task import TaskModel
+
+Activity = Mapping[nn.Module, torch.Tensor]  # a teacher layer -> its feed-forward neurons' mean absolute activation
 
 
 def spread(available: int, keep: int) -> list[int]:
@@ -29,20 +34,106 @@ def spread(available: int, keep: int) -> list[int]:
     return [min(available - 1, round(available - 1 - (keep - 1 - i) * step)) for i in range(keep)]
 
 
+def ffn_neurons(teacher: ChainModel, share: float) -> int:
+    """How many feed-forward neurons a student layer keeps for ``share`` (0 < share <= 1) of the teacher's.
+
+    Example:
+        >>> ffn_neurons(teacher, 0.75)  # doctest: +SKIP
+        1152
+    """
+    check_ffn_share(share)
+    return max(1, round(share * int(teacher.ffn_width or teacher.encoder_config.intermediate_size)))
+
+
+def check_ffn_share(share: float) -> None:
+    """A one-line error unless ``share`` is a share of a layer's feed-forward neurons: above 0, at most 1.
+
+    Example:
+        >>> check_ffn_share(0.75)
+        >>> check_ffn_share(1.5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        finechain.errors.FinechainError: a feed-forward width of 1.5 is not a share of the teacher's neurons per layer ...
+    """
+    if not 0 < share <= 1:  # nan fails too
+        raise FinechainError(
+            f"a feed-forward width of {share:g} is not a share of the teacher's neurons per layer",
+            field="ffn_width",
+            fix="use a number above 0 and at most 1, such as 0.75",
+        )
+
+
+def ffn_activity(teacher: ChainModel, ids: Mapping[str, Sequence[list[int]]], batch_size: int = 32) -> dict[nn.Module, torch.Tensor]:
+    """Each of ``teacher``'s trunk and branch layers' feed-forward neurons' mean absolute activation over the real
+    tokens it reads: ``ids`` maps a task to token-id sequences of its own texts, which run through the trunk and that
+    task's branch (so the trunk is ranked on every task's texts, a branch on its task's). What :func:`student_of`
+    ranks neurons by.
+
+    Example:
+        >>> activity = ffn_activity(teacher, {"sentiment": teacher.encode(["a fine film", "dull"])[0]})  # doctest: +SKIP
+        >>> activity[teacher.trunk.stack.layers[0]].shape  # doctest: +SKIP
+        torch.Size([1536])
+    """
+    unknown = sorted(set(ids) - set(teacher.tasks))
+    if unknown:
+        raise FinechainError(f"no task '{unknown[0]}' in the teacher to rank neurons for", fix=f"name one of {', '.join(teacher.tasks)}")
+    layers = [*teacher.trunk.stack.layers, *(layer for name in ids for layer in teacher.tasks[name].branch.layers)]
+    for layer in layers:
+        if not isinstance(getattr(layer, "intermediate", None), nn.Module):
+            feed_forward(layer)  # the one-line error naming the layer type
+    totals: dict[nn.Module, torch.Tensor] = {}
+    tokens: dict[nn.Module, int] = {}
+    batch: dict[str, torch.Tensor] = {}
+
+    def recorder(layer: nn.Module) -> Callable[..., None]:
+        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            real = batch["mask"].unsqueeze(-1).to(output.dtype)
+            total = (output.abs() * real).sum((0, 1)).float()
+            totals[layer] = totals[layer] + total if layer in totals else total
+            tokens[layer] = tokens.get(layer, 0) + int(batch["mask"].sum())
+
+        return record
+
+    handles = [layer.intermediate.register_forward_hook(recorder(layer)) for layer in layers]
+    modes = {module: module.training for module in teacher.modules()}  # restored one by one: they differ (frozen parts)
+    teacher.eval()
+    try:
+        with torch.inference_mode():
+            for name, rows in ids.items():
+                for start in range(0, len(rows), batch_size):
+                    input_ids, mask = (t.to(teacher.device) for t in pad_ids(list(rows[start : start + batch_size]), teacher.pad_id))
+                    batch["mask"] = mask
+                    teacher(input_ids, mask, tasks=(name,))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return {layer: total / max(tokens[layer], 1) for layer, total in totals.items()}
+
+
 def student_of(
-    teacher: ChainModel, trunk_layers: int, branch_layers: int, task_branch_layers: Mapping[str, int] | None = None
+    teacher: ChainModel,
+    trunk_layers: int,
+    branch_layers: int,
+    task_branch_layers: Mapping[str, int] | None = None,
+    ffn_width: int | None = None,
+    activity: Activity | None = None,
 ) -> ChainModel:
     """A student of ``teacher`` with ``trunk_layers`` trunk layers and ``branch_layers`` layers per task branch (or,
     for the tasks named in ``task_branch_layers``, their own number: a task that needs a layer of its own keeps it,
     an easy one reads the student trunk directly), each copied from the teacher's layer at the same relative depth
     (:func:`spread`); heads are copied, LoRA branches merged. The student's trunk is its own (saved with it), so it
-    counts as tuned; ``compression`` records the layers kept.
+    counts as tuned; ``compression`` records the layers kept. With ``ffn_width`` every student layer keeps that many
+    feed-forward neurons: those its teacher layer's :func:`ffn_activity` (``activity``) ranks first, or without it
+    those with the largest weights.
 
     Example:
         >>> student = student_of(teacher, trunk_layers=3, branch_layers=1)  # doctest: +SKIP
         >>> student.layer_ids  # doctest: +SKIP
         [0, 2, 3, 5]
         >>> student = student_of(teacher, 3, 0, task_branch_layers={"intent": 1})  # doctest: +SKIP
+        >>> narrow = student_of(teacher, 3, 1, ffn_width=1152, activity=ffn_activity(teacher, {"sentiment": ids}))  # doctest: +SKIP
     """
     branch_depth = teacher.num_layers - teacher.split
     if teacher.split == 0 and trunk_layers != 0:
@@ -64,20 +155,25 @@ def student_of(
     layer_ids = [teacher.layer_ids[i] for i in trunk_kept] + [teacher.layer_ids[teacher.split + j] for j in branch_kept]
     encoder = load_encoder(teacher.backbone_path)
     keep_layers(encoder, layer_ids)
+    width = ffn_width if ffn_width is not None else teacher.ffn_width
+    if width is not None:  # the templates of new branches by weights, as loading the student will narrow them
+        narrow_encoder(encoder, width)
     student = ChainModel(encoder, teacher.tokenizer, teacher.backbone, teacher.backbone_path, trunk_layers, teacher.max_length, layer_ids)
+    student.ffn_width = width
+    narrowed = _narrower(ffn_width, activity or {})
     for mine, theirs in zip(student.trunk.stack.layers, (teacher.trunk.stack.layers[i] for i in trunk_kept), strict=True):
-        mine.load_state_dict(theirs.state_dict())
+        mine.load_state_dict(narrowed(theirs).state_dict())
     student.trunk_tuned = True
     student.compression = {
         "method": "layer dropping + distillation",
         "teacher": {"split": teacher.split, "layers": teacher.layer_ids},
         "trunk_layers_kept": trunk_kept,
         "branch_layers_kept": kept,
-    }
+    } | ({"ffn_width": {"kept": ffn_width, "of": teacher.ffn_width or teacher.encoder_config.intermediate_size}} if ffn_width else {})
     for name, task in teacher.tasks.items():
         tail = copy.deepcopy(task)
         tail.merge_adapters()
-        layers = [tail.branch.layers[j] for j in kept[name]]
+        layers = [narrowed(tail.branch.layers[j], task.branch.layers[j]) for j in kept[name]]
         mixed_states = [0, *(i + 1 for i in trunk_kept), *(teacher.split + j + 1 for j in kept[name])]  # embeddings, then layers
         new = TaskModel(copy.deepcopy(task.head), layers, student.encoder_config, branch_mode(None), len(mixed_states))
         new.head_layer.load_state_dict(tail.head_layer.state_dict())
@@ -87,6 +183,21 @@ def student_of(
                 new.layer_mix.gamma.copy_(tail.layer_mix.gamma)
         student.attach(name, new.to(teacher.device))
     return student.to(teacher.device)
+
+
+def _narrower(width: int | None, activity: Activity) -> Callable[..., nn.Module]:
+    """``narrowed(layer, teacher_layer=layer)``: ``layer`` (a copy when it is the teacher's own) with ``width``
+    feed-forward neurons, ranked by ``teacher_layer``'s activity; the layer itself when ``width`` is None."""
+
+    def narrowed(layer: nn.Module, teacher_layer: nn.Module | None = None) -> nn.Module:
+        if width is None:
+            return layer
+        source = layer if teacher_layer is None else teacher_layer
+        layer = copy.deepcopy(layer) if teacher_layer is None else layer
+        narrow_layer(layer, width, activity.get(source))
+        return layer
+
+    return narrowed
 
 
 def branch_plan(teacher: ChainModel, branch_layers: int, task_branch_layers: Mapping[str, int]) -> dict[str, int]:
