@@ -9,7 +9,8 @@ per task the metric, per variant the artifact size, CPU throughput at batch 1 an
 Students (``Chain.distil``, as ``finechain compress --trunk-layers``) are distilled from the chain over the same
 training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports. A student written
 ``3+1/0/1/0`` keeps a branch layer for SST-2 and Banking77 only (``--branch-layers 0,sst2=1,banking77=1``);
-``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``); ``3+1u1000`` also over 1,000 unlabelled texts
+``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``); ``3+1f0.75`` keeps three quarters of each
+layer's feed-forward neurons (``--ffn-width 0.75``), ``3+1e6`` is distilled for 6 epochs; ``3+1u1000`` also over 1,000 unlabelled texts
 from each task's training file (texts the chain did not train on, their labels dropped: ``finechain compress
 --texts``), 4,000 in all, which every task's branch learns the teacher's answers on.
 
@@ -26,6 +27,7 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmarks.common import BACKBONE, Recorder, scratch_folder
 from benchmarks.sharing import METRIC, task_specs
@@ -41,29 +43,45 @@ from finechain.inference.exported import ExportedChain
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
 
-STUDENT = re.compile(r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?")
+STUDENT = re.compile(r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?(?:f(\d*\.\d+|1))?(?:e(\d+))?")
 
 
-def student_shape(shape: str) -> tuple[int, int | dict[str, int], float, int]:
-    """``"3+1"`` -> 3 trunk layers, 1 per branch, no hidden-state loss, no unlabelled texts; ``"3+1h1"``: hidden-state
-    weight 1; ``"3+1h1u1000"``: and 1,000 unlabelled texts per task; ``"3+1/0/1/0"``: branch layers per task, in the
-    order of the chain's tasks (SST-2, AG News, Banking77, CoNLL-2003).
+class Shape(NamedTuple):
+    """A student of the benchmark: how it is cut from the chain and distilled."""
+
+    trunk: int
+    branch: int | dict[str, int]  # layers per branch, or per task
+    hidden: float = 0.0  # hidden-state loss weight
+    unlabelled: int = 0  # unlabelled texts per task
+    ffn: float | None = None  # share of the feed-forward neurons kept
+    epochs: int | None = None  # distillation epochs (None: the chain's)
+
+
+def student_shape(shape: str) -> Shape:
+    """``"3+1"`` -> 3 trunk layers, 1 per branch, no hidden-state loss, no unlabelled texts, every feed-forward neuron;
+    ``"3+1h1"``: hidden-state weight 1; ``"3+1h1u1000"``: and 1,000 unlabelled texts per task; ``"3+1/0/1/0"``: branch
+    layers per task, in the order of the chain's tasks (SST-2, AG News, Banking77, CoNLL-2003); ``"3+1f0.75"``: each
+    layer keeps three quarters of its feed-forward neurons (``finechain compress --ffn-width 0.75``); ``"3+1e6"``:
+    distilled for 6 epochs (``--epochs 6``) instead of the chain's.
 
     Example:
-        >>> student_shape("3+1"), student_shape("3+1h0.5"), student_shape("3+1u500")
-        ((3, 1, 0.0, 0), (3, 1, 0.5, 0), (3, 1, 0.0, 500))
-        >>> student_shape("3+1/0/1/0u1000")
-        (3, {'sst2': 1, 'agnews': 0, 'banking77': 1, 'conll2003': 0}, 0.0, 1000)
+        >>> tuple(student_shape("3+1")), tuple(student_shape("3+1h0.5")), tuple(student_shape("3+1u500f0.75e6"))
+        ((3, 1, 0.0, 0, None, None), (3, 1, 0.5, 0, None, None), (3, 1, 0.0, 500, 0.75, 6))
+        >>> student_shape("3+1/0/1/0u1000").branch
+        {'sst2': 1, 'agnews': 0, 'banking77': 1, 'conll2003': 0}
     """
     match = STUDENT.fullmatch(shape)
     if match is None:
         raise ValueError(f"{shape!r} is not TRUNK+BRANCH layers")
-    trunk, branch, hidden, unlabelled = match.groups()
+    trunk, branch, hidden, unlabelled, ffn, epochs = match.groups()
     depths = [int(d) for d in branch.split("/")]
     if len(depths) not in (1, len(METRIC)):
         raise ValueError(f"{shape!r}: give one branch depth, or one per task ({'/'.join(METRIC)})")
     per_task = depths[0] if len(depths) == 1 else dict(zip(METRIC, depths, strict=True))
-    return int(trunk), per_task, float(hidden or 0), int(unlabelled or 0)
+    share = None if ffn is None else float(ffn)
+    if share is not None and not 0 < share <= 1:
+        raise ValueError(f"{shape!r}: the feed-forward share must be above 0 and at most 1")
+    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, None if epochs is None else int(epochs))
 
 
 def student_name(shape: str) -> str:
@@ -74,15 +92,19 @@ def student_name(shape: str) -> str:
         'student: 3-layer trunk, 1-layer branches, hidden states (weight 1), 1,000 unlabelled texts per task'
         >>> student_name("3+1/0/1/0")
         'student: 3-layer trunk, branches of 1/0/1/0 layers (SST-2/AG News/Banking77/CoNLL)'
+        >>> student_name("3+1f0.75e6")
+        'student: 3-layer trunk, 1-layer branches, 75% of the feed-forward neurons kept, 6 epochs'
     """
-    trunk_layers, branch_layers, hidden, unlabelled = student_shape(shape)
-    if isinstance(branch_layers, int):
-        name = f"student: {trunk_layers}-layer trunk, {branch_layers}-layer branches"
+    s = student_shape(shape)
+    if isinstance(s.branch, int):
+        name = f"student: {s.trunk}-layer trunk, {s.branch}-layer branches"
     else:
-        depths = "/".join(str(d) for d in branch_layers.values())
-        name = f"student: {trunk_layers}-layer trunk, branches of {depths} layers (SST-2/AG News/Banking77/CoNLL)"
-    name += f", hidden states (weight {hidden:g})" if hidden else ""
-    return name + (f", {unlabelled:,} unlabelled texts per task" if unlabelled else "")
+        depths = "/".join(str(d) for d in s.branch.values())
+        name = f"student: {s.trunk}-layer trunk, branches of {depths} layers (SST-2/AG News/Banking77/CoNLL)"
+    name += f", hidden states (weight {s.hidden:g})" if s.hidden else ""
+    name += f", {s.unlabelled:,} unlabelled texts per task" if s.unlabelled else ""
+    name += f", {s.ffn:.0%} of the feed-forward neurons kept" if s.ffn is not None else ""
+    return name + (f", {s.epochs} epochs" if s.epochs is not None else "")
 
 
 def unlabelled_texts(specs: list[TaskSpec], datas: dict[str, TaskData], per_task: int, seed: int) -> list[str]:
@@ -141,22 +163,22 @@ def main(argv: list[str] | None = None) -> None:
         args.train_examples, args.epochs, args.eval_limit, args.speed_texts, args.rounds = 200, 1, 50, 64, 1
         args.students = "3+1" if args.students == parser.get_default("students") else args.students
     # each student's (trunk layers, branch layers, hidden weight, unlabelled texts per task), read before the chain trains
-    shapes: dict[str, tuple[int, int | dict[str, int], float, int]] = {}
+    shapes: dict[str, Shape] = {}
     for shape in filter(None, args.students.split(",")):
         try:
             shapes[shape] = student_shape(shape)
         except ValueError as error:
             parser.error(
                 f"--students: {error} (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch "
-                "layers per task)"
+                "layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs)"
             )
     rec = Recorder("export", "cpu")
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     extras = {}  # before the chain trains: too few texts is a usage error, not an hour lost
-    for shape, (*_, per_task) in shapes.items():
+    for shape, cut in shapes.items():
         try:
-            extras[shape] = unlabelled_texts(specs, datas, per_task, args.seed) if per_task else []
+            extras[shape] = unlabelled_texts(specs, datas, cut.unlabelled, args.seed) if cut.unlabelled else []
         except ValueError as error:
             parser.error(f"--students {shape}: {error}")
     work = scratch_folder("finechain-export-bench-", keep=args.keep)
@@ -174,17 +196,18 @@ def main(argv: list[str] | None = None) -> None:
     if openvino:  # calibrated on the tasks' training files, as compress --int8 --static does by default
         quantize_static_int8(work / "onnx", work / "static")
     students = {}
-    for shape, (trunk_layers, branch_layers, hidden, _) in shapes.items():
+    for shape, cut in shapes.items():
         started = time.perf_counter()
         student = chain.distil(
-            trunk_layers,
-            branch_layers if isinstance(branch_layers, int) else 0,
-            task_branch_layers=branch_layers if isinstance(branch_layers, dict) else None,
+            cut.trunk,
+            cut.branch if isinstance(cut.branch, int) else 0,
+            task_branch_layers=cut.branch if isinstance(cut.branch, dict) else None,
             texts=extras[shape],
             data=datas,
             training=training,
-            epochs=args.epochs,
-            hidden_weight=hidden,
+            epochs=cut.epochs or args.epochs,
+            hidden_weight=cut.hidden,
+            ffn_width=cut.ffn,
             progress=False,
         )
         seconds = time.perf_counter() - started
