@@ -281,6 +281,11 @@ def test_cli_compress_with_branch_layers_per_task(
     assert "branch layers sent [], ner [1] of 2, feed-forward neurons 32 of 64 per layer, distilled" in " ".join(out.split())
     code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
     assert code == 0 and "backbone layers [1, 3] of the teacher's 4, 32 feed-forward neurons per layer, distilled" in " ".join(out.split())
+    narrow = ["compress", str(trained), "--out", str(tmp_path / "w"), "--ffn-width", "0.75", "--epochs", "1", "-q"]
+    code, out, err = cli(narrow, monkeypatch, capsys)
+    assert code == 0 and "branch layers [0, 1] of 2, feed-forward neurons 48 of 64 per layer" in " ".join(out.split()), err
+    code, out, err = cli(["info", str(tmp_path / "w")], monkeypatch, capsys)  # every layer kept, each narrower
+    assert code == 0 and "student: every backbone layer of the teacher's 4, 48 feed-forward neurons" in " ".join(out.split()), out
     manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
     assert {n: t["branch_layers"] for n, t in manifest["tasks"].items()} == {"sent": 0, "ner": 1}
     code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)

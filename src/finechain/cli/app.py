@@ -643,7 +643,8 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     if manifest.compression is not None:
         teacher_layers = len(manifest.compression.get("teacher", {}).get("layers", [])) or "?"
         narrowed = f", {manifest.ffn_width} feed-forward neurons per layer" if manifest.ffn_width else ""
-        out.print(f"student: backbone layers {manifest.layers} of the teacher's {teacher_layers}{narrowed}, distilled")
+        kept = "every backbone layer" if manifest.layers is None else f"backbone layers {manifest.layers}"  # --ffn-width alone
+        out.print(f"student: {kept} of the teacher's {teacher_layers}{narrowed}, distilled")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)
     for column in ("task", "type", "labels", "branch", "stored", "metric", "val", "test"):
         table.add_column(column, no_wrap=True)
