@@ -42,7 +42,7 @@ def ffn_neurons(teacher: ChainModel, share: float) -> int:
         1152
     """
     check_ffn_share(share)
-    return max(1, round(share * int(teacher.ffn_width or teacher.encoder_config.intermediate_size)))
+    return max(1, round(share * int(teacher.encoder_config.intermediate_size)))  # a narrowed teacher's config says its width
 
 
 def check_ffn_share(share: float) -> None:
@@ -169,7 +169,7 @@ def student_of(
         "teacher": {"split": teacher.split, "layers": teacher.layer_ids},
         "trunk_layers_kept": trunk_kept,
         "branch_layers_kept": kept,
-    } | ({"ffn_width": {"kept": ffn_width, "of": teacher.ffn_width or teacher.encoder_config.intermediate_size}} if ffn_width else {})
+    } | ({"ffn_width": {"kept": ffn_width, "of": teacher.encoder_config.intermediate_size}} if ffn_width else {})
     for name, task in teacher.tasks.items():
         tail = copy.deepcopy(task)
         tail.merge_adapters()
