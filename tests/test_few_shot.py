@@ -136,6 +136,50 @@ def test_prototype_rows_end_at_the_class_means_of_the_trained_branch(tiny_backbo
         TaskSpec(name="p", type="prototype", head={"recentre": "sometimes"})
 
 
+def test_label_texts_are_trained_on_as_one_more_example_of_their_label(tiny_backbone: Path, tmp_path: Path) -> None:
+    def trained(label_texts: object) -> tuple[Chain, torch.Tensor]:
+        chain = _chain(tiny_backbone)
+        spec = TaskSpec(name="p", type="prototype", head={"temperature": 0.1, "label_texts": label_texts}, min_validation=50)
+        result = chain.fit(spec, FEW.model_copy(update={"precision": "fp32"}), texts=TEXTS, labels=LABELS, progress=False)
+        assert result.provenance.get("label_texts") == (None if label_texts is None else 3)
+        return chain, chain.tasks["p"].head_layer.out.weight.detach()
+
+    # recentred rows are the class means of what was trained on: the examples and the label texts
+    texts, labels = [*TEXTS, "neg", "pos", "very good"], [*LABELS, "neg", "pos", "pos"]
+    chain, rows = trained({"neg": "neg", "pos": ["pos", "very good"]})
+    task = chain.tasks["p"]
+    means = class_means(task, _features(chain, texts), torch.from_numpy(task.head.targets(labels)), 5, "fp32")
+    assert torch.allclose(rows, torch.nn.functional.normalize(means, dim=-1), atol=1e-5)
+    _, plain = trained(None)
+    assert (plain - rows).abs().max() > 1e-3
+    chain.save_pretrained(tmp_path / "chain")  # the manifest says what training added
+    assert json.loads((tmp_path / "chain" / "finechain.json").read_text())["tasks"]["p"]["data"]["label_texts"] == 3
+
+
+def test_label_texts_names_and_their_bad_inputs(tiny_backbone: Path) -> None:
+    names = TaskSpec(name="p", type="prototype", head={"label_texts": "names"})
+    assert PrototypeHead.label_examples(names.head, ["card_arrival", "top-up", "Sci/Tech"]) == [
+        ("card arrival", "card_arrival"),
+        ("top up", "top-up"),
+        ("Sci/Tech", "Sci/Tech"),
+    ]
+    chain = _chain(tiny_backbone)
+    digits = [("1" if y == "pos" else "0") for y in LABELS]
+    with pytest.raises(SpecError, match=r"label '0' has no letters.*label_texts: \{'0'") as wordless:
+        chain.fit(names, FEW, texts=TEXTS, labels=digits, progress=False)
+    assert wordless.value.field == "head.label_texts"
+    unknown = TaskSpec(name="p", type="prototype", head={"label_texts": {"positive": "good"}})
+    with pytest.raises(SpecError, match=r"label_texts names 'positive', which is not a label of this task \(neg, pos\)"):
+        chain.fit(unknown, FEW, texts=TEXTS, labels=LABELS, progress=False)
+    assert TaskSpec(name="p", type="prototype", head={"label_texts": {0: "negative"}}).head.label_texts == {"0": "negative"}  # YAML
+    with pytest.raises(ValidationError, match="label 'pos' has an empty text under label_texts"):
+        TaskSpec(name="p", type="prototype", head={"label_texts": {"pos": ["good", " "]}})
+    with pytest.raises(ValidationError, match="label_texts"):
+        TaskSpec(name="p", type="prototype", head={"label_texts": "descriptions"})
+    with pytest.raises(ValidationError, match="label_texts"):  # an option of prototype heads only
+        TaskSpec(name="p", head={"label_texts": "names"})
+
+
 class Checks(Hook):
     def __init__(self) -> None:
         self.epochs: list[float] = []

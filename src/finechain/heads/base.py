@@ -137,6 +137,12 @@ class Head(ABC):
         return None
 
     @classmethod
+    def label_examples(cls, options: HeadOptions, labels: Sequence[str]) -> list[tuple[str, str]]:
+        """Texts that stand for labels, each to be trained on as one more example of its label: ``(text, label)``
+        pairs from the options (a prototype head's ``label_texts``); default: none."""
+        return []
+
+    @classmethod
     def label_names(cls, parsed: Sequence[Any]) -> list[str]:
         """Every label name the parsed labels use (empty for regression)."""
         names: set[str] = set()

@@ -46,7 +46,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation check
     tail: TaskModel | None = None
     training: TrainingConfig | None = None  # the settings used, learning rate resolved
-    provenance: dict[str, Any] = field(default_factory=dict)  # what training added to the data's account (augmentation)
+    provenance: dict[str, Any] = field(default_factory=dict)  # what training added to the data (augmentation, label texts)
 
     @property
     def epochs_run(self) -> int:
@@ -168,6 +168,24 @@ def augmented_data(data: TaskData, cfg: TrainingConfig, head_cls: type[Head]) ->
     return replace(data, train=train, provenance={**data.provenance, "augmented": {"copies": cfg.augment, "rate": cfg.augment_rate}})
 
 
+def with_label_texts(data: TaskData, spec: TaskSpec, head_cls: type[Head]) -> TaskData:
+    """``data`` with the texts that the head's options give for its labels (a prototype head's ``label_texts``) added
+    to the training split, one example each (line 0: no row of a file); validation and test untouched.
+
+    Example:
+        >>> spec = TaskSpec(name="t", type="prototype", head={"label_texts": "names"})
+        >>> len(with_label_texts(data, spec, head_type("prototype")).train)  # doctest: +SKIP
+        34
+    """
+    added = head_cls.label_examples(spec.head, data.labels)
+    if not added or not len(data.train):
+        return data
+    texts, labels = [text for text, _ in added], [label for _, label in added]
+    lines = [*data.train.lines, *[0] * len(added)]
+    train = Split([*data.train.texts, *texts], [*data.train.labels, *labels], lines, data.train.file, data.train.warnings)
+    return replace(data, train=train, provenance={**data.provenance, "label_texts": len(added)})
+
+
 def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
     """A loss scaler for fp16 training (small gradients would underflow in fp16 without it); None otherwise.
 
@@ -236,7 +254,7 @@ def _fit_task(
             field="contrastive",
             fix="remove contrastive",
         )
-    data = augmented_data(data or load_task_data(spec, head_cls, cfg.seed), cfg, head_cls)
+    data = with_label_texts(augmented_data(data or load_task_data(spec, head_cls, cfg.seed), cfg, head_cls), spec, head_cls)
     torch.manual_seed(cfg.seed)
     if init is None:
         head = head_cls(options=spec.head)
@@ -360,7 +378,6 @@ def _fit_task(
         validation = task.head.score(best.outputs, y_val)
     train_seconds = time.perf_counter() - started - loop.observed + loop.resumed_seconds  # a resumed run counts its earlier epochs
     rate = loop.seen / max(loop.state.seconds, 1e-9)
-    augmented = {"augmented": data.provenance["augmented"]} if "augmented" in data.provenance else {}
-    return FitResult(
-        spec.name, metric, loop.state.best_epoch, validation, None, train_seconds, rate, report.history, task.eval(), cfg, augmented
-    )
+    added = {key: data.provenance[key] for key in ("augmented", "label_texts") if key in data.provenance}  # training's own data
+    best_epoch = loop.state.best_epoch
+    return FitResult(spec.name, metric, best_epoch, validation, None, train_seconds, rate, report.history, task.eval(), cfg, added)

@@ -34,6 +34,7 @@ from finechain.train.fit import (
     resolve_training,
     tail_learning_rate,
     task_outputs,
+    with_label_texts,
 )
 from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
 from finechain.train.objectives import HeadLoss, Objective, StepInputs, training_objective
@@ -109,7 +110,7 @@ def _jobs(
     jobs = []
     for spec in specs:
         head_cls = head_type(spec.type)
-        data = augmented_data(datas[spec.name], spec.training.apply(training), head_cls)
+        data = with_label_texts(augmented_data(datas[spec.name], spec.training.apply(training), head_cls), spec, head_cls)
         if not len(data.validation):
             raise DataError(
                 f"joint training selects the trunk on every task's validation data, and task '{spec.name}' has none: too few "
