@@ -76,6 +76,7 @@ SUITE_TITLES = {
     "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
     "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
     "few_shot_holdout_bf16": "Few-shot recipe variants on held-out training texts, on a CPU with bf16 units (AG News; CPU)",
+    "few_shot_label_texts": "Few-shot tasks: the labels' names as one more example each, vs SetFit (CPU)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
@@ -867,6 +868,7 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
 SECTIONS += ["small_data", "imbalance", "tagging_defaults", "zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16"]
+SECTIONS += ["few_shot_label_texts"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
     "branch_batching",
@@ -939,6 +941,7 @@ TABLES = {
     "few_shot": few_shot_table,
     "few_shot_holdout": few_shot_table,
     "few_shot_holdout_bf16": few_shot_table,
+    "few_shot_label_texts": few_shot_table,
 }
 
 

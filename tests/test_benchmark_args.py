@@ -63,7 +63,8 @@ from benchmarks import export, few_shot, kernels, mixing, sharing, split_sweep, 
             "unknown setfit; choose from plain, plain (validation cut), few-shot recipe, few-shot recipe (min_steps 50), few-shot recipe"
             " (min_steps 50; lr 3e-5), few-shot recipe (min_steps 50; contrastive 3), few-shot recipe (min_steps 50; rows as trained),"
             " few-shot recipe (min_steps 50; augment 2), few-shot recipe (min_steps 25), few-shot recipe (min_steps 50;"
-            " temperature 0.1), few-shot recipe (min_steps 50; split 0), few-shot recipe (min_steps 50; split 1)",
+            " temperature 0.1), few-shot recipe (min_steps 50; split 0), few-shot recipe (min_steps 50; split 1), few-shot recipe"
+            " (min_steps 50; label texts)",
         ),
     ],
 )
