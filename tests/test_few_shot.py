@@ -180,6 +180,22 @@ def test_label_texts_names_and_their_bad_inputs(tiny_backbone: Path) -> None:
         TaskSpec(name="p", head={"label_texts": "names"})
 
 
+def test_label_texts_a_spec_cannot_use_are_found_at_their_spec_line_before_training(tiny_backbone: Path, tmp_path: Path) -> None:
+    from finechain.jobs.checking import check_spec
+
+    write_csv(tmp_path / "codes.csv", [(t, "1" if y == "pos" else "0") for t, y in ROWS])
+    spec = tmp_path / "chain.yaml"
+    task = "tasks:\n  - name: p\n    type: prototype\n    train: codes.csv\n    head:\n      label_texts: "
+    spec.write_text(f"backbone: {tiny_backbone}\nmax_length: 32\n{task}names\n")
+    with pytest.raises(SpecError, match=rf"^{spec}:8: label_texts: names, but the label '0' has no letters to read \(fix: map"):
+        check_spec(spec)
+    spec.write_text(f"backbone: {tiny_backbone}\nmax_length: 32\n{task}{{0: negative, 2: other}}\n")  # YAML's numbers name labels too
+    with pytest.raises(SpecError, match=rf"^{spec}:8: label_texts names '2', which is not a label of this task \(0, 1\)"):
+        check_spec(spec)
+    spec.write_text(f"backbone: {tiny_backbone}\nmax_length: 32\n{task}{{0: negative, 1: positive}}\n")
+    assert check_spec(spec).data["p"].labels == ["0", "1"]
+
+
 class Checks(Hook):
     def __init__(self) -> None:
         self.epochs: list[float] = []

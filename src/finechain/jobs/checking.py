@@ -48,6 +48,11 @@ def check_spec(spec_path: Path) -> Checked:
     spec = load_chain_spec(spec_path)
     data = load_all(spec.tasks, spec.training)
     check_flows(spec, spec_path, data)
+    for index, task in enumerate(spec.tasks):  # texts for labels the data may not have: at the spec line that names them
+        try:
+            head_type(task.type).label_examples(task.head, data[task.name].labels)
+        except FinechainError as error:
+            raise error.at(spec_path, spec_line(spec_path, "tasks", index, "head", "label_texts")) from None
     try:
         path, _ = resolve_backbone(spec.backbone, spec_path.parent)
         config = inspect_backbone(path)
