@@ -49,7 +49,7 @@ class PrototypeOptions(ScaledCosineOptions):
     def _texts_written(cls, value: str | dict[str, str | list[str]] | None) -> str | dict[str, str | list[str]] | None:
         if isinstance(value, dict):
             for label, texts in value.items():
-                if not texts or any(not str(text).strip() for text in (texts if isinstance(texts, list) else [texts])):
+                if not texts or any(not str(text).strip() for text in _as_list(texts)):
                     raise ValueError(f"label '{label}' has an empty text under label_texts; write one, or leave the label out")
         return value
 

@@ -186,6 +186,17 @@ def with_label_texts(data: TaskData, spec: TaskSpec, head_cls: type[Head]) -> Ta
     return replace(data, train=train, provenance={**data.provenance, "label_texts": len(added)})
 
 
+def training_data(data: TaskData, spec: TaskSpec, cfg: TrainingConfig, head_cls: type[Head]) -> TaskData:
+    """What a task trains on: ``data`` with what training adds to it, augmented copies (:func:`augmented_data`) and
+    the texts given for its labels (:func:`with_label_texts`, not augmented).
+
+    Example:
+        >>> len(training_data(data, spec, TrainingConfig(augment=1), ClassificationHead).train)  # doctest: +SKIP
+        1936
+    """
+    return with_label_texts(augmented_data(data, cfg, head_cls), spec, head_cls)
+
+
 def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
     """A loss scaler for fp16 training (small gradients would underflow in fp16 without it); None otherwise.
 
@@ -254,7 +265,7 @@ def _fit_task(
             field="contrastive",
             fix="remove contrastive",
         )
-    data = with_label_texts(augmented_data(data or load_task_data(spec, head_cls, cfg.seed), cfg, head_cls), spec, head_cls)
+    data = training_data(data or load_task_data(spec, head_cls, cfg.seed), spec, cfg, head_cls)
     torch.manual_seed(cfg.seed)
     if init is None:
         head = head_cls(options=spec.head)

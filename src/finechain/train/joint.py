@@ -27,14 +27,13 @@ from finechain.train.checkpoint import UNHASHED_SPEC, UNHASHED_TRAINING, Checkpo
 from finechain.train.features import TrunkFeatures
 from finechain.train.fit import (
     FitResult,
-    augmented_data,
     fit_task,
     gradient_scaler,
     passes_per_epoch,
     resolve_training,
     tail_learning_rate,
     task_outputs,
-    with_label_texts,
+    training_data,
 )
 from finechain.train.loop import Check, EarlyStopping, Evaluation, Hook, TrainingLoop
 from finechain.train.objectives import HeadLoss, Objective, StepInputs, training_objective
@@ -110,7 +109,7 @@ def _jobs(
     jobs = []
     for spec in specs:
         head_cls = head_type(spec.type)
-        data = with_label_texts(augmented_data(datas[spec.name], spec.training.apply(training), head_cls), spec, head_cls)
+        data = training_data(datas[spec.name], spec, spec.training.apply(training), head_cls)
         if not len(data.validation):
             raise DataError(
                 f"joint training selects the trunk on every task's validation data, and task '{spec.name}' has none: too few "
