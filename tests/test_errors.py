@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from finechain.cli.app import main
+from finechain.io import folder_lock
 from tests.conftest import sentiment_rows, write_csv
 
 
@@ -130,6 +131,37 @@ def test_spec_head_options_that_contradict_name_their_line(folder: Path, tiny_ba
     code, _, err = run_cli(["train", str(write_spec(folder, block, tiny_backbone)), "--out", str(folder / "out")], monkeypatch, capsys)
     expect_one_line_error(code, err, "chain.yaml:11:", "a CRF decodes whole tag sequences", "remove `decoding: argmax`")
     assert not (folder / "out").exists()
+
+
+def test_a_value_of_none_of_its_kinds_names_every_kind(folder: Path, tiny_backbone: Path, monkeypatch, capsys) -> None:
+    spec = write_spec(folder, task_block(), tiny_backbone)
+    spec.write_text(spec.read_text().replace("split: 2", "split: autoo"))
+    code, _, err = run_cli(["check", str(spec)], monkeypatch, capsys)
+    expect_one_line_error(code, err, "chain.yaml:2: split: expected a whole number or 'auto', not 'autoo'")
+    for texts, message in (
+        ("nmes", "chain.yaml:12: tasks.0.head.label_texts: expected 'names' or a mapping, not 'nmes'"),
+        ("{0: 3}", "tasks.0.head.label_texts.0: expected text or a list, not 3 (fix: write text or a list)"),
+    ):
+        block = task_block().replace("classification", "prototype") + f"    head:\n      label_texts: {texts}\n"
+        code, _, err = run_cli(["train", str(write_spec(folder, block, tiny_backbone)), "--out", str(folder / "out")], monkeypatch, capsys)
+        expect_one_line_error(code, err, message)
+        assert not (folder / "out").exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "chain"
+    with pytest.raises(RuntimeError), folder_lock(out):
+        raise RuntimeError("failed before writing anything")
+    assert not (tmp_path / "new").exists()  # the folder and the parent made for it
+    with pytest.raises(RuntimeError), folder_lock(out):
+        (out / "runs").mkdir()  # a checkpoint to resume from stays, and so does the folder
+        raise RuntimeError("failed after a checkpoint")
+    assert (out / "runs").is_dir()
+    existing = tmp_path / "empty"
+    existing.mkdir()
+    with folder_lock(existing):
+        pass
+    assert existing.is_dir()  # a folder the user made is theirs
 
 
 def test_invalid_yaml(folder: Path, monkeypatch, capsys) -> None:

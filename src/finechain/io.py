@@ -12,7 +12,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,8 @@ def decode_utf8(data: bytes, source: str | Path) -> str:
 def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (a ``.finechain.lock`` file in it) while the block runs; a second process
     that asks while it is held gets a one-line error instead of interleaving its writes with the first's. The lock goes
-    with the process, also when it is killed.
+    with the process, also when it is killed. A folder this call created and the block left empty (a run that failed
+    before writing anything) is removed again, lock file and all, so a failed run leaves nothing behind.
 
     Example:
         >>> import tempfile
@@ -223,6 +224,7 @@ def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FinechainError("this is a file, not a folder", file=folder, fix="choose a folder path (it is created if missing)")
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # the folder and any parents made for it
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = (folder / LOCK_FILE).open("a+")
@@ -248,7 +250,20 @@ def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
         finally:
             handle.seek(0)
             handle.truncate()
+            if created:
+                _remove_if_only_lock(folder, created)  # still locked: no other process is between the check and the removal
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_if_only_lock(folder: Path, created: list[Path]) -> None:
+    """Remove ``folder`` if the lock file is all it holds, then the ``created`` parents left empty (best effort: what
+    cannot be read or removed stays)."""
+    with suppress(OSError):
+        if [entry.name for entry in folder.iterdir()] != [LOCK_FILE]:
+            return
+        (folder / LOCK_FILE).unlink()
+        for path in created:  # the folder first, then its new parents upwards; rmdir refuses any that is not empty
+            path.rmdir()
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:

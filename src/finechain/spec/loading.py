@@ -172,11 +172,8 @@ def _task_type(data: Any, loc: tuple[Any, ...]) -> str | None:
 def _raise_first(
     err: ValidationError, path: Path, lines: Lines, data: Any, prefix: tuple[Any, ...] = (), model: type[BaseModel] = ChainSpec
 ) -> None:
-    first = err.errors()[0]
-    loc = _as_written(
-        tuple(part for part in first["loc"] if part not in {"function-after", "function-wrap"}),
-        {k[len(prefix) :]: v for k, v in lines.items() if k[: len(prefix)] == prefix},
-    )
+    first, kinds = _reported_error(err.errors())
+    loc = _as_written(first["loc"], {k[len(prefix) :]: v for k, v in lines.items() if k[: len(prefix)] == prefix})
     line = None
     for cut in range(len(loc), -1, -1):
         if (*prefix, *loc[:cut]) in lines:
@@ -185,6 +182,9 @@ def _raise_first(
     field = ".".join(str(p) for p in loc) or "spec"
     unknown = first["type"] == "extra_forbidden"
     message = "unknown field" if unknown else first["msg"].removeprefix("Value error, ")
+    if len(kinds) > 1:  # a value that may be one of several kinds (`split: auto` or a number) and is none of them
+        alternatives = " or ".join(dict.fromkeys(kinds))
+        raise SpecError(f"{field}: expected {alternatives}, not {first.get('input')!r}", file=path, line=line, fix=f"write {alternatives}")
     if unknown:
         hint = unknown_field_hint(model, tuple(first["loc"]), _task_type(data, tuple(first["loc"])))
     else:
@@ -192,6 +192,53 @@ def _raise_first(
         if first["type"] in VALUE_HINTS:
             message += f", not {first.get('input')!r}"
     raise SpecError(f"{field}: {message}", file=path, line=line, fix=hint) from None
+
+
+# the wrappers and union members pydantic names in an error's location besides the fields: "function-after", "int",
+# "literal['auto']", "dict[str,union[str,list[str]]]", ...
+_TYPE_PARTS = {"function-after", "function-wrap", "function-before", "int", "float", "str", "bool", "list", "dict", "none"}
+
+# a union member's error, as the kind of value it asked for
+_KINDS = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+}
+
+
+def _type_part(part: Any) -> bool:
+    return isinstance(part, str) and (part in _TYPE_PARTS or "[" in part)
+
+
+def _reported_error(errors: list[Any]) -> tuple[dict[str, Any], list[str]]:
+    """The error to report, with its location as fields only, and, where the value may be one of several kinds (a
+    union), the kinds it could have been: the members' errors at the deepest location the value reached (a mapping
+    whose values are wrong is reported at the value, not as "not 'names'").
+
+    Example:
+        >>> errors = [{"type": "int_parsing", "loc": ("split", "int"), "msg": "m", "input": "x"},
+        ...           {"type": "literal_error", "loc": ("split", "literal['auto']"), "msg": "Input should be 'auto'", "input": "x"}]
+        >>> _reported_error(errors)[1]
+        ['a whole number', "'auto'"]
+    """
+    fields = [dict(error, loc=tuple(part for part in error["loc"] if not _type_part(part))) for error in errors]
+    first = fields[0]
+    cut = next((i for i, part in enumerate(errors[0]["loc"]) if _type_part(part) and "function" not in part), None)
+    if cut is None:
+        return first, []
+    owner = tuple(part for part in errors[0]["loc"][:cut] if not _type_part(part))
+    members = [error for error in fields if error["loc"][: len(owner)] == owner]
+    deepest = max(len(error["loc"]) for error in members)
+    members = [error for error in members if len(error["loc"]) == deepest]
+    kinds = [_KINDS.get(e["type"], e["msg"].removeprefix("Input should be ")) for e in members]
+    return members[0], kinds if len(members) > 1 else []
 
 
 # what to do about a value of the wrong kind (pydantic's error type -> fix)
