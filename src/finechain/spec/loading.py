@@ -184,7 +184,8 @@ def _raise_first(
     message = "unknown field" if unknown else first["msg"].removeprefix("Value error, ")
     if len(kinds) > 1:  # a value that may be one of several kinds (`split: auto` or a number) and is none of them
         alternatives = " or ".join(dict.fromkeys(kinds))
-        raise SpecError(f"{field}: expected {alternatives}, not {first.get('input')!r}", file=path, line=line, fix=f"write {alternatives}")
+        message = f"expected {alternatives}, not {first.get('input')!r}"
+        raise SpecError(f"{field}: {message}", file=path, line=line, fix=f"write {alternatives}") from None
     if unknown:
         hint = unknown_field_hint(model, tuple(first["loc"]), _task_type(data, tuple(first["loc"])))
     else:
