@@ -4,13 +4,15 @@ Two variants made from the public sets (the same class shares in the training sa
 AG News with 1,000 training texts where Business is 9% (the other three share the rest), and SST-2 with 600
 sentences where negative is 10%. On each, with several seeds (each its own sample): finechain's default (the best
 check picked on macro-F1 when the classes are imbalanced), the default before it (picked on accuracy), class-weighted
-losses (``class_weights: balanced`` and ``sqrt``), the focal loss, and the Hugging Face Trainer's full fine-tune on the
+losses (``class_weights: balanced`` and ``sqrt``), the focal loss, every layer tuned (``split 0``: the chain's
+default for one tagging task), and the Hugging Face Trainer's full fine-tune on the
 same examples (lr 5e-5, batch 32, 3 epochs). Macro-F1 is the headline (a rare class counts as much as a common one);
 accuracy and training time are recorded too. With ``--tune-trials N``, also ``finechain tune`` (N trials on the
 validation split cut from the training sample), then the best spec trained and scored like the others; its time is
 the search's plus the final training's.
 
     python -m benchmarks imbalance [--quick] [--seeds 13,14] [--tasks agnews,sst2] [--no-peer] [--tune-trials 0] [--no-variants]
+        [--variants default (macro-F1 selection when imbalanced),split 0 (every layer tuned),...]
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from finechain.model.backbone import resolve_backbone
 
 # task -> (training texts, the rare class, its share of training and evaluation texts, its name)
 SETTINGS = {"agnews": (1_000, "Business", 0.09, "Business"), "sst2": (600, "0", 0.10, "negative")}
-# variant -> (head options, spec metric): what the variant changes from finechain's defaults
-VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
-    "default (macro-F1 selection when imbalanced)": ({}, None),
-    "accuracy selection (the default before)": ({}, "accuracy"),
-    "class_weights: balanced": ({"class_weights": "balanced"}, None),
-    "class_weights: sqrt": ({"class_weights": "sqrt"}, None),
-    "loss: focal (gamma 2)": ({"loss": "focal"}, None),
+# variant -> (head options, spec metric, split): what the variant changes from finechain's defaults
+VARIANTS: dict[str, tuple[dict[str, Any], str | None, int | str]] = {
+    "default (macro-F1 selection when imbalanced)": ({}, None, "auto"),
+    "accuracy selection (the default before)": ({}, "accuracy", "auto"),
+    "class_weights: balanced": ({"class_weights": "balanced"}, None, "auto"),
+    "class_weights: sqrt": ({"class_weights": "sqrt"}, None, "auto"),
+    "loss: focal (gamma 2)": ({"loss": "focal"}, None, "auto"),
+    "split 0 (every layer tuned)": ({}, None, 0),
 }
 
 
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--tune-trials", type=int, default=0, help="also finechain tune with this many trials (0: not run)")
     parser.add_argument("--no-variants", action="store_true", help="skip the fixed variants (e.g. to run only the search)")
+    parser.add_argument("--variants", type=comma_list(str, VARIANTS), default=list(VARIANTS), help="the fixed variants to run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None, help="results file name (default imbalance, or imbalance_quick)")
     args = parser.parse_args(argv)
@@ -108,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             texts, labels = [r.text for r in rows], [str(r.label) for r in rows]
             eval_texts, eval_labels = [e.text for e in evaluation], [str(e.label) for e in evaluation]
             unit = f"{eval_name} ({len(evaluation)} texts, {rare_name} {share:.0%}; {len(rows)} training texts)"
-            for variant, (head, metric) in ({} if args.no_variants else VARIANTS).items():
-                chain = Chain.from_backbone(BACKBONE).to(args.device)
+            for variant in [] if args.no_variants else args.variants:
+                head, metric, split = VARIANTS[variant]
+                chain = Chain.from_backbone(BACKBONE, split=split).to(args.device)
                 spec = TaskSpec(name=task, head=head, metric=metric)
                 start = time.perf_counter()
                 chain.fit(spec, TrainingConfig(seed=seed, min_steps=min_steps), texts=texts, labels=labels, progress=False)

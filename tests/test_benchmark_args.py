@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import export, few_shot, kernels, mixing, sharing, split_sweep, train
+from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, small_data, split_sweep, train
 
 
 @pytest.mark.parametrize(
@@ -15,6 +15,13 @@ from benchmarks import export, few_shot, kernels, mixing, sharing, split_sweep, 
         (sharing.main, ["--peer-learning-rates", "5e-5,fast"], "'5e-5,fast' is not a comma-separated list of float values"),
         (sharing.main, ["--peer-tasks", "banking7"], "unknown banking7; choose from sst2, agnews, banking77, conll2003"),
         (split_sweep.main, ["--splits", "6,four"], "'6,four' is not a comma-separated list of int values"),
+        (small_data.main, ["--splits", "auto,x"], "'auto,x' is not a comma-separated list of split_depth values"),
+        (
+            imbalance.main,
+            ["--variants", "split 0"],
+            "unknown split 0; choose from default (macro-F1 selection when imbalanced), accuracy selection (the default before), "
+            "class_weights: balanced, class_weights: sqrt, loss: focal (gamma 2), split 0 (every layer tuned)",
+        ),
         (mixing.main, ["--splits", "2.5"], "'2.5' is not a comma-separated list of int values"),
         (
             export.main,
