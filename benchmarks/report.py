@@ -91,6 +91,10 @@ SUITE_TITLES = {
     "serve_onnx": "Serving the ONNX export: finechain serve on an exported folder under concurrent clients (CPU)",
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
     "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
+    "imbalance_split0": "Imbalanced classes: every layer tuned for one classification task, a tried default (CPU)",
+    "small_data_split0": "Small data: every layer tuned for one classification task, a tried default (CPU)",
+    "snips_chain_e5_bf16": "SNIPS intent + slots: the chain at the default 5 epochs on a CPU with bf16 units (CPU)",
+    "snips_chain_slotw2": "SNIPS intent + slots: the slot loss weighted twice in joint training (CPU, a tried setting)",
 }
 PEER_FIRST = {"hf-trainer": 0}
 
@@ -867,8 +871,8 @@ SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_he
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "imbalance", "tagging_defaults", "zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16"]
-SECTIONS += ["few_shot_label_texts"]
+SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "zero_shot", "few_shot"]
+SECTIONS += ["few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
     "branch_batching",
@@ -909,6 +913,8 @@ SECTIONS += [
     "snips_chain_s2lr",
     "snips_chain_e10",
     "snips_chain_e10_crf",
+    "snips_chain_e5_bf16",
+    "snips_chain_slotw2",
 ]
 TABLES = {
     "train": train_table,

@@ -3,6 +3,7 @@ tasks answered in one pass, next to what a user would build with the Hugging Fac
 a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
+        [--slot-weight 1]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -83,7 +84,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         ),
     ]
     chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
-    joint = JointConfig() if args.trunk_learning_rate is None else JointConfig(trunk_learning_rate=args.trunk_learning_rate)
+    rates = {} if args.trunk_learning_rate is None else {"trunk_learning_rate": args.trunk_learning_rate}
+    joint = JointConfig(loss_weights={"slots": args.slot_weight}, **rates)
     started = time.perf_counter()
     chain.fit_joint(specs, TrainingConfig(epochs=args.epochs, seed=args.seed), joint, progress=False)
     seconds = time.perf_counter() - started
@@ -93,6 +95,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         variant += f", trunk lr {args.trunk_learning_rate:g}"
     if args.crf:
         variant += ", CRF slot tagger"
+    if args.slot_weight != 1.0:
+        variant += f", slot loss x{args.slot_weight:g}"
     for split, rows in (("dev", read("dev")), ("test", test)):  # dev: what settings are chosen on; test: what is reported
         predictions = chain.predict([r["words"] for r in rows])
         found = scores([p["intent"].label for p in predictions], [p["slots"].tags for p in predictions], rows)
@@ -217,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="auto", help="the chain's split depth: auto or a number of trunk layers")
     parser.add_argument("--trunk-learning-rate", type=float, default=None, help="joint trunk rate (default JointConfig's 5e-5)")
     parser.add_argument("--crf", action="store_true", help="the chain's slot tagger is a CRF (head option crf: true)")
+    parser.add_argument(
+        "--slot-weight", type=float, default=1.0, help="the slot task's loss weight in joint training (JointConfig.loss_weights)"
+    )
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-flow", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default snips, or snips_quick)")
