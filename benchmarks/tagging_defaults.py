@@ -4,14 +4,17 @@ Release tests on a hidden NER set from a specialised domain found the default ch
 fine-tuning. This suite makes the nearest public stand-ins and measures the same comparison on them: a few hundred to
 a few thousand training sentences of a tagging task, either CoNLL-2003 (news NER) or SNIPS slots (spoken commands to a
 voice assistant: another genre, 39 slot types, many of them names of songs, films and places), each seed its own
-sample; the dev file (first ``--dev`` sentences) for selection, scores on the test file.
+sample; the dev file (first ``--dev`` sentences) for selection, scores on the test file (with ``--evaluate-on
+holdout``: on 2,000 training sentences outside each sample, to choose a setting before any test run).
 
     python -m benchmarks tagging-defaults [--quick] [--sets conll2003,snips] [--examples 1000] [--seeds 13,14]
-        [--variants "default,split 0"] [--peer-epochs 3,10] [--no-peer] [--append]
+        [--variants "default,split 0"] [--peer-epochs 3,10] [--evaluate-on test] [--no-peer] [--append]
 
-finechain's variants: ``default`` (one task, every setting at its default: a frozen trunk of 2 layers for this
-backbone, the top 4 tuned), ``split 0`` (every layer tuned, as a full fine-tune does) and ``split 1``. The peer is the
-Hugging Face Trainer's full fine-tune (``AutoModelForTokenClassification``, first-sub-word labels, lr 5e-5, batch 32)
+finechain's variants: ``default`` (one task, every setting at ``Chain.from_backbone``'s default: a frozen trunk of 2
+layers for this backbone, the top 4 tuned; a spec of one tagging task resolves ``split: auto`` to 0 since this suite),
+``split 0`` (every layer tuned, as a full fine-tune does), ``split 1`` and ``split 0 lr 2e-4`` (every layer tuned at
+twice the default branch rate and three times the head's: the demo's NER settings). The peer is the Hugging Face
+Trainer's full fine-tune (``AutoModelForTokenClassification``, first-sub-word labels, lr 5e-5, batch 32)
 for each number of epochs in ``--peer-epochs``, trained on the same sample (it uses no dev data).
 """
 
@@ -34,9 +37,15 @@ from finechain.spec import default_split
 
 Sentences = tuple[list[list[str]], list[list[str]]]
 
-# name: Chain.from_backbone's keyword arguments
-VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "split 0": {"split": 0}, "split 1": {"split": 1}}
+# name: (Chain.from_backbone's keyword arguments, TrainingConfig's changed from its defaults)
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "default": ({}, {}),
+    "split 0": ({"split": 0}, {}),
+    "split 1": ({"split": 1}, {}),
+    "split 0 lr 2e-4": ({"split": 0}, {"learning_rate": 2e-4, "head_learning_rate": 3e-3}),
+}
 SETS = {"conll2003": "news NER", "snips": "voice-assistant slots"}
+HELD_OUT = 2_000  # training sentences outside a sample scored with --evaluate-on holdout
 
 
 def read_set(name: str, part: str) -> Sentences:
@@ -51,6 +60,15 @@ def read_set(name: str, part: str) -> Sentences:
 def sample(data: Sentences, size: int, seed: int) -> Sentences:
     """``size`` sentences drawn at random with ``seed`` (all of them when there are fewer)."""
     picked = sorted(random.Random(seed).sample(range(len(data[0])), min(size, len(data[0]))))
+    return [data[0][i] for i in picked], [data[1][i] for i in picked]
+
+
+def held_out(data: Sentences, size: int, seed: int, count: int) -> Sentences:
+    """``count`` sentences of ``data`` that :func:`sample` with ``size`` and ``seed`` does not draw: a sample's own
+    unseen evaluation set, for choosing a setting without the test file."""
+    drawn = set(random.Random(seed).sample(range(len(data[0])), min(size, len(data[0]))))
+    rest = [i for i in range(len(data[0])) if i not in drawn]
+    picked = sorted(random.Random(seed + 1).sample(rest, min(count, len(rest))))
     return [data[0][i] for i in picked], [data[1][i] for i in picked]
 
 
@@ -80,6 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-epochs", type=comma_list(int), default=[3, 10])
     parser.add_argument("--dev", type=int, default=500, help="dev sentences for finechain's selection")
     parser.add_argument("--test", type=int, default=0, help="test sentences scored (0 = all)")
+    parser.add_argument(
+        "--evaluate-on",
+        choices=["test", "holdout"],
+        default="test",
+        help="holdout: score 2,000 training sentences outside each sample instead of the test file (to choose a setting)",
+    )
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--append", action="store_true", help="keep the results file's records of other runs")
     parser.add_argument("--output", default=None, help="results name (default tagging_defaults, or tagging_defaults_quick)")
@@ -102,25 +126,29 @@ def main(argv: list[str] | None = None) -> None:
             test = test[0][: args.test], test[1][: args.test]
         labels = sorted({t for tags in train[1] for t in tags} | {"O"})
         unit = f"entity F1, {len(test[0])} test sentences"
+        if args.evaluate_on == "holdout":
+            unit = f"entity F1, {HELD_OUT:,} held-out training sentences"
         for size in args.examples:
             for seed in args.seeds:
                 words, tags = sample(train, size, seed)
+                scored = held_out(train, size, seed, HELD_OUT) if args.evaluate_on == "holdout" else test
                 prefix, rec.variant_suffix = f"{task} ({SETS[task]}), {len(words)} sentences: ", f", seed {seed}"
-                again = {f"{v} (split {VARIANTS[v].get('split', default)})" for v in args.variants}
+                again = {f"{v} (split {VARIANTS[v][0].get('split', default)})" for v in args.variants}
                 again |= {f"full fine-tune, {epochs} epochs" for epochs in peer_epochs}
                 rec.records = [r for r in rec.records if not _rerun(r, task, prefix, rec.variant_suffix, again)]
                 for variant in args.variants:
-                    chain = Chain.from_backbone(BACKBONE, **VARIANTS[variant])
+                    build, changed = VARIANTS[variant]
+                    chain = Chain.from_backbone(BACKBONE, **build)
                     start = time.perf_counter()
-                    training = TrainingConfig(seed=seed)
+                    training = TrainingConfig(seed=seed, **changed)
                     chain.fit(TaskSpec(name=task, type="tagging"), training, texts=words, labels=tags, dev=dev, progress=False)
                     seconds = time.perf_counter() - start
                     label = f"{prefix}{variant} (split {chain.split})"
-                    rec.add(task, "finechain", label, "entity_f1", entity_f1(chain, task, test), unit)
+                    rec.add(task, "finechain", label, "entity_f1", entity_f1(chain, task, scored), unit)
                     rec.add(task, "finechain", label, "train_seconds", seconds, "s, end to end")
                 for epochs in peer_epochs:
                     given = SimpleNamespace(texts=words, labels=tags)
-                    run = hf_token_classification(backbone, given, {"test": test}, labels, epochs=epochs, seed=seed)
+                    run = hf_token_classification(backbone, given, {"test": scored}, labels, epochs=epochs, seed=seed)
                     label = f"{prefix}full fine-tune, {epochs} epochs"
                     rec.add(task, "hf-trainer", label, "entity_f1", run.scores["test"], unit)
                     rec.add(task, "hf-trainer", label, "train_seconds", run.seconds, "s, trainer.train only")
