@@ -92,6 +92,9 @@ SUITE_TITLES = {
     "small_data": "Small data: a few hundred examples, repeated passes per epoch vs one, and the Hugging Face Trainer (CPU)",
     "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
     "imbalance_split0": "Imbalanced classes: every layer tuned for one classification task, a tried default (CPU)",
+    "tagging_defaults_lr_holdout": "Tagging alone: every layer tuned at higher rates, chosen on held-out training sentences (CPU)",
+    "tagging_defaults_lr": "Tagging alone: every layer tuned at higher rates, then on the test files (CoNLL-2003, SNIPS slots; CPU)",
+    "train_conll_alone_rates": "Training: one tagging task at its own rates (every layer, 2e-4 / 3e-3) vs the Trainer (CoNLL-2003, CPU)",
     "small_data_split0": "Small data: every layer tuned for one classification task, a tried default (CPU)",
     "snips_chain_e5_bf16": "SNIPS intent + slots: the chain at the default 5 epochs on a CPU with bf16 units (CPU)",
     "snips_chain_slotw2": "SNIPS intent + slots: the slot loss weighted twice in joint training (CPU, a tried setting)",
@@ -866,13 +869,14 @@ COMPARISONS = {
 
 
 # result files in page order; a name like sharing_full is a second run of the ``sharing`` suite (``--output``)
-SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "train_epyc_checks", "train_conll_split0", "dropout"]
+SECTIONS = ["train", "train_epyc", "train_epyc_bf16", "train_epyc_bf16_peer", "train_epyc_checks", "train_conll_split0"]
+SECTIONS += ["train_conll_alone_rates", "dropout"]
 SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_head", "train_gpu_conll", "train_gpu_conll_h200"]
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "split_sweep"]
-SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "zero_shot", "few_shot"]
-SECTIONS += ["few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
+SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "tagging_defaults_lr_holdout"]
+SECTIONS += ["tagging_defaults_lr", "zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
     "branch_batching",

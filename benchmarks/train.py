@@ -79,11 +79,18 @@ def peak_tflops(device: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
+def spec_alone(name: str, training: TrainingConfig) -> ChainSpec:
+    """The spec ``finechain train`` reads for this one task: a tagging task alone tunes every layer, at its own rates
+    where ``training`` sets none."""
+    task = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"], min_validation=0)
+    return ChainSpec(training=training, tasks=[task])
+
+
 def run_finechain(name: str, data: Any, dev: tuple[list[Any], list[Any]], training: TrainingConfig, device: str) -> dict[str, Any]:
     """Train the task (default settings unless ``training`` says otherwise); watch the dev metric at every validation check."""
-    spec = TaskSpec(name=name, type=TASKS[name]["type"], train=DATASETS / TASKS[name]["train"], min_validation=0)
-    # the split `finechain train` gives a spec of this one task (a tagging task alone tunes every layer)
-    split = ChainSpec(tasks=[spec]).trunk_depth(inspect_backbone(resolve_backbone(BACKBONE)[0]).num_hidden_layers)
+    alone = spec_alone(name, training)
+    spec = alone.tasks[0]
+    split = alone.trunk_depth(inspect_backbone(resolve_backbone(BACKBONE)[0]).num_hidden_layers)
     chain = Chain.from_backbone(BACKBONE, split=split).to(device)
     watched: list[float] = []
 
@@ -177,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
             update = {"precision": precision, "batch_size": batch_size, "cuda_graphs": graphs}
             name_part = "default" if precision == "auto" else "precision: fp32"
             if batch_size != 32:
-                branch_rate = training.learning_rate or BranchMode.default_learning_rate
-                update |= {"learning_rate": branch_rate * scale, "head_learning_rate": training.head_learning_rate * scale}
+                used = spec_alone(name, training).tasks[0].training.apply(training)  # the rates at batch 32
+                branch_rate = used.learning_rate or BranchMode.default_learning_rate
+                update |= {"learning_rate": branch_rate * scale, "head_learning_rate": used.head_learning_rate * scale}
                 name_part = f"batch {batch_size}, lr x{scale:.2g}"
             if not graphs:
                 name_part += ", no CUDA graphs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,25 @@ def test_head_and_branch_options_are_validated_by_their_component(task: dict, me
         TaskSpec.model_validate(data)
     first = error.value.errors()[0]
     assert message in first["type"] or message in first["msg"]
+
+
+def test_one_tagging_task_alone_tunes_every_layer_at_its_own_rates_unless_the_spec_says() -> None:
+    def tagging(**task: Any) -> dict[str, Any]:
+        return {"name": "ner", "type": "tagging", "train": "ner.conll", **task}
+
+    alone = ChainSpec(tasks=[tagging()])
+    assert alone.trunk_depth(6) == 0
+    assert (alone.tasks[0].training.learning_rate, alone.tasks[0].training.head_learning_rate) == (2e-4, 3e-3)
+    chain_set = ChainSpec(training={"head_learning_rate": 1e-3}, tasks=[tagging()])  # the spec's own value wins, per field
+    used = chain_set.tasks[0].training.apply(chain_set.training)
+    assert (used.learning_rate, used.head_learning_rate) == (2e-4, 1e-3)
+    task_set = ChainSpec(tasks=[tagging(training={"learning_rate": 5e-5})])
+    assert task_set.tasks[0].training.learning_rate == 5e-5
+    for other in (
+        ChainSpec(split=2, tasks=[tagging()]),  # not the whole encoder: the usual rates
+        ChainSpec(tasks=[tagging(branch={"mode": "lora"})]),  # adapters keep their own rate
+        ChainSpec(tasks=[tagging(), {"name": "s", "train": "s.csv"}]),  # not alone
+        ChainSpec(tasks=[{"name": "s", "train": "s.csv"}]),  # a sentence task alone trains as in a chain
+    ):
+        assert other.tasks[0].training.learning_rate is None and other.tasks[0].training.head_learning_rate is None
+    assert ChainSpec(tasks=[tagging(branch={"mode": "lora"})]).trunk_depth(6) == 0

@@ -70,6 +70,8 @@ class Head(ABC):
     # N - round(2N/3)). Per-word heads lose F1 to frozen lower layers on small or out-of-genre data, sentence heads do
     # not (`python -m benchmarks tagging-defaults` vs `split-sweep`)
     frozen_layers_alone: ClassVar[int | None] = None
+    # with frozen_layers_alone: the training rates of such a task, where its spec sets none (full branch layers only)
+    training_alone: ClassVar[dict[str, float]] = {}
     starts_from_examples: ClassVar[bool] = False  # the layer's rows start as each label's mean training embedding
 
     def __init__(self, labels: Sequence[str] = (), options: HeadOptions | Mapping[str, Any] | None = None) -> None:

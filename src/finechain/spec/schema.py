@@ -350,13 +350,23 @@ class ChainSpec(BaseModel):
             >>> ChainSpec(tasks=[TaskSpec(name="a", train="a.csv")]).trunk_depth(6), tagging.trunk_depth(6)
             (2, 0)
         """
-        if self.split != "auto":
-            return self.split
-        if self.sharing_mode == "frozen" and len(self.tasks) == 1:
-            alone = head_type(self.tasks[0].type).frozen_layers_alone
-            if alone is not None:
-                return min(alone, num_layers)
-        return default_split(num_layers, self.sharing_mode)
+        alone = self.task_alone
+        if alone is not None:
+            return min(head_type(alone.type).frozen_layers_alone or 0, num_layers)
+        return self.split if self.split != "auto" else default_split(num_layers, self.sharing_mode)
+
+    @property
+    def task_alone(self) -> TaskSpec | None:
+        """The one task of a spec with ``split: auto`` on a frozen trunk whose head trains it in its own way when alone
+        (``frozen_layers_alone``: tagging tunes every layer), or None.
+
+        Example:
+            >>> ChainSpec(tasks=[TaskSpec(name="ner", type="tagging", train="ner.conll")]).task_alone.name
+            'ner'
+        """
+        if self.split != "auto" or self.sharing_mode != "frozen" or len(self.tasks) != 1 or self.tasks[0].type not in HEADS:
+            return None
+        return self.tasks[0] if head_type(self.tasks[0].type).frozen_layers_alone is not None else None
 
     @property
     def sharing_mode(self) -> Literal["frozen", "joint"]:
@@ -409,4 +419,9 @@ class ChainSpec(BaseModel):
         unknown = sorted(set(self.joint.loss_weights) - set(names))
         if unknown:
             raise ValueError(f"joint.loss_weights names unknown tasks {unknown}")
+        alone = self.task_alone
+        if alone is not None and alone.branch.mode == "full":  # the rates it was measured at, where the spec sets none
+            rates = head_type(alone.type).training_alone.items()
+            unset = {k: v for k, v in rates if k not in self.training.model_fields_set and getattr(alone.training, k) is None}
+            alone.training = alone.training.model_copy(update=unset)
         return self
