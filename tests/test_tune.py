@@ -154,3 +154,21 @@ def test_the_searched_depths_reach_down_to_the_specs_own_default() -> None:
         trial = optuna.create_study().ask()
         tuning._suggest(trial, ChainSpec.model_validate(data), data, layers=6)
         assert (trial.distributions["split"].low, trial.distributions["split"].high) == (lowest, 5), kind
+
+
+def test_the_tuned_spec_of_a_tagging_task_alone_keeps_the_rates_its_trials_trained_at(tmp_path: Path) -> None:
+    """Once the best trial's split is written, the spec is no longer `split: auto` and would lose a tagging task's own
+    rates (ChainSpec fills them only then): the written spec keeps the ones the trials used, unless the file set them."""
+    import yaml
+
+    from finechain.spec import ChainSpec
+
+    for chain_training, head_rate in (({}, 3e-3), ({"head_learning_rate": 1e-3}, None)):
+        data = {"training": chain_training, "tasks": [{"name": "t", "type": "tagging", "train": "t.conll"}]}
+        best = tuning.TrialRecord(0, "complete", {"split": 1, "learning_rate": 3e-4, "epochs": 4, "batch_size": 16}, 0.8)
+        written = yaml.safe_load(tuning._tuned_yaml(ChainSpec.model_validate(data), data, best, tmp_path, tmp_path))
+        assert written["split"] == 1
+        assert written["tasks"][0]["training"].get("head_learning_rate") == head_rate
+        assert written["tasks"][0]["training"]["learning_rate"] == 3e-4  # the trial's own
+        reread = ChainSpec.model_validate(written)  # trains as the best trial did
+        assert reread.tasks[0].training.apply(reread.training).head_learning_rate == (head_rate or 1e-3)
