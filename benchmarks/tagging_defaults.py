@@ -57,19 +57,26 @@ def read_set(name: str, part: str) -> Sentences:
     return [r["words"] for r in rows], [r["slots"] for r in rows]
 
 
+def _drawn(data: Sentences, size: int, seed: int) -> list[int]:
+    """The indices of ``size`` sentences drawn at random with ``seed`` (all of them when there are fewer)."""
+    return random.Random(seed).sample(range(len(data[0])), min(size, len(data[0])))
+
+
+def _picked(data: Sentences, indices: list[int]) -> Sentences:
+    return [data[0][i] for i in sorted(indices)], [data[1][i] for i in sorted(indices)]
+
+
 def sample(data: Sentences, size: int, seed: int) -> Sentences:
     """``size`` sentences drawn at random with ``seed`` (all of them when there are fewer)."""
-    picked = sorted(random.Random(seed).sample(range(len(data[0])), min(size, len(data[0]))))
-    return [data[0][i] for i in picked], [data[1][i] for i in picked]
+    return _picked(data, _drawn(data, size, seed))
 
 
 def held_out(data: Sentences, size: int, seed: int, count: int) -> Sentences:
     """``count`` sentences of ``data`` that :func:`sample` with ``size`` and ``seed`` does not draw: a sample's own
     unseen evaluation set, for choosing a setting without the test file."""
-    drawn = set(random.Random(seed).sample(range(len(data[0])), min(size, len(data[0]))))
+    drawn = set(_drawn(data, size, seed))
     rest = [i for i in range(len(data[0])) if i not in drawn]
-    picked = sorted(random.Random(seed + 1).sample(rest, min(count, len(rest))))
-    return [data[0][i] for i in picked], [data[1][i] for i in picked]
+    return _picked(data, random.Random(seed + 1).sample(rest, min(count, len(rest))))
 
 
 def entity_f1(chain: Chain, task: str, test: Sentences) -> float:

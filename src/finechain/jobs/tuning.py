@@ -293,9 +293,10 @@ def _tuned_yaml(spec: ChainSpec, spec_data: dict[str, Any], best: TrialRecord, s
         if head:
             task_data["head"] = {**(task_data.get("head") or {}), **head}
         training = {key: chosen[key] for key in ("learning_rate", "epochs", "batch_size") if key in chosen}
-        # rates the trials trained with that the file does not write (a tagging task alone's), kept once split is written
+        # rates the trials trained with that the file does not write (a tagging task alone's, which ChainSpec gave it
+        # where the file set none), kept once split is written
         given = {k: v for k, v in task.training.model_dump(exclude_none=True).items() if k in head_type(task.type).training_alone}
-        training = {**{k: v for k, v in given.items() if k not in (data.get("training") or {})}, **training}
+        training = {**given, **training}
         if training:
             task_data["training"] = {**(task_data.get("training") or {}), **training}
         for key in ("train", "dev", "test"):
