@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -67,6 +67,9 @@ class Checkpointer:
         >>> ckpt.save(model, best_state, optimizer, scheduler, generator, loop_state)  # doctest: +SKIP
     """
 
+    # the checkpoint this process last saved or resumed from, any run (what an interrupted command can say it left)
+    latest: ClassVar[Path | None] = None
+
     def __init__(self, run_dir: Path, fingerprint: str) -> None:
         self.dir = run_dir / "checkpoint"
         self.fingerprint = fingerprint
@@ -119,6 +122,7 @@ class Checkpointer:
             self.dir.rename(old)
         staging.rename(self.dir)
         shutil.rmtree(old, ignore_errors=True)
+        Checkpointer.latest = self.dir
 
     def load(
         self,
@@ -147,6 +151,7 @@ class Checkpointer:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
+        Checkpointer.latest = folder
         return meta["loop"], load_tensors(folder / "best.safetensors", device), meta.get("extra", {})
 
 
