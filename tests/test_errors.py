@@ -154,9 +154,14 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path: Path) -> Non
         raise RuntimeError("failed before writing anything")
     assert not (tmp_path / "new").exists()  # the folder and the parent made for it
     with pytest.raises(RuntimeError), folder_lock(out):
-        (out / "runs").mkdir()  # a checkpoint to resume from stays, and so does the folder
+        (out / "runs" / "s").mkdir(parents=True)  # a run's folder, made before its first checkpoint: nothing to keep
+        raise RuntimeError("interrupted before the first epoch ended")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError), folder_lock(out):
+        (out / "runs" / "s" / "checkpoint").mkdir(parents=True)
+        (out / "runs" / "s" / "checkpoint" / "state.json").write_text("{}")  # a checkpoint to resume from stays, and the folder
         raise RuntimeError("failed after a checkpoint")
-    assert (out / "runs").is_dir()
+    assert (out / "runs" / "s" / "checkpoint" / "state.json").is_file()
     existing = tmp_path / "empty"
     existing.mkdir()
     with folder_lock(existing):

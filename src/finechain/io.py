@@ -256,14 +256,23 @@ def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
 
 
 def _remove_if_only_lock(folder: Path, created: list[Path]) -> None:
-    """Remove ``folder`` if the lock file is all it holds, then the ``created`` parents left empty (best effort: what
-    cannot be read or removed stays)."""
+    """Remove ``folder`` if the lock file is all it holds, besides empty folders (a run's folders made before its first
+    file), then the ``created`` parents left empty (best effort: what cannot be read or removed stays)."""
     with suppress(OSError):
-        if [entry.name for entry in folder.iterdir()] != [LOCK_FILE]:
+        walked = list(os.walk(folder, onerror=_raise))
+        files = [Path(root, name) for root, _, names in walked for name in names]
+        if files != [folder / LOCK_FILE]:
             return
         (folder / LOCK_FILE).unlink()
-        for path in created:  # the folder first, then its new parents upwards; rmdir refuses any that is not empty
+        for root, _, _ in reversed(walked):  # the deepest folders first: each is empty by the time it is removed
+            Path(root).rmdir()
+        for path in created[1:]:  # then its new parents upwards; rmdir refuses any that is not empty
             path.rmdir()
+
+
+def _raise(error: OSError) -> None:
+    """``os.walk``'s ``onerror``: a folder that cannot be read stops the walk (instead of being skipped)."""
+    raise error
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:
