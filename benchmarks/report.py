@@ -98,6 +98,12 @@ SUITE_TITLES = {
     "small_data_split0": "Small data: every layer tuned for one classification task, a tried default (CPU)",
     "snips_chain_e5_bf16": "SNIPS intent + slots: the chain at the default 5 epochs on a CPU with bf16 units (CPU)",
     "snips_chain_slotw2": "SNIPS intent + slots: the slot loss weighted twice in joint training (CPU, a tried setting)",
+    "snips_chain_slot_rates": "SNIPS intent + slots: the slot task at the rates of a tagging task alone (CPU, a tried setting)",
+    "snips_chain_rates": "SNIPS intent + slots: the joint trunk and the slot task at the rates of a tagging task alone (CPU)",
+    "snips_chain_rates_crf": "SNIPS intent + slots: the faster rates with a CRF slot tagger (CPU, a tried setting)",
+    "snips_chain_rates_e10": "SNIPS intent + slots: the faster rates for 10 epochs (CPU, a tried setting)",
+    "snips_chain_rates_t3": "SNIPS intent + slots: the joint trunk at 3e-4 (CPU, a tried setting)",
+    "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
 
@@ -243,11 +249,12 @@ def sharing_table(records: list[dict[str, Any]]) -> str:
     separate = next((m for (system, _), m in rows.items() if system == "hf-separate"), {}).get(("all four", "samples_per_second"))
 
     def score(m: dict[tuple[str, str], float], task: str) -> str:
-        value = m.get((task, "entity_f1" if task == "conll2003" else "accuracy"))
-        ref = peer.get((task, "entity_f1" if task == "conll2003" else "accuracy"))
+        metric = "entity_f1" if task == "conll2003" else "accuracy"
+        value, ref, validation = m.get((task, metric)), peer.get((task, metric)), m.get((task, f"validation_{metric}"))
         if value is None:
             return "-"
-        return f"{100 * value:.1f}" + (f" ({100 * (value - ref):+.1f})" if ref is not None and m not in peers else "")
+        cell = f"{100 * value:.1f}" + (f" ({100 * (value - ref):+.1f})" if ref is not None and m not in peers else "")
+        return cell + (f"; validation {100 * validation:.1f}" if validation is not None else "")
 
     head = "| system | variant | SST-2 acc | AG News acc | Banking77 acc | CoNLL F1 | trainable params/task | stored params/task |"
     head += " shared stored | train s (4 tasks) | 4-task texts/s | vs 4 separate models |"
@@ -874,7 +881,7 @@ SECTIONS += ["train_conll_alone_rates", "dropout"]
 SECTIONS += ["train_gpu", "train_gpu_h200", "train_gpu_head", "train_gpu_h100_head", "train_gpu_conll", "train_gpu_conll_h200"]
 SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "memory_gpu"]
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
-SECTIONS += ["sharing", "split_sweep"]
+SECTIONS += ["sharing", "sharing_trunk_lr", "split_sweep"]
 SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "tagging_defaults_lr_holdout"]
 SECTIONS += ["tagging_defaults_lr", "zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
 SECTIONS += ["robustness", "update"]
@@ -919,6 +926,11 @@ SECTIONS += [
     "snips_chain_e10_crf",
     "snips_chain_e5_bf16",
     "snips_chain_slotw2",
+    "snips_chain_slot_rates",
+    "snips_chain_rates",
+    "snips_chain_rates_crf",
+    "snips_chain_rates_e10",
+    "snips_chain_rates_t3",
 ]
 TABLES = {
     "train": train_table,

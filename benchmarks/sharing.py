@@ -11,7 +11,8 @@ fine-tunes of the same backbone on the same data, in the same run.
 Modes: ``frozen:S`` = pretrained trunk of S layers + fully tuned branches; ``joint:S`` = trunk of S layers tuned
 jointly on all tasks (MT-DNN style), then each branch refined alone (up to --epochs, early stopping); ``joint-add:S`` = the same on AG News,
 Banking77 and CoNLL only, then SST-2 trained later on the frozen tuned trunk (what ``add-task`` does);
-``lora:S`` = pretrained trunk + LoRA branches. ``--peer-learning-rates 5e-5,1e-4,2e-4 --peer-tasks banking77 --modes ""``
+``lora:S`` = pretrained trunk + LoRA branches; a joint mode with ``@RATE`` (``joint:4@2e-4``) tunes its trunk at that
+rate instead of JointConfig's default. ``--peer-learning-rates 5e-5,1e-4,2e-4 --peer-tasks banking77 --modes ""``
 gives the peer a learning-rate search on validation data.
 Selection uses validation data only (cut from train; CoNLL's dev file); reported metrics are on the SST-2 dev and the
 AG News / Banking77 / CoNLL-2003 test files.
@@ -35,6 +36,29 @@ from finechain.model.backbone import resolve_backbone
 from finechain.spec import JointConfig
 
 METRIC = {"sst2": "accuracy", "agnews": "accuracy", "banking77": "accuracy", "conll2003": "entity_f1"}
+
+
+KINDS = ("frozen", "joint", "joint-add", "lora")
+
+
+def sharing_mode(text: str) -> tuple[str, int, float | None]:
+    """``KIND:SPLIT`` (a joint kind may add ``@TRUNK_RATE``) -> ``(kind, split, trunk rate or None)``.
+
+    Example:
+        >>> sharing_mode("joint:4@2e-4"), sharing_mode("frozen:2")
+        (('joint', 4, 0.0002), ('frozen', 2, None))
+    """
+    kind, _, rest = text.partition(":")
+    split, at, rate = rest.partition("@")
+    if kind not in KINDS or not split.isdigit() or (at and (not kind.startswith("joint") or not rate)):
+        raise ValueError(text)
+    return kind, int(split), float(rate) if at else None
+
+
+def checked_modes(text: str) -> str:
+    """``--modes`` as written (what the settings record), once every mode in it is known to parse."""
+    comma_list(sharing_mode)(text)
+    return text
 
 
 def task_specs(n: int | None, dev_sentences: int, eval_limit: int | None) -> tuple[list[TaskSpec], dict[str, tuple[list, list]]]:
@@ -63,7 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--train-examples", type=int, default=2000, help="per task; 0 = every training example")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--modes", default="frozen:2,frozen:4,joint:4,joint-add:4,lora:2", help='"" = peers only')
+    parser.add_argument(
+        "--modes",
+        type=checked_modes,
+        default="frozen:2,frozen:4,joint:4,joint-add:4,lora:2",
+        help='KIND:SPLIT, KIND one of frozen, joint, joint-add, lora; joint:4@2e-4 sets the trunk rate; "" = peers only',
+    )
     parser.add_argument("--throughput-texts", type=int, default=600)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--peer-method", default="full", choices=["full", "full-bf16"], help="the Trainer's fp32 default, or bf16=True")
@@ -110,37 +139,43 @@ def run_once(rec: Recorder, args: argparse.Namespace, specs: list[TaskSpec], eva
     datas = {s.name: load_task_data(s, head_type(s.type), args.seed) for s in specs}
     training = TrainingConfig(epochs=args.epochs, seed=args.seed, min_steps=0)
     pool = [evaluation[n][0][i] for i in range(args.throughput_texts // 3) for n in ("sst2", "agnews", "banking77")]
-    for mode in filter(None, args.modes.split(",")):
-        kind, split = mode.split(":")
-        chain = Chain.from_backbone(BACKBONE, split=int(split)).to(args.device)
+    for kind, split, trunk_rate in comma_list(sharing_mode)(args.modes):
+        chain = Chain.from_backbone(BACKBONE, split=split).to(args.device)
         variant = {
             "frozen": f"frozen trunk, split={split}, full branches",
             "joint": f"joint trunk (MT), split={split}",
             "joint-add": f"joint trunk on 3 tasks, split={split}; sst2 added later",
             "lora": f"frozen trunk, split={split}, LoRA r=8 branches",
         }[kind]
+        if trunk_rate is not None:
+            variant += f", trunk lr {trunk_rate:g}"
         start = time.perf_counter()
-        run_dir = Path(args.run_dir) / f"seed{args.seed}" / mode.replace(":", "-") if args.run_dir else None
+        folder = f"{kind}-{split}" + (f"-{trunk_rate:g}" if trunk_rate is not None else "")
+        run_dir = Path(args.run_dir) / f"seed{args.seed}" / folder if args.run_dir else None
         resumed = run_dir is not None and (run_dir / "joint").exists()
         if kind in ("joint", "joint-add"):
             first = specs if kind == "joint" else specs[1:]
-            joint = JointConfig(epochs=args.epochs)
-            chain.fit_joint(
+            joint = JointConfig(epochs=args.epochs, **({"trunk_learning_rate": trunk_rate} if trunk_rate is not None else {}))
+            fitted = chain.fit_joint(
                 first, training, joint, data={s.name: datas[s.name] for s in first}, run_dir=run_dir, resume=resumed, progress=False
             )
+            validation = {name: result.validation for name, result in fitted.items()}
             if kind == "joint-add":  # what add-task does: a new branch on the (now frozen) tuned trunk
-                chain.fit(specs[0], training, progress=False, data=datas[specs[0].name])
+                validation[specs[0].name] = chain.fit(specs[0], training, progress=False, data=datas[specs[0].name]).validation
         else:
+            validation = {}
             for spec in specs:
                 if kind == "lora":  # the LoRA mode's default learning rate (5e-4, larger than full layers' 1e-4) applies
                     spec = spec.model_copy(update={"branch": LoraOptions()})
-                chain.fit(spec, training, progress=False, data=datas[spec.name])
+                validation[spec.name] = chain.fit(spec, training, progress=False, data=datas[spec.name]).validation
         seconds = time.perf_counter() - start
         for name in METRIC:
             texts, labels = evaluation[name]
             value = chain.score(name, texts, labels)[METRIC[name]]
             described = chain.tasks[name].parameter_counts()
             rec.add(name, "finechain", variant, METRIC[name], value, "dev accuracy" if name == "sst2" else f"test {METRIC[name]}")
+            if METRIC[name] in validation.get(name, {}):  # what a setting is chosen on (cut from train; CoNLL's dev file)
+                rec.add(name, "finechain", variant, f"validation_{METRIC[name]}", validation[name][METRIC[name]], "validation")
             rec.add(name, "finechain", variant, "trainable_parameters", described["trainable_parameters"], "parameters")
             rec.add(name, "finechain", variant, "stored_parameters", described["stored_parameters"], "parameters")
         shared = sum(p.numel() for p in chain.model.trunk.stack.parameters()) if kind.startswith("joint") else 0

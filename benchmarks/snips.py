@@ -3,7 +3,7 @@ tasks answered in one pass, next to what a user would build with the Hugging Fac
 a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
-        [--slot-weight 1]
+        [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -67,6 +67,12 @@ def throughput(rec: Recorder, system: str, variant: str, run: Any, test: list[di
     rec.add("snips", system, variant, "samples_per_second", len(words) / (time.perf_counter() - started), "utterances/s, batch 32")
 
 
+def slot_rates(args: argparse.Namespace) -> dict[str, float]:
+    """The slot task's own rates (its training overrides) where the command sets them."""
+    rates = {"learning_rate": args.slot_learning_rate, "head_learning_rate": args.slot_head_learning_rate}
+    return {key: value for key, value in rates.items() if value is not None}
+
+
 def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, Any]]) -> tuple[Chain, float]:
     """The chain: intent and slots, trunk tuned jointly, then each branch refined; both answered in one pass."""
     limit = args.train_examples or None
@@ -81,6 +87,7 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
             label_column="slots",
             max_train_examples=limit,
             head={"crf": args.crf},
+            training=slot_rates(args),
         ),
     ]
     chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
@@ -97,6 +104,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         variant += ", CRF slot tagger"
     if args.slot_weight != 1.0:
         variant += f", slot loss x{args.slot_weight:g}"
+    for key, value in slot_rates(args).items():
+        variant += f", slot {key.replace('_', ' ').replace('learning rate', 'lr')} {value:g}"
     for split, rows in (("dev", read("dev")), ("test", test)):  # dev: what settings are chosen on; test: what is reported
         predictions = chain.predict([r["words"] for r in rows])
         found = scores([p["intent"].label for p in predictions], [p["slots"].tags for p in predictions], rows)
@@ -224,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--slot-weight", type=float, default=1.0, help="the slot task's loss weight in joint training (JointConfig.loss_weights)"
     )
+    parser.add_argument("--slot-learning-rate", type=float, default=None, help="the slot task's branch rate (default 1e-4)")
+    parser.add_argument("--slot-head-learning-rate", type=float, default=None, help="the slot task's head rate (default 1e-3)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-flow", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default snips, or snips_quick)")

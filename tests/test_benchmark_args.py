@@ -14,6 +14,8 @@ from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, sm
         (train.main, ["--tasks", "sst2,conll"], "unknown conll; choose from sst2, conll2003"),
         (sharing.main, ["--peer-learning-rates", "5e-5,fast"], "'5e-5,fast' is not a comma-separated list of float values"),
         (sharing.main, ["--peer-tasks", "banking7"], "unknown banking7; choose from sst2, agnews, banking77, conll2003"),
+        (sharing.main, ["--modes", "frozen:2@2e-4"], "'frozen:2@2e-4' is not a comma-separated list of sharing_mode values"),
+        (sharing.main, ["--modes", "joint:four"], "'joint:four' is not a comma-separated list of sharing_mode values"),
         (split_sweep.main, ["--splits", "6,four"], "'6,four' is not a comma-separated list of int values"),
         (small_data.main, ["--splits", "auto,x"], "'auto,x' is not a comma-separated list of split_depth values"),
         (
