@@ -103,6 +103,7 @@ SUITE_TITLES = {
     "snips_chain_rates_crf": "SNIPS intent + slots: the faster rates with a CRF slot tagger (CPU, a tried setting)",
     "snips_chain_rates_e10": "SNIPS intent + slots: the faster rates for 10 epochs (CPU, a tried setting)",
     "snips_chain_rates_t3": "SNIPS intent + slots: the joint trunk at 3e-4 (CPU, a tried setting)",
+    "snips_chain_rates_s14": "SNIPS intent + slots: the faster rates, a second seed (CPU)",
     "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -931,6 +932,7 @@ SECTIONS += [
     "snips_chain_rates_crf",
     "snips_chain_rates_e10",
     "snips_chain_rates_t3",
+    "snips_chain_rates_s14",
 ]
 TABLES = {
     "train": train_table,
