@@ -15,7 +15,10 @@ time of training.
 
     python -m benchmarks few-shot [--quick] [--tasks sst2,agnews,banking77] [--per-class 8,64] [--seeds 13,14,15,16,17]
         [--variants "plain,plain (validation cut),few-shot recipe,few-shot recipe (min_steps 50)"] [--no-setfit] [--append]
-        [--evaluate-on test|holdout]
+        [--evaluate-on test|holdout] [--device cpu|cuda]
+
+``--device cuda`` trains and scores both systems on the GPU (finechain in its default bf16 autocast there, SetFit in
+its default fp32); scripts/offline-gpu-run.sh's ``fewshot`` step runs one process per seed on a lent GPU.
 
 Needs the ``setfit`` package for the peer (``pip install -e '.[peers]'``; not a finechain dependency).
 """
@@ -82,12 +85,13 @@ DEFAULT_VARIANTS = ["plain", "plain (validation cut)", "few-shot recipe"]
 TASKS = ["sst2", "agnews", "banking77"]
 
 
-def setfit_run(backbone: str, texts: list[str], labels: list[str], seed: int, iterations: int) -> tuple[Any, float]:
-    """Train SetFit on the examples (its paper's few-shot protocol); return the model and training seconds."""
+def setfit_run(backbone: str, texts: list[str], labels: list[str], seed: int, iterations: int, device: str = "cpu") -> tuple[Any, float]:
+    """Train SetFit on the examples (its paper's few-shot protocol) on ``device``; return the model and training
+    seconds."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    model = SetFitModel.from_pretrained(backbone)
+    model = SetFitModel.from_pretrained(backbone, device=device)
     with tempfile.TemporaryDirectory(prefix="setfit-") as out:
         args = TrainingArguments(
             output_dir=out,
@@ -135,13 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         help="test: the evaluation file; holdout: 2,000 training texts outside every sample of the run (to choose a setting on)",
     )
     parser.add_argument("--append", action="store_true", help="keep the results file's records of other runs (task, size, seed, variant)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both systems train and score")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     limit, min_steps = None, TrainingConfig().min_steps
     if args.quick:
         args.tasks, args.per_class, args.seeds, limit, min_steps = ["sst2"], [8], args.seeds[:1], 100, 40
     name = args.output or ("few_shot_quick" if args.quick else "few_shot")
-    rec = Recorder("few_shot", "cpu")
+    rec = Recorder("few_shot", args.device)
     settings: dict[str, Any] = vars(args)
     if args.append and (RESULTS / f"{name}.json").exists():
         rerun = [*args.variants, *([] if args.no_setfit else [f"num_iterations {args.iterations}"])]
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                 prefix = f"{task}, {per_class} per class: "
                 rec.variant_suffix = f", seed {seed}"
                 for variant in args.variants:
-                    chain = Chain.from_backbone(BACKBONE, **CHAIN_CHANGES.get(variant, {}))
+                    chain = Chain.from_backbone(BACKBONE, **CHAIN_CHANGES.get(variant, {})).to(args.device)
                     spec_changes, training_changes = VARIANTS[variant]
                     if spec_changes.get("head", {}).get("label_texts") == "names" and task in LABEL_TEXTS:
                         spec_changes = {**spec_changes, "head": {**spec_changes["head"], "label_texts": LABEL_TEXTS[task]}}
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                     rec.add(task, "finechain", prefix + variant, "accuracy", chain.score(task, eval_texts, gold)["accuracy"], unit)
                     rec.add(task, "finechain", prefix + variant, "train_seconds", seconds, "s")
                 if not args.no_setfit:
-                    model, seconds = setfit_run(str(backbone), texts, labels, seed, args.iterations)
+                    model, seconds = setfit_run(str(backbone), texts, labels, seed, args.iterations, args.device)
                     predicted = [str(p) for p in model.predict(eval_texts, batch_size=64, as_numpy=True)]
                     rec.add(task, "setfit", prefix + f"num_iterations {args.iterations}", "accuracy", accuracy(predicted, gold), unit)
                     rec.add(task, "setfit", prefix + f"num_iterations {args.iterations}", "train_seconds", seconds, "s")

@@ -31,13 +31,14 @@ def sample(task: str, per_class: int, examples: int, seed: int) -> list[Example]
 
 
 def per_class_sample(task: str, per_class: int, seed: int) -> list[Example]:
-    """``per_class`` training examples of every label of ``task``, drawn with ``seed``, shuffled."""
+    """``per_class`` training examples of every label of ``task`` (all of a label's, where it has fewer: 4 of
+    Banking77's 77 have 35-61), drawn with ``seed``, shuffled."""
     rows = read_examples(DATASETS / CLASSIFICATION_SETS[task][0])
     rng = random.Random(seed)
     by_label: dict[str, list[Example]] = defaultdict(list)
     for row in rows:
         by_label[str(row.label)].append(row)
-    picked = [row for label in sorted(by_label) for row in rng.sample(by_label[label], per_class)]
+    picked = [row for label in sorted(by_label) for row in rng.sample(by_label[label], min(per_class, len(by_label[label])))]
     rng.shuffle(picked)
     return picked
 

@@ -3,13 +3,18 @@
 # with its .gpu/ folder there). Installs the carried wheels into /tmp/finechain-site, widens the backbone to fp32 in
 # /tmp/finechain-minilm, then runs the given steps in order (results under $OUT, default /tmp/finechain-out):
 #   tests: the CUDA tests of the training step; infer: the GPU inference suite (output infer_gpu);
-#   bench: the SST-2 GPU training suite. Usage: bash scripts/offline-gpu-run.sh [STEP,...]  (default tests,bench)
+#   bench: the SST-2 GPU training suite; fewshot: the few-shot suite against SetFit, one process per seed at once
+#   (bundle with SETS=banking77 for the default), merged into one results file (output few_shot_gpu).
+#   Usage: bash scripts/offline-gpu-run.sh [STEP,...]  (default tests,bench)
 # Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), INFER_NAME (infer_gpu), PY (python3),
-# DEVICE (cuda; cpu for a dry run of the script). Exit 2: an unknown step; 3, 4, 5: the tests, infer or bench step failed.
+# DEVICE (cuda; cpu for a dry run of the script); for fewshot: FEW_TASK (banking77), PER_CLASS (64), SEEDS
+# (13,14,15,16,17), VARIANTS ("few-shot recipe (min_steps 50),plain"), FEW_NAME (few_shot_gpu), FEW_LIMIT_S (seconds
+# before the seeds' processes are stopped, 3600; what they measured is merged all the same).
+# Exit 2: an unknown step; 3, 4, 5, 6: the tests, infer, bench or fewshot step failed.
 set -o pipefail
 cd "$(dirname "$0")/.."
 for step in ${1//,/ }; do  # a misspelt step would otherwise run nothing and exit 0
-  case $step in tests|infer|bench|both) ;; *) echo "offline-gpu-run.sh: unknown step '$step'; fix: use tests, infer, bench (comma-separated) or both" >&2; exit 2 ;; esac
+  case $step in tests|infer|bench|fewshot|both) ;; *) echo "offline-gpu-run.sh: unknown step '$step'; fix: use tests, infer, bench, fewshot (comma-separated) or both" >&2; exit 2 ;; esac
 done
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 OUT=${OUT:-/tmp/finechain-out}; mkdir -p "$OUT"
@@ -38,4 +43,37 @@ fi
 if [[ $steps == *,bench,* ]]; then
   $PY -m benchmarks train --device "${DEVICE:-cuda}" --tasks "${TASK:-sst2}" --train-examples 0 --peers full --batch-sizes "${SIZES:-64,128,256}" \
     --no-fp32 --without-graphs-too --output "${NAME:-train_gpu}" 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\]" | tail -60 || exit 5
+fi
+if [[ $steps == *,fewshot,* ]]; then
+  # one process per seed at once (a seed's SetFit run is thousands of small steps, far from filling the GPU alone); each
+  # saves its records after its seed, and prints each one, so a stopped process's are read back from its log
+  parts=$(mktemp -d)
+  seeds=${SEEDS:-13,14,15,16,17}
+  for seed in ${seeds//,/ }; do
+    FINECHAIN_RESULTS=$parts timeout "${FEW_LIMIT_S:-3600}" $PY -m benchmarks few-shot --device "${DEVICE:-cuda}" --tasks "${FEW_TASK:-banking77}" \
+      --per-class "${PER_CLASS:-64}" --seeds "$seed" --variants "${VARIANTS:-few-shot recipe (min_steps 50),plain}" \
+      --output "part_$seed" >"$parts/seed_$seed.log" 2>&1 &
+  done
+  wait
+  cat "$parts"/seed_*.log >"$OUT/fewshot.log"
+  $PY - "$parts" "$OUT" "${FEW_NAME:-few_shot_gpu}" "${FEW_TASK:-banking77}" "${PER_CLASS:-64}" "$seeds" \
+    "${VARIANTS:-few-shot recipe (min_steps 50),plain}" "${FEW_LIMIT_S:-3600}" <<'PY' || exit 6
+import json
+import sys
+from pathlib import Path
+
+parts, out, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+step = dict(zip(["task", "per_class", "seeds", "variants", "limit_s"], sys.argv[4:], strict=True))
+records, runs, meta = [], [], {}
+for log in sorted(parts.glob("seed_*.log")):  # every record a process printed, saved or not
+    records += [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"suite": ')]
+for part in sorted(parts.glob("part_*.meta.json")):
+    meta = json.loads(part.read_text())
+    runs.append({k: v for k, v in meta.items() if k not in {"versions", "device", "date"}})
+(out / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
+shared = {k: meta[k] for k in ("versions", "device", "date") if k in meta}
+step["finished_seeds"] = len(runs)  # a seed stopped at the limit left only the records it printed
+(out / f"{name}.meta.json").write_text(json.dumps({"step": step, "runs": runs, **shared}, indent=1) + "\n")
+print(f"merged {len(records)} records of {len(runs)} finished seeds into {out / name}.json")
+PY
 fi
