@@ -9,6 +9,7 @@ import pytest
 
 from finechain.cli.app import main
 from finechain.io import folder_lock
+from finechain.jobs.training import resumable
 from tests.conftest import sentiment_rows, write_csv
 
 
@@ -167,6 +168,27 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path: Path) -> Non
     with folder_lock(existing):
         pass
     assert existing.is_dir()  # a folder the user made is theirs
+
+
+def test_a_training_run_stopped_before_anything_resumable_leaves_no_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "chain"
+    with pytest.raises(KeyboardInterrupt), folder_lock(out, keep=resumable):
+        (out / "runs" / "s").mkdir(parents=True)
+        (out / "runs" / "s" / "metrics.jsonl").write_text('{"step": 3}\n')  # the half-epoch check's line: no checkpoint yet
+        raise KeyboardInterrupt
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(KeyboardInterrupt), folder_lock(out, keep=resumable):
+        (out / "runs" / "s" / "checkpoint").mkdir(parents=True)
+        (out / "runs" / "s" / "metrics.jsonl").write_text('{"step": 3}\n')
+        (out / "runs" / "s" / "checkpoint" / "state.json").write_text("{}")  # what --resume continues from
+        raise KeyboardInterrupt
+    assert resumable(out) and (out / "runs" / "s" / "metrics.jsonl").is_file()
+    existing = tmp_path / "theirs"
+    (existing / "notes").mkdir(parents=True)
+    (existing / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt), folder_lock(existing, keep=resumable):
+        raise KeyboardInterrupt
+    assert (existing / "notes" / "a.txt").read_text() == "mine"  # a folder this call did not make is never emptied
 
 
 def test_invalid_yaml(folder: Path, monkeypatch, capsys) -> None:

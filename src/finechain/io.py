@@ -205,11 +205,13 @@ def decode_utf8(data: bytes, source: str | Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
+def folder_lock(folder: str | Path, what: str = "writing to", keep: Callable[[Path], bool] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (a ``.finechain.lock`` file in it) while the block runs; a second process
     that asks while it is held gets a one-line error instead of interleaving its writes with the first's. The lock goes
     with the process, also when it is killed. A folder this call created and the block left empty (a run that failed
-    before writing anything) is removed again, lock file and all, so a failed run leaves nothing behind.
+    before writing anything) is removed again, lock file and all, so a failed run leaves nothing behind. With ``keep``,
+    a folder this call created is also removed, whatever the block wrote into it, when ``keep(folder)`` is false at the
+    end (a training run stopped before anything it wrote could be resumed from).
 
     Example:
         >>> import tempfile
@@ -250,6 +252,8 @@ def folder_lock(folder: str | Path, what: str = "writing to") -> Iterator[None]:
         finally:
             handle.seek(0)
             handle.truncate()
+            if created and keep is not None and not _kept(folder, keep):
+                _empty_but_lock(folder)  # made by this call and written by no other process (it was locked all along)
             if created:
                 _remove_if_only_lock(folder, created)  # still locked: no other process is between the check and the removal
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -268,6 +272,26 @@ def _remove_if_only_lock(folder: Path, created: list[Path]) -> None:
             Path(root).rmdir()
         for path in created[1:]:  # then its new parents upwards; rmdir refuses any that is not empty
             path.rmdir()
+
+
+def _kept(folder: Path, keep: Callable[[Path], bool]) -> bool:
+    """``keep(folder)``, true (the folder stays) when it cannot tell."""
+    try:
+        return keep(folder)
+    except OSError:
+        return True
+
+
+def _empty_but_lock(folder: Path) -> None:
+    """Remove everything in ``folder`` but its lock file (best effort: what cannot be removed stays)."""
+    for entry in folder.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        with suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def _raise(error: OSError) -> None:

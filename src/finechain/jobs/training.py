@@ -76,7 +76,7 @@ def train_chain(
     spec, data = checked.spec, checked.data
     if spec.tune is not None:  # `tune: auto`: search first, then train the best settings found
         return _tune_then_train(spec_path, spec.tune, out_dir, resume, copy_backbone, progress, console)
-    with folder_lock(out_dir, "training into"):
+    with folder_lock(out_dir, "training into", keep=resumable):
         if (out_dir / MANIFEST).exists() and not resume:
             raise FinechainError(
                 "this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out"
@@ -135,6 +135,20 @@ def train_chain(
             chain.add_flow(flow.model_copy(update={"stages": stages}))
         chain.save_pretrained(out_dir, copy_backbone=copy_backbone, tasks=[])
     return rows
+
+
+def resumable(out_dir: Path) -> bool:
+    """Whether a training folder holds anything ``--resume`` continues from: a saved chain (finished tasks) or a
+    checkpoint of an unfinished one. A new folder without either (a run stopped in its first epoch, with only a
+    half-epoch metrics line, say) is removed when the run stops.
+
+    Example:
+        >>> import tempfile
+        >>> resumable(Path(tempfile.mkdtemp()))
+        False
+    """
+    checkpoints = (path for name in ("checkpoint", "checkpoint.old") for path in out_dir.glob(f"runs/**/{name}/state.json"))
+    return (out_dir / MANIFEST).is_file() or any(checkpoints)  # the two folders Checkpointer resumes from
 
 
 def _tune_then_train(
