@@ -163,11 +163,12 @@ def test_disk_cache_and_no_cache_match_memory(tiny_backbone: Path, sentiment_fil
     assert np.allclose(results[0], results[1], atol=1e-5) and np.allclose(results[0], results[2], atol=1e-4)
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.9])  # a weight average is checkpointed and continued too
 def test_resume_after_interruption_gives_the_same_model(
-    tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float | None
 ) -> None:
     spec = TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1])
-    cfg = FAST.model_copy(update={"epochs": 4})
+    cfg = FAST.model_copy(update={"epochs": 4, "ema_decay": ema_decay})
     straight = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
     straight.fit(spec, cfg, run_dir=tmp_path / "a", progress=False)
 

@@ -158,3 +158,55 @@ def test_elapsed_seconds_count_from_the_start_of_fit(tiny_backbone: Path, sentim
     result = chain.fit(sentiment, FAST.model_copy(update={"epochs": 1}), progress=False)
     assert result.history[0]["elapsed_seconds"] >= 1.0  # the training and the validation states: 0.5 s each
     assert result.train_seconds >= result.history[-1]["elapsed_seconds"]
+
+
+class _TowardsOne:
+    """A step whose loss pulls a layer's weights towards 1 (its gradient is ``weights - 1``)."""
+
+    def __init__(self, layer: torch.nn.Linear) -> None:
+        self.layer = layer
+
+    def __call__(self, batch: int) -> torch.Tensor:
+        loss = ((self.layer.weight - 1) ** 2).sum() / 2
+        loss.backward()
+        return loss.detach()
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+
+
+def test_a_weight_average_is_what_checks_score_and_training_keeps() -> None:
+    from finechain.train.averaging import warmed_decay
+    from finechain.train.loop import Evaluation
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 1, bias=False)
+    weights, average = layer.weight.detach().clone(), layer.weight.detach().clone()
+    scored: list[torch.Tensor] = []
+
+    def evaluate() -> Evaluation:
+        scored.append(layer.weight.detach().clone())
+        return Evaluation(float(len(scored)))  # every check beats the one before: the last is kept
+
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loop = TrainingLoop(
+        layer,
+        _TowardsOne(layer),
+        lambda generator: [0] * 5,
+        evaluate,
+        metric="accuracy",
+        epochs=2,
+        batches_per_epoch=5,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        max_grad_norm=100.0,
+        batch_size=lambda batch: 1,
+        ema_decay=0.5,
+    )
+    list(loop.run())
+    for step in range(10):  # plain SGD by hand, and the average after each step
+        weights = weights - 0.1 * (weights - 1)
+        average = torch.lerp(average, weights, 1 - warmed_decay(0.5, step))
+    assert len(scored) == 2 and torch.allclose(scored[-1], average)  # the check scored the average ...
+    assert torch.allclose(loop.best_weights["weight"], average)  # ... the average is kept ...
+    assert torch.allclose(layer.weight.detach(), weights) and not torch.allclose(weights, average)  # ... training went on

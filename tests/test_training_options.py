@@ -108,6 +108,8 @@ def test_adversarial_training_runs_in_the_loop(kind: str, tiny_backbone: Path) -
         ("layer_decay", 1.5, "less than or equal to 1"),
         ("head_epochs", -1, "greater than or equal to 0"),
         ("adversarial_steps", 0, "greater than or equal to 1"),
+        ("ema_decay", 1, "less than 1"),
+        ("ema_decay", 0, "greater than 0"),
     ],
 )
 def test_bad_training_options_say_what_is_allowed(field: str, value: object, message: str) -> None:

@@ -139,6 +139,14 @@ class TrainingConfig(BaseModel):
         "times a pair loss that pulls the pooled branch outputs of same-label texts together and pushes others apart; "
         "0 = off",
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the trained weights (this decay per optimizer step, at most "
+        "(1 + step) / (10 + step) early on); checks score the average and the best check's average is kept; e.g. 0.998 "
+        "for runs of a few thousand steps; off by default",
+    )
 
 
 class TrainingOverrides(BaseModel):
@@ -172,6 +180,7 @@ class TrainingOverrides(BaseModel):
     augment: int | None = Field(None, ge=0, le=20)
     augment_rate: float | None = Field(None, gt=0, le=0.5)
     contrastive: float | None = Field(None, ge=0, le=10)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
     def apply(self, base: TrainingConfig) -> TrainingConfig:
         """``base`` with the fields set here replaced.

@@ -93,9 +93,10 @@ class Checkpointer:
         generator: torch.Generator,
         state: Any,
         extra: dict[str, Any] | None = None,
+        average: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write every piece of state (``state``: the loop's counters, a dataclass; ``extra``: more JSON, such as the
-        loss scaler's), then swap the folder in."""
+        loss scaler's; ``average``: the weights' moving average, if training keeps one), then swap the folder in."""
         staging = self.dir.with_name("checkpoint.new")
         shutil.rmtree(staging, ignore_errors=True)
         save_tensors(staging / "model.safetensors", model.state_dict())
@@ -106,6 +107,8 @@ class Checkpointer:
             rng["cuda"] = torch.cuda.get_rng_state()
         save_tensors(staging / "optimizer.safetensors", opt_tensors)
         save_tensors(staging / "rng.safetensors", rng)
+        if average is not None:
+            save_tensors(staging / "average.safetensors", average)
         write_json(
             staging / "state.json",
             {
@@ -153,6 +156,14 @@ class Checkpointer:
             torch.cuda.set_rng_state(rng["cuda"])
         Checkpointer.latest = folder
         return meta["loop"], load_tensors(folder / "best.safetensors", device), meta.get("extra", {})
+
+    def load_average(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The weights' moving average saved with the current checkpoint (the run's settings, in its fingerprint, say
+        whether it keeps one)."""
+        folder = self._current()
+        if folder is None or not (folder / "average.safetensors").is_file():
+            raise FinechainError("the checkpoint holds no weight average", file=self.dir, fix="run without --resume to start over")
+        return load_tensors(folder / "average.safetensors", device)
 
 
 # Left out of fingerprints. Data paths: the data's digest stands for their content. min_steps: what it changes (the

@@ -365,6 +365,7 @@ def _fit_task(
             evaluations_per_epoch=cfg.evaluations_per_epoch,
             checkpointer=Checkpointer(run_path, settings),
             hooks=[*staged, report, EarlyStopping(cfg.patience), *hooks],
+            ema_decay=cfg.ema_decay,
         )
         if resume and loop.resume():
             bar.advance(batches_per_epoch * loop.state.epoch)

@@ -329,6 +329,7 @@ def train_jobs(
             batch_size=lambda batch: len(batch[1]),
             checkpointer=Checkpointer(run_path / label, settings),
             hooks=[report, EarlyStopping(training.patience), *hooks],
+            ema_decay=training.ema_decay,
         )
         if resume and loop.resume():
             bar.advance(batches_per_epoch * loop.state.epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from finechain.errors import FinechainError
 from finechain.evaluate.metrics import is_better
+from finechain.train.averaging import WeightAverage
 from finechain.train.checkpoint import Checkpointer
 
 
@@ -189,7 +191,8 @@ class TrainingLoop:
 
     ``step(batch)`` runs one batch (see :class:`Step`); ``evaluate()`` scores the validation data and returns an
     :class:`Evaluation` whose ``value`` is the selection ``metric``. ``scaler`` is a ``torch.amp.GradScaler`` (fp16)
-    or None. With a ``checkpointer`` the whole state is saved at each epoch's end and :meth:`resume` restores it.
+    or None. With a ``checkpointer`` the whole state is saved at each epoch's end and :meth:`resume` restores it. With
+    ``ema_decay`` the checks score a moving average of the weights (:class:`WeightAverage`), and the best is kept.
 
     Example:
         >>> loop = TrainingLoop(task, step, batches, evaluate, metric="accuracy", epochs=3, batches_per_epoch=10,
@@ -218,6 +221,7 @@ class TrainingLoop:
         batch_size: Callable[[Any], int] = len,
         checkpointer: Checkpointer | None = None,
         hooks: Sequence[Hook] = (),
+        ema_decay: float | None = None,
     ) -> None:
         self.module, self.step, self.epoch_batches, self.evaluate = module, step, epoch_batches, evaluate
         self.metric, self.epochs, self.batches_per_epoch = metric, epochs, batches_per_epoch
@@ -226,6 +230,7 @@ class TrainingLoop:
         self.accumulation, self.max_grad_norm = accumulation, max_grad_norm
         self.batch_size, self.checkpointer, self.hooks = batch_size, checkpointer, list(hooks)
         self.points = check_points(batches_per_epoch, evaluations_per_epoch, accumulation)
+        self.average = WeightAverage(module, ema_decay) if ema_decay is not None else None
         self.state = LoopState()
         self.best_weights = snapshot(module)
         self.best_evaluation: Evaluation | None = None
@@ -249,6 +254,8 @@ class TrainingLoop:
             return False
         counters, self.best_weights, extra = self.checkpointer.load(self.module, self.optimizer, self.scheduler, self.generator)
         self.state = LoopState(**counters)
+        if self.average is not None:
+            self.average.load_state_dict(self.checkpointer.load_average(next(self.module.parameters()).device))
         self.resumed_seconds = self.state.seconds
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
@@ -271,6 +278,8 @@ class TrainingLoop:
             self.optimizer.step()
         self.scheduler.step()
         self.step.zero_grad(self.optimizer)
+        if self.average is not None:
+            self.average.update(self.state.step)
         self.state.step += 1
 
     def _observe(self, call: Callable[[], None]) -> None:
@@ -310,12 +319,13 @@ class TrainingLoop:
                     continue
                 loss = float(running) * self.accumulation / (i + 1)
                 self._check_finite(loss)
-                evaluation = self.evaluate()
+                with self.average.swapped_in() if self.average is not None else nullcontext():  # the average is scored and kept
+                    evaluation = self.evaluate()
+                    epochs = epoch_progress(self.state.epoch, self.points.index(i + 1) + 1, len(self.points))
+                    improved = self.state.improves(self.metric, evaluation.value, epochs)
+                    if improved:
+                        self.best_weights, self.best_evaluation = snapshot(self.module), evaluation
                 self.module.train()
-                epochs = epoch_progress(self.state.epoch, self.points.index(i + 1) + 1, len(self.points))
-                improved = self.state.improves(self.metric, evaluation.value, epochs)
-                if improved:
-                    self.best_weights, self.best_evaluation = snapshot(self.module), evaluation
                 in_epoch = time.perf_counter() - epoch_started - (self.observed - observed_before)
                 check = Check(
                     epochs,
@@ -337,6 +347,9 @@ class TrainingLoop:
             self.state.seconds += time.perf_counter() - epoch_started - (self.observed - observed_before)
             if self.checkpointer is not None:
                 extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None and self.scaler.is_enabled() else {}
-                self.checkpointer.save(self.module, self.best_weights, self.optimizer, self.scheduler, self.generator, self.state, extra)
+                average = self.average.state_dict() if self.average is not None else None
+                self.checkpointer.save(
+                    self.module, self.best_weights, self.optimizer, self.scheduler, self.generator, self.state, extra, average
+                )
             for hook in self.hooks:
                 self._observe(lambda hook=hook: hook.on_epoch_end(self))
