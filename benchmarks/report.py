@@ -93,6 +93,7 @@ SUITE_TITLES = {
     "imbalance": "Imbalanced classes: selection on macro-F1, class weights, focal loss, tune, and the Trainer (CPU)",
     "imbalance_split0": "Imbalanced classes: every layer tuned for one classification task, a tried default (CPU)",
     "tagging_defaults_lr_holdout": "Tagging alone: every layer tuned at higher rates, chosen on held-out training sentences (CPU)",
+    "tagging_defaults_ema_holdout": "Tagging alone: a moving average of the weights, on held-out training sentences (CPU)",
     "tagging_defaults_lr": "Tagging alone: every layer tuned at higher rates, then on the test files (CoNLL-2003, SNIPS slots; CPU)",
     "train_conll_alone_rates": "Training: one tagging task at its own rates (every layer, 2e-4 / 3e-3) vs the Trainer (CoNLL-2003, CPU)",
     "small_data_split0": "Small data: every layer tuned for one classification task, a tried default (CPU)",
@@ -104,6 +105,7 @@ SUITE_TITLES = {
     "snips_chain_rates_e10": "SNIPS intent + slots: the faster rates for 10 epochs (CPU, a tried setting)",
     "snips_chain_rates_t3": "SNIPS intent + slots: the joint trunk at 3e-4 (CPU, a tried setting)",
     "snips_chain_rates_s14": "SNIPS intent + slots: the faster rates, a second seed (CPU)",
+    "snips_chain_rates_ema": "SNIPS intent + slots: the faster rates with a moving average of the weights (CPU)",
     "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -884,7 +886,8 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "sharing_trunk_lr", "split_sweep"]
 SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "tagging_defaults_lr_holdout"]
-SECTIONS += ["tagging_defaults_lr", "zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
+SECTIONS += ["tagging_defaults_lr", "tagging_defaults_ema_holdout"]
+SECTIONS += ["zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
     "branch_batching",
@@ -933,6 +936,7 @@ SECTIONS += [
     "snips_chain_rates_e10",
     "snips_chain_rates_t3",
     "snips_chain_rates_s14",
+    "snips_chain_rates_ema",
 ]
 TABLES = {
     "train": train_table,

@@ -13,7 +13,8 @@ holdout``: on 2,000 training sentences outside each sample, to choose a setting 
 finechain's variants: ``default`` (one task, every setting at ``Chain.from_backbone``'s default: a frozen trunk of 2
 layers for this backbone, the top 4 tuned; a spec of one tagging task resolves ``split: auto`` to 0 since this suite),
 ``split 0`` (every layer tuned, as a full fine-tune does), ``split 1`` and ``split 0 lr 2e-4`` (every layer tuned at
-twice the default branch rate and three times the head's: the demo's NER settings). The peer is the Hugging Face
+twice the default branch rate and three times the head's: the demo's NER settings), and the last with a moving average
+of the weights (``training.ema_decay: 0.998``). The peer is the Hugging Face
 Trainer's full fine-tune (``AutoModelForTokenClassification``, first-sub-word labels, lr 5e-5, batch 32)
 for each number of epochs in ``--peer-epochs``, trained on the same sample (it uses no dev data).
 """
@@ -43,6 +44,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "split 0": ({"split": 0}, {}),
     "split 1": ({"split": 1}, {}),
     "split 0 lr 2e-4": ({"split": 0}, {"learning_rate": 2e-4, "head_learning_rate": 3e-3}),
+    "split 0 lr 2e-4 ema 0.998": ({"split": 0}, {"learning_rate": 2e-4, "head_learning_rate": 3e-3, "ema_decay": 0.998}),
 }
 SETS = {"conll2003": "news NER", "snips": "voice-assistant slots"}
 HELD_OUT = 2_000  # training sentences outside a sample scored with --evaluate-on holdout
