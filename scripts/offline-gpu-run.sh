@@ -47,14 +47,17 @@ fi
 if [[ $steps == *,fewshot,* ]]; then
   # one process per seed at once (a seed's SetFit run is thousands of small steps, far from filling the GPU alone); each
   # saves its records after its seed, and prints each one, so a stopped process's are read back from its log
-  parts=$(mktemp -d)
+  parts=$(mktemp -d) pids=()
   seeds=${SEEDS:-13,14,15,16,17}
   for seed in ${seeds//,/ }; do
     FINECHAIN_RESULTS=$parts timeout "${FEW_LIMIT_S:-3600}" $PY -m benchmarks few-shot --device "${DEVICE:-cuda}" --tasks "${FEW_TASK:-banking77}" \
       --per-class "${PER_CLASS:-64}" --seeds "$seed" --variants "${VARIANTS:-few-shot recipe (min_steps 50),plain}" \
       --output "part_$seed" >"$parts/seed_$seed.log" 2>&1 &
+    pids+=("$seed:$!")
   done
-  wait
+  for entry in "${pids[@]}"; do  # say which seeds failed or ran out of time (124): their log holds why
+    wait "${entry#*:}"; code=$?; [ $code -eq 0 ] || echo "fewshot: seed ${entry%%:*} ended with exit code $code (124: stopped at FEW_LIMIT_S)" >&2
+  done
   cat "$parts"/seed_*.log >"$OUT/fewshot.log"
   $PY - "$parts" "$OUT" "${FEW_NAME:-few_shot_gpu}" "${FEW_TASK:-banking77}" "${PER_CLASS:-64}" "$seeds" \
     "${VARIANTS:-few-shot recipe (min_steps 50),plain}" "${FEW_LIMIT_S:-3600}" <<'PY' || exit 6
