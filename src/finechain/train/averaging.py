@@ -49,9 +49,7 @@ class WeightAverage:
 
     def update(self, step: int) -> None:
         """Move the average towards the current weights after optimizer step ``step`` (0-based)."""
-        if not self.params:
-            return
-        with torch.no_grad():
+        if self.params:  # torch's EMA update (it runs without autograd)
             get_ema_multi_avg_fn(warmed_decay(self.decay, step))(self.averaged, [p.detach() for p in self.params], None)
 
     @contextmanager

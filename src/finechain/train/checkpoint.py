@@ -69,16 +69,29 @@ class Checkpointer:
 
     # the checkpoint this process last saved or resumed from, any run (what an interrupted command can say it left)
     latest: ClassVar[Path | None] = None
+    # the folders a run resumes from: the checkpoint, or the one before it while a new one is swapped in
+    RESUMED_FROM: ClassVar[tuple[str, str]] = ("checkpoint", "checkpoint.old")
 
     def __init__(self, run_dir: Path, fingerprint: str) -> None:
         self.dir = run_dir / "checkpoint"
         self.fingerprint = fingerprint
 
     def _current(self) -> Path | None:
-        for candidate in (self.dir, self.dir.with_name("checkpoint.old")):
-            if (candidate / "state.json").is_file():
-                return candidate
+        for name in self.RESUMED_FROM:
+            if (self.dir.with_name(name) / "state.json").is_file():
+                return self.dir.with_name(name)
         return None
+
+    @classmethod
+    def any_under(cls, folder: Path) -> bool:
+        """Whether a complete checkpoint lies anywhere under ``folder`` (a run's folder or one of many runs).
+
+        Example:
+            >>> import tempfile
+            >>> Checkpointer.any_under(Path(tempfile.mkdtemp()))
+            False
+        """
+        return any(path for name in cls.RESUMED_FROM for path in folder.glob(f"**/{name}/state.json"))
 
     def exists(self) -> bool:
         """Whether a complete checkpoint is present."""
