@@ -77,6 +77,7 @@ SUITE_TITLES = {
     "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
     "few_shot_holdout_bf16": "Few-shot recipe variants on held-out training texts, on a CPU with bf16 units (AG News; CPU)",
     "few_shot_label_texts": "Few-shot tasks: the labels' names as one more example each, vs SetFit (CPU)",
+    "few_shot_gpu": "Few-shot tasks on a GPU: Banking77 at 64 per class vs SetFit (NVIDIA H200)",
     "robustness": "Robustness and training options: adversarial training, staged training, layer-wise decay, under typos (CPU)",
     "update": "Continual updates: new intents added to a trained task, with and without rehearsal, vs retraining (CPU)",
     "snips": "SNIPS intent + slots: a chain and a flow vs two separately fine-tuned Trainer models (CPU)",
@@ -888,7 +889,7 @@ SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharin
 SECTIONS += ["sharing", "sharing_trunk_lr", "split_sweep"]
 SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "tagging_defaults_lr_holdout"]
 SECTIONS += ["tagging_defaults_lr", "tagging_defaults_ema_holdout"]
-SECTIONS += ["zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts"]
+SECTIONS += ["zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts", "few_shot_gpu"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
     "branch_batching",
@@ -972,6 +973,7 @@ TABLES = {
     "few_shot_holdout": few_shot_table,
     "few_shot_holdout_bf16": few_shot_table,
     "few_shot_label_texts": few_shot_table,
+    "few_shot_gpu": few_shot_table,
 }
 
 

@@ -9,7 +9,9 @@
 # Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), INFER_NAME (infer_gpu), PY (python3),
 # DEVICE (cuda; cpu for a dry run of the script); for fewshot: FEW_TASK (banking77), PER_CLASS (64), SEEDS
 # (13,14,15,16,17), VARIANTS ("few-shot recipe (min_steps 50),plain"), FEW_NAME (few_shot_gpu), FEW_LIMIT_S (seconds
-# before the seeds' processes are stopped, 3600; what they measured is merged all the same).
+# before the seeds' processes are stopped, 3600; what they measured is merged all the same), FEW_APPEND (1: keep the
+# records of other seeds from the carried benchmarks/results/<FEW_NAME>.json, so seeds measured in several sessions add
+# up; 0: only this run's).
 # Exit 2: an unknown step; 3, 4, 5, 6: the tests, infer, bench or fewshot step failed.
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -60,14 +62,20 @@ if [[ $steps == *,fewshot,* ]]; then
   done
   cat "$parts"/seed_*.log >"$OUT/fewshot.log"
   $PY - "$parts" "$OUT" "${FEW_NAME:-few_shot_gpu}" "${FEW_TASK:-banking77}" "${PER_CLASS:-64}" "$seeds" \
-    "${VARIANTS:-few-shot recipe (min_steps 50),plain}" "${FEW_LIMIT_S:-3600}" <<'PY' || exit 6
+    "${VARIANTS:-few-shot recipe (min_steps 50),plain}" "${FEW_LIMIT_S:-3600}" "${FEW_APPEND:-1}" <<'PY' || exit 6
 import json
 import sys
 from pathlib import Path
 
 parts, out, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-step = dict(zip(["task", "per_class", "seeds", "variants", "limit_s"], sys.argv[4:], strict=True))
-records, runs, meta = [], [], {}
+step = dict(zip(["task", "per_class", "seeds", "variants", "limit_s", "append"], sys.argv[4:], strict=True))
+records, runs, meta, earlier_runs = [], [], {}, []
+earlier = Path("benchmarks/results") / f"{name}.json"
+if step.pop("append") == "1" and earlier.exists():  # other seeds' records, from earlier sessions; this run's seeds replace theirs
+    ours = tuple(f", seed {seed}" for seed in step["seeds"].split(","))
+    records = [r for r in json.loads(earlier.read_text()) if not r["variant"].endswith(ours)]
+    earlier_runs = json.loads(earlier.with_suffix(".meta.json").read_text()).get("runs", [])
+    print(f"kept {len(records)} records of other seeds from {earlier}")
 for log in sorted(parts.glob("seed_*.log")):  # every record a process printed, saved or not
     records += [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"suite": ')]
 for part in sorted(parts.glob("part_*.meta.json")):
@@ -76,7 +84,7 @@ for part in sorted(parts.glob("part_*.meta.json")):
 (out / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
 shared = {k: meta[k] for k in ("versions", "device", "date") if k in meta}
 step["finished_seeds"] = len(runs)  # a seed stopped at the limit left only the records it printed
-(out / f"{name}.meta.json").write_text(json.dumps({"step": step, "runs": runs, **shared}, indent=1) + "\n")
+(out / f"{name}.meta.json").write_text(json.dumps({"step": step, "runs": earlier_runs + runs, **shared}, indent=1) + "\n")
 print(f"merged {len(records)} records of {len(runs)} finished seeds into {out / name}.json")
 PY
 fi
