@@ -212,6 +212,8 @@ def test_bad_input(case: dict[str, Any], corpus: Path, parallel_results: dict[st
         assert not re.search(r"^\s", lines[-1] if lines else ""), err[-2000:]
     for path in case.get("absent", []):
         assert not Path(path).exists(), f"{path} was left behind"
+    for path in case.get("present", []):
+        assert Path(path).exists(), f"{path} is missing: what the command had finished is lost"
     for path, mode in case.get("modes", {}).items():
         assert oct(Path(path).stat().st_mode & 0o777) == oct(int(mode, 8)), f"{path} has mode {oct(Path(path).stat().st_mode & 0o777)}"
     left = [path for path in _temp_files(corpus) if path not in _REPORTED]

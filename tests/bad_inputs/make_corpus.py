@@ -32,6 +32,12 @@ SPECS = {
     "slow-first-epoch.yaml": _spec("").replace("min_steps: 0}", "min_steps: 100000, evaluations_per_epoch: 1}"),
     # one epoch of 4,000 steps (seconds), checked half-way: an interrupt after that check finds only its metrics line
     "slow-after-check.yaml": _spec("").replace("min_steps: 0}", "min_steps: 4000}"),
+    # two tasks trained one after another: the first quick (checkpointed), the second's first epoch minutes long
+    "slow-second-task.yaml": _spec(
+        "sharing: frozen\ntasks:\n"
+        + GOOD_TASK
+        + "  - {name: topic, train: ../data/train.csv, training: {min_steps: 100000, evaluations_per_epoch: 1}}\n"
+    ),
     "list.yaml": "- tasks\n- nothing\n",
     "empty.yaml": "",
     "tabs.yaml": "tasks:\n\t- name: a\n",

@@ -754,13 +754,11 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def _resume_hint() -> str:
-    """What an interrupted training command left: a checkpoint to resume from, or nothing yet."""
-    from finechain.train.checkpoint import Checkpointer
-
-    if Checkpointer.latest is None:
-        return " (training: stopped before its first epoch ended, so nothing is checkpointed; run the same command again)"
-    return " (training: the last finished epoch is checkpointed; rerun with --resume to continue)"
+def _resume_hint(stop: BaseException) -> str:
+    """What an interrupted training command left (the training job says, as the interrupt's ``left``: saved tasks,
+    checkpoints), or nothing yet (stopped before training began)."""
+    left = getattr(stop, "left", None) or "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+    return f" (training: {left})"
 
 
 def main() -> None:
@@ -779,7 +777,7 @@ def main() -> None:
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
     except (typer.Abort, KeyboardInterrupt, Interrupted) as stop:
-        hint = _resume_hint() if resumable else ""
+        hint = _resume_hint(stop) if resumable else ""
         name = getattr(stop, "signal_name", "SIGINT")
         err.print(_tagged("interrupted", "yellow", f"by {name}{hint}"), soft_wrap=True)
         raise SystemExit(143 if name == "SIGTERM" else 130) from None

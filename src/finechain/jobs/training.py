@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +13,14 @@ from rich.text import Text
 
 from finechain.chain import Chain, open_engine
 from finechain.data.prepare import TaskData
-from finechain.errors import FinechainError
+from finechain.errors import FinechainError, Interrupted
 from finechain.evaluate.report import write_report
 from finechain.flows.flow import stage_engines
 from finechain.flows.routing import Answers, routed_task_data
 from finechain.io import folder_lock
 from finechain.jobs.checking import check_spec, load_all
 from finechain.model.chain_model import pick_device
-from finechain.model.manifest import MANIFEST
+from finechain.model.manifest import MANIFEST, read_manifest
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
 from finechain.spec.flows import route_trained
 from finechain.train.checkpoint import Checkpointer
@@ -77,7 +79,7 @@ def train_chain(
     spec, data = checked.spec, checked.data
     if spec.tune is not None:  # `tune: auto`: search first, then train the best settings found
         return _tune_then_train(spec_path, spec.tune, out_dir, resume, copy_backbone, progress, console)
-    with folder_lock(out_dir, "training into", keep=resumable):
+    with folder_lock(out_dir, "training into", keep=resumable), saying_what_is_left(out_dir, [t.name for t in spec.tasks]):
         if (out_dir / MANIFEST).exists() and not resume:
             raise FinechainError(
                 "this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out"
@@ -151,6 +153,48 @@ def resumable(out_dir: Path) -> bool:
     return (out_dir / MANIFEST).is_file() or Checkpointer.any_under(out_dir / "runs")
 
 
+def left_in(folder: Path, tasks: Iterable[str]) -> str:
+    """What a training run stopped early leaves in ``folder`` for ``--resume``, in words: which of ``tasks`` are trained
+    and saved, which runs are checkpointed at an epoch's end (not those of saved tasks, nor a joint run whose tasks are
+    saved), or nothing.
+
+    Example:
+        >>> import tempfile
+        >>> left_in(Path(tempfile.mkdtemp()), ["sentiment"])
+        'stopped before its first epoch ended, so nothing is checkpointed; run the same command again'
+    """
+    tasks = list(tasks)
+    saved = [t for t in tasks if (folder / MANIFEST).is_file() and t in read_manifest(folder).tasks]
+    runs = {p.parent.parent.name for name in Checkpointer.RESUMED_FROM for p in (folder / "runs").glob(f"*/{name}/state.json")}
+    running = sorted(r for r in runs if r not in saved and (r in tasks or not saved))  # a joint run ends before any task is saved
+    parts = [f"{', '.join(saved)} {'is' if len(saved) == 1 else 'are'} trained and saved"] if saved else []
+    parts += [f"{r if r in tasks else f'the {r} run'} is checkpointed at its last finished epoch" for r in running]
+    if not parts:
+        return "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+    return "; ".join([*parts, "rerun with --resume to continue"])
+
+
+@contextmanager
+def saying_what_is_left(folder: Path, tasks: list[str]) -> Iterator[None]:
+    """Give an interrupt (Ctrl-C, SIGTERM) that leaves this block a ``left`` attribute: :func:`left_in` ``folder``, what
+    the command line prints with it.
+
+    Example:
+        >>> import tempfile
+        >>> try:
+        ...     with saying_what_is_left(Path(tempfile.mkdtemp()), ["sentiment"]):
+        ...         raise KeyboardInterrupt
+        ... except KeyboardInterrupt as stop:
+        ...     print(stop.left)
+        stopped before its first epoch ended, so nothing is checkpointed; run the same command again
+    """
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt) as stop:
+        stop.left = left_in(folder, tasks)  # type: ignore[union-attr]
+        raise
+
+
 def _tune_then_train(
     spec_path: Path, tune: TuneConfig, out_dir: Path, resume: bool, copy_backbone: bool, progress: bool, console: Console
 ) -> list[Row]:
@@ -182,7 +226,7 @@ def add_tasks(
     """
     console = console or Console(stderr=True)
     specs = load_task_specs(task_file)
-    with folder_lock(chain_dir, "writing to"):
+    with folder_lock(chain_dir, "writing to"), saying_what_is_left(chain_dir, [spec.name for spec in specs]):
         chain = Chain.from_pretrained(chain_dir, device="auto")
         for spec in specs:
             if spec.name in chain.tasks and not replace:

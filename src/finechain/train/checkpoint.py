@@ -67,8 +67,6 @@ class Checkpointer:
         >>> ckpt.save(model, best_state, optimizer, scheduler, generator, loop_state)  # doctest: +SKIP
     """
 
-    # the checkpoint this process last saved or resumed from, any run (what an interrupted command can say it left)
-    latest: ClassVar[Path | None] = None
     # the folders a run resumes from: the checkpoint, or the one before it while a new one is swapped in
     RESUMED_FROM: ClassVar[tuple[str, str]] = ("checkpoint", "checkpoint.old")
 
@@ -138,7 +136,6 @@ class Checkpointer:
             self.dir.rename(old)
         staging.rename(self.dir)
         shutil.rmtree(old, ignore_errors=True)
-        Checkpointer.latest = self.dir
 
     def load(
         self,
@@ -167,7 +164,6 @@ class Checkpointer:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        Checkpointer.latest = folder
         return meta["loop"], load_tensors(folder / "best.safetensors", device), meta.get("extra", {})
 
     def load_average(self, device: torch.device) -> dict[str, torch.Tensor]:
