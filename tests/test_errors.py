@@ -9,7 +9,7 @@ import pytest
 
 from finechain.cli.app import main
 from finechain.io import folder_lock
-from finechain.jobs.training import resumable
+from finechain.jobs.training import left_in, resumable
 from tests.conftest import sentiment_rows, write_csv
 
 
@@ -189,6 +189,30 @@ def test_a_training_run_stopped_before_anything_resumable_leaves_no_folder(tmp_p
     with pytest.raises(KeyboardInterrupt), folder_lock(existing, keep=resumable):
         raise KeyboardInterrupt
     assert (existing / "notes" / "a.txt").read_text() == "mine"  # a folder this call did not make is never emptied
+
+
+def test_an_interrupt_says_what_the_training_folder_keeps(tmp_path: Path) -> None:
+    folder = tmp_path / "chain"
+    nothing = "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+    assert left_in(folder, ["a", "b"]) == nothing
+
+    def checkpointed(run: str) -> None:
+        (folder / "runs" / run / "checkpoint").mkdir(parents=True)
+        (folder / "runs" / run / "checkpoint" / "state.json").write_text("{}")
+
+    checkpointed("joint")  # joint training, before the chain is first saved
+    assert left_in(folder, ["a", "b"]) == "the joint run is checkpointed at its last finished epoch; rerun with --resume to continue"
+    manifest = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0" / "frozen" / "finechain.json"
+    (folder / "finechain.json").write_bytes(manifest.read_bytes())  # a saved chain: sentiment, sentiment_lora, tags, stars, ner
+    checkpointed("sentiment")
+    checkpointed("topic")
+    assert left_in(folder, ["sentiment", "tags", "topic"]) == (
+        "sentiment, tags are trained and saved; topic is checkpointed at its last finished epoch; rerun with --resume to continue"
+    )  # neither the finished joint run nor sentiment's last checkpoint is news
+    assert left_in(folder, ["topic"]) == "topic is checkpointed at its last finished epoch; rerun with --resume to continue"  # add-task
+    assert left_in(folder, ["ner"]) == "ner is trained and saved; rerun with --resume to continue"
+    (folder / "finechain.json").write_text("{")  # damaged: said when the folder is read next, not on the way out of an interrupt
+    assert left_in(folder, ["topic"]) == "topic is checkpointed at its last finished epoch; rerun with --resume to continue"
 
 
 def test_invalid_yaml(folder: Path, monkeypatch, capsys) -> None:

@@ -155,18 +155,21 @@ def resumable(out_dir: Path) -> bool:
 
 def left_in(folder: Path, tasks: Iterable[str]) -> str:
     """What a training run stopped early leaves in ``folder`` for ``--resume``, in words: which of ``tasks`` are trained
-    and saved, which runs are checkpointed at an epoch's end (not those of saved tasks, nor a joint run whose tasks are
-    saved), or nothing.
+    and saved, which of their runs are checkpointed at an epoch's end (and a joint run's, before any chain is saved;
+    not the runs of a saved chain's other tasks), or nothing.
 
     Example:
         >>> import tempfile
         >>> left_in(Path(tempfile.mkdtemp()), ["sentiment"])
         'stopped before its first epoch ended, so nothing is checkpointed; run the same command again'
     """
-    tasks = list(tasks)
-    saved = [t for t in tasks if (folder / MANIFEST).is_file() and t in read_manifest(folder).tasks]
+    tasks, chain = list(tasks), (folder / MANIFEST).is_file()
+    try:
+        saved = [t for t in tasks if t in read_manifest(folder).tasks] if chain else []
+    except Exception:  # a damaged manifest: said when the folder is next read, not here, on the way out of an interrupt
+        saved = []
     runs = {p.parent.parent.name for name in Checkpointer.RESUMED_FROM for p in (folder / "runs").glob(f"*/{name}/state.json")}
-    running = sorted(r for r in runs if r not in saved and (r in tasks or not saved))  # a joint run ends before any task is saved
+    running = sorted(r for r in runs if r not in saved and (r in tasks or not chain))  # a joint run ends before the chain is saved
     parts = [f"{', '.join(saved)} {'is' if len(saved) == 1 else 'are'} trained and saved"] if saved else []
     parts += [f"{r if r in tasks else f'the {r} run'} is checkpointed at its last finished epoch" for r in running]
     if not parts:
