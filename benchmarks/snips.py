@@ -3,7 +3,7 @@ tasks answered in one pass, next to what a user would build with the Hugging Fac
 a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
-        [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR] [--ema-decay D]
+        [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR] [--ema-decay D] [--batch-size 32]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -94,7 +94,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
     rates = {} if args.trunk_learning_rate is None else {"trunk_learning_rate": args.trunk_learning_rate}
     joint = JointConfig(loss_weights={"slots": args.slot_weight}, **rates)
     started = time.perf_counter()
-    chain.fit_joint(specs, TrainingConfig(epochs=args.epochs, seed=args.seed, ema_decay=args.ema_decay), joint, progress=False)
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, ema_decay=args.ema_decay, batch_size=args.batch_size)
+    chain.fit_joint(specs, training, joint, progress=False)
     seconds = time.perf_counter() - started
     chain.engine.batch_size = 32
     variant = f"chain: intent + slots in one pass (joint trunk, split {chain.split})"
@@ -108,6 +109,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         variant += f", slot {key.replace('_', ' ').replace('learning rate', 'lr')} {value:g}"
     if args.ema_decay is not None:
         variant += f", weight average {args.ema_decay:g}"
+    if args.batch_size != 32:
+        variant += f", batch {args.batch_size}"
     for split, rows in (("dev", read("dev")), ("test", test)):  # dev: what settings are chosen on; test: what is reported
         predictions = chain.predict([r["words"] for r in rows])
         found = scores([p["intent"].label for p in predictions], [p["slots"].tags for p in predictions], rows)
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slot-learning-rate", type=float, default=None, help="the slot task's branch rate (default 1e-4)")
     parser.add_argument("--slot-head-learning-rate", type=float, default=None, help="the slot task's head rate (default 1e-3)")
     parser.add_argument("--ema-decay", type=float, default=None, help="the chain's training.ema_decay (a moving average of the weights)")
+    parser.add_argument("--batch-size", type=int, default=32, help="the chain's training.batch_size (joint training and each branch's)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-flow", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default snips, or snips_quick)")
