@@ -247,8 +247,9 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS[:4]) + "\n")
     answers = {}
-    for folder in ("chain", "onnx", "per-task"):
-        code, out, _ = cli(["predict", str(tmp_path / folder), "--input", str(texts), "--precision", "fp32"], monkeypatch, capsys)
+    for folder in ("chain", "onnx", "per-task"):  # the exported folders compute in fp32: they take no --precision
+        precision = ["--precision", "fp32"] if folder == "chain" else []
+        code, out, _ = cli(["predict", str(tmp_path / folder), "--input", str(texts), *precision], monkeypatch, capsys)
         assert code == 0
         answers[folder] = [json.loads(line) for line in out.splitlines()]
     for ours, theirs, per_task in zip(answers["chain"], answers["onnx"], answers["per-task"], strict=True):
@@ -256,6 +257,13 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
         for task in ours.keys() - {"text"}:
             _same(ours[task], theirs[task])
             _same(ours[task], per_task[task])
+    for folder, option, fix in (("onnx", ["--precision", "fp16"], "drop --precision"), ("onnx", ["--device", "cuda"], "drop --device")):
+        code, _, err = cli(["predict", str(tmp_path / folder), "--input", str(texts), *option], monkeypatch, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and f"{option[0]} {option[1]}: an exported folder" in err and fix in err
+    code, _, err = cli(["predict", str(chain), "--input", str(texts), "--runtime", "onnxruntime"], monkeypatch, capsys)
+    assert code == 2 and "--runtime onnxruntime runs an exported folder, and this is a PyTorch chain" in err and "finechain export" in err
+    code, _, err = cli(["eval", str(chain), "--task", "sentiment", "--data", str(texts), "--runtime", "openvino"], monkeypatch, capsys)
+    assert code == 2 and "--runtime openvino runs an exported folder" in err  # before the data is read
     data = tmp_path / "labelled.csv"
     data.write_text("text,label\nvery good music,pos\nweak ending and poor plot,neg\ngood plot,pos\npoor music,neg\n")
     reports = {}

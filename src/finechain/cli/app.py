@@ -228,7 +228,7 @@ def evaluate(
     texts that reached it, and the share of texts where every stage was right."""
     from finechain.jobs.evaluation import evaluate_file, evaluate_flow
 
-    _check_runtime(runtime)
+    _check_folder_options(chain_dir, runtime)
     if (task is None) == (flow is None):
         raise FinechainError("give --task or --flow", fix="e.g. --task intent, or --flow assistant")
     if flow is not None:
@@ -283,7 +283,7 @@ def predict(
     choices = get_args(Precision)
     if precision not in choices:
         raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
-    _check_runtime(runtime)
+    _check_folder_options(chain_dir, runtime, device, precision)
     exported = is_exported(chain_dir)
     if flow is not None and task:
         raise FinechainError("--flow runs every task its stages name", fix="drop --task, or drop --flow")
@@ -368,11 +368,32 @@ def _engine(
     return Engine(chain.model, precision, batch_size), chain.flows
 
 
-def _check_runtime(runtime: str) -> None:
-    """A bad ``--runtime`` fails before any work, whatever the folder."""
-    from finechain.inference.exported import check_runtime
+def _check_folder_options(chain_dir: Path, runtime: str = "auto", device: str = "auto", precision: str = "auto") -> None:
+    """A bad ``--runtime`` fails before any work, and so does an option the folder's kind does not take: ``--runtime``
+    onnxruntime or openvino on a PyTorch chain; a ``--device`` other than the CPU, or a ``--precision``, on an exported
+    folder (it runs on the CPU, in the precision it was exported or compressed with). A folder that is neither is left
+    to the loading that follows (it says what is missing)."""
+    from finechain.inference.exported import check_runtime, is_exported
+    from finechain.model.manifest import MANIFEST
 
     check_runtime(runtime, field="--runtime")
+    if is_exported(chain_dir):
+        if device not in ("auto", "cpu"):
+            raise FinechainError(
+                f"--device {device}: an exported folder runs on the CPU", file=chain_dir, fix="drop --device, or use the chain's own folder"
+            )
+        if precision != "auto":
+            raise FinechainError(
+                f"--precision {precision}: an exported folder computes in the precision it was exported or compressed with",
+                file=chain_dir,
+                fix="drop --precision; finechain compress --int8, --fp16 or --bf16 makes a folder of another precision",
+            )
+    elif runtime != "auto" and (chain_dir / MANIFEST).is_file():
+        raise FinechainError(
+            f"--runtime {runtime} runs an exported folder, and this is a PyTorch chain",
+            file=chain_dir,
+            fix=f"drop --runtime, or export the chain first: finechain export {chain_dir} --out OUT",
+        )
 
 
 def _stage_engine(folder: Path) -> Any:
@@ -452,6 +473,7 @@ def serve(
         if name in ("--api-key", "--cors-origins"):
             name = {"--api-key": "the API key", "--cors-origins": "--cors-origin"}[name]
         raise FinechainError(f"{name}: {first['msg']}", fix="see finechain serve --help") from None
+    _check_folder_options(chain_dir, runtime, device, precision)
     try:
         run(settings)
     except Interrupted as stop:  # the server finished the requests it had: a clean stop
