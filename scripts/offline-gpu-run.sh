@@ -8,7 +8,8 @@
 #   Usage: bash scripts/offline-gpu-run.sh [STEP,...]  (default tests,bench)
 # Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), INFER_NAME (infer_gpu), PY (python3),
 # DEVICE (cuda; cpu for a dry run of the script); for fewshot: FEW_TASK (banking77), PER_CLASS (64), SEEDS
-# (13,14,15,16,17), VARIANTS ("few-shot recipe (min_steps 50),plain"), FEW_NAME (few_shot_gpu), FEW_LIMIT_S (seconds
+# (default: the first of 13-17 that the carried results file has no SetFit accuracy for: one seed of SetFit on
+# Banking77 at 64 per class takes ~460 s on an H200, one per session's device time), VARIANTS ("few-shot recipe (min_steps 50),plain"), FEW_NAME (few_shot_gpu), FEW_LIMIT_S (seconds
 # before the seeds' processes are stopped, 3600; what they measured is merged all the same), FEW_APPEND (1: keep the
 # records of other seeds from the carried benchmarks/results/<FEW_NAME>.json, so seeds measured in several sessions add
 # up; 0: only this run's).
@@ -50,7 +51,17 @@ if [[ $steps == *,fewshot,* ]]; then
   # one process per seed at once (a seed's SetFit run is thousands of small steps, far from filling the GPU alone); each
   # saves its records after its seed, and prints each one, so a stopped process's are read back from its log
   parts=$(mktemp -d) pids=()
-  seeds=${SEEDS:-13,14,15,16,17}
+  seeds=${SEEDS:-$($PY - "benchmarks/results/${FEW_NAME:-few_shot_gpu}.json" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+path = Path(sys.argv[1])
+done = {r["variant"].rpartition(", seed ")[2] for r in json.loads(path.read_text()) if r["system"] == "setfit" and r["metric"] == "accuracy"} if path.exists() else set()
+print(next((s for s in ("13", "14", "15", "16", "17") if s not in done), "13"))
+PY
+)}
+  echo "fewshot: seeds $seeds"
   for seed in ${seeds//,/ }; do
     FINECHAIN_RESULTS=$parts timeout "${FEW_LIMIT_S:-3600}" $PY -m benchmarks few-shot --device "${DEVICE:-cuda}" --tasks "${FEW_TASK:-banking77}" \
       --per-class "${PER_CLASS:-64}" --seeds "$seed" --variants "${VARIANTS:-few-shot recipe (min_steps 50),plain}" \
