@@ -9,8 +9,9 @@
 # Environment: TASK (sst2), SIZES (64,128,256), NAME (train_gpu), INFER_NAME (infer_gpu), PY (python3),
 # DEVICE (cuda; cpu for a dry run of the script); for fewshot: FEW_TASK (banking77), PER_CLASS (64), SEEDS
 # (default: the first of 13-17 that the carried results file has no SetFit accuracy for: one seed of SetFit on
-# Banking77 at 64 per class takes ~460 s on an H200, one per session's device time), VARIANTS ("few-shot recipe (min_steps 50),plain"), FEW_NAME (few_shot_gpu), FEW_LIMIT_S (seconds
-# before the seeds' processes are stopped, 3600; what they measured is merged all the same), FEW_APPEND (1: keep the
+# Banking77 at 64 per class takes ~460 s on an H200, one per session's device time), VARIANTS ("few-shot recipe
+# (min_steps 50),plain"), FEW_NAME (few_shot_gpu), FEW_LIMIT_S (seconds before the seeds' processes are stopped,
+# 3600; what they measured is merged all the same), FEW_APPEND (1: keep the
 # records of other seeds from the carried benchmarks/results/<FEW_NAME>.json, so seeds measured in several sessions add
 # up; 0: only this run's).
 # Exit 2: an unknown step; 3, 4, 5, 6: the tests, infer, bench or fewshot step failed.
@@ -57,8 +58,9 @@ import sys
 from pathlib import Path
 
 path = Path(sys.argv[1])
-done = {r["variant"].rpartition(", seed ")[2] for r in json.loads(path.read_text()) if r["system"] == "setfit" and r["metric"] == "accuracy"} if path.exists() else set()
-print(next((s for s in ("13", "14", "15", "16", "17") if s not in done), "13"))
+records = json.loads(path.read_text()) if path.exists() else []
+done = {r["variant"].rpartition(", seed ")[2] for r in records if r["system"] == "setfit" and r["metric"] == "accuracy"}
+print(next((s for s in ("13", "14", "15", "16", "17") if s not in done), "13"))  # all five there: seed 13 again
 PY
 )}
   echo "fewshot: seeds $seeds"
@@ -82,7 +84,7 @@ parts, out, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 step = dict(zip(["task", "per_class", "seeds", "variants", "limit_s", "append"], sys.argv[4:], strict=True))
 records, runs, meta, earlier_runs = [], [], {}, []
 earlier = Path("benchmarks/results") / f"{name}.json"
-if step.pop("append") == "1" and earlier.exists():  # other seeds' records, from earlier sessions; this run's seeds replace theirs
+if step.pop("append") == "1" and earlier.exists():  # other seeds' records from earlier sessions (this run's seeds: replaced)
     ours = tuple(f", seed {seed}" for seed in step["seeds"].split(","))
     records = [r for r in json.loads(earlier.read_text()) if not r["variant"].endswith(ours)]
     earlier_runs = json.loads(earlier.with_suffix(".meta.json").read_text()).get("runs", [])
