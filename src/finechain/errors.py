@@ -98,6 +98,10 @@ class ResourceError(FinechainError):
     exit_code = 1
 
 
+# what an interrupted training command says when its folder holds nothing --resume could continue from
+NOTHING_TO_RESUME = "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+
+
 class Interrupted(BaseException):
     """The process was asked to stop (SIGTERM); raised so that cleanup (temporary files, locks) runs on the way out."""
 

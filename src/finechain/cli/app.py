@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from finechain.errors import FinechainError, Interrupted, ResourceError
+from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted, ResourceError
 from finechain.spec import load_chain_spec, load_task_specs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning chains: one shared trunk, many task tails.")
@@ -779,8 +779,7 @@ def _out_of_memory(error: BaseException) -> bool:
 def _resume_hint(stop: BaseException) -> str:
     """What an interrupted training command left (the training job says, as the interrupt's ``left``: saved tasks,
     checkpoints), or nothing yet (stopped before training began)."""
-    left = getattr(stop, "left", None) or "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
-    return f" (training: {left})"
+    return f" (training: {getattr(stop, 'left', None) or NOTHING_TO_RESUME})"
 
 
 def main() -> None:

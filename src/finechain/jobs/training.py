@@ -13,7 +13,7 @@ from rich.text import Text
 
 from finechain.chain import Chain, open_engine
 from finechain.data.prepare import TaskData
-from finechain.errors import FinechainError, Interrupted
+from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted
 from finechain.evaluate.report import write_report
 from finechain.flows.flow import stage_engines
 from finechain.flows.routing import Answers, routed_task_data
@@ -150,7 +150,7 @@ def resumable(out_dir: Path) -> bool:
         >>> resumable(Path(tempfile.mkdtemp()))
         False
     """
-    return (out_dir / MANIFEST).is_file() or Checkpointer.any_under(out_dir / "runs")
+    return (out_dir / MANIFEST).is_file() or bool(Checkpointer.runs_under(out_dir / "runs"))
 
 
 def left_in(folder: Path, tasks: Iterable[str]) -> str:
@@ -168,12 +168,12 @@ def left_in(folder: Path, tasks: Iterable[str]) -> str:
         saved = [t for t in tasks if t in read_manifest(folder).tasks] if chain else []
     except Exception:  # a damaged manifest: said when the folder is next read, not here, on the way out of an interrupt
         saved = []
-    runs = {p.parent.parent.name for name in Checkpointer.RESUMED_FROM for p in (folder / "runs").glob(f"*/{name}/state.json")}
+    runs = {run.name for run in Checkpointer.runs_under(folder / "runs")}
     running = sorted(r for r in runs if r not in saved and (r in tasks or not chain))  # a joint run ends before the chain is saved
     parts = [f"{', '.join(saved)} {'is' if len(saved) == 1 else 'are'} trained and saved"] if saved else []
     parts += [f"{r if r in tasks else f'the {r} run'} is checkpointed at its last finished epoch" for r in running]
     if not parts:
-        return "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+        return NOTHING_TO_RESUME
     return "; ".join([*parts, "rerun with --resume to continue"])
 
 

@@ -81,15 +81,15 @@ class Checkpointer:
         return None
 
     @classmethod
-    def any_under(cls, folder: Path) -> bool:
-        """Whether a complete checkpoint lies anywhere under ``folder`` (a run's folder or one of many runs).
+    def runs_under(cls, folder: Path) -> set[Path]:
+        """The run folders anywhere under ``folder`` (a run's folder or one of many runs) that hold a complete checkpoint.
 
         Example:
             >>> import tempfile
-            >>> Checkpointer.any_under(Path(tempfile.mkdtemp()))
-            False
+            >>> Checkpointer.runs_under(Path(tempfile.mkdtemp()))
+            set()
         """
-        return any(path for name in cls.RESUMED_FROM for path in folder.glob(f"**/{name}/state.json"))
+        return {path.parent.parent for name in cls.RESUMED_FROM for path in folder.glob(f"**/{name}/state.json")}
 
     def exists(self) -> bool:
         """Whether a complete checkpoint is present."""
