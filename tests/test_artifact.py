@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import finechain.model.artifact as artifact
 from finechain import Chain
 from finechain.cli.app import main
 from finechain.errors import ArtifactError
@@ -46,7 +48,7 @@ def test_chains_saved_by_finechain_0_1_load_and_predict_as_they_did(name: str, t
         assert new.keys() == old.keys()
         for task in old:
             _agree(new[task].to_dict(), old[task])
-    # re-saved, it is a current (format 2) chain that predicts the same
+    # re-saved over itself, it is a current chain (format 3: its tasks replaced in place) that predicts the same
     copy = shutil.copytree(RELEASE / name, tmp_path / name)
     chain.save_pretrained(copy)
     assert json.loads((copy / MANIFEST).read_text())["format"] == FORMAT_VERSION
@@ -70,9 +72,7 @@ def test_a_0_1_tagging_spec_is_read_with_its_own_options(tmp_path: Path) -> None
 
 def _broken_copy(tmp_path: Path) -> Path:
     """The 0.1 chain, re-saved in the current format (its backbone copied in), to be damaged."""
-    folder = shutil.copytree(RELEASE / "frozen", tmp_path / "chain")
-    Chain.from_pretrained(folder).save_pretrained(folder)
-    return folder
+    return Chain.from_pretrained(RELEASE / "frozen").save_pretrained(tmp_path / "chain")
 
 
 def _rewrite(folder: Path, change) -> None:
@@ -91,6 +91,10 @@ def _rewrite(folder: Path, change) -> None:
         (lambda f: _rewrite(f, lambda m: m["tasks"].update({"/etc/x": m["tasks"]["sentiment"]})), "'/etc/x' is not a valid task name"),
         (lambda f: _rewrite(f, lambda m: m["tasks"].update({"a.b": m["tasks"]["sentiment"]})), "'a.b' is not a valid task name"),
         (lambda f: _rewrite(f, lambda m: m["tasks"]["sentiment"]["head"].update(type="ranking")), "unknown task type 'ranking'"),
+        (
+            lambda f: _rewrite(f, lambda m: m["tasks"]["sentiment"].update(folder="../../outside")),
+            r"task 'sentiment' names the folder '../../outside', which is not sentiment\.<number>",
+        ),
         (
             lambda f: (f / "tasks" / "stars" / "head.safetensors").write_bytes(b"\x00" * 7),
             r"stars/head\.safetensors: not a readable safetensors",
@@ -123,3 +127,54 @@ def test_manifest_names_its_files_once_and_checks_them(tmp_path: Path) -> None:
     assert "files" not in entry and entry["branch"]["mode"] == "lora" and entry["head"]["type"] == "classification"
     assert set(entry["head"]) == {"type", "labels", "options", "state"} and entry["head"]["options"]["pooling"] == "mean"
     assert sorted(p.name for p in (out / "tasks" / "sentiment_lora").iterdir()) == ["branch.safetensors", "head.safetensors"]
+
+
+def _weights(chain: Chain, name: str) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in chain.tasks[name].state_dict().items()}
+
+
+def _same(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_a_task_replaced_in_a_saved_chain_is_swapped_whole(tmp_path: Path, monkeypatch) -> None:
+    """Replacing a task (update, restore, add-task --replace) writes it into a new folder that only the new manifest
+    names: a crash before the manifest is written leaves the old task whole, one after it the new one; the next save
+    removes what a crash left."""
+    folder = Chain.from_pretrained(RELEASE / "frozen").save_pretrained(tmp_path / "chain")
+    tasks = sorted(read_manifest(folder).tasks)
+    assert read_manifest(folder).format == 2 and sorted(p.name for p in (folder / "tasks").iterdir()) == tasks
+    chain = Chain.from_pretrained(folder)
+    old = {name: _weights(chain, name) for name in tasks}
+    with torch.no_grad():
+        for parameter in chain.tasks["sentiment"].parameters():
+            parameter.add_(0.5)
+    new = _weights(chain, "sentiment")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact, "write_json", crash)  # stopped as the manifest is written: the new files are named by none
+    with pytest.raises(KeyboardInterrupt):
+        chain.save_pretrained(folder, tasks=["sentiment"])
+    monkeypatch.undo()
+    assert (folder / "tasks" / "sentiment.1").is_dir() and (folder / "tasks" / "sentiment").is_dir()
+    assert all(_same(_weights(Chain.from_pretrained(folder), name), old[name]) for name in tasks)
+
+    monkeypatch.setattr(artifact, "_remove_other_folders", crash)  # stopped after the manifest: the new task is whole
+    with pytest.raises(KeyboardInterrupt):
+        chain.save_pretrained(folder, tasks=["sentiment"])
+    monkeypatch.undo()
+    manifest = read_manifest(folder)
+    assert manifest.format == 3 and manifest.tasks["sentiment"].folder == "sentiment.2"  # .1 was the first crash's
+    assert all(manifest.tasks[name].folder is None for name in tasks if name != "sentiment")
+    again = Chain.from_pretrained(folder)
+    assert _same(_weights(again, "sentiment"), new) and all(_same(_weights(again, n), old[n]) for n in tasks if n != "sentiment")
+
+    chain.save_pretrained(folder, tasks=["sentiment"])  # the next save (into .3: .1 and .2 are there) leaves one folder a task
+    assert sorted(p.name for p in (folder / "tasks").iterdir()) == sorted([*(n for n in tasks if n != "sentiment"), "sentiment.3"])
+    assert _same(_weights(Chain.from_pretrained(folder), "sentiment"), new)
+    assert "folder" not in json.loads((folder / MANIFEST).read_text())["tasks"]["stars"]  # a task in tasks/<name>/ says nothing
+    assert artifact.keep_task_version(folder, "sentiment") == 1  # a version is kept from the folder the manifest names
+    kept = sorted(p.name for p in (folder / "versions" / "sentiment" / "1").iterdir())
+    assert kept == ["branch.safetensors", "entry.json", "head.safetensors"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,17 @@ from finechain.model.manifest import (
     TaskRecord,
     TrunkEntry,
     read_manifest,
+    task_folder,
 )
 from finechain.model.task import TaskModel
 from finechain.model.weights import load_tensors, save_tensors
 from finechain.version import __version__
 
 
-def task_entry(task: TaskModel, record: TaskRecord | None = None) -> TaskEntry:
-    """The manifest entry of a task tail (and its training record)."""
+def task_entry(task: TaskModel, record: TaskRecord | None = None, folder: str | None = None) -> TaskEntry:
+    """The manifest entry of a task tail (and its training record), its files in ``folder`` (None: ``tasks/<name>``)."""
     return TaskEntry(
+        folder=folder,
         **(record or TaskRecord()).model_dump(),
         head=HeadEntry(type=task.head.type_name, **task.head.config()),
         branch=task.mode.config(),
@@ -49,19 +52,18 @@ def task_entry(task: TaskModel, record: TaskRecord | None = None) -> TaskEntry:
     )
 
 
-def load_task(model: ChainModel, directory: Path, entry: TaskEntry) -> TaskModel:
-    """Rebuild a task's tail from its entry and its two weight files in ``directory``."""
+def load_task(model: ChainModel, directory: Path, entry: TaskEntry, name: str) -> TaskModel:
+    """Rebuild task ``name``'s tail from its entry and its two weight files in ``directory``."""
     try:
         head = head_type(entry.head.type).from_config(entry.head.model_dump())
         mode = branch_mode(entry.branch)
     except (ValidationError, ValueError) as error:
-        raise ArtifactError(
-            f"task '{directory.name}': {short_reason(error)}", file=directory.parent.parent / MANIFEST, fix="retrain the task"
-        ) from None
+        manifest = directory.parent.parent / MANIFEST
+        raise ArtifactError(f"task '{name}': {short_reason(error)}", file=manifest, fix="retrain the task") from None
     available = model.num_layers - model.split  # a student's task may keep fewer (model.student)
     if entry.branch_layers > available:
         raise ArtifactError(
-            f"task '{directory.name}' has {entry.branch_layers} branch layers, but split {model.split} leaves {available}",
+            f"task '{name}' has {entry.branch_layers} branch layers, but split {model.split} leaves {available}",
             file=directory.parent.parent / MANIFEST,
             fix="retrain the task",
         )
@@ -73,9 +75,7 @@ def load_task(model: ChainModel, directory: Path, entry: TaskEntry) -> TaskModel
             task.mode.load_state(task.branch.layers, load_tensors(directory / BRANCH_FILE))
         task.load_head_state(load_tensors(directory / HEAD_FILE))
     except (ValueError, RuntimeError) as error:  # tensors of other names or shapes than this task's structure
-        raise ArtifactError(
-            f"weights do not fit task '{directory.name}' ({short_reason(error)})", file=directory, fix="retrain the task"
-        ) from None
+        raise ArtifactError(f"weights do not fit task '{name}' ({short_reason(error)})", file=directory, fix="retrain the task") from None
     return task.eval()
 
 
@@ -118,7 +118,7 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
             ) from None
         model.trunk_tuned = True
     for name, entry in manifest.tasks.items():
-        model.attach(name, load_task(model, directory / TASKS_DIR / name, entry))
+        model.attach(name, load_task(model, task_folder(directory, name, entry), entry, name))
     return model, manifest
 
 
@@ -133,9 +133,11 @@ def save_chain(
     flows: list[dict[str, Any]] | None = None,
 ) -> Manifest:
     """Write ``model`` into ``directory``: each task's weights (only ``tasks`` when given), the tuned trunk when there
-        is one, then the manifest (last, so a folder with a manifest is complete). The backbone is referenced by source and
-        sha256, and copied in with ``copy_backbone`` (a backbone copied into another chain folder is always copied along, so
-    the new folder stands alone). Returns the manifest written.
+    is one, then the manifest (last, so a folder with a manifest is complete). A task the folder already holds is
+    written into a new folder (``tasks/<name>.<n>/``) that only the new manifest names, its old folder removed after:
+    replacing a task (``update``, ``restore``, ``add-task --replace``) swaps it whole, never half old and half new. The
+    backbone is referenced by source and sha256, and copied in with ``copy_backbone`` (a backbone copied into another
+    chain folder is always copied along, so the new folder stands alone). Returns the manifest written.
 
         Example:
             >>> save_chain(model, "my-chain", records=records)  # doctest: +SKIP
@@ -144,10 +146,16 @@ def save_chain(
     directory.mkdir(parents=True, exist_ok=True)
     if model.trunk_tuned and (tasks is None or not (directory / TRUNK_FILE).exists()):
         save_tensors(directory / TRUNK_FILE, model.trunk.stack.layers.state_dict())
-    for name in tasks if tasks is not None else list(model.tasks):
-        task = model.tasks[name]
-        save_tensors(directory / TASKS_DIR / name / BRANCH_FILE, task.branch_state())
-        save_tensors(directory / TASKS_DIR / name / HEAD_FILE, task.head_state())
+    saved = _saved_tasks(directory)
+    writing = tasks if tasks is not None else list(model.tasks)
+    folders = {name: entry.folder for name, entry in saved.items()}  # the tasks not written now stay where they are
+    for name in writing:
+        # a task the folder's manifest has is written whole into a new folder, which the manifest names only once it
+        # is complete: until then the manifest and the old files are untouched (a crash leaves the old task whole)
+        folders[name] = _free_folder(directory, name) if name in saved else None
+        task, target = model.tasks[name], directory / TASKS_DIR / (folders[name] or name)
+        save_tensors(target / BRANCH_FILE, task.branch_state())
+        save_tensors(target / HEAD_FILE, task.head_state())
     target = directory / BACKBONE_DIR
     copied_elsewhere = model.backbone.kind == "copied" and model.backbone_path.resolve() != target.resolve()
     if (copy_backbone and model.backbone.kind != "copied") or copied_elsewhere:  # a copied backbone travels with the chain
@@ -173,11 +181,44 @@ def save_chain(
         layers=model.layer_ids if model.layer_ids != list(range(model.num_layers)) else None,
         compression=model.compression,
         ffn_width=model.ffn_width,
-        tasks={name: task_entry(task, records.get(name)) for name, task in model.tasks.items()},
+        tasks={name: task_entry(task, records.get(name), folders.get(name)) for name, task in model.tasks.items()},
         flows=flows or [],
     )
-    write_json(directory / MANIFEST, manifest.model_dump(mode="json"))
+    if any(entry.folder for entry in manifest.tasks.values()):
+        manifest.format = 3
+    written = manifest.model_dump(mode="json")
+    for entry in written["tasks"].values():  # a task in tasks/<name>/ says nothing (format 2 has no folder field)
+        if entry["folder"] is None:
+            del entry["folder"]
+    write_json(directory / MANIFEST, written)
+    for name in writing:  # the replaced tasks' old files, and any a crash left behind
+        _remove_other_folders(directory, name, keep=folders[name] or name)
     return manifest
+
+
+def _saved_tasks(directory: Path) -> dict[str, TaskEntry]:
+    """The tasks a chain folder's manifest has now (none where there is no manifest, or one that cannot be read: then
+    nothing there can be loaded, and writing over its files loses nothing)."""
+    try:
+        return dict(read_manifest(directory).tasks) if (directory / MANIFEST).is_file() else {}
+    except ArtifactError:
+        return {}
+
+
+def _free_folder(directory: Path, name: str) -> str:
+    """A folder name for a new copy of task ``name``'s files: ``<name>.<n>``, the first ``n`` not in use."""
+    number = 1
+    while (directory / TASKS_DIR / f"{name}.{number}").exists():
+        number += 1
+    return f"{name}.{number}"
+
+
+def _remove_other_folders(directory: Path, name: str, keep: str) -> None:
+    """Remove task ``name``'s folders other than ``keep``: ``tasks/<name>/`` and ``tasks/<name>.<n>/`` (task names have
+    no dots, so these are no other task's)."""
+    for folder in (directory / TASKS_DIR).glob(f"{name}*"):
+        if folder.name != keep and (folder.name == name or re.fullmatch(rf"{re.escape(name)}\.\d+", folder.name)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 VERSIONS_DIR = "versions"
@@ -211,8 +252,8 @@ def keep_task_version(directory: str | Path, name: str) -> int:
     staging = target.with_name(f".{number}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        shutil.copytree(directory / TASKS_DIR / name, staging)
-        write_json(staging / "entry.json", entry.model_dump(mode="json"))
+        shutil.copytree(task_folder(directory, name, entry), staging)
+        write_json(staging / "entry.json", entry.model_dump(mode="json", exclude={"folder"}))
         staging.rename(target)
     finally:  # also on Ctrl-C: no half-copied version left
         shutil.rmtree(staging, ignore_errors=True)
@@ -235,4 +276,4 @@ def load_task_version(model: ChainModel, directory: str | Path, name: str, versi
         entry = TaskEntry.model_validate(json.loads(read_text_file(folder / "entry.json")))
     except (ValidationError, ValueError) as error:
         raise ArtifactError(f"version {version} of task '{name}': {short_reason(error)}", file=folder / "entry.json") from None
-    return load_task(model, folder, entry), entry.record()
+    return load_task(model, folder, entry, name), entry.record()

@@ -7,6 +7,7 @@ Layout (names declared once, here)::
     trunk.safetensors                   the trunk's layers, when they were tuned (joint sharing)
     tasks/<name>/branch.safetensors     the task's branch tensors (all layers, or only LoRA adapters)
     tasks/<name>/head.safetensors       its head layer (and layer mix)
+    tasks/<name>.<n>/                   the same, for a task replaced in a saved chain (its entry's ``folder``)
     backbone/                           the backbone itself, when copied in (``copy_backbone``)
 
 Manifests of earlier formats are upgraded when read; one from a newer finechain is refused with a clear error.
@@ -33,7 +34,9 @@ TASKS_DIR = "tasks"
 BRANCH_FILE = "branch.safetensors"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
-FORMAT_VERSION = 2  # 1: finechain 0.1 (flat head config); 2: typed head entry (labels, options, state)
+# 1: finechain 0.1 (flat head config); 2: typed head entry (labels, options, state); 3: a task's files may be in a
+# folder of their own (TaskEntry.folder), written only where a task was replaced in a saved chain (else format 2)
+FORMAT_VERSION = 3
 
 
 class _Entry(BaseModel):
@@ -91,6 +94,9 @@ class TaskEntry(TaskRecord):
     parameters: int = 0
     trainable_parameters: int = 0
     stored_parameters: int = 0
+    # its files' folder under tasks/ when that is not tasks/<name>/: <name>.<n>, a task replaced in a saved chain (the
+    # new files are written whole in a new folder, then the manifest names it: a crash leaves the old task or the new)
+    folder: str | None = None
 
     def record(self) -> TaskRecord:
         """The training record alone."""
@@ -110,7 +116,7 @@ class TrunkEntry(_Entry):
 class Manifest(_Entry):
     """``finechain.json``: everything needed to rebuild a chain around its weight files."""
 
-    format: Literal[2] = FORMAT_VERSION
+    format: Literal[2, 3] = 2  # 3 only where a task's entry has a folder (see FORMAT_VERSION)
     finechain_version: str
     backbone: BackboneEntry
     split: int = Field(ge=0)
@@ -131,7 +137,22 @@ class Manifest(_Entry):
         bad = [name for name in tasks if not re.match(TASK_NAME, name) or len(name) > 64]
         if bad:
             raise ValueError(f"task name {bad[0]!r} is not a valid task name (letters, digits, _ and -)")
+        strays = [(name, e.folder) for name, e in tasks.items() if e.folder is not None and not re.fullmatch(rf"{name}\.\d+", e.folder)]
+        if strays:
+            name, folder = strays[0]
+            raise ValueError(f"task {name!r} names the folder {folder!r}, which is not {name}.<number>")
         return tasks
+
+
+def task_folder(directory: str | Path, name: str, entry: TaskEntry | None = None) -> Path:
+    """Where task ``name``'s weight files are in the chain folder ``directory``: ``tasks/<name>/``, or the folder its
+    manifest ``entry`` names (a task replaced in a saved chain).
+
+    Example:
+        >>> task_folder("my-chain", "intent").as_posix()
+        'my-chain/tasks/intent'
+    """
+    return Path(directory) / TASKS_DIR / (entry.folder if entry is not None and entry.folder else name)
 
 
 def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
