@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -108,3 +110,23 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str = "SIGTERM") -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+@contextmanager
+def saying_on_interrupt(job: str, left: Callable[[], str]) -> Iterator[None]:
+    """Give an interrupt (Ctrl-C, SIGTERM) that leaves this block the attributes ``job`` (what was running) and
+    ``left`` (``left()``, called then: what the job leaves, in words), which the command line prints with it.
+
+    Example:
+        >>> try:
+        ...     with saying_on_interrupt("update", lambda: "the chain is unchanged"):
+        ...         raise KeyboardInterrupt
+        ... except KeyboardInterrupt as stop:
+        ...     print(f"{stop.job}: {stop.left}")
+        update: the chain is unchanged
+    """
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt) as stop:
+        stop.job, stop.left = job, left()  # type: ignore[union-attr]
+        raise

@@ -118,6 +118,10 @@ def _write_data(data: Path) -> None:
     (data / "many.txt").write_text("".join(f"the plot was awful and the acting weak {i}\n" for i in range(30_000)))
     (data / "huge-texts.txt").write_text("".join(" ".join(["good"] * 5000) + f" {i}\n" for i in range(100)))  # ~210 windows each
     (data / "a-file").write_text("not a folder\n")
+    # an update of a minute on the tiny backbone (20,000 rows, the chain's 10 epochs): to be interrupted
+    words = ["great", "poor", "film", "movie", "ending", "quite", "awful", "fine"]
+    update_rows = [(f"{words[i % 8]} {words[i * 7 % 8]} {words[i * 3 % 8]} {i}", "pos" if i % 2 else "neg") for i in range(20_000)]
+    write_csv(data / "big-update.csv", update_rows)
 
 
 def _write_backbones(root: Path) -> None:
@@ -164,6 +168,8 @@ def _write_chains(root: Path) -> None:
         lambda f: shutil.copy(f / tasks / "sentiment_lora" / "branch.safetensors", f / tasks / "sentiment" / "branch.safetensors"),
     )
     _damaged_chain(root, "missing-head", lambda f: (f / tasks / "ner" / "head.safetensors").unlink())
+    _damaged_chain(root, "task-folder-outside", _manifest(lambda m: m[tasks]["sentiment"].update(folder="../../backbone")))
+    _damaged_chain(root, "update-me", lambda f: None)  # a good chain an interrupted update must leave as it was
 
     def changed_backbone(folder: Path) -> None:
         from safetensors.torch import load_file, save_file

@@ -776,10 +776,21 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def _resume_hint(stop: BaseException) -> str:
-    """What an interrupted training command left (the training job says, as the interrupt's ``left``: saved tasks,
-    checkpoints), or nothing yet (stopped before training began)."""
-    return f" (training: {getattr(stop, 'left', None) or NOTHING_TO_RESUME})"
+def _left_hint(stop: BaseException, training: bool) -> str:
+    """What an interrupted command left, as its job says (the interrupt's ``job`` and ``left``: a training run's saved
+    tasks and checkpoints, an update's chain unchanged or saved); for a training command stopped before its job began,
+    that nothing is checkpointed; else nothing.
+
+    Example:
+        >>> _left_hint(KeyboardInterrupt(), training=True)
+        ' (training: stopped before its first epoch ended, so nothing is checkpointed; run the same command again)'
+        >>> _left_hint(KeyboardInterrupt(), training=False)
+        ''
+    """
+    left = getattr(stop, "left", None)
+    if left is None and not training:
+        return ""
+    return f" ({getattr(stop, 'job', 'training')}: {left or NOTHING_TO_RESUME})"
 
 
 def main() -> None:
@@ -787,7 +798,7 @@ def main() -> None:
     interrupt one line and exit 130 (SIGTERM: 143); never a traceback for any of them."""
     signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT comes ignored
     signal.signal(signal.SIGTERM, _interrupt)
-    resumable = len(sys.argv) > 1 and sys.argv[1] in {"train", "add-task", "demo"}
+    training = len(sys.argv) > 1 and sys.argv[1] in {"train", "add-task", "demo"}
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:  # typer returns, not raises, the exit code of some ends
@@ -798,7 +809,7 @@ def main() -> None:
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
     except (typer.Abort, KeyboardInterrupt, Interrupted) as stop:
-        hint = _resume_hint(stop) if resumable else ""
+        hint = _left_hint(stop, training)
         name = getattr(stop, "signal_name", "SIGINT")
         err.print(_tagged("interrupted", "yellow", f"by {name}{hint}"), soft_wrap=True)
         raise SystemExit(143 if name == "SIGTERM" else 130) from None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from rich.text import Text
 
 from finechain.chain import Chain, open_engine
 from finechain.data.prepare import TaskData
-from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted
+from finechain.errors import NOTHING_TO_RESUME, FinechainError, saying_on_interrupt
 from finechain.evaluate.report import write_report
 from finechain.flows.flow import stage_engines
 from finechain.flows.routing import Answers, routed_task_data
@@ -177,8 +177,7 @@ def left_in(folder: Path, tasks: Iterable[str]) -> str:
     return "; ".join([*parts, "rerun with --resume to continue"])
 
 
-@contextmanager
-def saying_what_is_left(folder: Path, tasks: list[str]) -> Iterator[None]:
+def saying_what_is_left(folder: Path, tasks: list[str]) -> AbstractContextManager[None]:
     """Give an interrupt (Ctrl-C, SIGTERM) that leaves this block a ``left`` attribute: :func:`left_in` ``folder``, what
     the command line prints with it.
 
@@ -191,11 +190,7 @@ def saying_what_is_left(folder: Path, tasks: list[str]) -> Iterator[None]:
         ...     print(stop.left)
         stopped before its first epoch ended, so nothing is checkpointed; run the same command again
     """
-    try:
-        yield
-    except (Interrupted, KeyboardInterrupt) as stop:
-        stop.left = left_in(folder, tasks)  # type: ignore[union-attr]
-        raise
+    return saying_on_interrupt("training", lambda: left_in(folder, tasks))
 
 
 def _tune_then_train(

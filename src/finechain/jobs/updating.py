@@ -19,7 +19,7 @@ from rich.console import Console
 
 from finechain.chain import Chain
 from finechain.data.prepare import Split, TaskData, load_task_data
-from finechain.errors import FinechainError
+from finechain.errors import FinechainError, saying_on_interrupt
 from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.io import folder_lock
@@ -140,7 +140,14 @@ def update_task(
         {'before': 0.912, 'after': 0.905}
     """
     console = console or Console(stderr=True)
-    with folder_lock(chain_dir, "writing to"):
+    saved: list[int] = []  # the version the old task was kept as, once the update is saved
+
+    def left() -> str:
+        if saved:
+            return f"the update is saved; the previous version is kept as version {saved[0]}"
+        return f"{chain_dir} is unchanged; run the same command again"
+
+    with folder_lock(chain_dir, "writing to"), saying_on_interrupt("update", left):
         chain = Chain.from_pretrained(chain_dir, device="auto")
         if name not in chain.tasks:
             raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
@@ -210,7 +217,8 @@ def update_task(
                 "train_seconds": result.train_seconds,
             }
         )
-        chain.save_pretrained(chain_dir, tasks=[name])
+        chain.save_pretrained(chain_dir, tasks=[name])  # the task swapped whole (see save_chain)
+        saved.append(report.kept_version)
         report.accepted = True
         return report
 
