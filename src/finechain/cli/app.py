@@ -275,7 +275,6 @@ def predict(
     exported folder (finechain export / compress): it then runs with ONNX Runtime (or OpenVINO), without PyTorch."""
     from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
     from finechain.data.readers import read_texts
-    from finechain.inference.exported import is_exported
     from finechain.io import atomic_write, decode_utf8, os_error
     from finechain.progress import TrainProgress
     from finechain.spec import Precision
@@ -283,8 +282,7 @@ def predict(
     choices = get_args(Precision)
     if precision not in choices:
         raise FinechainError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(choices)}")
-    _check_folder_options(chain_dir, runtime, device, precision)
-    exported = is_exported(chain_dir)
+    exported = _check_folder_options(chain_dir, runtime, device, precision)
     if flow is not None and task:
         raise FinechainError("--flow runs every task its stages name", fix="drop --task, or drop --flow")
     if not exported:  # the manifest first: a damaged folder or an unknown --task fails before PyTorch loads
@@ -368,16 +366,17 @@ def _engine(
     return Engine(chain.model, precision, batch_size), chain.flows
 
 
-def _check_folder_options(chain_dir: Path, runtime: str = "auto", device: str = "auto", precision: str = "auto") -> None:
-    """A bad ``--runtime`` fails before any work, and so does an option the folder's kind does not take: ``--runtime``
-    onnxruntime or openvino on a PyTorch chain; a ``--device`` other than the CPU, or a ``--precision``, on an exported
-    folder (it runs on the CPU, in the precision it was exported or compressed with). A folder that is neither is left
-    to the loading that follows (it says what is missing)."""
+def _check_folder_options(chain_dir: Path, runtime: str = "auto", device: str = "auto", precision: str = "auto") -> bool:
+    """Whether ``chain_dir`` is an exported folder. A bad ``--runtime`` fails before any work, and so does an option
+    the folder's kind does not take: ``--runtime`` onnxruntime or openvino on a PyTorch chain; a ``--device`` other
+    than the CPU, or a ``--precision``, on an exported folder (it runs on the CPU, in the precision it was exported or
+    compressed with). A folder that is neither is left to the loading that follows (it says what is missing)."""
     from finechain.inference.exported import check_runtime, is_exported
     from finechain.model.manifest import MANIFEST
 
     check_runtime(runtime, field="--runtime")
-    if is_exported(chain_dir):
+    exported = is_exported(chain_dir)
+    if exported:
         if device not in ("auto", "cpu"):
             raise FinechainError(
                 f"--device {device}: an exported folder runs on the CPU", file=chain_dir, fix="drop --device, or use the chain's own folder"
@@ -394,6 +393,7 @@ def _check_folder_options(chain_dir: Path, runtime: str = "auto", device: str = 
             file=chain_dir,
             fix=f"drop --runtime, or export the chain first: finechain export {chain_dir} --out OUT",
         )
+    return exported
 
 
 def _stage_engine(folder: Path) -> Any:
