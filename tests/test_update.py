@@ -67,6 +67,21 @@ def test_update_adds_a_label_keeps_the_old_and_can_be_restored(trained: Path, tm
     assert code != 0 and "no kept version 9" in err and "choose one of [1, 2]" in err
 
 
+def test_an_update_that_teaches_nothing_says_the_weights_are_unchanged(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The task as it was is the update's epoch-0 candidate: on data it already answers perfectly no check beats it,
+    and the command says the weights are unchanged instead of only "updated"."""
+    rows = topic_rows(["sport", "money"], 60, 1)
+    assert Chain.from_pretrained(trained).score("topic", *map(list, zip(*rows, strict=True)))["accuracy"] == 1.0
+    write_csv(tmp_path / "same.csv", rows)
+    code, out, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "same.csv"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "its weights are unchanged" in " ".join(out.split()) and "version 1" in out
+    entry = json.loads((trained / "finechain.json").read_text())["tasks"]["topic"]
+    kept = trained / "versions" / "topic" / "1"
+    for name in ("branch.safetensors", "head.safetensors"):
+        assert (trained / "tasks" / entry["folder"] / name).read_bytes() == (kept / name).read_bytes()
+
+
 def test_an_update_that_forgets_is_refused_and_writes_nothing(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     relabelled = [(text, "tech") for text, _ in topic_rows(["sport"], 60, 3)]  # sport texts now called tech: the old answers go
     write_csv(tmp_path / "new.csv", [*relabelled, *topic_rows(["money"], 20, 5)])

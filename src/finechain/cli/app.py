@@ -197,6 +197,8 @@ def update(
         out.print(f"new labels: {', '.join(report.new_labels)}")
     if not report.accepted:
         raise FinechainError(report.note, file=chain_dir, fix="raise --rehearsal, or pass --force to keep it anyway")
+    if report.best_epoch == 0:
+        out.print("the task as it was scored best on the validation data (new and earlier examples): its weights are unchanged")
     out.print(f"updated; the previous version is kept as version {report.kept_version} (finechain restore {chain_dir!s} -t {task})")
 
 

@@ -40,6 +40,7 @@ class UpdateReport:
     accepted: bool = False
     kept_version: int | None = None
     note: str = ""
+    best_epoch: float | None = None  # 0: the task as it was scored best on the validation data, so its weights are unchanged
 
 
 def _sample(split: Split, size: int, seed: int) -> Split:
@@ -180,6 +181,7 @@ def update_task(
         task = grown_task(old_task, labels, chain.model.new_task(head, old_task.mode.config()))
         run_dir = chain_dir / "runs" / f"{name}-update"
         result = chain.fit(spec, training, data=mixed, init=task, repeat=True, run_dir=run_dir, progress=progress)
+        report.best_epoch = result.best_epoch
         after = {key: _scores(chain, name, split) for key, split in parts.items()}
         report.scores = {
             key: {"before": (before[key] or {}).get(metric), "after": (after[key] or {}).get(metric)}  # type: ignore[misc]
