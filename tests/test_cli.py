@@ -159,6 +159,18 @@ def test_usage_errors_print_usage_not_a_traceback(args: list[str], expected: str
     assert code == 2 and expected in out + err and "Traceback" not in out + err
 
 
+def test_the_command_list_has_a_sentence_per_command(monkeypatch, capsys) -> None:
+    """``finechain --help`` lists each command with its docstring's first paragraph as one flowing summary: typer keeps
+    the source's line breaks there, which broke the list's lines mid-sentence."""
+    from finechain.cli.app import app
+
+    summaries = {command.callback.__name__: command.short_help for command in app.registered_commands if command.callback}
+    assert len(summaries) >= 13 and all(text and "\n" not in text and "  " not in text for text in summaries.values()), summaries
+    code, out, err = cli(["--help"], monkeypatch, capsys)
+    listing = " ".join((out + err).replace("│", "").split())
+    assert code == 0 and "set is scored before and after, and the previous version is kept" in listing
+
+
 def test_a_bad_chain_folder_or_task_fails_before_pytorch_loads(trained: Path, tmp_path: Path) -> None:
     """predict and eval read the manifest first: a damaged one, or a task the chain does not have, is the one-line error
     in about a second, without importing PyTorch (which takes several)."""

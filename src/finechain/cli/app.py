@@ -795,6 +795,18 @@ def _left_hint(stop: BaseException, training: bool) -> str:
     return f" ({getattr(stop, 'job', 'training')}: {left or NOTHING_TO_RESUME})"
 
 
+def _one_line_summaries() -> None:
+    """Each command's line in ``finechain --help``: its docstring's first paragraph with the source's line breaks
+    joined (typer keeps them there, breaking the list's lines mid-sentence); ``finechain CMD --help`` reflows anyway."""
+    for command in app.registered_commands:
+        doc = (command.callback.__doc__ or "") if command.callback else ""
+        if command.short_help is None and doc:
+            command.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+
+
+_one_line_summaries()
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2 (1 when the machine ran out of something), an
     interrupt one line and exit 130 (SIGTERM: 143); never a traceback for any of them."""
