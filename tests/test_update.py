@@ -57,6 +57,10 @@ def test_update_adds_a_label_keeps_the_old_and_can_be_restored(trained: Path, tm
     assert update["rehearsed"] > 0 and record["spec"]["train"] == before["spec"]["train"]  # the original file stays the base
     kept = json.loads((trained / "versions" / "topic" / "1" / "entry.json").read_text())
     assert kept["head"]["labels"] == ["money", "sport"] and kept["metrics"] == before["metrics"]
+    code, out, err = run_cli(["info", str(trained)], monkeypatch, capsys)
+    listing = " ".join(out.split())
+    assert code == 0 and "topic: updated 1 time, last on" in listing and "(new.csv, 90 rows, new labels tech)" in listing, listing
+    assert "topic: versions kept 1 (finechain restore" in listing
 
     code, out, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
     assert code == 0, err

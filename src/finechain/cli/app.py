@@ -655,7 +655,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     if is_exported(chain_dir):
         _exported_info(chain_dir)
         return
-    from finechain.model.manifest import read_manifest
+    from finechain.model.manifest import read_manifest, task_versions
 
     manifest = read_manifest(chain_dir)
     bb = manifest.backbone
@@ -686,6 +686,16 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
             *(f"{metrics[split][metric]:.4f}" if metric in metrics.get(split, {}) else "-" for split in ("validation", "test")),
         )
     out.print(table)
+    for name, task in manifest.tasks.items():  # what finechain update did, and what finechain restore can bring back
+        updates, kept = (task.data or {}).get("updates", []), task_versions(chain_dir, name)
+        if updates:
+            last = updates[-1]
+            added = f", new labels {', '.join(last['new_labels'])}" if last.get("new_labels") else ""
+            source = f"{Path(last.get('file', '?')).name}, {last.get('rows', '?')} rows{added}"
+            out.print(f"{name}: updated {len(updates)} time{'s' if len(updates) > 1 else ''}, last on {last.get('date', '?')} ({source})")
+        if kept:
+            restore = f"finechain restore {chain_dir} -t {name} --version N"
+            out.print(f"{name}: versions kept {', '.join(map(str, kept))} ({restore})", soft_wrap=True)
 
 
 def _exported_info(folder: Path) -> None:

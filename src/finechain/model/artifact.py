@@ -25,6 +25,7 @@ from finechain.model.manifest import (
     MANIFEST,
     TASKS_DIR,
     TRUNK_FILE,
+    VERSIONS_DIR,
     BackboneEntry,
     HeadEntry,
     Manifest,
@@ -33,6 +34,7 @@ from finechain.model.manifest import (
     TrunkEntry,
     read_manifest,
     task_folder,
+    task_versions,
 )
 from finechain.model.task import TaskModel
 from finechain.model.weights import load_tensors, save_tensors
@@ -219,20 +221,6 @@ def _remove_other_folders(directory: Path, name: str, keep: str) -> None:
     for folder in (directory / TASKS_DIR).glob(f"{name}*"):
         if folder.name != keep and (folder.name == name or re.fullmatch(rf"{re.escape(name)}\.\d+", folder.name)) and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-VERSIONS_DIR = "versions"
-
-
-def task_versions(directory: str | Path, name: str) -> list[int]:
-    """The kept earlier versions of task ``name`` in a chain folder, oldest first (see :func:`keep_task_version`).
-
-    Example:
-        >>> task_versions("my-chain", "intent")  # doctest: +SKIP
-        [1, 2]
-    """
-    folder = Path(directory) / VERSIONS_DIR / name
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "entry.json").is_file()) if folder.is_dir() else []
 
 
 def keep_task_version(directory: str | Path, name: str) -> int:

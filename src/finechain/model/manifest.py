@@ -9,6 +9,7 @@ Layout (names declared once, here)::
     tasks/<name>/head.safetensors       its head layer (and layer mix)
     tasks/<name>.<n>/                   the same, for a task replaced in a saved chain (its entry's ``folder``)
     backbone/                           the backbone itself, when copied in (``copy_backbone``)
+    versions/<name>/<n>/                an earlier version of a task (its two files and entry.json), kept by an update
 
 Manifests of earlier formats are upgraded when read; one from a newer finechain is refused with a clear error.
 """
@@ -34,6 +35,7 @@ TASKS_DIR = "tasks"
 BRANCH_FILE = "branch.safetensors"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
+VERSIONS_DIR = "versions"  # versions/<name>/<n>/: earlier versions of a task kept by finechain update
 # 1: finechain 0.1 (flat head config); 2: typed head entry (labels, options, state); 3: a task's files may be in a
 # folder of their own (TaskEntry.folder), written only where a task was replaced in a saved chain (else format 2)
 FORMAT_VERSION = 3
@@ -220,3 +222,15 @@ def read_manifest(directory: str | Path) -> Manifest:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise ArtifactError(f"{field}: {first['msg']}", file=path, fix="restore the file, or retrain the chain") from None
+
+
+def task_versions(directory: str | Path, name: str) -> list[int]:
+    """The kept earlier versions of task ``name`` in a chain folder, oldest first (written by
+    :func:`finechain.model.artifact.keep_task_version`).
+
+    Example:
+        >>> task_versions("my-chain", "intent")  # doctest: +SKIP
+        [1, 2]
+    """
+    folder = Path(directory) / VERSIONS_DIR / name
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "entry.json").is_file()) if folder.is_dir() else []
