@@ -139,7 +139,8 @@ class Manifest(_Entry):
         bad = [name for name in tasks if not re.match(TASK_NAME, name) or len(name) > 64]
         if bad:
             raise ValueError(f"task name {bad[0]!r} is not a valid task name (letters, digits, _ and -)")
-        strays = [(name, e.folder) for name, e in tasks.items() if e.folder is not None and not re.fullmatch(rf"{name}\.\d+", e.folder)]
+        own = {name: re.compile(rf"{re.escape(name)}\.\d+") for name in tasks}
+        strays = [(name, e.folder) for name, e in tasks.items() if e.folder is not None and not own[name].fullmatch(e.folder)]
         if strays:
             name, folder = strays[0]
             raise ValueError(f"task {name!r} names the folder {folder!r}, which is not {name}.<number>")
