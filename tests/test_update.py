@@ -9,8 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from finechain import Chain
+from finechain.errors import Interrupted
+from finechain.train.loop import Hook, TrainingLoop
 from tests.conftest import FILLER, TOPICS, run_cli, write_csv
 
 
@@ -84,6 +87,40 @@ def test_an_update_that_teaches_nothing_says_the_weights_are_unchanged(trained: 
     kept = trained / "versions" / "topic" / "1"
     for name in ("branch.safetensors", "head.safetensors"):
         assert (trained / "tasks" / entry["folder"] / name).read_bytes() == (kept / name).read_bytes()
+
+
+class _StopAfterFirstEpoch(Hook):
+    """Ctrl-C (what the command line's SIGINT handler raises) as the first epoch's checkpoint is written."""
+
+    def on_epoch_end(self, loop: TrainingLoop) -> None:
+        if loop.state.epoch == 1:
+            raise Interrupted("SIGINT")
+
+
+def test_an_interrupted_update_resumes_to_the_same_task(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Stopped after its first epoch, an update leaves the chain as it was and says to rerun with --resume; resumed, it
+    ends with the weights of an update that ran straight through, and its checkpoint goes."""
+    write_csv(tmp_path / "new.csv", topic_rows(["tech", "sport", "money"], 90, 3))
+    straight = Path(shutil.copytree(trained, tmp_path / "straight"))
+    args = ["-t", "topic", "-d", str(tmp_path / "new.csv"), "--max-forgetting", "50", "-q"]
+    code, _, err = run_cli(["update", str(straight), *args], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = (trained / "finechain.json").read_text()
+    fit = Chain.fit
+    monkeypatch.setattr(Chain, "fit", lambda self, *a, **kw: fit(self, *a, **{**kw, "hooks": [_StopAfterFirstEpoch()]}))
+    for attempt in range(2):  # the second run, without --resume, says it starts over (and is stopped at the same place)
+        code, out, err = run_cli(["update", str(trained), *args], monkeypatch, capsys)
+        last = (err.strip().splitlines() or [f"exit {code}: {out}"])[-1]
+        assert code == 130 and "update: " in last and "is unchanged; the update is checkpointed" in last and "--resume" in last, err
+        assert ("holds the checkpoint of an interrupted update; starting over" in " ".join(err.split())) == (attempt == 1)
+        assert (trained / "finechain.json").read_text() == manifest and not (trained / "versions").exists()
+    monkeypatch.undo()
+    code, _, err = run_cli(["update", str(trained), *args, "--resume"], monkeypatch, capsys)
+    assert code == 0, err
+    resumed, reference = Chain.from_pretrained(trained), Chain.from_pretrained(straight)
+    a, b = resumed.tasks["topic"].state_dict(), reference.tasks["topic"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), {k: float((a[k] - b[k]).abs().max()) for k in a}
+    assert not (trained / "runs" / "topic-update" / "checkpoint").exists()
 
 
 def test_an_update_that_forgets_is_refused_and_writes_nothing(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -168,6 +168,7 @@ def update(
         float, typer.Option(min=0, help="refuse the update if the old test score falls by more than this many points")
     ] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="keep the update even if it forgets more")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted update (the same files and options)")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Continue TASK on new data, rehearsing earlier data; the old test set is scored before and after, and the
@@ -184,6 +185,7 @@ def update(
         rehearsal=rehearsal,
         max_forgetting=max_forgetting,
         force=force,
+        resume=resume,
         progress=not quiet,
         console=err,
     )

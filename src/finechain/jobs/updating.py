@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from finechain.chain import Chain
 from finechain.data.prepare import Split, TaskData, load_task_data
@@ -26,6 +27,7 @@ from finechain.io import folder_lock
 from finechain.model.artifact import TaskRecord, keep_task_version, load_task_version, task_versions
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
+from finechain.train.checkpoint import Checkpointer
 
 
 @dataclass
@@ -128,12 +130,16 @@ def update_task(
     rehearsal: float = 1.0,
     max_forgetting: float = 1.0,
     force: bool = False,
+    resume: bool = False,
     progress: bool = True,
     console: Console | None = None,
 ) -> UpdateReport:
     """Continue task ``name`` of the chain in ``chain_dir`` on the labelled file ``data`` (new labels allowed), with
     ``rehearsal`` old training examples per new one mixed in; keep the update if the old test score falls by at most
     ``max_forgetting`` points (or with ``force``), keeping the previous version. Returns the before/after scores.
+
+    Its training is checkpointed at each epoch's end under ``runs/<name>-update/``; ``resume`` continues an interrupted
+    update (same files and options) from there. The checkpoint is removed once the update is saved or refused.
 
     Example:
         >>> report = update_task(Path("my-chain"), "intent", Path("new-intents.csv"))  # doctest: +SKIP
@@ -142,10 +148,14 @@ def update_task(
     """
     console = console or Console(stderr=True)
     saved: list[int] = []  # the version the old task was kept as, once the update is saved
+    run_dir = chain_dir / "runs" / f"{name}-update"
+    checkpoint = Checkpointer(run_dir, "")  # only asked whether there is one: fit_task checks what it was made with
 
     def left() -> str:
         if saved:
             return f"the update is saved; the previous version is kept as version {saved[0]}"
+        if checkpoint.exists():
+            return f"{chain_dir} is unchanged; the update is checkpointed at its last finished epoch: rerun with --resume to continue"
         return f"{chain_dir} is unchanged; run the same command again"
 
     with folder_lock(chain_dir, "writing to"), saying_on_interrupt("update", left):
@@ -178,9 +188,11 @@ def update_task(
         mixed = TaskData(_joined(new.train, rehearsed), validation, None, labels, {**(record.data or {})})
         head = head_cls(labels, options=spec.head)
         head.initialize(mixed.train.labels, labels)
+        torch.manual_seed(seed)  # a new label's head row starts the same in every run of the same update (and on --resume)
         task = grown_task(old_task, labels, chain.model.new_task(head, old_task.mode.config()))
-        run_dir = chain_dir / "runs" / f"{name}-update"
-        result = chain.fit(spec, training, data=mixed, init=task, repeat=True, run_dir=run_dir, progress=progress)
+        if not resume and checkpoint.exists():
+            console.print(Text(f"update: {run_dir} holds the checkpoint of an interrupted update; starting over (--resume continues it)"))
+        result = chain.fit(spec, training, data=mixed, init=task, repeat=True, run_dir=run_dir, resume=resume, progress=progress)
         report.best_epoch = result.best_epoch
         after = {key: _scores(chain, name, split) for key, split in parts.items()}
         report.scores = {
@@ -191,6 +203,7 @@ def update_task(
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         lost = sign * ((old_before or 0.0) - (old_after or 0.0)) * 100 if old_before is not None else 0.0
         if lost > max_forgetting and not force:
+            checkpoint.remove()  # refused: nothing to resume
             report.note = (
                 f"refused: the old test {metric} fell {lost:.2f} points ({old_before:.4f} -> {old_after:.4f}), "
                 f"more than --max-forgetting {max_forgetting}"
@@ -221,6 +234,7 @@ def update_task(
         )
         chain.save_pretrained(chain_dir, tasks=[name])  # the task swapped whole (see save_chain)
         saved.append(report.kept_version)
+        checkpoint.remove()
         report.accepted = True
         return report
 

@@ -95,6 +95,12 @@ class Checkpointer:
         """Whether a complete checkpoint is present."""
         return self._current() is not None
 
+    def remove(self) -> None:
+        """Delete the checkpoint (and any half-swapped one): a run whose result is saved, or dropped, has nothing left
+        to resume."""
+        for name in (*self.RESUMED_FROM, "checkpoint.new"):
+            shutil.rmtree(self.dir.with_name(name), ignore_errors=True)
+
     def save(
         self,
         model: nn.Module,
