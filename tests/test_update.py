@@ -103,8 +103,8 @@ def test_an_interrupted_update_resumes_to_the_same_task(trained: Path, tmp_path:
     write_csv(tmp_path / "new.csv", topic_rows(["tech", "sport", "money"], 90, 3))
     straight = Path(shutil.copytree(trained, tmp_path / "straight"))
     args = ["-t", "topic", "-d", str(tmp_path / "new.csv"), "--max-forgetting", "50", "-q"]
-    code, _, err = run_cli(["update", str(straight), *args], monkeypatch, capsys)
-    assert code == 0, err
+    code, _, err = run_cli(["update", str(straight), *args, "--resume"], monkeypatch, capsys)  # nothing to resume: a whole update
+    assert code == 0 and "no interrupted update to resume" in " ".join(err.split()), err
     manifest = (trained / "finechain.json").read_text()
     fit = Chain.fit
     monkeypatch.setattr(Chain, "fit", lambda self, *a, **kw: fit(self, *a, **{**kw, "hooks": [_StopAfterFirstEpoch()]}))

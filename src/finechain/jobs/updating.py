@@ -192,6 +192,8 @@ def update_task(
         task = grown_task(old_task, labels, chain.model.new_task(head, old_task.mode.config()))
         if not resume and checkpoint.exists():
             console.print(Text(f"update: {run_dir} holds the checkpoint of an interrupted update; starting over (--resume continues it)"))
+        elif resume and not checkpoint.exists():
+            console.print(Text(f"update: no interrupted update to resume in {run_dir}; starting one"))
         result = chain.fit(spec, training, data=mixed, init=task, repeat=True, run_dir=run_dir, resume=resume, progress=progress)
         report.best_epoch = result.best_epoch
         after = {key: _scores(chain, name, split) for key, split in parts.items()}
