@@ -178,3 +178,38 @@ def test_a_task_replaced_in_a_saved_chain_is_swapped_whole(tmp_path: Path, monke
     assert artifact.keep_task_version(folder, "sentiment") == 1  # a version is kept from the folder the manifest names
     kept = sorted(p.name for p in (folder / "versions" / "sentiment" / "1").iterdir())
     assert kept == ["branch.safetensors", "entry.json", "head.safetensors"]
+
+
+def _trunk(chain: Chain) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in chain.model.trunk.stack.layers.state_dict().items()}
+
+
+def test_a_tuned_trunk_written_over_a_saved_chain_is_swapped_whole(tmp_path: Path, monkeypatch) -> None:
+    """A chain saved whole over a folder whose chain has a tuned trunk writes its trunk to a new file that only the new
+    manifest names: a crash before the manifest leaves the old chain whole (its tasks on its own trunk)."""
+    folder = Chain.from_pretrained(RELEASE / "joint").save_pretrained(tmp_path / "chain")
+    assert read_manifest(folder).format == 2 and read_manifest(folder).trunk.file is None and (folder / "trunk.safetensors").is_file()
+    chain = Chain.from_pretrained(folder)
+    old = _trunk(chain)
+    with torch.no_grad():
+        for parameter in chain.model.trunk.stack.layers.parameters():
+            parameter.add_(0.5)
+    new = _trunk(chain)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        chain.save_pretrained(folder)
+    monkeypatch.undo()
+    assert (folder / "trunk.1.safetensors").is_file() and _same(_trunk(Chain.from_pretrained(folder)), old)
+
+    chain.save_pretrained(folder)
+    manifest = read_manifest(folder)
+    assert manifest.format == 3 and manifest.trunk.file == "trunk.2.safetensors"  # .1 was the crash's
+    assert sorted(p.name for p in folder.glob("trunk*")) == ["trunk.2.safetensors"]
+    assert _same(_trunk(Chain.from_pretrained(folder)), new)
+    Chain.from_pretrained(folder).save_pretrained(tmp_path / "elsewhere")  # a new folder: the usual name, whatever it was loaded from
+    assert read_manifest(tmp_path / "elsewhere").trunk.file is None and read_manifest(tmp_path / "elsewhere").format == 2
+    assert _same(_trunk(Chain.from_pretrained(tmp_path / "elsewhere")), new)

@@ -35,6 +35,7 @@ from finechain.model.manifest import (
     read_manifest,
     task_folder,
     task_versions,
+    trunk_file,
 )
 from finechain.model.task import TaskModel
 from finechain.model.weights import load_tensors, save_tensors
@@ -109,13 +110,13 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
     model = ChainModel(encoder, load_tokenizer(path), ref, path, manifest.split, manifest.max_length, manifest.layers)
     model.compression, model.ffn_width = manifest.compression, manifest.ffn_width
     if manifest.trunk is not None:
-        state = load_tensors(directory / TRUNK_FILE)
+        state = load_tensors(trunk_file(directory, manifest.trunk))
         try:
             model.trunk.stack.layers.load_state_dict(state)
         except RuntimeError as error:
             raise ArtifactError(
                 f"the tuned trunk does not fit this backbone ({short_reason(error, 120)})",
-                file=directory / TRUNK_FILE,
+                file=trunk_file(directory, manifest.trunk),
                 fix="retrain the chain",
             ) from None
         model.trunk_tuned = True
@@ -146,9 +147,14 @@ def save_chain(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if model.trunk_tuned and (tasks is None or not (directory / TRUNK_FILE).exists()):
-        save_tensors(directory / TRUNK_FILE, model.trunk.stack.layers.state_dict())
-    saved = _saved_tasks(directory)
+    previous = _saved_manifest(directory)
+    saved = dict(previous.tasks) if previous is not None else {}
+    old_trunk = previous.trunk if previous is not None else None  # the tuned trunk the folder's chain runs on now
+    trunk_name = old_trunk.file if old_trunk is not None else None
+    if model.trunk_tuned and (tasks is None or old_trunk is None or not trunk_file(directory, old_trunk).exists()):
+        # written over a saved chain's trunk: into a file of its own, which only the new manifest names (as a task)
+        trunk_name = _free_trunk_file(directory) if old_trunk is not None else None
+        save_tensors(directory / (trunk_name or TRUNK_FILE), model.trunk.stack.layers.state_dict())
     writing = tasks if tasks is not None else list(model.tasks)
     folders = {name: entry.folder for name, entry in saved.items()}  # the tasks not written now stay where they are
     for name in writing:
@@ -179,32 +185,45 @@ def save_chain(
         num_layers=model.num_layers,
         hidden_size=model.encoder_config.hidden_size,
         max_length=model.max_length,
-        trunk=trunk if model.trunk_tuned else None,
+        trunk=(trunk or TrunkEntry()).model_copy(update={"file": trunk_name}) if model.trunk_tuned else None,
         layers=model.layer_ids if model.layer_ids != list(range(model.num_layers)) else None,
         compression=model.compression,
         ffn_width=model.ffn_width,
         tasks={name: task_entry(task, records.get(name), folders.get(name)) for name, task in model.tasks.items()},
         flows=flows or [],
     )
-    if any(entry.folder for entry in manifest.tasks.values()):
+    if trunk_name or any(entry.folder for entry in manifest.tasks.values()):
         manifest.format = 3
     written = manifest.model_dump(mode="json")
-    for entry in written["tasks"].values():  # a task in tasks/<name>/ says nothing (format 2 has no folder field)
-        if entry["folder"] is None:
-            del entry["folder"]
+    for entry in [*written["tasks"].values(), *([written["trunk"]] if written["trunk"] else [])]:
+        for key in ("folder", "file"):  # files where format 2 has them say nothing (format 2 has no such fields)
+            if key in entry and entry[key] is None:
+                del entry[key]
     write_json(directory / MANIFEST, written)
     for name in writing:  # the replaced tasks' old files, and any a crash left behind
         _remove_other_folders(directory, name, keep=folders[name] or name)
+    if model.trunk_tuned:
+        for path in directory.glob("trunk*.safetensors"):  # the replaced trunk's file, and any a crash left behind
+            if path.name != (trunk_name or TRUNK_FILE) and re.fullmatch(r"trunk(\.\d+)?\.safetensors", path.name):
+                path.unlink(missing_ok=True)
     return manifest
 
 
-def _saved_tasks(directory: Path) -> dict[str, TaskEntry]:
-    """The tasks a chain folder's manifest has now (none where there is no manifest, or one that cannot be read: then
-    nothing there can be loaded, and writing over its files loses nothing)."""
+def _saved_manifest(directory: Path) -> Manifest | None:
+    """The manifest of the chain a folder holds now (None where there is none, or one that cannot be read: then nothing
+    there can be loaded, and writing over its files loses nothing)."""
     try:
-        return dict(read_manifest(directory).tasks) if (directory / MANIFEST).is_file() else {}
+        return read_manifest(directory) if (directory / MANIFEST).is_file() else None
     except ArtifactError:
-        return {}
+        return None
+
+
+def _free_trunk_file(directory: Path) -> str:
+    """A file name for a new tuned trunk: ``trunk.<n>.safetensors``, the first ``n`` not in use."""
+    number = 1
+    while (directory / f"trunk.{number}.safetensors").exists():
+        number += 1
+    return f"trunk.{number}.safetensors"
 
 
 def _free_folder(directory: Path, name: str) -> str:

@@ -5,6 +5,7 @@ Layout (names declared once, here)::
 
     finechain.json                      the manifest (:class:`Manifest`)
     trunk.safetensors                   the trunk's layers, when they were tuned (joint sharing)
+    trunk.<n>.safetensors               the same, written over a saved chain's tuned trunk (the trunk entry's ``file``)
     tasks/<name>/branch.safetensors     the task's branch tensors (all layers, or only LoRA adapters)
     tasks/<name>/head.safetensors       its head layer (and layer mix)
     tasks/<name>.<n>/                   the same, for a task replaced in a saved chain (its entry's ``folder``)
@@ -37,7 +38,8 @@ HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
 VERSIONS_DIR = "versions"  # versions/<name>/<n>/: earlier versions of a task kept by finechain update
 # 1: finechain 0.1 (flat head config); 2: typed head entry (labels, options, state); 3: a task's files may be in a
-# folder of their own (TaskEntry.folder), written only where a task was replaced in a saved chain (else format 2)
+# folder of their own (TaskEntry.folder), the trunk in a file of its own (TrunkEntry.file), written only where a task or
+# the tuned trunk was replaced in a saved chain (else format 2)
 FORMAT_VERSION = 3
 
 
@@ -113,12 +115,15 @@ class TrunkEntry(_Entry):
     sharing: Literal["joint"] = "joint"
     best_epoch: float | None = None
     seconds: float | None = None
+    # its weights' file when that is not trunk.safetensors: trunk.<n>.safetensors, a trunk written over a saved chain's
+    # (complete before the manifest names it, as a replaced task's folder)
+    file: str | None = Field(None, pattern=r"^trunk\.\d+\.safetensors$")
 
 
 class Manifest(_Entry):
     """``finechain.json``: everything needed to rebuild a chain around its weight files."""
 
-    format: Literal[2, 3] = 2  # 3 only where a task's entry has a folder (see FORMAT_VERSION)
+    format: Literal[2, 3] = 2  # 3 only where a task's entry has a folder or the trunk's a file (see FORMAT_VERSION)
     finechain_version: str
     backbone: BackboneEntry
     split: int = Field(ge=0)
@@ -145,6 +150,16 @@ class Manifest(_Entry):
             name, folder = strays[0]
             raise ValueError(f"task {name!r} names the folder {folder!r}, which is not {name}.<number>")
         return tasks
+
+
+def trunk_file(directory: str | Path, entry: TrunkEntry) -> Path:
+    """Where a chain folder's tuned trunk weights are: ``trunk.safetensors``, or the file its manifest ``entry`` names.
+
+    Example:
+        >>> trunk_file("my-chain", TrunkEntry()).as_posix()
+        'my-chain/trunk.safetensors'
+    """
+    return Path(directory) / (entry.file or TRUNK_FILE)
 
 
 def task_folder(directory: str | Path, name: str, entry: TaskEntry | None = None) -> Path:
