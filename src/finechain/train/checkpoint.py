@@ -159,7 +159,7 @@ class Checkpointer:
             raise FinechainError(
                 "the checkpoint was made with different data or settings",
                 file=folder,
-                fix="resume with the same spec, or run without --resume to start over",
+                fix="resume with the same data and settings (spec, files, options), or run without --resume to start over",
             )
         device = next(model.parameters()).device
         model.load_state_dict(load_tensors(folder / "model.safetensors", device))
