@@ -161,7 +161,7 @@ def test_a_task_replaced_in_a_saved_chain_is_swapped_whole(tmp_path: Path, monke
     assert (folder / "tasks" / "sentiment.1").is_dir() and (folder / "tasks" / "sentiment").is_dir()
     assert all(_same(_weights(Chain.from_pretrained(folder), name), old[name]) for name in tasks)
 
-    monkeypatch.setattr(artifact, "_remove_other_folders", crash)  # stopped after the manifest: the new task is whole
+    monkeypatch.setattr(artifact, "_remove_replaced", crash)  # stopped after the manifest: the new task is whole
     with pytest.raises(KeyboardInterrupt):
         chain.save_pretrained(folder, tasks=["sentiment"])
     monkeypatch.undo()

@@ -153,14 +153,14 @@ def save_chain(
     trunk_name = old_trunk.file if old_trunk is not None else None
     if model.trunk_tuned and (tasks is None or old_trunk is None or not trunk_file(directory, old_trunk).exists()):
         # written over a saved chain's trunk: into a file of its own, which only the new manifest names (as a task)
-        trunk_name = _free_trunk_file(directory) if old_trunk is not None else None
+        trunk_name = _free_name(directory, "trunk", ".safetensors") if old_trunk is not None else None
         save_tensors(directory / (trunk_name or TRUNK_FILE), model.trunk.stack.layers.state_dict())
     writing = tasks if tasks is not None else list(model.tasks)
     folders = {name: entry.folder for name, entry in saved.items()}  # the tasks not written now stay where they are
     for name in writing:
         # a task the folder's manifest has is written whole into a new folder, which the manifest names only once it
         # is complete: until then the manifest and the old files are untouched (a crash leaves the old task whole)
-        folders[name] = _free_folder(directory, name) if name in saved else None
+        folders[name] = _free_name(directory / TASKS_DIR, name) if name in saved else None
         task, target = model.tasks[name], directory / TASKS_DIR / (folders[name] or name)
         save_tensors(target / BRANCH_FILE, task.branch_state())
         save_tensors(target / HEAD_FILE, task.head_state())
@@ -201,11 +201,9 @@ def save_chain(
                 del entry[key]
     write_json(directory / MANIFEST, written)
     for name in writing:  # the replaced tasks' old files, and any a crash left behind
-        _remove_other_folders(directory, name, keep=folders[name] or name)
-    if model.trunk_tuned:
-        for path in directory.glob("trunk*.safetensors"):  # the replaced trunk's file, and any a crash left behind
-            if path.name != (trunk_name or TRUNK_FILE) and re.fullmatch(r"trunk(\.\d+)?\.safetensors", path.name):
-                path.unlink(missing_ok=True)
+        _remove_replaced(directory / TASKS_DIR, name, "", keep=folders[name] or name)
+    if model.trunk_tuned:  # the replaced trunk's file, and any a crash left behind
+        _remove_replaced(directory, "trunk", ".safetensors", keep=trunk_name or TRUNK_FILE)
     return manifest
 
 
@@ -218,28 +216,26 @@ def _saved_manifest(directory: Path) -> Manifest | None:
         return None
 
 
-def _free_trunk_file(directory: Path) -> str:
-    """A file name for a new tuned trunk: ``trunk.<n>.safetensors``, the first ``n`` not in use."""
+def _free_name(base: Path, stem: str, suffix: str = "") -> str:
+    """A name in ``base`` for a new copy of what is saved as ``<stem><suffix>``: ``<stem>.<n><suffix>``, the first ``n``
+    not in use (a replaced task's folder, a replaced trunk's file)."""
     number = 1
-    while (directory / f"trunk.{number}.safetensors").exists():
+    while (base / f"{stem}.{number}{suffix}").exists():
         number += 1
-    return f"trunk.{number}.safetensors"
+    return f"{stem}.{number}{suffix}"
 
 
-def _free_folder(directory: Path, name: str) -> str:
-    """A folder name for a new copy of task ``name``'s files: ``<name>.<n>``, the first ``n`` not in use."""
-    number = 1
-    while (directory / TASKS_DIR / f"{name}.{number}").exists():
-        number += 1
-    return f"{name}.{number}"
-
-
-def _remove_other_folders(directory: Path, name: str, keep: str) -> None:
-    """Remove task ``name``'s folders other than ``keep``: ``tasks/<name>/`` and ``tasks/<name>.<n>/`` (task names have
-    no dots, so these are no other task's)."""
-    for folder in (directory / TASKS_DIR).glob(f"{name}*"):
-        if folder.name != keep and (folder.name == name or re.fullmatch(rf"{re.escape(name)}\.\d+", folder.name)) and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)
+def _remove_replaced(base: Path, stem: str, suffix: str, keep: str) -> None:
+    """Remove the copies of ``<stem><suffix>`` in ``base`` other than ``keep``: ``<stem><suffix>`` and
+    ``<stem>.<n><suffix>``, files or folders (task names have no dots, so these are no other task's)."""
+    own = re.compile(rf"{re.escape(stem)}(\.\d+)?{re.escape(suffix)}")
+    for path in base.glob(f"{stem}*{suffix}"):
+        if path.name == keep or not own.fullmatch(path.name):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def keep_task_version(directory: str | Path, name: str) -> int:
