@@ -257,10 +257,13 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
         for task in ours.keys() - {"text"}:
             _same(ours[task], theirs[task])
             _same(ours[task], per_task[task])
-    for folder, option, fix in (("onnx", ["--precision", "fp16"], "drop --precision"), ("onnx", ["--device", "cuda"], "drop --device")):
+    for folder, option, fix in (
+        ("onnx", ["--precision", "fp16"], "leave --precision at auto"),
+        ("onnx", ["--device", "cuda"], "drop --device"),
+    ):
         code, _, err = cli(["predict", str(tmp_path / folder), "--input", str(texts), *option], monkeypatch, capsys)
-        assert code == 2 and len(err.strip().splitlines()) == 1 and f"{option[0]} {option[1]}: an exported folder" in err and fix in err
-    with pytest.raises(FinechainError, match=r"precision 'bf16': an exported chain computes in the precision it was exported .*\(fp32\)"):
+        assert code == 2 and len(err.strip().splitlines()) == 1 and f"{option[0]} {option[1]}: an exported " in err and fix in err
+    with pytest.raises(FinechainError, match=r"precision bf16: an exported chain computes in the precision it was exported .*\(fp32\)"):
         Engine(ExportedChain(tmp_path / "onnx"), precision="bf16")  # the Python API refuses it too, not ignores it
     code, _, err = cli(["predict", str(chain), "--input", str(texts), "--runtime", "onnxruntime"], monkeypatch, capsys)
     assert code == 2 and "--runtime onnxruntime runs an exported folder, and this is a PyTorch chain" in err and "finechain export" in err

@@ -375,7 +375,7 @@ def _check_folder_options(chain_dir: Path, runtime: str = "auto", device: str = 
     the folder's kind does not take: ``--runtime`` onnxruntime or openvino on a PyTorch chain; a ``--device`` other
     than the CPU, or a ``--precision``, on an exported folder (it runs on the CPU, in the precision it was exported or
     compressed with). A folder that is neither is left to the loading that follows (it says what is missing)."""
-    from finechain.inference.exported import check_runtime, is_exported
+    from finechain.inference.exported import check_precision, check_runtime, is_exported, read_export_manifest
     from finechain.model.manifest import MANIFEST
 
     check_runtime(runtime, field="--runtime")
@@ -385,12 +385,7 @@ def _check_folder_options(chain_dir: Path, runtime: str = "auto", device: str = 
             raise FinechainError(
                 f"--device {device}: an exported folder runs on the CPU", file=chain_dir, fix="drop --device, or use the chain's own folder"
             )
-        if precision != "auto":
-            raise FinechainError(
-                f"--precision {precision}: an exported folder computes in the precision it was exported or compressed with",
-                file=chain_dir,
-                fix="drop --precision; finechain compress --int8, --fp16 or --bf16 makes a folder of another precision",
-            )
+        check_precision(precision, read_export_manifest(chain_dir), field="--precision", file=chain_dir)
     elif runtime != "auto" and (chain_dir / MANIFEST).is_file():
         raise FinechainError(
             f"--runtime {runtime} runs an exported folder, and this is a PyTorch chain",

@@ -33,7 +33,7 @@ from finechain.data.inputs import as_texts
 from finechain.data.tagged import tagged_row
 from finechain.data.tokens import Encoded, Windows, inference_batches, overflow_windows, pad_rows
 from finechain.data.words import split_words
-from finechain.errors import DataError, FinechainError, InMemory
+from finechain.errors import DataError, InMemory
 from finechain.heads import Prediction
 
 
@@ -148,14 +148,7 @@ class Engine:
         self.observer: Callable[[str, float], None] | None = None  # told each task's compute seconds per batch (host time on GPUs)
         make = getattr(model, "runner", None)
         if make is not None:  # an exported chain brings its own
-            if precision != "auto":  # its graphs fix what it computes in: refused, not ignored
-                raise FinechainError(
-                    f"precision {precision!r}: an exported chain computes in the precision it was exported or compressed with "
-                    f"({model.manifest.weights})",
-                    fix="leave precision at auto; finechain compress --int8, --fp16 or --bf16 makes a folder of another precision",
-                    field="precision",
-                )
-            self.runner: Runner = make()
+            self.runner: Runner = make(precision)  # its graphs fix what it computes in: another precision is refused
         else:  # a PyTorch chain: imported by name, so that this module (and an exported chain) needs no PyTorch
             self.runner = importlib.import_module("finechain.inference.torch_runner").TorchRunner(model)
 

@@ -229,8 +229,9 @@ class ExportedChain:
         """Token ids for raw texts or word lists; word positions too when asked (or for word lists)."""
         return encode_texts(self.tokenizer, texts, self.max_length, with_words)
 
-    def runner(self) -> OnnxRunner:
-        """The engine's ``forward`` for this chain."""
+    def runner(self, precision: str = "auto") -> OnnxRunner:
+        """The engine's ``forward`` for this chain; a ``precision`` other than ``auto`` is refused (its graphs fix it)."""
+        check_precision(precision, self.manifest)
         return OnnxRunner(self)
 
 
@@ -360,6 +361,22 @@ def check_runtime(runtime: str, field: str = "runtime") -> None:
     """
     if runtime != "auto" and runtime not in RUNTIMES:
         raise FinechainError(f"unknown runtime '{runtime}'", fix=f"use auto or one of {', '.join(RUNTIMES)}", field=field)
+
+
+def check_precision(precision: str, manifest: ExportManifest, field: str = "precision", file: str | Path | None = None) -> None:
+    """An exported chain computes in the precision its graphs were exported or compressed with: ``auto`` passes, any
+    other ``precision`` is a :class:`FinechainError` naming ``field`` (refused, not ignored).
+
+    Example:
+        >>> check_precision("auto", read_export_manifest("demo-onnx"))  # doctest: +SKIP
+    """
+    if precision != "auto":
+        raise FinechainError(
+            f"{field} {precision}: an exported chain computes in the precision it was exported or compressed with ({manifest.weights})",
+            file=file,
+            fix=f"leave {field} at auto; finechain compress --int8, --fp16 or --bf16 makes a folder of another precision",
+            field=field,
+        )
 
 
 def graph_files(manifest: ExportManifest) -> list[str]:
