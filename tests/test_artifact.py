@@ -15,7 +15,7 @@ import finechain.model.artifact as artifact
 from finechain import Chain
 from finechain.cli.app import main
 from finechain.errors import ArtifactError
-from finechain.model.manifest import FORMAT_VERSION, MANIFEST, read_manifest
+from finechain.model.manifest import FORMAT_VERSION, MANIFEST, read_manifest, task_folder
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 
@@ -96,6 +96,10 @@ def _rewrite(folder: Path, change) -> None:
             r"task 'sentiment' names the folder '../../outside', which is not sentiment\.<number>",
         ),
         (
+            lambda f: _rewrite(f, lambda m: m.update(trunk={"file": "../trunk.safetensors"})),
+            r"the trunk's file '../trunk\.safetensors' is not trunk\.<number>\.safetensors",
+        ),
+        (
             lambda f: (f / "tasks" / "stars" / "head.safetensors").write_bytes(b"\x00" * 7),
             r"stars/head\.safetensors: not a readable safetensors",
         ),
@@ -161,7 +165,7 @@ def test_a_task_replaced_in_a_saved_chain_is_swapped_whole(tmp_path: Path, monke
     assert (folder / "tasks" / "sentiment.1").is_dir() and (folder / "tasks" / "sentiment").is_dir()
     assert all(_same(_weights(Chain.from_pretrained(folder), name), old[name]) for name in tasks)
 
-    monkeypatch.setattr(artifact, "_remove_replaced", crash)  # stopped after the manifest: the new task is whole
+    monkeypatch.setattr(artifact, "_remove_unnamed_tasks", crash)  # stopped after the manifest: the new task is whole
     with pytest.raises(KeyboardInterrupt):
         chain.save_pretrained(folder, tasks=["sentiment"])
     monkeypatch.undo()
@@ -178,6 +182,30 @@ def test_a_task_replaced_in_a_saved_chain_is_swapped_whole(tmp_path: Path, monke
     assert artifact.keep_task_version(folder, "sentiment") == 1  # a version is kept from the folder the manifest names
     kept = sorted(p.name for p in (folder / "versions" / "sentiment" / "1").iterdir())
     assert kept == ["branch.safetensors", "entry.json", "head.safetensors"]
+
+
+def _folders(folder: Path) -> list[str]:
+    return sorted(task_folder(folder, name, entry).name for name, entry in read_manifest(folder).tasks.items())
+
+
+def test_a_saved_chain_leaves_no_task_it_has_not(tmp_path: Path) -> None:
+    """A chain saved over a folder whose chain had other tasks (or a task deleted from the loaded chain) leaves the
+    folder holding this chain alone: no task folder or kept version that its manifest does not name stays behind."""
+    folder = Chain.from_pretrained(RELEASE / "frozen").save_pretrained(tmp_path / "chain")
+    assert artifact.keep_task_version(folder, "stars") == 1 and artifact.keep_task_version(folder, "sentiment") == 1
+    chain = Chain.from_pretrained(folder)
+    del chain.tasks["stars"]
+    chain.save_pretrained(folder, tasks=["sentiment"])  # one task written, the manifest names the chain's tasks
+    tasks = sorted(read_manifest(folder).tasks)
+    assert "stars" not in tasks and sorted(p.name for p in (folder / "tasks").iterdir()) == _folders(folder)
+    assert sorted(p.name for p in (folder / "versions").iterdir()) == ["sentiment"]
+    assert sorted(Chain.from_pretrained(folder).tasks) == tasks
+    other = Chain.from_pretrained(RELEASE / "joint")  # another chain saved whole over it
+    other.save_pretrained(folder)
+    tasks = sorted(read_manifest(folder).tasks)
+    assert sorted(p.name for p in (folder / "tasks").iterdir()) == _folders(folder) and tasks == sorted(other.tasks)
+    assert sorted(p.name for p in (folder / "versions").iterdir()) == ["sentiment"]  # a task of that name is there
+    assert sorted(Chain.from_pretrained(folder).tasks) == tasks
 
 
 def _trunk(chain: Chain) -> dict[str, torch.Tensor]:

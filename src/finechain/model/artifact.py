@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from finechain.model.manifest import (
     HEAD_FILE,
     MANIFEST,
     TASKS_DIR,
+    TRUNK_COPY,
     TRUNK_FILE,
     VERSIONS_DIR,
     BackboneEntry,
@@ -32,6 +32,8 @@ from finechain.model.manifest import (
     TaskEntry,
     TaskRecord,
     TrunkEntry,
+    copy_names,
+    free_copy_name,
     read_manifest,
     task_folder,
     task_versions,
@@ -140,7 +142,9 @@ def save_chain(
     written into a new folder (``tasks/<name>.<n>/``) that only the new manifest names, its old folder removed after:
     replacing a task (``update``, ``restore``, ``add-task --replace``) swaps it whole, never half old and half new. The
     backbone is referenced by source and sha256, and copied in with ``copy_backbone`` (a backbone copied into another
-    chain folder is always copied along, so the new folder stands alone). Returns the manifest written.
+    chain folder is always copied along, so the new folder stands alone). The manifest lists the tasks of ``model``:
+    once it is written, the files and kept versions of any other task in the folder (one deleted from the chain, or
+    of another chain saved there before) are removed, so the folder holds this chain alone. Returns the manifest.
 
         Example:
             >>> save_chain(model, "my-chain", records=records)  # doctest: +SKIP
@@ -153,14 +157,14 @@ def save_chain(
     trunk_name = old_trunk.file if old_trunk is not None else None
     if model.trunk_tuned and (tasks is None or old_trunk is None or not trunk_file(directory, old_trunk).exists()):
         # written over a saved chain's trunk: into a file of its own, which only the new manifest names (as a task)
-        trunk_name = _free_name(directory, "trunk", ".safetensors") if old_trunk is not None else None
+        trunk_name = free_copy_name(directory, *TRUNK_COPY) if old_trunk is not None else None
         save_tensors(directory / (trunk_name or TRUNK_FILE), model.trunk.stack.layers.state_dict())
     writing = tasks if tasks is not None else list(model.tasks)
     folders = {name: entry.folder for name, entry in saved.items()}  # the tasks not written now stay where they are
     for name in writing:
         # a task the folder's manifest has is written whole into a new folder, which the manifest names only once it
         # is complete: until then the manifest and the old files are untouched (a crash leaves the old task whole)
-        folders[name] = _free_name(directory / TASKS_DIR, name) if name in saved else None
+        folders[name] = free_copy_name(directory / TASKS_DIR, name) if name in saved else None
         task, target = model.tasks[name], directory / TASKS_DIR / (folders[name] or name)
         save_tensors(target / BRANCH_FILE, task.branch_state())
         save_tensors(target / HEAD_FILE, task.head_state())
@@ -200,10 +204,9 @@ def save_chain(
             if key in entry and entry[key] is None:
                 del entry[key]
     write_json(directory / MANIFEST, written)
-    for name in writing:  # the replaced tasks' old files, and any a crash left behind
-        _remove_replaced(directory / TASKS_DIR, name, "", keep=folders[name] or name)
+    _remove_unnamed_tasks(directory, manifest)  # replaced tasks' old files, a crash's leftovers, removed tasks
     if model.trunk_tuned:  # the replaced trunk's file, and any a crash left behind
-        _remove_replaced(directory, "trunk", ".safetensors", keep=trunk_name or TRUNK_FILE)
+        _remove_replaced(directory, *TRUNK_COPY, keep=trunk_name or TRUNK_FILE)
     return manifest
 
 
@@ -216,21 +219,24 @@ def _saved_manifest(directory: Path) -> Manifest | None:
         return None
 
 
-def _free_name(base: Path, stem: str, suffix: str = "") -> str:
-    """A name in ``base`` for a new copy of what is saved as ``<stem><suffix>``: ``<stem>.<n><suffix>``, the first ``n``
-    not in use (a replaced task's folder, a replaced trunk's file)."""
-    number = 1
-    while (base / f"{stem}.{number}{suffix}").exists():
-        number += 1
-    return f"{stem}.{number}{suffix}"
+def _remove_unnamed_tasks(directory: Path, manifest: Manifest) -> None:
+    """Remove what ``tasks/`` holds besides the folders ``manifest`` names (a replaced task's old folder, what a crash
+    left, a task the chain no longer has), and the kept versions of tasks it does not list."""
+    named = {task_folder(directory, name, entry).name for name, entry in manifest.tasks.items()}
+    for path in (directory / TASKS_DIR).glob("*"):
+        if path.name not in named:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in (directory / VERSIONS_DIR).glob("*"):
+        if path.name not in manifest.tasks:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_replaced(base: Path, stem: str, suffix: str, keep: str) -> None:
     """Remove the copies of ``<stem><suffix>`` in ``base`` other than ``keep``: ``<stem><suffix>`` and
-    ``<stem>.<n><suffix>``, files or folders (task names have no dots, so these are no other task's)."""
-    own = re.compile(rf"{re.escape(stem)}(\.\d+)?{re.escape(suffix)}")
+    ``<stem>.<n><suffix>`` (:func:`copy_names`), files or folders."""
+    copies = copy_names(stem, suffix)
     for path in base.glob(f"{stem}*{suffix}"):
-        if path.name == keep or not own.fullmatch(path.name):
+        if path.name == keep or not (path.name == stem + suffix or copies.fullmatch(path.name)):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -261,6 +267,15 @@ def keep_task_version(directory: str | Path, name: str) -> int:
     finally:  # also on Ctrl-C: no half-copied version left
         shutil.rmtree(staging, ignore_errors=True)
     return number
+
+
+def remove_task_version(directory: str | Path, name: str, version: int) -> None:
+    """Remove kept version ``version`` of task ``name`` (a copy made for a restore that did not finish).
+
+    Example:
+        >>> remove_task_version("my-chain", "intent", 2)  # doctest: +SKIP
+    """
+    shutil.rmtree(Path(directory) / VERSIONS_DIR / name / str(version), ignore_errors=True)
 
 
 def load_task_version(model: ChainModel, directory: str | Path, name: str, version: int) -> tuple[TaskModel, TaskRecord]:

@@ -32,6 +32,7 @@ from finechain.spec import FLAT_HEAD_OPTIONS, TASK_NAME
 
 MANIFEST = "finechain.json"
 TRUNK_FILE = "trunk.safetensors"
+TRUNK_COPY = ("trunk", ".safetensors")  # stem and suffix of a trunk written over a saved one: trunk.<n>.safetensors
 TASKS_DIR = "tasks"
 BRANCH_FILE = "branch.safetensors"
 HEAD_FILE = "head.safetensors"
@@ -117,7 +118,15 @@ class TrunkEntry(_Entry):
     seconds: float | None = None
     # its weights' file when that is not trunk.safetensors: trunk.<n>.safetensors, a trunk written over a saved chain's
     # (complete before the manifest names it, as a replaced task's folder)
-    file: str | None = Field(None, pattern=r"^trunk\.\d+\.safetensors$")
+    file: str | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _trunk_copy(cls, file: str | None) -> str | None:
+        """Only a replaced trunk's own name (no paths out of the folder)."""
+        if file is not None and not copy_names(*TRUNK_COPY).fullmatch(file):
+            raise ValueError(f"the trunk's file {file!r} is not trunk.<number>.safetensors")
+        return file
 
 
 class Manifest(_Entry):
@@ -144,12 +153,35 @@ class Manifest(_Entry):
         bad = [name for name in tasks if not re.match(TASK_NAME, name) or len(name) > 64]
         if bad:
             raise ValueError(f"task name {bad[0]!r} is not a valid task name (letters, digits, _ and -)")
-        own = {name: re.compile(rf"{re.escape(name)}\.\d+") for name in tasks}
-        strays = [(name, e.folder) for name, e in tasks.items() if e.folder is not None and not own[name].fullmatch(e.folder)]
+        strays = [(name, e.folder) for name, e in tasks.items() if e.folder is not None and not copy_names(name).fullmatch(e.folder)]
         if strays:
             name, folder = strays[0]
             raise ValueError(f"task {name!r} names the folder {folder!r}, which is not {name}.<number>")
         return tasks
+
+
+def copy_names(stem: str, suffix: str = "") -> re.Pattern[str]:
+    """The names of what is written over a saved chain's ``<stem><suffix>`` (a replaced task's folder, a replaced
+    trunk's file): ``<stem>.<n><suffix>``, the number its group (task names have no dots, so no other task's match).
+
+    Example:
+        >>> copy_names("trunk", ".safetensors").fullmatch("trunk.2.safetensors").group(1)
+        '2'
+    """
+    return re.compile(rf"{re.escape(stem)}\.(\d+){re.escape(suffix)}")
+
+
+def free_copy_name(base: str | Path, stem: str, suffix: str = "") -> str:
+    """The first of :func:`copy_names` not in use in ``base``: where a new copy of ``<stem><suffix>`` is written.
+
+    Example:
+        >>> free_copy_name("my-chain/tasks", "intent")  # doctest: +SKIP
+        'intent.1'
+    """
+    number = 1
+    while (Path(base) / f"{stem}.{number}{suffix}").exists():
+        number += 1
+    return f"{stem}.{number}{suffix}"
 
 
 def trunk_file(directory: str | Path, entry: TrunkEntry) -> Path:
