@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import finechain.model.artifact as artifact
 from finechain import Chain
 from finechain.errors import Interrupted
+from finechain.model.manifest import task_versions
 from finechain.train.loop import Hook, TrainingLoop
 from tests.conftest import FILLER, TOPICS, run_cli, write_csv
 
@@ -148,3 +150,29 @@ def test_update_bad_inputs_are_one_line_errors(trained: Path, tmp_path: Path, mo
     write_csv(tmp_path / "bad.csv", [("a goal", "")])
     code, _, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "bad.csv"), "-q"], monkeypatch, capsys)
     assert code != 0 and "bad.csv:2" in err
+
+
+def test_an_interrupted_restore_says_what_it_left(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Stopped before the new manifest, a restore leaves the chain as it was and keeps no extra version; stopped after
+    it, the restore is done and says which version holds the task it replaced."""
+    write_csv(tmp_path / "new.csv", topic_rows(["tech", "sport", "money"], 60, 3))
+    code, _, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "new.csv"), "--force", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    updated = (trained / "finechain.json").read_text()
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Interrupted("SIGINT")  # as the command line's signal handler raises it
+
+    monkeypatch.setattr(artifact, "write_json", stop)  # as the new manifest is written
+    code, _, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
+    monkeypatch.undo()
+    assert code == 130 and f"(restore: {trained} is unchanged; run the same command again)" in " ".join(err.split()), err
+    assert (trained / "finechain.json").read_text() == updated and task_versions(trained, "topic") == [1]
+    assert Chain.from_pretrained(trained).tasks["topic"].head.labels == ["money", "sport", "tech"]
+
+    monkeypatch.setattr(artifact, "_remove_unnamed_tasks", stop)  # after it: the old files not yet removed
+    code, _, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
+    monkeypatch.undo()
+    said = " ".join(err.split())
+    assert code == 130 and f"(restore: {trained}: version 1 of 'topic' is restored; the one before is kept as version 2)" in said, err
+    assert Chain.from_pretrained(trained).tasks["topic"].head.labels == ["money", "sport"] and task_versions(trained, "topic") == [1, 2]

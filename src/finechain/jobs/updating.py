@@ -24,7 +24,8 @@ from finechain.errors import FinechainError, saying_on_interrupt
 from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.io import folder_lock
-from finechain.model.artifact import TaskRecord, keep_task_version, load_task_version, task_versions
+from finechain.model.artifact import TaskRecord, keep_task_version, load_task_version, remove_task_version, task_versions
+from finechain.model.manifest import read_manifest
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer
@@ -255,8 +256,27 @@ def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
             raise FinechainError(f"task '{name}' has no kept version", file=chain_dir, fix="versions are kept by finechain update")
         version = version if version is not None else kept[-1]
         chain = Chain.from_pretrained(chain_dir, device="cpu")
+        if name not in chain.tasks:
+            raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
         task, record = load_task_version(chain.model, chain_dir, name, version)
-        keep_task_version(chain_dir, name)
-        chain.attach(name, task, record)
-        chain.save_pretrained(chain_dir, tasks=[name])
+        before = read_manifest(chain_dir).tasks[name].folder  # a task swapped in is written to a folder of a new name
+        current: list[int] = []  # the number the current version is kept as, once it is
+
+        def swapped() -> bool:
+            return read_manifest(chain_dir).tasks[name].folder != before
+
+        def left() -> str:
+            if swapped():  # stopped after the new manifest: the restore is done
+                return f"{chain_dir}: version {version} of '{name}' is restored; the one before is kept as version {current[0]}"
+            return f"{chain_dir} is unchanged; run the same command again"
+
+        with saying_on_interrupt("restore", left):
+            try:
+                current.append(keep_task_version(chain_dir, name))
+                chain.attach(name, task, record)
+                chain.save_pretrained(chain_dir, tasks=[name])
+            except BaseException:
+                if current and not swapped():  # the copy of the current version is not kept without the restore
+                    remove_task_version(chain_dir, name, current[0])
+                raise
         return version
