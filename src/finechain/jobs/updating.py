@@ -250,7 +250,18 @@ def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
         >>> restore_task(Path("my-chain"), "intent")  # doctest: +SKIP
         1
     """
-    with folder_lock(chain_dir, "writing to"):
+    before: list[str | None] = []  # the folder the task is in now (one swapped in gets a folder of a new name)
+    current: list[int] = []  # the number the current version is kept as, once it is
+
+    def swapped() -> bool:
+        return bool(before) and read_manifest(chain_dir).tasks[name].folder != before[0]
+
+    def left() -> str:
+        if swapped():  # stopped after the new manifest: the restore is done
+            return f"{chain_dir}: version {version} of '{name}' is restored; the one before is kept as version {current[0]}"
+        return f"{chain_dir} is unchanged; run the same command again"
+
+    with folder_lock(chain_dir, "writing to"), saying_on_interrupt("restore", left):
         kept = task_versions(chain_dir, name)
         if not kept:
             raise FinechainError(f"task '{name}' has no kept version", file=chain_dir, fix="versions are kept by finechain update")
@@ -259,24 +270,13 @@ def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
         if name not in chain.tasks:
             raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
         task, record = load_task_version(chain.model, chain_dir, name, version)
-        before = read_manifest(chain_dir).tasks[name].folder  # a task swapped in is written to a folder of a new name
-        current: list[int] = []  # the number the current version is kept as, once it is
-
-        def swapped() -> bool:
-            return read_manifest(chain_dir).tasks[name].folder != before
-
-        def left() -> str:
-            if swapped():  # stopped after the new manifest: the restore is done
-                return f"{chain_dir}: version {version} of '{name}' is restored; the one before is kept as version {current[0]}"
-            return f"{chain_dir} is unchanged; run the same command again"
-
-        with saying_on_interrupt("restore", left):
-            try:
-                current.append(keep_task_version(chain_dir, name))
-                chain.attach(name, task, record)
-                chain.save_pretrained(chain_dir, tasks=[name])
-            except BaseException:
-                if current and not swapped():  # the copy of the current version is not kept without the restore
-                    remove_task_version(chain_dir, name, current[0])
-                raise
+        before.append(read_manifest(chain_dir).tasks[name].folder)
+        try:
+            current.append(keep_task_version(chain_dir, name))
+            chain.attach(name, task, record)
+            chain.save_pretrained(chain_dir, tasks=[name])
+        except BaseException:
+            if current and not swapped():  # the copy of the current version is not kept without the restore
+                remove_task_version(chain_dir, name, current[0])
+            raise
         return version
