@@ -3,7 +3,8 @@ tasks answered in one pass, next to what a user would build with the Hugging Fac
 a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
-        [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR] [--ema-decay D] [--batch-size 32]
+        [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR] [--slot-adversarial fgm] [--ema-decay D]
+        [--batch-size 32]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -87,7 +88,7 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
             label_column="slots",
             max_train_examples=limit,
             head={"crf": args.crf},
-            training=slot_rates(args),
+            training=slot_rates(args) | ({} if args.slot_adversarial == "none" else {"adversarial": args.slot_adversarial}),
         ),
     ]
     chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
@@ -107,6 +108,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         variant += f", slot loss x{args.slot_weight:g}"
     for key, value in slot_rates(args).items():
         variant += f", slot {key.replace('_', ' ').replace('learning rate', 'lr')} {value:g}"
+    if args.slot_adversarial != "none":
+        variant += f", slot tagger trained with {args.slot_adversarial}"
     if args.ema_decay is not None:
         variant += f", weight average {args.ema_decay:g}"
     if args.batch_size != 32:
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--slot-learning-rate", type=float, default=None, help="the slot task's branch rate (default 1e-4)")
     parser.add_argument("--slot-head-learning-rate", type=float, default=None, help="the slot task's head rate (default 1e-3)")
+    parser.add_argument(
+        "--slot-adversarial", choices=["none", "fgm", "pgd"], default="none", help="the slot task's training.adversarial (none)"
+    )
     parser.add_argument("--ema-decay", type=float, default=None, help="the chain's training.ema_decay (a moving average of the weights)")
     parser.add_argument("--batch-size", type=int, default=32, help="the chain's training.batch_size (joint training and each branch's)")
     parser.add_argument("--no-peer", action="store_true")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, small_data, split_sweep, train
+from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, small_data, snips, split_sweep, train
 
 
 @pytest.mark.parametrize(
@@ -64,6 +64,11 @@ from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, sm
             " distilled for 6 epochs)",
         ),
         (export.main, ["--rounds", "0"], "--rounds must be at least 1"),
+        (
+            snips.main,
+            ["--slot-adversarial", "fgsm"],
+            "argument --slot-adversarial: invalid choice: 'fgsm' (choose from 'none', 'fgm', 'pgd')",
+        ),
         (kernels.main, ["--rows", "32,0"], "--rows and --threads must be at least 1, --seconds above 0"),
         (kernels.main, ["--rows", "32,many"], "'32,many' is not a comma-separated list of int values"),
         (
