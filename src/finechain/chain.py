@@ -188,6 +188,42 @@ class Chain:
         self.model.attach(name, task)
         self.records[name] = record or TaskRecord()
 
+    def remove_task(self, name: str) -> None:
+        """Take task ``name`` out of this chain; no other task is touched. Saved over its folder, the chain leaves none
+        of the task's files or kept versions there. A flow of this chain with the task as a stage is an error naming
+        it: remove the flow first (:meth:`remove_flow`).
+
+        Example:
+            >>> chain.remove_task("topic")  # doctest: +SKIP
+        """
+        self.task_names([name])  # an unknown task is an error listing the chain's tasks
+        using = self.flows_using(name)
+        if using:
+            raise FinechainError(
+                f"task '{name}' is a stage of flow '{using[0]}'", fix="remove that flow first (remove-task --with-flows removes both)"
+            )
+        del self.model.tasks[name]
+        self.records.pop(name, None)
+
+    def flows_using(self, name: str) -> list[str]:
+        """The flows of this chain that run its task ``name`` as a stage.
+
+        Example:
+            >>> chain.flows_using("slots")  # doctest: +SKIP
+            ['assistant']
+        """
+        return [flow.name for flow in self.flows.values() if any(stage.task == name and stage.chain is None for stage in flow.stages)]
+
+    def remove_flow(self, name: str) -> None:
+        """Take flow ``name`` out of this chain (its tasks stay).
+
+        Example:
+            >>> chain.remove_flow("assistant")  # doctest: +SKIP
+        """
+        if name not in self.flows:
+            raise FinechainError(f"unknown flow '{name}'", fix=f"this chain's flows: {sorted(self.flows) or 'none'}")
+        del self.flows[name]
+
     def merge_adapters(self) -> list[str]:
         """Fold LoRA branches into plain layers (for export, and faster inference); returns the merged tasks."""
         return self.model.merge_adapters()

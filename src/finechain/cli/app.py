@@ -217,6 +217,20 @@ def restore(
     out.print(f"{task}: version {restored} restored")
 
 
+@app.command("remove-task")
+def remove_task(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    task: Annotated[str, typer.Option("--task", "-t", help="the task to remove")],
+    with_flows: Annotated[bool, typer.Option("--with-flows", help="also remove the chain's flows that run the task")] = False,
+) -> None:
+    """Remove TASK from a chain, with its files and kept versions; the other tasks are not touched."""
+    from finechain.jobs.updating import remove_task as remove
+
+    flows = remove(chain_dir, task, with_flows)
+    also = f" and the flow(s) that ran it: {', '.join(flows)}" if flows else ""
+    out.print(f"{task}: removed from {chain_dir!s}{also}")
+
+
 @app.command("eval")
 def evaluate(
     chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],

@@ -5,6 +5,7 @@ was trained on before (read again from the files its record names, or given), se
 mixes new and old. The old test set (or the old validation data when there is none) is scored before and after: an
 update that loses more than ``max_forgetting`` points there is refused and nothing is written. An accepted update
 keeps the previous version of the task under ``versions/<task>/<n>/`` so that ``restore_task`` can bring it back.
+``remove_task`` takes a task out of a chain, with its files and kept versions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.io import folder_lock
 from finechain.model.artifact import TaskRecord, keep_task_version, load_task_version, remove_task_version, task_versions
-from finechain.model.manifest import read_manifest
+from finechain.model.manifest import MANIFEST, read_manifest
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer
@@ -280,3 +281,29 @@ def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
                 remove_task_version(chain_dir, name, current[0])
             raise
         return version
+
+
+def remove_task(chain_dir: Path, name: str, with_flows: bool = False) -> list[str]:
+    """Take task ``name`` out of a saved chain, with its files and kept versions; no other task is touched. A flow
+    that runs the task is an error naming it, or with ``with_flows`` is removed too. Returns the flows removed. The new
+    manifest is written before any file goes: an interrupt leaves the chain with the task or without it, whole.
+
+    Example:
+        >>> remove_task(Path("my-chain"), "topic")  # doctest: +SKIP
+        []
+    """
+
+    def left() -> str:
+        if (chain_dir / MANIFEST).is_file() and name not in read_manifest(chain_dir).tasks:
+            return f"{chain_dir}: task '{name}' is removed"
+        return f"{chain_dir} is unchanged; run the same command again"
+
+    with folder_lock(chain_dir, "writing to"), saying_on_interrupt("remove-task", left):
+        chain = Chain.from_pretrained(chain_dir, device="cpu")
+        chain.task_names([name])
+        flows = chain.flows_using(name) if with_flows else []
+        for flow in flows:
+            chain.remove_flow(flow)
+        chain.remove_task(name)
+        chain.save_pretrained(chain_dir, tasks=[])
+        return flows
