@@ -232,3 +232,19 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
         code = int(done.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_cli_interrupted(
+    args: list[str], where: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """``finechain ARGS`` in this process, stopped as by Ctrl-C when ``where`` (module, function name) is called: the
+    exit code and stderr on one line. The command line's signal handler raises :class:`Interrupted`, as here."""
+    from finechain.errors import Interrupted
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Interrupted("SIGINT")
+
+    monkeypatch.setattr(*where, stop)
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    monkeypatch.undo()
+    return code, " ".join(err.split())

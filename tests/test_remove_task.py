@@ -8,9 +8,8 @@ from pathlib import Path
 
 import finechain.model.artifact as artifact
 from finechain import Chain
-from finechain.errors import Interrupted
 from finechain.model.manifest import read_manifest
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_interrupted
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 TEXTS = ["a fine film", "dull and slow"]
@@ -53,20 +52,15 @@ def test_an_interrupted_remove_task_leaves_the_chain_whole(tmp_path: Path, monke
     folder = _chain_with_a_flow(tmp_path)
     manifest = (folder / "finechain.json").read_text()
 
-    def stop(*args: object, **kwargs: object) -> None:
-        raise Interrupted("SIGINT")  # as the command line's signal handler raises it
-
-    monkeypatch.setattr(artifact, "write_json", stop)  # as the new manifest is written
-    code, _, err = run_cli(["remove-task", str(folder), "-t", "ner"], monkeypatch, capsys)
-    monkeypatch.undo()
-    assert code == 130 and f"(remove-task: {folder} is unchanged; run the same command again)" in " ".join(err.split()), err
+    # as the new manifest is written
+    code, err = run_cli_interrupted(["remove-task", str(folder), "-t", "ner"], (artifact, "write_json"), monkeypatch, capsys)
+    assert code == 130 and f"(remove-task: {folder} is unchanged; run the same command again)" in err, err
     assert (folder / "finechain.json").read_text() == manifest and (folder / "tasks" / "ner").is_dir()
     assert "ner" in Chain.from_pretrained(folder).tasks
 
-    monkeypatch.setattr(artifact, "_remove_unnamed_tasks", stop)  # after it: the files not yet removed
-    code, _, err = run_cli(["remove-task", str(folder), "-t", "ner"], monkeypatch, capsys)
-    monkeypatch.undo()
-    assert code == 130 and f"(remove-task: {folder}: task 'ner' is removed)" in " ".join(err.split()), err
+    # after it: the files not yet removed
+    code, err = run_cli_interrupted(["remove-task", str(folder), "-t", "ner"], (artifact, "_remove_unnamed_tasks"), monkeypatch, capsys)
+    assert code == 130 and f"(remove-task: {folder}: task 'ner' is removed)" in err, err
     assert "ner" not in Chain.from_pretrained(folder).tasks
     Chain.from_pretrained(folder).save_pretrained(folder, tasks=[])  # the next save removes what was left
     assert not (folder / "tasks" / "ner").exists()

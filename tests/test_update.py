@@ -16,7 +16,7 @@ from finechain import Chain
 from finechain.errors import Interrupted
 from finechain.model.manifest import task_versions
 from finechain.train.loop import Hook, TrainingLoop
-from tests.conftest import FILLER, TOPICS, run_cli, write_csv
+from tests.conftest import FILLER, TOPICS, run_cli, run_cli_interrupted, write_csv
 
 
 def topic_rows(labels: list[str], n: int, seed: int) -> list[tuple[str, str]]:
@@ -106,7 +106,7 @@ def test_an_interrupted_update_resumes_to_the_same_task(trained: Path, tmp_path:
     straight = Path(shutil.copytree(trained, tmp_path / "straight"))
     args = ["-t", "topic", "-d", str(tmp_path / "new.csv"), "--max-forgetting", "50", "-q"]
     code, _, err = run_cli(["update", str(straight), *args, "--resume"], monkeypatch, capsys)  # nothing to resume: a whole update
-    assert code == 0 and "no interrupted update to resume" in " ".join(err.split()), err
+    assert code == 0 and "no interrupted update to resume" in err, err
     manifest = (trained / "finechain.json").read_text()
     fit = Chain.fit
     monkeypatch.setattr(Chain, "fit", lambda self, *a, **kw: fit(self, *a, **{**kw, "hooks": [_StopAfterFirstEpoch()]}))
@@ -160,19 +160,13 @@ def test_an_interrupted_restore_says_what_it_left(trained: Path, tmp_path: Path,
     assert code == 0, err
     updated = (trained / "finechain.json").read_text()
 
-    def stop(*args: object, **kwargs: object) -> None:
-        raise Interrupted("SIGINT")  # as the command line's signal handler raises it
-
-    monkeypatch.setattr(artifact, "write_json", stop)  # as the new manifest is written
-    code, _, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
-    monkeypatch.undo()
-    assert code == 130 and f"(restore: {trained} is unchanged; run the same command again)" in " ".join(err.split()), err
+    # as the new manifest is written
+    code, err = run_cli_interrupted(["restore", str(trained), "-t", "topic"], (artifact, "write_json"), monkeypatch, capsys)
+    assert code == 130 and f"(restore: {trained} is unchanged; run the same command again)" in err, err
     assert (trained / "finechain.json").read_text() == updated and task_versions(trained, "topic") == [1]
     assert Chain.from_pretrained(trained).tasks["topic"].head.labels == ["money", "sport", "tech"]
 
-    monkeypatch.setattr(artifact, "_remove_unnamed_tasks", stop)  # after it: the old files not yet removed
-    code, _, err = run_cli(["restore", str(trained), "-t", "topic"], monkeypatch, capsys)
-    monkeypatch.undo()
-    said = " ".join(err.split())
-    assert code == 130 and f"(restore: {trained}: version 1 of 'topic' is restored; the one before is kept as version 2)" in said, err
+    # after it: the old files not yet removed
+    code, err = run_cli_interrupted(["restore", str(trained), "-t", "topic"], (artifact, "_remove_unnamed_tasks"), monkeypatch, capsys)
+    assert code == 130 and f"(restore: {trained}: version 1 of 'topic' is restored; the one before is kept as version 2)" in err, err
     assert Chain.from_pretrained(trained).tasks["topic"].head.labels == ["money", "sport"] and task_versions(trained, "topic") == [1, 2]
