@@ -45,7 +45,7 @@ def test_remove_task_takes_the_task_and_its_files_and_nothing_else(tmp_path: Pat
     assert "stars" not in saved["tasks"] and saved["flows"] == [] and not (folder / "versions" / "stars").exists()
 
     code, _, err = run_cli(["remove-task", str(folder), "-t", "nope"], monkeypatch, capsys)
-    assert code == 2 and "unknown task(s) ['nope']" in err and "'sentiment'" in err
+    assert code == 2 and f"{folder}: task 'nope' is not in this chain" in " ".join(err.split()) and "'sentiment'" in err
 
 
 def test_an_interrupted_remove_task_leaves_the_chain_whole(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -300,7 +300,8 @@ def remove_task(chain_dir: Path, name: str, with_flows: bool = False) -> list[st
 
     with folder_lock(chain_dir, "writing to"), saying_on_interrupt("remove-task", left):
         chain = Chain.from_pretrained(chain_dir, device="cpu")
-        chain.task_names([name])
+        if name not in chain.tasks:
+            raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
         flows = chain.flows_using(name) if with_flows else []
         for flow in flows:
             chain.remove_flow(flow)
