@@ -161,9 +161,7 @@ def update_task(
         return f"{chain_dir} is unchanged; run the same command again"
 
     with folder_lock(chain_dir, "writing to"), saying_on_interrupt("update", left):
-        chain = Chain.from_pretrained(chain_dir, device="auto")
-        if name not in chain.tasks:
-            raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
+        chain = _chain_with(chain_dir, name, device="auto")
         record = chain.records[name]
         if record.spec is None:
             raise FinechainError(
@@ -243,6 +241,14 @@ def update_task(
         return report
 
 
+def _chain_with(chain_dir: Path, name: str, device: str) -> Chain:
+    """The saved chain in ``chain_dir``; a task ``name`` it does not have is an error listing those it has."""
+    chain = Chain.from_pretrained(chain_dir, device=device)
+    if name not in chain.tasks:
+        raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
+    return chain
+
+
 def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
     """Bring back a kept version of task ``name`` (default: the latest); the current one is kept as a version too, so
     a restore can be undone. Returns the version restored.
@@ -267,9 +273,7 @@ def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
         if not kept:
             raise FinechainError(f"task '{name}' has no kept version", file=chain_dir, fix="versions are kept by finechain update")
         version = version if version is not None else kept[-1]
-        chain = Chain.from_pretrained(chain_dir, device="cpu")
-        if name not in chain.tasks:
-            raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
+        chain = _chain_with(chain_dir, name, device="cpu")
         task, record = load_task_version(chain.model, chain_dir, name, version)
         before.append(read_manifest(chain_dir).tasks[name].folder)
         try:
@@ -299,9 +303,7 @@ def remove_task(chain_dir: Path, name: str, with_flows: bool = False) -> list[st
         return f"{chain_dir} is unchanged; run the same command again"
 
     with folder_lock(chain_dir, "writing to"), saying_on_interrupt("remove-task", left):
-        chain = Chain.from_pretrained(chain_dir, device="cpu")
-        if name not in chain.tasks:
-            raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
+        chain = _chain_with(chain_dir, name, device="cpu")
         flows = chain.flows_using(name) if with_flows else []
         for flow in flows:
             chain.remove_flow(flow)
