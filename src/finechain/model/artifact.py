@@ -206,7 +206,7 @@ def save_chain(
     write_json(directory / MANIFEST, written)
     _remove_unnamed_tasks(directory, manifest)  # replaced tasks' old files, a crash's leftovers, removed tasks
     if model.trunk_tuned:  # the replaced trunk's file, and any a crash left behind
-        _remove_replaced(directory, *TRUNK_COPY, keep=trunk_name or TRUNK_FILE)
+        _remove_other_trunks(directory, keep=trunk_name or TRUNK_FILE)
     return manifest
 
 
@@ -231,16 +231,12 @@ def _remove_unnamed_tasks(directory: Path, manifest: Manifest) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_replaced(base: Path, stem: str, suffix: str, keep: str) -> None:
-    """Remove the copies of ``<stem><suffix>`` in ``base`` other than ``keep``: ``<stem><suffix>`` and
-    ``<stem>.<n><suffix>`` (:func:`copy_names`), files or folders."""
-    copies = copy_names(stem, suffix)
-    for path in base.glob(f"{stem}*{suffix}"):
-        if path.name == keep or not (path.name == stem + suffix or copies.fullmatch(path.name)):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+def _remove_other_trunks(directory: Path, keep: str) -> None:
+    """Remove the tuned-trunk files besides ``keep``: ``trunk.safetensors`` and ``trunk.<n>.safetensors``
+    (:func:`copy_names`): a replaced trunk's file, or one a crash left behind."""
+    copies = copy_names(*TRUNK_COPY)
+    for path in directory.glob("trunk*.safetensors"):
+        if path.name != keep and (path.name == TRUNK_FILE or copies.fullmatch(path.name)):
             path.unlink(missing_ok=True)
 
 
