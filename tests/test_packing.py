@@ -4,6 +4,7 @@ computed."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from finechain import Chain
 from finechain.data.tokens import pad_rows
+from finechain.export.onnx import _plain_attention
 from finechain.heads import head_type
 from finechain.inference import torch_runner
 from finechain.model.packing import Packing, plan_packing
@@ -64,7 +66,15 @@ def _outputs(chain: Chain, wanted: dict[str, list[int] | None], packed: bool, mo
     return {"run": results, "kept": later, "mask": mask}
 
 
-def test_packed_batches_give_the_padded_batches_outputs(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_batches_give_the_padded_batches_outputs(chain: Chain, attention: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with transformers' eager attention (how layers are traced for export, and what a backbone without SDPA
+    runs), which adds its mask to the scores: the packed rows' boolean mask is made additive first."""
+    with _plain_attention(chain.model) if attention == "eager" else contextlib.nullcontext():
+        _check_packed_outputs(chain, monkeypatch)
+
+
+def _check_packed_outputs(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     planned: list[Packing] = []
     original = torch_runner.plan_packing
 

@@ -46,6 +46,9 @@ class LayerStack(nn.Module):
             # on CUDA, build the mask even without padding: checking for padding would wait for the GPU every call; when
             # traced (export), too: a trace must not bake in "this batch had no padding"
             skip = not hidden.is_cuda and not tracing()
+            if attention_mask.dim() == 4 and self.config._attn_implementation == "eager":  # eager attention adds its mask
+                blocked = torch.finfo(hidden.dtype).min
+                attention_mask = torch.zeros_like(attention_mask, dtype=hidden.dtype).masked_fill(~attention_mask, blocked)
             bias = create_bidirectional_mask(
                 config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, allow_is_bidirectional_skip=skip
             )
