@@ -19,7 +19,7 @@ from finechain.errors import FinechainError
 from finechain.export.onnx import _plain_attention, export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, OnnxRunner, read_export_manifest
+from finechain.inference.exported import EXPORT_MANIFEST, PACKED_INPUTS, ExportedChain, OnnxRunner, read_export_manifest
 from tests.conftest import run_cli as cli
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
@@ -34,6 +34,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 0.1.0 chain with every task type (LoRA, a layer mix, multi-label, regression, NER), exported."""
     out = tmp_path_factory.mktemp("export") / "frozen-onnx"
     export_onnx(RELEASE / "frozen", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def per_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same chain exported with a graph per task (graphs that take padded batches)."""
+    out = tmp_path_factory.mktemp("export") / "per-task"
+    export_onnx(RELEASE / "frozen", out, per_task=True)
     return out
 
 
@@ -136,17 +144,42 @@ def test_a_graph_per_task_answers_like_the_chain_and_rows_run_only_their_tasks(e
     assert "\n" not in str(error.value)
 
 
-def test_an_exported_engine_cuts_batches_by_its_threads(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One thread: a session call costs ~5 tokens, so mixed lengths are cut finely; more threads: ~30, fewer, larger
-    calls (small ones leave threads idle). The answers are the same either way."""
+def test_one_graph_takes_whole_batches_in_packed_rows(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One graph for every task takes packed rows (as a PyTorch chain runs on a CPU): a batch of mixed lengths is one
+    session call, its texts laid end to end in fewer rows than texts, and every text gets the answer it gets alone
+    (token-level outputs on its tokens)."""
+    manifest = read_export_manifest(exported)
+    assert (manifest.format, manifest.packed, manifest.hidden_size) == (5, True, 32)
+    assert [i.name for i in onnx.load(exported / "model.onnx").graph.input] == list(PACKED_INPUTS)
+    texts = [" ".join(["word"] * n) for n in (1, 2, 3, 1, 2, 3, 4, 30)] * 2  # short ones and a long one
+    chain = ExportedChain(exported)
+    feeds: list[dict[str, np.ndarray]] = []
+    run = chain.session.run
+    monkeypatch.setattr(chain.session, "run", lambda names, given: feeds.append(given) or run(names, given), raising=False)
+    engine = Engine(chain)
+    together = engine.outputs(texts, ["sentiment", "ner"])[0]
+    rows = feeds[0]["input_ids"].shape[0]  # the texts, the longer ones in several windows (max_length 32)
+    assert len(feeds) == 1 and rows >= len(texts)
+    assert 0 < feeds[0]["pack_segments"].shape[0] < rows  # packed: fewer rows than texts
+    assert sorted(set(feeds[0]["pack_segments"].ravel().tolist()) - {-1}) == list(range(rows))
+    engine.batch_size = 1
+    alone = engine.outputs(texts, ["sentiment", "ner"])[0]
+    for name in ("sentiment", "ner"):
+        assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(together[name], alone[name], strict=True))
+
+
+def test_a_padded_graph_cuts_batches_by_its_threads(per_task: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs that take padded batches (a graph per task): one thread, a session call costs ~5 tokens, so mixed
+    lengths are cut finely; more threads: ~30, fewer, larger calls (small ones leave threads idle). The answers are the
+    same either way."""
     texts = [" ".join(["word"] * n) for n in (1, 2, 3, 5, 8, 13, 21, 30)] * 2
     calls: list[int] = []
     run = OnnxRunner.run
     monkeypatch.setattr(OnnxRunner, "run", lambda self, ids, *a, **k: calls.append(len(ids)) or run(self, ids, *a, **k))
     answers, made = [], []
     for threads in (1, 2):
-        chain = ExportedChain(exported, threads=threads)
-        assert (chain.threads, chain.runner().pass_tokens) == (threads, 5.0 if threads == 1 else 30.0)
+        chain = ExportedChain(per_task, threads=threads)
+        assert not chain.manifest.packed and (chain.threads, chain.runner().pass_tokens) == (threads, 5.0 if threads == 1 else 30.0)
         calls.clear()
         answers.append([v for p in Engine(chain).predict(texts, ["sentiment"]) for v in p["sentiment"].scores.values()])
         assert sum(calls) == len(texts)  # each text once
@@ -155,12 +188,10 @@ def test_an_exported_engine_cuts_batches_by_its_threads(exported: Path, monkeypa
     assert answers[0] == pytest.approx(answers[1], abs=1e-5)
 
 
-def test_sessions_that_take_turns_do_not_spin(exported: Path, tmp_path: Path) -> None:
+def test_sessions_that_take_turns_do_not_spin(exported: Path, per_task: Path) -> None:
     """A graph per task: the trunk's and the tasks' sessions take turns on every call, so their idle threads sleep
     instead of spinning (a spinning session took CPU from the next: 2-3x slower, benchmarks runtimes); one graph keeps
     ONNX Runtime's spinning (faster alone); either can be asked for; the answers are the same."""
-    per_task = tmp_path / "per-task"
-    export_onnx(RELEASE / "frozen", per_task, per_task=True)
 
     def spins(chain: ExportedChain) -> list[str]:
         sessions = [chain.session, *chain.task_sessions.values()]

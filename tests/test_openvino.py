@@ -73,7 +73,7 @@ def test_openvino_runs_an_export_as_onnx_runtime_does(exported: Path, tmp_path: 
 
 def test_static_int8_is_calibrated_made_for_openvino_and_runs_on_both(exported: Path, static: Path, tmp_path: Path) -> None:
     manifest = read_export_manifest(static)
-    assert manifest.weights == "int8 static" and manifest.runtime == "openvino" and manifest.format == 4  # older readers refuse it
+    assert manifest.weights == "int8 static" and manifest.runtime == "openvino" and manifest.format >= 4  # older readers refuse it
     assert manifest.steps[-1].startswith("int8 static") and "calibrated on 40 texts" in manifest.steps[-1]
     assert sorted(p.name for p in static.iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]
     graph = onnx.load(str(static / "model.onnx")).graph

@@ -1,8 +1,11 @@
 """Export a chain to ONNX: the trunk once, then every task's branch and head, as one graph with one named output per
 task; with the tokenizer and a manifest, so the folder runs with ONNX Runtime, ``tokenizers`` and NumPy alone.
 
-The graph's inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, tokens]``, both axes dynamic); task
-``name``'s output is ``name`` (``[batch, labels]``, or ``[batch, tokens, labels]`` for token-level tasks). LoRA
+The graph's inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, tokens]``) and the batch's packing
+(``pack_source``, ``pack_target``, ``pack_segments``: a :class:`~finechain.data.packing.PackedLayout`): its layers run
+on the texts laid end to end in a few rows, computing no padding, as a PyTorch chain's do on a CPU (the runner plans
+the rows as PyTorch does; every axis dynamic). Task ``name``'s output is ``name`` (``[batch, labels]``, or ``[batch,
+tokens, labels]`` for token-level tasks). LoRA
 branches are merged into plain layers first. Before the folder is kept, ONNX Runtime runs it on sample texts and the
 largest difference to PyTorch per task is recorded in the manifest; a difference above ``tolerance`` is an error.
 
@@ -30,6 +33,7 @@ from torch import nn
 
 from finechain.chain import Chain
 from finechain.data.batching import pad_ids
+from finechain.data.packing import packed_layout
 from finechain.errors import ArtifactError, FinechainError, short_reason
 from finechain.export.checks import compare_embeddings, compare_outputs
 from finechain.inference import Engine
@@ -37,6 +41,7 @@ from finechain.inference.exported import (
     EMBEDDINGS_GRAPH,
     EXPORT_MANIFEST,
     GRAPH,
+    PACKED_INPUTS,
     TOKENIZER,
     TRUNK_GRAPH,
     ExportedChain,
@@ -45,6 +50,7 @@ from finechain.inference.exported import (
     task_graph,
 )
 from finechain.io import building_folder, write_json
+from finechain.model.packing import Packing
 from finechain.spec.flows import rebased_json
 
 
@@ -58,6 +64,17 @@ class _Graph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(input_ids, attention_mask, self.names)
+        return tuple(outputs[name].float() for name in self.names)
+
+
+class _PackedGraph(_Graph):
+    """:class:`_Graph` on packed rows: the padded batch's embeddings laid into the rows that the inputs ``pack_source``,
+    ``pack_target`` and ``pack_segments`` describe (:class:`~finechain.data.packing.PackedLayout`), every layer run
+    on them, the heads reading the padded layout again."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        input_ids, attention_mask, source, target, segments = inputs
+        outputs = self.model(input_ids, attention_mask, self.names, Packing.given(input_ids, source, target, segments))
         return tuple(outputs[name].float() for name in self.names)
 
 
@@ -148,6 +165,7 @@ def export_onnx(
                 fix="use a backbone with a fast tokenizer",
             )
         trunk_outputs: list[str] = []  # a graph per task: what the trunk graph returns
+        packed = bool(names) and not per_task  # one graph for every task takes packed rows; a graph per task, padded ones
         if names and per_task:
             trunk_outputs = _write_graphs(model, names, work, opset)
         elif names:
@@ -173,7 +191,7 @@ def export_onnx(
         steps += ["export: onnx" + (", a graph per task" if per_task else "") + (", sentence embeddings" if embeddings else "")]
         steps += [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(
-            format=3 if embeddings else 2 if per_task else 1,  # what a reader must know: older ones refuse it, saying so
+            format=5 if packed else 3 if embeddings else 2 if per_task else 1,  # what a reader must know: older ones refuse it
             graph=EMBEDDINGS_GRAPH if not names else TRUNK_GRAPH if per_task else GRAPH,
             trunk_outputs=trunk_outputs,
             source=source,
@@ -187,6 +205,8 @@ def export_onnx(
             flows=_exported_flows(chain, names, out),
             embeddings=EMBEDDINGS_GRAPH if embeddings else None,
             embedding_size=model.embedding_size if embeddings else 0,
+            packed=packed,
+            hidden_size=model.embedding_size,
         )
         write_json(work / EXPORT_MANIFEST, manifest.model_dump(mode="json"))
         reference, exported = Engine(model, precision="fp32"), Engine(ExportedChain(work))
@@ -214,9 +234,14 @@ def _sample_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _write_graph(model: nn.Module, names: list[str], path: Path, opset: int) -> None:
-    """Trace ``model`` for ``names`` into ``path`` with dynamic batch and sequence axes."""
+    """Trace ``model`` for ``names`` into ``path``, taking packed rows (:data:`PACKED_INPUTS`), every axis dynamic."""
     axes = {name: {0: "batch", 1: "tokens"} if model.tasks[name].head.token_level else {0: "batch"} for name in names}
-    _trace(_Graph(model, names), _sample_inputs(model), ["input_ids", "attention_mask"], names, axes, path, opset, model)
+    ids, mask = _sample_inputs(model)
+    lengths = mask.sum(1).tolist()
+    layout = packed_layout(lengths, ids.shape[1], [list(range(len(lengths)))])  # both texts in one row: rows != texts
+    inputs = (ids, mask, *(torch.from_numpy(array) for array in layout))
+    axes |= {"pack_source": {0: "packed"}, "pack_target": {0: "packed"}, "pack_segments": {0: "rows", 1: "row_width"}}
+    _trace(_PackedGraph(model, names), inputs, list(PACKED_INPUTS), names, axes, path, opset, model)
 
 
 def _write_graphs(model: nn.Module, names: list[str], folder: Path, opset: int) -> list[str]:
@@ -260,7 +285,7 @@ def _trace(
 ) -> None:
     """Trace ``graph`` on ``inputs`` into ``path``: the inputs' first two axes (batch, tokens) and ``output_axes``
     dynamic; an unsupported layer is an :class:`ArtifactError` naming ``model``'s backbone."""
-    axes = {name: {0: "batch", 1: "tokens"} for name in input_names} | output_axes
+    axes = {name: {0: "batch", 1: "tokens"} for name in input_names} | output_axes  # output_axes may name inputs too
     try:
         with warnings.catch_warnings(), torch.no_grad(), _plain_attention(graph):
             warnings.simplefilter("ignore")

@@ -23,7 +23,7 @@ from finechain.errors import FinechainError, short_reason
 from finechain.export.quantize import fp32_only
 from finechain.export.rewrite import rewritten_export
 from finechain.heads import head_type
-from finechain.inference.exported import EXPORT_MANIFEST, ExportManifest, read_export_manifest
+from finechain.inference.exported import EXPORT_MANIFEST, PACKED_INPUTS, ExportManifest, packing_feeds, read_export_manifest
 from finechain.spec import TaskSpec
 
 STATIC_STEP = "int8 static: MatMul weights and activations int8, ranges calibrated on {count} texts (NNCF, for OpenVINO)"
@@ -122,14 +122,15 @@ def quantize_graph_static(source: Path, target: Path, calibration: list[list[int
     import onnx
 
     model = onnx.load(str(source))
-    if sorted(i.name for i in model.graph.input) != ["attention_mask", "input_ids"]:
+    inputs = [i.name for i in model.graph.input]
+    if inputs[:1] != ["input_ids"] or not set(inputs) <= set(PACKED_INPUTS):
         raise FinechainError(
             "static int8 calibrates graphs that read token ids, and this folder has a graph per task",
             file=source,
             fix="export without --per-task-graphs",
         )
     items = [np.asarray([ids], dtype=np.int64) for ids in calibration]
-    dataset = nncf.Dataset(items, lambda ids: {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    dataset = nncf.Dataset(items, lambda ids: _calibration_feeds(ids, inputs))
     model = _identity_output_casts(model)
     quiet = logging.getLogger("nncf").level
     nncf.set_log_level(logging.ERROR)  # no advice on the user's screen
@@ -141,6 +142,14 @@ def quantize_graph_static(source: Path, target: Path, calibration: list[list[int
         raise FinechainError(f"static quantization failed ({short_reason(error)})", file=source, fix="export the chain again") from None
     finally:
         nncf.set_log_level(quiet or logging.INFO)
+
+
+def _calibration_feeds(ids: np.ndarray, inputs: list[str]) -> dict[str, np.ndarray]:
+    """The ``inputs`` of a graph for one calibration text (``ids``: ``[1, tokens]``), with its packing (the text in a
+    row of its own) where the graph takes packed rows."""
+    mask = np.ones_like(ids)
+    feeds = {"input_ids": ids, "attention_mask": mask} | packing_feeds(mask, hidden_size=1)
+    return {name: feeds[name] for name in inputs}
 
 
 def _identity_output_casts(model: Any) -> Any:

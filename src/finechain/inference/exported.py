@@ -5,7 +5,9 @@ exactly as it runs a PyTorch chain (the same ``prepare`` and ``decode``), with :
     exported/
       finechain-export.json   what is inside: tasks with their heads (labels, options, calibration), max length,
                               the checks made at export (largest difference to PyTorch per task), compression steps
-      model.onnx              inputs input_ids, attention_mask [batch, tokens] int64; one output per task
+      model.onnx              inputs input_ids, attention_mask [batch, tokens] int64 and the batch's packed rows
+                              (format 5: pack_source, pack_target [tokens], pack_segments [rows, row width]; see
+                              finechain.data.packing); one output per task
       tokenizer.json
 
 or, exported with a graph per task (format 2), ``trunk.onnx`` (inputs as above; outputs the manifest's
@@ -27,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finechain.data.inputs import select_tasks
+from finechain.data.packing import packed_layout, packed_rows, unpacked_layout
 from finechain.data.tokenizer_file import TokenizerFile
 from finechain.data.tokens import Encoded, encode_texts
 from finechain.errors import ArtifactError, FinechainError, short_reason
@@ -36,11 +39,13 @@ from finechain.version import __version__
 
 EXPORT_MANIFEST = "finechain-export.json"
 # the newest this reads: 1 = one graph, 2 = a trunk graph and a graph per task, 3 = either with sentence embeddings,
-# 4 = any of them with the runtime its graphs are made for (static int8: OpenVINO)
-EXPORT_FORMAT = 4
+# 4 = any of them with the runtime its graphs are made for (static int8: OpenVINO), 5 = a graph that takes packed rows
+EXPORT_FORMAT = 5
 Runtime = Literal["onnxruntime", "openvino"]  # what runs an exported chain's graphs (ExportedChain's ``runtime``)
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 GRAPH = "model.onnx"
+# what a graph that takes packed rows (format 5) reads: the padded batch, and where its tokens go in the packed rows
+PACKED_INPUTS = ("input_ids", "attention_mask", "pack_source", "pack_target", "pack_segments")
 TRUNK_GRAPH = "trunk.onnx"
 EMBEDDINGS_GRAPH = "embeddings.onnx"
 TOKENIZER = "tokenizer.json"
@@ -95,6 +100,8 @@ class ExportManifest(BaseModel):
     embeddings: str | None = None  # the sentence-embedding graph (export --embeddings); None: not exported
     embedding_size: int = 0  # its vectors' length
     embeddings_max_abs_diff: float | None = None  # largest difference of the normalised vectors to PyTorch's at export
+    packed: bool = False  # the graph takes packed rows (PACKED_INPUTS; format 5), else a padded batch alone
+    hidden_size: int = 0  # the layers' width (what packing a batch is planned with)
 
 
 def is_exported(directory: str | Path) -> bool:
@@ -194,6 +201,7 @@ class ExportedChain:
         several = any(task.graph for task in self.manifest.tasks.values()) or separate_embeddings
         self.spinning = not several if spinning is None else spinning
         self.session = self._session(self.manifest.graph, providers)
+        self.inputs = session_inputs(self.session)  # what the graph that reads token ids takes
         self.outputs = {name: task.output for name, task in self.manifest.tasks.items()}
         self.task_sessions = {  # a graph per task: each task's own session, on the trunk session's outputs
             name: self._session(task.graph, providers) for name, task in self.manifest.tasks.items() if task.graph
@@ -236,16 +244,23 @@ class ExportedChain:
 
 
 class OnnxRunner:
-    """Runs padded token batches through the exported graph: every requested task's output in one session call."""
-
-    packs = False  # the graph takes padded batches
+    """Runs padded token batches through the exported graph: every requested task's output in one session call. A graph
+    that takes packed rows (exported since format 5) is given each batch's texts end to end in a few rows where that
+    costs less than the padded batch (:func:`~finechain.data.packing.packed_rows`), as a PyTorch chain runs on a CPU."""
 
     def __init__(self, chain: ExportedChain) -> None:
         self.chain = chain
 
     @property
+    def packs(self) -> bool:
+        """True for a graph that takes packed rows: it computes no padding, so the engine need not cut batches by
+        length."""
+        return self.chain.manifest.packed
+
+    @property
     def pass_tokens(self) -> float:
-        """What one more session call costs, in tokens computed (how the engine cuts a batch of mixed lengths): ~5 on
+        """What one more session call costs, in tokens computed (how the engine cuts a batch of mixed lengths for graphs
+        that take padded batches: a graph per task, and single graphs exported before format 5): ~5 on
         one thread (1.9 ms vs 0.35 ms per padded token for the four-task chain, `python -m benchmarks pass-cost
         --backend onnx`), ~30 on more, where a small call leaves the other threads little to share (fits of 33 for
         fp32 and 18-45 for int8 on two threads); PyTorch's is ~40 (data.tokens)."""
@@ -273,6 +288,10 @@ class OnnxRunner:
             raise ValueError("an exported chain with one graph cannot keep trunk states")
         names = list(wanted)
         feeds = _feeds(input_ids, attention_mask)
+        if self.packs:  # (a graph whose heads do not read the mask has no attention_mask input: tracing drops it)
+            feeds = {
+                k: v for k, v in (feeds | packing_feeds(attention_mask, self.chain.manifest.hidden_size)).items() if k in self.chain.inputs
+            }
         if self.keeps_states:
             manifest = self.chain.manifest
             needed = manifest.trunk_outputs if kept is not None else [i for name in wanted for i in manifest.tasks[name].inputs]
@@ -394,6 +413,32 @@ def graph_files(manifest: ExportManifest) -> list[str]:
 def _feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
     """A padded batch as the graphs read it (int64 token ids and mask)."""
     return {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
+
+
+def session_inputs(session: Any) -> list[str]:
+    """The input names of an ONNX Runtime or :class:`~finechain.inference.openvino_session.OpenVinoSession` session.
+
+    Example:
+        >>> session_inputs(onnx_session(Path("demo-onnx/model.onnx"), threads=2))  # doctest: +SKIP
+        ['input_ids', 'attention_mask', 'pack_source', 'pack_target', 'pack_segments']
+    """
+    return list(session.inputs) if hasattr(session, "inputs") else [i.name for i in session.get_inputs()]
+
+
+def packing_feeds(attention_mask: np.ndarray, hidden_size: int) -> dict[str, np.ndarray]:
+    """The packing inputs of a graph that takes packed rows for a padded batch with ``attention_mask``: its texts laid
+    into the cheapest rows, or each in its own row where packing would not save.
+
+    Example:
+        >>> feeds = packing_feeds(np.array([[1] * 60, [1] * 4 + [0] * 56]), 384)
+        >>> feeds["pack_segments"].shape
+        (1, 64)
+    """
+    lengths = attention_mask.sum(1).tolist()
+    width = attention_mask.shape[1]
+    members = packed_rows(lengths, width, hidden_size)
+    layout = unpacked_layout(lengths, width) if members is None else packed_layout(lengths, width, members)
+    return dict(zip(PACKED_INPUTS[2:], layout, strict=True))
 
 
 def onnx_session(path: Path, threads: int, providers: Sequence[str] | None = None, spinning: bool = True) -> Any:

@@ -53,6 +53,7 @@ class OpenVinoSession:
         self.request = compiled.create_infer_request()
         self.ports = {name: port for port in compiled.outputs for name in port.get_names()}  # a port may carry several names
         self.outputs = [port.get_any_name() for port in compiled.outputs]  # one name per output, in the graph's order
+        self.inputs = [port.get_any_name() for port in compiled.inputs]
         self.lock = threading.Lock()
 
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -211,11 +211,16 @@ class ChainModel(nn.Module):
         with ``packing`` (:func:`~finechain.model.packing.plan_packing`), in its packed rows."""
         return self.trunk.all_states(input_ids, attention_mask, packing, all_layers=all_states)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Every requested task's head outputs (default: all tasks): the trunk once, then each tail."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tasks: Sequence[str] | None = None, packing: Packing | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every requested task's head outputs (default: all tasks): the trunk once, then each tail; with ``packing``
+        the layers run on its packed rows (the heads read the padded layout)."""
         names = list(self.tasks) if tasks is None else list(tasks)
-        states = self.trunk_states(input_ids, attention_mask, any(self.tasks[n].needs_trunk_states for n in names))
-        return {name: self.tasks[name](states if self.tasks[name].needs_trunk_states else states[-1], attention_mask) for name in names}
+        states = self.trunk_states(input_ids, attention_mask, any(self.tasks[n].needs_trunk_states for n in names), packing)
+        return {
+            name: self.tasks[name](states if self.tasks[name].needs_trunk_states else states[-1], attention_mask, packing) for name in names
+        }
 
     @property
     def embedding_size(self) -> int:
