@@ -16,7 +16,7 @@ import pytest
 
 from finechain import Chain
 from finechain.errors import FinechainError
-from finechain.export.onnx import _plain_attention, export_onnx
+from finechain.export.onnx import _Graph, _plain_attention, _sample_inputs, _trace, export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.inference import Engine
 from finechain.inference.exported import EXPORT_MANIFEST, PACKED_INPUTS, ExportedChain, OnnxRunner, read_export_manifest
@@ -166,6 +166,28 @@ def test_one_graph_takes_whole_batches_in_packed_rows(exported: Path, monkeypatc
     alone = engine.outputs(texts, ["sentiment", "ner"])[0]
     for name in ("sentiment", "ner"):
         assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(together[name], alone[name], strict=True))
+
+
+def test_a_folder_exported_before_packed_rows_still_runs(exported: Path, tmp_path: Path) -> None:
+    """A single graph that takes padded batches (as ``finechain export`` wrote them before format 5) is run as before:
+    fed the padded batch alone, cut by length, with the same answers as the packed graph."""
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    chain = Chain.from_pretrained(RELEASE / "frozen")
+    model = chain.model.float().eval()
+    model.merge_adapters()
+    names = list(model.tasks)
+    axes = {n: {0: "batch", 1: "tokens"} if model.tasks[n].head.token_level else {0: "batch"} for n in names}
+    _trace(_Graph(model, names), _sample_inputs(model), ["input_ids", "attention_mask"], names, axes, old / "model.onnx", 18, model)
+    manifest = json.loads((old / EXPORT_MANIFEST).read_text())
+    del manifest["packed"], manifest["hidden_size"]
+    (old / EXPORT_MANIFEST).write_text(json.dumps(manifest | {"format": 1}))
+    before = ExportedChain(old)
+    assert not before.runner().packs and before.inputs == ["input_ids", "attention_mask"]
+    texts = [" ".join(["word"] * n) for n in (1, 2, 3, 1, 2, 3, 4, 30)] + TEXTS
+    for a, b in zip(Engine(before).predict(texts), Engine(ExportedChain(exported)).predict(texts), strict=True):
+        for task in a:
+            _same(a[task].to_dict(), b[task].to_dict())
 
 
 def test_a_padded_graph_cuts_batches_by_its_threads(per_task: Path, monkeypatch: pytest.MonkeyPatch) -> None:
