@@ -149,7 +149,10 @@ def test_one_graph_takes_whole_batches_in_packed_rows(exported: Path, monkeypatc
     session call, its texts laid end to end in fewer rows than texts, and every text gets the answer it gets alone
     (token-level outputs on its tokens)."""
     manifest = read_export_manifest(exported)
-    assert (manifest.format, manifest.packed, manifest.hidden_size) == (5, True, 32)
+    assert (manifest.format, manifest.packed, manifest.hidden_size) == (5, True, 32) and manifest.steps[-2:] == [
+        "export: onnx, packed rows",
+        "merge LoRA: sentiment_lora",
+    ]
     assert [i.name for i in onnx.load(exported / "model.onnx").graph.input] == list(PACKED_INPUTS)
     texts = [" ".join(["word"] * n) for n in (1, 2, 3, 1, 2, 3, 4, 30)] * 2  # short ones and a long one
     chain = ExportedChain(exported)

@@ -188,7 +188,8 @@ def export_onnx(
         student = model.compression
         narrowed = f", {model.ffn_width} feed-forward neurons per layer" if model.ffn_width else ""
         steps = [f"student: backbone layers {model.layer_ids}{narrowed}, distilled"] if student else []
-        steps += ["export: onnx" + (", a graph per task" if per_task else "") + (", sentence embeddings" if embeddings else "")]
+        layout = ", a graph per task" if per_task else ", packed rows" if packed else ""
+        steps += ["export: onnx" + layout + (", sentence embeddings" if embeddings else "")]
         steps += [f"merge LoRA: {name}" for name in merged if name in names]
         manifest = ExportManifest(
             format=5 if packed else 3 if embeddings else 2 if per_task else 1,  # what a reader must know: older ones refuse it
