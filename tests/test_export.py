@@ -338,7 +338,7 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
     assert code == 0 and read_export_manifest(tmp_path / "int8").weights == "int8"  # a chain folder: exported, then int8
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]  # no .fp32
     code, out, _ = cli(["info", str(tmp_path / "int8")], monkeypatch, capsys)
-    assert code == 0 and "int8 weights; steps: export: onnx; merge LoRA: sentiment_lora; int8" in out and "ner" in out
+    assert code == 0 and "int8 weights; steps: export: onnx, packed rows; merge LoRA: sentiment_lora; int8" in out and "ner" in out
 
 
 BLOCK_TORCH = """

@@ -719,7 +719,7 @@ def _exported_info(folder: Path) -> None:
         f"backbone {manifest.backbone}, split {manifest.split} of {manifest.layers} layers, max_length {manifest.max_length}",
         soft_wrap=True,
     )
-    out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}")
+    out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}", soft_wrap=True)
     if manifest.runtime != "onnxruntime":
         out.print(f"made for {manifest.runtime} (runtime auto picks it where it is installed)")
     if manifest.embeddings:
