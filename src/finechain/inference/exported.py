@@ -288,10 +288,10 @@ class OnnxRunner:
             raise ValueError("an exported chain with one graph cannot keep trunk states")
         names = list(wanted)
         feeds = _feeds(input_ids, attention_mask)
-        if self.packs:  # (a graph whose heads do not read the mask has no attention_mask input: tracing drops it)
-            feeds = {
-                k: v for k, v in (feeds | packing_feeds(attention_mask, self.chain.manifest.hidden_size)).items() if k in self.chain.inputs
-            }
+        if self.packs:
+            feeds |= packing_feeds(attention_mask, self.chain.manifest.hidden_size)
+            # a graph whose heads do not read the mask has no attention_mask input (tracing drops an unused input)
+            feeds = {name: feeds[name] for name in self.chain.inputs}
         if self.keeps_states:
             manifest = self.chain.manifest
             needed = manifest.trunk_outputs if kept is not None else [i for name in wanted for i in manifest.tasks[name].inputs]
