@@ -22,7 +22,7 @@ import argparse
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -37,7 +37,7 @@ from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
 from finechain.export.static_int8 import quantize_static_int8
 from finechain.inference import Engine
-from finechain.inference.exported import PACKED_INPUTS, ExportedChain, onnx_session, packing_feeds
+from finechain.inference.exported import PACKED_INPUTS, ExportedChain, graph_feeds, onnx_session
 from finechain.inference.openvino_session import OpenVinoSession
 from finechain.spec import JointConfig
 
@@ -81,7 +81,7 @@ def static_int8(source: Path, target: Path, calibration: list[Batch]) -> float:
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
-            return None if batch is None else graph_feeds(PACKED_INPUTS, *batch)
+            return None if batch is None else graph_feeds(PACKED_INPUTS, *batch, HIDDEN)
 
     started = time.perf_counter()
     target.mkdir(parents=True)
@@ -109,25 +109,18 @@ def sdpa_as_traced() -> Any:
         yield
 
 
-def graph_feeds(inputs: Sequence[str], ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """A padded batch as a graph with ``inputs`` reads it: with its packing (as the exported engine plans it for the
-    backbone's width) where the graph takes packed rows (``finechain export`` since format 5)."""
-    feeds = {"input_ids": ids, "attention_mask": mask} | (packing_feeds(mask, HIDDEN) if "pack_segments" in inputs else {})
-    return {name: feeds[name] for name in inputs}
-
-
 def onnx_runtime(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
     """Every output of ``graph`` for a batch, by an ONNX Runtime session as finechain's backend makes one (``threads``)."""
     session = onnx_session(graph, threads)
     names = [o.name for o in session.get_outputs()]
     inputs = [i.name for i in session.get_inputs()]
-    return lambda ids, mask: session.run(names, graph_feeds(inputs, ids, mask))
+    return lambda ids, mask: session.run(names, graph_feeds(inputs, ids, mask, HIDDEN))
 
 
 def openvino(graph: Path, threads: int) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
     """Every output of ``graph`` for a batch, by OpenVINO's CPU plugin as finechain's OpenVINO runtime runs it."""
     session = OpenVinoSession(graph, threads)
-    return lambda ids, mask: session.run(session.outputs, graph_feeds(session.inputs, ids, mask))
+    return lambda ids, mask: session.run(session.outputs, graph_feeds(session.inputs, ids, mask, HIDDEN))
 
 
 def spinning(rec: Recorder, chain: Chain, work: Path, texts: list[str], threads: int, rounds: int) -> None:

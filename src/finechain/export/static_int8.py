@@ -23,7 +23,7 @@ from finechain.errors import FinechainError, short_reason
 from finechain.export.quantize import fp32_only
 from finechain.export.rewrite import rewritten_export
 from finechain.heads import head_type
-from finechain.inference.exported import EXPORT_MANIFEST, PACKED_INPUTS, ExportManifest, packing_feeds, read_export_manifest
+from finechain.inference.exported import EXPORT_MANIFEST, PACKED_INPUTS, ExportManifest, graph_feeds, read_export_manifest
 from finechain.spec import TaskSpec
 
 STATIC_STEP = "int8 static: MatMul weights and activations int8, ranges calibrated on {count} texts (NNCF, for OpenVINO)"
@@ -130,7 +130,7 @@ def quantize_graph_static(source: Path, target: Path, calibration: list[list[int
             fix="export without --per-task-graphs",
         )
     items = [np.asarray([ids], dtype=np.int64) for ids in calibration]
-    dataset = nncf.Dataset(items, lambda ids: _calibration_feeds(ids, inputs))
+    dataset = nncf.Dataset(items, lambda ids: graph_feeds(inputs, ids, np.ones_like(ids), hidden_size=1))  # one text: no packing
     model = _identity_output_casts(model)
     quiet = logging.getLogger("nncf").level
     nncf.set_log_level(logging.ERROR)  # no advice on the user's screen
@@ -142,14 +142,6 @@ def quantize_graph_static(source: Path, target: Path, calibration: list[list[int
         raise FinechainError(f"static quantization failed ({short_reason(error)})", file=source, fix="export the chain again") from None
     finally:
         nncf.set_log_level(quiet or logging.INFO)
-
-
-def _calibration_feeds(ids: np.ndarray, inputs: list[str]) -> dict[str, np.ndarray]:
-    """The ``inputs`` of a graph for one calibration text (``ids``: ``[1, tokens]``), with its packing (the text in a
-    row of its own) where the graph takes packed rows."""
-    mask = np.ones_like(ids)
-    feeds = {"input_ids": ids, "attention_mask": mask} | packing_feeds(mask, hidden_size=1)
-    return {name: feeds[name] for name in inputs}
 
 
 def _identity_output_casts(model: Any) -> Any:

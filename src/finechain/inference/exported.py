@@ -287,19 +287,16 @@ class OnnxRunner:
         if kept is not None and not self.keeps_states:
             raise ValueError("an exported chain with one graph cannot keep trunk states")
         names = list(wanted)
-        feeds = _feeds(input_ids, attention_mask)
-        if self.packs:
-            feeds |= packing_feeds(attention_mask, self.chain.manifest.hidden_size)
-            # a graph whose heads do not read the mask has no attention_mask input (tracing drops an unused input)
-            feeds = {name: feeds[name] for name in self.chain.inputs}
+        feeds = graph_feeds(self.chain.inputs, input_ids, attention_mask, self.chain.manifest.hidden_size)
         if self.keeps_states:
             manifest = self.chain.manifest
             needed = manifest.trunk_outputs if kept is not None else [i for name in wanted for i in manifest.tasks[name].inputs]
             needed = list(dict.fromkeys(needed))
             states = dict(zip(needed, self.chain.session.run(needed, feeds), strict=True))
+            mask = attention_mask.astype(np.int64, copy=False)  # the task graphs' (the trunk graph may not read it)
             if kept is not None:  # kept states must serve any task later
-                kept.append((states, feeds["attention_mask"]))
-            return self._tails(states, feeds["attention_mask"], wanted)
+                kept.append((states, mask))
+            return self._tails(states, mask, wanted)
         arrays = self.chain.session.run([self.chain.outputs[n] for n in names], feeds)
         results = {}
         for name, array in zip(names, arrays, strict=True):
@@ -423,6 +420,21 @@ def session_inputs(session: Any) -> list[str]:
         ['input_ids', 'attention_mask', 'pack_source', 'pack_target', 'pack_segments']
     """
     return list(session.inputs) if hasattr(session, "inputs") else [i.name for i in session.get_inputs()]
+
+
+def graph_feeds(inputs: Sequence[str], input_ids: np.ndarray, attention_mask: np.ndarray, hidden_size: int) -> dict[str, np.ndarray]:
+    """A padded batch as a graph with ``inputs`` reads it: int64 token ids and mask, and the batch's packing
+    (:func:`packing_feeds`, planned for layers ``hidden_size`` wide) where the graph takes packed rows; only the inputs
+    the graph has (tracing drops an unused one: a graph whose heads do not read the mask has no ``attention_mask``).
+
+    Example:
+        >>> sorted(graph_feeds(PACKED_INPUTS, np.array([[5, 6]]), np.array([[1, 1]]), 384))
+        ['attention_mask', 'input_ids', 'pack_segments', 'pack_source', 'pack_target']
+    """
+    feeds = _feeds(input_ids, attention_mask)
+    if "pack_segments" in inputs:
+        feeds |= packing_feeds(feeds["attention_mask"], hidden_size)
+    return {name: feeds[name] for name in inputs}
 
 
 def packing_feeds(attention_mask: np.ndarray, hidden_size: int) -> dict[str, np.ndarray]:

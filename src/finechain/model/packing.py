@@ -104,7 +104,7 @@ def plan_packing(attention_mask: torch.Tensor, hidden_size: int) -> Packing | No
         >>> plan_packing(torch.ones(2, 6, dtype=torch.long), 384) is None
         True
     """
-    if attention_mask.is_cuda or attention_mask.shape[0] < 2:
+    if attention_mask.is_cuda:
         return None
     lengths = attention_mask.sum(1).tolist()
     members = packed_rows(lengths, attention_mask.shape[1], hidden_size)
