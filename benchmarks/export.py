@@ -10,7 +10,8 @@ Students (``Chain.distil``, as ``finechain compress --trunk-layers``) are distil
 training texts for as many epochs as the chain had, then run in PyTorch fp32 and as int8 exports. A student written
 ``3+1/0/1/0`` keeps a branch layer for SST-2 and Banking77 only (``--branch-layers 0,sst2=1,banking77=1``);
 ``3+1h1`` is distilled with hidden states too (``--hidden-weight 1``); ``3+1f0.75`` keeps three quarters of each
-layer's feed-forward neurons (``--ffn-width 0.75``), ``3+1e6`` is distilled for 6 epochs; ``3+1u1000`` also over 1,000 unlabelled texts
+layer's feed-forward neurons (``--ffn-width 0.75``), ``3+1a10`` its 10 most used attention heads
+(``--attention-heads 10``), ``3+1e6`` is distilled for 6 epochs; ``3+1u1000`` also over 1,000 unlabelled texts
 from each task's training file (texts the chain did not train on, their labels dropped: ``finechain compress
 --texts``), 4,000 in all, which every task's branch learns the teacher's answers on.
 
@@ -43,7 +44,7 @@ from finechain.inference.exported import ExportedChain
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
 
-STUDENT = re.compile(r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?(?:f(\d*\.\d+|1))?(?:e(\d+))?")
+STUDENT = re.compile(r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?(?:f(\d*\.\d+|1))?(?:a(\d+))?(?:e(\d+))?")
 
 
 class Shape(NamedTuple):
@@ -55,6 +56,7 @@ class Shape(NamedTuple):
     unlabelled: int = 0  # unlabelled texts per task
     ffn: float | None = None  # share of the feed-forward neurons kept
     epochs: int | None = None  # distillation epochs (None: the chain's)
+    heads: int | None = None  # attention heads kept per layer (None: all)
 
 
 def student_shape(shape: str) -> Shape:
@@ -62,18 +64,21 @@ def student_shape(shape: str) -> Shape:
     ``"3+1h1"``: hidden-state weight 1; ``"3+1h1u1000"``: and 1,000 unlabelled texts per task; ``"3+1/0/1/0"``: branch
     layers per task, in the order of the chain's tasks (SST-2, AG News, Banking77, CoNLL-2003); ``"3+1f0.75"``: each
     layer keeps three quarters of its feed-forward neurons (``finechain compress --ffn-width 0.75``); ``"3+1e6"``:
-    distilled for 6 epochs (``--epochs 6``) instead of the chain's.
+    distilled for 6 epochs (``--epochs 6``) instead of the chain's; ``"3+1a10"``: each layer keeps its 10 most used
+    attention heads (``--attention-heads 10``).
 
     Example:
         >>> tuple(student_shape("3+1")), tuple(student_shape("3+1h0.5")), tuple(student_shape("3+1u500f0.75e6"))
-        ((3, 1, 0.0, 0, None, None), (3, 1, 0.5, 0, None, None), (3, 1, 0.0, 500, 0.75, 6))
+        ((3, 1, 0.0, 0, None, None, None), (3, 1, 0.5, 0, None, None, None), (3, 1, 0.0, 500, 0.75, 6, None))
         >>> student_shape("3+1/0/1/0u1000").branch
         {'sst2': 1, 'agnews': 0, 'banking77': 1, 'conll2003': 0}
+        >>> student_shape("3+1f0.875a10e6").heads
+        10
     """
     match = STUDENT.fullmatch(shape)
     if match is None:
         raise ValueError(f"{shape!r} is not TRUNK+BRANCH layers")
-    trunk, branch, hidden, unlabelled, ffn, epochs = match.groups()
+    trunk, branch, hidden, unlabelled, ffn, heads, epochs = match.groups()
     depths = [int(d) for d in branch.split("/")]
     if len(depths) not in (1, len(METRIC)):
         raise ValueError(f"{shape!r}: give one branch depth, or one per task ({'/'.join(METRIC)})")
@@ -81,7 +86,10 @@ def student_shape(shape: str) -> Shape:
     share = None if ffn is None else float(ffn)
     if share is not None and not 0 < share <= 1:
         raise ValueError(f"{shape!r}: the feed-forward share must be above 0 and at most 1")
-    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, None if epochs is None else int(epochs))
+    if heads is not None and int(heads) < 1:
+        raise ValueError(f"{shape!r}: a student layer keeps at least 1 attention head")
+    kept = None if heads is None else int(heads)
+    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, None if epochs is None else int(epochs), kept)
 
 
 def student_name(shape: str) -> str:
@@ -94,6 +102,8 @@ def student_name(shape: str) -> str:
         'student: 3-layer trunk, branches of 1/0/1/0 layers (SST-2/AG News/Banking77/CoNLL)'
         >>> student_name("3+1f0.75e6")
         'student: 3-layer trunk, 1-layer branches, 75% of the feed-forward neurons kept, 6 epochs'
+        >>> student_name("3+1f0.875a10e6")
+        'student: 3-layer trunk, 1-layer branches, 88% of the feed-forward neurons kept, 10 attention heads per layer, 6 epochs'
     """
     s = student_shape(shape)
     if isinstance(s.branch, int):
@@ -104,6 +114,7 @@ def student_name(shape: str) -> str:
     name += f", hidden states (weight {s.hidden:g})" if s.hidden else ""
     name += f", {s.unlabelled:,} unlabelled texts per task" if s.unlabelled else ""
     name += f", {s.ffn:.0%} of the feed-forward neurons kept" if s.ffn is not None else ""
+    name += f", {s.heads} attention heads per layer" if s.heads is not None else ""
     return name + (f", {s.epochs} epochs" if s.epochs is not None else "")
 
 
@@ -170,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as error:
             parser.error(
                 f"--students: {error} (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch "
-                "layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs)"
+                "layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10 "
+                "attention heads per layer)"
             )
     rec = Recorder("export", "cpu")
     specs, evaluation = task_specs(args.train_examples, 100 if args.quick else 1000, args.eval_limit)
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             epochs=cut.epochs or args.epochs,
             hidden_weight=cut.hidden,
             ffn_width=cut.ffn,
+            attention_heads=cut.heads,
             progress=False,
         )
         seconds = time.perf_counter() - started

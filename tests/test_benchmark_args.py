@@ -29,39 +29,50 @@ from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, sm
             export.main,
             ["--students", "3+1u1000,3+1uh1"],
             "'3+1uh1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
-            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs)",
+            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10"
+            " attention heads per layer)",
         ),
         (
             export.main,
             ["--students", "3+1,3x1"],
             "'3x1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
-            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs)",
+            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10"
+            " attention heads per layer)",
         ),
         (
             export.main,
             ["--students", "3+1h-1"],
             "'3+1h-1' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
-            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs)",
+            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10"
+            " attention heads per layer)",
         ),
         (
             export.main,
             ["--students", "3+1hx"],
             "'3+1hx' is not TRUNK+BRANCH layers (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch"
-            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs)",
+            " layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10"
+            " attention heads per layer)",
         ),
         (
             export.main,
             ["--students", "3+1/0/1"],
             "'3+1/0/1': give one branch depth, or one per task (sst2/agnews/banking77/conll2003) (e.g. 3+1, 3+1h1 with hidden"
             " states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch layers per task, 3+1f0.75 with three quarters of the"
-            " feed-forward neurons, 3+1e6 distilled for 6 epochs)",
+            " feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10 attention heads per layer)",
         ),
         (
             export.main,
             ["--students", "3+1f1.5"],
             "'3+1f1.5': the feed-forward share must be above 0 and at most 1 (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with"
             " unlabelled texts, 3+1/0/1/0 with branch layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6"
-            " distilled for 6 epochs)",
+            " distilled for 6 epochs, 3+1a10 with 10 attention heads per layer)",
+        ),
+        (
+            export.main,
+            ["--students", "3+1a0"],
+            "'3+1a0': a student layer keeps at least 1 attention head (e.g. 3+1, 3+1h1 with hidden states, 3+1u1000 with unlabelled"
+            " texts, 3+1/0/1/0 with branch layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for"
+            " 6 epochs, 3+1a10 with 10 attention heads per layer)",
         ),
         (export.main, ["--rounds", "0"], "--rounds must be at least 1"),
         (

@@ -17,9 +17,9 @@ from finechain.errors import FinechainError
 from finechain.export.onnx import export_onnx
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest
-from finechain.model.encoder import feed_forward
+from finechain.model.encoder import attention_heads, feed_forward
 from finechain.model.losses import SOFT_LOSSES
-from finechain.model.student import ffn_activity, student_of
+from finechain.model.student import layer_activity, student_of
 from finechain.train.objectives import Distillation, StepInputs
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 from tests.conftest import run_cli as cli
@@ -97,16 +97,17 @@ def test_a_narrowed_layer_keeps_its_most_active_neurons_and_computes_what_the_te
     absolute activation times outgoing weight size); the narrowed layer is the teacher's with the others zeroed."""
     chain, _ = teacher
     ids = chain.model.encode(TEXTS)[0]
-    activity = ffn_activity(chain.model, {"sent": ids[:2], "ner": ids[2:]})
+    used = layer_activity(chain.model, {"sent": ids[:2], "ner": ids[2:]})
+    activity = {layer: kind.neurons for layer, kind in used.items()}
     trunk_layer = chain.model.trunk.stack.layers[1]
     assert set(activity) == {*chain.model.trunk.stack.layers, *(layer for t in chain.model.tasks.values() for layer in t.branch.layers)}
-    alone = ffn_activity(chain.model, {"sent": ids[:2]})  # a branch is ranked on its own task's texts only
-    assert alone[chain.model.tasks["sent"].branch.layers[0]].equal(activity[chain.model.tasks["sent"].branch.layers[0]])
-    assert not alone[trunk_layer].equal(activity[trunk_layer]) and chain.model.tasks["ner"].branch.layers[0] not in alone
+    alone = layer_activity(chain.model, {"sent": ids[:2]})  # a branch is ranked on its own task's texts only
+    assert alone[chain.model.tasks["sent"].branch.layers[0]].neurons.equal(activity[chain.model.tasks["sent"].branch.layers[0]])
+    assert not alone[trunk_layer].neurons.equal(activity[trunk_layer]) and chain.model.tasks["ner"].branch.layers[0] not in alone
     with pytest.raises(FinechainError, match="no task 'nerd' in the teacher"):
-        ffn_activity(chain.model, {"nerd": ids})
+        layer_activity(chain.model, {"nerd": ids})
     assert activity[trunk_layer].shape == (64,) and (activity[trunk_layer] >= 0).all() and activity[trunk_layer].sum() > 0
-    student = student_of(chain.model, 1, 1, ffn_width=16, activity=activity)
+    student = student_of(chain.model, 1, 1, ffn_width=16, activity=used)
     into, out = feed_forward(trunk_layer)
     score = activity[trunk_layer] * out.weight.detach().norm(dim=0)
     kept = score.topk(16).indices.sort().values
@@ -130,6 +131,90 @@ def test_a_narrowed_layer_keeps_its_most_active_neurons_and_computes_what_the_te
         finally:
             handle.remove()
         assert torch.allclose(student.trunk.stack.layers[0](states), zeroed, atol=1e-5)
+
+
+def test_a_pruned_layer_keeps_its_most_used_heads_and_computes_what_the_teacher_did_without_the_others(
+    teacher: tuple[Chain, dict],
+) -> None:
+    """Head pruning: each student layer keeps the attention heads its teacher layer ranks first (the mean size of what
+    a head adds to the layer's output per real token); the pruned layer is the teacher's with the others' outputs
+    zeroed, and the templates of new tasks are pruned too (by weights)."""
+    chain, _ = teacher
+    ids = chain.model.encode(TEXTS)[0]
+    used = layer_activity(chain.model, {"sent": ids[:2], "ner": ids[2:]})
+    trunk_layer = chain.model.trunk.stack.layers[1]
+    heads = used[trunk_layer].heads
+    assert heads.shape == (4,) and (heads > 0).all() and len(set(heads.tolist())) == 4
+    # what a head adds, measured by hand: its slice of the heads' outputs through its columns of the output layer
+    attention, _, out = attention_heads(trunk_layer)
+    seen: list[torch.Tensor] = []
+    handle = out.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
+    input_ids, mask = pad_ids(ids, chain.model.pad_id)
+    try:
+        with torch.no_grad():
+            states = chain.model.trunk_states(input_ids, mask, all_states=True)[1]  # what trunk layer 1 reads
+            trunk_layer(states, attention_mask=(mask[:, None, None, :] > 0))
+    finally:
+        handle.remove()
+    head = 2
+    own = seen[0][..., head * 8 : (head + 1) * 8] @ out.weight[:, head * 8 : (head + 1) * 8].T
+    size = own.norm(dim=-1)[mask.bool()].mean()
+    first = layer_activity(chain.model, {"sent": ids})[trunk_layer].heads[head]  # every text as one task's
+    assert attention.attention_head_size == 8 and torch.allclose(first, size, rtol=1e-4)
+    student = student_of(chain.model, 1, 1, activity=used, heads=2)
+    kept = heads.topk(2).indices.sort().values
+    rows = (kept[:, None] * 8 + torch.arange(8)).flatten()
+    pruned, (query, _, value), pruned_out = attention_heads(student.trunk.stack.layers[0])
+    assert (
+        pruned.num_attention_heads == 2
+        and query.weight.equal(attention.query.weight[rows])
+        and value.bias.equal(attention.value.bias[rows])
+    )
+    assert (
+        pruned_out.weight.equal(out.weight[:, rows])
+        and student.attention_heads == 2
+        and student.compression["attention_heads"] == {"kept": 2, "of": 4}
+    )
+    assert all(attention_heads(layer)[0].num_attention_heads == 2 for layer in student.upper.layers)  # templates of new tasks too
+    assert chain.model.encoder_config.num_attention_heads == 4  # a head's size still comes from the backbone's count
+    gate = torch.zeros(32)
+    gate[rows] = 1.0
+    handle = out.register_forward_pre_hook(lambda _m, inputs: (inputs[0] * gate,))
+    try:
+        with torch.no_grad():
+            blocked = mask[:, None, None, :] > 0
+            zeroed = trunk_layer(states, attention_mask=blocked)
+            mine = student.trunk.stack.layers[0](states, attention_mask=blocked)
+    finally:
+        handle.remove()
+    first = zeroed[0] if isinstance(zeroed, tuple) else zeroed
+    assert torch.allclose(mine[0] if isinstance(mine, tuple) else mine, first, atol=1e-5)
+    with pytest.raises(FinechainError, match="cannot keep 5 of the teacher's 4 attention heads"):
+        student_of(chain.model, 1, 1, heads=5)
+
+
+def test_a_head_pruned_student_saves_loads_exports_and_is_pruned_again(teacher: tuple[Chain, dict], tmp_path: Path) -> None:
+    chain, data = teacher
+    student = chain.distil(1, 1, data=data, training=TRAINING, epochs=2, ffn_width=0.5, attention_heads=2, progress=False)
+    assert student.model.attention_heads == 2 and student.model.compression["attention_heads"] == {"kept": 2, "of": 4}
+    layers = [*student.model.trunk.stack.layers, *(layer for task in student.model.tasks.values() for layer in task.branch.layers)]
+    assert [attention_heads(layer)[1][0].out_features for layer in layers] == [16, 16, 16]
+    folder = student.save_pretrained(tmp_path / "student")
+    assert json.loads((folder / "finechain.json").read_text())["attention_heads"] == 2
+    loaded = Chain.from_pretrained(folder)
+    assert loaded.model.attention_heads == 2 and loaded.predict(TEXTS) == student.predict(TEXTS)
+    exported = export_onnx(folder, tmp_path / "onnx")
+    assert exported.steps[0] == "student: backbone layers [1, 3], 32 feed-forward neurons and 2 attention heads per layer, distilled"
+    engine = Engine(ExportedChain(tmp_path / "onnx"))
+    ours, theirs = engine.predict(TEXTS), loaded.predict(TEXTS)
+    assert [p["ner"].to_dict()["tags"] for p in ours] == [p["ner"].to_dict()["tags"] for p in theirs]
+    assert [p["sent"].to_dict()["label"] for p in ours] == [p["sent"].to_dict()["label"] for p in theirs]
+    again = loaded.distil(1, 1, data=data, training=TRAINING, epochs=1, attention_heads=1, progress=False)  # 1 of its 2
+    assert again.model.attention_heads == 1 and again.model.compression["attention_heads"] == {"kept": 1, "of": 2}
+    same = loaded.distil(1, 0, data=data, training=TRAINING, epochs=1, progress=False)  # fewer layers, as few heads as its teacher
+    assert same.model.attention_heads == 2 and Chain.from_pretrained(same.save_pretrained(tmp_path / "same")).model.attention_heads == 2
+    with pytest.raises(FinechainError, match="cannot keep 3 of the teacher's 2 attention heads"):
+        loaded.distil(1, 1, data=data, training=TRAINING, attention_heads=3, progress=False)
 
 
 def test_a_narrowed_student_saves_loads_exports_and_is_narrowed_again(teacher: tuple[Chain, dict], tmp_path: Path) -> None:
@@ -281,11 +366,29 @@ def test_cli_compress_with_branch_layers_per_task(
     assert "branch layers sent [], ner [1] of 2, feed-forward neurons 32 of 64 per layer, distilled" in " ".join(out.split())
     code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
     assert code == 0 and "backbone layers [1, 3] of the teacher's 4, 32 feed-forward neurons per layer, distilled" in " ".join(out.split())
-    narrow = ["compress", str(trained), "--out", str(tmp_path / "w"), "--ffn-width", "0.75", "--epochs", "1", "-q"]
+    narrow = [
+        "compress",
+        str(trained),
+        "--out",
+        str(tmp_path / "w"),
+        "--ffn-width",
+        "0.75",
+        "--attention-heads",
+        "3",
+        "--epochs",
+        "1",
+        "-q",
+    ]
     code, out, err = cli(narrow, monkeypatch, capsys)
-    assert code == 0 and "branch layers [0, 1] of 2, feed-forward neurons 48 of 64 per layer" in " ".join(out.split()), err
+    words = " ".join(out.split())
+    assert code == 0 and "branch layers [0, 1] of 2, feed-forward neurons 48 of 64 per layer, attention heads 3 of 4 per layer" in words, (
+        err
+    )
     code, out, err = cli(["info", str(tmp_path / "w")], monkeypatch, capsys)  # every layer kept, each narrower
-    assert code == 0 and "student: every backbone layer of the teacher's 4, 48 feed-forward neurons" in " ".join(out.split()), out
+    words = " ".join(out.split())
+    assert (
+        code == 0 and "student: every backbone layer of the teacher's 4, 48 feed-forward neurons and 3 attention heads per layer" in words
+    ), out
     manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
     assert {n: t["branch_layers"] for n, t in manifest["tasks"].items()} == {"sent": 0, "ner": 1}
     code, out, err = cli(["info", str(tmp_path / "s")], monkeypatch, capsys)
@@ -316,6 +419,11 @@ def test_cli_compress_refuses_what_cannot_work(
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "1.5"], "feed-forward width of 1.5 is not a share"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "0"], "feed-forward width of 0 is not a share"),
         (["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "nan"], "feed-forward width of nan is not a share"),
+        (
+            ["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "5"],
+            "cannot keep 5 of the teacher's 4 attention heads",
+        ),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "0"], "Invalid value for '--attention-heads'"),
     ]
     for args, message in cases:
         code, _, err = cli(args, monkeypatch, capsys)

@@ -30,7 +30,7 @@ from finechain.spec.flows import FlowSpec, rebased, rebased_json
 from finechain.train.fit import FitResult, fit_task
 from finechain.train.joint import fit_joint
 
-FFN_SAMPLE = 512  # training texts per task a narrowed student's feed-forward neurons are ranked on (Chain.distil)
+PRUNING_SAMPLE = 512  # training texts per task a narrowed student's feed-forward neurons and heads are ranked on (Chain.distil)
 
 
 def open_engine(folder: Path) -> Engine:
@@ -378,14 +378,16 @@ class Chain:
         data: dict[str, TaskData] | None = None,
         training: TrainingConfig | None = None,
         ffn_width: float | None = None,
+        attention_heads: int | None = None,
         **options: Any,
     ) -> Chain:
         """A smaller chain trained on this one's outputs: ``trunk_layers`` trunk layers and ``branch_layers`` per task
         branch (or the number ``task_branch_layers`` gives a task), each started from this chain's layer at the same
         relative depth, then distilled over every task's training texts (read again from the files its record names,
         or given as ``data``) and the unlabelled ``texts``. With ``ffn_width`` (a share, 0 < share <= 1) each student
-        layer keeps that share of its feed-forward neurons, those its teacher layer uses most on up to 512 training
-        texts per task (structured pruning, before distillation). ``options`` go to :func:`finechain.train.distill.distill`
+        layer keeps that share of its feed-forward neurons, and with ``attention_heads`` that many of its attention
+        heads, those its teacher layer uses most on up to 512 training texts per task (structured pruning, before
+        distillation). ``options`` go to :func:`finechain.train.distill.distill`
         (``epochs``, ``temperature``, ``hard_weight``, ``hidden_weight``, ``trunk_learning_rate``, ``run_dir``,
         ``resume``, ``progress``, ``hooks``).
 
@@ -394,8 +396,9 @@ class Chain:
             >>> student.save_pretrained("my-chain-small")  # doctest: +SKIP
             >>> lean = Chain.from_pretrained("my-chain").distil(3, 0, task_branch_layers={"intent": 1})  # doctest: +SKIP
             >>> narrow = Chain.from_pretrained("my-chain").distil(3, 1, ffn_width=0.75)  # doctest: +SKIP
+            >>> fewer_heads = Chain.from_pretrained("my-chain").distil(3, 1, ffn_width=0.875, attention_heads=10)  # doctest: +SKIP
         """
-        from finechain.model.student import ffn_activity, ffn_neurons, student_of
+        from finechain.model.student import check_heads, ffn_neurons, layer_activity, student_of
         from finechain.train.distill import distill
 
         if not self.tasks:
@@ -404,13 +407,15 @@ class Chain:
         first = self.records[specs[0].name].training or {}
         training = training or TrainingConfig(seed=first.get("seed", 13))
         width = None if ffn_width is None else ffn_neurons(self.model, ffn_width)
+        if attention_heads is not None:
+            check_heads(self.model, attention_heads)
         activity = None
-        if width is not None:  # each task's branch ranked on its own training texts, the trunk on all of them
+        if width is not None or attention_heads is not None:  # each task's branch ranked on its own training texts, the trunk on all
             rng = random.Random(training.seed)
             own = {spec.name: datas[spec.name].train.texts for spec in specs}
-            ids = {name: self.model.encode(rng.sample(rows, min(len(rows), FFN_SAMPLE)))[0] for name, rows in own.items()}
-            activity = ffn_activity(self.model, ids, training.eval_batch_size)
-        student = Chain(student_of(self.model, trunk_layers, branch_layers, task_branch_layers, width, activity))
+            ids = {name: self.model.encode(rng.sample(rows, min(len(rows), PRUNING_SAMPLE)))[0] for name, rows in own.items()}
+            activity = layer_activity(self.model, ids, training.eval_batch_size)
+        student = Chain(student_of(self.model, trunk_layers, branch_layers, task_branch_layers, width, activity, attention_heads))
         student.flows = {flow.name: flow for flow in rebased(list(self.flows.values()), self.folder, Path.cwd())}  # same tasks
         trunk, results = distill(self.model, student.model, specs, datas, training, texts=texts, **options)
         student.trunk_record = TrunkEntry(**trunk)

@@ -570,6 +570,10 @@ def compress(
             help="a student whose layers keep this share of their feed-forward neurons (0.75: the most active three quarters)",
         ),
     ] = None,
+    attention_heads: Annotated[
+        int | None,
+        typer.Option("--attention-heads", min=1, metavar="N", help="a student whose layers keep their N most used attention heads"),
+    ] = None,
     texts_file: Annotated[
         Path | None,
         typer.Option(
@@ -586,10 +590,10 @@ def compress(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers) and/or fewer feed-forward neurons
-    per layer (--ffn-width), each layer started from one of the chain's and trained on its outputs over the tasks'
-    training texts (and --texts); and/or int8 weights (ONNX Runtime dynamic quantization, or with --static NNCF's
-    calibrated quantization for OpenVINO; an exported folder); and/or fp16 or bf16 storage of the exported weights
-    (--fp16, --bf16). The manifest records each step."""
+    or attention heads per layer (--ffn-width, --attention-heads), each layer started from one of the chain's and
+    trained on its outputs over the tasks' training texts (and --texts); and/or int8 weights (ONNX Runtime dynamic
+    quantization, or with --static NNCF's calibrated quantization for OpenVINO; an exported folder); and/or fp16 or
+    bf16 storage of the exported weights (--fp16, --bf16). The manifest records each step."""
     from finechain.data.readers import read_texts
     from finechain.export.compression import compress_chain
     from finechain.export.half import Storage
@@ -598,6 +602,7 @@ def compress(
         raise FinechainError("--fp16 and --bf16 are two ways to store the same weights", fix="choose one of them")
     storage: Storage | None = "fp16" if fp16 else "bf16" if bf16 else None
     every, per_task = branch_numbers(branch_layers) if branch_layers is not None else (None, {})
+    student = any(x is not None for x in (trunk_layers, branch_layers, ffn_width, attention_heads))
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
     if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
         raise FinechainError("no texts in the file", file=texts_file, fix="give a file with a text per line, or drop --texts")
@@ -608,8 +613,9 @@ def compress(
         branch_layers=every,
         task_branch_layers=per_task,
         ffn_width=ffn_width,
+        attention_heads=attention_heads,
         texts=texts,
-        int8=int8 if int8 is not None else static or (trunk_layers is None and branch_layers is None and ffn_width is None and not storage),
+        int8=int8 if int8 is not None else static or (not student and not storage),
         static=static,
         storage=storage,
         overwrite=overwrite,
@@ -666,7 +672,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     if is_exported(chain_dir):
         _exported_info(chain_dir)
         return
-    from finechain.model.manifest import read_manifest, task_versions
+    from finechain.model.manifest import narrowing, read_manifest, task_versions
 
     manifest = read_manifest(chain_dir)
     bb = manifest.backbone
@@ -677,7 +683,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
     if manifest.compression is not None:
         teacher_layers = len(manifest.compression.get("teacher", {}).get("layers", [])) or "?"
-        narrowed = f", {manifest.ffn_width} feed-forward neurons per layer" if manifest.ffn_width else ""
+        narrowed = narrowing(manifest.ffn_width, manifest.attention_heads)
         kept = "every backbone layer" if manifest.layers is None else f"backbone layers {manifest.layers}"  # --ffn-width alone
         out.print(f"student: {kept} of the teacher's {teacher_layers}{narrowed}, distilled")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)

@@ -36,6 +36,7 @@ def compress_chain(
     branch_layers: int | None = None,
     task_branch_layers: Mapping[str, int] | None = None,
     ffn_width: float | None = None,
+    attention_heads: int | None = None,
     texts: list[str] | None = None,
     int8: bool = True,
     static: bool = False,
@@ -45,7 +46,8 @@ def compress_chain(
     **distil_options: Any,
 ) -> Compressed:
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
-    ``task_branch_layers``, which win) and/or ``ffn_width`` (the share of each layer's feed-forward neurons kept) a
+    ``task_branch_layers``, which win) and/or ``ffn_width`` (the share of each layer's feed-forward neurons kept) and/or
+    ``attention_heads`` (how many of each layer's attention heads are kept) a
     distilled student chain (a chain folder, or with ``int8`` / ``storage`` its export with int8 weights / its float
     weights stored as ``"fp16"`` or ``"bf16"``; branch layers alone keep every trunk layer, a task left out of both
     keeps its branch), else the export of ``source`` with int8 weights and/or half-size storage. With ``static`` the
@@ -57,13 +59,15 @@ def compress_chain(
         >>> lean = {"trunk_layers": 3, "branch_layers": 0, "task_branch_layers": {"intent": 1}}
         >>> compress_chain(Path("my-chain"), Path("my-chain-lean"), **lean)  # doctest: +SKIP
         >>> compress_chain(Path("my-chain"), Path("my-chain-narrow"), trunk_layers=3, branch_layers=1, ffn_width=0.75)  # doctest: +SKIP
+        >>> compress_chain(Path("my-chain"), Path("my-chain-heads"), trunk_layers=3, branch_layers=1, attention_heads=10)  # doctest: +SKIP
     """
     if static and not int8:
         raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
-    if trunk_layers is None and branch_layers is None and not task_branch_layers and ffn_width is None:
+    if trunk_layers is None and branch_layers is None and not task_branch_layers and ffn_width is None and attention_heads is None:
         if not int8 and storage is None:
             raise FinechainError(
-                "nothing to do", fix="pass --int8, --fp16, --bf16, --trunk-layers N, --branch-layers N and/or --ffn-width SHARE"
+                "nothing to do",
+                fix="pass --int8, --fp16, --bf16, --trunk-layers N, --branch-layers N, --ffn-width SHARE and/or --attention-heads N",
             )
         manifest = _weights(source, out, int8=int8, static=static, storage=storage, overwrite=overwrite, texts=texts)
         rows = [{"task": name, "largest output change": f"{entry.max_abs_diff:.2g}"} for name, entry in manifest.tasks.items()]
@@ -79,7 +83,14 @@ def compress_chain(
     trunk = teacher.split if trunk_layers is None else trunk_layers  # branch layers alone: the whole trunk is kept
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
     student = teacher.distil(
-        trunk, branch, task_branch_layers=task_branch_layers, texts=texts or (), ffn_width=ffn_width, progress=progress, **distil_options
+        trunk,
+        branch,
+        task_branch_layers=task_branch_layers,
+        texts=texts or (),
+        ffn_width=ffn_width,
+        attention_heads=attention_heads,
+        progress=progress,
+        **distil_options,
     )
     compression = student.model.compression or {}
     kept = compression["branch_layers_kept"]  # per task
@@ -89,6 +100,7 @@ def compress_chain(
         f"student: trunk layers {compression['trunk_layers_kept']} of {teacher.split}, "
         f"branch layers {branches} of {teacher.num_layers - teacher.split}"
         + (f", feed-forward neurons {width['kept']} of {width['of']} per layer" if (width := compression.get("ffn_width")) else "")
+        + (f", attention heads {heads['kept']} of {heads['of']} per layer" if (heads := compression.get("attention_heads")) else "")
         + ", distilled"
     ]
     rows = []

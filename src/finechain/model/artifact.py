@@ -104,13 +104,13 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
                 fix="restore the file, or compress the teacher again",
             )
         keep_layers(encoder, manifest.layers)
-    if manifest.ffn_width is not None:
+    if manifest.ffn_width is not None or manifest.attention_heads is not None:
         try:
-            narrow_encoder(encoder, manifest.ffn_width)
+            narrow_encoder(encoder, manifest.ffn_width, manifest.attention_heads)
         except ValueError as error:
             raise ArtifactError(str(error), file=directory / MANIFEST, fix="restore the file, or compress the teacher again") from None
     model = ChainModel(encoder, load_tokenizer(path), ref, path, manifest.split, manifest.max_length, manifest.layers)
-    model.compression, model.ffn_width = manifest.compression, manifest.ffn_width
+    model.compression, model.ffn_width, model.attention_heads = manifest.compression, manifest.ffn_width, manifest.attention_heads
     if manifest.trunk is not None:
         state = load_tensors(trunk_file(directory, manifest.trunk))
         try:
@@ -193,6 +193,7 @@ def save_chain(
         layers=model.layer_ids if model.layer_ids != list(range(model.num_layers)) else None,
         compression=model.compression,
         ffn_width=model.ffn_width,
+        attention_heads=model.attention_heads,
         tasks={name: task_entry(task, records.get(name), folders.get(name)) for name, task in model.tasks.items()},
         flows=flows or [],
     )

@@ -89,6 +89,7 @@ class ChainModel(nn.Module):
         self.trunk_tuned = False  # the trunk's layers were trained (joint sharing) and are saved with the chain
         self.compression: dict[str, Any] | None = None  # how a student chain was made (model.student), for the manifest
         self.ffn_width: int | None = None  # a narrowed student's feed-forward neurons per layer (None: the backbone's)
+        self.attention_heads: int | None = None  # a pruned student's attention heads per layer (None: the backbone's)
 
     @classmethod
     def from_backbone(

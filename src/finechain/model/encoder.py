@@ -1,5 +1,5 @@
 """Load a backbone's encoder (PyTorch), after :func:`~finechain.model.backbone.inspect_backbone` checked its folder, and
-cut it to a student chain's shape: fewer layers, fewer feed-forward neurons per layer."""
+cut it to a student chain's shape: fewer layers, fewer feed-forward neurons and attention heads per layer."""
 
 from __future__ import annotations
 
@@ -89,18 +89,99 @@ def keep_neurons(layer: nn.Module, neurons: torch.Tensor) -> None:
         768
     """
     into, out = feed_forward(layer)
-    narrow_in = nn.Linear(into.in_features, len(neurons), bias=into.bias is not None, device=into.weight.device, dtype=into.weight.dtype)
-    narrow_out = nn.Linear(len(neurons), out.out_features, bias=out.bias is not None, device=out.weight.device, dtype=out.weight.dtype)
+    layer.intermediate.dense, layer.output.dense = sliced(into, rows=neurons), sliced(out, columns=neurons)
+
+
+def sliced(linear: nn.Linear, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
+    """A copy of ``linear`` with only the output ``rows`` (and their biases) and/or the input ``columns`` given
+    (indices, in this order), trainable as the original was.
+
+    Example:
+        >>> sliced(nn.Linear(4, 3), rows=torch.tensor([0, 2])).weight.shape
+        torch.Size([2, 4])
+        >>> sliced(nn.Linear(4, 3), columns=torch.tensor([1])).in_features
+        1
+    """
+    weight = linear.weight.detach()
+    weight = weight if rows is None else weight[rows]
+    weight = weight if columns is None else weight[:, columns]
+    bias = linear.bias
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        narrow_in.weight.copy_(into.weight[neurons])
-        if into.bias is not None:
-            narrow_in.bias.copy_(into.bias[neurons])
-        narrow_out.weight.copy_(out.weight[:, neurons])
-        if out.bias is not None:
-            narrow_out.bias.copy_(out.bias)
-    narrow_in.requires_grad_(into.weight.requires_grad)
-    narrow_out.requires_grad_(out.weight.requires_grad)
-    layer.intermediate.dense, layer.output.dense = narrow_in, narrow_out
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias if rows is None else bias[rows])
+    return new.requires_grad_(linear.weight.requires_grad)
+
+
+def attention_heads(layer: nn.Module) -> tuple[nn.Module, list[nn.Linear], nn.Linear]:
+    """An encoder layer's self-attention (which counts its heads), its query, key and value projections and the linear
+    layer out of the heads (BERT, RoBERTa, ELECTRA, MiniLM and XLM-R name them ``attention.self.query`` ... and
+    ``attention.output.dense``).
+
+    Example:
+        >>> attention, (query, key, value), out = attention_heads(encoder.encoder.layer[0])  # doctest: +SKIP
+        >>> attention.num_attention_heads * attention.attention_head_size == out.in_features  # doctest: +SKIP
+        True
+    """
+    attention = getattr(getattr(layer, "attention", None), "self", None)
+    projections = [getattr(attention, name, None) for name in ("query", "key", "value")]
+    out = getattr(getattr(getattr(layer, "attention", None), "output", None), "dense", None)
+    width = getattr(attention, "num_attention_heads", 0) * getattr(attention, "attention_head_size", 0)
+    if not all(isinstance(x, nn.Linear) and x.out_features == width for x in projections) or not isinstance(out, nn.Linear) or not width:
+        raise ArtifactError(
+            f"a {type(layer).__name__} has no attention heads (attention.self.query/key/value, attention.output.dense) to prune",
+            fix="use a BERT-style encoder (BERT, RoBERTa, ELECTRA, MiniLM, XLM-R), or keep every attention head",
+        )
+    return attention, projections, out  # type: ignore[return-value]
+
+
+def keep_heads(layer: nn.Module, heads: torch.Tensor) -> None:
+    """Keep only the attention ``heads`` (indices, in this order) of an encoder layer: the query, key and value
+    projections lose the other heads' rows, the output layer their columns. The layer computes what it did with the
+    other heads' outputs set to zero. The encoder's config keeps the backbone's head count (a head's size comes from
+    it); the layer's own count follows.
+
+    Example:
+        >>> keep_heads(layer, torch.tensor([0, 2, 3]))  # doctest: +SKIP
+        >>> layer.attention.self.num_attention_heads  # doctest: +SKIP
+        3
+    """
+    attention, projections, out = attention_heads(layer)
+    size = attention.attention_head_size
+    columns = (heads[:, None] * size + torch.arange(size, device=heads.device)).flatten()
+    attention.query, attention.key, attention.value = (sliced(x, rows=columns) for x in projections)
+    layer.attention.output.dense = sliced(out, columns=columns)
+    attention.num_attention_heads, attention.all_head_size = len(heads), len(columns)
+
+
+def head_scores(layer: nn.Module, activity: torch.Tensor | None = None) -> torch.Tensor:
+    """How much each attention head of ``layer`` adds to its output: the mean size of what it adds per token over
+    some texts (``activity``), or without it the size of its value weights times that of its output weights.
+
+    Example:
+        >>> head_scores(layer).shape  # doctest: +SKIP
+        torch.Size([12])
+    """
+    attention, (_, _, value), out = attention_heads(layer)
+    if activity is not None:
+        return activity.float()
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    values = value.weight.detach().float().view(heads, size, -1).flatten(1).norm(dim=1)
+    outs = out.weight.detach().float().view(-1, heads, size).transpose(0, 1).flatten(1).norm(dim=1)
+    return values * outs
+
+
+def narrow_heads(layer: nn.Module, count: int, activity: torch.Tensor | None = None) -> None:
+    """Keep the ``count`` attention heads of ``layer`` that :func:`head_scores` ranks first (in their order).
+
+    Example:
+        >>> narrow_heads(layer, 10)  # doctest: +SKIP
+    """
+    scores = head_scores(layer, activity)
+    if not 1 <= count <= len(scores):
+        raise ValueError(f"{count} attention heads do not fit a layer of {len(scores)}")
+    keep_heads(layer, scores.topk(count).indices.sort().values)
 
 
 def neuron_scores(layer: nn.Module, activity: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,15 +210,20 @@ def narrow_layer(layer: nn.Module, width: int, activity: torch.Tensor | None = N
     keep_neurons(layer, scores.topk(width).indices.sort().values)
 
 
-def narrow_encoder(encoder: nn.Module, width: int) -> None:
-    """Every layer of ``encoder`` narrowed to ``width`` feed-forward neurons (chosen by weights alone, so the same
-    backbone always gives the same layers); the config follows. A narrowed student's saved weights then fit.
+def narrow_encoder(encoder: nn.Module, width: int | None = None, heads: int | None = None) -> None:
+    """Every layer of ``encoder`` narrowed to ``width`` feed-forward neurons and/or ``heads`` attention heads (chosen
+    by weights alone, so the same backbone always gives the same layers); the config follows the width. A narrowed
+    student's saved weights then fit.
 
     Example:
-        >>> narrow_encoder(encoder, 1152)  # doctest: +SKIP
-        >>> encoder.config.intermediate_size  # doctest: +SKIP
-        1152
+        >>> narrow_encoder(encoder, 1152, heads=10)  # doctest: +SKIP
+        >>> encoder.config.intermediate_size, encoder.encoder.layer[0].attention.self.num_attention_heads  # doctest: +SKIP
+        (1152, 10)
     """
     for layer in encoder.encoder.layer:
-        narrow_layer(layer, width)
-    encoder.config.intermediate_size = width
+        if width is not None:
+            narrow_layer(layer, width)
+        if heads is not None:
+            narrow_heads(layer, heads)
+    if width is not None:
+        encoder.config.intermediate_size = width

@@ -129,6 +129,17 @@ class TrunkEntry(_Entry):
         return file
 
 
+def narrowing(ffn_width: int | None, attention_heads: int | None) -> str:
+    """How a student's layers were narrowed, as words to follow its layers (empty when they were not).
+
+    Example:
+        >>> narrowing(1344, 10), narrowing(1344, None), narrowing(None, None)
+        (', 1344 feed-forward neurons and 10 attention heads per layer', ', 1344 feed-forward neurons per layer', '')
+    """
+    parts = [f"{ffn_width} feed-forward neurons"] * bool(ffn_width) + [f"{attention_heads} attention heads"] * bool(attention_heads)
+    return f", {' and '.join(parts)} per layer" if parts else ""
+
+
 class Manifest(_Entry):
     """``finechain.json``: everything needed to rebuild a chain around its weight files."""
 
@@ -143,6 +154,7 @@ class Manifest(_Entry):
     layers: list[int] | None = None  # the backbone layers kept, in order (a student chain); None: all of them
     compression: dict[str, Any] | None = None  # how a student chain was made from its teacher (layers, distillation)
     ffn_width: int | None = Field(None, ge=1)  # a narrowed student's feed-forward neurons per layer; None: the backbone's
+    attention_heads: int | None = Field(None, ge=1)  # a pruned student's attention heads per layer; None: the backbone's
     tasks: dict[str, TaskEntry] = Field(default_factory=dict)
     flows: list[dict[str, Any]] = Field(default_factory=list)  # the chain's flows (finechain.spec.flows.FlowSpec)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -14,10 +15,20 @@ from finechain.branches import branch_mode
 from finechain.data.batching import pad_ids
 from finechain.errors import FinechainError
 from finechain.model.chain_model import ChainModel
-from finechain.model.encoder import feed_forward, keep_layers, load_encoder, narrow_encoder, narrow_layer
+from finechain.model.encoder import attention_heads, feed_forward, keep_layers, load_encoder, narrow_encoder, narrow_heads, narrow_layer
 from finechain.model.task import TaskModel
 
-Activity = Mapping[nn.Module, torch.Tensor]  # a teacher layer -> its feed-forward neurons' mean absolute activation
+
+class LayerActivity(NamedTuple):
+    """How much a teacher layer's parts are used over some texts, per real token: each feed-forward neuron's mean
+    absolute activation (``neurons``) and the mean size of what each attention head adds to the layer's output
+    (``heads``)."""
+
+    neurons: torch.Tensor
+    heads: torch.Tensor
+
+
+Activity = Mapping[nn.Module, LayerActivity]  # a teacher layer -> how much its neurons and heads are used
 
 
 def spread(available: int, keep: int) -> list[int]:
@@ -63,38 +74,76 @@ def check_ffn_share(share: float) -> None:
         )
 
 
-def ffn_activity(teacher: ChainModel, ids: Mapping[str, Sequence[list[int]]], batch_size: int = 32) -> dict[nn.Module, torch.Tensor]:
-    """Each of ``teacher``'s trunk and branch layers' feed-forward neurons' mean absolute activation over the real
-    tokens it reads: ``ids`` maps a task to token-id sequences of its own texts, which run through the trunk and that
-    task's branch (so the trunk is ranked on every task's texts, a branch on its task's). What :func:`student_of`
-    ranks neurons by.
+def head_count(model: ChainModel) -> int:
+    """How many attention heads each of ``model``'s layers has (fewer than its backbone's in a pruned student).
 
     Example:
-        >>> activity = ffn_activity(teacher, {"sentiment": teacher.encode(["a fine film", "dull"])[0]})  # doctest: +SKIP
-        >>> activity[teacher.trunk.stack.layers[0]].shape  # doctest: +SKIP
-        torch.Size([1536])
+        >>> head_count(teacher)  # doctest: +SKIP
+        12
+    """
+    return model.attention_heads or int(model.encoder_config.num_attention_heads)
+
+
+def check_heads(teacher: ChainModel, heads: int) -> None:
+    """A one-line error unless a student layer can keep ``heads`` of ``teacher``'s attention heads per layer.
+
+    Example:
+        >>> check_heads(teacher, 10)  # doctest: +SKIP
+    """
+    if not 1 <= heads <= head_count(teacher):
+        raise FinechainError(
+            f"a student cannot keep {heads} of the teacher's {head_count(teacher)} attention heads per layer",
+            field="attention_heads",
+            fix=f"choose 1..{head_count(teacher)}",
+        )
+
+
+def layer_activity(teacher: ChainModel, ids: Mapping[str, Sequence[list[int]]], batch_size: int = 32) -> dict[nn.Module, LayerActivity]:
+    """Each of ``teacher``'s trunk and branch layers' :class:`LayerActivity` over the real tokens it reads: ``ids``
+    maps a task to token-id sequences of its own texts, which run through the trunk and that task's branch (so the
+    trunk is ranked on every task's texts, a branch on its task's). What :func:`student_of` ranks neurons and heads by.
+
+    Example:
+        >>> activity = layer_activity(teacher, {"sentiment": teacher.encode(["a fine film", "dull"])[0]})  # doctest: +SKIP
+        >>> activity[teacher.trunk.stack.layers[0]].neurons.shape, activity[teacher.trunk.stack.layers[0]].heads.shape  # doctest: +SKIP
+        (torch.Size([1536]), torch.Size([12]))
     """
     unknown = sorted(set(ids) - set(teacher.tasks))
     if unknown:
         raise FinechainError(f"no task '{unknown[0]}' in the teacher to rank neurons for", fix=f"name one of {', '.join(teacher.tasks)}")
     layers = [*teacher.trunk.stack.layers, *(layer for name in ids for layer in teacher.tasks[name].branch.layers)]
-    for layer in layers:
+    for layer in layers:  # the one-line errors naming the layer type (a LoRA-wrapped linear layer is fine)
         if not isinstance(getattr(layer, "intermediate", None), nn.Module):
-            feed_forward(layer)  # the one-line error naming the layer type
-    totals: dict[nn.Module, torch.Tensor] = {}
+            feed_forward(layer)
+        if not hasattr(getattr(getattr(layer, "attention", None), "self", None), "num_attention_heads"):
+            attention_heads(layer)
+    totals: dict[tuple[nn.Module, str], torch.Tensor] = {}
     tokens: dict[nn.Module, int] = {}
     batch: dict[str, torch.Tensor] = {}
 
-    def recorder(layer: nn.Module) -> Callable[..., None]:
+    def add(layer: nn.Module, part: str, per_token: torch.Tensor) -> None:  # [batch, tokens, units] -> sums over real tokens
+        total = (per_token * batch["mask"].unsqueeze(-1).to(per_token.dtype)).sum((0, 1)).float()
+        totals[layer, part] = totals[layer, part] + total if (layer, part) in totals else total
+
+    def neurons(layer: nn.Module) -> Callable[..., None]:
         def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            real = batch["mask"].unsqueeze(-1).to(output.dtype)
-            total = (output.abs() * real).sum((0, 1)).float()
-            totals[layer] = totals[layer] + total if layer in totals else total
+            add(layer, "neurons", output.abs())
             tokens[layer] = tokens.get(layer, 0) + int(batch["mask"].sum())
 
         return record
 
-    handles = [layer.intermediate.register_forward_hook(recorder(layer)) for layer in layers]
+    def heads(layer: nn.Module) -> Callable[..., None]:
+        attention, out = layer.attention.self, layer.attention.output.dense
+
+        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:  # the heads' outputs, side by side
+            per_head = inputs[0].unflatten(-1, (attention.num_attention_heads, attention.attention_head_size))
+            weights = out.weight.unflatten(1, (attention.num_attention_heads, attention.attention_head_size))
+            add(layer, "heads", torch.einsum("bthd,ohd->btho", per_head, weights.to(per_head.dtype)).norm(dim=-1))
+
+        return record
+
+    handles = [layer.intermediate.register_forward_hook(neurons(layer)) for layer in layers]
+    handles += [layer.attention.output.dense.register_forward_pre_hook(heads(layer)) for layer in layers]
     modes = {module: module.training for module in teacher.modules()}  # restored one by one: they differ (frozen parts)
     teacher.eval()
     try:
@@ -109,7 +158,12 @@ def ffn_activity(teacher: ChainModel, ids: Mapping[str, Sequence[list[int]]], ba
             handle.remove()
         for module, training in modes.items():
             module.training = training
-    return {layer: total / max(tokens[layer], 1) for layer, total in totals.items()}
+    count = {layer: max(tokens.get(layer, 0), 1) for layer in layers}
+    return {
+        layer: LayerActivity(totals[layer, "neurons"] / count[layer], totals[layer, "heads"] / count[layer])
+        for layer in layers
+        if (layer, "neurons") in totals
+    }
 
 
 def student_of(
@@ -119,22 +173,26 @@ def student_of(
     task_branch_layers: Mapping[str, int] | None = None,
     ffn_width: int | None = None,
     activity: Activity | None = None,
+    heads: int | None = None,
 ) -> ChainModel:
     """A student of ``teacher`` with ``trunk_layers`` trunk layers and ``branch_layers`` layers per task branch (or,
     for the tasks named in ``task_branch_layers``, their own number: a task that needs a layer of its own keeps it,
     an easy one reads the student trunk directly), each copied from the teacher's layer at the same relative depth
     (:func:`spread`); heads are copied, LoRA branches merged. The student's trunk is its own (saved with it), so it
     counts as tuned; ``compression`` records the layers kept. With ``ffn_width`` every student layer keeps that many
-    feed-forward neurons: those its teacher layer's :func:`ffn_activity` (``activity``) ranks first, or without it
-    those with the largest weights.
+    feed-forward neurons, with ``heads`` that many attention heads: those its teacher layer's :func:`layer_activity`
+    (``activity``) ranks first, or without it those with the largest weights.
 
     Example:
         >>> student = student_of(teacher, trunk_layers=3, branch_layers=1)  # doctest: +SKIP
         >>> student.layer_ids  # doctest: +SKIP
         [0, 2, 3, 5]
         >>> student = student_of(teacher, 3, 0, task_branch_layers={"intent": 1})  # doctest: +SKIP
-        >>> narrow = student_of(teacher, 3, 1, ffn_width=1152, activity=ffn_activity(teacher, {"sentiment": ids}))  # doctest: +SKIP
+        >>> narrow = student_of(teacher, 3, 1, ffn_width=1152, activity=layer_activity(teacher, {"sentiment": ids}))  # doctest: +SKIP
+        >>> fewer_heads = student_of(teacher, 3, 1, heads=10)  # doctest: +SKIP
     """
+    if heads is not None:
+        check_heads(teacher, heads)
     branch_depth = teacher.num_layers - teacher.split
     if teacher.split == 0 and trunk_layers != 0:
         raise FinechainError(
@@ -156,11 +214,11 @@ def student_of(
     encoder = load_encoder(teacher.backbone_path)
     keep_layers(encoder, layer_ids)
     width = ffn_width if ffn_width is not None else teacher.ffn_width
-    if width is not None:  # the templates of new branches by weights, as loading the student will narrow them
-        narrow_encoder(encoder, width)
+    kept_heads = heads if heads is not None else teacher.attention_heads
+    narrow_encoder(encoder, width, kept_heads)  # the templates of new branches by weights, as loading the student will narrow them
     student = ChainModel(encoder, teacher.tokenizer, teacher.backbone, teacher.backbone_path, trunk_layers, teacher.max_length, layer_ids)
-    student.ffn_width = width
-    narrowed = _narrower(ffn_width, activity or {})
+    student.ffn_width, student.attention_heads = width, kept_heads
+    narrowed = _narrower(ffn_width, heads, activity or {})
     for mine, theirs in zip(student.trunk.stack.layers, (teacher.trunk.stack.layers[i] for i in trunk_kept), strict=True):
         mine.load_state_dict(narrowed(theirs).state_dict())
     student.trunk_tuned = True
@@ -170,6 +228,8 @@ def student_of(
         "trunk_layers_kept": trunk_kept,
         "branch_layers_kept": kept,
     } | ({"ffn_width": {"kept": ffn_width, "of": teacher.encoder_config.intermediate_size}} if ffn_width else {})
+    if heads:
+        student.compression["attention_heads"] = {"kept": heads, "of": head_count(teacher)}
     for name, task in teacher.tasks.items():
         tail = copy.deepcopy(task)
         tail.merge_adapters()
@@ -185,16 +245,20 @@ def student_of(
     return student.to(teacher.device)
 
 
-def _narrower(width: int | None, activity: Activity) -> Callable[..., nn.Module]:
+def _narrower(width: int | None, heads: int | None, activity: Activity) -> Callable[..., nn.Module]:
     """``narrowed(layer, teacher_layer=layer)``: ``layer`` (a copy when it is the teacher's own) with ``width``
-    feed-forward neurons, ranked by ``teacher_layer``'s activity; the layer itself when ``width`` is None."""
+    feed-forward neurons and ``heads`` attention heads, ranked by ``teacher_layer``'s activity; the layer itself when
+    both are None."""
 
     def narrowed(layer: nn.Module, teacher_layer: nn.Module | None = None) -> nn.Module:
-        if width is None:
+        if width is None and heads is None:
             return layer
-        source = layer if teacher_layer is None else teacher_layer
+        used = activity.get(layer if teacher_layer is None else teacher_layer)
         layer = copy.deepcopy(layer) if teacher_layer is None else layer
-        narrow_layer(layer, width, activity.get(source))
+        if width is not None:
+            narrow_layer(layer, width, None if used is None else used.neurons)
+        if heads is not None:
+            narrow_heads(layer, heads, None if used is None else used.heads)
         return layer
 
     return narrowed
