@@ -595,14 +595,14 @@ def compress(
     quantization, or with --static NNCF's calibrated quantization for OpenVINO; an exported folder); and/or fp16 or
     bf16 storage of the exported weights (--fp16, --bf16). The manifest records each step."""
     from finechain.data.readers import read_texts
-    from finechain.export.compression import compress_chain
+    from finechain.export.compression import compress_chain, student_asked
     from finechain.export.half import Storage
 
     if fp16 and bf16:
         raise FinechainError("--fp16 and --bf16 are two ways to store the same weights", fix="choose one of them")
     storage: Storage | None = "fp16" if fp16 else "bf16" if bf16 else None
     every, per_task = branch_numbers(branch_layers) if branch_layers is not None else (None, {})
-    student = any(x is not None for x in (trunk_layers, branch_layers, ffn_width, attention_heads))
+    student = student_asked(trunk_layers, every, per_task, ffn_width, attention_heads)
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
     if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
         raise FinechainError("no texts in the file", file=texts_file, fix="give a file with a text per line, or drop --texts")

@@ -28,6 +28,23 @@ class Compressed:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+def student_asked(
+    trunk_layers: int | None,
+    branch_layers: int | None,
+    task_branch_layers: Mapping[str, int] | None,
+    ffn_width: float | None,
+    attention_heads: int | None,
+) -> bool:
+    """Whether :func:`compress_chain`'s options ask for a distilled student (fewer layers, neurons or heads), rather
+    than for the chain's own weights in int8 or half-size storage.
+
+    Example:
+        >>> student_asked(None, None, {}, None, None), student_asked(None, None, None, None, 10)
+        (False, True)
+    """
+    return any(x is not None for x in (trunk_layers, branch_layers, ffn_width, attention_heads)) or bool(task_branch_layers)
+
+
 def compress_chain(
     source: Path,
     out: Path,
@@ -63,7 +80,7 @@ def compress_chain(
     """
     if static and not int8:
         raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
-    if trunk_layers is None and branch_layers is None and not task_branch_layers and ffn_width is None and attention_heads is None:
+    if not student_asked(trunk_layers, branch_layers, task_branch_layers, ffn_width, attention_heads):
         if not int8 and storage is None:
             raise FinechainError(
                 "nothing to do",

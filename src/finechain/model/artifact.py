@@ -104,11 +104,10 @@ def load_chain(directory: str | Path, backbone_path: str | Path | None = None) -
                 fix="restore the file, or compress the teacher again",
             )
         keep_layers(encoder, manifest.layers)
-    if manifest.ffn_width is not None or manifest.attention_heads is not None:
-        try:
-            narrow_encoder(encoder, manifest.ffn_width, manifest.attention_heads)
-        except ValueError as error:
-            raise ArtifactError(str(error), file=directory / MANIFEST, fix="restore the file, or compress the teacher again") from None
+    try:  # a narrowed or pruned student's layers (nothing to do for others)
+        narrow_encoder(encoder, manifest.ffn_width, manifest.attention_heads)
+    except ValueError as error:
+        raise ArtifactError(str(error), file=directory / MANIFEST, fix="restore the file, or compress the teacher again") from None
     model = ChainModel(encoder, load_tokenizer(path), ref, path, manifest.split, manifest.max_length, manifest.layers)
     model.compression, model.ffn_width, model.attention_heads = manifest.compression, manifest.ffn_width, manifest.attention_heads
     if manifest.trunk is not None:
