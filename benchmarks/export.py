@@ -44,7 +44,9 @@ from finechain.inference.exported import ExportedChain
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
 
-STUDENT = re.compile(r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?(?:f(\d*\.\d+|1))?(?:a(\d+))?(?:e(\d+))?")
+STUDENT = re.compile(
+    r"(\d+)\+(\d+(?:/\d+)*)(?:h(\d+(?:\.\d*)?))?(?:u(\d+))?(?:f((?:\d*\.\d+|1)(?:/(?:\d*\.\d+|1))*))?(?:a(\d+))?(?:e(\d+))?"
+)
 
 
 class Shape(NamedTuple):
@@ -57,6 +59,7 @@ class Shape(NamedTuple):
     ffn: float | None = None  # share of the feed-forward neurons kept
     epochs: int | None = None  # distillation epochs (None: the chain's)
     heads: int | None = None  # attention heads kept per layer (None: all)
+    task_ffn: dict[str, float] | None = None  # per task, the share its branch keeps (None: the trunk's)
 
 
 def student_shape(shape: str) -> Shape:
@@ -65,15 +68,18 @@ def student_shape(shape: str) -> Shape:
     layers per task, in the order of the chain's tasks (SST-2, AG News, Banking77, CoNLL-2003); ``"3+1f0.75"``: each
     layer keeps three quarters of its feed-forward neurons (``finechain compress --ffn-width 0.75``); ``"3+1e6"``:
     distilled for 6 epochs (``--epochs 6``) instead of the chain's; ``"3+1a10"``: each layer keeps its 10 most used
-    attention heads (``--attention-heads 10``).
+    attention heads (``--attention-heads 10``); ``"3+1f0.875/0.875/0.5/0.5/0.75"``: the trunk keeps seven eighths of its
+    neurons, each task's branch (in the order above) its own share (``--ffn-width 0.875,agnews=0.5,...``).
 
     Example:
         >>> tuple(student_shape("3+1")), tuple(student_shape("3+1h0.5")), tuple(student_shape("3+1u500f0.75e6"))
-        ((3, 1, 0.0, 0, None, None, None), (3, 1, 0.5, 0, None, None, None), (3, 1, 0.0, 500, 0.75, 6, None))
+        ((3, 1, 0.0, 0, None, None, None, None), (3, 1, 0.5, 0, None, None, None, None), (3, 1, 0.0, 500, 0.75, 6, None, None))
         >>> student_shape("3+1/0/1/0u1000").branch
         {'sst2': 1, 'agnews': 0, 'banking77': 1, 'conll2003': 0}
         >>> student_shape("3+1f0.875a10e6").heads
         10
+        >>> student_shape("3+1f0.875/0.875/0.5/0.5/0.75").task_ffn
+        {'sst2': 0.875, 'agnews': 0.5, 'banking77': 0.5, 'conll2003': 0.75}
     """
     match = STUDENT.fullmatch(shape)
     if match is None:
@@ -83,13 +89,18 @@ def student_shape(shape: str) -> Shape:
     if len(depths) not in (1, len(METRIC)):
         raise ValueError(f"{shape!r}: give one branch depth, or one per task ({'/'.join(METRIC)})")
     per_task = depths[0] if len(depths) == 1 else dict(zip(METRIC, depths, strict=True))
-    share = None if ffn is None else float(ffn)
-    if share is not None and not 0 < share <= 1:
+    shares = [] if ffn is None else [float(x) for x in ffn.split("/")]
+    if len(shares) not in (0, 1, 1 + len(METRIC)):
+        raise ValueError(f"{shape!r}: give one feed-forward share, or the trunk's and one per task ({'/'.join(METRIC)})")
+    if any(not 0 < x <= 1 for x in shares):
         raise ValueError(f"{shape!r}: the feed-forward share must be above 0 and at most 1")
+    share = shares[0] if shares else None
+    task_ffn = dict(zip(METRIC, shares[1:], strict=True)) if len(shares) > 1 else None
     if heads is not None and int(heads) < 1:
         raise ValueError(f"{shape!r}: a student layer keeps at least 1 attention head")
     kept = None if heads is None else int(heads)
-    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, None if epochs is None else int(epochs), kept)
+    rounds = None if epochs is None else int(epochs)
+    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, rounds, kept, task_ffn)
 
 
 def student_name(shape: str) -> str:
@@ -104,6 +115,8 @@ def student_name(shape: str) -> str:
         'student: 3-layer trunk, 1-layer branches, 75% of the feed-forward neurons kept, 6 epochs'
         >>> student_name("3+1f0.875a10e6")
         'student: 3-layer trunk, 1-layer branches, 88% of the feed-forward neurons kept, 10 attention heads per layer, 6 epochs'
+        >>> student_name("3+1f0.875/0.875/0.5/0.5/0.75e6")
+        'student: 3-layer trunk, 1-layer branches, 88% of the feed-forward neurons kept (branches 88%/50%/50%/75%), 6 epochs'
     """
     s = student_shape(shape)
     if isinstance(s.branch, int):
@@ -114,6 +127,7 @@ def student_name(shape: str) -> str:
     name += f", hidden states (weight {s.hidden:g})" if s.hidden else ""
     name += f", {s.unlabelled:,} unlabelled texts per task" if s.unlabelled else ""
     name += f", {s.ffn:.0%} of the feed-forward neurons kept" if s.ffn is not None else ""
+    name += f" (branches {'/'.join(f'{x:.0%}' for x in s.task_ffn.values())})" if s.task_ffn else ""
     name += f", {s.heads} attention heads per layer" if s.heads is not None else ""
     return name + (f", {s.epochs} epochs" if s.epochs is not None else "")
 
@@ -221,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             hidden_weight=cut.hidden,
             ffn_width=cut.ffn,
             attention_heads=cut.heads,
+            task_ffn_width=cut.task_ffn,
             progress=False,
         )
         seconds = time.perf_counter() - started

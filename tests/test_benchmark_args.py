@@ -74,6 +74,13 @@ from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, sm
             " texts, 3+1/0/1/0 with branch layers per task, 3+1f0.75 with three quarters of the feed-forward neurons, 3+1e6 distilled for"
             " 6 epochs, 3+1a10 with 10 attention heads per layer)",
         ),
+        (
+            export.main,
+            ["--students", "3+1f0.875/0.5"],
+            "'3+1f0.875/0.5': give one feed-forward share, or the trunk's and one per task (sst2/agnews/banking77/conll2003) (e.g. 3+1,"
+            " 3+1h1 with hidden states, 3+1u1000 with unlabelled texts, 3+1/0/1/0 with branch layers per task, 3+1f0.75 with three"
+            " quarters of the feed-forward neurons, 3+1e6 distilled for 6 epochs, 3+1a10 with 10 attention heads per layer)",
+        ),
         (export.main, ["--rounds", "0"], "--rounds must be at least 1"),
         (
             snips.main,

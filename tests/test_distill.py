@@ -13,11 +13,11 @@ import torch
 
 from finechain import Chain
 from finechain.data.batching import pad_ids
-from finechain.errors import FinechainError
+from finechain.errors import ArtifactError, FinechainError
 from finechain.export.onnx import export_onnx
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest
-from finechain.model.encoder import attention_heads, feed_forward
+from finechain.model.encoder import attention_heads, feed_forward, layer_shape
 from finechain.model.losses import SOFT_LOSSES
 from finechain.model.student import layer_activity, student_of
 from finechain.train.objectives import Distillation, StepInputs
@@ -239,6 +239,77 @@ def test_a_narrowed_student_saves_loads_exports_and_is_narrowed_again(teacher: t
         chain.distil(1, 1, data=data, training=TRAINING, ffn_width=0.0, progress=False)
 
 
+def test_a_student_narrows_the_branches_it_is_told_to_further_than_its_trunk(teacher: tuple[Chain, dict], tmp_path: Path) -> None:
+    """Per task: a branch keeps fewer neurons and heads than the trunk (the ones its own teacher layer uses most), the
+    manifest says so per task, loading, export and the exported runner follow; a branch wider than the trunk, or a
+    task the teacher lacks, is a one-line error; a manifest whose branch does not fit its layers names the file."""
+    chain, data = teacher
+    ids = chain.model.encode(TEXTS)[0]
+    used = layer_activity(chain.model, {"sent": ids[:2], "ner": ids[2:]})
+    student = student_of(chain.model, 1, 1, ffn_width=48, activity=used, task_ffn_width={"ner": 16}, task_heads={"ner": 2})
+    theirs = chain.model.tasks["ner"].branch.layers[1]
+    ranked = (used[theirs].neurons * feed_forward(theirs)[1].weight.detach().norm(dim=0)).topk(16).indices.sort().values
+    assert feed_forward(student.tasks["ner"].branch.layers[0])[0].weight.equal(feed_forward(theirs)[0].weight[ranked])
+    size = attention_heads(theirs)[0].attention_head_size  # head h's value rows: h * size .. (h + 1) * size - 1
+    rows = (used[theirs].heads.topk(2).indices.sort().values[:, None] * size + torch.arange(size)).flatten()
+    assert attention_heads(student.tasks["ner"].branch.layers[0])[1][2].weight.equal(attention_heads(theirs)[1][2].weight[rows])
+    assert [layer_shape(layer) for layer in (*student.trunk.stack.layers, *student.tasks["sent"].branch.layers)] == [(48, 4), (48, 4)]
+    assert student.compression["branches"] == {"ner": {"ffn_width": 16, "attention_heads": 2}}
+
+    small = chain.distil(
+        1,
+        1,
+        data=data,
+        training=TRAINING,
+        epochs=1,
+        ffn_width=0.75,
+        task_ffn_width={"ner": 0.25},
+        task_attention_heads={"ner": 2},
+        progress=False,
+    )
+    assert layer_shape(small.model.tasks["ner"].branch.layers[0]) == (16, 2) and layer_shape(
+        small.model.tasks["sent"].branch.layers[0]
+    ) == (48, 4)
+    folder = small.save_pretrained(tmp_path / "student")
+    tasks = json.loads((folder / "finechain.json").read_text())["tasks"]
+    assert (tasks["ner"]["ffn_width"], tasks["ner"]["attention_heads"], tasks["sent"]["ffn_width"], tasks["sent"]["attention_heads"]) == (
+        16,
+        2,
+        None,
+        None,
+    )
+    loaded = Chain.from_pretrained(folder)
+    assert layer_shape(loaded.model.tasks["ner"].branch.layers[0]) == (16, 2) and loaded.predict(TEXTS) == small.predict(TEXTS)
+    exported = export_onnx(folder, tmp_path / "onnx")
+    assert exported.steps[0] == (
+        "student: backbone layers [1, 3], 48 feed-forward neurons per layer; branches narrower: ner 16 feed-forward neurons and 2"
+        " attention heads, distilled"
+    )
+    ours = Engine(ExportedChain(tmp_path / "onnx")).predict(TEXTS)
+    assert [p["ner"].to_dict()["tags"] for p in ours] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
+    again = loaded.distil(1, 1, data=data, training=TRAINING, epochs=1, ffn_width=1.0, progress=False)  # the narrower branch stays so
+    assert layer_shape(again.model.tasks["ner"].branch.layers[0]) == (16, 2) and again.model.ffn_width == 48
+    assert again.model.compression["branches"] == {"ner": {"ffn_width": 16, "attention_heads": 2}}
+
+    for options, message in (
+        (
+            {"ffn_width": 0.5, "task_ffn_width": {"ner": 0.75}},
+            "task 'ner': a branch of 48 feed-forward neurons per layer does not fit the student's layers of 32",
+        ),
+        ({"task_attention_heads": {"ner": 5}}, "cannot keep 5 of the teacher's 4 attention heads"),
+        ({"task_ffn_width": {"nerd": 0.5}}, "no task 'nerd' in the teacher to narrow"),
+        ({"task_ffn_width": {"ner": 0.0}}, "feed-forward width of 0 is not a share"),
+    ):
+        with pytest.raises(FinechainError, match=re.escape(message)):
+            chain.distil(1, 1, data=data, training=TRAINING, progress=False, **options)
+    manifest = json.loads((folder / "finechain.json").read_text())
+    manifest["tasks"]["ner"]["ffn_width"] = 64  # wider than the layers it starts from
+    (folder / "finechain.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"task 'ner': a feed-forward width of 64 does not fit a layer of 48 neurons") as error:
+        Chain.from_pretrained(folder)
+    assert "finechain.json" in str(error.value)
+
+
 def test_a_lora_teacher_is_narrowed_and_a_lora_task_added_to_the_narrowed_student_roundtrips(tiny_backbone: Path, tmp_path: Path) -> None:
     """A LoRA branch is merged, then narrowed; a LoRA task trained later on the narrowed student adapts the narrowed
     templates (the backbone's upper layers, narrowed by weight), which loading rebuilds the same way."""
@@ -372,22 +443,24 @@ def test_cli_compress_with_branch_layers_per_task(
         "--out",
         str(tmp_path / "w"),
         "--ffn-width",
-        "0.75",
+        "0.75,ner=0.25",
         "--attention-heads",
-        "3",
+        "3, ner=2",
         "--epochs",
         "1",
         "-q",
     ]
     code, out, err = cli(narrow, monkeypatch, capsys)
     words = " ".join(out.split())
-    assert code == 0 and "branch layers [0, 1] of 2, feed-forward neurons 48 of 64 per layer, attention heads 3 of 4 per layer" in words, (
-        err
-    )
+    narrowed = "feed-forward neurons 48 of 64 per layer, attention heads 3 of 4 per layer; branches narrower: ner 16 feed-forward neurons"
+    assert code == 0 and f"branch layers [0, 1] of 2, {narrowed} and 2 attention heads, distilled" in words, err
     code, out, err = cli(["info", str(tmp_path / "w")], monkeypatch, capsys)  # every layer kept, each narrower
     words = " ".join(out.split())
     assert (
-        code == 0 and "student: every backbone layer of the teacher's 4, 48 feed-forward neurons and 3 attention heads per layer" in words
+        code == 0
+        and "student: every backbone layer of the teacher's 4, 48 feed-forward neurons and 3 attention heads per layer; branches"
+        " narrower: ner 16 feed-forward neurons and 2 attention heads, distilled"
+        in words
     ), out
     manifest = json.loads((tmp_path / "s" / "finechain.json").read_text())
     assert {n: t["branch_layers"] for n, t in manifest["tasks"].items()} == {"sent": 0, "ner": 1}
@@ -423,7 +496,27 @@ def test_cli_compress_refuses_what_cannot_work(
             ["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "5"],
             "cannot keep 5 of the teacher's 4 attention heads",
         ),
-        (["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "0"], "Invalid value for '--attention-heads'"),
+        (
+            ["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "0"],
+            "cannot keep 0 of the teacher's 4 attention heads",
+        ),
+        (
+            ["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "2,ner=3"],
+            "task 'ner': a branch of 3 attention heads per layer does not fit the student's layers of 2",
+        ),
+        (
+            ["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "0.75,ner=x"],
+            "'ner=x' is not a share of neurons or TASK=VALUE",
+        ),
+        (
+            ["compress", str(trained), "--out", str(tmp_path / "x"), "--ffn-width", "0.5,ner=1.5"],
+            "feed-forward width of 1.5 is not a share",
+        ),
+        (["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "ner=2,ner=1"], "task 'ner' is given twice"),
+        (
+            ["compress", str(trained), "--out", str(tmp_path / "x"), "--attention-heads", "2.5"],
+            "'2.5' is not a number of heads or TASK=NUMBER",
+        ),
     ]
     for args, message in cases:
         code, _, err = cli(args, monkeypatch, capsys)

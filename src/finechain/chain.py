@@ -379,6 +379,8 @@ class Chain:
         training: TrainingConfig | None = None,
         ffn_width: float | None = None,
         attention_heads: int | None = None,
+        task_ffn_width: Mapping[str, float] | None = None,
+        task_attention_heads: Mapping[str, int] | None = None,
         **options: Any,
     ) -> Chain:
         """A smaller chain trained on this one's outputs: ``trunk_layers`` trunk layers and ``branch_layers`` per task
@@ -387,9 +389,10 @@ class Chain:
         or given as ``data``) and the unlabelled ``texts``. With ``ffn_width`` (a share, 0 < share <= 1) each student
         layer keeps that share of its feed-forward neurons, and with ``attention_heads`` that many of its attention
         heads, those its teacher layer uses most on up to 512 training texts per task (structured pruning, before
-        distillation). ``options`` go to :func:`finechain.train.distill.distill`
-        (``epochs``, ``temperature``, ``hard_weight``, ``hidden_weight``, ``trunk_learning_rate``, ``run_dir``,
-        ``resume``, ``progress``, ``hooks``).
+        distillation); ``task_ffn_width`` and ``task_attention_heads`` narrow the branches of the tasks they name
+        further (a share of the teacher's neurons, a number of heads; at most the trunk's). ``options`` go to
+        :func:`finechain.train.distill.distill` (``epochs``, ``temperature``, ``hard_weight``, ``hidden_weight``,
+        ``trunk_learning_rate``, ``run_dir``, ``resume``, ``progress``, ``hooks``).
 
         Example:
             >>> student = Chain.from_pretrained("my-chain").distil(3, 1)  # doctest: +SKIP
@@ -397,6 +400,7 @@ class Chain:
             >>> lean = Chain.from_pretrained("my-chain").distil(3, 0, task_branch_layers={"intent": 1})  # doctest: +SKIP
             >>> narrow = Chain.from_pretrained("my-chain").distil(3, 1, ffn_width=0.75)  # doctest: +SKIP
             >>> fewer_heads = Chain.from_pretrained("my-chain").distil(3, 1, ffn_width=0.875, attention_heads=10)  # doctest: +SKIP
+            >>> per_task = Chain.from_pretrained("my-chain").distil(3, 1, ffn_width=0.875, task_ffn_width={"intent": 0.5})  # doctest: +SKIP
         """
         from finechain.model.student import check_heads, ffn_neurons, layer_activity, student_of
         from finechain.train.distill import distill
@@ -407,15 +411,32 @@ class Chain:
         first = self.records[specs[0].name].training or {}
         training = training or TrainingConfig(seed=first.get("seed", 13))
         width = None if ffn_width is None else ffn_neurons(self.model, ffn_width)
-        if attention_heads is not None:
-            check_heads(self.model, attention_heads)
+        task_width = {name: ffn_neurons(self.model, share) for name, share in (task_ffn_width or {}).items()}
+        task_heads = dict(task_attention_heads or {})
+        for heads in (attention_heads, *task_heads.values()):
+            if heads is not None:
+                check_heads(self.model, heads)
         activity = None
-        if width is not None or attention_heads is not None:  # each task's branch ranked on its own training texts, the trunk on all
+        if (
+            width is not None or attention_heads is not None or task_width or task_heads
+        ):  # each task's branch ranked on its own training texts, the trunk on all
             rng = random.Random(training.seed)
             own = {spec.name: datas[spec.name].train.texts for spec in specs}
             ids = {name: self.model.encode(rng.sample(rows, min(len(rows), PRUNING_SAMPLE)))[0] for name, rows in own.items()}
             activity = layer_activity(self.model, ids, training.eval_batch_size)
-        student = Chain(student_of(self.model, trunk_layers, branch_layers, task_branch_layers, width, activity, attention_heads))
+        student = Chain(
+            student_of(
+                self.model,
+                trunk_layers,
+                branch_layers,
+                task_branch_layers,
+                width,
+                activity,
+                attention_heads,
+                task_ffn_width=task_width,
+                task_heads=task_heads,
+            )
+        )
         student.flows = {flow.name: flow for flow in rebased(list(self.flows.values()), self.folder, Path.cwd())}  # same tasks
         trunk, results = distill(self.model, student.model, specs, datas, training, texts=texts, **options)
         student.trunk_record = TrunkEntry(**trunk)

@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TextIO, get_args
+from typing import Annotated, Any, TextIO, TypeVar, get_args
 
 import typer
 from rich.console import Console
@@ -16,6 +16,8 @@ from rich.text import Text
 
 from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted, ResourceError
 from finechain.spec import load_chain_spec, load_task_specs
+
+Number = TypeVar("Number", int, float)  # an option value per task (per_task_values)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning chains: one shared trunk, many task tails.")
 # markup off: paths, data and messages print as written (a `[word ...]` in them is text, not a style); styled bits are Text
@@ -563,16 +565,21 @@ def compress(
         ),
     ] = None,
     ffn_width: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             "--ffn-width",
-            metavar="SHARE",
-            help="a student whose layers keep this share of their feed-forward neurons (0.75: the most active three quarters)",
+            metavar="SHARE[,TASK=SHARE]",
+            help="a student whose layers keep this share of their feed-forward neurons (0.75: the most active three quarters); "
+            "a task's branch narrower still: '0.875,intent=0.5'",
         ),
     ] = None,
     attention_heads: Annotated[
-        int | None,
-        typer.Option("--attention-heads", min=1, metavar="N", help="a student whose layers keep their N most used attention heads"),
+        str | None,
+        typer.Option(
+            "--attention-heads",
+            metavar="N[,TASK=M]",
+            help="a student whose layers keep their N most used attention heads; a task's branch fewer still: '12,intent=8'",
+        ),
     ] = None,
     texts_file: Annotated[
         Path | None,
@@ -602,7 +609,10 @@ def compress(
         raise FinechainError("--fp16 and --bf16 are two ways to store the same weights", fix="choose one of them")
     storage: Storage | None = "fp16" if fp16 else "bf16" if bf16 else None
     every, per_task = branch_numbers(branch_layers) if branch_layers is not None else (None, {})
-    student = student_asked(trunk_layers, every, per_task, ffn_width, attention_heads)
+    width, task_width = per_task_values(ffn_width, "--ffn-width", float, "a share of neurons", "0.875,intent=0.5")
+    heads, task_heads = per_task_values(attention_heads, "--attention-heads", int, "a number of heads", "12,intent=8")
+    narrower = {"task_ffn_width": task_width, "task_attention_heads": task_heads}
+    student = student_asked(trunk_layers, every, per_task, width, heads, **narrower)
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
     if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
         raise FinechainError("no texts in the file", file=texts_file, fix="give a file with a text per line, or drop --texts")
@@ -612,8 +622,9 @@ def compress(
         trunk_layers=trunk_layers,
         branch_layers=every,
         task_branch_layers=per_task,
-        ffn_width=ffn_width,
-        attention_heads=attention_heads,
+        ffn_width=width,
+        attention_heads=heads,
+        **narrower,
         texts=texts,
         int8=int8 if int8 is not None else static or (not student and not storage),
         static=static,
@@ -640,27 +651,44 @@ def branch_numbers(text: str) -> tuple[int | None, dict[str, int]]:
         >>> branch_numbers("1"), branch_numbers("0,intent=1, slots=2")
         ((1, {}), (0, {'intent': 1, 'slots': 2}))
     """
-    every: int | None = None
-    per_task: dict[str, int] = {}
+    return per_task_values(text, "--branch-layers", int, "a number of layers", "0,intent=1 (intent keeps 1 layer, the other tasks none)")
+
+
+def per_task_values(
+    text: str | None, option: str, kind: Callable[[str], Number], what: str, example: str
+) -> tuple[Number | None, dict[str, Number]]:
+    """An option's value for every task, ``TASK=VALUE`` pairs, or both, comma-separated (``kind`` int: whole numbers
+    only); ``(None, {})`` when the option was not given.
+
+    Example:
+        >>> per_task_values("0.875,intent=0.5", "--ffn-width", float, "a share", "0.875,intent=0.5")
+        (0.875, {'intent': 0.5})
+        >>> per_task_values(None, "--attention-heads", int, "a number of heads", "12,intent=8")
+        (None, {})
+    """
+    every: Number | None = None
+    per_task: dict[str, Number] = {}
+    if text is None:
+        return every, per_task
     for part in (p.strip() for p in text.split(",")):
-        name, named, number = part.partition("=") if "=" in part else ("", "", part)
-        name = name.strip()
-        if not number.strip().isdecimal() or (named and not name) or (not named and every is not None):
+        name, named, value = (x.strip() for x in part.partition("=")) if "=" in part else ("", "", part)
+        try:
+            number = kind(value) if kind is not int or value.isdecimal() else None
+        except ValueError:
+            number = None
+        if number is None or (named and not name) or (not named and every is not None):
+            unit = "NUMBER" if kind is int else "VALUE"
             raise FinechainError(
-                f"--branch-layers {text!r}: {part!r} is not a number of layers or TASK=NUMBER",
-                field="branch-layers",
-                fix="e.g. --branch-layers 1, or 0,intent=1 (intent keeps 1 layer, the other tasks none)",
+                f"{option} {text!r}: {part!r} is not {what} or TASK={unit}", field=option.lstrip("-"), fix=f"e.g. {option} {example}"
             )
         if named and name in per_task:
             raise FinechainError(
-                f"--branch-layers {text!r}: task {name!r} is given twice",
-                field="branch-layers",
-                fix=f"name {name} once, with the number of branch layers it keeps",
+                f"{option} {text!r}: task {name!r} is given twice", field=option.lstrip("-"), fix=f"name {name} once, with its own value"
             )
         if named:
-            per_task[name] = int(number)
+            per_task[name] = number
         else:
-            every = int(number)
+            every = number
     return every, per_task
 
 
@@ -672,7 +700,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     if is_exported(chain_dir):
         _exported_info(chain_dir)
         return
-    from finechain.model.manifest import narrowing, read_manifest, task_versions
+    from finechain.model.manifest import branch_narrowing, narrowing, read_manifest, task_versions
 
     manifest = read_manifest(chain_dir)
     bb = manifest.backbone
@@ -683,7 +711,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
     out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
     if manifest.compression is not None:
         teacher_layers = len(manifest.compression.get("teacher", {}).get("layers", [])) or "?"
-        narrowed = narrowing(manifest.ffn_width, manifest.attention_heads)
+        narrowed = narrowing(manifest.ffn_width, manifest.attention_heads) + branch_narrowing(manifest.compression.get("branches", {}))
         kept = "every backbone layer" if manifest.layers is None else f"backbone layers {manifest.layers}"  # --ffn-width alone
         out.print(f"student: {kept} of the teacher's {teacher_layers}{narrowed}, distilled")
     table = Table(box=None, pad_edge=False, header_style="bold")  # fits 80 columns (logs, pipes)

@@ -16,6 +16,7 @@ from finechain.errors import FinechainError
 from finechain.export.half import Storage, store_half
 from finechain.inference.exported import ExportManifest, is_exported
 from finechain.io import building_folder, refuse_existing
+from finechain.model.manifest import branch_narrowing
 from finechain.model.student import check_ffn_share
 
 
@@ -34,6 +35,8 @@ def student_asked(
     task_branch_layers: Mapping[str, int] | None,
     ffn_width: float | None,
     attention_heads: int | None,
+    task_ffn_width: Mapping[str, float] | None = None,
+    task_attention_heads: Mapping[str, int] | None = None,
 ) -> bool:
     """Whether :func:`compress_chain`'s options ask for a distilled student (fewer layers, neurons or heads), rather
     than for the chain's own weights in int8 or half-size storage.
@@ -41,8 +44,11 @@ def student_asked(
     Example:
         >>> student_asked(None, None, {}, None, None), student_asked(None, None, None, None, 10)
         (False, True)
+        >>> student_asked(None, None, None, None, None, task_ffn_width={"intent": 0.5})
+        True
     """
-    return any(x is not None for x in (trunk_layers, branch_layers, ffn_width, attention_heads)) or bool(task_branch_layers)
+    given = (trunk_layers, branch_layers, ffn_width, attention_heads)
+    return any(x is not None for x in given) or any(map(bool, (task_branch_layers, task_ffn_width, task_attention_heads)))
 
 
 def compress_chain(
@@ -54,6 +60,8 @@ def compress_chain(
     task_branch_layers: Mapping[str, int] | None = None,
     ffn_width: float | None = None,
     attention_heads: int | None = None,
+    task_ffn_width: Mapping[str, float] | None = None,
+    task_attention_heads: Mapping[str, int] | None = None,
     texts: list[str] | None = None,
     int8: bool = True,
     static: bool = False,
@@ -64,12 +72,13 @@ def compress_chain(
 ) -> Compressed:
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
     ``task_branch_layers``, which win) and/or ``ffn_width`` (the share of each layer's feed-forward neurons kept) and/or
-    ``attention_heads`` (how many of each layer's attention heads are kept) a
-    distilled student chain (a chain folder, or with ``int8`` / ``storage`` its export with int8 weights / its float
-    weights stored as ``"fp16"`` or ``"bf16"``; branch layers alone keep every trunk layer, a task left out of both
-    keeps its branch), else the export of ``source`` with int8 weights and/or half-size storage. With ``static`` the
-    int8 step is static (NNCF, calibrated on ``texts`` or on the tasks' training texts; made for OpenVINO) instead of
-    dynamic (ONNX Runtime). Nothing is left at ``out`` unless every step worked.
+    ``attention_heads`` (how many of each layer's attention heads are kept; per task ``task_ffn_width`` and
+    ``task_attention_heads``, a task's branch narrower than the trunk) a distilled student chain (a chain folder, or
+    with ``int8`` / ``storage`` its export with int8 weights / its float weights stored as ``"fp16"`` or ``"bf16"``;
+    branch layers alone keep every trunk layer, a task left out of both keeps its branch), else the export of ``source``
+    with int8 weights and/or half-size storage. With ``static`` the int8 step is static (NNCF, calibrated on ``texts``
+    or on the tasks' training texts; made for OpenVINO) instead of dynamic (ONNX Runtime). Nothing is left at ``out``
+    unless every step worked.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
@@ -80,7 +89,8 @@ def compress_chain(
     """
     if static and not int8:
         raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
-    if not student_asked(trunk_layers, branch_layers, task_branch_layers, ffn_width, attention_heads):
+    narrower = {"task_ffn_width": task_ffn_width, "task_attention_heads": task_attention_heads}
+    if not student_asked(trunk_layers, branch_layers, task_branch_layers, ffn_width, attention_heads, **narrower):
         if not int8 and storage is None:
             raise FinechainError(
                 "nothing to do",
@@ -93,8 +103,9 @@ def compress_chain(
         raise FinechainError(
             "a student is distilled from a chain folder, not an exported one", file=source, fix="give the chain folder it was exported from"
         )
-    if ffn_width is not None:
-        check_ffn_share(ffn_width)
+    for share in (ffn_width, *(task_ffn_width or {}).values()):
+        if share is not None:
+            check_ffn_share(share)
     refuse_existing(out, overwrite)  # before the teacher is loaded and trained on
     teacher = Chain.from_pretrained(source, device="auto")
     trunk = teacher.split if trunk_layers is None else trunk_layers  # branch layers alone: the whole trunk is kept
@@ -106,6 +117,7 @@ def compress_chain(
         texts=texts or (),
         ffn_width=ffn_width,
         attention_heads=attention_heads,
+        **narrower,
         progress=progress,
         **distil_options,
     )
@@ -118,6 +130,7 @@ def compress_chain(
         f"branch layers {branches} of {teacher.num_layers - teacher.split}"
         + (f", feed-forward neurons {width['kept']} of {width['of']} per layer" if (width := compression.get("ffn_width")) else "")
         + (f", attention heads {heads['kept']} of {heads['of']} per layer" if (heads := compression.get("attention_heads")) else "")
+        + branch_narrowing(compression.get("branches", {}))
         + ", distilled"
     ]
     rows = []

@@ -50,7 +50,7 @@ from finechain.inference.exported import (
     task_graph,
 )
 from finechain.io import building_folder, write_json
-from finechain.model.manifest import narrowing
+from finechain.model.manifest import branch_narrowing, narrowing
 from finechain.model.packing import Packing
 from finechain.spec.flows import rebased_json
 
@@ -187,9 +187,8 @@ def export_onnx(
                 entries[name].graph = task_graph(name)
                 entries[name].inputs = trunk_outputs if model.tasks[name].needs_trunk_states else trunk_outputs[-1:]
         student = model.compression
-        steps = (
-            [f"student: backbone layers {model.layer_ids}{narrowing(model.ffn_width, model.attention_heads)}, distilled"] if student else []
-        )
+        narrowed = narrowing(model.ffn_width, model.attention_heads) + branch_narrowing((student or {}).get("branches", {}))
+        steps = [f"student: backbone layers {model.layer_ids}{narrowed}, distilled"] if student else []
         layout = ", a graph per task" if per_task else ", packed rows" if packed else ""
         steps += ["export: onnx" + layout + (", sentence embeddings" if embeddings else "")]
         steps += [f"merge LoRA: {name}" for name in merged if name in names]

@@ -16,7 +16,7 @@ from finechain.heads import head_type
 from finechain.io import read_text_file, write_json
 from finechain.model.backbone import BackboneRef, load_tokenizer, locate_backbone
 from finechain.model.chain_model import ChainModel
-from finechain.model.encoder import keep_layers, load_encoder, narrow_encoder
+from finechain.model.encoder import keep_layers, load_encoder, narrow, narrow_encoder
 from finechain.model.manifest import (
     BACKBONE_DIR,
     BRANCH_FILE,
@@ -44,9 +44,13 @@ from finechain.model.weights import load_tensors, save_tensors
 from finechain.version import __version__
 
 
-def task_entry(task: TaskModel, record: TaskRecord | None = None, folder: str | None = None) -> TaskEntry:
-    """The manifest entry of a task tail (and its training record), its files in ``folder`` (None: ``tasks/<name>``)."""
+def task_entry(
+    task: TaskModel, record: TaskRecord | None = None, folder: str | None = None, narrower: dict[str, int | None] | None = None
+) -> TaskEntry:
+    """The manifest entry of a task tail (and its training record), its files in ``folder`` (None: ``tasks/<name>``);
+    ``narrower``: its branch's feed-forward neurons and attention heads where narrower than the chain's layers."""
     return TaskEntry(
+        **(narrower or {}),
         folder=folder,
         **(record or TaskRecord()).model_dump(),
         head=HeadEntry(type=task.head.type_name, **task.head.config()),
@@ -72,7 +76,13 @@ def load_task(model: ChainModel, directory: Path, entry: TaskEntry, name: str) -
             file=directory.parent.parent / MANIFEST,
             fix="retrain the task",
         )
-    task = TaskModel(head, model.fresh_branch(entry.branch_layers), model.encoder_config, mode, model.split + entry.branch_layers + 1)
+    layers = model.fresh_branch(entry.branch_layers)
+    try:
+        for layer in layers:  # a student's branch narrower than its trunk
+            narrow(layer, entry.ffn_width, entry.attention_heads)
+    except ValueError as error:
+        raise ArtifactError(f"task '{name}': {error}", file=directory.parent.parent / MANIFEST, fix="compress the teacher again") from None
+    task = TaskModel(head, layers, model.encoder_config, mode, model.split + entry.branch_layers + 1)
     try:
         # saving always writes the branch file (empty for 0 layers), and it is checked whenever it is there; only a
         # 0-layer branch may do without it, having no tensors to load
@@ -193,7 +203,9 @@ def save_chain(
         compression=model.compression,
         ffn_width=model.ffn_width,
         attention_heads=model.attention_heads,
-        tasks={name: task_entry(task, records.get(name), folders.get(name)) for name, task in model.tasks.items()},
+        tasks={
+            name: task_entry(task, records.get(name), folders.get(name), model.narrower_branch(task)) for name, task in model.tasks.items()
+        },
         flows=flows or [],
     )
     if trunk_name or any(entry.folder for entry in manifest.tasks.values()):

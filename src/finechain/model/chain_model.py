@@ -16,7 +16,7 @@ from finechain.data.tokens import Encoded, encode_texts
 from finechain.errors import FinechainError
 from finechain.heads import Head
 from finechain.model.backbone import BackboneRef, check_max_length, load_tokenizer, resolve_backbone
-from finechain.model.encoder import load_encoder
+from finechain.model.encoder import layer_shape, load_encoder
 from finechain.model.layers import LayerStack, Trunk, copy_layers
 from finechain.model.packing import Packing
 from finechain.model.pooling import pool
@@ -123,6 +123,30 @@ class ChainModel(nn.Module):
         return self.tokenizer.pad_token_id or 0
 
     # tasks ------------------------------------------------------------------------------------
+    def layer_shape(self) -> tuple[int | None, int | None]:
+        """The feed-forward neurons and attention heads of this chain's layers (a pruned student's fewer; None where
+        the backbone's config does not say).
+
+        Example:
+            >>> model.layer_shape()  # doctest: +SKIP
+            (1536, 12)
+        """
+        config = self.encoder_config
+        width, heads = getattr(config, "intermediate_size", None), getattr(config, "num_attention_heads", None)
+        return self.ffn_width or width, self.attention_heads or heads
+
+    def narrower_branch(self, task: TaskModel) -> dict[str, int | None]:
+        """``task``'s branch layers' feed-forward neurons and attention heads (``ffn_width``, ``attention_heads``)
+        where they differ from this chain's layers (a student's branch narrowed further than its trunk), else None.
+
+        Example:
+            >>> model.narrower_branch(model.tasks["intent"])  # doctest: +SKIP
+            {'ffn_width': 768, 'attention_heads': None}
+        """
+        chains = self.layer_shape()
+        mine = layer_shape(task.branch.layers[0]) if len(task.branch.layers) else chains
+        return {key: own if own != chain else None for key, own, chain in zip(("ffn_width", "attention_heads"), mine, chains, strict=True)}
+
     def fresh_branch(self, layers: int | None = None) -> list[nn.Module]:
         """New copies of the pretrained upper layers (all of them, or the first ``layers``), to start a task branch from."""
         return copy_layers(list(self.upper.layers)[:layers])

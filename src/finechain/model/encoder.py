@@ -210,6 +210,38 @@ def narrow_layer(layer: nn.Module, width: int, activity: torch.Tensor | None = N
     keep_neurons(layer, scores.topk(width).indices.sort().values)
 
 
+def narrow(
+    layer: nn.Module,
+    width: int | None = None,
+    heads: int | None = None,
+    neurons: torch.Tensor | None = None,
+    used: torch.Tensor | None = None,
+) -> None:
+    """``layer`` narrowed to ``width`` feed-forward neurons and/or ``heads`` attention heads (None: as it is), ranked
+    by the ``neurons`` and ``used`` heads activity when given, else by weights (:func:`narrow_layer`,
+    :func:`narrow_heads`).
+
+    Example:
+        >>> narrow(layer, 1152, heads=10)  # doctest: +SKIP
+    """
+    if width is not None:
+        narrow_layer(layer, width, neurons)
+    if heads is not None:
+        narrow_heads(layer, heads, used)
+
+
+def layer_shape(layer: nn.Module) -> tuple[int | None, int | None]:
+    """An encoder layer's feed-forward neurons and attention heads, None where it has no such part by BERT's names.
+
+    Example:
+        >>> layer_shape(encoder.encoder.layer[0])  # doctest: +SKIP
+        (1536, 12)
+    """
+    into = getattr(getattr(layer, "intermediate", None), "dense", None)
+    attention = getattr(getattr(layer, "attention", None), "self", None)
+    return getattr(into, "out_features", None), getattr(attention, "num_attention_heads", None)
+
+
 def narrow_encoder(encoder: nn.Module, width: int | None = None, heads: int | None = None) -> None:
     """Every layer of ``encoder`` narrowed to ``width`` feed-forward neurons and/or ``heads`` attention heads (chosen
     by weights alone, so the same backbone always gives the same layers); the config follows the width. A narrowed
@@ -221,9 +253,6 @@ def narrow_encoder(encoder: nn.Module, width: int | None = None, heads: int | No
         (1152, 10)
     """
     for layer in encoder.encoder.layer:
-        if width is not None:
-            narrow_layer(layer, width)
-        if heads is not None:
-            narrow_heads(layer, heads)
+        narrow(layer, width, heads)
     if width is not None:
         encoder.config.intermediate_size = width

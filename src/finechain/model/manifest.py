@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +96,10 @@ class TaskEntry(TaskRecord):
     head: HeadEntry
     branch: dict[str, Any] = Field(default_factory=lambda: {"mode": "full"})
     branch_layers: int = Field(ge=0)
+    # a student's branch narrower than its trunk layers: its feed-forward neurons / attention heads per layer (None: the
+    # trunk's, as the manifest's ffn_width and attention_heads say)
+    ffn_width: int | None = Field(None, ge=1)
+    attention_heads: int | None = Field(None, ge=1)
     layer_mix: list[float] | None = None  # the learned weight of each mixed layer (when the head mixes layers)
     parameters: int = 0
     trainable_parameters: int = 0
@@ -138,6 +143,20 @@ def narrowing(ffn_width: int | None, attention_heads: int | None) -> str:
     """
     parts = [f"{ffn_width} feed-forward neurons"] * bool(ffn_width) + [f"{attention_heads} attention heads"] * bool(attention_heads)
     return f", {' and '.join(parts)} per layer" if parts else ""
+
+
+UNITS = (("ffn_width", "feed-forward neurons"), ("attention_heads", "attention heads"))  # a narrowed layer's parts, in words
+
+
+def branch_narrowing(branches: Mapping[str, Mapping[str, int | None]]) -> str:
+    """The task branches a student narrowed further than its trunk, as words to follow its layers (empty if none).
+
+    Example:
+        >>> branch_narrowing({"intent": {"ffn_width": 768, "attention_heads": None}, "slots": {"attention_heads": 8}})
+        '; branches narrower: intent 768 feed-forward neurons, slots 8 attention heads'
+    """
+    parts = [f"{name} " + " and ".join(f"{n} {unit}" for key, unit in UNITS if (n := shape.get(key))) for name, shape in branches.items()]
+    return f"; branches narrower: {', '.join(parts)}" if parts else ""
 
 
 class Manifest(_Entry):

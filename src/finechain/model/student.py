@@ -15,7 +15,7 @@ from finechain.branches import branch_mode
 from finechain.data.batching import pad_ids
 from finechain.errors import FinechainError
 from finechain.model.chain_model import ChainModel
-from finechain.model.encoder import attention_heads, feed_forward, keep_layers, load_encoder, narrow_encoder, narrow_heads, narrow_layer
+from finechain.model.encoder import attention_heads, feed_forward, keep_layers, layer_shape, load_encoder, narrow, narrow_encoder
 from finechain.model.task import TaskModel
 
 
@@ -174,6 +174,9 @@ def student_of(
     ffn_width: int | None = None,
     activity: Activity | None = None,
     heads: int | None = None,
+    *,
+    task_ffn_width: Mapping[str, int] | None = None,
+    task_heads: Mapping[str, int] | None = None,
 ) -> ChainModel:
     """A student of ``teacher`` with ``trunk_layers`` trunk layers and ``branch_layers`` layers per task branch (or,
     for the tasks named in ``task_branch_layers``, their own number: a task that needs a layer of its own keeps it,
@@ -181,7 +184,8 @@ def student_of(
     (:func:`spread`); heads are copied, LoRA branches merged. The student's trunk is its own (saved with it), so it
     counts as tuned; ``compression`` records the layers kept. With ``ffn_width`` every student layer keeps that many
     feed-forward neurons, with ``heads`` that many attention heads: those its teacher layer's :func:`layer_activity`
-    (``activity``) ranks first, or without it those with the largest weights.
+    (``activity``) ranks first, or without it those with the largest weights. A task named in ``task_ffn_width`` or
+    ``task_heads`` narrows its branch layers further: to as many neurons or heads as it gives (at most the trunk's).
 
     Example:
         >>> student = student_of(teacher, trunk_layers=3, branch_layers=1)  # doctest: +SKIP
@@ -190,6 +194,7 @@ def student_of(
         >>> student = student_of(teacher, 3, 0, task_branch_layers={"intent": 1})  # doctest: +SKIP
         >>> narrow = student_of(teacher, 3, 1, ffn_width=1152, activity=layer_activity(teacher, {"sentiment": ids}))  # doctest: +SKIP
         >>> fewer_heads = student_of(teacher, 3, 1, heads=10)  # doctest: +SKIP
+        >>> lean = student_of(teacher, 3, 1, ffn_width=1344, task_ffn_width={"intent": 768}, task_heads={"intent": 8})  # doctest: +SKIP
     """
     if heads is not None:
         check_heads(teacher, heads)
@@ -207,14 +212,15 @@ def student_of(
             fix=f"choose 1..{teacher.split}",
         )
     depths = branch_plan(teacher, branch_layers, task_branch_layers or {})
+    width = ffn_width if ffn_width is not None else teacher.ffn_width
+    kept_heads = heads if heads is not None else teacher.attention_heads
+    shapes = branch_shapes(teacher, width, kept_heads, task_ffn_width or {}, task_heads or {})
     trunk_kept = spread(teacher.split, trunk_layers)
     kept = {name: spread(branch_depth, depth) for name, depth in depths.items()}
     branch_kept = spread(branch_depth, max(depths.values(), default=branch_layers))  # the student's own upper layers
     layer_ids = [teacher.layer_ids[i] for i in trunk_kept] + [teacher.layer_ids[teacher.split + j] for j in branch_kept]
     encoder = load_encoder(teacher.backbone_path)
     keep_layers(encoder, layer_ids)
-    width = ffn_width if ffn_width is not None else teacher.ffn_width
-    kept_heads = heads if heads is not None else teacher.attention_heads
     narrow_encoder(encoder, width, kept_heads)  # the templates of new branches by weights, as loading the student will narrow them
     student = ChainModel(encoder, teacher.tokenizer, teacher.backbone, teacher.backbone_path, trunk_layers, teacher.max_length, layer_ids)
     student.ffn_width, student.attention_heads = width, kept_heads
@@ -233,7 +239,10 @@ def student_of(
     for name, task in teacher.tasks.items():
         tail = copy.deepcopy(task)
         tail.merge_adapters()
-        layers = [narrowed(tail.branch.layers[j], task.branch.layers[j]) for j in kept[name]]
+        own_width, own_heads = shapes.get(name, (None, None))  # narrower than the trunk
+        has = layer_shape(task.branch.layers[0]) if len(task.branch.layers) else (None, None)  # the teacher's may be already
+        branch = _narrower(fewer(own_width or ffn_width, has[0]), fewer(own_heads or heads, has[1]), activity or {})
+        layers = [branch(tail.branch.layers[j], task.branch.layers[j]) for j in kept[name]]
         mixed_states = [0, *(i + 1 for i in trunk_kept), *(teacher.split + j + 1 for j in kept[name])]  # embeddings, then layers
         new = TaskModel(copy.deepcopy(task.head), layers, student.encoder_config, branch_mode(None), len(mixed_states))
         new.head_layer.load_state_dict(tail.head_layer.state_dict())
@@ -242,7 +251,21 @@ def student_of(
                 new.layer_mix.weights.copy_(tail.layer_mix.weights[mixed_states])
                 new.layer_mix.gamma.copy_(tail.layer_mix.gamma)
         student.attach(name, new.to(teacher.device))
+    narrower = {name: own for name, task in student.tasks.items() if any((own := student.narrower_branch(task)).values())}
+    if narrower:
+        student.compression["branches"] = narrower
     return student.to(teacher.device)
+
+
+def fewer(wanted: int | None, has: int | None) -> int | None:
+    """How many neurons or heads to narrow a layer that ``has`` them to: ``wanted``, unless it has no more than that
+    (None: leave it as it is).
+
+    Example:
+        >>> fewer(768, 1344), fewer(1344, 768), fewer(None, 768), fewer(8, None)
+        (768, None, None, 8)
+    """
+    return None if wanted is None or (has is not None and has <= wanted) else wanted
 
 
 def _narrower(width: int | None, heads: int | None, activity: Activity) -> Callable[..., nn.Module]:
@@ -255,10 +278,7 @@ def _narrower(width: int | None, heads: int | None, activity: Activity) -> Calla
             return layer
         used = activity.get(layer if teacher_layer is None else teacher_layer)
         layer = copy.deepcopy(layer) if teacher_layer is None else layer
-        if width is not None:
-            narrow_layer(layer, width, None if used is None else used.neurons)
-        if heads is not None:
-            narrow_heads(layer, heads, None if used is None else used.heads)
+        narrow(layer, width, heads, *((None, None) if used is None else used))
         return layer
 
     return narrowed
@@ -290,3 +310,37 @@ def branch_plan(teacher: ChainModel, branch_layers: int, task_branch_layers: Map
                 fix=f"choose 0..{branch_depth}",
             )
     return depths
+
+
+def branch_shapes(
+    teacher: ChainModel, width: int | None, heads: int | None, task_width: Mapping[str, int], task_heads: Mapping[str, int]
+) -> dict[str, tuple[int | None, int | None]]:
+    """The tasks whose student branch layers are narrower than the student's trunk layers (``width`` neurons, ``heads``
+    heads; None: the teacher's), each with its own neurons and heads (None: the trunk's); a one-line error for a task
+    the teacher lacks or a branch wider than the trunk (a branch starts from the trunk's narrowed layer templates).
+
+    Example:
+        >>> branch_shapes(teacher, 1344, None, {"intent": 768}, {})  # doctest: +SKIP
+        {'intent': (768, None)}
+    """
+    full_width, full_heads = int(teacher.encoder_config.intermediate_size), head_count(teacher)
+    shapes: dict[str, tuple[int | None, int | None]] = {}
+    for field, given, most, unit in (
+        ("ffn_width", task_width, width or full_width, "feed-forward neurons"),
+        ("attention_heads", task_heads, heads or full_heads, "attention heads"),
+    ):
+        for name, count in given.items():
+            if name not in teacher.tasks:
+                raise FinechainError(
+                    f"no task '{name}' in the teacher to narrow", field=field, fix=f"name one of its tasks: {', '.join(teacher.tasks)}"
+                )
+            if not 1 <= count <= most:
+                raise FinechainError(
+                    f"task '{name}': a branch of {count} {unit} per layer does not fit the student's layers of {most}",
+                    field=field,
+                    fix=f"choose 1..{most} (a branch can be narrower than the trunk, not wider)",
+                )
+            if count != most:
+                w, h = shapes.get(name, (None, None))
+                shapes[name] = (count, h) if field == "ffn_width" else (w, count)
+    return shapes

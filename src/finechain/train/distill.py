@@ -140,7 +140,8 @@ def distill(
     identity = [
         {"teacher": [teacher.layer_ids, sorted(teacher.tasks)], "student": student.layer_ids}
         | ({"ffn_width": student.ffn_width} if student.ffn_width else {})
-        | ({"attention_heads": student.attention_heads} if student.attention_heads else {}),
+        | ({"attention_heads": student.attention_heads} if student.attention_heads else {})
+        | ({"branches": (student.compression or {})["branches"]} if "branches" in (student.compression or {}) else {}),
         {"texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "temperature": temperature, "hard_weight": hard_weight}
         | ({"hidden_weight": hidden_weight} if hidden_weight else {}),  # (a run from before the option still resumes)
     ]
