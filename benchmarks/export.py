@@ -99,8 +99,8 @@ def student_shape(shape: str) -> Shape:
     if heads is not None and int(heads) < 1:
         raise ValueError(f"{shape!r}: a student layer keeps at least 1 attention head")
     kept = None if heads is None else int(heads)
-    rounds = None if epochs is None else int(epochs)
-    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, rounds, kept, task_ffn)
+    passes = None if epochs is None else int(epochs)
+    return Shape(int(trunk), per_task, float(hidden or 0), int(unlabelled or 0), share, passes, kept, task_ffn)
 
 
 def student_name(shape: str) -> str:
