@@ -338,7 +338,7 @@ def branch_shapes(
                 raise FinechainError(
                     f"task '{name}': a branch of {count} {unit} per layer does not fit the student's layers of {most}",
                     field=field,
-                    fix=f"choose 1..{most} (a branch can be narrower than the trunk, not wider)",
+                    fix=f"choose 1..{most}: a branch can be narrower than the trunk, not wider",
                 )
             if count != most:
                 w, h = shapes.get(name, (None, None))
