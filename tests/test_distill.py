@@ -289,6 +289,7 @@ def test_a_student_narrows_the_branches_it_is_told_to_further_than_its_trunk(tea
     assert [p["ner"].to_dict()["tags"] for p in ours] == [p["ner"].to_dict()["tags"] for p in loaded.predict(TEXTS)]
     again = loaded.distil(1, 1, data=data, training=TRAINING, epochs=1, ffn_width=1.0, progress=False)  # the narrower branch stays so
     assert layer_shape(again.model.tasks["ner"].branch.layers[0]) == (16, 2) and again.model.ffn_width == 48
+    assert "ffn_width" not in again.model.compression  # every one of the teacher's neurons: nothing pruned, nothing said
     assert again.model.compression["branches"] == {"ner": {"ffn_width": 16, "attention_heads": 2}}
 
     for options, message in (

@@ -198,6 +198,8 @@ def student_of(
     """
     if heads is not None:
         check_heads(teacher, heads)
+    ffn_width = None if ffn_width == int(teacher.encoder_config.intermediate_size) else ffn_width  # all of them: nothing pruned
+    heads = None if heads == head_count(teacher) else heads
     branch_depth = teacher.num_layers - teacher.split
     if teacher.split == 0 and trunk_layers != 0:
         raise FinechainError(
