@@ -134,6 +134,9 @@ class TrunkEntry(_Entry):
         return file
 
 
+UNITS = (("ffn_width", "feed-forward neurons"), ("attention_heads", "attention heads"))  # a narrowed layer's parts, in words
+
+
 def narrowing(ffn_width: int | None, attention_heads: int | None) -> str:
     """How a student's layers were narrowed, as words to follow its layers (empty when they were not).
 
@@ -141,11 +144,8 @@ def narrowing(ffn_width: int | None, attention_heads: int | None) -> str:
         >>> narrowing(1344, 10), narrowing(1344, None), narrowing(None, None)
         (', 1344 feed-forward neurons and 10 attention heads per layer', ', 1344 feed-forward neurons per layer', '')
     """
-    parts = [f"{ffn_width} feed-forward neurons"] * bool(ffn_width) + [f"{attention_heads} attention heads"] * bool(attention_heads)
+    parts = [f"{n} {unit}" for n, (_, unit) in zip((ffn_width, attention_heads), UNITS, strict=True) if n]
     return f", {' and '.join(parts)} per layer" if parts else ""
-
-
-UNITS = (("ffn_width", "feed-forward neurons"), ("attention_heads", "attention heads"))  # a narrowed layer's parts, in words
 
 
 def branch_narrowing(branches: Mapping[str, Mapping[str, int | None]]) -> str:

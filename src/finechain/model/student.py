@@ -16,6 +16,7 @@ from finechain.data.batching import pad_ids
 from finechain.errors import FinechainError
 from finechain.model.chain_model import ChainModel
 from finechain.model.encoder import attention_heads, feed_forward, keep_layers, layer_shape, load_encoder, narrow, narrow_encoder
+from finechain.model.manifest import UNITS
 from finechain.model.task import TaskModel
 
 
@@ -81,7 +82,7 @@ def head_count(model: ChainModel) -> int:
         >>> head_count(teacher)  # doctest: +SKIP
         12
     """
-    return model.attention_heads or int(model.encoder_config.num_attention_heads)
+    return int(model.layer_shape()[1] or 0)  # BERT-style configs all say it
 
 
 def check_heads(teacher: ChainModel, heads: int) -> None:
@@ -198,8 +199,9 @@ def student_of(
     """
     if heads is not None:
         check_heads(teacher, heads)
-    ffn_width = None if ffn_width == int(teacher.encoder_config.intermediate_size) else ffn_width  # all of them: nothing pruned
-    heads = None if heads == head_count(teacher) else heads
+    has_width, has_heads = teacher.layer_shape()
+    ffn_width = None if ffn_width == has_width else ffn_width  # all of them: nothing pruned
+    heads = None if heads == has_heads else heads
     branch_depth = teacher.num_layers - teacher.split
     if teacher.split == 0 and trunk_layers != 0:
         raise FinechainError(
@@ -325,12 +327,10 @@ def branch_shapes(
         >>> branch_shapes(teacher, 1344, None, {"intent": 768}, {})  # doctest: +SKIP
         {'intent': (768, None)}
     """
-    full_width, full_heads = int(teacher.encoder_config.intermediate_size), head_count(teacher)
+    full_width, full_heads = teacher.layer_shape()
     shapes: dict[str, tuple[int | None, int | None]] = {}
-    for field, given, most, unit in (
-        ("ffn_width", task_width, width or full_width, "feed-forward neurons"),
-        ("attention_heads", task_heads, heads or full_heads, "attention heads"),
-    ):
+    trunk = (width or full_width or 0, heads or full_heads or 0)  # what a branch may keep at most
+    for (field, unit), given, most in zip(UNITS, (task_width, task_heads), trunk, strict=True):
         for name, count in given.items():
             if name not in teacher.tasks:
                 raise FinechainError(
