@@ -67,6 +67,7 @@ SUITE_TITLES = {
     "export_packed_run2": "Export and compression on a CPU with int8 and bf16 units: packed rows, the same command again (CPU)",
     "export_heads": "Export and compression on a CPU with int8 and bf16 units: a student with fewer attention heads (CPU)",
     "export_heads11": "Export and compression on a CPU with int8 and bf16 units: 11 of 12 attention heads, five speed rounds (CPU)",
+    "export_heads11_run2": "Export and compression on a CPU with int8 and bf16 units: the 11-head student again, paired rounds (CPU)",
     "runtimes": "ONNX runtimes on this CPU: ONNX Runtime vs OpenVINO, dynamic vs static int8 (AMD EPYC, 2 threads)",
     "runtimes_attention": "ONNX graphs with plain attention vs attention traced as SDPA (AMD EPYC, 2 threads)",
     "runtimes_avx512": "ONNX runtimes on a CPU with int8 and bf16 units: ONNX Runtime vs OpenVINO (AMD EPYC, 2 threads)",
@@ -452,6 +453,8 @@ def export_table(records: list[dict[str, Any]]) -> str:
             f"{latency:.1f}" if latency else "-",
         ]
         out.append(f"| {v} | " + " | ".join(cells) + " |")
+    paired = [r for r in records if r["metric"] == "speedup"]  # students against the teacher round by round (newer runs)
+    out += [""] * bool(paired) + [f"- {r['variant'].removesuffix(', round by round')}: {r['value']:.2f}{r['unit']}" for r in paired]
     return "\n".join(out)
 
 
@@ -933,6 +936,7 @@ SECTIONS += [
     "export_packed_run2",
     "export_heads",
     "export_heads11",
+    "export_heads11_run2",
     "runtimes",
     "runtimes_attention",
     "runtimes_avx512",

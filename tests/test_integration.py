@@ -248,9 +248,13 @@ def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, s
     assert set(fp32) == {"sst2", "agnews", "banking77", "conll2003"} and onnx == pytest.approx(fp32, abs=0.021)  # one example in 50
     sizes = {r["variant"]: r["value"] for r in records if r["metric"] == "artifact_mb"}
     assert sizes["ONNX Runtime int8 (finechain compress --int8)"] < 0.6 * sizes["ONNX Runtime fp32 (finechain export)"]
+    paired = [r for r in records if r["metric"] == "speedup"]  # the student against its teacher within each round
+    assert len(paired) == 1 and paired[0]["value"] > 0 and "within a round: median of 1 " in paired[0]["unit"]
     (tmp_path / "export.json").write_text((tmp_path / "export_quick.json").read_text())
     run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
-    assert "| ONNX Runtime int8 (finechain compress --int8) | " in (tmp_path / "benchmarks.md").read_text()
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| ONNX Runtime int8 (finechain compress --int8) | " in report
+    assert "x the teacher (PyTorch fp32, batch 32) within a round: median of 1 " in report
 
 
 def test_export_embeddings_quick_exports_the_backbone_embeddings(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
