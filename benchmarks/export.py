@@ -17,7 +17,9 @@ from each task's training file (texts the chain did not train on, their labels d
 
 Metrics are on the first ``--eval-limit`` examples of the SST-2 dev and the AG News / Banking77 / CoNLL-2003 test
 files (the same for every variant); speed on a fixed mix of 256 short and long texts, all four tasks per text, the best
-of ``--rounds`` rounds in which every variant runs in turn (one round before 2026-12-03).
+of ``--rounds`` rounds in which every variant runs in turn (one round before 2026-12-03); each student is also timed
+against its teacher within each round (PyTorch fp32, batch 32: the median and range of the per-round ratios, since
+2026-12-05), as the best rounds of two variants may come from different spells of the machine.
 """
 
 from __future__ import annotations
