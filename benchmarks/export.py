@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in students:  # each student against its teacher within each round (the best rounds may come from different spells)
         name = f"{student_name(shape)}, PyTorch fp32"
         ratios = [a / b for a, b in zip(rounds[name, 32], rounds["PyTorch fp32", 32], strict=True)]
-        unit = f"x the teacher (PyTorch fp32, batch 32) within a round: median of {len(ratios)} ({min(ratios):.2f}-{max(ratios):.2f})"
+        unit = f"x the teacher (PyTorch fp32, batch 32) within a round: median of {len(ratios)} ({min(ratios):.3f}-{max(ratios):.3f})"
         rec.add("all four", "finechain", f"{name}, batch 32, round by round", "speedup", statistics.median(ratios), unit)
     print(f"wrote {rec.save(args.output or ('export_quick' if args.quick else 'export'), vars(args))}")
     if args.keep:
