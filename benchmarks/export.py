@@ -294,21 +294,18 @@ def main(argv: list[str] | None = None) -> None:
             rec.add(name, "finechain", variant, METRIC[name], value, f"{unit}, first {len(texts)}")
         rec.add("all four", "finechain", variant, "artifact_mb", size, "MB (backbone included)")
         print(f"{variant}: scored", flush=True)
-    fastest: dict[tuple[str, int], tuple[float, float]] = {}  # each variant's best round: a shared CPU only ever slows
-    rounds: dict[tuple[str, int], list[float]] = {}  # every round's rate, for the students' round-by-round ratios
+    rounds: dict[tuple[str, int], list[tuple[float, float]]] = {}  # each variant's (texts/s, ms per call) in every round
     for _ in range(args.rounds):  # variants in turn each round, so that a slow spell of the machine hits them all
         for variant, (engine, _size) in variants.items():
             for batch in (1, 32):
-                rate, ms = speed(engine, pool, batch)
-                rounds.setdefault((variant, batch), []).append(rate)
-                if rate > fastest.get((variant, batch), (0.0, 0.0))[0]:
-                    fastest[variant, batch] = (rate, ms)
-    for (variant, batch), (rate, ms) in fastest.items():
+                rounds.setdefault((variant, batch), []).append(speed(engine, pool, batch))
+    for (variant, batch), runs in rounds.items():  # each variant's best round: a shared CPU only ever slows
+        rate, ms = max(runs, key=lambda run: run[0])
         rec.add("all four", "finechain", f"{variant}, batch {batch}", "samples_per_second", rate, "texts/s (4 tasks)")
         rec.add("all four", "finechain", f"{variant}, batch {batch}", "p50_ms", ms, "ms per call")
     for shape in students:  # each student against its teacher within each round (the best rounds may come from different spells)
         name = f"{student_name(shape)}, PyTorch fp32"
-        ratios = [a / b for a, b in zip(rounds[name, 32], rounds["PyTorch fp32", 32], strict=True)]
+        ratios = [a / b for (a, _), (b, _) in zip(rounds[name, 32], rounds["PyTorch fp32", 32], strict=True)]
         unit = f"x the teacher (PyTorch fp32, batch 32) within a round: median of {len(ratios)} ({min(ratios):.3f}-{max(ratios):.3f})"
         rec.add("all four", "finechain", f"{name}, batch 32, round by round", "speedup", statistics.median(ratios), unit)
     print(f"wrote {rec.save(args.output or ('export_quick' if args.quick else 'export'), vars(args))}")
