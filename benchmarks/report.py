@@ -425,7 +425,19 @@ def seeds_table(records: list[dict[str, Any]]) -> str:
 
 def export_table(records: list[dict[str, Any]]) -> str:
     """Per variant: each task's metric, the artifact size, texts/s at batch 1 and 32 (and the ratio to PyTorch fp32 at
-    batch 32) and the median milliseconds per call at batch 1."""
+    batch 32), the median milliseconds per call at batch 1 and, in runs that time them, the ratios to PyTorch fp32 and
+    to the default precision within each round (median, range).
+
+    Example:
+        >>> rec = lambda t, v, m, x, u="": {"task": t, "variant": v, "metric": m, "value": x, "unit": u}
+        >>> rows = [rec("sst2", "PyTorch fp32", "accuracy", 0.8), rec("sst2", "int8", "accuracy", 0.8),
+        ...     rec("all four", "PyTorch fp32, batch 32", "samples_per_second", 100.0),
+        ...     rec("all four", "int8, batch 32", "samples_per_second", 310.0),
+        ...     rec("all four", "int8, batch 32, paired with PyTorch fp32", "speedup", 3.05,
+        ...         "x PyTorch fp32 within a round: median of 5 (2.980-3.120)")]
+        >>> print(export_table(rows).splitlines()[-1])
+        | int8 | 80.0 | - | - | 310.0 | 3.10x | - | 3.050x (2.980-3.120) | - |
+    """
     tasks = list(dict.fromkeys(r["task"] for r in records if r["task"] != "all four"))
     variants = list(dict.fromkeys(r["variant"] for r in records if r["task"] != "all four"))
     value = {(r["task"], r["variant"], r["metric"]): r["value"] for r in records}
@@ -436,6 +448,13 @@ def export_table(records: list[dict[str, Any]]) -> str:
         + " | ".join(f"{t} {metric[t]}" for t in tasks)
         + " | MB | texts/s, batch 1 | texts/s, batch 32 | vs fp32, batch 32 | ms per text, batch 1 |"
     )
+    paired = {}  # (variant, "PyTorch fp32" or "the default") -> the record of their ratios within each round
+    for r in records:
+        variant, _, reference = r["variant"].rpartition(", batch 32, paired with ")
+        if variant:
+            paired[variant, reference] = r
+    if paired:  # newer runs: each variant against both PyTorch rows within each round
+        head += " vs fp32, round by round | vs the default, round by round |"
     out = [head, "|" + " --- |" * (head.count("|") - 1)]
     for v in variants:
         cells = [f"{100 * value[(t, v, metric[t])]:.1f}" for t in tasks]
@@ -453,10 +472,21 @@ def export_table(records: list[dict[str, Any]]) -> str:
             ratio,
             f"{latency:.1f}" if latency else "-",
         ]
+        if paired:
+            cells += [_paired_cell(paired.get((v, reference))) for reference in ("PyTorch fp32", "the default")]
         out.append(f"| {v} | " + " | ".join(cells) + " |")
-    paired = [r for r in records if r["metric"] == "speedup"]  # students against the teacher round by round (newer runs)
-    out += [""] * bool(paired) + [f"- {r['variant'].removesuffix(', round by round')}: {r['value']:.2f}{r['unit']}" for r in paired]
+    teacher = [r for r in records if r["metric"] == "speedup" and r["variant"].endswith(", round by round")]  # earlier runs
+    out += [""] * bool(teacher) + [f"- {r['variant'].removesuffix(', round by round')}: {r['value']:.2f}{r['unit']}" for r in teacher]
     return "\n".join(out)
+
+
+def _paired_cell(record: dict[str, Any] | None) -> str:
+    """``3.050x (2.980-3.120)``: the median of the per-round ratios and their range (from the record's unit), to three
+    decimals, so that a ratio just under a goal's bound does not read as on it."""
+    if record is None:
+        return "-"
+    low, high = record["unit"].rpartition("(")[2].rstrip(")").split("-")
+    return f"{record['value']:.3f}x ({low}-{high})"
 
 
 def runtimes_table(records: list[dict[str, Any]]) -> str:

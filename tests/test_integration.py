@@ -248,13 +248,19 @@ def test_export_quick_compares_pytorch_and_onnx_runtime(shared_datasets: Path, s
     assert set(fp32) == {"sst2", "agnews", "banking77", "conll2003"} and onnx == pytest.approx(fp32, abs=0.021)  # one example in 50
     sizes = {r["variant"]: r["value"] for r in records if r["metric"] == "artifact_mb"}
     assert sizes["ONNX Runtime int8 (finechain compress --int8)"] < 0.6 * sizes["ONNX Runtime fp32 (finechain export)"]
-    paired = [r for r in records if r["metric"] == "speedup"]  # the student against its teacher within each round
-    assert len(paired) == 1 and paired[0]["value"] > 0 and "within a round: median of 1 " in paired[0]["unit"]
+    paired = {r["variant"]: r for r in records if r["metric"] == "speedup"}  # each variant against both PyTorch rows, per round
+    timed = [r["variant"].removesuffix(", batch 32") for r in records if r["metric"] == "samples_per_second" and "batch 32" in r["variant"]]
+    default = next(v for v in timed if v.startswith("PyTorch, the machine's default"))
+    expected = {f"{v}, batch 32, paired with {reference}" for v in timed for reference in ("PyTorch fp32", "the default")}
+    expected -= {"PyTorch fp32, batch 32, paired with PyTorch fp32", f"{default}, batch 32, paired with the default"}
+    assert set(paired) == expected and all(r["value"] > 0 and "within a round: median of 1 (" in r["unit"] for r in paired.values())
     (tmp_path / "export.json").write_text((tmp_path / "export_quick.json").read_text())
     run_benchmark(tmp_path, shared_datasets, "report", timeout=60)
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| ONNX Runtime int8 (finechain compress --int8) | " in report
-    assert "x the teacher (PyTorch fp32, batch 32) within a round: median of 1 " in report
+    assert "| vs fp32, round by round | vs the default, round by round |" in report
+    student = next(line for line in report.splitlines() if line.startswith("| student: ") and "PyTorch fp32 |" in line)
+    assert student.count("x (") == 2  # its ratios to both PyTorch rows within the round
 
 
 def test_export_embeddings_quick_exports_the_backbone_embeddings(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
