@@ -17,7 +17,8 @@ from finechain.errors import FinechainError
 from finechain.export.onnx import export_onnx
 from finechain.export.static_int8 import quantize_static_int8
 from finechain.inference import Engine
-from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, read_export_manifest
+from finechain.inference.cpu_features import cpu_has_int8_dot, int8_dot_flags
+from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, auto_runtime, read_export_manifest
 from finechain.serve.settings import ServeSettings
 from tests.conftest import run_cli as cli
 from tests.test_export import RELEASE, TEXTS
@@ -84,7 +85,8 @@ def test_static_int8_is_calibrated_made_for_openvino_and_runs_on_both(exported: 
     assert len(quantized) >= 6 * 4 and all("/attention/self/MatMul" in name for name in left)  # only attention's own products
     # are left in float: every weight product is int8, the frozen branch's (weights it shares with the trunk) too
     assert sum(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer) >= len(quantized)
-    assert ExportedChain(static).runtime == "openvino"  # auto: what the graphs were made for
+    made_for_here = auto_runtime("openvino", openvino=True, int8_dot=cpu_has_int8_dot())
+    assert ExportedChain(static).runtime == made_for_here  # auto: what the graphs were made for, where it runs well
     fp32 = Engine(ExportedChain(exported))
     tasks = fp32.model.task_names()
     for runtime in ("openvino", "onnxruntime"):
@@ -126,6 +128,22 @@ def test_static_int8_calibrates_on_the_training_files_or_says_what_to_give(expor
     assert not (tmp_path / "per-task-static").exists()
 
 
+def test_auto_runs_static_int8_on_openvino_only_where_the_cpu_has_int8_dot_products() -> None:
+    """Without VNNI or AMX (an AVX2-only CPU) OpenVINO's int8 kernels ran the export benchmark's chain slower than fp32
+    and ONNX Runtime did not, so ``auto`` picks ONNX Runtime there; where the CPU's flags cannot be read, OpenVINO."""
+    assert auto_runtime("openvino", openvino=True, int8_dot=True) == "openvino"
+    assert auto_runtime("openvino", openvino=True, int8_dot=None) == "openvino"
+    assert auto_runtime("openvino", openvino=True, int8_dot=False) == "onnxruntime"
+    assert auto_runtime("openvino", openvino=False, int8_dot=True) == "onnxruntime"
+    assert auto_runtime("onnxruntime", openvino=True, int8_dot=False) == "onnxruntime"
+    zen2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme sse4_2 avx f16c fma avx2 sha_ni\n\nprocessor\t: 1\n"
+    sapphire = "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8\n"
+    alder = "flags\t\t: fpu avx2 avx_vnni\n"
+    graviton = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp\n"
+    assert [int8_dot_flags(text) for text in (zen2, sapphire, alder, graviton, "")] == [False, True, True, None, None]
+    assert int8_dot_flags("flags\t\t: avx512_vnnix avx2\n") is False  # whole flag names only
+
+
 def test_auto_falls_back_to_onnx_runtime_where_openvino_is_missing(static: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import finechain.inference.openvino_session as openvino_session
 
@@ -146,6 +164,7 @@ def test_cli_compress_static_then_predict_eval_and_bad_options(
     )
     assert code == 0, err
     assert read_export_manifest(tmp_path / "static").weights == "int8 static" and "Statistics collection" not in out + err  # no NNCF bars
+    assert ("no int8 dot-product instructions" in err) == (cpu_has_int8_dot() is False)  # int8 gains little without them
     code, out, _ = cli(["info", str(tmp_path / "static")], monkeypatch, capsys)
     assert code == 0 and "int8 static weights" in out and "made for openvino" in out
     code, out, err = cli(["predict", str(tmp_path / "static"), "--input", str(texts), "--task", "ner"], monkeypatch, capsys)
@@ -183,14 +202,16 @@ def test_cli_compress_static_then_predict_eval_and_bad_options(
 
 
 def test_the_server_runs_a_static_export_on_openvino(static: Path) -> None:
-    """``finechain serve`` on the static folder: OpenVINO by default (what it was made for), ONNX Runtime when asked;
-    the engine's answers either way."""
+    """``finechain serve`` on the static folder: by default what ``auto`` picks on this CPU (OpenVINO, what it was made
+    for, where the CPU has int8 dot products), OpenVINO or ONNX Runtime when asked; the engine's answers either way."""
     import httpx
 
     from tests.test_serve import AUTH, Server, post
 
     texts = TEXTS[:3]
-    for runtime, backend in (("auto", "openvino (int8 static)"), ("onnxruntime", "onnxruntime (int8 static)")):
+    here = auto_runtime("openvino", openvino=True, int8_dot=cpu_has_int8_dot())
+    other = "onnxruntime" if here == "openvino" else "openvino"
+    for runtime, backend in (("auto", f"{here} (int8 static)"), (other, f"{other} (int8 static)")):
         served = Server(static, "--runtime", runtime)
         try:
             answers = post(served, {"texts": texts, "tasks": ["sentiment", "ner"]}).json()["predictions"]

@@ -241,7 +241,10 @@ def evaluate(
     flow: Annotated[str | None, typer.Option("--flow", help="evaluate this flow end to end instead (per stage + exact match)")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
     runtime: Annotated[
-        str, typer.Option(help="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino")
+        str,
+        typer.Option(
+            help="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
+        ),
     ] = "auto",
 ) -> None:
     """Score TASK on a labelled file and write JSON/Markdown/PNG reports; or a whole flow (--flow): each stage on the
@@ -288,7 +291,10 @@ def predict(
         str, typer.Option(help="auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32, bf16 or fp16")
     ] = "auto",
     runtime: Annotated[
-        str, typer.Option(help="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino")
+        str,
+        typer.Option(
+            help="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
+        ),
     ] = "auto",
 ) -> None:
     """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL. CHAIN_DIR may also be an
@@ -459,7 +465,10 @@ def serve(
     ] = None,
     reload_check_s: Annotated[float, typer.Option(help="how often to look for a new version of the chain folder (0: never)")] = 2.0,
     runtime: Annotated[
-        str, typer.Option(help="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino")
+        str,
+        typer.Option(
+            help="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
+        ),
     ] = "auto",
     no_access_log: Annotated[bool, typer.Option("--no-access-log", help="no JSON line per request")] = False,
 ) -> None:
@@ -642,6 +651,16 @@ def compress(
     for row in done.rows:
         table.add_row(*row.values())
     out.print(table)
+    if any(step.startswith("int8") for step in done.steps):
+        from finechain.inference.cpu_features import cpu_has_int8_dot
+
+        if cpu_has_int8_dot() is False:
+            err.print(
+                "note: this CPU has no int8 dot-product instructions (VNNI or AMX): int8 makes the folder smaller here, not "
+                "faster (docs/benchmarks.md, 'Export on an AVX2 CPU'); a student with fewer layers (--trunk-layers) does less work "
+                "on any CPU",
+                soft_wrap=True,
+            )
 
 
 def branch_numbers(text: str) -> tuple[int | None, dict[str, int]]:
@@ -755,7 +774,10 @@ def _exported_info(folder: Path) -> None:
     )
     out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}", soft_wrap=True)
     if manifest.runtime != "onnxruntime":
-        out.print(f"made for {manifest.runtime} (runtime auto picks it where it is installed)")
+        out.print(
+            f"made for {manifest.runtime} (runtime auto picks it where it is installed and the CPU has int8 dot products: VNNI or AMX)",
+            soft_wrap=True,
+        )
     if manifest.embeddings:
         diff = "-" if manifest.embeddings_max_abs_diff is None else f"{manifest.embeddings_max_abs_diff:.2g}"
         out.print(f"sentence embeddings: {manifest.embeddings} ({manifest.embedding_size} values; largest difference {diff})")

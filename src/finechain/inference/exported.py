@@ -153,9 +153,10 @@ class ExportedChain:
     ``threads`` sets the runtime's threads per graph (default: one per core). ``runtime`` picks what runs the graphs:
     ``onnxruntime``, ``openvino`` (``pip install openvino``; on CPUs with native bf16 it computes fp32 graphs in bf16),
     or ``auto``: the one the folder's graphs were made for (``openvino`` after ``finechain compress --int8 --static``,
-    else ``onnxruntime``), falling back to ONNX Runtime where OpenVINO is not installed. ``spinning``: whether ONNX
-    Runtime's idle threads spin waiting for work (its default) or sleep; default: spin where the folder has one graph,
-    sleep where a graph per task makes sessions take turns (a spinning session's threads take CPU from the next one).
+    else ``onnxruntime``), falling back to ONNX Runtime where OpenVINO is not installed or the CPU lacks int8 dot
+    products (VNNI, AMX; see :func:`auto_runtime`). ``spinning``: whether ONNX Runtime's idle threads spin waiting for
+    work (its default) or sleep; default: spin where the folder has one graph, sleep where a graph per task makes
+    sessions take turns (a spinning session's threads take CPU from the next one).
 
     Example:
         >>> from finechain.inference import Engine
@@ -354,8 +355,8 @@ class OnnxRunner:
 
 
 def resolve_runtime(runtime: str, manifest: ExportManifest) -> str:
-    """The runtime that will run an exported chain: ``runtime`` itself, or for ``auto`` the one its graphs were made
-    for (``manifest.runtime``) where that is installed, else ONNX Runtime; an unknown name is a :class:`FinechainError`.
+    """The runtime that will run an exported chain: ``runtime`` itself, or for ``auto`` what :func:`auto_runtime`
+    picks on this machine; an unknown name is a :class:`FinechainError`.
 
     Example:
         >>> resolve_runtime("auto", ExportManifest(max_length=8, tasks={}))
@@ -363,10 +364,25 @@ def resolve_runtime(runtime: str, manifest: ExportManifest) -> str:
     """
     check_runtime(runtime)
     if runtime == "auto":
+        from finechain.inference.cpu_features import cpu_has_int8_dot
         from finechain.inference.openvino_session import openvino_installed
 
-        return manifest.runtime if manifest.runtime != "openvino" or openvino_installed() else "onnxruntime"
+        return auto_runtime(manifest.runtime, openvino=openvino_installed(), int8_dot=cpu_has_int8_dot())
     return runtime
+
+
+def auto_runtime(made_for: str, *, openvino: bool, int8_dot: bool | None) -> str:
+    """What ``runtime: auto`` runs a folder ``made_for`` a runtime on: OpenVINO (for static int8 graphs) only where it
+    is installed and the CPU is not known to lack int8 dot-product instructions (``int8_dot``: VNNI or AMX; ``None``
+    when unknown), since without them OpenVINO's int8 kernels run slower than fp32; else ONNX Runtime.
+
+    Example:
+        >>> auto_runtime("openvino", openvino=True, int8_dot=True), auto_runtime("openvino", openvino=True, int8_dot=False)
+        ('openvino', 'onnxruntime')
+    """
+    if made_for == "openvino" and (not openvino or int8_dot is False):
+        return "onnxruntime"
+    return made_for
 
 
 def check_runtime(runtime: str, field: str = "runtime") -> None:

@@ -40,7 +40,9 @@ class ServeSettings(BaseModel):
     precision: Precision = "auto"
     device: str = "auto"
     runtime: Literal["auto", Runtime] = Field(
-        "auto", description="an exported folder's runtime: auto (what its graphs were made for), onnxruntime or openvino"
+        "auto",
+        description="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), "
+        "onnxruntime or openvino",
     )
     threads: int | None = Field(
         None, ge=1, description="CPU threads of each process's model, PyTorch or ONNX Runtime (default: cores shared out among workers)"
