@@ -44,7 +44,7 @@ from finechain.export.quantize import quantize_int8
 from finechain.export.static_int8 import quantize_static_int8
 from finechain.heads import head_type
 from finechain.inference import Engine
-from finechain.inference.exported import ExportedChain
+from finechain.inference.exported import ExportedChain, read_export_manifest, resolve_runtime
 from finechain.model.precision import resolve_precision
 from finechain.spec import JointConfig
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         static = work / "static"
         variants["OpenVINO static int8 (compress --int8 --static)"] = (Engine(ExportedChain(static, runtime="openvino")), folder_mb(static))
-        if ExportedChain(static).runtime != "openvino":  # a CPU without VNNI or AMX: what runtime auto runs it on instead
+        if resolve_runtime("auto", read_export_manifest(static)) != "openvino":  # no VNNI or AMX: what runtime auto runs instead
             variants[AUTO_STATIC] = (Engine(ExportedChain(static)), folder_mb(static))
     for shape, (student, folder, seconds) in students.items():
         name = student_name(shape)

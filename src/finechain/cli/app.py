@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning 
 # markup off: paths, data and messages print as written (a `[word ...]` in them is text, not a style); styled bits are Text
 out = Console(markup=False, highlight=False)
 err = Console(stderr=True, markup=False, highlight=False)
+RUNTIME_HELP = "an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the trained chain")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its last checkpoint")]
@@ -240,12 +241,7 @@ def evaluate(
     task: Annotated[str | None, typer.Option("--task", "-t", help="task to evaluate")] = None,
     flow: Annotated[str | None, typer.Option("--flow", help="evaluate this flow end to end instead (per stage + exact match)")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="where to write the report (default CHAIN/reports/TASK)")] = None,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            help="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
-        ),
-    ] = "auto",
+    runtime: Annotated[str, typer.Option(help=RUNTIME_HELP)] = "auto",
 ) -> None:
     """Score TASK on a labelled file and write JSON/Markdown/PNG reports; or a whole flow (--flow): each stage on the
     texts that reached it, and the share of texts where every stage was right."""
@@ -290,12 +286,7 @@ def predict(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32, bf16 or fp16")
     ] = "auto",
-    runtime: Annotated[
-        str,
-        typer.Option(
-            help="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
-        ),
-    ] = "auto",
+    runtime: Annotated[str, typer.Option(help=RUNTIME_HELP)] = "auto",
 ) -> None:
     """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL. CHAIN_DIR may also be an
     exported folder (finechain export / compress): it then runs with ONNX Runtime (or OpenVINO), without PyTorch."""
@@ -464,12 +455,7 @@ def serve(
         int | None, typer.Option(help="CPU threads of each process's model (default: the cores shared out among the workers)")
     ] = None,
     reload_check_s: Annotated[float, typer.Option(help="how often to look for a new version of the chain folder (0: never)")] = 2.0,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            help="an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
-        ),
-    ] = "auto",
+    runtime: Annotated[str, typer.Option(help=RUNTIME_HELP)] = "auto",
     no_access_log: Annotated[bool, typer.Option("--no-access-log", help="no JSON line per request")] = False,
 ) -> None:
     """Serve a chain over REST (and gRPC), batching texts from many clients into shared passes; a page to try it at /."""
@@ -625,6 +611,7 @@ def compress(
     texts = [t for t in read_texts(texts_file, "text") if isinstance(t, str)] if texts_file is not None else None
     if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
         raise FinechainError("no texts in the file", file=texts_file, fix="give a file with a text per line, or drop --texts")
+    quantize = int8 if int8 is not None else static or (not student and not storage)
     done = compress_chain(
         source,
         out_dir,
@@ -635,7 +622,7 @@ def compress(
         attention_heads=heads,
         **narrower,
         texts=texts,
-        int8=int8 if int8 is not None else static or (not student and not storage),
+        int8=quantize,
         static=static,
         storage=storage,
         overwrite=overwrite,
@@ -651,7 +638,7 @@ def compress(
     for row in done.rows:
         table.add_row(*row.values())
     out.print(table)
-    if any(step.startswith("int8") for step in done.steps):
+    if quantize:
         from finechain.inference.cpu_features import cpu_has_int8_dot
 
         if cpu_has_int8_dot() is False:
