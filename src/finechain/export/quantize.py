@@ -1,5 +1,11 @@
 """int8 weights for an exported chain: ONNX Runtime's dynamic quantization of the matrix products (weights stored as
-int8 per output channel, activations quantized on the fly), checked against the fp32 graph it came from."""
+int8 per output channel, activations quantized on the fly), checked against the fp32 graph it came from.
+
+The weights use 7 of int8's 8 bits (ONNX Runtime's ``reduce_range``). On a CPU without int8 dot products (VNNI, AMX:
+AMD before Zen 4, Intel before Cascade Lake) ONNX Runtime multiplies uint8 activations by int8 weights with an
+instruction that adds pairs of products into 16 bits, and full-range weights overflow it: a product at the chain's
+shapes came out up to 19% off there (``python -m benchmarks kernels``), against 2% with 7-bit weights. A folder is
+often quantized on one machine and served on another, so every folder gets the range that is right on both."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from finechain.errors import FinechainError, short_reason
 from finechain.export.rewrite import rewritten_export
 from finechain.inference.exported import ExportManifest
 
-INT8_STEP = "int8: dynamic quantization of MatMul weights, per channel (ONNX Runtime)"
+INT8_STEP = "int8: dynamic quantization of MatMul weights, per channel, 7-bit range (ONNX Runtime)"
 
 
 def quantize_int8(source: str | Path, out: str | Path, overwrite: bool = False) -> ExportManifest:
@@ -40,8 +46,9 @@ def fp32_only(source: Path, weights: str) -> None:
 
 def quantize_graph(source: Path, target: Path) -> None:
     """ONNX Runtime's dynamic int8 quantization of every MatMul's weights in the graph at ``source``, written to
-    ``target`` (embedding tables stay fp32: quantizing them costs accuracy and saves no time). The graph-level step of
-    :func:`quantize_int8`, which adds the folder, the checks and the manifest.
+    ``target`` (embedding tables stay fp32: quantizing them costs accuracy and saves no time; weights in a 7-bit range,
+    see the module's docstring). The graph-level step of :func:`quantize_int8`, which adds the folder, the checks and
+    the manifest.
 
     Example:
         >>> quantize_graph(Path("demo-onnx/model.onnx"), Path("int8.onnx"))  # doctest: +SKIP
@@ -55,7 +62,9 @@ def quantize_graph(source: Path, target: Path) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph goes to the root logger
     try:
         model = _direct_weights(onnx.load(str(source)))
-        quantize_dynamic(model, str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            model, str(target), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True, op_types_to_quantize=["MatMul"]
+        )
     except Exception as error:  # onnx and onnxruntime raise many types
         raise FinechainError(f"quantization failed ({short_reason(error)})", file=source, fix="export the chain again") from None
     finally:
