@@ -23,7 +23,8 @@ from finechain.flows.flow import Flow, saved_flow, stage_engines
 from finechain.heads import Prediction, head_type
 from finechain.inference import Engine
 from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_chain
-from finechain.model.chain_model import ChainModel, pick_device
+from finechain.model.chain_model import ChainModel
+from finechain.model.device import pick_device
 from finechain.model.task import TaskModel
 from finechain.spec import DEFAULT_BACKBONE, JointConfig, TaskSpec, TrainingConfig
 from finechain.spec.flows import FlowSpec, rebased, rebased_json

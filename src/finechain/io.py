@@ -204,6 +204,18 @@ def decode_utf8(data: bytes, source: str | Path) -> str:
         ) from None
 
 
+def check_folder_path(folder: str | Path) -> None:
+    """A file where the folder ``folder`` should be is a one-line error (a folder that is missing is made later).
+
+    Example:
+        >>> import tempfile
+        >>> check_folder_path(tempfile.mkdtemp())  # a folder: fine
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FinechainError("this is a file, not a folder", file=folder, fix="choose a folder path (it is created if missing)")
+
+
 @contextmanager
 def folder_lock(folder: str | Path, what: str = "writing to", keep: Callable[[Path], bool] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (a ``.finechain.lock`` file in it) while the block runs; a second process
@@ -224,8 +236,7 @@ def folder_lock(folder: str | Path, what: str = "writing to", keep: Callable[[Pa
         finechain.errors.FinechainError: ...: another finechain process (pid ...) is writing to this folder (fix: ...)
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise FinechainError("this is a file, not a folder", file=folder, fix="choose a folder path (it is created if missing)")
+    check_folder_path(folder)
     created = [path for path in (folder, *folder.parents) if not path.exists()]  # the folder and any parents made for it
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -59,10 +59,13 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train every task of SPEC on one shared trunk and save the chain to --out."""
-    load_chain_spec(spec)  # a bad spec fails in a moment, before the model stack is imported
+    from finechain.jobs.checking import check_out_folder, check_spec
+
+    checked = check_spec(spec)  # the spec, its data, backbone, split and device: a problem fails before the model stack loads
+    check_out_folder(out_dir, resume)
     from finechain.jobs.training import train_chain
 
-    rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err)
+    rows = train_chain(spec, out_dir, resume=resume, copy_backbone=copy_backbone, progress=not quiet, console=err, checked=checked)
     out.print(_metrics_table(f"chain saved to {out_dir!s}", rows))
 
 
@@ -149,7 +152,10 @@ def add_task(
     quiet: QuietOpt = False,
 ) -> None:
     """Train new task(s) on an existing chain; the other tasks are not touched."""
-    load_task_specs(task_file)  # a bad task file fails in a moment, before the model stack is imported
+    from finechain.jobs.checking import check_new_tasks
+
+    specs = load_task_specs(task_file)  # a bad task file, or a task the chain has, fails before the model stack is imported
+    check_new_tasks(chain_dir, specs, task_file, replace)
     from finechain.jobs.training import add_tasks
 
     rows = add_tasks(chain_dir, task_file, replace=replace, resume=resume, progress=not quiet, console=err)
@@ -176,6 +182,9 @@ def update(
 ) -> None:
     """Continue TASK on new data, rehearsing earlier data; the old test set is scored before and after, and the
     previous version is kept (finechain restore brings it back)."""
+    from finechain.model.manifest import require_task
+
+    require_task(chain_dir, task)  # a wrong folder or task name fails in a moment, before the model stack is imported
     from finechain.jobs.updating import update_task
 
     report = update_task(
@@ -214,6 +223,9 @@ def restore(
     version: Annotated[int | None, typer.Option("--version", help="the kept version (default: the latest)")] = None,
 ) -> None:
     """Bring back a version of TASK kept by finechain update (the current one is kept too)."""
+    from finechain.model.manifest import require_task
+
+    require_task(chain_dir, task)  # a wrong folder or task name fails in a moment, before the model stack is imported
     from finechain.jobs.updating import restore_task
 
     restored = restore_task(chain_dir, task, version)
@@ -227,6 +239,9 @@ def remove_task(
     with_flows: Annotated[bool, typer.Option("--with-flows", help="also remove the chain's flows that run the task")] = False,
 ) -> None:
     """Remove TASK from a chain, with its files and kept versions; the other tasks are not touched."""
+    from finechain.model.manifest import require_task
+
+    require_task(chain_dir, task)  # a wrong folder or task name fails in a moment, before the model stack is imported
     from finechain.jobs.updating import remove_task as remove
 
     flows = remove(chain_dir, task, with_flows)
@@ -302,6 +317,8 @@ def predict(
     exported = _check_folder_options(chain_dir, runtime, device, precision)
     if flow is not None and task:
         raise FinechainError("--flow runs every task its stages name", fix="drop --task, or drop --flow")
+    if output is not None and output.is_dir():  # before any work, not after it
+        raise FinechainError("cannot write: it is a folder, not a file", file=output, fix="give a file path")
     if not exported:  # the manifest first: a damaged folder or an unknown --task fails before PyTorch loads
         from finechain.data.inputs import select_tasks
         from finechain.model.manifest import read_manifest
@@ -309,13 +326,10 @@ def predict(
         manifest = read_manifest(chain_dir)
         if task:
             select_tasks(manifest.tasks, task)
-        import torch
+        if device not in ("auto", "cpu"):  # a bad --device fails here, before any input is read
+            from finechain.model.device import pick_device
 
-        from finechain.model.chain_model import pick_device
-
-        pick_device(device)  # a bad --device fails here, before any input is read
-        if threads:
-            torch.set_num_threads(threads)
+            pick_device(device)
     presplit = input_file is not None and input_file.suffix.lower() in CONLL_SUFFIXES  # pre-tokenised: one word per line
     if input_file is None:  # as bytes where there are bytes: a bad byte is a one-line error with its line, not a traceback
         raw = getattr(sys.stdin, "buffer", None)
@@ -325,6 +339,15 @@ def predict(
         texts = read_word_lists(input_file) if presplit else read_texts(input_file, text_column)
     if not texts:
         err.print(f"no texts in {input_file or 'the input'}: nothing to predict")
+        if flow is None and not exported:  # its tasks are checked already: no model to load for no answers
+            if output:
+                atomic_write(output, lambda tmp: tmp.write_text(""))
+                err.print(f"wrote 0 predictions to {output}")
+            return
+    if threads and not exported:
+        import torch
+
+        torch.set_num_threads(threads)
     key = "words" if texts and isinstance(texts[0], list) else "text"
     if flow is not None:
         from finechain.flows.flow import saved_flow

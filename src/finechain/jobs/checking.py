@@ -12,7 +12,9 @@ from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import FinechainError
 from finechain.heads import head_type
 from finechain.heads.tagging import entity_types
+from finechain.io import check_folder_path
 from finechain.model.backbone import check_max_length, inspect_backbone, inspect_tokenizer, resolve_backbone
+from finechain.model.manifest import MANIFEST, read_manifest
 from finechain.spec import ChainSpec, TaskSpec, TrainingConfig, load_chain_spec, spec_line
 from finechain.spec.flows import StageSpec, TaskFacts, stage_problem
 
@@ -63,7 +65,7 @@ def check_spec(spec_path: Path) -> Checked:
         if not 0 <= split <= layers:
             raise FinechainError(f"split {split} is outside 0..{layers} for this backbone", fix=f"choose 0..{layers}", field="split")
         if spec.device not in ("auto", "cpu"):  # whether CUDA is there takes PyTorch to tell
-            from finechain.model.chain_model import pick_device
+            from finechain.model.device import pick_device
 
             pick_device(spec.device)
     except FinechainError as error:  # a bad backbone, split or device: point at the spec line that set it
@@ -71,6 +73,32 @@ def check_spec(spec_path: Path) -> Checked:
             raise error.at(spec_path, spec_line(spec_path, error.field)) from None
         raise
     return Checked(spec, data, path, tokenizer, split)
+
+
+def check_out_folder(out_dir: Path, resume: bool) -> None:
+    """Where ``train`` writes: a file there, or a chain already there when not resuming, is a one-line error.
+
+    Example:
+        >>> check_out_folder(Path("my-chain"), resume=False)  # doctest: +SKIP
+        FinechainError: my-chain: this folder already holds a chain (fix: pass --resume to continue it, or choose another --out)
+    """
+    check_folder_path(out_dir)
+    if (out_dir / MANIFEST).exists() and not resume:
+        raise FinechainError("this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out")
+
+
+def check_new_tasks(chain_dir: Path, specs: list[TaskSpec], task_file: Path, replace: bool) -> None:
+    """Tasks to add to the chain in ``chain_dir``: one it already has is a one-line error unless ``replace`` (read from
+    its manifest: no model is loaded).
+
+    Example:
+        >>> check_new_tasks(Path("my-chain"), [TaskSpec(name="intent")], Path("intent.yaml"), replace=False)  # doctest: +SKIP
+        FinechainError: intent.yaml: task 'intent' already exists in this chain (fix: rename it, or pass --replace)
+    """
+    existing = read_manifest(chain_dir).tasks
+    for spec in specs:
+        if spec.name in existing and not replace:
+            raise FinechainError(f"task '{spec.name}' already exists in this chain", file=task_file, fix="rename it, or pass --replace")
 
 
 def check_chain(spec_path: Path) -> list[DataCheck]:

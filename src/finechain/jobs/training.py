@@ -18,8 +18,8 @@ from finechain.evaluate.report import write_report
 from finechain.flows.flow import stage_engines
 from finechain.flows.routing import Answers, routed_task_data
 from finechain.io import folder_lock
-from finechain.jobs.checking import check_spec, load_all
-from finechain.model.chain_model import pick_device
+from finechain.jobs.checking import Checked, check_new_tasks, check_out_folder, check_spec, load_all
+from finechain.model.device import pick_device
 from finechain.model.manifest import MANIFEST, read_manifest
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
 from finechain.spec.flows import route_trained
@@ -67,23 +67,22 @@ def train_chain(
     copy_backbone: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    checked: Checked | None = None,
 ) -> list[Row]:
     """Train every task of a chain spec into ``out_dir`` (locked while it runs); with ``resume``, finished tasks are
-    kept and an interrupted one continues from its last checkpoint. Nothing is trained before :func:`check_spec` passes.
+    kept and an interrupted one continues from its last checkpoint. Nothing is trained before :func:`check_spec` passes
+    (``checked``: its result for this spec, when the caller ran it already).
 
     Example:
         >>> rows = train_chain(Path("chain.yaml"), Path("my-chain"))  # doctest: +SKIP
     """
     console = console or Console(stderr=True)
-    checked = check_spec(spec_path)
+    checked = checked or check_spec(spec_path)
     spec, data = checked.spec, checked.data
     if spec.tune is not None:  # `tune: auto`: search first, then train the best settings found
         return _tune_then_train(spec_path, spec.tune, out_dir, resume, copy_backbone, progress, console)
     with folder_lock(out_dir, "training into", keep=resumable), saying_what_is_left(out_dir, [t.name for t in spec.tasks]):
-        if (out_dir / MANIFEST).exists() and not resume:
-            raise FinechainError(
-                "this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out"
-            )
+        check_out_folder(out_dir, resume)
         if resume and (out_dir / MANIFEST).exists():
             chain = Chain.from_pretrained(out_dir, device=spec.device)
         else:
@@ -203,10 +202,7 @@ def _tune_then_train(
 
     tuned = out_dir.with_name(f"{out_dir.name}.tuned.yaml")
     if not (resume and tuned.is_file()):
-        if (out_dir / MANIFEST).exists():
-            raise FinechainError(
-                "this folder already holds a chain", file=out_dir, fix="pass --resume to continue it, or choose another --out"
-            )
+        check_out_folder(out_dir, resume=False)  # no tuned spec to resume from: a chain there is one this run did not make
         budget = parse_budget(tune.budget) if tune.budget else None
         console.print(Text(f"tune: up to {tune.trials} trials{f' within {tune.budget}' if tune.budget else ''}, then the best is trained"))
         result = tune_spec(spec_path, trials=tune.trials, budget_seconds=budget, out=tuned, progress=progress)
@@ -225,10 +221,8 @@ def add_tasks(
     console = console or Console(stderr=True)
     specs = load_task_specs(task_file)
     with folder_lock(chain_dir, "writing to"), saying_what_is_left(chain_dir, [spec.name for spec in specs]):
+        check_new_tasks(chain_dir, specs, task_file, replace)
         chain = Chain.from_pretrained(chain_dir, device="auto")
-        for spec in specs:
-            if spec.name in chain.tasks and not replace:
-                raise FinechainError(f"task '{spec.name}' already exists in this chain", file=task_file, fix="rename it, or pass --replace")
         training = TrainingConfig()
         data = load_all(specs, training)
         rows: list[Row] = []

@@ -32,7 +32,7 @@ from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.io import write_json, write_text
 from finechain.jobs.checking import check_spec
-from finechain.model.chain_model import pick_device
+from finechain.model.device import pick_device
 from finechain.spec import ChainSpec, TaskSpec
 from finechain.train.features import FeatureCache
 from finechain.train.loop import Check, Hook, TrainingDiverged, TrainingLoop

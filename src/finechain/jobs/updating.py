@@ -26,7 +26,7 @@ from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.io import folder_lock
 from finechain.model.artifact import TaskRecord, keep_task_version, load_task_version, remove_task_version, task_versions
-from finechain.model.manifest import MANIFEST, read_manifest
+from finechain.model.manifest import MANIFEST, read_manifest, require_task
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
 from finechain.train.checkpoint import Checkpointer
@@ -243,10 +243,8 @@ def update_task(
 
 def _chain_with(chain_dir: Path, name: str, device: str) -> Chain:
     """The saved chain in ``chain_dir``; a task ``name`` it does not have is an error listing those it has."""
-    chain = Chain.from_pretrained(chain_dir, device=device)
-    if name not in chain.tasks:
-        raise FinechainError(f"task '{name}' is not in this chain", file=chain_dir, fix=f"choose one of {list(chain.tasks)}")
-    return chain
+    require_task(chain_dir, name)
+    return Chain.from_pretrained(chain_dir, device=device)
 
 
 def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:

@@ -24,24 +24,6 @@ from finechain.model.task import TaskModel
 from finechain.spec import DEFAULT_BACKBONE, default_split
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` means CUDA when available, else CPU.
-
-    Example:
-        >>> pick_device("cpu").type
-        'cpu'
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FinechainError(f"unknown device '{name}'", fix="use auto, cpu, cuda or cuda:N", field="device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FinechainError(f"device '{name}' asked for, but CUDA is not available here", fix="use auto or cpu", field="device") from None
-    return device
-
-
 class ChainModel(nn.Module):
     """A pretrained encoder split at ``split``: the shared trunk (embeddings + lower layers) and one tail per task.
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from finechain.branches import BRANCH_MODES
-from finechain.errors import ArtifactError
+from finechain.errors import ArtifactError, FinechainError
 from finechain.heads import HEADS
 from finechain.model.backbone import BackboneRef
 from finechain.spec import FLAT_HEAD_OPTIONS, TASK_NAME
@@ -301,6 +301,20 @@ def read_manifest(directory: str | Path) -> Manifest:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise ArtifactError(f"{field}: {first['msg']}", file=path, fix="restore the file, or retrain the chain") from None
+
+
+def require_task(directory: str | Path, name: str) -> Manifest:
+    """The manifest of the chain folder ``directory``, which must have task ``name``: else a one-line error listing the
+    tasks it has, before any model is loaded.
+
+    Example:
+        >>> require_task("demo-chain", "topic")  # doctest: +SKIP
+        FinechainError: demo-chain: task 'topic' is not in this chain (fix: choose one of ['intent', 'sentiment', 'entities'])
+    """
+    manifest = read_manifest(directory)
+    if name not in manifest.tasks:
+        raise FinechainError(f"task '{name}' is not in this chain", file=Path(directory), fix=f"choose one of {list(manifest.tasks)}")
+    return manifest
 
 
 def task_versions(directory: str | Path, name: str) -> list[int]:
