@@ -41,7 +41,7 @@ from finechain.data.prepare import TaskData, load_task_data, read_split
 from finechain.export.half import store_half
 from finechain.export.onnx import export_onnx
 from finechain.export.quantize import quantize_int8
-from finechain.export.static_int8 import quantize_static_int8
+from finechain.export.static_int8 import CALIBRATION_TEXTS, quantize_static_int8
 from finechain.heads import head_type
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest, resolve_runtime
@@ -175,7 +175,9 @@ def speed(engine: Engine, texts: list[str], batch: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks export", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="200 examples, 1 epoch, 50 evaluation examples, 64 speed texts")
+    parser.add_argument(
+        "--quick", action="store_true", help="200 examples, 1 epoch, 50 evaluation examples, 64 speed texts, 30 calibration texts"
+    )
     parser.add_argument("--train-examples", type=int, default=2000, help="per task")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--eval-limit", type=int, default=1000, help="evaluation examples per task")
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.train_examples, args.epochs, args.eval_limit, args.speed_texts, args.rounds = 200, 1, 50, 64, 1
         args.students = "3+1" if args.students == parser.get_default("students") else args.students
+    calibration = 30 if args.quick else CALIBRATION_TEXTS  # static int8's sample: most of a smoke run's time at the default
     # each student's (trunk layers, branch layers, hidden weight, unlabelled texts per task), read before the chain trains
     shapes: dict[str, Shape] = {}
     for shape in filter(None, args.students.split(",")):
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     store_half(work / "int8", work / "int8-bf16", "bf16")
     openvino = not args.no_openvino
     if openvino:  # calibrated on the tasks' training files, as compress --int8 --static does by default
-        quantize_static_int8(work / "onnx", work / "static")
+        quantize_static_int8(work / "onnx", work / "static", count=calibration)
     students = {}
     for shape, cut in shapes.items():
         started = time.perf_counter()
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         student.save_pretrained(folder)
         quantize_int8(folder, work / f"student-{shape}-int8")
         if openvino:
-            quantize_static_int8(folder, work / f"student-{shape}-static")
+            quantize_static_int8(folder, work / f"student-{shape}-static", count=calibration)
         students[shape] = (student, folder, seconds)
         print(f"student {shape}: distilled in {seconds:.0f} s", flush=True)
     pool = [

@@ -99,7 +99,7 @@ def _rerun(record: dict[str, Any], task: str, prefix: str, suffix: str, labels: 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks tagging-defaults", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100 training sentences, 1 seed, 100 dev and test sentences")
+    parser.add_argument("--quick", action="store_true", help="100 training sentences, 1 seed, 100 dev and test sentences, min_steps 20")
     parser.add_argument("--sets", type=comma_list(str, SETS), default=list(SETS))
     parser.add_argument("--examples", type=comma_list(int), default=[1000], help="training sentences per sample")
     parser.add_argument("--seeds", type=comma_list(int), default=[13, 14])
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--append", action="store_true", help="keep the results file's records of other runs")
     parser.add_argument("--output", default=None, help="results name (default tagging_defaults, or tagging_defaults_quick)")
     args = parser.parse_args(argv)
+    quick = {"min_steps": 20} if args.quick else {}  # the default's 300 steps, four fits: minutes for a smoke run
     if args.quick:
         args.examples, args.seeds, args.dev, args.test, args.peer_epochs = [100], args.seeds[:1], 100, 100, [1]
     name = args.output or ("tagging_defaults_quick" if args.quick else "tagging_defaults")
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                     build, changed = VARIANTS[variant]
                     chain = Chain.from_backbone(BACKBONE, **build)
                     start = time.perf_counter()
-                    training = TrainingConfig(seed=seed, **changed)
+                    training = TrainingConfig(seed=seed, **{**quick, **changed})
                     chain.fit(TaskSpec(name=task, type="tagging"), training, texts=words, labels=tags, dev=dev, progress=False)
                     seconds = time.perf_counter() - start
                     label = f"{prefix}{variant} (split {chain.split})"

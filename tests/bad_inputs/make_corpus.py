@@ -29,9 +29,9 @@ SPECS = {
     "good.yaml": _spec(""),
     "slow.yaml": _spec("").replace("epochs: 1,", "epochs: 5000, patience: 0,"),  # minutes long: to be interrupted
     # one epoch of minutes, checked only at its end: an interrupt during it finds nothing written
-    "slow-first-epoch.yaml": _spec("").replace("min_steps: 0}", "min_steps: 100000, evaluations_per_epoch: 1}"),
-    # one epoch of 4,000 steps (seconds), checked half-way: an interrupt after that check finds only its metrics line
-    "slow-after-check.yaml": _spec("").replace("min_steps: 0}", "min_steps: 4000}"),
+    "slow-first-epoch.yaml": _spec("").replace("min_steps: 0}", "min_steps: 20000, evaluations_per_epoch: 1}"),
+    # one epoch of 2,000 steps (seconds), checked half-way: an interrupt after that check finds only its metrics line
+    "slow-after-check.yaml": _spec("").replace("min_steps: 0}", "min_steps: 2000}"),
     # two tasks trained one after another: the first quick (checkpointed), the second's first epoch minutes long
     "slow-second-task.yaml": _spec(
         "sharing: frozen\ntasks:\n"
