@@ -172,30 +172,39 @@ def test_the_command_list_has_a_sentence_per_command(monkeypatch, capsys) -> Non
 
 
 def test_a_bad_chain_folder_or_task_fails_before_pytorch_loads(trained: Path, tmp_path: Path) -> None:
-    """predict and eval read the manifest first: a damaged one, or a task the chain does not have, is the one-line error
-    in about a second, without importing PyTorch (which takes several)."""
+    """predict, eval, train, add-task and remove-task read the manifest, the spec and the paths first: a damaged
+    manifest, a task the chain does not (or already) has, an --out that holds a chain or an --output that is a folder is
+    the one-line error in about a second, and input with no texts is nothing to do, without importing PyTorch (which,
+    with transformers' model code, takes several)."""
     import subprocess
 
     broken = shutil.copytree(trained, tmp_path / "broken")
     (broken / "finechain.json").write_text("{not json")
-    probe = "import runpy, sys\ntry:\n    runpy.run_module('finechain', run_name='__main__')\nexcept SystemExit as end:\n"
-    probe += "    print(end.code, 'torch' in sys.modules)\n"
+    (tmp_path / "again.yaml").write_text("name: sentiment\ntrain: train.csv\n")
+    probe = "import runpy, sys\ncode = 0\ntry:\n    runpy.run_module('finechain', run_name='__main__')\n"
+    probe += "except SystemExit as end:\n    code = end.code or 0\nprint(code, 'torch' in sys.modules)\n"
     cases = [
-        (["predict", str(broken)], "finechain.json:1: not valid JSON"),
-        (["predict", str(trained), "-t", "nope"], "unknown task(s) ['nope']"),
-        (["eval", str(trained), "-t", "nope", "-d", str(tmp_path / "test.csv")], "unknown task 'nope'"),
+        (["predict", str(broken)], "good film\n", 2, "finechain.json:1: not valid JSON"),
+        (["predict", str(trained), "-t", "nope"], "good film\n", 2, "unknown task(s) ['nope']"),
+        (["predict", str(trained), "--output", str(tmp_path)], "good film\n", 2, "cannot write: it is a folder, not a file"),
+        (["predict", str(trained)], "\n  \n", 0, "no texts in the input: nothing to predict"),
+        (["eval", str(trained), "-t", "nope", "-d", str(tmp_path / "test.csv")], "", 2, "unknown task 'nope'"),
+        (["train", str(tmp_path / "chain.yaml"), "--out", str(trained)], "", 2, "this folder already holds a chain"),
+        (["add-task", str(trained), str(tmp_path / "again.yaml")], "", 2, "task 'sentiment' already exists in this chain"),
+        (["remove-task", str(trained), "-t", "nope"], "", 2, "task 'nope' is not in this chain"),
     ]
-    for argv, message in cases:
+    for argv, stdin, exit_code, message in cases:
         done = subprocess.run(
             [sys.executable, "-c", probe, *argv],
-            input="good film\n",
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=120,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
-        assert done.stdout.split() == ["2", "False"], (argv, done.stdout, done.stderr[-1000:])
-        assert message in done.stderr
+        assert done.stdout.split()[-2:] == [str(exit_code), "False"], (argv, done.stdout, done.stderr[-1000:])
+        assert message in done.stderr, (argv, done.stderr[-1000:])
+    assert (trained / "tasks" / "sentiment" / "head.safetensors").is_file()  # the refused commands changed nothing
 
 
 def test_eval_and_info(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
