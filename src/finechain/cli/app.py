@@ -339,15 +339,6 @@ def predict(
         texts = read_word_lists(input_file) if presplit else read_texts(input_file, text_column)
     if not texts:
         err.print(f"no texts in {input_file or 'the input'}: nothing to predict")
-        if flow is None and not exported:  # its tasks are checked already: no model to load for no answers
-            if output:
-                atomic_write(output, lambda tmp: tmp.write_text(""))
-                err.print(f"wrote 0 predictions to {output}")
-            return
-    if threads and not exported:
-        import torch
-
-        torch.set_num_threads(threads)
     key = "words" if texts and isinstance(texts[0], list) else "text"
     if flow is not None:
         from finechain.flows.flow import saved_flow
@@ -357,6 +348,11 @@ def predict(
 
         def lines(part: list[Any]) -> list[str]:
             return [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in runner.run(part)]
+
+    elif not texts and not exported:  # its tasks are checked already: no model to load for no answers
+
+        def lines(part: list[Any]) -> list[str]:
+            return []
 
     else:
         engine, _ = _engine(chain_dir, exported, device, precision, batch_size, threads, runtime)
@@ -392,7 +388,7 @@ def _engine(
     chain_dir: Path, exported: bool, device: str, precision: str, batch_size: int, threads: int | None, runtime: str = "auto"
 ) -> tuple[Any, dict[str, Any]]:
     """The inference engine over a chain folder (PyTorch) or an exported one (ONNX Runtime or OpenVINO, no PyTorch
-    imported), and the chain's flows by name."""
+    imported), with ``threads`` CPU threads, and the chain's flows by name."""
     from finechain.inference import Engine
 
     if exported:
@@ -400,8 +396,12 @@ def _engine(
 
         model = ExportedChain(chain_dir, threads=threads, runtime=runtime)
         return Engine(model, precision, batch_size), model.flows
+    import torch
+
     from finechain import Chain
 
+    if threads:
+        torch.set_num_threads(threads)
     chain = Chain.from_pretrained(chain_dir, device=device)
     return Engine(chain.model, precision, batch_size), chain.flows
 
