@@ -124,6 +124,19 @@ def test_predict_goes_chunk_by_chunk_with_progress_and_an_atomic_output(trained:
     code, chunked, err = cli(args, monkeypatch, capsys)
     assert code == 0 and chunked == whole  # same lines, same order
     assert "predict 7/30 texts (23%)" in err and "predict 30/30 texts (100%)" in err and "loss" not in err
+    sizes: list[int] = []
+    predict = Engine.predict
+
+    def counted(self, texts, *rest, **kw):
+        sizes.append(sum(len(t) for t in texts))
+        return predict(self, texts, *rest, **kw)
+
+    monkeypatch.setattr(Engine, "predict", counted)
+    monkeypatch.setattr(app, "PREDICT_CHUNK", 4096)
+    monkeypatch.setattr(app, "PREDICT_CHUNK_CHARS", 200)  # long texts: chunks of characters, not of 4,096 texts
+    code, by_size, err = cli(args, monkeypatch, capsys)
+    assert code == 0 and by_size == whole and len(sizes) > 2 and max(sizes) <= 200 and "predict 30/30 texts" in err
+    monkeypatch.setattr(Engine, "predict", predict)
     output = tmp_path / "preds.jsonl"
     output.write_text("earlier run\n")
     calls = []

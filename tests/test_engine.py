@@ -103,6 +103,41 @@ def test_the_engine_reports_its_time_per_stage(mixed: Chain) -> None:
     assert engine.times.as_dict() == {"prepare": 0.0, "forward": 0.0, "decode": 0.0, "texts": 0, "rows": 0, "batches": 0}
 
 
+def test_a_long_input_runs_a_block_of_characters_at_a_time(mixed: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a text past max_length holds while it runs (its windows) is many times its size: ``predict``, ``outputs``
+    and ``score`` prepare and run at most ``BLOCK_CHARS`` characters at a time, with the answers of one block."""
+    from finechain.inference import engine as engine_module
+
+    engine = mixed.engine
+    texts = [LONG, "good film", LONG + " bob", "alice visited rome", LONG]  # 134, 9, 138, 18 and 134 characters
+    words = [text.split() for text in texts]
+    tags = [["B-PER", "O", "B-LOC", "I-LOC", "O"] * (len(w) // 5) + ["O"] * (len(w) % 5) for w in words]
+    whole = engine.predict(texts)
+    whole_outputs, whole_words = engine.outputs(texts, ["ner", "sent"])
+    whole_score = engine.score("ner", words, tags)
+    sizes: list[int] = []
+    prepare = Engine.prepare
+
+    def counted(self: Engine, part: list, *args: object, **kwargs: object) -> object:
+        sizes.append(len(part))
+        return prepare(self, part, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "prepare", counted)
+    monkeypatch.setattr(engine_module, "BLOCK_CHARS", 154)
+    blocked = engine.predict(texts)
+    assert sizes == [2, 1, 2]  # 134 + 9; 138 (+ 18 would be 156); 18 + 134
+    for a, b in zip(blocked, whole, strict=True):
+        _close(a, b)
+    outputs, found = engine.outputs(texts, ["ner", "sent"])
+    assert whole_words is not None and found is not None
+    assert (found.ids, found.word_starts, found.word_spans) == (whole_words.ids, whole_words.word_starts, whole_words.word_spans)
+    for name in ("ner", "sent"):
+        for x, y in zip(outputs[name], whole_outputs[name], strict=True):
+            np.testing.assert_allclose(x, y, atol=2e-6)
+    assert engine.score("ner", words, tags) == whole_score  # the same tags, so the same counts
+    assert len(sizes) == 3 + 3 + 3 and engine.predict([]) == [] and engine.outputs([], ["sent"])[0] == {"sent": []}
+
+
 def test_an_engine_is_a_setting_not_a_copy(mixed: Chain) -> None:
     """Another engine on the same model gives the same answers; precision and batch size are its settings."""
     other = Engine(mixed.model, precision="fp32", batch_size=1)

@@ -146,6 +146,29 @@ def test_kept_states_answer_as_a_full_pass_would(trained: Path, monkeypatch: pyt
     assert [e.text for e in kept[3].answers["ner"].entities] == [e.text for e in direct[3]["ner"].entities]
 
 
+def test_a_long_input_runs_a_block_of_characters_at_a_time(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long text keeps the trunk states of all its windows: a flow runs at most ``block_chars`` characters at a
+    time (and ``block`` texts), with the answers of one block."""
+    from finechain.flows.flow import Flow
+
+    chain = Chain.from_pretrained(trained / "c")
+    long_sport = " ".join(["match alice good the"] * 20)  # 419 characters, past max_length (32)
+    texts = ["match good the", long_sport, "alice match superb", long_sport, "goal bob dreadful story"]
+    whole = chain.flow("sport_names").run(texts)
+    blocks: list[int] = []
+    run_block = Flow._run_block
+    monkeypatch.setattr(Flow, "_run_block", lambda self, part, times: blocks.append(len(part)) or run_block(self, part, times))
+    monkeypatch.setattr(Flow, "block_chars", 440)
+    blocked = chain.flow("sport_names").run(texts)
+    assert blocks == [2, 2, 1]  # 14 + 419; 18 + 419; 23
+    assert [r.path for r in blocked] == [r.path for r in whole] and "ner" in blocked[1].path
+    for first, second in zip(blocked, whole, strict=True):
+        assert first.answers.keys() == second.answers.keys()
+        assert all(close(answer.to_dict(), second.answers[key].to_dict()) for key, answer in first.answers.items())
+    monkeypatch.setattr(Flow, "block", 1)
+    assert [r.path for r in chain.flow("sport_names").run(texts)] == [r.path for r in whole] and blocks[3:] == [1] * 5
+
+
 def test_span_edges_run_on_each_marked_span(trained: Path) -> None:
     chain = Chain.from_pretrained(trained / "c")
     results = chain.flow("people").run(["alice visited paris", "the film was good"])

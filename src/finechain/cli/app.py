@@ -28,6 +28,7 @@ RUNTIME_HELP = "an exported folder's runtime: auto (what its graphs were made fo
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the trained chain")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its last checkpoint")]
 PREDICT_CHUNK = 4096  # texts per chunk of `predict`: written (and counted on the progress bar) as each chunk is done
+PREDICT_CHUNK_CHARS = 1 << 20  # and characters: a chunk of long texts' answers (a tag per word) stays small too
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
@@ -306,6 +307,7 @@ def predict(
     """Predict all (or --task) tasks for each input text in one trunk pass; writes JSONL. CHAIN_DIR may also be an
     exported folder (finechain export / compress): it then runs with ONNX Runtime (or OpenVINO), without PyTorch."""
     from finechain.data.conll import CONLL_SUFFIXES, read_word_lists
+    from finechain.data.inputs import size_blocks
     from finechain.data.readers import read_texts
     from finechain.io import atomic_write, decode_utf8, os_error
     from finechain.progress import TrainProgress
@@ -367,9 +369,10 @@ def predict(
             ]
 
     def write_all(handle: TextIO) -> None:  # chunk by chunk: memory stays flat, output flows, progress shows
-        with TrainProgress("predict", total=len(texts), enabled=len(texts) >= PREDICT_CHUNK, unit="texts", show_loss=False) as bar:
-            for start in range(0, len(texts), PREDICT_CHUNK):
-                part = texts[start : start + PREDICT_CHUNK]
+        chunks = size_blocks(texts, PREDICT_CHUNK_CHARS, PREDICT_CHUNK)
+        with TrainProgress("predict", total=len(texts), enabled=len(chunks) > 1, unit="texts", show_loss=False) as bar:
+            for chunk in chunks:
+                part = texts[chunk]
                 handle.write("".join(lines(part)))
                 handle.flush()
                 bar.advance(len(part))

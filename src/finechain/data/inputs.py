@@ -38,6 +38,39 @@ def as_texts(texts: str | Iterable[Any], name: str = "texts") -> list[Any]:
     return items
 
 
+def text_size(text: str | Sequence[str]) -> int:
+    """Characters of a text; a word list counts one more per word (the space between words).
+
+    Example:
+        >>> text_size("a cat"), text_size(["a", "cat"])
+        (5, 6)
+    """
+    return len(text) if isinstance(text, str) else sum(len(word) + 1 for word in text)
+
+
+def size_blocks(texts: Sequence[Any], max_chars: int, max_texts: int | None = None) -> list[slice]:
+    """``texts`` cut into consecutive blocks of at most ``max_texts`` texts and ``max_chars`` characters (a text longer
+    than that is a block of its own): what runs at once, so that memory follows the block's size, not the input's.
+
+    Example:
+        >>> size_blocks(["ab", "cd", "efgh", "i"], max_chars=4)
+        [slice(0, 2, None), slice(2, 3, None), slice(3, 4, None)]
+        >>> size_blocks(["a"] * 5, max_chars=100, max_texts=2)
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    blocks: list[slice] = []
+    start, size = 0, 0
+    for i, text in enumerate(texts):
+        chars = text_size(text)
+        if i > start and (size + chars > max_chars or (max_texts is not None and i - start >= max_texts)):
+            blocks.append(slice(start, i))
+            start, size = i, 0
+        size += chars
+    if start < len(texts):
+        blocks.append(slice(start, len(texts)))
+    return blocks
+
+
 def check_one_kind(texts: Sequence[Any], lines: Iterable[int], file: str | Path) -> None:
     """Raise a one-line error at the first text that is not the same kind (string or word list) as the first text.
 

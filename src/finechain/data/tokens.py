@@ -30,6 +30,17 @@ class Encoded:
         """Token count per text."""
         return [len(x) for x in self.ids]
 
+    @classmethod
+    def joined(cls, parts: Sequence[Encoded]) -> Encoded:
+        """One ``Encoded`` of consecutive ones, in order.
+
+        Example:
+            >>> Encoded.joined([Encoded([[1]], [[None]], None), Encoded([[2]], [[1]], None)]).ids
+            [[1], [2]]
+        """
+        spans = None if any(p.word_spans is None for p in parts) else [s for p in parts for s in p.word_spans or []]
+        return cls([x for p in parts for x in p.ids], [w for p in parts for w in p.word_starts], spans)
+
 
 def encode(tokenizer: Any, texts: list[str] | list[list[str]], max_length: int, chunk: int = 2048) -> Encoded:
     """Tokenise raw texts (or pre-split word lists) with the fast tokenizer, in chunks, keeping word positions.

@@ -7,7 +7,8 @@ the texts that reach it, on the kept states. An exported chain (one ONNX graph) 
 every text stage's branch on every text, and a routed stage's answer is kept only where the route holds. A chain
 that holds only routed stages (a fallback in another chain) runs only on the texts routed to it. A stage that reads
 spans runs on new inputs (the span's words, or the text with the span marked), so it takes its own pass over them.
-Texts run in blocks of :attr:`Flow.block`, so the kept states of a long list never all sit in memory at once.
+Texts run in blocks of at most :attr:`Flow.block` texts and :attr:`Flow.block_chars` characters, so the kept states
+of a long list never all sit in memory at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from finechain.data.inputs import size_blocks
 from finechain.data.tokens import Encoded
 from finechain.errors import FinechainError
 from finechain.heads import Prediction
@@ -168,6 +170,7 @@ class Flow:
             raise FinechainError(f"flow '{self.name}': {problem[0]}", fix=problem[2])
 
     block = 1024  # texts per block: the kept trunk states of one block are in memory at a time
+    block_chars = 1 << 18  # and characters (a long text keeps the states of all its windows)
 
     def run(self, texts: Sequence[Any]) -> list[FlowResult]:
         """Every text through the flow; one :class:`FlowResult` per text (``times_ms``: each stage's time for the
@@ -175,8 +178,8 @@ class Flow:
         texts = list(texts)
         results: list[FlowResult] = []
         times: dict[str, float] = {stage.key: 0.0 for stage in self.order}
-        for start in range(0, len(texts), self.block):
-            results += self._run_block(texts[start : start + self.block], times)
+        for block in size_blocks(texts, self.block_chars, self.block):
+            results += self._run_block(texts[block], times)
         for result in results:
             result.times_ms = {key: round(1000 * value, 3) for key, value in times.items()}
         return results

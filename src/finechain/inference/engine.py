@@ -29,12 +29,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from finechain.data.inputs import as_texts
+from finechain.data.inputs import as_texts, size_blocks
 from finechain.data.tagged import tagged_row
 from finechain.data.tokens import Encoded, Windows, inference_batches, overflow_windows, pad_rows
 from finechain.data.words import split_words
 from finechain.errors import DataError, InMemory
 from finechain.heads import Prediction
+
+# Characters of text that predict / outputs prepare and run at once. A text past max_length is read by token-level
+# tasks through windows, and what those hold while they run is ~100x the text (a 5,000-word text, 33,000 characters:
+# ~4 MB tokenised, more in the passes): 300 such texts in one call peaked at 3.2 GB. A block at a time keeps memory
+# to the block's (short texts: thousands of them a block, so batches are as full as before).
+BLOCK_CHARS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -290,14 +296,31 @@ class Engine:
 
     # all three ---------------------------------------------------------------------------------
     def predict(self, texts: Any, tasks: Sequence[str] | None = None) -> list[dict[str, Prediction]]:
-        """Predictions of ``tasks`` (default: all) for every text: ``prepare``, ``forward``, ``decode``."""
-        prepared = self.prepare(texts, tasks)
-        return self.decode(prepared, self.forward(prepared.rows))
+        """Predictions of ``tasks`` (default: all) for every text: ``prepare``, ``forward``, ``decode``, a block of
+        at most :data:`BLOCK_CHARS` characters at a time (what a long text costs to prepare and run is many times its
+        size: memory follows the block, not the input)."""
+        texts = as_texts(texts)
+        results: list[dict[str, Prediction]] = []
+        for block in size_blocks(texts, BLOCK_CHARS):
+            prepared = self.prepare(texts[block], tasks)
+            results += self.decode(prepared, self.forward(prepared.rows))
+        return results
 
     def outputs(self, texts: Any, tasks: Sequence[str] | None = None) -> tuple[dict[str, list[np.ndarray]], Encoded | None]:
-        """Raw head outputs per task in input order, and the word positions they align with (to score a task)."""
-        prepared = self.prepare(texts, tasks)
-        return self.collect(prepared, self.forward(prepared.rows))
+        """Raw head outputs per task in input order, and the word positions they align with (to score a task); run a
+        block at a time, as :meth:`predict` runs."""
+        texts = as_texts(texts)
+        per_task: dict[str, list[np.ndarray]] = {}
+        words: list[Encoded | None] = []
+        for block in size_blocks(texts, BLOCK_CHARS):
+            prepared = self.prepare(texts[block], tasks)
+            outputs, encoded = self.collect(prepared, self.forward(prepared.rows))
+            for name, values in outputs.items():
+                per_task.setdefault(name, []).extend(values)
+            words.append(encoded)
+        if not per_task:  # no texts: the tasks' empty lists, as one empty block gives
+            return self.collect(self.prepare([], tasks), [])
+        return per_task, None if any(w is None for w in words) else Encoded.joined(words)  # type: ignore[arg-type]
 
     def score(self, task: str, texts: Any, labels: Sequence[Any]) -> dict[str, Any]:
         """Metrics of ``task`` on labelled texts, labels read and checked like training data (a label never seen in
