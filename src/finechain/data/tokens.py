@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -100,15 +101,21 @@ class Windows:
         on both sides), or ``None`` for a word with no tokens."""
         best: list[tuple[int, int] | None] = [None] * n_words
         margin = [-1] * n_words
-        for window, (owner, starts) in enumerate(zip(self.owner, self.starts, strict=True)):
-            if owner != text:
-                continue
+        for window in self.by_text.get(text, ()):
             last = len(self.ids[window]) - 2  # the last content token (before [SEP])
-            for word, position in starts.items():
+            for word, position in self.starts[window].items():
                 room = min(position - 1, last - position)
                 if word < n_words and room > margin[word]:
                     best[word], margin[word] = (window, position), room
         return best
+
+    @cached_property
+    def by_text(self) -> dict[int, list[int]]:
+        """Each text's windows, in order (listed once, not once per text: a block may hold hundreds of long texts)."""
+        windows: dict[int, list[int]] = {}
+        for window, owner in enumerate(self.owner):
+            windows.setdefault(owner, []).append(window)
+        return windows
 
 
 def overflow_windows(
@@ -144,11 +151,15 @@ def overflow_windows(
     if not presplit and word_spans is None:
         word_spans = [split_words(text) for text in texts]
     starts: list[dict[int, int]] = []
+    span_starts: dict[int, list[int]] = {}  # per text, once: not once per window (a long text has thousands)
     for window in range(len(owner)):
         if presplit:
             first = _first_positions(batch.word_ids(window))
         else:
-            first = first_tokens(batch["offset_mapping"][window], word_spans[owner[window]])
+            text = owner[window]
+            if text not in span_starts:
+                span_starts = {text: [start for start, _ in word_spans[text]]}
+            first = first_tokens(batch["offset_mapping"][window], word_spans[text], span_starts[text])
         continues = window > 0 and owner[window - 1] == owner[window]
         if continues and first:  # the word at the window's start began in the previous window
             first.pop(min(first, key=first.__getitem__))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import regex
@@ -58,7 +59,7 @@ def split_words(text: str) -> list[tuple[int, int]]:
     return [match.span() for match in (_ASCII_WORD if text.isascii() else WORD).finditer(text)]
 
 
-def first_tokens(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> dict[int, int]:
+def first_tokens(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], starts: Sequence[int] | None = None) -> dict[int, int]:
     """``{word: position}`` of each word's first token, from the tokens' character ``offsets`` (special tokens have
     empty offsets and belong to no word). A token whose offsets take in the space before a word (tokenizers that do
     not trim offsets) belongs to that word. A word no token reaches (cut off, or dropped by the tokenizer) is absent.
@@ -69,7 +70,8 @@ def first_tokens(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -
         >>> first_tokens([(0, 0), (0, 4), (4, 10), (0, 0)], [(0, 4), (5, 10)])  # " Paris": offsets from the space
         {0: 1, 1: 2}
     """
-    starts = [start for start, _ in spans]
+    if starts is None:  # the spans' starts: a caller that maps many windows of one text passes them once
+        starts = [start for start, _ in spans]
     first: dict[int, int] = {}
     for position, (start, end) in enumerate(offsets):
         if end <= start:
