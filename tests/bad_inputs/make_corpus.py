@@ -116,9 +116,9 @@ def _write_data(data: Path) -> None:
     (data / "empty.txt").write_text("")
     (data / "blank.txt").write_text("\n  \n\n")
     (data / "many.txt").write_text("".join(f"the plot was awful and the acting weak {i}\n" for i in range(30_000)))
-    # one text past the engine's block of characters (so a block of its own): 250,000 one-character words, ~10,000
-    # windows of 32 tokens, all in one pass at --batch-size 200000
-    (data / "huge-text.txt").write_text("!" * 250_000 + "\n")
+    # one text past the engine's block of characters (so a block of its own): 500,000 one-character words, ~23,000
+    # windows of 32 tokens, all in one pass at --batch-size 200000 (half of it fits in +400 MB on one core)
+    (data / "huge-text.txt").write_text("!" * 500_000 + "\n")
     (data / "a-file").write_text("not a folder\n")
     # an update of a minute on the tiny backbone (20,000 rows, the chain's 10 epochs): to be interrupted
     words = ["great", "poor", "film", "movie", "ending", "quite", "awful", "fine"]
