@@ -15,7 +15,7 @@ from finechain.data.conll import read_conll, read_word_lists
 from finechain.data.tokens import overflow_windows
 from finechain.errors import DataError
 from finechain.heads.tagging import TransitionScores, allowed_transitions, best_paths, spans_from_tags
-from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
+from tests.conftest import NAMES, ner_sentences, sentiment_rows, write_conll, write_csv
 
 FAST = TrainingConfig(epochs=10, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2, patience=0, seed=1, min_steps=0)
 
@@ -277,6 +277,44 @@ def test_a_long_text_is_cut_into_windows_in_time_linear_in_its_length(tiny_backb
     assert len(windows.ids) > 8000 and time.perf_counter() - started < 20
     best = windows.best_positions(0, len(text))
     assert all(b is not None for b in best)  # every word found
+
+
+def test_long_tagged_training_texts_are_cut_into_pieces_that_fit(tiny_backbone: Path) -> None:
+    from finechain.data.pieces import fitting_pieces
+    from finechain.data.prepare import Split
+
+    tokenizer = Chain.from_backbone(str(tiny_backbone), split=2, max_length=16).model.tokenizer
+    words = ["the", "zqxv", "alice", "smith", "visited", "new", "york"] * 4  # 'zqxv': several sub-words
+    tags = ["O", "O", "B-PER", "I-PER", "O", "B-LOC", "I-LOC"] * 4
+    raw = " ".join(words)
+    split = Split([words, raw, ["short", "one"]], [tags, tags, ["O", "O"]], [3, 9, 12], "train.conll")
+    pieces, cut = fitting_pieces(split, tokenizer, 16)
+    assert cut == 2 and pieces.texts[-1] == ["short", "one"] and pieces.lines[-1] == 12
+    listed = [p if isinstance(p, list) else p.split() for p in pieces.texts[:-1]]
+    assert [w for p in listed for w in p] == words * 2  # every word once, in order
+    assert [t for p in pieces.labels[:-1] for t in p] == tags * 2
+    assert [len(p) for p in listed] == [len(t) for t in pieces.labels[:-1]]
+    assert all(len(tokenizer(p, is_split_into_words=True)["input_ids"]) <= 16 for p in listed)  # each fits
+    assert not any(t[0].startswith("I-") for t in pieces.labels)  # no entity cut where a cut outside one fits
+    assert {type(p) for p in pieces.texts[: len(pieces.texts) // 2]} == {list} and isinstance(pieces.texts[-2], str)
+    assert set(pieces.lines[:-1]) == {3, 9}
+
+
+def test_a_tagger_learns_the_words_past_max_length(tiny_backbone: Path, tmp_path: Path) -> None:
+    """Each training text: five 'NAME met NAME' clauses (15 words, past max_length 16 with its special tokens), then a
+    sentence with places: cut into pieces that fit, the places are trained on (before, the cut took every place off,
+    and the tagger never found one)."""
+    import random
+
+    rng = random.Random(0)
+    people = [w for _ in range(5) for w in ((rng.choice(NAMES), "B-PER"), ("met", "O"), (rng.choice(NAMES), "B-PER"))]
+    documents = [people + sentence for sentence in ner_sentences(80, 1)]
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=16)
+    train = write_conll(tmp_path / "docs.conll", documents)
+    chain.fit(TaskSpec(name="ner", type="tagging", train=train), FAST, progress=False)
+    test = ner_sentences(40, 2)
+    scores = chain.engine.score("ner", [[w for w, _ in s] for s in test], [[t for _, t in s] for s in test])
+    assert scores["per_type"]["LOC"]["f1"] > 0.3 and scores["per_type"]["PER"]["f1"] > 0.5  # LOC: 0.0 before
 
 
 def test_mixed_chain_answers_any_subset_in_one_pass(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

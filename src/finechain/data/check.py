@@ -113,11 +113,15 @@ def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length:
             f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
         )
     if over["train"] > 0:
-        cut = "words past it are not trained on" if head_cls.token_level else "the rest of each is not read"
+        cut, matters = (
+            ("each is trained on in pieces of whole words that fit", "the context across a cut")
+            if head_cls.token_level
+            else ("the rest of each is not read", "the end of a text")
+        )
         count = round(over["train"] * len(data.train))
         report.warnings.append(
             f"{count} of {len(data.train)} training texts are longer than max_length={max_length} tokens (longest {longest}); "
-            f"{cut}: raise max_length (slower) if the end of a text matters"
+            f"{cut}: raise max_length (slower) if {matters} matters"
         )
     report.warnings = [w for w in report.warnings if w]
     return report

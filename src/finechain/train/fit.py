@@ -15,6 +15,7 @@ import torch
 
 from finechain.data.augment import augment
 from finechain.data.batching import length_batches
+from finechain.data.pieces import fitting_pieces
 from finechain.data.prepare import Split, TaskData, load_task_data
 from finechain.data.tokens import inference_batches
 from finechain.errors import SpecError
@@ -186,15 +187,36 @@ def with_label_texts(data: TaskData, spec: TaskSpec, head_cls: type[Head]) -> Ta
     return replace(data, train=train, provenance={**data.provenance, "label_texts": len(added)})
 
 
-def training_data(data: TaskData, spec: TaskSpec, cfg: TrainingConfig, head_cls: type[Head]) -> TaskData:
-    """What a task trains on: ``data`` with what training adds to it, augmented copies (:func:`augmented_data`) and
-    the texts given for its labels (:func:`with_label_texts`, not augmented).
+def with_fitting_pieces(data: TaskData, head_cls: type[Head], model: ChainModel) -> TaskData:
+    """``data`` with each training and validation text of a token-level task that is longer than the model's
+    ``max_length`` cut into pieces of whole words that fit (:func:`~finechain.data.pieces.fitting_pieces`), so that no
+    word goes untrained or unscored when an epoch is chosen (prediction reads every word, through windows, and so is
+    the test file scored).
 
     Example:
-        >>> len(training_data(data, spec, TrainingConfig(augment=1), ClassificationHead).train)  # doctest: +SKIP
+        >>> with_fitting_pieces(data, head_type("tagging"), chain.model).provenance["cut_into_pieces"]  # doctest: +SKIP
+        {'train': 3, 'validation': 0}
+    """
+    if not head_cls.token_level or not len(data.train):
+        return data
+    train, cut = fitting_pieces(data.train, model.tokenizer, model.max_length)
+    validation, cut_validation = fitting_pieces(data.validation, model.tokenizer, model.max_length)
+    if not cut and not cut_validation:
+        return data
+    pieces = {**data.provenance, "cut_into_pieces": {"train": cut, "validation": cut_validation}}
+    return replace(data, train=train, validation=validation, provenance=pieces)
+
+
+def training_data(data: TaskData, spec: TaskSpec, cfg: TrainingConfig, head_cls: type[Head], model: ChainModel) -> TaskData:
+    """What a task trains on: ``data`` with what training adds to it, augmented copies (:func:`augmented_data`), the
+    texts given for its labels (:func:`with_label_texts`, not augmented) and long tagged texts cut into pieces that
+    fit (:func:`with_fitting_pieces`).
+
+    Example:
+        >>> len(training_data(data, spec, TrainingConfig(augment=1), ClassificationHead, chain.model).train)  # doctest: +SKIP
         1936
     """
-    return with_label_texts(augmented_data(data, cfg, head_cls), spec, head_cls)
+    return with_fitting_pieces(with_label_texts(augmented_data(data, cfg, head_cls), spec, head_cls), head_cls, model)
 
 
 def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
@@ -265,7 +287,7 @@ def _fit_task(
             field="contrastive",
             fix="remove contrastive",
         )
-    data = training_data(data or load_task_data(spec, head_cls, cfg.seed), spec, cfg, head_cls)
+    data = training_data(data or load_task_data(spec, head_cls, cfg.seed), spec, cfg, head_cls, model)
     torch.manual_seed(cfg.seed)
     if init is None:
         head = head_cls(options=spec.head)

@@ -109,7 +109,7 @@ def _jobs(
     jobs = []
     for spec in specs:
         head_cls = head_type(spec.type)
-        data = training_data(datas[spec.name], spec, spec.training.apply(training), head_cls)
+        data = training_data(datas[spec.name], spec, spec.training.apply(training), head_cls, model)
         if not len(data.validation):
             raise DataError(
                 f"joint training selects the trunk on every task's validation data, and task '{spec.name}' has none: too few "
