@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -267,3 +268,28 @@ def test_square_brackets_in_paths_print_as_written(tmp_path: Path, tiny_backbone
     code, out, err = cli(["info", str(run)], monkeypatch, capsys)
     assert code == 0, err
     assert str(run) in out and "backbone tiny [bert]" in out
+
+
+def test_an_interrupt_that_lands_in_a_del_still_stops_the_command() -> None:
+    """Python ignores an exception raised in a ``__del__``: an interrupt whose handler ran while a collected object's
+    ``__del__`` did was printed as "Exception ignored" and lost, and `finechain train` trained on (seen: Ctrl-C in the
+    moment a task's training started, during a regex object's collection). It is sent again and stops the command."""
+    code = (
+        "import signal, time\n"
+        "from finechain.cli import app\n"
+        "from finechain.errors import Interrupted\n"
+        "app._stop_on_interrupts()\n"
+        "class Collected:\n"
+        "    def __del__(self):\n"
+        "        signal.raise_signal(signal.SIGINT)  # its handler runs here, inside __del__\n"
+        "try:\n"
+        "    Collected()\n"
+        "    deadline = time.monotonic() + 20  # the command's work, which the interrupt must stop\n"
+        "    while time.monotonic() < deadline:\n"
+        "        pass\n"
+        "    print('lost, ran on')\n"
+        "except Interrupted as stop:\n"
+        "    print('stopped by', stop.signal_name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "stopped by SIGINT" and "Exception ignored" not in done.stderr, done.stderr

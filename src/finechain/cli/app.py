@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TextIO, TypeVar, get_args
@@ -862,6 +864,33 @@ def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _send_lost_interrupt_again(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an interrupt whose handler ran while Python was in a ``__del__`` (or another callback
+    whose exceptions it ignores: a regex object collected in the middle of training) is printed as "Exception ignored"
+    and lost, and the command runs on as if never stopped. Send the signal again instead: its handler then runs in the
+    code the callback interrupted (sent from a thread a moment later: sent from here, it would run here, in the hook,
+    and be ignored again). Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        number = signal.Signals[unraisable.exc_value.signal_name]
+        again = threading.Timer(0.01, os.kill, (os.getpid(), number))
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _stop_on_interrupts() -> None:
+    """Ctrl-C and SIGTERM raise :class:`Interrupted` (:func:`_interrupt`), also where they land in a ``__del__``
+    (:func:`_send_lost_interrupt_again`); SIGINT also when started in the background, where it comes ignored.
+
+    Example:
+        >>> _stop_on_interrupts()  # doctest: +SKIP
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.unraisablehook = _send_lost_interrupt_again
+
+
 def _out_of_memory(error: BaseException) -> bool:
     """A CPU or GPU allocation failure (PyTorch raises these as RuntimeError subclasses)."""
     text = str(error)
@@ -900,8 +929,7 @@ _one_line_summaries()
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2 (1 when the machine ran out of something), an
     interrupt one line and exit 130 (SIGTERM: 143); never a traceback for any of them."""
-    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT comes ignored
-    signal.signal(signal.SIGTERM, _interrupt)
+    _stop_on_interrupts()
     training = len(sys.argv) > 1 and sys.argv[1] in {"train", "add-task", "demo"}
     try:
         code = app(standalone_mode=False)
