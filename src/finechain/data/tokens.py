@@ -150,15 +150,14 @@ def overflow_windows(
     owner = list(batch["overflow_to_sample_mapping"])
     if not presplit and word_spans is None:
         word_spans = [split_words(text) for text in texts]
+    # each text's word starts listed once, not once per window (a long text has thousands of windows)
+    span_starts = [] if presplit else [[start for start, _ in spans] for spans in word_spans]
     starts: list[dict[int, int]] = []
-    span_starts: dict[int, list[int]] = {}  # per text, once: not once per window (a long text has thousands)
     for window in range(len(owner)):
         if presplit:
             first = _first_positions(batch.word_ids(window))
         else:
             text = owner[window]
-            if text not in span_starts:
-                span_starts = {text: [start for start, _ in word_spans[text]]}
             first = first_tokens(batch["offset_mapping"][window], word_spans[text], span_starts[text])
         continues = window > 0 and owner[window - 1] == owner[window]
         if continues and first:  # the word at the window's start began in the previous window
