@@ -455,9 +455,15 @@ def test_schemathesis_finds_no_server_error(served: Server) -> None:
 
 
 def test_the_committed_grpc_stubs_match_the_proto(tmp_path: Path) -> None:
-    from grpc_tools import protoc
+    from grpc_tools import grpc_version, protoc
 
     source = Path(__file__).resolve().parents[1] / "src"
+    stub = (source / "finechain/serve/proto/finechain_pb2_grpc.py").read_text()
+    made_by = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", stub)
+    assert made_by and made_by[1] == grpc_version.VERSION, (
+        f"the stubs were made by grpcio-tools {made_by and made_by[1]}, this is {grpc_version.VERSION}: install the "
+        "version pinned in pyproject.toml (pip install -e '.[dev]'), which writes its own version into the stubs"
+    )
     proto = "finechain/serve/proto/finechain.proto"
     assert protoc.main(["protoc", f"-I{source}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", proto]) == 0
     for name in ("finechain_pb2.py", "finechain_pb2_grpc.py"):
