@@ -22,10 +22,15 @@ from finechain.data.words import first_tokens, split_words
         ("up 3.5%!", ["up", "3.5", "%", "!"]),
         ("John F. Kennedy -- 1996-08-22 ... batting .333", ["John", "F.", "Kennedy", "--", "1996-08-22", "...", "batting", ".333"]),
         ("  Zürich\tand São Paulo\n", ["Zürich", "and", "São", "Paulo"]),
-        ("东京 and 🎉🇬🇧", ["东", "京", "and", "🎉", "🇬", "🇧"]),
+        ("东京 and 🎉🇬🇧", ["东", "京", "and", "🎉", "🇬🇧"]),  # a flag is two regional indicators: one word
+        ("I ❤️ it👍🏽 👨\u200d👩\u200d👧!", ["I", "❤️", "it", "👍🏽", "👨\u200d👩\u200d👧", "!"]),  # selector, skin tone, joins
         ("北京Paris在東京に住むコーヒー", ["北", "京", "Paris", "在", "東", "京", "に", "住", "む", "コ", "ー", "ヒ", "ー"]),
         ("cafe\u0301 in मुंबई और दिल्ली, กรุงเทพฯ", ["cafe\u0301", "in", "मुंबई", "और", "दिल्ली", ",", "กรุงเทพฯ"]),
         ("Москва — столица России. 서울에서 만나요", ["Москва", "—", "столица", "России", ".", "서울에서", "만나요"]),
+        (
+            "see https://t.co/x_1?a=b, (www.acme.com/a). Mail j.o+1@acme.co.uk!",
+            ["see", "https://t.co/x_1?a=b", ",", "(", "www.acme.com/a", ")", ".", "Mail", "j.o+1@acme.co.uk", "!"],
+        ),
         ("", []),
     ],
 )
@@ -35,7 +40,7 @@ def test_words_follow_treebank_conventions(text: str, words: list[str]) -> None:
 
 def test_words_cover_every_visible_character_once() -> None:
     rng = random.Random(0)
-    alphabet = string.ascii_letters + string.digits + string.punctuation + "  \t\néüß东’—🎉\u0301कुंあ"
+    alphabet = string.ascii_letters + string.digits + string.punctuation + "  \t\néüß东’—🎉\u0301कुंあ🇬🇧\u200d\ufe0f🏽"
     for _ in range(500):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         spans = split_words(text)

@@ -1,12 +1,14 @@
 """Words of raw text for token-level tasks, cut the way tagged training data is (CoNLL / Penn Treebank style).
 
 A tagger learns one tag per word of its training files, and those words follow the Penn Treebank conventions
-that CoNLL-2003, OntoNotes and most NER corpora use: ``U.N.``, ``O'Neil``, ``1,000`` and ``e-mail`` are one word;
+that CoNLL-2003, OntoNotes and most NER corpora use: ``U.N.``, ``O'Neil``, ``1,000`` and ``e-mail`` are one word
+(and so are a web or e-mail address, as tokenizers of web text and tweet corpora keep them);
 ``Paris.`` is ``Paris`` + ``.``; ``Neil's`` is ``Neil`` + ``'s``; ``don't`` is ``do`` + ``n't``. A subword
 tokenizer's own pre-tokenizer splits at every punctuation mark instead (``U`` ``.`` ``N`` ``.``), which hands
 the tagger words it never saw labelled. The rules are for English-like text; other scripts fall back to
 runs of word characters (combining marks included: Devanagari, Thai, Arabic vowel signs, NFD accents) and single
-symbols. Chinese characters and Japanese kana are one word each, as character-level CJK corpora tag them.
+symbols (with their modifiers: a flag, an emoji with its skin tone). Chinese characters and Japanese kana are one word
+each, as character-level CJK corpora tag them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ _ABBREVIATIONS = (
 )
 # {w}: a word character; {clitic}: 's 're 've 'll 'd 'm without the apostrophe
 _PATTERN = r"""
-    (?i:n't)(?!{w})                              # the negation clitic: do|n't
+    (?i:(?:https?|ftp)://|www\.)[^\s<>"]*[^\s<>".,;:!?')\]}}]  # a web address, without the punctuation after it
+  | [\w.%+-]+@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{{2,}}       # an e-mail address
+  | (?i:n't)(?!{w})                              # the negation clitic: do|n't
   | {w}+?(?=(?i:n't)(?!{w}))                     # the word before it
   | ['’]{clitic}                                 # 's 're 've 'll 'd 'm
   | (?:[^\W\d_]\.){{2,}}                         # U.S. U.N. e.g.
@@ -33,19 +37,21 @@ _PATTERN = r"""
   | {w}+(?:(?:[-&.,/:+]|['’](?!{clitic})){w}+)*  # words with inner - & . , / : + or apostrophes: O'Neil 1,000 3.5
   | \.\d+                                        # .5
   | \.{{2,}}|-{{2,}}                             # ... --
-  | \S                                           # anything else (a CJK character too), one character at a time
+  | {other}                                      # anything else (a CJK character too), one at a time
 """
 
 
-def _compile(engine: Any, w: str) -> re.Pattern[str]:
+def _compile(engine: Any, w: str, other: str) -> re.Pattern[str]:
     clitic = rf"(?i:s|re|ve|ll|d|m)(?!{w})"
-    return engine.compile(_PATTERN.format(w=w, clitic=clitic, abbreviations=_ABBREVIATIONS), engine.VERBOSE)
+    return engine.compile(_PATTERN.format(w=w, clitic=clitic, abbreviations=_ABBREVIATIONS, other=other), engine.VERBOSE)
 
 
 # any text: a word character is a letter or digit with its combining marks (\w of the regex package), but not a
-# Chinese character or kana; ASCII text: the same rules in the standard library's faster engine
-WORD = _compile(regex, r"[^\W\p{Han}\p{Hiragana}\p{Katakana}]")
-_ASCII_WORD = _compile(re, r"\w")
+# Chinese character or kana; any other character is taken with what the eye sees as part of it (a grapheme cluster,
+# \X: a flag's two regional indicators, an emoji with its skin tone, variation selector or zero-width joins). ASCII
+# text: the same rules in the standard library's faster engine
+WORD = _compile(regex, r"[^\W\p{Han}\p{Hiragana}\p{Katakana}]", r"(?!\s)\X")
+_ASCII_WORD = _compile(re, r"\w", r"\S")
 
 
 def split_words(text: str) -> list[tuple[int, int]]:
