@@ -58,6 +58,27 @@ def test_warnings_name_the_problem_and_strict_fails(tiny_backbone: Path, tmp_pat
     assert code == 1
 
 
+def test_a_label_spelled_two_ways_and_no_validation_are_warned_of(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    rows = [
+        (text, {0: "Pos", 1: "pos ", 2: "neg"}[i % 3] if label == "pos" else label)
+        for i, (text, label) in enumerate(sentiment_rows(120, 1))
+    ]
+    cards = [
+        ("a card arrived", "card_arrival"),
+        ("card came", "card_arrival"),
+        ("where is my card", "Card Arrival"),
+        ("no card", "Card Arrival"),
+    ]
+    write_csv(tmp_path / "train.csv", [*rows, *cards])
+    spec = _spec(tmp_path, tiny_backbone, "  - {name: s, train: train.csv, min_validation: 50}\n")  # (tests cut any size)
+    code, out, err = cli(["check", str(spec)], monkeypatch, capsys)
+    assert code == 0, err
+    text = " ".join(out.split())
+    spelled = "s: 2 labels are spelled more ways than one, each learned as a class of its own: 'Card Arrival' (2) / 'card_arrival' (2);"
+    assert f"{spelled} 'Pos' (20) / 'pos' (20); fix the labels in" in text and "only" not in text
+    assert "s: no validation examples (a cut from 124 training examples would hold fewer than min_validation=50)" in text
+
+
 def test_bad_data_is_the_same_one_line_error_as_train(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     write_csv(tmp_path / "train.csv", [*sentiment_rows(20, 1), ("", "pos")])
     spec = _spec(tmp_path, tiny_backbone, "  - {name: s, train: train.csv}\n")

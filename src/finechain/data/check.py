@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,9 +75,28 @@ def _conflicts(train: Split) -> str | None:
     )
 
 
+def _label_variants(train: Split, names: list[str]) -> str | None:
+    """Labels that differ only in case, spaces, underscores or hyphens (``Positive`` / ``positive``, ``card_arrival`` /
+    ``card arrival``): most likely one class spelled two ways, which the model would learn as two."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        groups[" ".join(re.sub(r"[_-]+", " ", name.casefold()).split())].append(name)
+    variants = [spellings for spellings in groups.values() if len(spellings) > 1]
+    if not variants:
+        return None
+    counts = Counter(name for value in train.labels for name in (value if isinstance(value, list) else [value]))
+    shown = "; ".join(" / ".join(f"{name!r} ({counts[name]})" for name in spellings) for spellings in variants[:3])
+    more = f" and {len(variants) - 3} more" if len(variants) > 3 else ""
+    return (
+        f"{len(variants)} {'label is' if len(variants) == 1 else 'labels are'} spelled more ways than one, each learned as a class "
+        f"of its own: {shown}{more}; fix the labels in {train.file} to one spelling"
+    )
+
+
 def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length: int, task: str = "") -> DataCheck:
     """Sizes, label balance, text lengths against ``max_length``, and warnings: texts shared between training and
-    validation/test data, identical texts with different labels, rare labels, a small validation set, long texts.
+    validation/test data, identical texts with different labels, rare labels, one label spelled two ways, a small or no
+    validation set, long texts.
 
     Example:
         >>> report = check_data(data, ClassificationHead, tokenizer, 128, "intent")  # doctest: +SKIP
@@ -108,7 +128,16 @@ def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length:
             listed = ", ".join(f"'{label}' ({n})" for n, label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
             have = "label has" if len(rare) == 1 else "labels have"
             report.warnings.append(f"{len(rare)} {have} fewer than {RARE_EXAMPLES} training examples: {listed}; expect weak recall on them")
-    if len(data.validation) < SMALL_VALIDATION and len(data.train):  # (no training, nothing to choose: zero-shot)
+    if data.labels:
+        report.warnings.append(_label_variants(data.train, data.labels) or "")
+    least = data.provenance.get("validation", {}).get("min_validation")
+    if not len(data.validation) and len(data.train) and least is not None:  # (no training, nothing to choose: zero-shot)
+        report.warnings.append(
+            f"no validation examples (a cut from {len(data.train)} training examples would hold fewer than min_validation="
+            f"{least}): training keeps its last weights, with no score to choose an epoch by; add a dev file, or set "
+            "`min_validation: 0` to cut one anyway"
+        )
+    elif len(data.validation) < SMALL_VALIDATION and len(data.train):
         report.warnings.append(
             f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
         )
