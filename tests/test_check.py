@@ -77,6 +77,11 @@ def test_a_label_spelled_two_ways_and_no_validation_are_warned_of(tiny_backbone:
     spelled = "s: 2 labels are spelled more ways than one, each learned as a class of its own: 'Card Arrival' (2) / 'card_arrival' (2);"
     assert f"{spelled} 'Pos' (20) / 'pos' (20); fix the labels in" in text and "only" not in text
     assert "s: no validation examples (a cut from 124 training examples would hold fewer than min_validation=50)" in text
+    (tmp_path / "chain.yaml").write_text(spec.read_text().replace("tasks:", "training: {epochs: 1, min_steps: 0}\ntasks:"))
+    code, _, err = cli(["train", str(spec), "--out", str(tmp_path / "chain"), "-q"], monkeypatch, capsys)
+    said = " ".join(err.split())  # train says the same before it trains
+    assert code == 0 and f"warning {spelled}" in said and "warning s: no validation examples" in said
+    assert said.index("warning s:") < said.index("s: classification, 124 train")
 
 
 def test_bad_data_is_the_same_one_line_error_as_train(tiny_backbone: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -93,10 +93,50 @@ def _label_variants(train: Split, names: list[str]) -> str | None:
     )
 
 
+def data_warnings(data: TaskData, head_cls: type[Head], *, mistakes_only: bool = False) -> list[str]:
+    """The problems in a task's data that are not errors and need no tokenizer (``check`` adds the lengths): what
+    reading the files found, texts shared between training and validation/test data, identical texts with different
+    labels, rare labels, one label spelled two ways, a small or no validation set. ``mistakes_only`` (what ``train``
+    prints before it trains): what reading found, clashing labels, one label spelled two ways and no validation set,
+    not the caveats of small data that ``check`` lists (rare labels, a small validation set, shared texts).
+
+    Example:
+        >>> data_warnings(data, ClassificationHead)  # doctest: +SKIP
+        ["1 label has fewer than 10 training examples: 'refund' (3); expect weak recall on them"]
+    """
+    warnings = list(data.train.warnings)  # what reading the files found comes first
+    splits = {"validation": data.validation, **({"test": data.test} if data.test is not None else {})}
+    for name, split in splits.items():
+        if not (name == "validation" and data.provenance.get("validation", {}).get("source") == "cut from train"):
+            warnings.extend(split.warnings)
+            warnings.append("" if mistakes_only else _overlap(data.train, split, name) or "")
+    if not head_cls.token_level:
+        warnings.append(_conflicts(data.train) or "")
+    if not head_cls.token_level and data.labels and not mistakes_only:  # labels of whole texts (not tags, not numbers)
+        train_counts = Counter(name for value in data.train.labels for name in (value if isinstance(value, list) else [value]))
+        rare = sorted((n, label) for label, n in train_counts.items() if n < RARE_EXAMPLES)
+        if rare:
+            listed = ", ".join(f"'{label}' ({n})" for n, label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
+            have = "label has" if len(rare) == 1 else "labels have"
+            warnings.append(f"{len(rare)} {have} fewer than {RARE_EXAMPLES} training examples: {listed}; expect weak recall on them")
+    if data.labels:
+        warnings.append(_label_variants(data.train, data.labels) or "")
+    least = data.provenance.get("validation", {}).get("min_validation")
+    if not len(data.validation) and len(data.train) and least is not None:  # (no training, nothing to choose: zero-shot)
+        warnings.append(
+            f"no validation examples (a cut from {len(data.train)} training examples would hold fewer than min_validation="
+            f"{least}): training keeps its last weights, with no score to choose an epoch by; add a dev file, or set "
+            "`min_validation: 0` to cut one anyway"
+        )
+    elif len(data.validation) < SMALL_VALIDATION and len(data.train) and not mistakes_only:
+        warnings.append(
+            f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
+        )
+    return [w for w in warnings if w]
+
+
 def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length: int, task: str = "") -> DataCheck:
-    """Sizes, label balance, text lengths against ``max_length``, and warnings: texts shared between training and
-    validation/test data, identical texts with different labels, rare labels, one label spelled two ways, a small or no
-    validation set, long texts.
+    """Sizes, label balance, text lengths against ``max_length``, and warnings: :func:`data_warnings` and long texts.
 
     Example:
         >>> report = check_data(data, ClassificationHead, tokenizer, 128, "intent")  # doctest: +SKIP
@@ -114,33 +154,7 @@ def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length:
     majority = counts.most_common(1)[0][1] / len(data.validation) if single and counts else None
     source = data.provenance.get("validation", {}).get("source", "file")
     report = DataCheck(task, head_cls.type_name, {k: len(v) for k, v in splits.items()}, source, len(data.labels), majority, over, longest)
-    for name, split in splits.items():
-        if name != "train" and not (name == "validation" and source == "cut from train"):
-            report.warnings.extend(split.warnings)
-            report.warnings.append(_overlap(data.train, split, name) or "")
-    report.warnings = data.train.warnings + report.warnings  # what reading the files found comes first
-    if not head_cls.token_level:
-        report.warnings.append(_conflicts(data.train) or "")
-    if not head_cls.token_level and data.labels:  # labels of whole texts (not tags, not numbers)
-        train_counts = Counter(name for value in data.train.labels for name in (value if isinstance(value, list) else [value]))
-        rare = sorted((n, label) for label, n in train_counts.items() if n < RARE_EXAMPLES)
-        if rare:
-            listed = ", ".join(f"'{label}' ({n})" for n, label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
-            have = "label has" if len(rare) == 1 else "labels have"
-            report.warnings.append(f"{len(rare)} {have} fewer than {RARE_EXAMPLES} training examples: {listed}; expect weak recall on them")
-    if data.labels:
-        report.warnings.append(_label_variants(data.train, data.labels) or "")
-    least = data.provenance.get("validation", {}).get("min_validation")
-    if not len(data.validation) and len(data.train) and least is not None:  # (no training, nothing to choose: zero-shot)
-        report.warnings.append(
-            f"no validation examples (a cut from {len(data.train)} training examples would hold fewer than min_validation="
-            f"{least}): training keeps its last weights, with no score to choose an epoch by; add a dev file, or set "
-            "`min_validation: 0` to cut one anyway"
-        )
-    elif len(data.validation) < SMALL_VALIDATION and len(data.train):
-        report.warnings.append(
-            f"only {len(data.validation)} validation examples: the best epoch is chosen on noise; add a dev file or raise dev_fraction"
-        )
+    report.warnings = data_warnings(data, head_cls)
     if over["train"] > 0:
         cut, matters = (
             ("each is trained on in pieces of whole words that fit", "the context across a cut")
@@ -152,8 +166,7 @@ def check_data(data: TaskData, head_cls: type[Head], tokenizer: Any, max_length:
             f"{count} of {len(data.train)} training texts are longer than max_length={max_length} tokens (longest {longest}); "
             f"{cut}: raise max_length (slower) if {matters} matters"
         )
-    report.warnings = [w for w in report.warnings if w]
     return report
 
 
-__all__ = ["DataCheck", "check_data"]
+__all__ = ["DataCheck", "check_data", "data_warnings"]

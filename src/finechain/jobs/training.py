@@ -12,11 +12,13 @@ from rich.console import Console
 from rich.text import Text
 
 from finechain.chain import Chain, open_engine
+from finechain.data.check import data_warnings
 from finechain.data.prepare import TaskData
 from finechain.errors import NOTHING_TO_RESUME, FinechainError, saying_on_interrupt
 from finechain.evaluate.report import write_report
 from finechain.flows.flow import stage_engines
 from finechain.flows.routing import Answers, routed_task_data
+from finechain.heads import head_type
 from finechain.io import folder_lock
 from finechain.jobs.checking import Checked, check_new_tasks, check_out_folder, check_spec, load_all
 from finechain.model.device import pick_device
@@ -41,6 +43,18 @@ def _train_and_save(
     result = chain.fit(spec, training, run_dir=out_dir / "runs" / spec.name, resume=resume, progress=progress, data=data)
     chain.save_pretrained(out_dir, tasks=[spec.name])
     return reports(chain, spec.name, result, out_dir)
+
+
+def say_data_warnings(console: Console, task: str, data: TaskData, task_type: str) -> None:
+    """Print the likely mistakes in one task's data (:func:`~finechain.data.check.data_warnings`: a label spelled two
+    ways, the same text with two labels, ...) and a missing validation set, each a line.
+
+    Example:
+        >>> say_data_warnings(Console(stderr=True), "intent", data, "classification")  # doctest: +SKIP
+        warning intent: 1 training text occurs with different labels (e.g. 'good film': ['neg', 'pos']); fix the labels, ...
+    """
+    for warning in data_warnings(data, head_type(task_type), mistakes_only=True):
+        console.print(Text.assemble(("warning", "yellow"), f" {task}: {warning}"), soft_wrap=True)
 
 
 def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[Row]:
@@ -94,6 +108,9 @@ def train_chain(
                 f"each task tunes {chain.num_layers - chain.split} branch layers"
             )
         )
+        for task in spec.tasks:  # the likely mistakes `finechain check` finds in the data, before the minutes of training
+            if task.name not in chain.tasks:
+                say_data_warnings(console, task.name, data[task.name], task.type)
         rows: list[Row] = []
         routed = route_trained(spec.flows)  # trained last, on the rows their routes send them
         pending = [task for task in spec.tasks if task.name not in chain.tasks]
@@ -225,6 +242,8 @@ def add_tasks(
         chain = Chain.from_pretrained(chain_dir, device="auto")
         training = TrainingConfig()
         data = load_all(specs, training)
+        for spec in specs:
+            say_data_warnings(console, spec.name, data[spec.name], spec.type)
         rows: list[Row] = []
         for spec in specs:
             rows += _train_and_save(chain, spec, data[spec.name], training, chain_dir, resume, progress, console)
