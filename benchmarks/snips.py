@@ -3,8 +3,8 @@ tasks answered in one pass, next to what a user would build with the Hugging Fac
 a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one after the other, in the same run.
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
-        [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR] [--slot-adversarial fgm] [--ema-decay D]
-        [--batch-size 32]
+        [--label-pieces all] [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR]
+        [--slot-adversarial fgm] [--ema-decay D] [--batch-size 32]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -87,7 +87,7 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
             text_column="words",
             label_column="slots",
             max_train_examples=limit,
-            head={"crf": args.crf},
+            head={"crf": args.crf, "label_pieces": args.label_pieces},
             training=slot_rates(args) | ({} if args.slot_adversarial == "none" else {"adversarial": args.slot_adversarial}),
         ),
     ]
@@ -104,6 +104,8 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         variant += f", trunk lr {args.trunk_learning_rate:g}"
     if args.crf:
         variant += ", CRF slot tagger"
+    if args.label_pieces != "first":
+        variant += f", slots trained on {args.label_pieces} sub-words"
     if args.slot_weight != 1.0:
         variant += f", slot loss x{args.slot_weight:g}"
     for key, value in slot_rates(args).items():
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="auto", help="the chain's split depth: auto or a number of trunk layers")
     parser.add_argument("--trunk-learning-rate", type=float, default=None, help="joint trunk rate (default JointConfig's 5e-5)")
     parser.add_argument("--crf", action="store_true", help="the chain's slot tagger is a CRF (head option crf: true)")
+    parser.add_argument(
+        "--label-pieces", choices=["first", "all"], default="first", help="the slot tagger's label_pieces: a word's first sub-word or all"
+    )
     parser.add_argument(
         "--slot-weight", type=float, default=1.0, help="the slot task's loss weight in joint training (JointConfig.loss_weights)"
     )

@@ -212,6 +212,32 @@ def test_a_crf_tagger_learns_moves_and_keeps_them_everywhere(tiny_backbone: Path
     assert [p["ner"].tags for p in Engine(ExportedChain(tmp_path / "onnx")).predict(texts)] == [p["ner"].tags for p in answers]
 
 
+def test_a_tagger_trained_on_every_sub_word_still_reads_and_scores_whole_words(tiny_backbone: Path, tmp_path: Path) -> None:
+    """``label_pieces: all``: the later sub-words of a word are trained on too (as ``I-X`` after a ``B-X``), while scores
+    and predictions stay one per word, read at its first sub-word; with a CRF (moves between words) it is an error."""
+    from finechain.heads.tagging import TaggingHead
+
+    sentences = ner_sentences(200, 1)
+    train = write_conll(tmp_path / "train.conll", sentences)
+    dev = write_conll(tmp_path / "dev.conll", ner_sentences(50, 2))
+    chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+    spec = TaskSpec(name="ner", type="tagging", train=train, dev=dev, head={"label_pieces": "all"})
+    result = chain.fit(spec, FAST, progress=False)
+    head = chain.model.tasks["ner"].head
+    words = [["alice", "visited", "newyorkshire", "today"]]  # the third word is several sub-words
+    _, encoded = chain.model.encode(words, with_words=True)
+    first, every = head.targets([["B-PER", "O", "B-LOC", "O"]], encoded), head.training_targets([["B-PER", "O", "B-LOC", "O"]], encoded)
+    pieces = encoded.word_starts[0][3] - encoded.word_starts[0][2]
+    assert pieces > 1 and (first != -100).sum() == 4 and (every != -100).sum() == encoded.lengths[0] - 2  # all but [CLS] [SEP]
+    later = every[0, encoded.word_starts[0][2] + 1 : encoded.word_starts[0][3]]
+    assert set(later.tolist()) == {head.labels.index("I-LOC")} and (every[0, [0, encoded.lengths[0] - 1]] == -100).all()
+    assert result.validation["entity_f1"] > 0.9 and result.validation["n"] == 50
+    answers = chain.predict(["alice visited new york"])
+    assert [(e.type, e.text) for e in answers[0]["ner"].entities] == [("PER", "alice"), ("LOC", "new york")]
+    with pytest.raises(ValueError, match="a CRF learns moves from word to word: remove `label_pieces: all`"):
+        TaggingHead(["B-PER", "I-PER", "O"], {"crf": True, "label_pieces": "all"})
+
+
 def test_tagging_learns_and_predicts_character_spans(
     tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

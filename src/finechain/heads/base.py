@@ -221,6 +221,16 @@ class Head(ABC):
     def targets(self, parsed: Sequence[Any], words: WordPositions | None = None) -> np.ndarray:
         """Training targets for parsed labels (token-level heads align them with ``words``)."""
 
+    def training_targets(self, parsed: Sequence[Any], words: WordPositions | None = None) -> np.ndarray:
+        """The targets trained on: :meth:`targets` (what scores are computed against) unless the head trains on more
+        (a tagger on every sub-word of a word).
+
+        Example:
+            >>> ClassificationHead(["neg", "pos"]).training_targets(["pos", "neg"]).tolist()  # doctest: +SKIP
+            [1, 0]
+        """
+        return self.targets(parsed, words)
+
     @abstractmethod
     def decode(self, outputs: Sequence[np.ndarray], texts: Sequence[Any], words: WordPositions | None = None) -> list[Prediction]:
         """One prediction per text from each text's raw output (``[labels]``, or ``[tokens, labels]`` for token-level heads)."""

@@ -26,6 +26,11 @@ class TaggingOptions(HeadOptions):
         description="a linear-chain CRF: the head also learns a score for each tag-to-tag move (and for the first and last "
         "tag), trains on the likelihood of whole tag sequences, and decodes by Viterbi over both (within valid IOB2 moves)",
     )
+    label_pieces: Literal["first", "all"] = Field(
+        "first",
+        description="first: a word's tag is trained on its first sub-word, where it is read; all: on every sub-word of it "
+        "(those after the first of a B-X word as I-X), more tokens to learn from, still read at the first",
+    )
     strict_bio: bool = Field(False, description="an I-X that does not continue X is an error instead of being repaired")
     keep_docstart: bool = Field(False, description="keep -DOCSTART- lines as tokens")
     token_column: int | None = Field(None, description="CoNLL column of the token; default 0, or 1 (FORM) in .conllu files")
@@ -35,6 +40,8 @@ class TaggingOptions(HeadOptions):
     def _crf_decodes_sequences(self) -> TaggingOptions:
         if self.crf and self.decoding == "argmax":
             raise ValueError("a CRF decodes whole tag sequences: remove `decoding: argmax`, or set `crf: false`")
+        if self.crf and self.label_pieces == "all":
+            raise ValueError("a CRF learns moves from word to word: remove `label_pieces: all`, or set `crf: false`")
         return self
 
 
@@ -275,6 +282,28 @@ class TaggingHead(Head):
             for tag, position in zip(tags, starts, strict=True):
                 if position is not None:
                     out[row, position] = index[tag]
+        return out
+
+    def training_targets(self, parsed: Sequence[Any], words: WordPositions | None = None) -> np.ndarray:
+        """:meth:`targets`, and with ``label_pieces: all`` also each word's later sub-words (up to the next word's first,
+        or the text's closing token): ``I-X`` after a ``B-X``, the word's own tag otherwise.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> head = TaggingHead(["B-PER", "I-PER", "O"], {"label_pieces": "all"})
+            >>> words = SimpleNamespace(word_starts=[[1, 3]], lengths=[6])  # [CLS] An ##ge Merkel ##s [SEP]
+            >>> head.training_targets([["B-PER", "I-PER"]], words).tolist()
+            [[-100, 0, 1, 1, 1, -100]]
+        """
+        out = self.targets(parsed, words)
+        if self.options.label_pieces == "first" or words is None:  # type: ignore[attr-defined]
+            return out
+        index = {tag: i for i, tag in enumerate(self.labels)}
+        later = [index.get("I-" + tag[2:], i) if tag.startswith("B-") else i for i, tag in enumerate(self.labels)]
+        for row, (starts, length) in enumerate(zip(words.word_starts, words.lengths, strict=True)):
+            kept = [p for p in starts if p is not None]
+            for position, end in zip(kept, [*kept[1:], length - 1], strict=True):
+                out[row, position + 1 : end] = later[out[row, position]]
         return out
 
     def word_tags(self, outputs: Sequence[np.ndarray], positions: list[list[int]]) -> tuple[list[list[str]], list[list[float]]]:

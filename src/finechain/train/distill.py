@@ -129,7 +129,7 @@ def distill(
         val_ids, val_words = student.encode(data.validation.texts, with_words=head_cls.token_level)
         all_ids = ids + extra_ids
         soft = teacher_outputs(teacher, spec.name, all_ids, training).to(student.device)
-        gold = task.head.targets(data.train.labels, words)
+        gold = task.head.training_targets(data.train.labels, words)
         targets = _padded_targets(gold, len(extra_ids), soft.shape[1] if soft.dim() == 3 else 0).to(student.device)
         hidden = teacher_trunk(teacher, all_ids, training.precision) if hidden_weight else None
         objective = Distillation(soft, len(ids), temperature, hard_weight, hidden_weight, hidden)

@@ -314,7 +314,7 @@ def _fit_task(
         return FitResult(spec.name, metric, None, validation, None, time.perf_counter() - started, 0.0, [], task.eval(), cfg)
     train_ids, train_words = model.encode(data.train.texts, with_words=head_cls.token_level)
     train_feats = cache.get(model.trunk, train_ids, cache_file=run_path / "cache" / "train.npy", **states)
-    y_train = torch.from_numpy(task.head.targets(data.train.labels, train_words)).to(device)
+    y_train = torch.from_numpy(task.head.training_targets(data.train.labels, train_words)).to(device)
     if init is None and task.head.starts_from_examples:  # a prototype head: rows start at the labels' mean embeddings
         task.head_layer.set_prototypes(class_means(task, train_feats, y_train, cfg.eval_batch_size, cfg.precision))
 

@@ -122,7 +122,7 @@ def _jobs(
         task = model.new_task(head, spec.branch)
         ids, words = model.encode(data.train.texts, with_words=head_cls.token_level)
         val_ids, val_words = model.encode(data.validation.texts, with_words=head_cls.token_level)
-        targets = torch.from_numpy(head.targets(data.train.labels, words)).to(model.device)
+        targets = torch.from_numpy(head.training_targets(data.train.labels, words)).to(model.device)
         metric = spec.metric or head.selection_metric(data.train.labels)
         objective = training_objective(spec.training.apply(training), HeadLoss(joint.loss_weights.get(spec.name, 1.0)))
         jobs.append(JointJob(spec, data, task, metric, ids, targets, val_ids, head.targets(data.validation.labels, val_words), objective))
