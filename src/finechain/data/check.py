@@ -75,7 +75,7 @@ def _conflicts(train: Split) -> str | None:
     )
 
 
-def _label_variants(train: Split, names: list[str]) -> str | None:
+def _label_variants(train: Split, names: list[str], counts: Counter[str]) -> str | None:
     """Labels that differ only in case, spaces, underscores or hyphens (``Positive`` / ``positive``, ``card_arrival`` /
     ``card arrival``): most likely one class spelled two ways, which the model would learn as two."""
     groups: dict[str, list[str]] = defaultdict(list)
@@ -84,7 +84,6 @@ def _label_variants(train: Split, names: list[str]) -> str | None:
     variants = [spellings for spellings in groups.values() if len(spellings) > 1]
     if not variants:
         return None
-    counts = Counter(name for value in train.labels for name in (value if isinstance(value, list) else [value]))
     shown = "; ".join(" / ".join(f"{name!r} ({counts[name]})" for name in spellings) for spellings in variants[:3])
     more = f" and {len(variants) - 3} more" if len(variants) > 3 else ""
     return (
@@ -105,23 +104,24 @@ def data_warnings(data: TaskData, head_cls: type[Head], *, mistakes_only: bool =
         ["1 label has fewer than 10 training examples: 'refund' (3); expect weak recall on them"]
     """
     warnings = list(data.train.warnings)  # what reading the files found comes first
+    validation = data.provenance.get("validation", {})
+    train_counts = Counter(name for value in data.train.labels for name in (value if isinstance(value, list) else [value]))
     splits = {"validation": data.validation, **({"test": data.test} if data.test is not None else {})}
     for name, split in splits.items():
-        if not (name == "validation" and data.provenance.get("validation", {}).get("source") == "cut from train"):
+        if not (name == "validation" and validation.get("source") == "cut from train"):
             warnings.extend(split.warnings)
             warnings.append("" if mistakes_only else _overlap(data.train, split, name) or "")
     if not head_cls.token_level:
         warnings.append(_conflicts(data.train) or "")
     if not head_cls.token_level and data.labels and not mistakes_only:  # labels of whole texts (not tags, not numbers)
-        train_counts = Counter(name for value in data.train.labels for name in (value if isinstance(value, list) else [value]))
         rare = sorted((n, label) for label, n in train_counts.items() if n < RARE_EXAMPLES)
         if rare:
             listed = ", ".join(f"'{label}' ({n})" for n, label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
             have = "label has" if len(rare) == 1 else "labels have"
             warnings.append(f"{len(rare)} {have} fewer than {RARE_EXAMPLES} training examples: {listed}; expect weak recall on them")
     if data.labels:
-        warnings.append(_label_variants(data.train, data.labels) or "")
-    least = data.provenance.get("validation", {}).get("min_validation")
+        warnings.append(_label_variants(data.train, data.labels, train_counts) or "")
+    least = validation.get("min_validation")
     if not len(data.validation) and len(data.train) and least is not None:  # (no training, nothing to choose: zero-shot)
         warnings.append(
             f"no validation examples (a cut from {len(data.train)} training examples would hold fewer than min_validation="
