@@ -193,3 +193,39 @@ def test_joint_training_stops_early_like_single_task_training(tiny_backbone: Pat
     assert len(log) < 2 * 8 and isinstance(log[-1]["epoch"], int)  # stopped early, at an epoch's end
     assert 2 <= len(log) - 1 - best < 4  # after one epoch's worth of checks (2) without gain, at the next epoch end
     assert chain.trunk_record.best_epoch == log[best]["epoch"]
+
+
+def test_the_joint_mean_weighs_a_regression_task_the_same_whatever_its_labels_unit(tiny_backbone: Path, tmp_path: Path) -> None:
+    """The check kept is chosen on the mean of each task's comparable score: a regression's RMSE as 1 - RMSE / std of
+    its training labels. Labels 1024 times larger (a power of two: standardised, they train on the very same numbers)
+    give the same means, so the regression task's unit cannot outweigh the classifier's accuracy."""
+    import numpy as np
+
+    def rated(n: int, seed: int, scale: float) -> list[tuple[str, float]]:
+        return [(text, scale * ((label == "pos") + 0.1 * len(text.split()))) for text, label in sentiment_rows(n, seed)]
+
+    means = []
+    for scale in (1.0, 1024.0):
+        folder = tmp_path / f"x{int(scale)}"
+        folder.mkdir()
+        sent = TaskSpec(
+            name="sent", train=write_csv(folder / "s.csv", sentiment_rows(160, 1)), dev=write_csv(folder / "sd.csv", sentiment_rows(40, 2))
+        )
+        stars = TaskSpec(
+            name="stars",
+            type="regression",
+            train=write_csv(folder / "r.csv", rated(160, 3, scale)),
+            dev=write_csv(folder / "rd.csv", rated(40, 4, scale)),
+        )
+        specs = [sent, stars]
+        data = {s.name: load_task_data(s, head_type(s.type), seed=1) for s in specs}
+        chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+        joint = JOINT.model_copy(update={"epochs": 2, "refine_epochs": 0})
+        chain.fit_joint(specs, TRAINING, joint, data=data, run_dir=folder / "run", progress=False)
+        log = [json.loads(line) for line in (folder / "run" / "joint" / "metrics.jsonl").read_text().splitlines()]
+        spread = float(np.std([label for _, label in rated(160, 3, scale)]))
+        for record in log:
+            scores = record["validation"]
+            assert record["mean"] == pytest.approx((scores["sent"] + 1 - scores["stars"] / spread) / 2, abs=1e-6)
+        means.append([record["mean"] for record in log])
+    assert means[0] == pytest.approx(means[1], abs=1e-6)

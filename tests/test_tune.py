@@ -112,6 +112,23 @@ def test_a_frozen_multi_task_spec_searches_each_task_under_its_name(tiny_backbon
     assert topic.training.learning_rate == 0.001 and topic.head.pooling == result.best.params["topic.pooling"]
 
 
+def test_a_regression_task_counts_in_the_trials_mean_without_its_unit(tiny_backbone: Path, tmp_path: Path) -> None:
+    """A trial's value is the mean of its tasks' comparable scores: a regression's RMSE in dollars enters as 1 - RMSE /
+    std of its training labels, not as minus thousands that would drown the classifier's accuracy."""
+    import numpy as np
+
+    prices = [(text, 1000.0 * (label == "pos") + 10.0 * len(text.split())) for text, label in sentiment_rows(120, 4)]
+    write_csv(tmp_path / "price.csv", prices)
+    spec = _spec(tmp_path, tiny_backbone, extra="split: 3\nsharing: frozen\n")
+    spec.write_text(spec.read_text() + "  - {name: price, type: regression, train: price.csv}\n")
+    result = tune_spec(spec, trials=2, seed=5)
+    spread = float(np.std([price for _, price in prices]))
+    complete = [r for r in result.trials if r.state == "complete"]
+    assert complete and all(r.scores["price"] > 1 for r in complete)  # an RMSE in the label's unit
+    for r in complete:
+        assert r.value == pytest.approx((r.scores["sentiment"] + 1 - r.scores["price"] / spread) / 2)
+
+
 def test_a_jointly_trained_spec_is_refused_with_the_fix(tiny_backbone: Path, tmp_path: Path) -> None:
     spec = _spec(tmp_path, tiny_backbone, extra="sharing: joint\n")
     with pytest.raises(FinechainError, match="sharing: frozen"):

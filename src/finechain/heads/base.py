@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from finechain.errors import DataError
+from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads.predictions import Prediction
 
 Pooling = Literal["mean", "cls", "max"]
@@ -183,6 +184,18 @@ class Head(ABC):
         """The validation metric that picks the best check when the spec names none, given the training labels;
         default: :attr:`default_metric`."""
         return self.default_metric
+
+    def comparable_score(self, metric: str, value: float) -> float:
+        """``value`` of ``metric`` on a scale that every task shares: higher is better and no unit is left, so that
+        joint training and ``tune`` can average it with other tasks' scores to choose their best check or trial.
+        Default: the value, negated for a metric that goes down (``rmse``, ``mae``); a head whose metric has units
+        (a regression's error) scales it.
+
+        Example:
+            >>> ClassificationHead(["neg", "pos"]).comparable_score("accuracy", 0.9)  # doctest: +SKIP
+            0.9
+        """
+        return -value if metric in LOWER_IS_BETTER else value
 
     @property
     def loss_name(self) -> str:

@@ -78,6 +78,19 @@ class RegressionHead(Head):
         self.mean = float(np.mean(parsed))
         self.std = float(np.std(parsed)) or 1.0
 
+    def comparable_score(self, metric: str, value: float) -> float:
+        """An error (``rmse``, ``mae``) in units of the training targets' standard deviation, as ``1 - error / std``:
+        about 0 for always answering the mean, 1 when exact, the same whether the labels are stars or dollars (so a
+        regression task does not outweigh the others in a joint or tuned mean); R², Pearson and Spearman as they are.
+
+        Example:
+            >>> head = RegressionHead()
+            >>> head.initialize([100.0, 300.0])
+            >>> head.comparable_score("rmse", 25.0), head.comparable_score("r2", 0.5)
+            (0.75, 0.5)
+        """
+        return 1.0 - value / self.std if metric in ("rmse", "mae") else value
+
     def check_known(self, parsed: Any, *, file: str, line: int) -> None:
         """Any number is allowed."""
 

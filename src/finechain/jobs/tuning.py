@@ -60,7 +60,7 @@ class TrialRecord:
     number: int
     state: str
     params: dict[str, Any]
-    value: float | None = None  # the objective: the mean over tasks of each task's metric, signed so that higher is better
+    value: float | None = None  # the objective: the mean over tasks of each task's Head.comparable_score (higher is better)
     scores: dict[str, float] = field(default_factory=dict)  # each task's validation metric
     seconds: float = 0.0
     note: str = ""
@@ -234,7 +234,7 @@ def tune_spec(
                 result = chain.fit(task, spec.training, data=datas[task.name], hooks=[hook], features=features, progress=progress)
                 metrics[task.name] = result.metric
                 record.scores[task.name] = float(result.validation[result.metric])
-                values.append(_oriented(result.metric) * record.scores[task.name])
+                values.append(chain.tasks[task.name].head.comparable_score(result.metric, record.scores[task.name]))
                 if hook.pruned:
                     record.state = "pruned"
                     raise optuna.TrialPruned()

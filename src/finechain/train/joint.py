@@ -17,7 +17,6 @@ from torch import nn
 from finechain.data.batching import index_tensor, length_batches, pad_ids
 from finechain.data.prepare import TaskData
 from finechain.errors import DataError
-from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
 from finechain.model.chain_model import ChainModel
 from finechain.model.precision import autocast_context
@@ -153,9 +152,10 @@ def fit_joint(
     refine each tail on cached trunk states (its own epochs with early stopping, or ``joint.refine_epochs``).
 
     Validation is scored ``training.evaluations_per_epoch`` times an epoch; the weights of the check with the best
-    mean score (sign-adjusted per metric) are kept, and ``training.patience`` epochs without a better mean stop the
-    joint phase early. Checkpoints are written to ``run_dir`` after every epoch and ``resume`` continues exactly;
-    without ``run_dir`` they go to a temporary folder that is removed afterwards. ``hooks`` observe the joint phase.
+    mean score (each task's on a shared scale: ``Head.comparable_score``) are kept, and ``training.patience`` epochs
+    without a better mean stop the joint phase early. Checkpoints are written to ``run_dir`` after every epoch and
+    ``resume`` continues exactly; without ``run_dir`` they go to a temporary folder that is removed afterwards.
+    ``hooks`` observe the joint phase.
 
     Example:
         >>> result = fit_joint(model, specs, datas, TrainingConfig(), JointConfig())  # doctest: +SKIP
@@ -283,8 +283,9 @@ def train_jobs(
     scored = [job for job in jobs if job.val_ids]  # a task trained without validation data (few examples) has no score
 
     def evaluate() -> Evaluation:
-        """Every task's validation score through the current trunk; the selection value is their sign-adjusted mean
-        (with no validation data at all, each check beats the one before: the last weights are kept)."""
+        """Every task's validation score through the current trunk; the selection value is the mean of their
+        :meth:`~finechain.heads.base.Head.comparable_score` (with no validation data at all, each check beats the one
+        before: the last weights are kept)."""
         if not scored:
             return Evaluation(float(loop.state.step))
         model.trunk.eval()
@@ -292,7 +293,7 @@ def train_jobs(
             job.spec.name: float(job.task.head.score(_validation_outputs(model, job, training), job.val_targets)[job.metric])
             for job in scored
         }
-        mean = sum(-v if job.metric in LOWER_IS_BETTER else v for job, v in zip(scored, scores.values(), strict=True)) / len(scored)
+        mean = sum(job.task.head.comparable_score(job.metric, v) for job, v in zip(scored, scores.values(), strict=True)) / len(scored)
         return Evaluation(mean, scores)
 
     def record(check: Check) -> dict[str, Any]:
