@@ -1,4 +1,5 @@
-"""A progress bar (rich) over the steps of a run: training steps, or texts to predict. No PyTorch."""
+"""What a run prints as it goes (rich): a progress bar over training steps or texts to predict, and tagged lines
+(``warning ...``, ``error: ...``). No PyTorch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
+
+
+def tagged(tag: str, style: str, message: str) -> Text:
+    """A line with a coloured tag, then the message as written (no markup read in it: a path with ``[brackets]``
+    prints as it is).
+
+    Example:
+        >>> tagged("warning", "yellow", "intent: 3 labels [rare]").plain
+        'warning intent: 3 labels [rare]'
+    """
+    return Text.assemble((tag, style), " ", message)
 
 
 class TrainProgress:

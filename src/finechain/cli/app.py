@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted, ResourceError
+from finechain.progress import tagged
 from finechain.spec import load_chain_spec, load_task_specs
 
 Number = TypeVar("Number", int, float)  # an option value per task (per_task_values)
@@ -33,11 +34,6 @@ PREDICT_CHUNK = 4096  # texts per chunk of `predict`: written (and counted on th
 PREDICT_CHUNK_CHARS = 1 << 20  # and characters: a chunk of long texts' answers (a tag per word) stays small too
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
-
-
-def _tagged(tag: str, style: str, message: str) -> Text:
-    """A coloured tag, then the message as written."""
-    return Text.assemble((tag, style), " ", message)
 
 
 def _metrics_table(title: str, rows: list[tuple[str, str, dict[str, Any]]]) -> Table | Text:
@@ -103,7 +99,7 @@ def check(
     )
     warnings = [(r.task, w) for r in reports for w in r.warnings]
     for task, warning in warnings:
-        out.print(_tagged("warning", "yellow", f"{task}: {warning}"), soft_wrap=True)
+        out.print(tagged("warning", "yellow", f"{task}: {warning}"), soft_wrap=True)
     if not warnings:
         out.print("no warnings")
     if strict and warnings:
@@ -936,27 +932,27 @@ def main() -> None:
         if isinstance(code, int) and code:  # typer returns, not raises, the exit code of some ends
             raise SystemExit(code)
     except FinechainError as error:
-        err.print(_tagged("error:", "red", error.format()), soft_wrap=True)
+        err.print(tagged("error:", "red", error.format()), soft_wrap=True)
         raise SystemExit(error.exit_code) from None
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
     except (typer.Abort, KeyboardInterrupt, Interrupted) as stop:
         hint = _left_hint(stop, training)
         name = getattr(stop, "signal_name", "SIGINT")
-        err.print(_tagged("interrupted", "yellow", f"by {name}{hint}"), soft_wrap=True)
+        err.print(tagged("interrupted", "yellow", f"by {name}{hint}"), soft_wrap=True)
         raise SystemExit(143 if name == "SIGTERM" else 130) from None
     except _usage_errors() as error:  # unknown option, missing argument, bad value: click's usage message
         show = getattr(error, "show", None)
         if show is not None:
             show()
         else:
-            err.print(_tagged("error:", "red", str(error)))
+            err.print(tagged("error:", "red", str(error)))
         raise SystemExit(getattr(error, "exit_code", 2)) from None
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
         fix = "lower --batch-size (or training.batch_size / eval_batch_size, max_length), or free memory"
-        err.print(_tagged("error:", "red", ResourceError("out of memory", fix=fix).format()), soft_wrap=True)
+        err.print(tagged("error:", "red", ResourceError("out of memory", fix=fix).format()), soft_wrap=True)
         raise SystemExit(ResourceError.exit_code) from None
 
 

@@ -23,6 +23,7 @@ from finechain.io import folder_lock
 from finechain.jobs.checking import Checked, check_new_tasks, check_out_folder, check_spec, load_all
 from finechain.model.device import pick_device
 from finechain.model.manifest import MANIFEST, read_manifest
+from finechain.progress import tagged
 from finechain.spec import TaskSpec, TrainingConfig, TuneConfig, load_task_specs
 from finechain.spec.flows import route_trained
 from finechain.train.checkpoint import Checkpointer
@@ -54,7 +55,7 @@ def say_data_warnings(console: Console, task: str, data: TaskData, task_type: st
         warning intent: 1 training text occurs with different labels (e.g. 'good film': ['neg', 'pos']); fix the labels, ...
     """
     for warning in data_warnings(data, head_type(task_type), mistakes_only=True):
-        console.print(Text.assemble(("warning", "yellow"), f" {task}: {warning}"), soft_wrap=True)
+        console.print(tagged("warning", "yellow", f"{task}: {warning}"), soft_wrap=True)
 
 
 def reports(chain: Chain, name: str, result: FitResult, out_dir: Path) -> list[Row]:
