@@ -118,6 +118,32 @@ def test_reported_validation_scores_the_restored_best_weights(tiny_backbone: Pat
     assert rescored["rmse"] == pytest.approx(result.validation["rmse"], abs=1e-5)
 
 
+def test_multilabel_thresholds_are_chosen_for_the_tasks_metric(tiny_backbone: Path) -> None:
+    """Selected on micro-F1 (the default), every label shares the validation set's best threshold for micro-F1; on
+    macro-F1, each label gets its own best F1's."""
+    from sklearn.metrics import f1_score
+
+    from finechain.heads.multilabel import THRESHOLD_GRID
+
+    def tagged(n: int, seed: int) -> tuple[list[str], list[list[str]]]:
+        rows = sentiment_rows(n, seed)
+        return [t for t, _ in rows], [["positive" if y == "pos" else "negative", *(["long"] if "really" in t else [])] for t, y in rows]
+
+    (texts, labels), dev = tagged(160, 5), tagged(60, 6)
+    for metric in (None, "macro_f1"):
+        chain = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
+        chain.fit(TaskSpec(name="tags", type="multilabel", metric=metric), FAST, texts=texts, labels=labels, dev=dev, progress=False)
+        head = chain.tasks["tags"].head
+        probs = head.probabilities(chain.engine.outputs(dev[0], ["tags"])[0]["tags"])
+        truth = head.targets(dev[1]).astype(int)
+        if metric is None:
+            micro = [f1_score(truth, probs >= t, average="micro") for t in THRESHOLD_GRID]
+            assert head.thresholds == [float(THRESHOLD_GRID[int(np.argmax(micro))])] * 3
+        else:
+            own = [[f1_score(truth[:, j], probs[:, j] >= t, zero_division=0) for t in THRESHOLD_GRID] for j in range(3)]
+            assert head.thresholds == [float(THRESHOLD_GRID[int(np.argmax(f1s))]) for f1s in own]
+
+
 def test_validation_checks_per_epoch_and_early_stopping(tiny_backbone: Path, tmp_path: Path) -> None:
     """``evaluations_per_epoch`` spaces the checks evenly on optimizer steps and calls ``on_evaluation`` after each;
     ``patience`` still counts epochs: with dev labels opposite to the training labels the score soon only gets worse,

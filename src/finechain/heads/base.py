@@ -261,8 +261,9 @@ class Head(ABC):
         """Whether giving no answer is right for ``gold`` (a flow that routed this task away); no by default."""
         return False
 
-    def calibrate(self, outputs: Sequence[np.ndarray], targets: np.ndarray) -> None:
-        """Fit post-hoc settings (thresholds) on validation outputs; default: nothing to fit."""
+    def calibrate(self, outputs: Sequence[np.ndarray], targets: np.ndarray, metric: str | None = None) -> None:
+        """Fit post-hoc settings (thresholds) on validation outputs, for ``metric`` (the one the task is selected on;
+        default: :meth:`selection_metric`'s); default: nothing to fit."""
         return None
 
 

@@ -408,7 +408,7 @@ def _fit_task(
     best = loop.best_evaluation if loop.best_evaluation is not None and not recentred else evaluate()
     validation: dict[str, Any] = {}
     if selects:
-        task.head.calibrate(best.outputs, y_val)
+        task.head.calibrate(best.outputs, y_val, metric)
         validation = task.head.score(best.outputs, y_val)
     train_seconds = time.perf_counter() - started - loop.observed + loop.resumed_seconds  # a resumed run counts its earlier epochs
     rate = loop.seen / max(loop.state.seconds, 1e-9)

@@ -209,7 +209,7 @@ def score_tail(model: ChainModel, job: JointJob, training: TrainingConfig, best_
     validation: dict[str, Any] = {}
     if job.val_ids:  # (trained without validation data: nothing to calibrate or score on)
         outputs = _validation_outputs(model, job, training)
-        job.task.head.calibrate(outputs, job.val_targets)
+        job.task.head.calibrate(outputs, job.val_targets, job.metric)
         validation = job.task.head.score(outputs, job.val_targets)
     cfg = resolve_training(job.spec.training.apply(training), job.task)
     return FitResult(job.spec.name, job.metric, best_epoch, validation, None, 0.0, 0.0, tail=job.task.eval(), training=cfg)
