@@ -28,6 +28,7 @@ SUITES = {
     "update": "benchmarks.update",
     "few-shot": "benchmarks.few_shot",
     "tagging-defaults": "benchmarks.tagging_defaults",
+    "thresholds": "benchmarks.thresholds",
     "report": "benchmarks.report",
 }
 

@@ -82,6 +82,7 @@ SUITE_TITLES = {
     "decoding_crf": "NER: the tagger vs a CRF tagger, three seeds (CoNLL-2003, CPU)",
     "snips_chain_e10_crf": "SNIPS intent + slots: a CRF slot tagger, 10 epochs (CPU, a tried setting)",
     "zero_shot": "Zero-shot tasks: label names and descriptions, then a few examples (CPU)",
+    "thresholds": "Multi-label thresholds: per label, shared or fixed (SNIPS slot types, CoNLL-2003 entity types; CPU)",
     "tagging_defaults": "Tagging with all defaults on small and out-of-genre data vs full fine-tunes (CoNLL-2003, SNIPS slots; CPU)",
     "few_shot": "Few-shot tasks: prototype heads and contrastive tuning vs SetFit (CPU)",
     "few_shot_holdout": "Few-shot recipe variants on held-out training texts (AG News, choosing a setting; CPU)",
@@ -719,6 +720,55 @@ def over_seeds(records: list[dict[str, Any]]) -> SeedValues:
     return values
 
 
+def thresholds_table(records: list[dict[str, Any]]) -> str:
+    """Per task and training size: each way of choosing a multi-label task's thresholds, its test micro- and macro-F1
+    (mean and standard deviation over seeds) and its gap to the first way listed (per label), seed by seed.
+
+    Example:
+        >>> rec = lambda way, seed, metric, v: {"task": "snips", "system": "finechain", "variant": f"{way}, 500 texts, seed {seed}",
+        ...     "metric": metric, "value": v, "unit": "SNIPS slot types"}
+        >>> records = [rec(w, s, m, v) for w, s, m, v in [("per label", 1, "micro_f1", 0.70), ("per label", 2, "micro_f1", 0.72),
+        ...     ("shared", 1, "micro_f1", 0.75), ("shared", 2, "micro_f1", 0.74)]]
+        >>> print(thresholds_table(records))
+        **snips**, 500 texts: SNIPS slot types
+        <BLANKLINE>
+        | thresholds | micro-F1 % (sd) | vs per label, per seed | macro-F1 % (sd) | vs per label, per seed |
+        | --- | --- | --- | --- | --- |
+        | per label | 71.0 (1.41) | +0.0 | - | - |
+        | shared | 74.5 (0.71) | +3.5 (+5.0, +2.0) | - | - |
+        <BLANKLINE>
+    """
+    groups: dict[tuple[str, str], dict[str, dict[str, dict[int, float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    units = {}
+    for r in records:
+        base, _, seed = r["variant"].rpartition(", seed ")
+        way, _, size = base.rpartition(", ")
+        if r["metric"] in ("micro_f1", "macro_f1") and seed.isdigit():
+            groups[(r["task"], size)][way][r["metric"]][int(seed)] = 100 * r["value"]
+            units[(r["task"], size)] = r["unit"].split(":")[0]
+    out = []
+    for (task, size), ways in groups.items():
+        first = next(iter(ways.values()))
+        out += [f"**{task}**, {size}: {units[(task, size)]}", ""]
+        out += ["| thresholds | micro-F1 % (sd) | vs per label, per seed | macro-F1 % (sd) | vs per label, per seed |"]
+        out += ["| --- | --- | --- | --- | --- |"]
+        for way, metrics in ways.items():
+            cells = []
+            for metric in ("micro_f1", "macro_f1"):
+                values = metrics.get(metric, {})
+                if not values:
+                    cells += ["-", "-"]
+                    continue
+                sd = statistics.stdev(values.values()) if len(values) > 1 else 0.0
+                gaps = [values[s] - first[metric][s] for s in sorted(values) if s in first.get(metric, {})]
+                mean_gap = statistics.mean(gaps) if gaps else 0.0
+                each = f" ({', '.join(f'{g:+.1f}' for g in gaps)})" if metrics is not first and gaps else ""
+                cells += [f"{statistics.mean(values.values()):.1f} ({sd:.2f})", f"{mean_gap:+.1f}{each}"]
+            out.append(f"| {way} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def imbalance_table(records: list[dict[str, Any]]) -> str:
     """Per task: each variant's macro-F1 and accuracy (mean and standard deviation over seeds) and training time, with
     its macro-F1 gap to finechain's default and to the Trainer.
@@ -936,7 +986,7 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "sharing_trunk_lr", "split_sweep"]
 SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "tagging_defaults_lr_holdout"]
-SECTIONS += ["tagging_defaults_lr", "tagging_defaults_ema_holdout"]
+SECTIONS += ["tagging_defaults_lr", "tagging_defaults_ema_holdout", "thresholds"]
 SECTIONS += ["zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts", "few_shot_gpu"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
@@ -1030,6 +1080,7 @@ TABLES = {
     "decoding_crf": seeds_table,
     "snips": snips_table,
     "imbalance": imbalance_table,
+    "thresholds": thresholds_table,
     "zero_shot": zero_shot_table,
     "robustness": robustness_table,
     "update": update_table,

@@ -199,6 +199,15 @@ def test_tagging_defaults_quick_scores_every_variant_and_the_peer(shared_dataset
     assert set(scores) == expected and all(0 <= value <= 1 for value in scores.values())
 
 
+def test_thresholds_quick_scores_every_way_of_choosing_them(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
+    run_benchmark(tmp_path, shared_datasets, "thresholds", "--quick", timeout=600, backbone=smoke_backbone)
+    records = json.loads((tmp_path / "thresholds_quick.json").read_text())
+    scored = {(r["variant"], r["metric"]) for r in records if r["metric"] in ("micro_f1", "macro_f1")}
+    assert len(scored) == 4 * 2 and all(0 <= r["value"] <= 1 for r in records if r["metric"].endswith("_f1"))
+    units = {r["unit"] for r in records if r["metric"].endswith("_f1")}
+    assert all(unit.startswith("SNIPS slot types per utterance: 270 training texts, 30 validation, 200 test") for unit in units)
+
+
 def test_serve_quick_answers_every_request(shared_datasets: Path, smoke_backbone: Path, tmp_path: Path) -> None:
     run_benchmark(tmp_path, shared_datasets, "serve", "--quick", timeout=600, backbone=smoke_backbone)
     records = json.loads((tmp_path / "serve_quick.json").read_text())
