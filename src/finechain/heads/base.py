@@ -263,7 +263,7 @@ class Head(ABC):
 
     def calibrate(self, outputs: Sequence[np.ndarray], targets: np.ndarray, metric: str | None = None) -> None:
         """Fit post-hoc settings (thresholds) on validation outputs, for ``metric`` (the one the task is selected on;
-        default: :meth:`selection_metric`'s); default: nothing to fit."""
+        none given: :attr:`default_metric`); default: nothing to fit."""
         return None
 
 
