@@ -59,6 +59,16 @@ def multilabel_rows(name: str, part: str) -> tuple[list[str], list[list[str]]]:
     return [" ".join(w) for w in words], [span_types(t) for t in tags]
 
 
+def taught(labels: list[str], known: set[str]) -> list[str]:
+    """The labels of a text that the training sample teaches (the others are neither trained nor scored).
+
+    Example:
+        >>> taught(["city", "poi"], {"city", "date"})
+        ['city']
+    """
+    return [label for label in labels if label in known]
+
+
 def thresholds(way: str, head: MultiLabelHead, outputs: list[np.ndarray], truth: np.ndarray) -> list[float]:
     """The thresholds that ``way`` chooses from a task's validation outputs and their 0/1 truth ``[texts, labels]``:
     the head's own calibration for micro-F1 (``shared``, the default since 2026-12-06) or macro-F1 (``per-label``)."""
@@ -101,19 +111,19 @@ def main(argv: list[str] | None = None) -> None:
                 train = drawn[cut:]
                 counts = Counter(label for i in train for label in train_labels[i])
                 known = {label for label, n in counts.items() if n >= 2}  # what the sample teaches (twice); the rest is not scored
-                dev = ([train_texts[i] for i in drawn[:cut]], [[x for x in train_labels[i] if x in known] for i in drawn[:cut]])
+                dev = ([train_texts[i] for i in drawn[:cut]], [taught(train_labels[i], known) for i in drawn[:cut]])
                 chain = Chain.from_backbone(BACKBONE)
                 spec = TaskSpec(name=set_name, type="multilabel")
                 started = time.perf_counter()
                 training = TrainingConfig(seed=seed, min_steps=min_steps)
-                texts, labels = [train_texts[i] for i in train], [[x for x in train_labels[i] if x in known] for i in train]
+                texts, labels = [train_texts[i] for i in train], [taught(train_labels[i], known) for i in train]
                 chain.fit(spec, training, texts=texts, labels=labels, dev=dev, progress=False)
                 seconds = time.perf_counter() - started
                 head: MultiLabelHead = chain.tasks[set_name].head
                 dev_outputs = chain.engine.outputs(dev[0], [set_name])[0][set_name]
                 test_outputs = chain.engine.outputs(test_texts, [set_name])[0][set_name]
                 dev_truth = head.targets(dev[1]).astype(int)
-                test_truth = head.targets([[x for x in labels if x in known] for labels in test_labels])
+                test_truth = head.targets([taught(labels, known) for labels in test_labels])
                 unit = f"{SETS[set_name]}: {len(train)} training texts, {cut} validation, {len(test_texts)} test, {len(known)} labels"
                 for way, variant in WAYS.items():
                     head.thresholds = thresholds(way, head, dev_outputs, dev_truth)
