@@ -656,7 +656,8 @@ def compress(
         hard_weight=hard_weight,
         hidden_weight=hidden_weight,
     )
-    table = Table(title=f"compressed to {out_dir!s} ({'; '.join(done.steps)})", box=None)
+    out.print(f"compressed to {out_dir!s} ({'; '.join(done.steps)})", soft_wrap=True, markup=False)  # a title wraps to table width
+    table = Table(box=None)
     for column in done.rows[0] if done.rows else ():
         table.add_column(column)
     for row in done.rows:
