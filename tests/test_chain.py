@@ -189,9 +189,22 @@ def test_disk_cache_and_no_cache_match_memory(tiny_backbone: Path, sentiment_fil
     assert np.allclose(results[0], results[1], atol=1e-5) and np.allclose(results[0], results[2], atol=1e-4)
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])  # a weight average is checkpointed and continued too
+@pytest.mark.parametrize(
+    ("ema_decay", "crash_at", "crash_saved"),
+    [
+        (None, 2, True),  # just after the checkpoint at the end of the first epoch
+        (0.9, 3, True),  # after the one at the half-epoch check of the second (a weight average is continued too)
+        (None, 3, False),  # while writing that one: the run goes on from the epoch's end, the 1.5 check's line is redone
+    ],
+)
 def test_resume_after_interruption_gives_the_same_model(
-    tiny_backbone: Path, sentiment_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float | None
+    tiny_backbone: Path,
+    sentiment_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ema_decay: float | None,
+    crash_at: int,
+    crash_saved: bool,
 ) -> None:
     spec = TaskSpec(name="s", train=sentiment_files[0], dev=sentiment_files[1])
     cfg = FAST.model_copy(update={"epochs": 4, "ema_decay": ema_decay})
@@ -202,9 +215,11 @@ def test_resume_after_interruption_gives_the_same_model(
     calls = {"n": 0}
 
     def save_then_crash(self, *args, **kwargs):
-        original_save(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == crash_at and not crash_saved:
+            raise KeyboardInterrupt
+        original_save(self, *args, **kwargs)
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Checkpointer, "save", save_then_crash)
@@ -212,6 +227,8 @@ def test_resume_after_interruption_gives_the_same_model(
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(spec, cfg, run_dir=tmp_path / "b", progress=False)
     monkeypatch.setattr(Checkpointer, "save", original_save)
+    kept = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["loop"]
+    assert (kept["epoch"], kept["batch"] > 0) == (1, crash_at == 3 and crash_saved)  # (the first, inside the second epoch)
     moved = tmp_path / "moved"  # the same data in another folder (a project moved, a temporary copy): resuming still works
     moved.mkdir()
     files = [Path(shutil.copy(f, moved / f.name)) for f in sentiment_files]
@@ -223,6 +240,7 @@ def test_resume_after_interruption_gives_the_same_model(
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
+    assert [r["train_loss"] for r in log] == [json.loads(line)["train_loss"] for line in (tmp_path / "a" / "metrics.jsonl").open()]
     with pytest.raises(Exception, match="different data or settings"):
         resumed.fit(spec, cfg.model_copy(update={"seed": 99}), run_dir=tmp_path / "b", resume=True, progress=False)
     texts, labels = [t for t, _ in sentiment_rows(60, 5)], [y for _, y in sentiment_rows(60, 5)]

@@ -193,7 +193,7 @@ def test_a_training_run_stopped_before_anything_resumable_leaves_no_folder(tmp_p
 
 def test_an_interrupt_says_what_the_training_folder_keeps(tmp_path: Path) -> None:
     folder = tmp_path / "chain"
-    nothing = "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+    nothing = "stopped before its first validation check, so nothing is checkpointed; run the same command again"
     assert left_in(folder, ["a", "b"]) == nothing
 
     def checkpointed(run: str) -> None:
@@ -201,18 +201,18 @@ def test_an_interrupt_says_what_the_training_folder_keeps(tmp_path: Path) -> Non
         (folder / "runs" / run / "checkpoint" / "state.json").write_text("{}")
 
     checkpointed("joint")  # joint training, before the chain is first saved
-    assert left_in(folder, ["a", "b"]) == "the joint run is checkpointed at its last finished epoch; rerun with --resume to continue"
+    assert left_in(folder, ["a", "b"]) == "the joint run is checkpointed at its last validation check; rerun with --resume to continue"
     manifest = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0" / "frozen" / "finechain.json"
     (folder / "finechain.json").write_bytes(manifest.read_bytes())  # a saved chain: sentiment, sentiment_lora, tags, stars, ner
     checkpointed("sentiment")
     checkpointed("topic")
     assert left_in(folder, ["sentiment", "tags", "topic"]) == (
-        "sentiment, tags are trained and saved; topic is checkpointed at its last finished epoch; rerun with --resume to continue"
+        "sentiment, tags are trained and saved; topic is checkpointed at its last validation check; rerun with --resume to continue"
     )  # neither the finished joint run nor sentiment's last checkpoint is news
-    assert left_in(folder, ["topic"]) == "topic is checkpointed at its last finished epoch; rerun with --resume to continue"  # add-task
+    assert left_in(folder, ["topic"]) == "topic is checkpointed at its last validation check; rerun with --resume to continue"  # add-task
     assert left_in(folder, ["ner"]) == "ner is trained and saved; rerun with --resume to continue"
     (folder / "finechain.json").write_text("{")  # damaged: said when the folder is read next, not on the way out of an interrupt
-    assert left_in(folder, ["topic"]) == "topic is checkpointed at its last finished epoch; rerun with --resume to continue"
+    assert left_in(folder, ["topic"]) == "topic is checkpointed at its last validation check; rerun with --resume to continue"
 
 
 def test_invalid_yaml(folder: Path, monkeypatch, capsys) -> None:

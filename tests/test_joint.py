@@ -91,6 +91,8 @@ def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch:
             specs, training, joint, data=data, run_dir=tmp_path / "b", progress=False
         )
     monkeypatch.setattr(Checkpointer, "save", original)
+    kept = json.loads((tmp_path / "b" / "joint" / "checkpoint" / "state.json").read_text())["loop"]
+    assert (kept["epoch"], kept["batch"], kept["step"]) == (0, 20, 20)  # at the check halfway through the first epoch
     resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
     resumed.fit_joint(specs, training, joint, data=data, run_dir=tmp_path / "b", resume=True, progress=False)
     for a, b in ((straight.model.trunk.stack, resumed.model.trunk.stack), (straight.tasks, resumed.tasks)):

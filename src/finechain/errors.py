@@ -101,7 +101,7 @@ class ResourceError(FinechainError):
 
 
 # what an interrupted training command says when its folder holds nothing --resume could continue from
-NOTHING_TO_RESUME = "stopped before its first epoch ended, so nothing is checkpointed; run the same command again"
+NOTHING_TO_RESUME = "stopped before its first validation check, so nothing is checkpointed; run the same command again"
 
 
 class Interrupted(BaseException):

@@ -30,8 +30,9 @@ SPECS = {
     "slow.yaml": _spec("").replace("epochs: 1,", "epochs: 5000, patience: 0,"),  # minutes long: to be interrupted
     # one epoch of minutes, checked only at its end: an interrupt during it finds nothing written
     "slow-first-epoch.yaml": _spec("").replace("min_steps: 0}", "min_steps: 20000, evaluations_per_epoch: 1}"),
-    # one epoch of 2,000 steps (seconds), checked half-way: an interrupt after that check finds only its metrics line
-    "slow-after-check.yaml": _spec("").replace("min_steps: 0}", "min_steps: 2000}"),
+    # one epoch of 100,000 steps (many minutes), checked every 1,000: an interrupt after the second check finds the first's
+    # checkpoint (written before training went on) at least
+    "slow-after-check.yaml": _spec("").replace("min_steps: 0}", "min_steps: 100000, evaluations_per_epoch: 100}"),
     # two tasks trained one after another: the first quick (checkpointed), the second's first epoch minutes long
     "slow-second-task.yaml": _spec(
         "sharing: frozen\ntasks:\n"

@@ -901,7 +901,7 @@ def _left_hint(stop: BaseException, training: bool) -> str:
 
     Example:
         >>> _left_hint(KeyboardInterrupt(), training=True)
-        ' (training: stopped before its first epoch ended, so nothing is checkpointed; run the same command again)'
+        ' (training: stopped before its first validation check, so nothing is checkpointed; run the same command again)'
         >>> _left_hint(KeyboardInterrupt(), training=False)
         ''
     """

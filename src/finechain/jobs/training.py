@@ -159,8 +159,8 @@ def train_chain(
 
 def resumable(out_dir: Path) -> bool:
     """Whether a training folder holds anything ``--resume`` continues from: a saved chain (finished tasks) or a
-    checkpoint of an unfinished one. A new folder without either (a run stopped in its first epoch, with only a
-    half-epoch metrics line, say) is removed when the run stops.
+    checkpoint of an unfinished one. A new folder without either (a run stopped before its first validation check) is
+    removed when the run stops.
 
     Example:
         >>> import tempfile
@@ -172,13 +172,13 @@ def resumable(out_dir: Path) -> bool:
 
 def left_in(folder: Path, tasks: Iterable[str]) -> str:
     """What a training run stopped early leaves in ``folder`` for ``--resume``, in words: which of ``tasks`` are trained
-    and saved, which of their runs are checkpointed at an epoch's end (and a joint run's, before any chain is saved;
+    and saved, which of their runs are checkpointed at a validation check (and a joint run's, before any chain is saved;
     not the runs of a saved chain's other tasks), or nothing.
 
     Example:
         >>> import tempfile
         >>> left_in(Path(tempfile.mkdtemp()), ["sentiment"])
-        'stopped before its first epoch ended, so nothing is checkpointed; run the same command again'
+        'stopped before its first validation check, so nothing is checkpointed; run the same command again'
     """
     tasks, chain = list(tasks), (folder / MANIFEST).is_file()
     try:
@@ -188,7 +188,7 @@ def left_in(folder: Path, tasks: Iterable[str]) -> str:
     runs = {run.name for run in Checkpointer.runs_under(folder / "runs")}
     running = sorted(r for r in runs if r not in saved and (r in tasks or not chain))  # a joint run ends before the chain is saved
     parts = [f"{', '.join(saved)} {'is' if len(saved) == 1 else 'are'} trained and saved"] if saved else []
-    parts += [f"{r if r in tasks else f'the {r} run'} is checkpointed at its last finished epoch" for r in running]
+    parts += [f"{r if r in tasks else f'the {r} run'} is checkpointed at its last validation check" for r in running]
     if not parts:
         return NOTHING_TO_RESUME
     return "; ".join([*parts, "rerun with --resume to continue"])
@@ -205,7 +205,7 @@ def saying_what_is_left(folder: Path, tasks: list[str]) -> AbstractContextManage
         ...         raise KeyboardInterrupt
         ... except KeyboardInterrupt as stop:
         ...     print(stop.left)
-        stopped before its first epoch ended, so nothing is checkpointed; run the same command again
+        stopped before its first validation check, so nothing is checkpointed; run the same command again
     """
     return saying_on_interrupt("training", lambda: left_in(folder, tasks))
 

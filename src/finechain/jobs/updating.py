@@ -140,7 +140,7 @@ def update_task(
     ``rehearsal`` old training examples per new one mixed in; keep the update if the old test score falls by at most
     ``max_forgetting`` points (or with ``force``), keeping the previous version. Returns the before/after scores.
 
-    Its training is checkpointed at each epoch's end under ``runs/<name>-update/``; ``resume`` continues an interrupted
+    Its training is checkpointed at each validation check under ``runs/<name>-update/``; ``resume`` continues an interrupted
     update (same files and options) from there. The checkpoint is removed once the update is saved or refused.
 
     Example:
@@ -157,7 +157,7 @@ def update_task(
         if saved:
             return f"the update is saved; the previous version is kept as version {saved[0]}"
         if checkpoint.exists():
-            return f"{chain_dir} is unchanged; the update is checkpointed at its last finished epoch: rerun with --resume to continue"
+            return f"{chain_dir} is unchanged; the update is checkpointed at its last validation check: rerun with --resume to continue"
         return f"{chain_dir} is unchanged; run the same command again"
 
     with folder_lock(chain_dir, "writing to"), saying_on_interrupt("update", left):

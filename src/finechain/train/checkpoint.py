@@ -111,9 +111,12 @@ class Checkpointer:
         state: Any,
         extra: dict[str, Any] | None = None,
         average: dict[str, torch.Tensor] | None = None,
+        epoch_generator: torch.Tensor | None = None,
     ) -> None:
         """Write every piece of state (``state``: the loop's counters, a dataclass; ``extra``: more JSON, such as the
-        loss scaler's; ``average``: the weights' moving average, if training keeps one), then swap the folder in."""
+        loss scaler's; ``average``: the weights' moving average, if training keeps one; ``epoch_generator``: the
+        generator's state before the current epoch's batches were drawn, to draw them again when resuming inside it),
+        then swap the folder in."""
         staging = self.dir.with_name("checkpoint.new")
         shutil.rmtree(staging, ignore_errors=True)
         save_tensors(staging / "model.safetensors", model.state_dict())
@@ -122,6 +125,8 @@ class Checkpointer:
         rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
+        if epoch_generator is not None:
+            rng["epoch_generator"] = epoch_generator
         save_tensors(staging / "optimizer.safetensors", opt_tensors)
         save_tensors(staging / "rng.safetensors", rng)
         if average is not None:
@@ -149,8 +154,9 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         generator: torch.Generator,
-    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-        """Restore everything saved by :meth:`save`; return the loop's counters, the best weights and the extra JSON."""
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], torch.Tensor | None]:
+        """Restore everything saved by :meth:`save`; return the loop's counters, the best weights, the extra JSON and
+        the generator's state before the current epoch's batches were drawn (None if not saved)."""
         folder = self._current()
         if folder is None:
             raise FinechainError("no checkpoint to resume from", file=self.dir, fix="run without --resume")
@@ -170,7 +176,7 @@ class Checkpointer:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        return meta["loop"], load_tensors(folder / "best.safetensors", device), meta.get("extra", {})
+        return meta["loop"], load_tensors(folder / "best.safetensors", device), meta.get("extra", {}), rng.get("epoch_generator")
 
     def load_average(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The weights' moving average saved with the current checkpoint (the run's settings, in its fingerprint, say

@@ -153,7 +153,7 @@ def fit_joint(
 
     Validation is scored ``training.evaluations_per_epoch`` times an epoch; the weights of the check with the best
     mean score (each task's on a shared scale: ``Head.comparable_score``) are kept, and ``training.patience`` epochs
-    without a better mean stop the joint phase early. Checkpoints are written to ``run_dir`` after every epoch and
+    without a better mean stop the joint phase early. Checkpoints are written to ``run_dir`` at every check and
     ``resume`` continues exactly; without ``run_dir`` they go to a temporary folder that is removed afterwards.
     ``hooks`` observe the joint phase.
 
@@ -333,7 +333,8 @@ def train_jobs(
             ema_decay=training.ema_decay,
         )
         if resume and loop.resume():
-            bar.advance(batches_per_epoch * loop.state.epoch)
+            bar.advance(loop.batches_done)
+            report.log.drop_after(loop.state.step)
         for _ in loop.run():
             pass
 

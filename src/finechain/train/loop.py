@@ -6,7 +6,8 @@ trial's pruning).
 What varies between strategies is handed in: the ``step`` (forward, objective, backward of one batch), the batches
 of an epoch, and the ``evaluate`` callable. The loop owns the rest: gradient accumulation, clipping, loss scaling
 (fp16), the optimizer and schedule, evenly spaced validation checks, keeping the best check's weights, a checkpoint
-at every epoch's end (``resume`` continues exactly), and refusing to go on when the loss stops being a number.
+at every validation check (``resume`` continues exactly, from the middle of an epoch too), and refusing to go on when
+the loss stops being a number.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -35,12 +36,14 @@ class TrainingDiverged(FinechainError):
 class LoopState:
     """Loop counters that a resumed run continues from."""
 
-    epoch: int = 0
+    epoch: int = 0  # whole epochs done
+    batch: int = 0  # batches done of the current epoch (a run checkpointed at a check inside an epoch goes on from there)
+    epoch_loss: float = 0.0  # the sum of those batches' losses (the epoch's running mean goes on from it)
     step: int = 0
     best: float | None = None
     best_epoch: float | None = None  # in epochs: 1.5 = the check halfway through the second epoch
     bad_checks: int = 0  # validation checks in a row without a better metric
-    seconds: float = 0.0  # training time so far (hooks and callers' time between checks left out)
+    seconds: float = 0.0  # training time so far (hooks, checkpoints and callers' time between checks left out)
 
     def improves(self, metric: str, value: float, epochs: float) -> bool:
         """Record a validation check after ``epochs`` epochs; True (and it becomes the best) if it beats the best so far.
@@ -191,7 +194,8 @@ class TrainingLoop:
 
     ``step(batch)`` runs one batch (see :class:`Step`); ``evaluate()`` scores the validation data and returns an
     :class:`Evaluation` whose ``value`` is the selection ``metric``. ``scaler`` is a ``torch.amp.GradScaler`` (fp16)
-    or None. With a ``checkpointer`` the whole state is saved at each epoch's end and :meth:`resume` restores it. With
+    or None. With a ``checkpointer`` the whole state is saved at each validation check and at each epoch's end, and
+    :meth:`resume` restores it: a resumed run goes on from that batch of that epoch, to the same weights. With
     ``ema_decay`` the checks score a moving average of the weights (:class:`WeightAverage`), and the best is kept.
 
     Example:
@@ -238,6 +242,12 @@ class TrainingLoop:
         self.stopped: str | None = None
         self.observed = 0.0  # seconds spent in hooks and in the caller between checks: not training time
         self.resumed_seconds = 0.0  # training time of the epochs before a resume
+        self.epoch_generator: torch.Tensor | None = None  # ``generator``'s state before this epoch's batches were drawn
+
+    @property
+    def batches_done(self) -> int:
+        """Batches trained so far, over all epochs (a resumed run's earlier ones included)."""
+        return self.state.epoch * self.batches_per_epoch + self.state.batch
 
     @property
     def checks_per_epoch(self) -> int:
@@ -252,7 +262,9 @@ class TrainingLoop:
         """Restore the checkpointed state, if there is one; True when a run was resumed."""
         if self.checkpointer is None or not self.checkpointer.exists():
             return False
-        counters, self.best_weights, extra = self.checkpointer.load(self.module, self.optimizer, self.scheduler, self.generator)
+        counters, self.best_weights, extra, self.epoch_generator = self.checkpointer.load(
+            self.module, self.optimizer, self.scheduler, self.generator
+        )
         self.state = LoopState(**counters)
         if self.average is not None:
             self.average.load_state_dict(self.checkpointer.load_average(next(self.module.parameters()).device))
@@ -297,17 +309,44 @@ class TrainingLoop:
             fix="lower the learning rate (or use precision: fp32); nothing of this run was saved",
         )
 
+    def _epoch_batches(self) -> Sequence[Any]:
+        """This epoch's batches: drawn anew, or, resuming inside an epoch, drawn again from the generator's state
+        before they were first drawn (the generator then goes on from where the checkpoint left it)."""
+        if self.state.batch == 0 or self.epoch_generator is None:
+            self.epoch_generator = self.generator.get_state()
+            return self.epoch_batches(self.generator)
+        now = self.generator.get_state()
+        self.generator.set_state(self.epoch_generator)
+        batches = self.epoch_batches(self.generator)
+        self.generator.set_state(now)
+        return batches
+
+    def _save(self, state: LoopState) -> float:
+        """Checkpoint the whole training state with the loop's counters ``state``; return the seconds it took."""
+        if self.checkpointer is None:
+            return 0.0
+        started = time.perf_counter()
+        extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None and self.scaler.is_enabled() else {}
+        average = self.average.state_dict() if self.average is not None else None
+        self.checkpointer.save(
+            self.module, self.best_weights, self.optimizer, self.scheduler, self.generator, state, extra, average, self.epoch_generator
+        )
+        return time.perf_counter() - started
+
     def run(self) -> Iterator[Check]:
         """Train to the end (or until stopped); yield a :class:`Check` after each validation check."""
         started = time.perf_counter()
         for hook in self.hooks:
             self._observe(lambda hook=hook: hook.on_start(self))
         while self.state.epoch < self.epochs and self.stopped is None:
-            epoch_started, observed_before = time.perf_counter(), self.observed
+            epoch_started, observed_before, saving = time.perf_counter(), self.observed, 0.0
             self.module.train()
-            running = torch.zeros((), device=next(self.module.parameters()).device)
-            batches = self.epoch_batches(self.generator)
+            device = next(self.module.parameters()).device
+            running = torch.tensor(self.state.epoch_loss, device=device)  # a run resumed inside an epoch goes on from its sum
+            batches, skipped = self._epoch_batches(), self.state.batch
             for i, batch in enumerate(batches):
+                if i < skipped:  # trained before the checkpoint this run resumed from
+                    continue
                 running += self.step(batch)
                 if (i + 1) % self.accumulation == 0 or i + 1 == len(batches):
                     self._optimizer_step()
@@ -326,7 +365,7 @@ class TrainingLoop:
                     if improved:
                         self.best_weights, self.best_evaluation = snapshot(self.module), evaluation
                 self.module.train()
-                in_epoch = time.perf_counter() - epoch_started - (self.observed - observed_before)
+                in_epoch = time.perf_counter() - epoch_started - (self.observed - observed_before) - saving
                 check = Check(
                     epochs,
                     self.state.step,
@@ -339,17 +378,14 @@ class TrainingLoop:
                 )
                 for hook in self.hooks:
                     self._observe(lambda hook=hook, check=check: hook.on_check(self, check))
+                if i + 1 < len(batches):  # inside the epoch (its end is checkpointed below, once the epoch is counted)
+                    saving += self._save(replace(self.state, batch=i + 1, epoch_loss=float(running), seconds=self.state.seconds + in_epoch))
                 paused = time.perf_counter()
                 yield check
                 self.module.train()
                 self.observed += time.perf_counter() - paused
-            self.state.epoch += 1
-            self.state.seconds += time.perf_counter() - epoch_started - (self.observed - observed_before)
-            if self.checkpointer is not None:
-                extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None and self.scaler.is_enabled() else {}
-                average = self.average.state_dict() if self.average is not None else None
-                self.checkpointer.save(
-                    self.module, self.best_weights, self.optimizer, self.scheduler, self.generator, self.state, extra, average
-                )
+            self.state.epoch, self.state.batch, self.state.epoch_loss = self.state.epoch + 1, 0, 0.0
+            self.state.seconds += time.perf_counter() - epoch_started - (self.observed - observed_before) - saving
+            self._save(self.state)
             for hook in self.hooks:
                 self._observe(lambda hook=hook: hook.on_epoch_end(self))

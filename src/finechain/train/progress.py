@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from finechain.io import write_text
 from finechain.progress import TrainProgress
 from finechain.train.loop import Check, Hook, TrainingLoop
 
@@ -21,6 +22,23 @@ class MetricsLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fresh and path.exists():
                 path.unlink()
+
+    def drop_after(self, step: int) -> None:
+        """Drop the records of checks after optimizer step ``step`` (a resumed run's checkpoint): the run does them again.
+
+        Example:
+            >>> import tempfile
+            >>> log = MetricsLog(Path(tempfile.mkdtemp()) / "metrics.jsonl", fresh=True)
+            >>> log.write({"step": 10}); log.write({"step": 20}); log.drop_after(10)
+            >>> log.path.read_text()
+            '{"step": 10}\\n'
+        """
+        if self.path is None or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) < len(lines):
+            write_text(self.path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
         """Append and flush one record."""
