@@ -24,8 +24,9 @@ Number = TypeVar("Number", int, float)  # an option value per task (per_task_val
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tuning chains: one shared trunk, many task tails.")
 # markup off: paths, data and messages print as written (a `[word ...]` in them is text, not a style); styled bits are Text
-out = Console(markup=False, highlight=False)
-err = Console(stderr=True, markup=False, highlight=False)
+# soft wrap: a line longer than the terminal is left to it (a path or a command to copy stays whole, logs keep lines)
+out = Console(markup=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 RUNTIME_HELP = "an exported folder's runtime: auto (what its graphs were made for, if it runs well on this CPU), onnxruntime or openvino"
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the trained chain")]
@@ -99,7 +100,7 @@ def check(
     )
     warnings = [(r.task, w) for r in reports for w in r.warnings]
     for task, warning in warnings:
-        out.print(tagged("warning", "yellow", f"{task}: {warning}"), soft_wrap=True)
+        out.print(tagged("warning", "yellow", f"{task}: {warning}"))
     if not warnings:
         out.print("no warnings")
     if strict and warnings:
@@ -656,7 +657,7 @@ def compress(
         hard_weight=hard_weight,
         hidden_weight=hidden_weight,
     )
-    out.print(f"compressed to {out_dir!s} ({'; '.join(done.steps)})", soft_wrap=True, markup=False)  # a title wraps to table width
+    out.print(f"compressed to {out_dir!s} ({'; '.join(done.steps)})")  # as a title it would wrap to the table's width
     table = Table(box=None)
     for column in done.rows[0] if done.rows else ():
         table.add_column(column)
@@ -671,7 +672,6 @@ def compress(
                 "note: this CPU has no int8 dot-product instructions (VNNI or AMX): int8 makes the folder smaller here, not "
                 "faster (docs/benchmarks.md, 'Export on an AVX2 CPU'); a student with fewer layers (--trunk-layers) does less work "
                 "on any CPU",
-                soft_wrap=True,
             )
 
 
@@ -735,8 +735,8 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
 
     manifest = read_manifest(chain_dir)
     bb = manifest.backbone
-    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest.finechain_version}"), soft_wrap=True)  # a path stays whole
-    out.print(f"backbone {bb.name} ({bb.kind}: {bb.location}, sha256 {bb.sha256[:12]}…)", soft_wrap=True)
+    out.print(Text.assemble((str(chain_dir), "bold"), f"  finechain {manifest.finechain_version}"))
+    out.print(f"backbone {bb.name} ({bb.kind}: {bb.location}, sha256 {bb.sha256[:12]}…)")
     trunk = manifest.trunk
     sharing = f"trunk tuned jointly (epoch {trunk.best_epoch} kept)" if trunk else "pretrained trunk, frozen"
     out.print(f"split {manifest.split} of {manifest.num_layers} layers, {sharing}, max_length {manifest.max_length}")
@@ -771,7 +771,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
             out.print(f"{name}: updated {len(updates)} time{'s' if len(updates) > 1 else ''}, last on {last.get('date', '?')} ({source})")
         if kept:
             restore = f"finechain restore {chain_dir} -t {name} --version N"
-            out.print(f"{name}: versions kept {', '.join(map(str, kept))} ({restore})", soft_wrap=True)
+            out.print(f"{name}: versions kept {', '.join(map(str, kept))} ({restore})")
 
 
 def _exported_info(folder: Path) -> None:
@@ -779,16 +779,14 @@ def _exported_info(folder: Path) -> None:
     from finechain.inference.exported import read_export_manifest
 
     manifest = read_export_manifest(folder)
-    out.print(Text.assemble((str(folder), "bold"), f"  exported by finechain {manifest.finechain_version}"), soft_wrap=True)
+    out.print(Text.assemble((str(folder), "bold"), f"  exported by finechain {manifest.finechain_version}"))
     out.print(
         f"backbone {manifest.backbone}, split {manifest.split} of {manifest.layers} layers, max_length {manifest.max_length}",
-        soft_wrap=True,
     )
-    out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}", soft_wrap=True)
+    out.print(f"{manifest.weights} weights; steps: {'; '.join(manifest.steps)}")
     if manifest.runtime != "onnxruntime":
         out.print(
             f"made for {manifest.runtime} (runtime auto picks it where it is installed and the CPU has int8 dot products: VNNI or AMX)",
-            soft_wrap=True,
         )
     if manifest.embeddings:
         diff = "-" if manifest.embeddings_max_abs_diff is None else f"{manifest.embeddings_max_abs_diff:.2g}"
@@ -933,14 +931,14 @@ def main() -> None:
         if isinstance(code, int) and code:  # typer returns, not raises, the exit code of some ends
             raise SystemExit(code)
     except FinechainError as error:
-        err.print(tagged("error:", "red", error.format()), soft_wrap=True)
+        err.print(tagged("error:", "red", error.format()))
         raise SystemExit(error.exit_code) from None
     except typer.Exit as done:  # --help and friends
         raise SystemExit(done.exit_code) from None
     except (typer.Abort, KeyboardInterrupt, Interrupted) as stop:
         hint = _left_hint(stop, training)
         name = getattr(stop, "signal_name", "SIGINT")
-        err.print(tagged("interrupted", "yellow", f"by {name}{hint}"), soft_wrap=True)
+        err.print(tagged("interrupted", "yellow", f"by {name}{hint}"))
         raise SystemExit(143 if name == "SIGTERM" else 130) from None
     except _usage_errors() as error:  # unknown option, missing argument, bad value: click's usage message
         show = getattr(error, "show", None)
@@ -953,7 +951,7 @@ def main() -> None:
         if not _out_of_memory(error):
             raise
         fix = "lower --batch-size (or training.batch_size / eval_batch_size, max_length), or free memory"
-        err.print(tagged("error:", "red", ResourceError("out of memory", fix=fix).format()), soft_wrap=True)
+        err.print(tagged("error:", "red", ResourceError("out of memory", fix=fix).format()))
         raise SystemExit(ResourceError.exit_code) from None
 
 
