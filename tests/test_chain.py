@@ -32,6 +32,13 @@ def sentiment_chain(tiny_backbone: Path, sentiment_files: tuple[Path, Path]) -> 
     return chain
 
 
+def test_a_chain_says_what_it_is(sentiment_chain: Chain, tiny_backbone: Path) -> None:
+    assert repr(sentiment_chain) == (
+        f"Chain(backbone={sentiment_chain.model.backbone.name!r}, split=2 of 4 layers, tasks={{'sentiment': 'classification'}}, flows=[])"
+    )
+    assert repr(Chain.from_backbone(str(tiny_backbone), split=1, max_length=32)).endswith("split=1 of 4 layers, tasks={}, flows=[])")
+
+
 def test_classification_learns_and_reports(sentiment_chain: Chain, sentiment_files: tuple[Path, Path]) -> None:
     record = sentiment_chain.records["sentiment"]
     assert record.metrics["validation"]["accuracy"] >= 0.9

@@ -69,6 +69,19 @@ class Chain:
         self.flows: dict[str, FlowSpec] = {}  # by name, see add_flow
         self.folder: Path | None = None  # where it was loaded from: other chains' folders in flows are relative to it
 
+    def __repr__(self) -> str:
+        """What the chain is, in one line: its backbone, split, tasks (with their types) and flows.
+
+        Example:
+            >>> Chain.from_backbone("all-MiniLM-L6-v2", split=4)  # doctest: +SKIP
+            Chain(backbone='all-MiniLM-L6-v2', split=4 of 6 layers, tasks={}, flows=[])
+        """
+        tasks = {name: task.head.type_name for name, task in self.tasks.items()}
+        return (
+            f"Chain(backbone={self.model.backbone.name!r}, split={self.split} of {self.num_layers} layers, tasks={tasks}, "
+            f"flows={list(self.flows)})"
+        )
+
     # construction ---------------------------------------------------------------------------
     @classmethod
     def from_backbone(
