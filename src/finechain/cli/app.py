@@ -755,7 +755,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
         table.add_row(
             name,
             task.head.type,
-            str(len(task.head.labels)),
+            str(len(task.head.labels) or "-"),  # a regression has none
             f"{task.branch_layers} {mode}",
             compact_count(task.stored_parameters or task.parameters),
             metric,
@@ -798,7 +798,7 @@ def _exported_info(folder: Path) -> None:
         metric = task.metric or ""
         test = task.metrics.get("test", {}).get(metric)
         diff = "-" if task.max_abs_diff is None else f"{task.max_abs_diff:.2g}"
-        table.add_row(name, task.type, str(len(task.head.get("labels", []))), metric, "-" if test is None else f"{test:.4f}", diff)
+        table.add_row(name, task.type, str(len(task.head.get("labels", [])) or "-"), metric, "-" if test is None else f"{test:.4f}", diff)
     out.print(table)
 
 
