@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -351,6 +352,7 @@ def test_cli_export_then_predict_and_eval_on_the_exported_folder(
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [EXPORT_MANIFEST, "model.onnx", "tokenizer.json"]  # no .fp32
     code, out, _ = cli(["info", str(tmp_path / "int8")], monkeypatch, capsys)
     assert code == 0 and "int8 weights; steps: export: onnx, packed rows; merge LoRA: sentiment_lora; int8" in out and "ner" in out
+    assert re.search(r"^stars +regression +- ", out, re.M)  # no labels to count
 
 
 BLOCK_TORCH = """
