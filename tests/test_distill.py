@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from finechain import Chain
 from finechain.data.batching import pad_ids
-from finechain.errors import ArtifactError, FinechainError
+from finechain.errors import ArtifactError, FinechainError, Interrupted
 from finechain.export.onnx import export_onnx
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, read_export_manifest
 from finechain.model.encoder import attention_heads, feed_forward, layer_shape
 from finechain.model.losses import SOFT_LOSSES
 from finechain.model.student import layer_activity, student_of
+from finechain.train.checkpoint import Checkpointer
 from finechain.train.objectives import Distillation, StepInputs
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_csv
 from tests.conftest import run_cli as cli
@@ -427,6 +429,44 @@ def test_cli_compress_to_a_student_then_to_int8(
     code, out, err = cli(["compress", str(tmp_path / "s"), "--out", str(tmp_path / "s8"), "--int8", "-q"], monkeypatch, capsys)
     assert code == 0, err
     assert read_export_manifest(tmp_path / "s8").steps[0].startswith("student: backbone layers [1, 2, 3]")
+
+
+def test_an_interrupted_compress_resumes_to_the_student_of_a_run_straight_through(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["compress", str(trained), "--trunk-layers", "1", "--epochs", "2", "-q", "--out"]
+    code, _, err = cli([*args, str(tmp_path / "straight")], monkeypatch, capsys)
+    assert code == 0, err
+    original = Checkpointer.save
+
+    def save_then_stop(self, *given, **options):
+        original(self, *given, **options)
+        raise Interrupted("SIGINT")  # what the command line's handler raises on Ctrl-C
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
+    code, _, err = cli([*args, str(tmp_path / "s")], monkeypatch, capsys)
+    assert code == 130 and "the distillation is checkpointed at its last validation check in" in " ".join(err.split())
+    assert not (tmp_path / "s").exists() and (tmp_path / ".s.distill").is_dir()
+    code, _, err = cli([*args, str(tmp_path / "s")], monkeypatch, capsys)  # without --resume: started over (and stopped again)
+    assert code == 130 and "holds the checkpoint of an interrupted distillation; starting over" in " ".join(err.split())
+    saves = []
+
+    def save_and_count(self, *given, **options):
+        saves.append(given[5].step)  # the loop's counters: at which optimizer step
+        original(self, *given, **options)
+
+    monkeypatch.setattr(Checkpointer, "save", save_and_count)
+    code, _, err = cli([*args, str(tmp_path / "s"), "--resume"], monkeypatch, capsys)
+    assert code == 0, err
+    assert len(saves) == 3  # 2 epochs, 2 checks each: the first was done before the interrupt
+    assert not (tmp_path / ".s.distill").exists()  # the student is saved: nothing left to resume
+    files = sorted(p.relative_to(tmp_path / "s") for p in (tmp_path / "s").rglob("*.safetensors"))
+    assert files and files == sorted(p.relative_to(tmp_path / "straight") for p in (tmp_path / "straight").rglob("*.safetensors"))
+    for name in files:
+        ours, straight = load_file(tmp_path / "s" / name), load_file(tmp_path / "straight" / name)
+        assert all(torch.equal(ours[k], straight[k]) for k in straight), name
+    code, _, err = cli(["compress", str(trained), "--int8", "--resume", "--out", str(tmp_path / "q")], monkeypatch, capsys)
+    assert code == 2 and "--resume continues an interrupted distillation" in err
 
 
 def test_cli_compress_with_branch_layers_per_task(

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted, ResourceError
+from finechain.errors import NOTHING_TO_RESUME, FinechainError, Interrupted, ResourceError, saying_on_interrupt
 from finechain.progress import tagged
 from finechain.spec import load_chain_spec, load_task_specs
 
@@ -614,6 +614,7 @@ def compress(
         float, typer.Option(min=0.0, help="weight of matching the teacher trunk's output (hidden-state distillation; 0 = off)")
     ] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out folder")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted distillation from its last checkpoint")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Compress a chain: a student with fewer layers (--trunk-layers, --branch-layers) and/or fewer feed-forward neurons
@@ -622,7 +623,7 @@ def compress(
     quantization, or with --static NNCF's calibrated quantization for OpenVINO; an exported folder); and/or fp16 or
     bf16 storage of the exported weights (--fp16, --bf16). The manifest records each step."""
     from finechain.data.readers import read_texts
-    from finechain.export.compression import compress_chain, student_asked
+    from finechain.export.compression import compress_chain, distill_checkpointed, distill_run, student_asked
     from finechain.export.half import Storage
 
     if fp16 and bf16:
@@ -637,26 +638,41 @@ def compress(
     if texts_file is not None and not texts:  # an empty file given on purpose must not quietly mean "no texts"
         raise FinechainError("no texts in the file", file=texts_file, fix="give a file with a text per line, or drop --texts")
     quantize = int8 if int8 is not None else static or (not student and not storage)
-    done = compress_chain(
-        source,
-        out_dir,
-        trunk_layers=trunk_layers,
-        branch_layers=every,
-        task_branch_layers=per_task,
-        ffn_width=width,
-        attention_heads=heads,
-        **narrower,
-        texts=texts,
-        int8=quantize,
-        static=static,
-        storage=storage,
-        overwrite=overwrite,
-        progress=not quiet,
-        epochs=epochs,
-        temperature=temperature,
-        hard_weight=hard_weight,
-        hidden_weight=hidden_weight,
-    )
+    run = distill_run(out_dir)
+    if student and resume and not distill_checkpointed(out_dir):
+        err.print(f"compress: no interrupted distillation to resume in {run}; starting one")
+    elif student and not resume and distill_checkpointed(out_dir):
+        err.print(f"compress: {run} holds the checkpoint of an interrupted distillation; starting over (--resume continues it)")
+
+    def left() -> str:
+        if not student:
+            return f"nothing is written to {out_dir}; run the same command again"
+        if distill_checkpointed(out_dir):
+            return f"the distillation is checkpointed at its last validation check in {run}: rerun with --resume to continue"
+        return NOTHING_TO_RESUME
+
+    with saying_on_interrupt("compress", left):
+        done = compress_chain(
+            source,
+            out_dir,
+            trunk_layers=trunk_layers,
+            branch_layers=every,
+            task_branch_layers=per_task,
+            ffn_width=width,
+            attention_heads=heads,
+            **narrower,
+            texts=texts,
+            int8=quantize,
+            static=static,
+            storage=storage,
+            overwrite=overwrite,
+            progress=not quiet,
+            resume=resume,
+            epochs=epochs,
+            temperature=temperature,
+            hard_weight=hard_weight,
+            hidden_weight=hidden_weight,
+        )
     out.print(f"compressed to {out_dir!s} ({'; '.join(done.steps)})")  # as a title it would wrap to the table's width
     table = Table(box=None)
     for column in done.rows[0] if done.rows else ():

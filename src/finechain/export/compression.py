@@ -18,6 +18,7 @@ from finechain.inference.exported import ExportManifest, is_exported
 from finechain.io import building_folder, refuse_existing
 from finechain.model.manifest import branch_narrowing
 from finechain.model.student import check_ffn_share
+from finechain.train.checkpoint import Checkpointer
 
 
 @dataclass
@@ -27,6 +28,28 @@ class Compressed:
 
     steps: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def distill_run(out: Path) -> Path:
+    """Where :func:`compress_chain` distils the student it writes to ``out``: a hidden folder beside it with the run's
+    checkpoint (written at every validation check), kept when the run stops early so that ``resume`` continues it,
+    removed once the student is saved.
+
+    Example:
+        >>> distill_run(Path("chains/small"))
+        PosixPath('chains/.small.distill')
+    """
+    return out.parent / f".{out.name}.distill"
+
+
+def distill_checkpointed(out: Path) -> bool:
+    """Whether an interrupted distillation into ``out`` left a checkpoint that ``resume`` continues from.
+
+    Example:
+        >>> distill_checkpointed(Path("chains/never-made"))
+        False
+    """
+    return bool(Checkpointer.runs_under(distill_run(out))) if distill_run(out).is_dir() else False
 
 
 def student_asked(
@@ -68,6 +91,7 @@ def compress_chain(
     storage: Storage | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
     **distil_options: Any,
 ) -> Compressed:
     """Compress the chain at ``source`` into ``out``: with ``trunk_layers`` and/or ``branch_layers`` (and per task
@@ -78,7 +102,8 @@ def compress_chain(
     branch layers alone keep every trunk layer, a task left out of both keeps its branch), else the export of ``source``
     with int8 weights and/or half-size storage. With ``static`` the int8 step is static (NNCF, calibrated on ``texts``
     or on the tasks' training texts; made for OpenVINO) instead of dynamic (ONNX Runtime). Nothing is left at ``out``
-    unless every step worked.
+    unless every step worked. A student's distillation is checkpointed at every validation check in
+    :func:`distill_run`; ``resume`` continues an interrupted one (same options) to the same student.
 
     Example:
         >>> compress_chain(Path("my-chain"), Path("my-chain-small"), trunk_layers=3, branch_layers=1, int8=False)  # doctest: +SKIP
@@ -91,6 +116,8 @@ def compress_chain(
         raise FinechainError("--static is a kind of int8 weights", fix="add --int8, or drop --static")
     narrower = {"task_ffn_width": task_ffn_width, "task_attention_heads": task_attention_heads}
     if not student_asked(trunk_layers, branch_layers, task_branch_layers, ffn_width, attention_heads, **narrower):
+        if resume:
+            raise FinechainError("--resume continues an interrupted distillation, and no student is asked for", fix="drop --resume")
         if not int8 and storage is None:
             raise FinechainError(
                 "nothing to do",
@@ -110,17 +137,28 @@ def compress_chain(
     teacher = Chain.from_pretrained(source, device="auto")
     trunk = teacher.split if trunk_layers is None else trunk_layers  # branch layers alone: the whole trunk is kept
     branch = teacher.num_layers - teacher.split if branch_layers is None else branch_layers
-    student = teacher.distil(
-        trunk,
-        branch,
-        task_branch_layers=task_branch_layers,
-        texts=texts or (),
-        ffn_width=ffn_width,
-        attention_heads=attention_heads,
-        **narrower,
-        progress=progress,
-        **distil_options,
-    )
+    run = distill_run(out)
+    if not resume:  # an earlier run's checkpoint is not continued: start over
+        shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        student = teacher.distil(
+            trunk,
+            branch,
+            task_branch_layers=task_branch_layers,
+            texts=texts or (),
+            ffn_width=ffn_width,
+            attention_heads=attention_heads,
+            **narrower,
+            progress=progress,
+            run_dir=run,
+            resume=resume,
+            **distil_options,
+        )
+    except BaseException:  # stopped or failed: keep the run only if it holds something to resume
+        if not distill_checkpointed(out):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     compression = student.model.compression or {}
     kept = compression["branch_layers_kept"]  # per task
     same = len({tuple(layers) for layers in kept.values()}) == 1
@@ -143,11 +181,12 @@ def compress_chain(
     if not int8 and storage is None:
         with building_folder(out, overwrite) as target:
             student.save_pretrained(target)
-        return Compressed(steps, rows)
-    with _staging(out, "student") as staging:
-        student.save_pretrained(staging / "chain")
-        manifest = _weights(staging / "chain", out, int8=int8, static=static, storage=storage, overwrite=overwrite, texts=texts)
-    return Compressed(manifest.steps, rows)
+    else:
+        with _staging(out, "student") as staging:
+            student.save_pretrained(staging / "chain")
+            steps = _weights(staging / "chain", out, int8=int8, static=static, storage=storage, overwrite=overwrite, texts=texts).steps
+    shutil.rmtree(run, ignore_errors=True)  # the student is saved: nothing to resume
+    return Compressed(steps, rows)
 
 
 def _weights(
