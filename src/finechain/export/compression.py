@@ -49,7 +49,7 @@ def distill_checkpointed(out: Path) -> bool:
         >>> distill_checkpointed(Path("chains/never-made"))
         False
     """
-    return bool(Checkpointer.runs_under(distill_run(out))) if distill_run(out).is_dir() else False
+    return bool(Checkpointer.runs_under(distill_run(out)))
 
 
 def student_asked(
