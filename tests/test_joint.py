@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def test_joint_gradient_accumulation_steps_every_few_batches(tiny_backbone: Path
     assert [(r["epoch"], r["step"]) for r in log] == [(0.5, 4), (1, 7), (1.5, 11), (2, 14)]
 
 
-def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_joint_resume_is_exact(
+    tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Also with small data repeated in each epoch: 2 tasks x 10 batches a pass, 3 epochs, min_steps 100: 2 passes."""
     specs, data = specs_and_data(tmp_path)
     joint = JOINT.model_copy(update={"epochs": 3, "refine_epochs": 0})
@@ -94,7 +97,10 @@ def test_joint_resume_is_exact(tiny_backbone: Path, tmp_path: Path, monkeypatch:
     kept = json.loads((tmp_path / "b" / "joint" / "checkpoint" / "state.json").read_text())["loop"]
     assert (kept["epoch"], kept["batch"], kept["step"]) == (0, 20, 20)  # at the check halfway through the first epoch
     resumed = Chain.from_backbone(str(tiny_backbone), split=2, max_length=32)
-    resumed.fit_joint(specs, training, joint, data=data, run_dir=tmp_path / "b", resume=True, progress=False)
+    capsys.readouterr()
+    resumed.fit_joint(specs, training, joint, data=data, run_dir=tmp_path / "b", resume=True, progress=True)
+    first = capsys.readouterr().err.splitlines()[0]  # where it goes on from, with the epoch's loss so far (not "-")
+    assert re.match(r"joint 20/120 steps \(16%\), loss \d+\.\d{4}, ", first), first
     for a, b in ((straight.model.trunk.stack, resumed.model.trunk.stack), (straight.tasks, resumed.tasks)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -390,7 +390,7 @@ def _fit_task(
             ema_decay=cfg.ema_decay,
         )
         if resume and loop.resume():
-            bar.advance(loop.batches_done)
+            bar.advance(loop.batches_done, loss=loop.epoch_loss)
             report.log.drop_after(loop.state.step)
         elif init is not None and selects:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
             # (not a zero-shot start: on the few validation examples of a few-shot set it ties too often, and the

@@ -333,7 +333,7 @@ def train_jobs(
             ema_decay=training.ema_decay,
         )
         if resume and loop.resume():
-            bar.advance(loop.batches_done)
+            bar.advance(loop.batches_done, loss=loop.epoch_loss)
             report.log.drop_after(loop.state.step)
         for _ in loop.run():
             pass

@@ -250,6 +250,11 @@ class TrainingLoop:
         return self.state.epoch * self.batches_per_epoch + self.state.batch
 
     @property
+    def epoch_loss(self) -> float | None:
+        """The current epoch's mean training loss so far (None before its first batch): what a resumed run shows first."""
+        return self.state.epoch_loss * self.accumulation / self.state.batch if self.state.batch else None
+
+    @property
     def checks_per_epoch(self) -> int:
         """Validation checks in each epoch."""
         return len(self.points)
