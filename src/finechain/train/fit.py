@@ -389,12 +389,11 @@ def _fit_task(
             hooks=[*staged, report, EarlyStopping(cfg.patience), *hooks],
             ema_decay=cfg.ema_decay,
         )
-        if resume and loop.resume():
-            bar.advance(loop.batches_done, loss=loop.epoch_loss)
-            report.log.drop_after(loop.state.step)
-        elif init is not None and selects:  # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it
-            # (not a zero-shot start: on the few validation examples of a few-shot set it ties too often, and the
-            # benchmark's AG News run kept 73.4% zero-shot where training reached 81.9%)
+        resumed = resume and loop.resume()  # (the report hook then moves the bar there and trims the log)
+        if not resumed and init is not None and selects:
+            # continuing a trained tail: it is the epoch-0 candidate, so training can only improve on it (not a zero-shot
+            # start: on the few validation examples of a few-shot set it ties too often, and the benchmark's AG News run
+            # kept 73.4% zero-shot where training reached 81.9%)
             loop.start_from(evaluate())
         for _ in loop.run():
             pass

@@ -332,9 +332,8 @@ def train_jobs(
             hooks=[report, EarlyStopping(training.patience), *hooks],
             ema_decay=training.ema_decay,
         )
-        if resume and loop.resume():
-            bar.advance(loop.batches_done, loss=loop.epoch_loss)
-            report.log.drop_after(loop.state.step)
+        if resume:
+            loop.resume()  # (the report hook then moves the bar there and trims the log)
         for _ in loop.run():
             pass
 

@@ -250,7 +250,7 @@ class TrainingLoop:
         return self.state.epoch * self.batches_per_epoch + self.state.batch
 
     @property
-    def epoch_loss(self) -> float | None:
+    def epoch_mean_loss(self) -> float | None:
         """The current epoch's mean training loss so far (None before its first batch): what a resumed run shows first."""
         return self.state.epoch_loss * self.accumulation / self.state.batch if self.state.batch else None
 

@@ -67,6 +67,13 @@ class Report(Hook):
         self.bar, self.log, self.record, self.headline = bar, log, record, headline
         self.history: list[dict[str, Any]] = []
 
+    def on_start(self, loop: TrainingLoop) -> None:
+        """A resumed run: move the bar to where it goes on from (with the epoch's loss so far), and drop the log's
+        records of checks after its checkpoint (the run does them again)."""
+        if loop.batches_done:
+            self.bar.advance(loop.batches_done, loss=loop.epoch_mean_loss)
+            self.log.drop_after(loop.state.step)
+
     def on_batch(self, loop: TrainingLoop, loss: float | None) -> None:
         """Advance the bar (showing the running loss when sampled)."""
         self.bar.advance(loss=loss)
