@@ -7,6 +7,7 @@ import json
 import random
 import re
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -16,6 +17,7 @@ from finechain.flows import SpanAnswer
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, TOPICS, ner_sentences, write_conll
 from tests.conftest import run_cli as cli
 
+JOINT = "sharing: joint\njoint: {epochs: 8, trunk_learning_rate: 0.001, refine_epochs: 1}\n"
 TRAINING = "training: {epochs: 6, batch_size: 16, learning_rate: 0.003, head_learning_rate: 0.01, min_steps: 0, patience: 0}"
 
 
@@ -83,8 +85,7 @@ def trained(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     (root / "other.yaml").write_text(head + "tasks:\n  - {name: other_mood, train: combo.jsonl, label_column: mood}\n")
     train_chain(root / "other.yaml", root / "other", progress=False)
     (root / "chain.yaml").write_text(
-        head + "sharing: joint\njoint: {epochs: 8, trunk_learning_rate: 0.001, refine_epochs: 1}\n"
-        "tasks:\n  - {name: topic, train: combo.jsonl, label_column: topic}\n"
+        head + JOINT + "tasks:\n  - {name: topic, train: combo.jsonl, label_column: topic}\n"
         "  - {name: mood, train: combo.jsonl, label_column: mood}\n  - {name: ner, type: tagging, train: n.conll}\n" + FLOWS
     )
     train_chain(root / "chain.yaml", root / "c", progress=False)
@@ -128,7 +129,7 @@ def close(a: object, b: object) -> bool:
         return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and isinstance(b, float):
         return abs(a - b) <= 1e-4 + 1e-4 * abs(b)
-    return a == b
+    return a == b or b is ANY
 
 
 def test_kept_states_answer_as_a_full_pass_would(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,6 +194,9 @@ def test_cli_predict_and_eval_a_flow(trained: Path, monkeypatch: pytest.MonkeyPa
     assert scores["n"] == 30 and scores["stages"]["topic"]["accuracy"] >= 0.9
     mood_ok = sum(scores["stages"][k]["accuracy"] * scores["stages"][k]["n"] for k in ("mood", "general"))
     assert scores["exact_match"] <= min(scores["stages"]["topic"]["accuracy"], mood_ok / 30) + 1e-9
+    code, out, err = cli(["info", str(trained / "c")], monkeypatch, capsys)
+    assert code == 0 and "flow triage: topic; mood after topic when label in sport; general (mood) after topic otherwise;" in out, out
+    assert "flow people: ner; mood on each marked span of ner of types PER" in out
     for args, message in [
         (["predict", str(trained / "c"), "--flow", "nope", "--input", str(trained / "in.txt")], "unknown flow 'nope'"),
         (["predict", str(trained / "c"), "--flow", "triage", "--task", "topic"], "--flow runs every task"),
@@ -223,6 +227,18 @@ BAD_FLOWS = [
         "      - {name: ext, task: other_mood, chain: other, after: topic}\n"
         "      - {task: mood, after: ext, when: {labels: [pos]}, train_on: gold}",
         "trains on gold routes of 'ext', a task of another chain",
+    ),
+    ("      - {task: mood, allow: {sport: [pos]}}", "stage 'mood' has 'allow' but reads no stage"),
+    ("      - {task: mood, after: ner, input: span, allow: {PER: [pos]}}", "reads spans: 'allow' restricts a stage that reads the text"),
+    ("      - {task: mood, after: topic, allow: {}}", "stage 'mood' allows nothing"),
+    ("      - {task: mood, after: topic, allow: {sports: [pos]}}", "allows labels after 'sports', which 'topic' does not have"),
+    ("      - {task: mood, after: topic, allow: {sport: [great]}}", "allows 'great' after 'sport', which 'mood' does not answer"),
+    ("      - {name: n2, task: ner, after: topic, allow: {sport: [ORG]}}", "allows 'ORG' after 'sport', which 'ner' does not answer"),
+    ("      - {task: mood, after: topic, allow: {sport: []}}", "allows no label after 'sport'"),
+    ("      - {task: mood, after: ner, allow: {PER: [pos]}}", "allows labels by the label of 'ner', whose answers have none"),
+    (
+        "      - {name: n2, task: other_mood, chain: other, after: topic, allow: seen}",
+        "'allow: seen' but it or 'topic' runs a task of another",
     ),
 ]
 
@@ -298,13 +314,134 @@ def test_the_server_runs_flows_through_its_batcher(trained: Path) -> None:
     assert code == 0, err[-2000:]
 
 
+ALLOWED = {
+    "name": "allowed",
+    "stages": [
+        {"task": "topic"},
+        {"task": "mood", "after": "topic", "allow": {"sport": ["pos"]}},
+        {"name": "names", "task": "ner", "after": "topic", "allow": {"sport": ["PER"], "money": []}},
+    ],
+}
+ALLOW_TEXTS = ["match awful alice visited paris", "bank bob dreadful rome", "phone alice met london", "goal dreadful bob oslo", "team good"]
+
+
+def check_allowed(results: list, plain: list[dict]) -> None:
+    """Each answer of the 'allowed' flow is the unrestricted one where its topic allows anything, else chosen among
+    what it allows; and the restriction changed something."""
+    changed = 0
+    for result, alone in zip(results, plain, strict=True):
+        topic = result.answers["topic"].label
+        mood, names = result.answers["mood"], result.answers["names"]
+        if topic == "sport":
+            assert mood.label == "pos" and mood.scores["neg"] == 0.0 and mood.score == 1.0
+            assert {e.type for e in names.entities} <= {"PER"} and not {t[2:] for t in names.tags} - {"", "PER"}
+            changed += alone["mood"].label == "neg"
+            changed += any(e.type == "LOC" for e in alone["ner"].entities)
+        else:
+            assert close(mood.to_dict(), alone["mood"].to_dict())
+        if topic == "money":
+            assert names.entities == [] and set(names.tags) == {"O"}
+            changed += bool(alone["ner"].entities)
+        if topic == "tech":
+            assert close(names.to_dict(), alone["ner"].to_dict())
+    assert changed >= 3
+
+
+def test_allow_restricts_each_answer_to_what_its_upstream_label_allows(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage with ``allow`` chooses among the labels (a tagger: span types) listed for its upstream answer's label,
+    on the kept trunk states (its branch only); an unlisted label restricts nothing. Without kept states it answers
+    the same."""
+    chain = Chain.from_pretrained(trained / "c")
+    flow = chain.add_flow(ALLOWED)
+    tails: list[dict] = []
+    run_kept = chain.engine.runner.run_kept
+    chain.engine.runner.run_kept = lambda h, wanted, *a, **k: tails.append(dict(wanted)) or run_kept(h, wanted, *a, **k)  # type: ignore[method-assign]
+    results = flow.run(ALLOW_TEXTS)
+    assert [sorted(t) for t in tails] == [["mood"], ["ner"]]  # each on the states the topic stage's pass kept
+    plain = chain.predict(ALLOW_TEXTS)
+    assert [r.answers["topic"].label for r in results] == ["sport", "money", "tech", "sport", "sport"]
+    check_allowed(results, plain)
+    monkeypatch.setattr(type(chain.engine), "keeps_states", property(lambda self: False))
+    again = chain.flow("allowed").run(ALLOW_TEXTS)
+    for first, second in zip(results, again, strict=True):
+        assert all(close(answer.to_dict(), second.answers[key].to_dict()) for key, answer in first.answers.items())
+
+
+def test_allow_seen_is_filled_in_from_the_training_file(tiny_backbone: Path, trained: Path) -> None:
+    """``allow: seen`` becomes, at training, each topic's moods in the training rows (tech rows are all positive
+    here), kept in the manifest; a flow given it unresolved in Python is a one-line error."""
+    from finechain.jobs.training import train_chain
+
+    rows = [r for r in combo_rows(240, 1) if not (r["topic"] == "tech" and r["mood"] == "neg")]
+    write_jsonl(trained / "seen.jsonl", rows)
+    head = f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n{TRAINING}\n{JOINT}"
+    flows = "flows:\n  - name: f\n    stages:\n      - task: topic\n      - {task: mood, after: topic, allow: seen}\n"
+    tasks = "tasks:\n  - {name: topic, train: seen.jsonl, label_column: topic}\n  - {name: mood, train: seen.jsonl, label_column: mood}\n"
+    (trained / "seen.yaml").write_text(head + tasks + flows)
+    train_chain(trained / "seen.yaml", trained / "seen", progress=False)
+    chain = Chain.from_pretrained(trained / "seen")
+    assert chain.flows["f"].stages[1].allow == {"money": ["neg", "pos"], "sport": ["neg", "pos"], "tech": ["pos"]}
+    manifest = json.loads((trained / "seen" / "finechain.json").read_text())
+    assert manifest["flows"][0]["stages"][1]["allow"]["tech"] == ["pos"]
+    results = chain.flow("f").run(["chip awful", "bank dreadful the"])
+    assert [r.answers["topic"].label for r in results] == ["tech", "money"]
+    assert results[0].answers["mood"].scores["neg"] == 0.0 < results[1].answers["mood"].scores["neg"]
+    with pytest.raises(FinechainError, match="has 'allow: seen', which is filled in from the training files"):
+        chain.add_flow({"name": "g", "stages": [{"task": "topic"}, {"task": "mood", "after": "topic", "allow": "seen"}]})
+
+
+def test_allow_seen_needs_the_upstream_label_on_every_row(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = (trained / "chain.yaml").read_text().split("flows:")[0]
+    spec += "flows:\n  - name: f\n    stages:\n      - task: topic\n      - {task: ner, after: topic, allow: seen}\n"
+    (trained / "seen_bad.yaml").write_text(spec)
+    code, _, err = cli(["check", str(trained / "seen_bad.yaml")], monkeypatch, capsys)
+    assert code == 2 and "n.conll:" in err and "or list the labels under 'allow'" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_server_runs_a_flow_with_allow(trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Served, a stage with ``allow`` takes its own pass through the batcher and answers as the chain does; both
+    listings show what it allows."""
+    import grpc
+    import httpx
+
+    from finechain.serve.proto import finechain_pb2 as pb
+    from finechain.serve.proto import finechain_pb2_grpc as pb_grpc
+    from tests.test_serve import AUTH, Server
+
+    chain = Chain.from_pretrained(trained / "c")
+    local = [r.to_dict() for r in chain.add_flow(ALLOWED).run(ALLOW_TEXTS)]
+    chain.save_pretrained(trained / "c-allowed")
+    code, out, err = cli(["info", str(trained / "c-allowed")], monkeypatch, capsys)
+    assert "flow allowed: topic; mood after topic, restricted by its label (1 listed); names (ner) after topic, restricted" in out, out
+    server = Server(trained / "c-allowed", grpc=True)
+    try:
+        response = httpx.post(f"{server.url}/v1/flows/allowed", json={"texts": ALLOW_TEXTS}, headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        assert close(response.json()["results"], [{**r, "times_ms": ANY} for r in local])
+        listed = httpx.get(f"{server.url}/v1/flows", headers=AUTH, timeout=10).json()["flows"]
+        assert [f["stages"][2]["allow"] for f in listed if f["name"] == "allowed"] == [{"sport": ["PER"], "money": []}]
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub, metadata = pb_grpc.ChainStub(channel), tuple((k.lower(), v) for k, v in AUTH.items())
+            flows = {f.name: f for f in stub.Flows(pb.FlowsRequest(), metadata=metadata).flows}
+            allow = flows["allowed"].stages[2].allow
+            assert {label: list(names.names) for label, names in allow.items()} == {"sport": ["PER"], "money": []}
+            assert not flows["triage"].stages[1].allow
+    finally:
+        code, err = server.stop()
+    assert code == 0, err[-2000:]
+
+
 def test_a_graph_per_task_export_keeps_trunk_states_for_flows(trained: Path) -> None:
     """Exported with a graph per task, a flow runs the trunk graph once per text and each routed stage's graph only on
     the texts routed to it (as a PyTorch chain does), answering as the chain does; one graph per chain cannot keep
     states and answers the same."""
     from finechain.chain import open_engine
     from finechain.export.onnx import export_onnx
-    from finechain.flows.flow import saved_flow
+    from finechain.flows.flow import Flow, saved_flow
+    from finechain.spec.flows import FlowSpec
 
     chain = Chain.from_pretrained(trained / "c")
     chain.precision = "fp32"
@@ -312,6 +449,7 @@ def test_a_graph_per_task_export_keeps_trunk_states_for_flows(trained: Path) -> 
     export_onnx(chain, trained / "one-graph")
     texts = ["match good the", "bank awful film", "alice match superb", " ".join(["match alice good the"] * 20), "goal bob dreadful"]
     expected = chain.flow("sport_names").run(texts) + chain.flow("triage").run(texts)
+    allowed = chain.add_flow(ALLOWED).run(ALLOW_TEXTS)
     for folder, keeps in (("per-task", True), ("one-graph", False)):
         engine = open_engine(trained / folder)
         assert engine.keeps_states is keeps
@@ -329,6 +467,12 @@ def test_a_graph_per_task_export_keeps_trunk_states_for_flows(trained: Path) -> 
                 assert close(answer.to_dict(), second.answers[key].to_dict()), (folder, key)
         if keeps:  # triage: one trunk call for its first stage; the routes' graphs ran on the kept trunk outputs
             assert ["topic"] in trunk and ["mood", "topic"] not in trunk
+        trunk.clear()
+        restricted = Flow(FlowSpec.model_validate(ALLOWED), {None: engine}).run(ALLOW_TEXTS)
+        for first, second in zip(restricted, allowed, strict=True):
+            assert all(close(answer.to_dict(), second.answers[key].to_dict()) for key, answer in first.answers.items()), folder
+        # kept states: one pass for the topic stage; one graph: one for topic, then one per stage with `allow`
+        assert trunk == ([["topic"]] if keeps else [["topic"], ["mood"], ["ner"]]), (folder, trunk)
 
 
 def test_flows_travel_with_copies_exports_and_int8_compressions(
@@ -363,6 +507,8 @@ def test_flows_travel_with_copies_exports_and_int8_compressions(
         assert [r["answers"]["topic"]["label"] for r in records] == [r["answers"]["topic"]["label"] for r in local]
         code, out, err = cli(["predict", str(folder), "--flow", "people", "--input", str(trained / "in3.txt")], monkeypatch, capsys)
         assert code == 2 and "unknown flow 'people'" in err and "triage" in err, err
+        code, out, err = cli(["info", str(folder)], monkeypatch, capsys)
+        assert code == 0 and [line[:12] for line in out.splitlines() if line.startswith("flow ")] == ["flow triage:"], out
     code, out, err = cli(
         ["eval", str(trained / "exports" / "c-onnx"), "--flow", "triage", "--data", str(trained / "combo_test.jsonl")], monkeypatch, capsys
     )

@@ -778,6 +778,7 @@ def info(chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder"
             *(f"{metrics[split][metric]:.4f}" if metric in metrics.get(split, {}) else "-" for split in ("validation", "test")),
         )
     out.print(table)
+    _print_flows(manifest.flows)
     for name, task in manifest.tasks.items():  # what finechain update did, and what finechain restore can bring back
         updates, kept = (task.data or {}).get("updates", []), task_versions(chain_dir, name)
         if updates:
@@ -816,6 +817,15 @@ def _exported_info(folder: Path) -> None:
         diff = "-" if task.max_abs_diff is None else f"{task.max_abs_diff:.2g}"
         table.add_row(name, task.type, str(len(task.head.get("labels", [])) or "-"), metric, "-" if test is None else f"{test:.4f}", diff)
     out.print(table)
+    _print_flows(manifest.flows)
+
+
+def _print_flows(flows: list[dict[str, Any]]) -> None:
+    """A line per flow of a manifest: its stages and how each reads the one before."""
+    from finechain.spec.flows import FlowSpec, describe_flow
+
+    for flow in flows:
+        out.print(Text(describe_flow(FlowSpec.model_validate(flow))))
 
 
 @app.command()

@@ -7,6 +7,8 @@ the texts that reach it, on the kept states. An exported chain (one ONNX graph) 
 every text stage's branch on every text, and a routed stage's answer is kept only where the route holds. A chain
 that holds only routed stages (a fallback in another chain) runs only on the texts routed to it. A stage that reads
 spans runs on new inputs (the span's words, or the text with the span marked), so it takes its own pass over them.
+A stage with ``allow`` is answered after its upstream stage, among the labels that stage's answer allows: on the kept
+states where the chain keeps them, else (one ONNX graph, a served flow) in a pass of its own.
 Texts run in blocks of at most :attr:`Flow.block` texts and :attr:`Flow.block_chars` characters, so the kept states
 of a long list never all sit in memory at once.
 """
@@ -102,6 +104,27 @@ def routes_to(spec: FlowSpec, stage: StageSpec, upstream: Prediction | list[Span
     return True
 
 
+def allowed_after(stage: StageSpec, upstream: Prediction | list[SpanAnswer] | None) -> set[str] | None:
+    """What ``stage`` may answer after its upstream stage gave ``upstream`` (the stage's ``allow``): the names listed
+    for the answer's label (a multi-label answer: for any of its labels); None, anything, when the stage has no
+    ``allow`` or the answer has a label it does not list (or none).
+
+    Example:
+        >>> from finechain.heads.predictions import ClassPrediction
+        >>> stage = StageSpec(task="slots", after="intent", allow={"PlayMusic": ["artist", "playlist"]})
+        >>> sorted(allowed_after(stage, ClassPrediction("PlayMusic", 0.9, {}))), allowed_after(stage, ClassPrediction("Other", 0.9, {}))
+        (['artist', 'playlist'], None)
+    """
+    if not isinstance(stage.allow, dict) or upstream is None or isinstance(upstream, list) or not upstream.counted():
+        return None
+    names: set[str] = set()
+    for label in upstream.counted():
+        if label not in stage.allow:
+            return None
+        names.update(stage.allow[label])
+    return names
+
+
 def marked(text: str, span: Entity) -> str:
     """``text`` with ``span`` wrapped in brackets, the input of an ``input: marked`` stage.
 
@@ -166,6 +189,12 @@ class Flow:
 
     def _check(self, stage: StageSpec) -> None:
         problem = stage_problem(self.spec, stage, self.facts)
+        if problem is None and stage.allow == "seen":
+            problem = (
+                f"stage '{stage.key}' has 'allow: seen', which is filled in from the training files",
+                ("allow",),
+                "train the chain from a spec that holds the flow, or list them: allow: {upstream label: [labels]}",
+            )
         if problem is not None:
             raise FinechainError(f"flow '{self.name}': {problem[0]}", fix=problem[2])
 
@@ -209,11 +238,16 @@ class Flow:
 
     def _run_text(self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int], state: _ChainState) -> None:
         """Answer ``stage`` for ``rows``: from the chain's kept trunk states where a pass ran, else in a new pass."""
+        if stage.allow is not None:
+            self._run_allowed(stage, texts, results, rows, state)
+            return
         engine = self.engines[stage.chain]
         need = [i for i in rows if stage.task not in state.answers.get(i, {})]
         fresh = need
         if engine.keeps_states:
-            again = self._from_kept(stage.task, engine, texts, [i for i in need if i in state.passes], state)
+            found, again = self._from_kept(stage.task, engine, texts, [i for i in need if i in state.passes], state)
+            for i, answer in found.items():
+                state.answers.setdefault(i, {})[stage.task] = answer
             if again:  # long texts a token-level stage reads through windows: a pass of their own, for this task
                 for i, answers in zip(again, engine.predict([texts[i] for i in again], [stage.task]), strict=True):
                     state.answers[i].update(answers)
@@ -224,17 +258,40 @@ class Flow:
             results[i].answers[stage.key] = state.answers[i][stage.task]
             results[i].path.append(stage.key)
 
+    def _run_allowed(self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int], state: _ChainState) -> None:
+        """Answer a stage with ``allow`` for ``rows``, each chosen among what its upstream answer allows: on the kept
+        trunk states (its branch only) where the chain keeps them, else in a pass of its own. These answers are the
+        stage's alone (another stage of the same task answers unrestricted)."""
+        engine = self.engines[stage.chain]
+        allowed = {i: allowed_after(stage, results[i].answers.get(stage.after or "")) for i in rows}
+        again, found = rows, {}
+        if engine.keeps_states:
+            fresh = [i for i in rows if i not in state.passes]
+            if fresh:  # no pass of this chain yet (its upstream stage is another chain's): one that keeps the states
+                self._first_pass(stage, engine, texts, fresh, state)
+            found, again = self._from_kept(stage.task, engine, texts, rows, state, allowed)
+        if again:
+            choices = {stage.task: [allowed[i] for i in again]}
+            for i, answers in zip(again, engine.predict([texts[i] for i in again], [stage.task], choices), strict=True):
+                found[i] = answers[stage.task]
+        for i in rows:
+            results[i].answers[stage.key] = found[i]
+            results[i].path.append(stage.key)
+
     def _first_pass(self, stage: StageSpec, engine: Engine, texts: list[Any], fresh: list[int], state: _ChainState) -> None:
         """A trunk pass over ``fresh`` texts: with kept states, ``stage`` and the chain's stages that read every text
-        (the rest later, on the states); else every text stage of the chain at once."""
+        (the rest later, on the states); else every text stage of the chain at once (but those with ``allow``, which
+        need their upstream answers first: they take a pass of their own)."""
         running = {s.key for s in self.order}
         text_stages = [s for s in self.spec.stages if s.key in running and s.chain == stage.chain and s.input == "text"]
         chain_tasks = list(dict.fromkeys(s.task for s in text_stages))
         if not engine.keeps_states:
-            for i, answers in zip(fresh, engine.predict([texts[i] for i in fresh], chain_tasks), strict=True):
+            plain = list(dict.fromkeys(s.task for s in text_stages if s.allow is None))
+            for i, answers in zip(fresh, engine.predict([texts[i] for i in fresh], plain), strict=True):
                 state.answers.setdefault(i, {}).update(answers)
             return
-        eager = tuple(dict.fromkeys([stage.task] + [s.task for s in text_stages if s.after is None]))
+        own = [stage.task] if stage.allow is None else []  # a stage with `allow` is answered on the kept states
+        eager = tuple(dict.fromkeys(own + [s.task for s in text_stages if s.after is None]))
         prepared = engine.prepare([texts[i] for i in fresh], chain_tasks)
         first = [Row(row.ids, tuple(t for t in row.tasks if t in eager)) for row in prepared.rows]
         kept = Kept()
@@ -245,10 +302,20 @@ class Flow:
             state.answers.setdefault(i, {}).update(answers)
             state.passes[i] = (done, position)
 
-    def _from_kept(self, task: str, engine: Engine, texts: list[Any], kept_rows: list[int], state: _ChainState) -> list[int]:
-        """Answer ``task`` for ``kept_rows`` on their kept trunk states (its branch only); returns the texts that need a
-        pass of their own instead (long texts that a token-level task reads through windows)."""
+    def _from_kept(
+        self,
+        task: str,
+        engine: Engine,
+        texts: list[Any],
+        kept_rows: list[int],
+        state: _ChainState,
+        allowed: Mapping[int, set[str] | None] | None = None,
+    ) -> tuple[dict[int, Prediction], list[int]]:
+        """Answer ``task`` for ``kept_rows`` on their kept trunk states (its branch only), each among its ``allowed``
+        labels if given; returns the answers, and the texts that need a pass of their own instead (long texts that a
+        token-level task reads through windows)."""
         token_level = engine.model.tasks[task].head.token_level
+        found: dict[int, Prediction] = {}
         again: list[int] = []
         by_pass: dict[int, tuple[_Pass, list[tuple[int, int]]]] = {}
         for i in kept_rows:
@@ -265,9 +332,10 @@ class Flow:
                 spans = None if words.word_spans is None else [words.word_spans[p] for p in positions]
                 words = Encoded([words.ids[p] for p in positions], [words.word_starts[p] for p in positions], spans)
             view = Prepared([done.prepared.texts[p] for p in positions], (task,), [done.rows[p] for p in positions], words)
-            for (i, _), answers in zip(members, engine.decode(view, [outputs.get(p, {}) for p in positions]), strict=True):
-                state.answers.setdefault(i, {}).update(answers)
-        return again
+            choices = None if allowed is None else {task: [allowed[i] for i, _ in members]}
+            for (i, _), answers in zip(members, engine.decode(view, [outputs.get(p, {}) for p in positions], choices), strict=True):
+                found[i] = answers[task]
+        return found, again
 
     def _run_spans(self, stage: StageSpec, texts: list[Any], results: list[FlowResult], rows: list[int]) -> None:
         """Run ``stage`` on every span of its upstream answer (of ``types``), for all ``rows`` in one pass."""

@@ -71,9 +71,11 @@ def gold_routes(flow: FlowSpec, stage: StageSpec, labels: list[Any]) -> list[boo
     return [not names(label) & taken for label in labels]
 
 
-def _upstream_labels(split: Split, upstream: TaskSpec) -> list[Any]:
+def _upstream_labels(
+    split: Split, upstream: TaskSpec, fix: str = "give every row the upstream task's label, or use 'train_on: predicted'"
+) -> list[Any]:
     """The upstream task's gold label of every row of ``split``, read from the same file with its label column and
-    matched by line."""
+    matched by line (a row without one is an error with ``fix``)."""
     path = Path(split.file)
     gold = read_split(path, upstream, head_type(upstream.type))
     by_line = dict(zip(gold.lines, gold.labels, strict=True))
@@ -83,7 +85,7 @@ def _upstream_labels(split: Split, upstream: TaskSpec) -> list[Any]:
             f"no '{upstream.label_column}' label for '{upstream.name}' on this row",
             file=path,
             line=missing,
-            fix="give every row the upstream task's label, or use 'train_on: predicted'",
+            fix=fix,
         )
     return [by_line[line] for line in split.lines]
 
@@ -149,3 +151,31 @@ def routed_task_data(
         "left_out_unseen_labels": dropped,
     }
     return data
+
+
+def seen_allow(task: TaskSpec, upstream: TaskSpec) -> dict[str, list[str]]:
+    """What a flow stage's ``allow: seen`` stands for: per label of ``upstream``, the labels (a tagger: the span types)
+    that ``task``'s training rows hold with it, read from ``task``'s training file, which holds the upstream task's
+    label column too (a row without it is a one-line error).
+
+    Example:
+        >>> seen_allow(slots_spec, intent_spec)["PlayMusic"]  # doctest: +SKIP
+        ['album', 'artist', 'genre', 'music_item', 'playlist', 'service', 'sort', 'track', 'year']
+    """
+    if task.train is None:
+        raise DataError(f"'allow: seen' reads the training file of task '{task.name}', which has none", fix="list the labels under 'allow'")
+    head_cls = head_type(task.type)
+    split = read_split(Path(task.train), task, head_cls)
+    fix = f"give each of its rows a '{upstream.label_column}' label for '{upstream.name}', or list the labels under 'allow'"
+    try:
+        golds = _upstream_labels(split, upstream, fix)
+    except DataError as error:
+        if error.line is not None:  # a row without the label: said so, with the fix
+            raise
+        message = f"'allow: seen' reads the '{upstream.name}' labels from the training file of '{task.name}', which cannot give them"
+        raise DataError(f"{message}: {error.message}", file=error.file, fix=fix) from None
+    found: dict[str, set[str]] = {}
+    for gold, parsed in zip(golds, split.labels, strict=True):
+        for label in head_type(upstream.type).allow_names(gold):
+            found.setdefault(label, set()).update(head_cls.allow_names(parsed))
+    return {label: sorted(names) for label, names in sorted(found.items())}

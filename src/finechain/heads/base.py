@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -256,6 +256,35 @@ class Head(ABC):
     def span_types(self) -> list[str]:
         """The types of the spans this head finds (a flow's ``types`` filter); none by default."""
         return []
+
+    @classmethod
+    def allow_names(cls, parsed: Any) -> list[str]:
+        """What one parsed label answers with, in the names a flow stage's ``allow`` lists: its label names (a tagger
+        overrides: the span types its tags mark).
+
+        Example:
+            >>> from finechain.heads.multilabel import MultiLabelHead
+            >>> MultiLabelHead.allow_names(["urgent", "billing"])
+            ['billing', 'urgent']
+        """
+        return cls.label_names([parsed])
+
+    def allows(self, label: str, allowed: Collection[str]) -> bool:
+        """Whether output ``label`` may be answered where a flow stage's ``allow`` names ``allowed``: the label is one
+        of them (a tagger overrides: ``O`` always, a tag when its span type is)."""
+        return label in allowed
+
+    def restrict(self, output: np.ndarray, allowed: Collection[str]) -> np.ndarray:
+        """One text's raw ``output`` (``[labels]`` or ``[tokens, labels]``) with every label :meth:`allows` refuses ruled
+        out (its score -inf), so that decoding chooses among the rest: a flow stage's ``allow``.
+
+        Example:
+            >>> from finechain.heads.classification import ClassificationHead
+            >>> ClassificationHead(["a", "b", "c"]).restrict(np.array([3.0, 2.0, 1.0]), {"b", "c"}).tolist()
+            [-inf, 2.0, 1.0]
+        """
+        keep = np.array([self.allows(label, allowed) for label in self.labels], dtype=bool)
+        return np.where(keep, output, -np.inf).astype(output.dtype, copy=False)
 
     def empty_agrees(self, gold: Any) -> bool:
         """Whether giving no answer is right for ``gold`` (a flow that routed this task away); no by default."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -266,6 +266,20 @@ class TaggingHead(Head):
     def span_types(self) -> list[str]:
         """The entity types of its tags (``B-PER`` -> ``PER``), in first-seen order."""
         return entity_types(self.labels)
+
+    @classmethod
+    def allow_names(cls, parsed: Any) -> list[str]:
+        """The span types one sentence's tags mark: what a flow stage's ``allow`` lists for a tagger.
+
+        Example:
+            >>> TaggingHead.allow_names(["B-artist", "I-artist", "O", "B-playlist"])
+            ['artist', 'playlist']
+        """
+        return sorted(entity_types(parsed))
+
+    def allows(self, label: str, allowed: Collection[str]) -> bool:
+        """``O`` always; a tag when the span type it marks is ``allowed``."""
+        return label == "O" or label[2:] in allowed
 
     def empty_agrees(self, gold: Any) -> bool:
         """No entities were to be found: every gold tag is ``O``."""

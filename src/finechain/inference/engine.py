@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from finechain.heads import Prediction
 # ~4 MB tokenised, more in the passes): 300 such texts in one call peaked at 3.2 GB. A block at a time keeps memory
 # to the block's (short texts: thousands of them a block, so batches are as full as before).
 BLOCK_CHARS = 1 << 18
+Allowed = Mapping[str, Sequence[Collection[str] | None]]  # task -> per text, the labels it may answer (None: any)
 
 
 @dataclass(frozen=True)
@@ -285,25 +286,35 @@ class Engine:
                 words.word_starts[text] = [None if b is None else next(rank) for b in best]
         return per_task, words  # type: ignore[return-value]
 
-    def decode(self, prepared: Prepared, outputs: Sequence[dict[str, np.ndarray]]) -> list[dict[str, Prediction]]:
-        """Typed predictions per text and task (NumPy only: no PyTorch here)."""
+    def decode(
+        self, prepared: Prepared, outputs: Sequence[dict[str, np.ndarray]], allowed: Allowed | None = None
+    ) -> list[dict[str, Prediction]]:
+        """Typed predictions per text and task (NumPy only: no PyTorch here). ``allowed`` maps a task to each text's
+        labels it may answer (a tagger's: span types; None: any), a flow stage's ``allow``: the others are ruled out
+        before decoding (:meth:`~finechain.heads.Head.restrict`)."""
         started = time.perf_counter()
         per_task, words = self.collect(prepared, outputs)
+        for name, choices in (allowed or {}).items():
+            head = self.model.tasks[name].head
+            per_task[name] = [
+                output if keep is None else head.restrict(output, keep) for output, keep in zip(per_task[name], choices, strict=True)
+            ]
         decoded = {name: self.model.tasks[name].head.decode(per_task[name], prepared.texts, words) for name in prepared.tasks}
         results = [{name: decoded[name][i] for name in prepared.tasks} for i in range(len(prepared.texts))]
         self.times.add("decode", time.perf_counter() - started)
         return results
 
     # all three ---------------------------------------------------------------------------------
-    def predict(self, texts: Any, tasks: Sequence[str] | None = None) -> list[dict[str, Prediction]]:
-        """Predictions of ``tasks`` (default: all) for every text: ``prepare``, ``forward``, ``decode``, a block of
-        at most :data:`BLOCK_CHARS` characters at a time (what a long text costs to prepare and run is many times its
-        size: memory follows the block, not the input)."""
+    def predict(self, texts: Any, tasks: Sequence[str] | None = None, allowed: Allowed | None = None) -> list[dict[str, Prediction]]:
+        """Predictions of ``tasks`` (default: all) for every text: ``prepare``, ``forward``, ``decode`` (``allowed``: as
+        :meth:`decode` takes it), a block of at most :data:`BLOCK_CHARS` characters at a time (what a long text costs
+        to prepare and run is many times its size: memory follows the block, not the input)."""
         texts = as_texts(texts)
         results: list[dict[str, Prediction]] = []
         for block in size_blocks(texts, BLOCK_CHARS):
             prepared = self.prepare(texts[block], tasks)
-            results += self.decode(prepared, self.forward(prepared.rows))
+            chosen = None if allowed is None else {name: list(choices[block]) for name, choices in allowed.items()}
+            results += self.decode(prepared, self.forward(prepared.rows), chosen)
         return results
 
     def outputs(self, texts: Any, tasks: Sequence[str] | None = None) -> tuple[dict[str, list[np.ndarray]], Encoded | None]:

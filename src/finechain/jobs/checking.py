@@ -10,13 +10,14 @@ from typing import Any
 from finechain.data.check import DataCheck, check_data
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import FinechainError
+from finechain.flows.routing import seen_allow
 from finechain.heads import head_type
 from finechain.heads.tagging import entity_types
 from finechain.io import check_folder_path
 from finechain.model.backbone import check_max_length, inspect_backbone, inspect_tokenizer, resolve_backbone
 from finechain.model.manifest import MANIFEST, read_manifest
 from finechain.spec import ChainSpec, TaskSpec, TrainingConfig, load_chain_spec, spec_line
-from finechain.spec.flows import StageSpec, TaskFacts, stage_problem
+from finechain.spec.flows import FlowSpec, StageSpec, TaskFacts, stage_problem
 
 
 def load_all(specs: list[TaskSpec], training: TrainingConfig) -> dict[str, TaskData]:
@@ -50,6 +51,7 @@ def check_spec(spec_path: Path) -> Checked:
     spec = load_chain_spec(spec_path)
     data = load_all(spec.tasks, spec.training)
     check_flows(spec, spec_path, data)
+    spec = spec.model_copy(update={"flows": [seen_allowed(flow, spec, spec_path) for flow in spec.flows]})
     for index, task in enumerate(spec.tasks):  # texts for labels the data may not have: at the spec line that names them
         try:
             head_type(task.type).label_examples(task.head, data[task.name].labels)
@@ -154,6 +156,32 @@ def _facts(kind: str, labels: list[str]) -> TaskFacts:
     head = head_type(kind)
     types = entity_types(labels) if head.token_level else []
     return TaskFacts(head.token_level, head.routes_on_labels, list(labels), types)
+
+
+def seen_allowed(flow: FlowSpec, spec: ChainSpec, spec_path: Path) -> FlowSpec:
+    """``flow`` with each stage's ``allow: seen`` filled in from the training files (:func:`seen_allow`); both tasks
+    must be this spec's.
+
+    Example:
+        >>> seen_allowed(spec.flows[0], spec, Path("chain.yaml")).stages[1].allow["PlayMusic"]  # doctest: +SKIP
+        ['album', 'artist', 'genre', 'music_item', 'playlist', 'service', 'sort', 'track', 'year']
+    """
+    tasks = {task.name: task for task in spec.tasks}
+    stages = []
+    for stage in flow.stages:
+        if stage.allow == "seen":
+            upstream = flow.stage(stage.after or "")
+            if stage.chain is not None or upstream.chain is not None:
+                i, j = spec.flows.index(flow), flow.stages.index(stage)
+                raise FinechainError(
+                    f"stage '{stage.key}' has 'allow: seen' but it or '{upstream.key}' runs a task of another chain",
+                    file=spec_path,
+                    line=spec_line(spec_path, "flows", i, "stages", j, "allow"),
+                    fix="list the labels under 'allow'",
+                )
+            stage = stage.model_copy(update={"allow": seen_allow(tasks[stage.task], tasks[upstream.task])})
+        stages.append(stage)
+    return flow.model_copy(update={"stages": stages})
 
 
 def check_flows(spec: ChainSpec, spec_path: Path, data: dict[str, TaskData]) -> None:

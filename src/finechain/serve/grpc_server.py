@@ -130,7 +130,10 @@ class ChainServicer(pb_grpc.ChainServicer):
             for stage in spec.stages:
                 when = None if stage.when is None else pb.Condition(**stage.when.model_dump(exclude_none=True))
                 fields = {"task": stage.task, "chain": stage.chain or "", "after": stage.after or "", "input": stage.input}
-                stages.append(pb.StageInfo(name=stage.key, when=when, otherwise=stage.otherwise, types=stage.types or [], **fields))
+                allow = {label: pb.Names(names=names) for label, names in (stage.allow if isinstance(stage.allow, dict) else {}).items()}
+                stages.append(
+                    pb.StageInfo(name=stage.key, when=when, otherwise=stage.otherwise, types=stage.types or [], allow=allow, **fields)
+                )
             flows.append(pb.FlowInfo(name=spec.name, stages=stages))
         return pb.FlowsResponse(flows=flows)
 

@@ -22,6 +22,7 @@ from finechain.flows import Flow, FlowResult
 from finechain.flows.flow import stage_engines
 from finechain.heads import Prediction
 from finechain.inference import Engine
+from finechain.inference.engine import Allowed
 from finechain.inference.exported import EXPORT_MANIFEST, ExportedChain, is_exported
 from finechain.model.manifest import MANIFEST
 from finechain.serve.batcher import MicroBatcher
@@ -217,10 +218,11 @@ class ChainService:
         self.metrics.forward_seconds.observe(stats.seconds)
 
     async def predict(
-        self, texts: Any, tasks: list[str] | None = None, timeout_ms: float | None = None
+        self, texts: Any, tasks: list[str] | None = None, timeout_ms: float | None = None, allowed: Allowed | None = None
     ) -> tuple[list[dict[str, Prediction]], dict[str, float]]:
-        """Answer ``tasks`` (default: all) for ``texts``: per text, each task's typed answer; and the request's timings
-        (milliseconds) and its forward pass's size."""
+        """Answer ``tasks`` (default: all) for ``texts``: per text, each task's typed answer (``allowed``: as
+        :meth:`Engine.decode <finechain.inference.Engine.decode>` takes it, for a flow's stage with ``allow``); and the
+        request's timings (milliseconds) and its forward pass's size."""
         from finechain.serve.batcher import DeadlineExceeded, Overloaded
 
         started = time.monotonic()
@@ -250,7 +252,7 @@ class ChainService:
             self.metrics.queue_depth.dec()
         self.metrics.queue_seconds.observe(waited)
         forwarded_at = time.monotonic()
-        answers = await loop.run_in_executor(self._decode, loaded.engine.decode, prepared, outputs)
+        answers = await loop.run_in_executor(self._decode, loaded.engine.decode, prepared, outputs, allowed)
         for answer in answers:
             for name, prediction in answer.items():
                 for label in prediction.counted():
@@ -284,8 +286,8 @@ class ChainService:
             )
         loop = asyncio.get_running_loop()
 
-        def batched(part: list[Any], tasks: list[str] | None = None) -> list[dict[str, Prediction]]:
-            return asyncio.run_coroutine_threadsafe(self.predict(part, tasks, timeout_ms), loop).result()[0]
+        def batched(part: list[Any], tasks: list[str] | None = None, allowed: Allowed | None = None) -> list[dict[str, Prediction]]:
+            return asyncio.run_coroutine_threadsafe(self.predict(part, tasks, timeout_ms, allowed), loop).result()[0]
 
         flow = Flow(spec, {None: _Served(loaded.engine.model, batched), **loaded.others})
         results = await loop.run_in_executor(self._flows, flow.run, texts)

@@ -5,7 +5,8 @@ it is a root, reads the answer of the stage named in ``after``: it runs only whe
 score bounds), or with ``otherwise: true`` when none of its siblings' label routes held (the default route); a stage
 with ``when: {score_below: 0.5}`` is the low-confidence fallback, and runs besides whatever route the label took.
 ``input: span`` runs the stage on each span the upstream tagger found (``marked``: on the whole text with the span
-marked), optionally only spans of ``types``.
+marked), optionally only spans of ``types``. ``allow`` restricts a stage to the labels (a tagger's: the span types)
+that go with the upstream answer's label, e.g. the slot types each intent has.
 
 The checks that need only the spec live here (:func:`flow_problem`); those that need a task's labels run when the
 labels are known (:func:`label_problem`).
@@ -57,6 +58,13 @@ class StageSpec(BaseModel):
     otherwise: bool = Field(False, description="run when no sibling's 'when' held (the default route)")
     input: Literal["text", "span", "marked"] = Field("text", description="the text, each upstream span, or the text with it marked")
     types: list[str] | None = Field(None, min_length=1, description="only upstream spans of these types")
+    allow: dict[str, list[str]] | Literal["seen"] | None = Field(
+        None,
+        description="what this stage may answer for each label of the stage it reads: upstream label -> this task's "
+        "labels (a tagger's: span types), the others ruled out before decoding (an upstream label not listed rules out "
+        "nothing); `seen`: the pairs the task's training file holds, with the upstream task's label on each row (filled "
+        "in when the chain is trained)",
+    )
     train_on: Literal["data", "predicted", "gold"] = Field(
         "data",
         description="what a routed stage's task trains on: its training file as given (data), the rows of that file the "
@@ -107,6 +115,43 @@ class FlowSpec(BaseModel):
         return found
 
 
+def describe_flow(flow: FlowSpec) -> str:
+    """One line saying what ``flow`` runs: each stage with its task (where its name differs), chain, the stage it reads
+    and how (route, default route, spans, what it allows).
+
+    Example:
+        >>> flow = FlowSpec.model_validate({"name": "assistant", "stages": [{"task": "intent"},
+        ...     {"task": "slots", "after": "intent", "allow": {"PlayMusic": ["artist"], "GetWeather": ["city"]}},
+        ...     {"name": "human", "task": "triage", "chain": "../help", "after": "intent", "when": {"score_below": 0.5}}]})
+        >>> for part in describe_flow(flow).split("; "):
+        ...     print(part)
+        flow assistant: intent
+        slots after intent, restricted by its label (2 listed)
+        human (triage of ../help) after intent when score < 0.5
+    """
+    parts = []
+    for stage in flow.stages:
+        task = stage.task if stage.chain is None else f"{stage.task} of {stage.chain}"
+        words = [stage.key if task == stage.key else f"{stage.key} ({task})"]
+        if stage.after is not None:
+            words.append(f"after {stage.after}" if stage.input == "text" else f"on each {stage.input} span of {stage.after}")
+        if stage.types:
+            words.append(f"of types {', '.join(stage.types)}")
+        when = stage.when
+        if when is not None:
+            tests = [f"label in {', '.join(when.labels)}"] if when.labels else []
+            tests += [f"score >= {when.score_at_least:g}"] if when.score_at_least is not None else []
+            tests += [f"score < {when.score_below:g}"] if when.score_below is not None else []
+            words.append("when " + " and ".join(tests))
+        if stage.otherwise:
+            words.append("otherwise")
+        if stage.allow is not None:
+            listed = "as training saw" if stage.allow == "seen" else f"{len(stage.allow)} listed"
+            words[-1] += f", restricted by its label ({listed})"
+        parts.append(" ".join(words))
+    return f"flow {flow.name}: " + "; ".join(parts)
+
+
 Problem = tuple[str, tuple[str | int, ...], str]  # message, where (relative to the stage), fix
 
 
@@ -128,8 +173,11 @@ def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | Non
         trained = _training_problem(stage)
         if trained is not None:
             return i, trained
+        allowing = _allow_problem(stage)
+        if allowing is not None:
+            return i, allowing
         if stage.after is None:
-            for field in ("when", "otherwise", "types"):
+            for field in ("when", "otherwise", "types", "allow"):
                 if getattr(stage, field):
                     return i, (f"stage '{stage.key}' has '{field}' but reads no stage", (field,), "add 'after: <stage>', or drop it")
             if stage.input != "text":
@@ -157,6 +205,18 @@ def flow_problem(flow: FlowSpec, span_tasks: set[str], own_tasks: set[str] | Non
     cycle = _cycle(flow)
     if cycle is not None:
         return keys.index(cycle[0]), (f"flow '{flow.name}' has a cycle: {' -> '.join(cycle)}", ("after",), "a stage cannot read itself")
+    return None
+
+
+def _allow_problem(stage: StageSpec) -> Problem | None:
+    """What is wrong with a stage's ``allow`` that the spec alone shows: it restricts the answer a stage gives to the
+    text, by the label of the stage it reads, and lists something for each label it names."""
+    if stage.allow == {}:
+        return f"stage '{stage.key}' allows nothing", ("allow",), "list labels per upstream label, write 'allow: seen', or drop it"
+    if stage.allow is None or stage.after is None:
+        return None  # none, or reported with the stage's other fields that need an upstream stage
+    if stage.input != "text":
+        return f"stage '{stage.key}' reads spans: 'allow' restricts a stage that reads the text", ("allow",), "drop 'allow'"
     return None
 
 
@@ -251,7 +311,45 @@ def stage_problem(flow: FlowSpec, stage: StageSpec, facts: Callable[[StageSpec],
     if (stage.when is not None or stage.otherwise) and not upstream.routes:
         message = f"stage '{stage.key}' routes on '{stage.after}', whose answers have no label to route on"
         return (message, ("when",) if stage.when is not None else ("otherwise",), "route on a classification or multilabel stage")
-    return label_problem(stage, upstream.labels)
+    return label_problem(stage, upstream.labels) or allow_problem(stage, upstream, mine)
+
+
+def allow_problem(stage: StageSpec, upstream: TaskFacts, mine: TaskFacts) -> Problem | None:
+    """What is wrong with ``stage``'s ``allow`` given its tasks' facts: it needs upstream labels to go by and labels
+    (a tagger: span types) of its own to choose among, and names only those.
+
+    Example:
+        >>> stage = StageSpec(task="slots", after="intent", allow={"PlayMusic": ["artist", "city"]})
+        >>> allow_problem(stage, TaskFacts(False, True, ["PlayMusic"], []), TaskFacts(True, False, [], ["artist"]))[0]
+        "stage 'slots' allows 'city' after 'PlayMusic', which 'slots' does not answer"
+    """
+    if stage.allow is None:
+        return None
+    if not upstream.routes:
+        message = f"stage '{stage.key}' allows labels by the label of '{stage.after}', whose answers have none"
+        return message, ("allow",), "read a classification or multilabel stage"
+    names = mine.span_types if mine.spans else mine.labels
+    if not names:
+        return f"stage '{stage.key}' runs task '{stage.task}', which has no labels to allow", ("allow",), "drop 'allow'"
+    if stage.allow == "seen":
+        return None
+    for label, allowed in stage.allow.items():
+        if label not in upstream.labels:
+            message = f"stage '{stage.key}' allows labels after '{label}', which '{stage.after}' does not have"
+            return message, ("allow", label), f"its labels are {_some(upstream.labels)}"
+        unknown = [name for name in allowed if name not in names]
+        if unknown:
+            message = f"stage '{stage.key}' allows '{unknown[0]}' after '{label}', which '{stage.task}' does not answer"
+            return message, ("allow", label), f"{'its span types' if mine.spans else 'its labels'} are {_some(names)}"
+        if not allowed and not mine.spans:
+            message = f"stage '{stage.key}' allows no label after '{label}': a {stage.task} answer needs one"
+            return message, ("allow", label), "list at least one, or leave the label out (it then allows every one)"
+    return None
+
+
+def _some(names: list[str]) -> str:
+    """Up to ten names, for a fix."""
+    return f"{names[:10]}{' ...' if len(names) > 10 else ''}"
 
 
 def label_problem(stage: StageSpec, labels: list[str]) -> Problem | None:
@@ -269,7 +367,7 @@ def label_problem(stage: StageSpec, labels: list[str]) -> Problem | None:
         return (
             f"stage '{stage.key}' routes on label '{unknown[0]}', which '{stage.after}' does not have",
             ("when", "labels"),
-            f"its labels are {labels[:10]}{' ...' if len(labels) > 10 else ''}",
+            f"its labels are {_some(labels)}",
         )
     return None
 
