@@ -40,12 +40,14 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
     """Accuracy, macro/micro/weighted F1, per-class P/R/F1/support and the confusion matrix: all from the one confusion
     matrix (scikit-learn's), as scikit-learn's own scores define them (``zero_division=0``); computed at every validation
-    check, where six scikit-learn calls cost more than a small task's forward pass.
+    check, where six scikit-learn calls cost more than a small task's forward pass. Macro F1 is the mean over the
+    labels that occur in the gold labels or the predictions (scikit-learn's default): a label a small file does not
+    hold, and that is never predicted, is no error and does not pull the mean down.
 
     Example:
-        >>> m = classification_metrics([0, 1, 1], [0, 1, 0], ["neg", "pos"])
-        >>> round(m["accuracy"], 3), m["per_class"]["pos"]["support"]
-        (0.667, 2)
+        >>> m = classification_metrics([0, 1, 1], [0, 1, 0], ["neg", "pos", "other"])
+        >>> round(m["accuracy"], 3), m["per_class"]["pos"]["support"], round(m["macro_f1"], 3)
+        (0.667, 2, 0.667)
     """
     from sklearn.metrics import confusion_matrix
 
@@ -54,7 +56,7 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
     precision, recall, f1 = _ratio(tp, predicted), _ratio(tp, actual), _ratio(2 * tp, predicted + actual)
     return {
         "accuracy": float(_ratio(tp.sum(), len(y_true))),
-        "macro_f1": float(f1.mean()) if len(f1) else 0.0,
+        "macro_f1": _present_mean(f1, predicted + actual),
         "micro_f1": float(_ratio(2 * tp.sum(), predicted.sum() + actual.sum())),
         "weighted_f1": float(_ratio((f1 * actual).sum(), actual.sum())),
         "per_class": _per_class(labels, precision, recall, f1, actual),
@@ -63,8 +65,15 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
     }
 
 
+def _present_mean(f1: np.ndarray, occurrences: np.ndarray) -> float:
+    """The mean F1 of the labels that occur (in the gold labels or the predictions); 0 when none does."""
+    present = np.asarray(occurrences) > 0
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Micro/macro/sample F1, subset accuracy and per-label P/R/F1 for 0/1 indicator matrices.
+    """Micro/macro/sample F1, subset accuracy and per-label P/R/F1 for 0/1 indicator matrices; macro F1 over the
+    labels given or predicted at least once, as for single-label classification.
 
     Example:
         >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[1, 0], [1, 0]]), ["a", "b"])
@@ -81,7 +90,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
     return {
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": _present_mean(np.asarray(f1), np.asarray(y_true).sum(axis=0) + np.asarray(y_pred).sum(axis=0)),
         "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
         "per_class": _per_class(labels, precision, recall, f1, support),
