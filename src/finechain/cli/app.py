@@ -78,7 +78,7 @@ def check(
     load_chain_spec(spec)  # a bad spec fails in a moment, before the model stack is imported
     from finechain.jobs.checking import check_chain
 
-    reports = check_chain(spec)
+    reports, flows = check_chain(spec)
     table = Table(title=f"{spec!s}: data is valid", box=None)
     for column in ("task", "type", "train", "val", "test", "labels", "majority", "too long"):
         table.add_column(column, justify="left" if column in ("task", "type") else "right")
@@ -98,6 +98,7 @@ def check(
         "val*: cut from train. majority: accuracy of always guessing the commonest validation label. "
         "too long: share of texts over max_length tokens (the most of any split)."
     )
+    _print_flows([flow.model_dump(mode="json") for flow in flows])
     warnings = [(r.task, w) for r in reports for w in r.warnings]
     for task, warning in warnings:
         out.print(tagged("warning", "yellow", f"{task}: {warning}"))

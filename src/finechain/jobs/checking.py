@@ -103,17 +103,21 @@ def check_new_tasks(chain_dir: Path, specs: list[TaskSpec], task_file: Path, rep
             raise FinechainError(f"task '{spec.name}' already exists in this chain", file=task_file, fix="rename it, or pass --replace")
 
 
-def check_chain(spec_path: Path) -> list[DataCheck]:
+def check_chain(spec_path: Path) -> tuple[list[DataCheck], list[FlowSpec]]:
     """Validate a chain spec, every data file and the backbone exactly as ``train`` does (:func:`check_spec`), then
-    look at the data (no training).
+    look at the data (no training). Returns each task's report and the flows as training will keep them (``allow:
+    seen`` filled in).
 
     Example:
-        >>> [report.warnings for report in check_chain(Path("chain.yaml"))]  # doctest: +SKIP
+        >>> [report.warnings for report in check_chain(Path("chain.yaml"))[0]]  # doctest: +SKIP
         [[], ["only 40 validation examples: ..."]]
     """
     checked = check_spec(spec_path)
     spec = checked.spec
-    return [check_data(checked.data[task.name], head_type(task.type), checked.tokenizer, spec.max_length, task.name) for task in spec.tasks]
+    reports = [
+        check_data(checked.data[task.name], head_type(task.type), checked.tokenizer, spec.max_length, task.name) for task in spec.tasks
+    ]
+    return reports, spec.flows
 
 
 def manifest_tasks(folder: Path) -> tuple[str, dict[str, Any]]:
