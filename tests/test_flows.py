@@ -14,7 +14,7 @@ import pytest
 from finechain import Chain
 from finechain.errors import FinechainError
 from finechain.flows import SpanAnswer
-from tests.conftest import FILLER, NEGATIVE, POSITIVE, TOPICS, ner_sentences, write_conll
+from tests.conftest import CITIES, FILLER, NAMES, NEGATIVE, POSITIVE, TOPICS, ner_sentences, write_conll
 from tests.conftest import run_cli as cli
 
 JOINT = "sharing: joint\njoint: {epochs: 8, trunk_learning_rate: 0.001, refine_epochs: 1}\n"
@@ -388,6 +388,48 @@ def test_allow_seen_is_filled_in_from_the_training_file(tiny_backbone: Path, tra
     assert results[0].answers["mood"].scores["neg"] == 0.0 < results[1].answers["mood"].scores["neg"]
     with pytest.raises(FinechainError, match="has 'allow: seen', which is filled in from the training files"):
         chain.add_flow({"name": "g", "stages": [{"task": "topic"}, {"task": "mood", "after": "topic", "allow": "seen"}]})
+
+
+def topic_ner_rows(n: int, seed: int) -> list[dict]:
+    """Rows with a topic and tagged words; a city sometimes carries a comma (so the text splits into more words)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = list(TOPICS)[i % 3]
+        city = rng.choice(CITIES) + ("," if i % 4 == 0 else "")
+        words = [rng.choice(TOPICS[topic]), rng.choice(NAMES), "visited", city, rng.choice(FILLER)]
+        rows.append({"text": " ".join(words), "words": words, "tags": ["O", "B-PER", "O", "B-LOC", "O"], "topic": topic})
+    return rows
+
+
+def test_eval_of_a_flow_scores_each_stage_as_the_flow_answered(
+    tiny_backbone: Path, trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tagger that reads word lists is scored on them (a text whose words carry punctuation splits otherwise), and a
+    stage with ``allow`` on its restricted answers: here sport texts lose their cities, so the stage scores below the
+    task alone, exactly as its answers do."""
+    from seqeval.metrics import f1_score
+
+    from finechain.jobs.evaluation import evaluate_flow
+    from finechain.jobs.training import train_chain
+
+    write_jsonl(trained / "tn.jsonl", topic_ner_rows(240, 1))
+    test_rows = topic_ner_rows(30, 2)
+    write_jsonl(trained / "tn_test.jsonl", test_rows)
+    flows = "flows:\n  - name: f\n    stages:\n      - task: topic\n      - {task: ner, after: topic, allow: {sport: [PER]}}\n"
+    tasks = "tasks:\n  - {name: topic, train: tn.jsonl, label_column: topic}\n"
+    tasks += "  - {name: ner, type: tagging, train: tn.jsonl, text_column: words, label_column: tags}\n"
+    (trained / "tn.yaml").write_text(f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n{TRAINING}\n{JOINT}" + tasks + flows)
+    train_chain(trained / "tn.yaml", trained / "tn", progress=False)
+    scores = evaluate_flow(trained / "tn", "f", trained / "tn_test.jsonl")
+    chain = Chain.from_pretrained(trained / "tn")
+    results = chain.flow("f").run([r["words"] for r in test_rows])
+    answered = f1_score([r["tags"] for r in test_rows], [r.answers["ner"].tags for r in results])
+    alone = chain.score("ner", [r["words"] for r in test_rows], [r["tags"] for r in test_rows])["entity_f1"]
+    assert scores["stages"]["ner"]["entity_f1"] == pytest.approx(answered) and answered < alone
+    assert scores["stages"]["ner"]["n"] == 30 and scores["stages"]["topic"]["accuracy"] >= 0.9
+    code, out, err = cli(["check", str(trained / "tn.yaml")], monkeypatch, capsys)
+    assert code == 0 and "flow f: topic; ner after topic, restricted by its label (1 listed)" in out, err
 
 
 def test_allow_seen_needs_the_upstream_label_on_every_row(

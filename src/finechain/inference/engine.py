@@ -333,11 +333,13 @@ class Engine:
             return self.collect(self.prepare([], tasks), [])
         return per_task, None if any(w is None for w in words) else Encoded.joined(words)  # type: ignore[arg-type]
 
-    def score(self, task: str, texts: Any, labels: Sequence[Any]) -> dict[str, Any]:
+    def score(
+        self, task: str, texts: Any, labels: Sequence[Any], allowed: Sequence[Collection[str] | None] | None = None
+    ) -> dict[str, Any]:
         """Metrics of ``task`` on labelled texts, labels read and checked like training data (a label never seen in
         training is a :class:`DataError` naming the item, ``labels[3]``). Tagging takes word lists with one tag per
         word, or raw strings with ``[start, end, type]`` entity spans (or one tag per word as :func:`split_words` cuts
-        them).
+        them). ``allowed``: per text, the labels it may answer (a flow stage's ``allow``; None: any).
 
         Example:
             >>> engine.score("sentiment", ["great"], ["positive"])["accuracy"]  # doctest: +SKIP
@@ -359,7 +361,10 @@ class Engine:
             head.check_known(value, file=where, line=i)
             parsed.append(value)
         outputs, words = self.outputs(texts, [name])
-        return head.score(outputs[name], head.targets(parsed, words))
+        found = outputs[name]
+        if allowed is not None:
+            found = [output if keep is None else head.restrict(output, keep) for output, keep in zip(found, allowed, strict=True)]
+        return head.score(found, head.targets(parsed, words))
 
     def embed(self, texts: Any, normalize: bool = True) -> np.ndarray:
         """The untouched backbone's sentence embeddings (mean pooled; L2-normalised unless ``normalize`` is off):

@@ -8,7 +8,7 @@ from typing import Any
 from finechain.data.prepare import check_known_labels, read_split
 from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
-from finechain.flows.flow import saved_flow
+from finechain.flows.flow import allowed_after, saved_flow
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, is_exported
 from finechain.jobs.checking import manifest_tasks
@@ -61,7 +61,9 @@ def evaluate_file(
 
 def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str = "auto") -> dict[str, Any]:
     """Score a chain's flow on a labelled file: each stage that reads the text is read with its task's own columns
-    and scored on the texts that reached it (its head's metrics, ``n`` = how many reached it); ``exact_match`` is the
+    and scored on the texts that reached it (its head's metrics, ``n`` = how many reached it); the flow runs on the
+    word lists a stage reads where one does (a tagger's ``words`` column), so that its tags line up with its words,
+    else on the texts. ``exact_match`` is the
     share of texts where every such stage was right (a stage routed away counts as right only where its gold says
     there was nothing to find, e.g. no slots). Stages that read spans are not scored.
 
@@ -84,12 +86,12 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str
         split = read_split(data_path, spec, type(head))
         check_known_labels(split, head)
         golds[stage.key] = split.labels
-        if texts is None:
-            texts = [t if isinstance(t, str) else " ".join(t) for t in split.texts]
-        elif len(split.texts) != len(texts):
+        if texts is not None and len(split.texts) != len(texts):
             raise FinechainError(
                 f"stage '{stage.key}' reads {len(split.texts)} rows, others {len(texts)}", file=data_path, fix="one row per text"
             )
+        if texts is None or (split.texts and not isinstance(texts[0], list) and isinstance(split.texts[0], list)):
+            texts = list(split.texts)  # word lists where a stage reads them (a tagger's words), so its tags line up
     texts = texts or []
     results = flow.run(texts)
     scores: dict[str, Any] = {"stages": {}, "n": len(texts)}
@@ -100,7 +102,8 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str
         reached = [i for i, r in enumerate(results) if stage.key in r.answers]
         gold = golds[stage.key]
         if reached:
-            scored = engine.score(stage.task, [texts[i] for i in reached], [gold[i] for i in reached])
+            allowed = [allowed_after(stage, results[i].answers.get(stage.after or "")) for i in reached]  # as the stage answered
+            scored = engine.score(stage.task, [texts[i] for i in reached], [gold[i] for i in reached], allowed)
             scores["stages"][stage.key] = {k: v for k, v in scored.items() if isinstance(v, float)} | {"n": float(len(reached))}
         for i, result in enumerate(results):
             answer = result.answers.get(stage.key)
