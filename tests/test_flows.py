@@ -402,8 +402,24 @@ def topic_ner_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module")
+def topic_ner(tiny_backbone: Path, trained: Path) -> Path:
+    """A chain of a topic task and a tagger reading word lists, with a flow whose tagger stage allows only PER after
+    sport."""
+    from finechain.jobs.training import train_chain
+
+    write_jsonl(trained / "tn.jsonl", topic_ner_rows(240, 1))
+    write_jsonl(trained / "tn_test.jsonl", topic_ner_rows(30, 2))
+    flows = "flows:\n  - name: f\n    stages:\n      - task: topic\n      - {task: ner, after: topic, allow: {sport: [PER]}}\n"
+    tasks = "tasks:\n  - {name: topic, train: tn.jsonl, label_column: topic}\n"
+    tasks += "  - {name: ner, type: tagging, train: tn.jsonl, text_column: words, label_column: tags}\n"
+    (trained / "tn.yaml").write_text(f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n{TRAINING}\n{JOINT}" + tasks + flows)
+    train_chain(trained / "tn.yaml", trained / "tn", progress=False)
+    return trained / "tn"
+
+
 def test_eval_of_a_flow_scores_each_stage_as_the_flow_answered(
-    tiny_backbone: Path, trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    topic_ner: Path, trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A tagger that reads word lists is scored on them (a text whose words carry punctuation splits otherwise), and a
     stage with ``allow`` on its restricted answers: here sport texts lose their cities, so the stage scores below the
@@ -411,18 +427,10 @@ def test_eval_of_a_flow_scores_each_stage_as_the_flow_answered(
     from seqeval.metrics import f1_score
 
     from finechain.jobs.evaluation import evaluate_flow
-    from finechain.jobs.training import train_chain
 
-    write_jsonl(trained / "tn.jsonl", topic_ner_rows(240, 1))
-    test_rows = topic_ner_rows(30, 2)
-    write_jsonl(trained / "tn_test.jsonl", test_rows)
-    flows = "flows:\n  - name: f\n    stages:\n      - task: topic\n      - {task: ner, after: topic, allow: {sport: [PER]}}\n"
-    tasks = "tasks:\n  - {name: topic, train: tn.jsonl, label_column: topic}\n"
-    tasks += "  - {name: ner, type: tagging, train: tn.jsonl, text_column: words, label_column: tags}\n"
-    (trained / "tn.yaml").write_text(f"backbone: {tiny_backbone}\nsplit: 2\nmax_length: 32\n{TRAINING}\n{JOINT}" + tasks + flows)
-    train_chain(trained / "tn.yaml", trained / "tn", progress=False)
-    scores = evaluate_flow(trained / "tn", "f", trained / "tn_test.jsonl")
-    chain = Chain.from_pretrained(trained / "tn")
+    test_rows = [json.loads(line) for line in (trained / "tn_test.jsonl").read_text().splitlines()]
+    scores = evaluate_flow(topic_ner, "f", trained / "tn_test.jsonl")
+    chain = Chain.from_pretrained(topic_ner)
     results = chain.flow("f").run([r["words"] for r in test_rows])
     answered = f1_score([r["tags"] for r in test_rows], [r.answers["ner"].tags for r in results])
     alone = chain.score("ner", [r["words"] for r in test_rows], [r["tags"] for r in test_rows])["entity_f1"]
@@ -430,6 +438,21 @@ def test_eval_of_a_flow_scores_each_stage_as_the_flow_answered(
     assert scores["stages"]["ner"]["n"] == 30 and scores["stages"]["topic"]["accuracy"] >= 0.9
     code, out, err = cli(["check", str(trained / "tn.yaml")], monkeypatch, capsys)
     assert code == 0 and "flow f: topic; ner after topic, restricted by its label (1 listed)" in out, err
+
+
+def test_an_update_that_brings_labels_no_allow_lists_warns(
+    topic_ner: Path, trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    rows = topic_ner_rows(40, 3)
+    for row in rows[::2]:
+        row["words"][4], row["tags"][4] = "acme", "B-ORG"
+    write_jsonl(trained / "tn_new.jsonl", rows)
+    shutil.copytree(topic_ner, trained / "tn-updated")
+    code, out, err = cli(["update", str(trained / "tn-updated"), "-t", "ner", "-d", str(trained / "tn_new.jsonl")], monkeypatch, capsys)
+    assert code == 0 and "new labels: B-ORG" in out, err
+    assert "flow 'f': stage 'ner' answers only what its 'allow' lists for each upstream label, and no list holds ORG" in err, err
 
 
 def test_allow_seen_needs_the_upstream_label_on_every_row(

@@ -210,11 +210,30 @@ def update(
     out.print(table)
     if report.new_labels:
         out.print(f"new labels: {', '.join(report.new_labels)}")
+        _say_unlisted(chain_dir, task, report.new_labels)
     if not report.accepted:
         raise FinechainError(report.note, file=chain_dir, fix="raise --rehearsal, or pass --force to keep it anyway")
     if report.best_epoch == 0:
         out.print("the task as it was scored best on the validation data (new and earlier examples): its weights are unchanged")
     out.print(f"updated; the previous version is kept as version {report.kept_version} (finechain restore {chain_dir!s} -t {task})")
+
+
+def _say_unlisted(chain_dir: Path, task: str, new_labels: list[str]) -> None:
+    """Warn of the flow stages of ``task`` whose ``allow`` lists none of its new labels: they rule them out."""
+    from finechain.heads import head_type
+    from finechain.model.manifest import read_manifest
+    from finechain.spec.flows import FlowSpec, unlisted_by_allow
+
+    manifest = read_manifest(chain_dir)
+    names = head_type(manifest.tasks[task].head.type).allow_names(new_labels)
+    flows = [FlowSpec.model_validate(flow) for flow in manifest.flows]
+    for flow, stage, missing in unlisted_by_allow(flows, task, names):
+        message = (
+            f"flow '{flow}': stage '{stage}' answers only what its 'allow' lists for each upstream label, and no list holds "
+            f"{', '.join(missing)}: it never answers them after a listed label; to allow them, add them to its 'allow' "
+            "(chain.remove_flow and chain.add_flow in Python, then save_pretrained) or train the chain again from its spec"
+        )
+        err.print(tagged("warning", "yellow", message))
 
 
 @app.command()

@@ -152,6 +152,27 @@ def describe_flow(flow: FlowSpec) -> str:
     return f"flow {flow.name}: " + "; ".join(parts)
 
 
+def unlisted_by_allow(flows: list[FlowSpec], task: str, names: list[str]) -> list[tuple[str, str, list[str]]]:
+    """The stages of this chain's ``task`` whose ``allow`` lists none of some ``names`` (new labels, as ``allow``
+    names them): (flow, stage, those names). Such a stage rules them out after every upstream label it lists.
+
+    Example:
+        >>> flow = FlowSpec.model_validate({"name": "f", "stages": [{"task": "intent"},
+        ...     {"task": "slots", "after": "intent", "allow": {"PlayMusic": ["artist"]}}]})
+        >>> unlisted_by_allow([flow], "slots", ["artist", "podcast"])
+        [('f', 'slots', ['podcast'])]
+    """
+    found = []
+    for flow in flows:
+        for stage in flow.stages:
+            if stage.task == task and stage.chain is None and isinstance(stage.allow, dict):
+                listed = {name for names_ in stage.allow.values() for name in names_}
+                missing = [name for name in names if name not in listed]
+                if missing:
+                    found.append((flow.name, stage.key, missing))
+    return found
+
+
 Problem = tuple[str, tuple[str | int, ...], str]  # message, where (relative to the stage), fix
 
 
