@@ -126,6 +126,7 @@ SUITE_TITLES = {
     "snips_chain_rates_split3": "SNIPS intent + slots: the faster rates with 3 trunk and 3 branch layers (CPU, a tried setting)",
     "snips_chain_rates_fgm": "SNIPS intent + slots: the faster rates, the slot tagger trained adversarially (FGM; CPU, a tried setting)",
     "snips_chain_rates_pieces": "SNIPS intent + slots: the faster rates, slots trained on every sub-word (CPU, a tried setting)",
+    "snips_chain_rates_allow": "SNIPS intent + slots: the slot stage restricted to the predicted intent's slot types (allow: seen; CPU)",
     "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -1056,6 +1057,7 @@ SECTIONS += [
     "snips_chain_rates_split3",
     "snips_chain_rates_fgm",
     "snips_chain_rates_pieces",
+    "snips_chain_rates_allow",
 ]
 TABLES = {
     "train": train_table,

@@ -4,7 +4,7 @@ a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one 
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
         [--label-pieces all] [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR]
-        [--slot-adversarial fgm] [--ema-decay D] [--batch-size 32]
+        [--slot-adversarial fgm] [--ema-decay D] [--batch-size 32] [--save DIR | --load DIR]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -13,7 +13,9 @@ it will see it at prediction time). Routing rather than giving one tagger the in
 its intent's slot types only (5 of 39 on average), so it cannot tag a `playlist` in a weather question, and the
 flow runs one trunk pass plus two branches per utterance (the routed one on the trunk states the intent stage left),
 so it costs what the chain costs; telling a single tagger the intent would mean feeding the intent back into its
-input, a second trunk pass.
+input, a second trunk pass. Besides, the chain itself in a flow whose slot stage chooses among the slot types the
+training file holds with the predicted intent (`allow: seen`): the routed taggers' restriction without their training,
+on the same model (scored on dev and test beside the chain; `--load` scores a chain saved by `--save` again).
 
 Reported on the test file: intent accuracy, slot F1 (seqeval, entity level), whole-utterance exact match (the intent
 and every slot tag right), training time, and CPU throughput on the 700 test utterances (batch 32, both answers per
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,7 @@ from benchmarks.common import BACKBONE, DATASETS, Recorder, scratch_folder
 from benchmarks.peers import _fine_tune
 from finechain import Chain, TaskSpec, TrainingConfig
 from finechain.flows import FlowResult
-from finechain.flows.routing import routed_task_data
+from finechain.flows.routing import routed_task_data, seen_allow
 from finechain.model.backbone import resolve_backbone
 from finechain.spec import JointConfig
 from finechain.spec.flows import FlowSpec
@@ -74,32 +77,9 @@ def slot_rates(args: argparse.Namespace) -> dict[str, float]:
     return {key: value for key, value in rates.items() if value is not None}
 
 
-def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, Any]]) -> tuple[Chain, float]:
-    """The chain: intent and slots, trunk tuned jointly, then each branch refined; both answered in one pass."""
-    limit = args.train_examples or None
-    specs = [
-        TaskSpec(name="intent", train=SNIPS / "train.jsonl", dev=SNIPS / "dev.jsonl", label_column="intent", max_train_examples=limit),
-        TaskSpec(
-            name="slots",
-            type="tagging",
-            train=SNIPS / "train.jsonl",
-            dev=SNIPS / "dev.jsonl",
-            text_column="words",
-            label_column="slots",
-            max_train_examples=limit,
-            head={"crf": args.crf, "label_pieces": args.label_pieces},
-            training=slot_rates(args) | ({} if args.slot_adversarial == "none" else {"adversarial": args.slot_adversarial}),
-        ),
-    ]
-    chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
-    rates = {} if args.trunk_learning_rate is None else {"trunk_learning_rate": args.trunk_learning_rate}
-    joint = JointConfig(loss_weights={"slots": args.slot_weight}, **rates)
-    started = time.perf_counter()
-    training = TrainingConfig(epochs=args.epochs, seed=args.seed, ema_decay=args.ema_decay, batch_size=args.batch_size)
-    chain.fit_joint(specs, training, joint, progress=False)
-    seconds = time.perf_counter() - started
-    chain.engine.batch_size = 32
-    variant = f"chain: intent + slots in one pass (joint trunk, split {chain.split})"
+def chain_variant(args: argparse.Namespace, split: int) -> str:
+    """The chain's variant name: its split and every setting the command changed."""
+    variant = f"chain: intent + slots in one pass (joint trunk, split {split})"
     if args.trunk_learning_rate is not None:
         variant += f", trunk lr {args.trunk_learning_rate:g}"
     if args.crf:
@@ -116,13 +96,65 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         variant += f", weight average {args.ema_decay:g}"
     if args.batch_size != 32:
         variant += f", batch {args.batch_size}"
+    return variant
+
+
+def score_chain(rec: Recorder, variant: str, chain: Chain, test: list[dict[str, Any]]) -> None:
+    """The chain's scores on dev and test, and its throughput; then the same chain in a flow whose slot stage chooses
+    among the slot types the training file holds with the predicted intent (``allow: seen``): no training, the same
+    trunk pass and branches, only the slot types an intent never has ruled out before decoding."""
+    chain.engine.batch_size = 32
+    allow = seen_allow(slot_spec(None), TaskSpec(name="intent", train=SNIPS / "train.jsonl", label_column="intent"))
+    flow = chain.add_flow({"name": "allowed", "stages": [{"task": "intent"}, {"task": "slots", "after": "intent", "allow": allow}]})
+    allowed = f"flow: intent, then slots among the types seen with the predicted intent (allow: seen) on the {variant}"
     for split, rows in (("dev", read("dev")), ("test", test)):  # dev: what settings are chosen on; test: what is reported
-        predictions = chain.predict([r["words"] for r in rows])
+        words = [r["words"] for r in rows]
+        predictions = chain.predict(words)
         found = scores([p["intent"].label for p in predictions], [p["slots"].tags for p in predictions], rows)
-        for metric, value in found.items():
-            rec.add("snips", "finechain", variant, metric if split == "test" else f"dev_{metric}", value, split)
-    rec.add("snips", "finechain", variant, "train_seconds", seconds, "s (both tasks)")
+        results = flow.run(words)
+        by_flow = scores([r.answers["intent"].label for r in results], [r.answers["slots"].tags for r in results], rows)  # type: ignore[union-attr]
+        for name, values in ((variant, found), (allowed, by_flow)):
+            for metric, value in values.items():
+                rec.add("snips", "finechain", name, metric if split == "test" else f"dev_{metric}", value, split)
     throughput(rec, "finechain", variant, chain.predict, test)
+    throughput(rec, "finechain", allowed, flow.run, test)
+
+
+def slot_spec(limit: int | None, **options: Any) -> TaskSpec:
+    """The slot tagging task of the SNIPS files."""
+    return TaskSpec(
+        name="slots",
+        type="tagging",
+        train=SNIPS / "train.jsonl",
+        dev=SNIPS / "dev.jsonl",
+        text_column="words",
+        label_column="slots",
+        max_train_examples=limit,
+        **options,
+    )
+
+
+def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, Any]]) -> tuple[Chain, float]:
+    """The chain: intent and slots, trunk tuned jointly, then each branch refined; both answered in one pass."""
+    limit = args.train_examples or None
+    specs = [
+        TaskSpec(name="intent", train=SNIPS / "train.jsonl", dev=SNIPS / "dev.jsonl", label_column="intent", max_train_examples=limit),
+        slot_spec(
+            limit,
+            head={"crf": args.crf, "label_pieces": args.label_pieces},
+            training=slot_rates(args) | ({} if args.slot_adversarial == "none" else {"adversarial": args.slot_adversarial}),
+        ),
+    ]
+    chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
+    rates = {} if args.trunk_learning_rate is None else {"trunk_learning_rate": args.trunk_learning_rate}
+    joint = JointConfig(loss_weights={"slots": args.slot_weight}, **rates)
+    started = time.perf_counter()
+    training = TrainingConfig(epochs=args.epochs, seed=args.seed, ema_decay=args.ema_decay, batch_size=args.batch_size)
+    chain.fit_joint(specs, training, joint, progress=False)
+    seconds = time.perf_counter() - started
+    variant = chain_variant(args, chain.split)
+    score_chain(rec, variant, chain, test)
+    rec.add("snips", "finechain", variant, "train_seconds", seconds, "s (both tasks)")
     return chain, seconds
 
 
@@ -253,10 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ema-decay", type=float, default=None, help="the chain's training.ema_decay (a moving average of the weights)")
     parser.add_argument("--batch-size", type=int, default=32, help="the chain's training.batch_size (joint training and each branch's)")
+    saved = parser.add_mutually_exclusive_group()
+    saved.add_argument("--save", default=None, help="also save the trained chain (intent + slots) to this folder")
+    saved.add_argument(
+        "--load", default=None, help="score a chain saved with --save (give its run's options too, for the variant's name): no training"
+    )
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-flow", action="store_true")
     parser.add_argument("--output", default=None, help="results name (default snips, or snips_quick)")
     args = parser.parse_args(argv)
+    if args.load and not (Path(args.load) / "finechain.json").is_file():
+        parser.error(f"--load {args.load}: not a chain folder (save one with --save DIR)")
     test = read("test")
     if args.quick:
         args.train_examples, args.epochs, test = 600, 1, test[:100]
@@ -265,7 +304,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_examples:
         train = train[: args.train_examples]
     name = args.output or ("snips_quick" if args.quick else "snips")
+    if args.load:  # a chain this command trained and saved (--save): scored again, nothing trained
+        chain = Chain.from_pretrained(args.load)
+        score_chain(rec, chain_variant(args, chain.split) + ", loaded from --save", chain, test)
+        print(f"wrote {rec.save(name, vars(args))}")
+        return
     chain, seconds = run_finechain(rec, args, test)
+    if args.save:
+        chain.save_pretrained(args.save)
     rec.save(name, vars(args))  # each system's records are kept as soon as they exist
     if not args.no_flow:
         run_flow(rec, args, chain, seconds, test)

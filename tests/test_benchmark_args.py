@@ -87,6 +87,8 @@ from benchmarks import export, few_shot, imbalance, kernels, mixing, sharing, sm
             ["--slot-adversarial", "fgsm"],
             "argument --slot-adversarial: invalid choice: 'fgsm' (choose from 'none', 'fgm', 'pgd')",
         ),
+        (snips.main, ["--save", "a", "--load", "b"], "argument --load: not allowed with argument --save"),
+        (snips.main, ["--load", "/nonexistent"], "--load /nonexistent: not a chain folder (save one with --save DIR)"),
         (kernels.main, ["--rows", "32,0"], "--rows and --threads must be at least 1, --seconds above 0"),
         (kernels.main, ["--rows", "32,many"], "'32,many' is not a comma-separated list of int values"),
         (
