@@ -369,7 +369,8 @@ def test_allow_restricts_each_answer_to_what_its_upstream_label_allows(trained: 
 
 def test_allow_seen_is_filled_in_from_the_training_file(tiny_backbone: Path, trained: Path) -> None:
     """``allow: seen`` becomes, at training, each topic's moods in the training rows (tech rows are all positive
-    here), kept in the manifest; a flow given it unresolved in Python is a one-line error."""
+    here), kept in the manifest; in Python, ``add_flow`` fills it in from the files the tasks were trained from, and
+    is a one-line error where a task has none."""
     from finechain.jobs.training import train_chain
 
     rows = [r for r in combo_rows(240, 1) if not (r["topic"] == "tech" and r["mood"] == "neg")]
@@ -386,8 +387,11 @@ def test_allow_seen_is_filled_in_from_the_training_file(tiny_backbone: Path, tra
     results = chain.flow("f").run(["chip awful", "bank dreadful the"])
     assert [r.answers["topic"].label for r in results] == ["tech", "money"]
     assert results[0].answers["mood"].scores["neg"] == 0.0 < results[1].answers["mood"].scores["neg"]
+    seen = {"name": "g", "stages": [{"task": "topic"}, {"task": "mood", "after": "topic", "allow": "seen"}]}
+    assert chain.add_flow(seen).spec.stages[1].allow == chain.flows["f"].stages[1].allow  # from the files the tasks record
+    chain.records["mood"].spec = None  # a task trained from lists in Python: no file to read the pairs from
     with pytest.raises(FinechainError, match="has 'allow: seen', which is filled in from the training files"):
-        chain.add_flow({"name": "g", "stages": [{"task": "topic"}, {"task": "mood", "after": "topic", "allow": "seen"}]})
+        chain.add_flow(seen)
 
 
 def topic_ner_rows(n: int, seed: int) -> list[dict]:
@@ -453,6 +457,58 @@ def test_an_update_that_brings_labels_no_allow_lists_warns(
     code, out, err = cli(["update", str(trained / "tn-updated"), "-t", "ner", "-d", str(trained / "tn_new.jsonl")], monkeypatch, capsys)
     assert code == 0 and "new labels: B-ORG" in out, err
     assert "flow 'f': stage 'ner' answers only what its 'allow' lists for each upstream label, and no list holds ORG" in err, err
+    assert "finechain add-flow CHAIN FLOW_FILE --replace" in err
+
+
+def test_add_flow_and_remove_flow_on_a_trained_chain(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``add-flow`` adds a flow file's flows to a trained chain (checked against its tasks first, ``allow: seen`` filled
+    in from the files its tasks were trained from), refuses one it has unless ``--replace``; ``remove-flow`` takes
+    one out; the tasks are untouched; each mistake is a one-line error at its line."""
+    import shutil
+
+    shutil.copytree(trained / "c", trained / "c-flows")
+    weights = sorted((p.name, p.stat().st_mtime_ns) for p in (trained / "c-flows").rglob("*.safetensors"))
+    one = "name: moods\nstages:\n  - task: topic\n  - {task: mood, after: topic, allow: seen}\n"
+    (trained / "one.yaml").write_text(one)
+    code, out, err = cli(["add-flow", str(trained / "c-flows"), str(trained / "one.yaml")], monkeypatch, capsys)
+    assert code == 0 and "added to" in out and "flow moods: topic; mood after topic, restricted by its label (3 listed)" in out, err
+    chain = Chain.from_pretrained(trained / "c-flows")
+    assert chain.flows["moods"].stages[1].allow == {"money": ["neg", "pos"], "sport": ["neg", "pos"], "tech": ["neg", "pos"]}
+    assert sorted(chain.flows) == ["moods", "people", "sport_names", "triage"]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (trained / "c-flows").rglob("*.safetensors")) == weights
+    code, _, err = cli(["add-flow", str(trained / "c-flows"), str(trained / "one.yaml")], monkeypatch, capsys)
+    assert code == 2 and "one.yaml:1: flow 'moods' already exists in this chain (fix: rename it, or pass --replace)" in err, err
+    (trained / "one.yaml").write_text(one.replace("allow: seen", "allow: {sport: [pos]}"))
+    code, _, err = cli(["add-flow", str(trained / "c-flows"), str(trained / "one.yaml"), "--replace"], monkeypatch, capsys)
+    assert code == 0 and Chain.from_pretrained(trained / "c-flows").flows["moods"].stages[1].allow == {"sport": ["pos"]}, err
+    for body, message, line in [
+        (
+            "flows:\n  - name: b\n    stages:\n      - task: topic\n      - {task: mood, after: topic, allow: {sprot: [pos]}}\n",
+            "'sprot', which 'topic' does not have",
+            5,
+        ),
+        (
+            "flows:\n  - name: b\n    stages:\n      - task: topic\n      - {task: nope, after: topic}\n",
+            "unknown task 'nope' in flow 'b'",
+            5,
+        ),
+        (
+            "flows:\n  - name: b\n    stages:\n      - task: topic\n"
+            "      - {task: mood, after: topic, when: {labels: [sport]}, train_on: gold}\n",
+            "which applies when a chain is trained",
+            5,
+        ),
+        ("flows:\n  - name: b\n    stages: []\n", "flows.0.stages", 3),
+    ]:
+        (trained / "bad_flow.yaml").write_text(body)
+        code, _, err = cli(["add-flow", str(trained / "c-flows"), str(trained / "bad_flow.yaml")], monkeypatch, capsys)
+        assert code == 2 and message in err and f"bad_flow.yaml:{line}:" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli(["remove-flow", str(trained / "c-flows"), "moods"], monkeypatch, capsys)
+    assert code == 0 and "flow moods: removed" in out and "moods" not in Chain.from_pretrained(trained / "c-flows").flows, err
+    code, _, err = cli(["remove-flow", str(trained / "c-flows"), "moods"], monkeypatch, capsys)
+    assert code == 2 and "unknown flow 'moods'" in err, err
 
 
 def test_allow_seen_needs_the_upstream_label_on_every_row(

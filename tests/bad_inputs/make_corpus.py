@@ -207,6 +207,10 @@ def build(root: Path) -> Path:
     )
     (specs / "add-existing.yaml").write_text("name: sentiment\ntrain: ../data/train.csv\n")
     (specs / "add-bad.yaml").write_text("name: topic\ntrain: ../data/train.csv\nepochs: 3\n")
+    (specs / "flow-unknown-task.yaml").write_text("name: f\nstages:\n  - task: sentiment\n  - {task: topik, after: sentiment}\n")
+    (specs / "flow-bad-allow.yaml").write_text(
+        "name: f\nstages:\n  - task: sentiment\n  - {task: sentiment, name: again, after: sentiment, allow: {positve: [neg]}}\n"
+    )
     (root / "readonly").mkdir(mode=0o555)  # nobody may write in it (root neither, once it gives up its override)
     (root / "out").mkdir()
     root.chmod(0o755)  # cases that run as an unprivileged user must be able to read the corpus

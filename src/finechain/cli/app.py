@@ -231,7 +231,7 @@ def _say_unlisted(chain_dir: Path, task: str, new_labels: list[str]) -> None:
         message = (
             f"flow '{flow}': stage '{stage}' answers only what its 'allow' lists for each upstream label, and no list holds "
             f"{', '.join(missing)}: it never answers them after a listed label; to allow them, add them to its 'allow' "
-            "(chain.remove_flow and chain.add_flow in Python, then save_pretrained) or train the chain again from its spec"
+            "and replace the flow (finechain add-flow CHAIN FLOW_FILE --replace)"
         )
         err.print(tagged("warning", "yellow", message))
 
@@ -267,6 +267,40 @@ def remove_task(
     flows = remove(chain_dir, task, with_flows)
     also = f" and the flow(s) that ran it: {', '.join(flows)}" if flows else ""
     out.print(f"{task}: removed from {chain_dir!s}{also}")
+
+
+@app.command("add-flow")
+def add_flow(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    flow_file: Annotated[Path, typer.Argument(help="YAML with one flow (or flows: [...]), as a spec's flows: block", metavar="FLOW_FILE")],
+    replace: Annotated[bool, typer.Option("--replace", help="replace a flow of the same name")] = False,
+) -> None:
+    """Add flow(s) of the chain's tasks (and other chains') to a trained chain; no task is touched."""
+    from finechain.jobs.updating import add_flows
+    from finechain.model.manifest import read_manifest
+    from finechain.spec.flows import FlowSpec, describe_flow
+
+    names = add_flows(chain_dir, flow_file, replace)
+    flows = {flow["name"]: flow for flow in read_manifest(chain_dir).flows}
+    for name in names:
+        out.print(Text(f"added to {chain_dir!s}: " + describe_flow(FlowSpec.model_validate(flows[name]))))
+
+
+@app.command("remove-flow")
+def remove_flow(
+    chain_dir: Annotated[Path, typer.Argument(help="a trained chain folder", metavar="CHAIN_DIR")],
+    name: Annotated[str, typer.Argument(help="the flow to remove", metavar="NAME")],
+) -> None:
+    """Remove flow NAME from a chain; its tasks stay."""
+    from finechain.model.manifest import read_manifest
+
+    known = [flow["name"] for flow in read_manifest(chain_dir).flows]
+    if name not in known:  # fails in a moment, before the model stack is imported
+        raise FinechainError(f"unknown flow '{name}'", file=chain_dir, fix=f"this chain's flows: {sorted(known) or 'none'}")
+    from finechain.jobs.updating import remove_flow as remove
+
+    remove(chain_dir, name)
+    out.print(f"flow {name}: removed from {chain_dir!s}")
 
 
 @app.command("eval")

@@ -191,9 +191,10 @@ class Flow:
         problem = stage_problem(self.spec, stage, self.facts)
         if problem is None and stage.allow == "seen":
             problem = (
-                f"stage '{stage.key}' has 'allow: seen', which is filled in from the training files",
+                f"stage '{stage.key}' has 'allow: seen', which is filled in from the training files of its task and the one it reads",
                 ("allow",),
-                "train the chain from a spec that holds the flow, or list them: allow: {upstream label: [labels]}",
+                "those of this chain's tasks trained from files fill it in (chain.add_flow, finechain add-flow); else list "
+                "them: allow: {upstream label: [labels]}",
             )
         if problem is not None:
             raise FinechainError(f"flow '{self.name}': {problem[0]}", fix=problem[2])

@@ -11,7 +11,9 @@ keeps the previous version of the task under ``versions/<task>/<n>/`` so that ``
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from finechain.model.artifact import TaskRecord, keep_task_version, load_task_ve
 from finechain.model.manifest import MANIFEST, read_manifest, require_task
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
+from finechain.spec.loading import load_flow_file
 from finechain.train.checkpoint import Checkpointer
 
 
@@ -283,6 +286,52 @@ def restore_task(chain_dir: Path, name: str, version: int | None = None) -> int:
                 remove_task_version(chain_dir, name, current[0])
             raise
         return version
+
+
+def add_flows(chain_dir: Path, flow_file: Path, replace: bool = False) -> list[str]:
+    """Add the flows of ``flow_file`` (one flow, or ``flows: [...]``; :func:`~finechain.spec.load_flow_file`) to the
+    saved chain in ``chain_dir``, its tasks untouched: a flow it has already is an error unless ``replace``; each is
+    checked against the chain's tasks (labels, span types, other chains; ``allow: seen`` filled in from the files the
+    tasks were trained from) before anything is written, and only the manifest is rewritten. Returns the names added.
+
+    Example:
+        >>> add_flows(Path("my-chain"), Path("assistant.yaml"))  # doctest: +SKIP
+        ['assistant']
+    """
+    manifest = read_manifest(chain_dir)
+    flows, lines = load_flow_file(flow_file, {name: task.head.type for name, task in manifest.tasks.items()})
+    with folder_lock(chain_dir, "writing to"):
+        chain = Chain.from_pretrained(chain_dir, device="cpu")
+        for i, flow in enumerate(flows):
+            if flow.name in chain.flows and not replace:
+                line = lines.get(("flows", i, "name"))
+                raise FinechainError(
+                    f"flow '{flow.name}' already exists in this chain", file=flow_file, line=line, fix="rename it, or pass --replace"
+                )
+            stages = [s.model_copy(update={"chain": os.path.relpath(s.chain, chain_dir)}) if s.chain else s for s in flow.stages]
+            try:
+                chain.add_flow(flow.model_copy(update={"stages": stages}))
+            except FinechainError as error:
+                if error.file is not None:  # a data file's own error (allow: seen reads the training files)
+                    raise
+                named = re.search(r"stage '([^']+)'", error.message)
+                j = next((j for j, stage in enumerate(flow.stages) if named and stage.key == named.group(1)), None)
+                line = lines.get(("flows", i, "stages", j)) if j is not None else lines.get(("flows", i, "name"))
+                raise error.at(flow_file, line) from None
+        chain.save_pretrained(chain_dir, tasks=[])
+    return [flow.name for flow in flows]
+
+
+def remove_flow(chain_dir: Path, name: str) -> None:
+    """Take flow ``name`` out of the saved chain in ``chain_dir`` (its tasks stay); only the manifest is rewritten.
+
+    Example:
+        >>> remove_flow(Path("my-chain"), "assistant")  # doctest: +SKIP
+    """
+    with folder_lock(chain_dir, "writing to"):
+        chain = Chain.from_pretrained(chain_dir, device="cpu")
+        chain.remove_flow(name)
+        chain.save_pretrained(chain_dir, tasks=[])
 
 
 def remove_task(chain_dir: Path, name: str, with_flows: bool = False) -> list[str]:

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finechain.errors import SpecError
 from finechain.heads import HEADS, HeadOptions, head_type
 from finechain.io import read_text_file
-from finechain.spec.flows import StageSpec, flow_problem
+from finechain.spec.flows import FlowSpec, StageSpec, flow_problem
 from finechain.spec.schema import FLAT_HEAD_OPTIONS, ChainSpec, TaskSpec
 
 Lines = dict[tuple[Any, ...], int]
@@ -284,21 +284,62 @@ def load_chain_spec(path: str | Path) -> ChainSpec:
     return spec.model_copy(update={"tasks": [t.resolve_paths(path.parent) for t in spec.tasks], "flows": flows})
 
 
-def _check_flows(spec: ChainSpec, path: Path, lines: Lines) -> None:
-    """Every flow's graph against the spec's tasks: the first problem, with its YAML line."""
-    span_tasks = {t.name for t in spec.tasks if head_type(t.type).token_level}
-    own = {t.name for t in spec.tasks}
+class FlowFile(BaseModel):
+    """A file of flows for ``add-flow``: ``flows: [...]`` (or one flow mapping, read as a list of one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flows: list[FlowSpec] = Field(min_length=1)
+
+
+def load_flow_file(path: str | Path, tasks: dict[str, str]) -> tuple[list[FlowSpec], Lines]:
+    """Read a flow file for ``add-flow``: one flow mapping, or ``flows: [...]`` with unique names, each graph checked
+    against a chain's ``tasks`` (name -> type), other chains' folders made relative to the file's folder. Returns the
+    flows and the YAML lines (keys ``("flows", i, ...)``). What needs the tasks' labels is checked when they are added.
+
+    Example:
+        >>> flows, _ = load_flow_file("assistant.yaml", {"intent": "classification", "slots": "tagging"})  # doctest: +SKIP
+        >>> flows[0].stages[1].after  # doctest: +SKIP
+        'intent'
+    """
+    path = Path(path)
+    data, lines = _load_yaml(path)
+    if "flows" not in data:  # one flow: its lines as the first of a list
+        data, lines = {"flows": [data]}, {("flows", 0, *key): line for key, line in lines.items()}
+    try:
+        flows = FlowFile.model_validate(data).flows
+    except ValidationError as err:
+        _raise_first(err, path, lines, data, model=FlowFile)
+    _check_flow_graphs(flows, tasks, path, lines)
+    for i, flow in enumerate(flows):
+        for j, stage in enumerate(flow.stages):
+            if stage.train_on != "data":
+                line = lines.get(("flows", i, "stages", j, "train_on"))
+                message = f"stage '{stage.key}' has 'train_on', which applies when a chain is trained from its spec"
+                raise SpecError(message, file=path, line=line, fix="drop it: the chain's tasks are trained already")
+    flows = [flow.model_copy(update={"stages": [_resolve_chain(s, path.parent) for s in flow.stages]}) for flow in flows]
+    return flows, lines
+
+
+def _check_flow_graphs(flows: list[FlowSpec], tasks: dict[str, str], path: Path, lines: Lines) -> None:
+    """Every flow's graph against ``tasks`` (name -> type): the first problem, with its YAML line."""
+    span_tasks = {name for name, kind in tasks.items() if head_type(kind).token_level}
     names: list[str] = []
-    for i, flow in enumerate(spec.flows):
+    for i, flow in enumerate(flows):
         if flow.name in names:
             line = lines.get(("flows", i, "name"))
             raise SpecError(f"flow '{flow.name}' is listed twice", file=path, line=line, fix="give each flow its own name")
         names.append(flow.name)
-        found = flow_problem(flow, span_tasks, own)
+        found = flow_problem(flow, span_tasks, set(tasks))
         if found is not None:
             j, (message, where, fix) = found
             at = ("flows", i, "stages", j)
             raise SpecError(message, file=path, line=lines.get((*at, *where)) or lines.get(at), fix=fix)
+
+
+def _check_flows(spec: ChainSpec, path: Path, lines: Lines) -> None:
+    """Every flow's graph against the spec's tasks, and its routed training: the first problem, with its YAML line."""
+    _check_flow_graphs(spec.flows, {t.name: t.type for t in spec.tasks}, path, lines)
     trained_by: dict[str, str] = {}  # a task trained on a route's rows: by one stage only
     for i, flow in enumerate(spec.flows):
         for j, stage in enumerate(flow.stages):
