@@ -20,7 +20,7 @@ from torch import nn
 from finechain.data.prepare import TaskData, load_task_data, task_data_from_lists
 from finechain.errors import DataError, FinechainError, SpecError
 from finechain.flows.flow import Flow, saved_flow, stage_engines
-from finechain.flows.routing import seen_allow
+from finechain.flows.routing import fill_seen
 from finechain.heads import Prediction, head_type
 from finechain.inference import Engine
 from finechain.model.artifact import TaskRecord, TrunkEntry, load_chain, save_chain
@@ -143,19 +143,10 @@ class Chain:
         return built
 
     def _seen_filled(self, flow: FlowSpec) -> FlowSpec:
-        """``flow`` with each ``allow: seen`` of a stage after a stage of this chain filled in from the training files
-        the two tasks were trained from (their records); left as it is where a task has no such file (binding then
-        says what to do)."""
-        stages = []
-        for stage in flow.stages:
-            upstream = flow.stage(stage.after) if stage.after is not None and stage.after in {s.key for s in flow.stages} else None
-            if stage.allow == "seen" and upstream is not None and stage.chain is None and upstream.chain is None:
-                specs = [(self.records.get(name) or TaskRecord()).spec for name in (stage.task, upstream.task)]
-                if all(spec and spec.get("train") for spec in specs):
-                    task, above = (TaskSpec.model_validate(spec) for spec in specs)
-                    stage = stage.model_copy(update={"allow": seen_allow(task, above)})
-            stages.append(stage)
-        return flow.model_copy(update={"stages": stages})
+        """``flow`` with each ``allow: seen`` filled in from the training files its tasks were trained from (their
+        records); left as it is where a task has none (binding then says what to do)."""
+        specs = {name: TaskSpec.model_validate(record.spec) for name, record in self.records.items() if record.spec}
+        return fill_seen(flow, specs)
 
     def flow(self, name: str) -> Flow:
         """The flow called ``name``, ready to ``run`` (other chains it uses are loaded now).

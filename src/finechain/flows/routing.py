@@ -179,3 +179,23 @@ def seen_allow(task: TaskSpec, upstream: TaskSpec) -> dict[str, list[str]]:
         for label in head_type(upstream.type).allow_names(gold):
             found.setdefault(label, set()).update(head_cls.allow_names(parsed))
     return {label: sorted(names) for label, names in sorted(found.items())}
+
+
+def fill_seen(flow: FlowSpec, specs: Mapping[str, TaskSpec]) -> FlowSpec:
+    """``flow`` with the ``allow: seen`` of each stage filled in (:func:`seen_allow`) where the stage and the one it
+    reads run tasks of this chain that ``specs`` hold, the stage's with a training file; the other stages as they are.
+
+    Example:
+        >>> fill_seen(flow, {"intent": intent_spec, "slots": slots_spec}).stages[1].allow["GetWeather"][:2]  # doctest: +SKIP
+        ['city', 'condition_description']
+    """
+    keys = {stage.key for stage in flow.stages}
+    stages = []
+    for stage in flow.stages:
+        upstream = flow.stage(stage.after) if stage.after in keys else None
+        if stage.allow == "seen" and upstream is not None and stage.chain is None and upstream.chain is None:
+            task, above = specs.get(stage.task), specs.get(upstream.task)
+            if task is not None and above is not None and task.train is not None:
+                stage = stage.model_copy(update={"allow": seen_allow(task, above)})
+        stages.append(stage)
+    return flow.model_copy(update={"stages": stages})

@@ -10,7 +10,7 @@ from typing import Any
 from finechain.data.check import DataCheck, check_data
 from finechain.data.prepare import TaskData, load_task_data
 from finechain.errors import FinechainError
-from finechain.flows.routing import seen_allow
+from finechain.flows.routing import fill_seen
 from finechain.heads import head_type
 from finechain.heads.tagging import entity_types
 from finechain.io import check_folder_path
@@ -163,29 +163,27 @@ def _facts(kind: str, labels: list[str]) -> TaskFacts:
 
 
 def seen_allowed(flow: FlowSpec, spec: ChainSpec, spec_path: Path) -> FlowSpec:
-    """``flow`` with each stage's ``allow: seen`` filled in from the training files (:func:`seen_allow`); both tasks
-    must be this spec's.
+    """``flow`` with each stage's ``allow: seen`` filled in from the training files (:func:`fill_seen`); both tasks
+    must be this spec's, the stage's with a training file.
 
     Example:
         >>> seen_allowed(spec.flows[0], spec, Path("chain.yaml")).stages[1].allow["PlayMusic"]  # doctest: +SKIP
         ['album', 'artist', 'genre', 'music_item', 'playlist', 'service', 'sort', 'track', 'year']
     """
     tasks = {task.name: task for task in spec.tasks}
-    stages = []
-    for stage in flow.stages:
-        if stage.allow == "seen":
-            upstream = flow.stage(stage.after or "")
-            if stage.chain is not None or upstream.chain is not None:
-                i, j = spec.flows.index(flow), flow.stages.index(stage)
-                raise FinechainError(
-                    f"stage '{stage.key}' has 'allow: seen' but it or '{upstream.key}' runs a task of another chain",
-                    file=spec_path,
-                    line=spec_line(spec_path, "flows", i, "stages", j, "allow"),
-                    fix="list the labels under 'allow'",
-                )
-            stage = stage.model_copy(update={"allow": seen_allow(tasks[stage.task], tasks[upstream.task])})
-        stages.append(stage)
-    return flow.model_copy(update={"stages": stages})
+    for j, stage in enumerate(flow.stages):
+        if stage.allow != "seen":
+            continue
+        upstream = flow.stage(stage.after or "")
+        problem = None
+        if stage.chain is not None or upstream.chain is not None:
+            problem = f"stage '{stage.key}' has 'allow: seen' but it or '{upstream.key}' runs a task of another chain"
+        elif tasks[stage.task].train is None:
+            problem = f"'allow: seen' reads the training file of task '{stage.task}', which has none"
+        if problem is not None:
+            line = spec_line(spec_path, "flows", spec.flows.index(flow), "stages", j, "allow")
+            raise FinechainError(problem, file=spec_path, line=line, fix="list the labels under 'allow'")
+    return fill_seen(flow, tasks)
 
 
 def check_flows(spec: ChainSpec, spec_path: Path, data: dict[str, TaskData]) -> None:
