@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TextIO, TypeVar, get_args
@@ -1030,8 +1032,14 @@ def main() -> None:
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
+        traceback.clear_frames(error.__traceback__)  # what the failed step's frames still hold goes before printing
+        gc.collect()
         fix = "lower --batch-size (or training.batch_size / eval_batch_size, max_length), or free memory"
-        err.print(tagged("error:", "red", ResourceError("out of memory", fix=fix).format()))
+        message = ResourceError("out of memory", fix=fix).format()
+        try:
+            err.print(tagged("error:", "red", message))
+        except MemoryError:  # too little left even to render the line: write it plainly
+            os.write(2, f"error: {message}\n".encode())
         raise SystemExit(ResourceError.exit_code) from None
 
 
