@@ -501,6 +501,11 @@ def test_add_flow_and_remove_flow_on_a_trained_chain(
             5,
         ),
         ("flows:\n  - name: b\n    stages: []\n", "flows.0.stages", 3),
+        (  # a problem the chain's labels show: at the line of the field, not only of its stage
+            "name: b\nstages:\n  - task: topic\n  - task: mood\n    after: topic\n    allow: {sprot: [pos]}\n",
+            "'sprot', which 'topic' does not have",
+            6,
+        ),
     ]:
         (trained / "bad_flow.yaml").write_text(body)
         code, _, err = cli(["add-flow", str(trained / "c-flows"), str(trained / "bad_flow.yaml")], monkeypatch, capsys)

@@ -196,8 +196,9 @@ class Flow:
                 "those of this chain's tasks trained from files fill it in (chain.add_flow, finechain add-flow); else list "
                 "them: allow: {upstream label: [labels]}",
             )
-        if problem is not None:
-            raise FinechainError(f"flow '{self.name}': {problem[0]}", fix=problem[2])
+        if problem is not None:  # field: where in the flow, stages.<index>.<key>..., for a caller that holds its file
+            where = ".".join(map(str, ("stages", self.spec.stages.index(stage), *problem[1])))
+            raise FinechainError(f"flow '{self.name}': {problem[0]}", fix=problem[2], field=where)
 
     block = 1024  # texts per block: the kept trunk states of one block are in memory at a time
     block_chars = 1 << 18  # and characters (a long text keeps the states of all its windows)

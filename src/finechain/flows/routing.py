@@ -175,8 +175,9 @@ def seen_allow(task: TaskSpec, upstream: TaskSpec) -> dict[str, list[str]]:
         message = f"'allow: seen' reads the '{upstream.name}' labels from the training file of '{task.name}', which cannot give them"
         raise DataError(f"{message}: {error.message}", file=error.file, fix=fix) from None
     found: dict[str, set[str]] = {}
+    upstream_cls = head_type(upstream.type)
     for gold, parsed in zip(golds, split.labels, strict=True):
-        for label in head_type(upstream.type).allow_names(gold):
+        for label in upstream_cls.allow_names(gold):
             found.setdefault(label, set()).update(head_cls.allow_names(parsed))
     return {label: sorted(names) for label, names in sorted(found.items())}
 

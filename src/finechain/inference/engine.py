@@ -34,7 +34,7 @@ from finechain.data.tagged import tagged_row
 from finechain.data.tokens import Encoded, Windows, inference_batches, overflow_windows, pad_rows
 from finechain.data.words import split_words
 from finechain.errors import DataError, InMemory
-from finechain.heads import Prediction
+from finechain.heads import Head, Prediction
 
 # Characters of text that predict / outputs prepare and run at once. A text past max_length is read by token-level
 # tasks through windows, and what those hold while they run is ~100x the text (a 5,000-word text, 33,000 characters:
@@ -42,6 +42,11 @@ from finechain.heads import Prediction
 # to the block's (short texts: thousands of them a block, so batches are as full as before).
 BLOCK_CHARS = 1 << 18
 Allowed = Mapping[str, Sequence[Collection[str] | None]]  # task -> per text, the labels it may answer (None: any)
+
+
+def _restricted(head: Head, outputs: Sequence[np.ndarray], allowed: Sequence[Collection[str] | None]) -> list[np.ndarray]:
+    """Each text's output with the labels outside its ``allowed`` ruled out (:meth:`Head.restrict`); None: as it is."""
+    return [output if keep is None else head.restrict(output, keep) for output, keep in zip(outputs, allowed, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -295,10 +300,7 @@ class Engine:
         started = time.perf_counter()
         per_task, words = self.collect(prepared, outputs)
         for name, choices in (allowed or {}).items():
-            head = self.model.tasks[name].head
-            per_task[name] = [
-                output if keep is None else head.restrict(output, keep) for output, keep in zip(per_task[name], choices, strict=True)
-            ]
+            per_task[name] = _restricted(self.model.tasks[name].head, per_task[name], choices)
         decoded = {name: self.model.tasks[name].head.decode(per_task[name], prepared.texts, words) for name in prepared.tasks}
         results = [{name: decoded[name][i] for name in prepared.tasks} for i in range(len(prepared.texts))]
         self.times.add("decode", time.perf_counter() - started)
@@ -361,9 +363,7 @@ class Engine:
             head.check_known(value, file=where, line=i)
             parsed.append(value)
         outputs, words = self.outputs(texts, [name])
-        found = outputs[name]
-        if allowed is not None:
-            found = [output if keep is None else head.restrict(output, keep) for output, keep in zip(found, allowed, strict=True)]
+        found = outputs[name] if allowed is None else _restricted(head, outputs[name], allowed)
         return head.score(found, head.targets(parsed, words))
 
     def embed(self, texts: Any, normalize: bool = True) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -314,10 +313,9 @@ def add_flows(chain_dir: Path, flow_file: Path, replace: bool = False) -> list[s
             except FinechainError as error:
                 if error.file is not None:  # a data file's own error (allow: seen reads the training files)
                     raise
-                named = re.search(r"stage '([^']+)'", error.message)
-                j = next((j for j, stage in enumerate(flow.stages) if named and stage.key == named.group(1)), None)
-                line = lines.get(("flows", i, "stages", j)) if j is not None else lines.get(("flows", i, "name"))
-                raise error.at(flow_file, line) from None
+                where = tuple(int(part) if part.isdigit() else part for part in (error.field or "").split(".") if part)
+                found = (lines.get(("flows", i, *where[:cut])) for cut in range(len(where), -1, -1))
+                raise error.at(flow_file, next((line for line in found if line is not None), None)) from None
         chain.save_pretrained(chain_dir, tasks=[])
     return [flow.name for flow in flows]
 
