@@ -127,6 +127,12 @@ SUITE_TITLES = {
     "snips_chain_rates_fgm": "SNIPS intent + slots: the faster rates, the slot tagger trained adversarially (FGM; CPU, a tried setting)",
     "snips_chain_rates_pieces": "SNIPS intent + slots: the faster rates, slots trained on every sub-word (CPU, a tried setting)",
     "snips_chain_rates_allow": "SNIPS intent + slots: the slot stage restricted to the predicted intent's slot types (allow: seen; CPU)",
+    "snips_chain_rates_split5": "SNIPS intent + slots: the faster rates with 5 trunk layers and 1-layer branches (CPU, a tried setting)",
+    "snips_chain_rates_split6": "SNIPS intent + slots: the faster rates with every layer shared, heads only per task (CPU)",
+    "snips_chain_rates_split6_s14": "SNIPS intent + slots: every layer shared, a second seed (CPU)",
+    "snips_chain_rates_split6_s15": "SNIPS intent + slots: every layer shared, a third seed (CPU)",
+    "snips_chain_rates_split4_s14": "SNIPS intent + slots: the faster rates at split 4 on the AVX2 EPYC, a second seed (CPU)",
+    "snips_chain_rates_split4_s15": "SNIPS intent + slots: the faster rates at split 4 on the AVX2 EPYC, a third seed (CPU)",
     "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -1058,6 +1064,12 @@ SECTIONS += [
     "snips_chain_rates_fgm",
     "snips_chain_rates_pieces",
     "snips_chain_rates_allow",
+    "snips_chain_rates_split5",
+    "snips_chain_rates_split6",
+    "snips_chain_rates_split6_s14",
+    "snips_chain_rates_split6_s15",
+    "snips_chain_rates_split4_s14",
+    "snips_chain_rates_split4_s15",
 ]
 TABLES = {
     "train": train_table,
