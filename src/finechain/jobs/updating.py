@@ -30,7 +30,7 @@ from finechain.model.artifact import TaskRecord, keep_task_version, load_task_ve
 from finechain.model.manifest import MANIFEST, read_manifest, require_task
 from finechain.model.task import TaskModel
 from finechain.spec import TaskSpec, TrainingConfig
-from finechain.spec.loading import load_flow_file
+from finechain.spec.loading import load_flow_file, nearest_line
 from finechain.train.checkpoint import Checkpointer
 
 
@@ -314,8 +314,7 @@ def add_flows(chain_dir: Path, flow_file: Path, replace: bool = False) -> list[s
                 if error.file is not None:  # a data file's own error (allow: seen reads the training files)
                     raise
                 where = tuple(int(part) if part.isdigit() else part for part in (error.field or "").split(".") if part)
-                found = (lines.get(("flows", i, *where[:cut])) for cut in range(len(where), -1, -1))
-                raise error.at(flow_file, next((line for line in found if line is not None), None)) from None
+                raise error.at(flow_file, nearest_line(lines, ("flows", i, *where))) from None
         chain.save_pretrained(chain_dir, tasks=[])
     return [flow.name for flow in flows]
 

@@ -150,6 +150,16 @@ def unknown_field_hint(model: type[BaseModel], loc: tuple[Any, ...], kind: str |
     return "remove or rename it"
 
 
+def nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
+    """The line of ``loc`` in the file, or of its nearest enclosing key that has one (None: not even the root).
+
+    Example:
+        >>> nearest_line({("flows", 0): 2, ("flows", 0, "stages", 1): 5}, ("flows", 0, "stages", 1, "allow", "sprot"))
+        5
+    """
+    return next((lines[loc[:cut]] for cut in range(len(loc), -1, -1) if loc[:cut] in lines), None)
+
+
 def _as_written(loc: tuple[Any, ...], lines: Lines) -> tuple[Any, ...]:
     """``loc`` as the file spells it: a head option written flat (``tasks.0.decoding``) keeps its flat path."""
     if "head" in loc and loc not in lines:
@@ -174,11 +184,7 @@ def _raise_first(
 ) -> None:
     first, kinds = _reported_error(err.errors())
     loc = _as_written(first["loc"], {k[len(prefix) :]: v for k, v in lines.items() if k[: len(prefix)] == prefix})
-    line = None
-    for cut in range(len(loc), -1, -1):
-        if (*prefix, *loc[:cut]) in lines:
-            line = lines[(*prefix, *loc[:cut])]
-            break
+    line = nearest_line(lines, (*prefix, *loc))
     field = ".".join(str(p) for p in loc) or "spec"
     unknown = first["type"] == "extra_forbidden"
     message = "unknown field" if unknown else first["msg"].removeprefix("Value error, ")
