@@ -11,12 +11,14 @@ import torch
 from pydantic import ValidationError
 
 from finechain import Chain, TaskSpec, TrainingConfig
-from finechain.data.augment import augment, eda, synonyms
+from finechain.data.augment import TagPool, augment, eda, synonyms, tagged_eda
+from finechain.data.words import split_words
 from finechain.heads.classification import ClassificationHead
+from finechain.heads.tagging import spans_from_tags
 from finechain.spec import ChainSpec
 from finechain.train.loop import Hook, TrainingLoop
 from finechain.train.objectives import Adversarial, HeadLoss, StepInputs
-from tests.conftest import sentiment_rows
+from tests.conftest import ner_sentences, sentiment_rows
 
 ROWS = sentiment_rows(96, 5)
 TEXTS, LABELS = [t for t, _ in ROWS], [y for _, y in ROWS]
@@ -123,10 +125,12 @@ def test_eda_copies_are_seeded_keep_their_labels_and_never_use_antonyms() -> Non
     texts = ["the film was great and the story very funny", "shares of the company fell", "ok"]
     first = augment(texts, ["pos", "neg", "pos"], copies=3, rate=0.2, seed=5)
     assert first == augment(texts, ["pos", "neg", "pos"], copies=3, rate=0.2, seed=5)
-    assert first[0][:3] == texts and len(first[0]) > 3 and all(t.strip() for t in first[0])
-    for text, label in zip(*first, strict=True):
-        source = texts[0] if label == "pos" and text != "ok" else texts[1] if label == "neg" else "ok"
-        assert abs(len(text.split()) - len(source.split())) <= 3  # a few words changed, not rewritten
+    out, labels, sources = first
+    assert out[:3] == texts and sources[:3] == [0, 1, 2] and len(out) > 3 and all(t.strip() for t in out)
+    assert 2 not in sources[3:]  # "ok" has no word with a synonym, and one word cannot be swapped: no copy
+    for text, label, source in zip(out, labels, sources, strict=True):
+        assert label == ["pos", "neg", "pos"][source]
+        assert abs(len(text.split()) - len(texts[source].split())) <= 3  # a few words changed, not rewritten
     lexicon = synonyms()
     for a, b in [("good", "bad"), ("great", "awful"), ("rise", "fall"), ("increase", "decrease"), ("win", "loss"), ("new", "old")]:
         assert b not in lexicon.get(a, ()), (a, b)
@@ -146,9 +150,64 @@ def test_augment_adds_copies_to_training_only(tiny_backbone: Path) -> None:
     assert result.validation["n"] == plain.validation["n"]  # validation untouched
 
 
-def test_augment_is_refused_for_word_level_labels() -> None:
+NER = ner_sentences(60, 3)
+NER_WORDS, NER_TAGS = [[w for w, _ in s] for s in NER], [[t for _, t in s] for s in NER]
+
+
+def _entities(words: list[str], tags: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(kind, tuple(words[a : b + 1])) for kind, a, b in spans_from_tags(tags)]
+
+
+@pytest.mark.parametrize("operation", ["mention", "token", "synonym", "shuffle"])
+def test_each_tagged_operation_keeps_every_tag_with_its_words(operation: str) -> None:
+    pool, rng, changed = TagPool.of(NER_WORDS, NER_TAGS), random.Random(4), 0
+    seen = {(kind, words) for w, t in zip(NER_WORDS, NER_TAGS, strict=True) for kind, words in _entities(w, t)}
+    for words, tags in zip(NER_WORDS, NER_TAGS, strict=True):
+        new_words, new_tags = tagged_eda(words, tags, rng, 0.3, pool, operation=operation)
+        assert len(new_words) == len(new_tags) and set(new_tags) <= set(tags) | {"I-LOC"}
+        changed += new_words != words
+        before, after = _entities(words, tags), _entities(new_words, new_tags)
+        assert [k for k, _ in after] == [k for k, _ in before]  # the same entities, in order, of the same types
+        if operation == "mention":  # each entity is one the training data has, at least one of them another
+            assert set(after) <= seen and after != before
+            outside = [[w for w, t in zip(a, b, strict=True) if t == "O"] for a, b in ((words, tags), (new_words, new_tags))]
+            assert outside[0] == outside[1]
+        elif operation == "token":  # a word only ever becomes a word the data has with the same tag
+            assert new_tags == tags
+            assert all(b in pool.words[t] for a, b, t in zip(words, new_words, tags, strict=True) if a != b)
+        elif operation == "synonym":  # entities untouched; words outside them become lexicon synonyms
+            assert after == before
+        else:  # each stretch keeps its words, in another order
+            assert new_tags == tags and sorted(new_words) == sorted(words)
+            assert [sorted(w) for _, w in after] == [sorted(w) for _, w in before]
+    assert changed >= 8  # (the toy data has few stretches of two words or more to shuffle)
+    with pytest.raises(ValueError, match="unknown operation 'swap'; use one of mention, token"):
+        tagged_eda(NER_WORDS[0], NER_TAGS[0], rng, 0.3, pool, operation="swap")
+
+
+def test_tagged_copies_are_seeded_name_their_source_and_stay_raw_text_when_given_raw_text() -> None:
+    first = augment(NER_WORDS, NER_TAGS, copies=2, rate=0.2, seed=5, per_word=True)
+    assert first == augment(NER_WORDS, NER_TAGS, copies=2, rate=0.2, seed=5, per_word=True)
+    words, tags, sources = first
+    assert words[:60] == NER_WORDS and len(words) > 100 and len(words) == len(tags) == len(sources)
+    for new_words, new_tags, source in zip(words[60:], tags[60:], sources[60:], strict=True):
+        assert new_words != NER_WORDS[source] and len(new_words) == len(new_tags)
+        assert [k for k, _ in _entities(new_words, new_tags)] == [k for k, _ in _entities(NER_WORDS[source], NER_TAGS[source])]
+    raw = [" ".join(w) for w in NER_WORDS]
+    texts, raw_tags, _ = augment(raw, NER_TAGS, copies=2, rate=0.2, seed=5, per_word=True)
+    assert len(texts) > 100 and all(isinstance(t, str) for t in texts)
+    assert all(len(split_words(t)) == len(tags) for t, tags in zip(texts, raw_tags, strict=True))
+
+
+def test_augment_applies_to_word_level_labels_too(tiny_backbone: Path) -> None:
     tasks = [{"name": "topic", "train": "t.csv"}, {"name": "ner", "type": "tagging", "train": "n.conll"}]
-    with pytest.raises(ValidationError, match=r"task 'ner' \(tagging\) has one label per word"):
-        ChainSpec.model_validate({"training": {"augment": 1}, "tasks": tasks})
-    tasks[0]["training"] = {"augment": 1}
-    assert ChainSpec.model_validate({"tasks": tasks}).tasks[0].training.augment == 1  # per task: fine
+    assert ChainSpec.model_validate({"training": {"augment": 1}, "tasks": tasks}).training.augment == 1
+    training = TrainingConfig(epochs=1, min_steps=0, augment=2, evaluations_per_epoch=1, batch_size=8)
+    chain = _chain(tiny_backbone)
+    result = chain.fit(TaskSpec(name="ner", type="tagging"), training, texts=NER_WORDS, labels=NER_TAGS, progress=False)
+    assert chain.records["ner"].data["augmented"] == {"copies": 2, "rate": 0.1}
+    plain = _chain(tiny_backbone).fit(
+        TaskSpec(name="ner", type="tagging"), training.model_copy(update={"augment": 0}), texts=NER_WORDS, labels=NER_TAGS, progress=False
+    )
+    assert result.history[-1]["step"] > 2 * plain.history[-1]["step"]  # about three times the training sentences
+    assert result.validation["n"] == plain.validation["n"]  # validation untouched

@@ -126,9 +126,9 @@ class TrainingConfig(BaseModel):
         0,
         ge=0,
         le=20,
-        description="offline data augmentation (EDA) for text-level tasks: add this many copies of every training example, "
-        "each with a few words replaced by synonyms from the packaged lexicon, synonyms inserted, words swapped or deleted; "
-        "0 = off",
+        description="offline data augmentation: add this many copies of every training example, each with a few words "
+        "replaced by synonyms from the packaged lexicon, synonyms inserted, words swapped or deleted (tagging: entities "
+        "replaced by others of the same type, words by words with the same tag, words shuffled within an entity); 0 = off",
     )
     augment_rate: float = Field(0.1, gt=0, le=0.5, description="share of a text's words each augmented copy changes")
     contrastive: float = Field(
@@ -406,11 +406,6 @@ class ChainSpec(BaseModel):
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {duplicates}")
         for task in self.tasks:
-            if task.type in HEADS and HEADS.get(task.type).token_level and task.training.apply(self.training).augment:
-                raise ValueError(
-                    f"training.augment changes words, and task '{task.name}' ({task.type}) has one label per word; set "
-                    f"augment per task (under the other tasks' training:), or 'training: {{augment: 0}}' on '{task.name}'"
-                )
             if task.type in HEADS and not HEADS.get(task.type).pairs and task.training.apply(self.training).contrastive:
                 raise ValueError(
                     f"training.contrastive compares texts by their labels, which task '{task.name}' ({task.type}) cannot; set "

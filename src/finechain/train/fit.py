@@ -150,8 +150,9 @@ def class_means(task: TaskModel, features: TrunkFeatures, targets: torch.Tensor,
 
 
 def augmented_data(data: TaskData, cfg: TrainingConfig, head_cls: type[Head]) -> TaskData:
-    """``data`` with ``cfg.augment`` EDA copies of each training example added (:func:`finechain.data.augment.augment`,
-    seeded by ``cfg.seed``); validation and test untouched. Token-level tasks cannot be augmented this way.
+    """``data`` with ``cfg.augment`` copies of each training example added (:func:`finechain.data.augment.augment`,
+    seeded by ``cfg.seed``): EDA copies of texts, or, for a head with one label per word, tagged copies whose tags
+    follow their words; validation and test untouched.
 
     Example:
         >>> len(augmented_data(data, TrainingConfig(augment=2), ClassificationHead).train)  # doctest: +SKIP
@@ -159,12 +160,10 @@ def augmented_data(data: TaskData, cfg: TrainingConfig, head_cls: type[Head]) ->
     """
     if not cfg.augment or not len(data.train):
         return data
-    if head_cls.token_level:
-        raise SpecError(
-            f"training.augment changes words, and {head_cls.type_name} labels are one per word", field="augment", fix="remove augment"
-        )
-    texts, labels = augment(data.train.texts, data.train.labels, cfg.augment, cfg.augment_rate, cfg.seed)
-    lines = [*data.train.lines, *(data.train.lines * cfg.augment)][: len(texts)]  # an added copy names a row of the file
+    texts, labels, sources = augment(
+        data.train.texts, data.train.labels, cfg.augment, cfg.augment_rate, cfg.seed, per_word=head_cls.token_level
+    )
+    lines = [data.train.lines[i] for i in sources]  # an added copy names the row of the file it was made from
     train = Split(texts, labels, lines, data.train.file, data.train.warnings)
     return replace(data, train=train, provenance={**data.provenance, "augmented": {"copies": cfg.augment, "rate": cfg.augment_rate}})
 
