@@ -339,8 +339,7 @@ def _check_flow_graphs(flows: list[FlowSpec], tasks: dict[str, str], path: Path,
         found = flow_problem(flow, span_tasks, set(tasks))
         if found is not None:
             j, (message, where, fix) = found
-            at = ("flows", i, "stages", j)
-            raise SpecError(message, file=path, line=lines.get((*at, *where)) or lines.get(at), fix=fix)
+            raise SpecError(message, file=path, line=nearest_line(lines, ("flows", i, "stages", j, *where)), fix=fix)
 
 
 def _check_flows(spec: ChainSpec, path: Path, lines: Lines) -> None:
