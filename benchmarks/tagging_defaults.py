@@ -14,7 +14,10 @@ finechain's variants: ``default`` (one task, every setting at ``Chain.from_backb
 layers for this backbone, the top 4 tuned; a spec of one tagging task resolves ``split: auto`` to 0 since this suite),
 ``split 0`` (every layer tuned, as a full fine-tune does), ``split 1`` and ``split 0 lr 2e-4`` (every layer tuned at
 twice the default branch rate and three times the head's: the demo's NER settings), and the last with a moving average
-of the weights (``training.ema_decay: 0.998``). The peer is the Hugging Face
+of the weights (``training.ema_decay: 0.998``) or with two augmented copies of each training sentence
+(``training.augment: 2``: entities replaced by others of the same type from the sample, words by words with the same
+tag, synonyms outside entities, words shuffled within an entity or a stretch outside entities; at the default
+``augment_rate`` 0.1 or at 0.3). The peer is the Hugging Face
 Trainer's full fine-tune (``AutoModelForTokenClassification``, first-sub-word labels, lr 5e-5, batch 32)
 for each number of epochs in ``--peer-epochs``, trained on the same sample (it uses no dev data).
 """
@@ -45,6 +48,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "split 1": ({"split": 1}, {}),
     "split 0 lr 2e-4": ({"split": 0}, {"learning_rate": 2e-4, "head_learning_rate": 3e-3}),
     "split 0 lr 2e-4 ema 0.998": ({"split": 0}, {"learning_rate": 2e-4, "head_learning_rate": 3e-3, "ema_decay": 0.998}),
+    "split 0 lr 2e-4 augment 2": ({"split": 0}, {"learning_rate": 2e-4, "head_learning_rate": 3e-3, "augment": 2}),
+    "split 0 lr 2e-4 augment 2 rate 0.3": (
+        {"split": 0},
+        {"learning_rate": 2e-4, "head_learning_rate": 3e-3, "augment": 2, "augment_rate": 0.3},
+    ),
 }
 SETS = {"conll2003": "news NER", "snips": "voice-assistant slots"}
 HELD_OUT = 2_000  # training sentences outside a sample scored with --evaluate-on holdout
