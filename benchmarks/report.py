@@ -108,6 +108,8 @@ SUITE_TITLES = {
     "tagging_defaults_lr_holdout": "Tagging alone: every layer tuned at higher rates, chosen on held-out training sentences (CPU)",
     "tagging_defaults_ema_holdout": "Tagging alone: a moving average of the weights, on held-out training sentences (CPU)",
     "tagging_defaults_lr": "Tagging alone: every layer tuned at higher rates, then on the test files (CoNLL-2003, SNIPS slots; CPU)",
+    "tagging_defaults_augment_holdout": "Tagging alone: augmented copies (entity swaps), on held-out training sentences (CPU)",
+    "tagging_defaults_augment": "Tagging alone: augmented copies (entity swaps), then on the SNIPS test file (CPU)",
     "train_conll_alone_rates": "Training: one tagging task at its own rates (every layer, 2e-4 / 3e-3) vs the Trainer (CoNLL-2003, CPU)",
     "small_data_split0": "Small data: every layer tuned for one classification task, a tried default (CPU)",
     "snips_chain_e5_bf16": "SNIPS intent + slots: the chain at the default 5 epochs on a CPU with bf16 units (CPU)",
@@ -133,6 +135,7 @@ SUITE_TITLES = {
     "snips_chain_rates_split6_s15": "SNIPS intent + slots: every layer shared, a third seed (CPU)",
     "snips_chain_rates_split4_s14": "SNIPS intent + slots: the faster rates at split 4 on the AVX2 EPYC, a second seed (CPU)",
     "snips_chain_rates_split4_s15": "SNIPS intent + slots: the faster rates at split 4 on the AVX2 EPYC, a third seed (CPU)",
+    "snips_chain_rates_augment": "SNIPS intent + slots: the faster rates, the slot tagger trained on augmented copies (CPU)",
     "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -994,7 +997,8 @@ SECTIONS += ["infer", "infer_epyc", "infer_epyc_bf16", "infer_gpu", "memory", "m
 SECTIONS += ["sharing_full", "sharing_full_peer_lr", "sharing_full_gpu", "sharing_full_cpu_seeds", "sharing_seeds"]
 SECTIONS += ["sharing", "sharing_trunk_lr", "split_sweep"]
 SECTIONS += ["small_data", "small_data_split0", "imbalance", "imbalance_split0", "tagging_defaults", "tagging_defaults_lr_holdout"]
-SECTIONS += ["tagging_defaults_lr", "tagging_defaults_ema_holdout", "thresholds"]
+SECTIONS += ["tagging_defaults_lr", "tagging_defaults_ema_holdout", "tagging_defaults_augment_holdout", "tagging_defaults_augment"]
+SECTIONS += ["thresholds"]
 SECTIONS += ["zero_shot", "few_shot", "few_shot_holdout", "few_shot_holdout_bf16", "few_shot_label_texts", "few_shot_gpu"]
 SECTIONS += ["robustness", "update"]
 SECTIONS += [
@@ -1070,6 +1074,7 @@ SECTIONS += [
     "snips_chain_rates_split6_s15",
     "snips_chain_rates_split4_s14",
     "snips_chain_rates_split4_s15",
+    "snips_chain_rates_augment",
 ]
 TABLES = {
     "train": train_table,

@@ -4,7 +4,7 @@ a slot tagger fine-tuned separately (same backbone, full fine-tune) and run one 
 
     python -m benchmarks snips [--quick] [--epochs 3] [--train-examples 0] [--split auto] [--trunk-learning-rate 5e-5] [--crf]
         [--label-pieces all] [--slot-weight 1] [--slot-learning-rate LR] [--slot-head-learning-rate LR]
-        [--slot-adversarial fgm] [--ema-decay D] [--batch-size 32] [--save DIR | --load DIR]
+        [--slot-adversarial fgm] [--slot-augment N] [--ema-decay D] [--batch-size 32] [--save DIR | --load DIR]
 
 Three systems: (1) the Trainer baseline; (2) the chain, intent + slots in one pass; (3) a flow on the same chain:
 intent first, then the slot tagger of the predicted intent (seven taggers added to the chain, each on its own branch
@@ -92,6 +92,8 @@ def chain_variant(args: argparse.Namespace, split: int) -> str:
         variant += f", slot {key.replace('_', ' ').replace('learning rate', 'lr')} {value:g}"
     if args.slot_adversarial != "none":
         variant += f", slot tagger trained with {args.slot_adversarial}"
+    if args.slot_augment:
+        variant += f", slot tagger trained with {args.slot_augment} augmented copies of each utterance"
     if args.ema_decay is not None:
         variant += f", weight average {args.ema_decay:g}"
     if args.batch_size != 32:
@@ -142,7 +144,9 @@ def run_finechain(rec: Recorder, args: argparse.Namespace, test: list[dict[str, 
         slot_spec(
             limit,
             head={"crf": args.crf, "label_pieces": args.label_pieces},
-            training=slot_rates(args) | ({} if args.slot_adversarial == "none" else {"adversarial": args.slot_adversarial}),
+            training=slot_rates(args)
+            | ({} if args.slot_adversarial == "none" else {"adversarial": args.slot_adversarial})
+            | ({"augment": args.slot_augment} if args.slot_augment else {}),
         ),
     ]
     chain = Chain.from_backbone(BACKBONE, split=args.split if args.split == "auto" else int(args.split), sharing="joint")
@@ -282,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slot-head-learning-rate", type=float, default=None, help="the slot task's head rate (default 1e-3)")
     parser.add_argument(
         "--slot-adversarial", choices=["none", "fgm", "pgd"], default="none", help="the slot task's training.adversarial (none)"
+    )
+    parser.add_argument(
+        "--slot-augment", type=int, default=0, help="the slot task's training.augment (tagged copies of each utterance; 0 = off)"
     )
     parser.add_argument("--ema-decay", type=float, default=None, help="the chain's training.ema_decay (a moving average of the weights)")
     parser.add_argument("--batch-size", type=int, default=32, help="the chain's training.batch_size (joint training and each branch's)")
