@@ -82,6 +82,19 @@ def test_tagging_from_word_and_tag_lists_matches_the_conll_file(tiny_backbone: P
             "train[1]: label 'many' is not a number",
         ),
         (
+            TaskSpec(name="s"),
+            {"texts": ["a", "b", "c"], "labels": ["p", None, "p"]},
+            DataError,
+            "train[1]: the label is null (fix: fill in the label or remove the row)",
+        ),
+        (TaskSpec(name="r", type="regression"), {"texts": ["a", "b"], "labels": [None, 2.0]}, DataError, "train[0]: the label is null"),
+        (
+            TaskSpec(name="m", type="multilabel"),
+            {"texts": ["a", "b"], "labels": [["x"], None]},
+            DataError,
+            "train[1]: the label is null (fix: write [] for a text with none of the labels",
+        ),
+        (
             TaskSpec(name="t", type="tagging"),
             {"texts": [["Peter", "left"], ["Ann"]], "labels": [["B-PER", "O"], ["B-PER", "O"]]},
             DataError,

@@ -86,6 +86,7 @@ DATA_SPECS = {  # a spec per bad data file: its one task reads ../data/<file>
     "label-once": ("classification", "label-once.csv"),
     "bad-jsonl": ("classification", "bad.jsonl"),
     "jsonl-list": ("classification", "list.jsonl"),
+    "jsonl-null-text": ("classification", "null-text.jsonl"),
     "bad-tag": ("tagging", "bad-tag.conll"),
     "nan-value": ("regression", "nan.csv"),
     "long-field": ("classification", "long-field.csv"),
@@ -108,6 +109,7 @@ def _write_data(data: Path) -> None:
     write_csv(data / "label-once.csv", [*rows[:10], ("odd one", "odd")])
     (data / "bad.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n')
     (data / "list.jsonl").write_text('{"text": "good", "label": "pos"}\n["bad", "neg"]\n')
+    (data / "null-text.jsonl").write_text('{"text": "good", "label": "pos"}\n\n{"text": null, "label": "neg"}\n')
     (data / "bad-tag.conll").write_text("alice B-PER\nvisited X-Y\n\nbob B-PER\n")
     write_csv(data / "nan.csv", [("good", "1.0"), ("bad", "nan"), ("fine", "2.0")])
     write_csv(data / "long-field.csv", [*rows, ("good " * 40_000 + "film", "pos")])

@@ -154,7 +154,11 @@ def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | 
             examples.append(Example(text, None, number))  # type: ignore[arg-type]  # pre-split words to tag
             continue
         if not isinstance(text, str):
-            raise DataError(f"text field '{text_column}' is not a string", file=path, line=number)
+            found = "null" if text is None else type(text).__name__
+            fix = "write the text as a JSON string, or remove the row"
+            if words:
+                fix = "write the text as a JSON string or a non-empty list of word strings, or remove the row"
+            raise DataError(f"text field '{text_column}' is {found}, not a string", file=path, line=number, fix=fix)
         examples.append(Example(text.strip(), record[label_column] if label_column else None, number))
     return examples
 

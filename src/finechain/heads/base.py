@@ -24,6 +24,19 @@ Pooling = Literal["mean", "cls", "max"]
 RawLabel = str | float | list[str] | None  # a label as a file holds it, before parsing
 
 
+def require_label(raw: RawLabel, *, file: str, line: int, fix: str = "fill in the label or remove the row") -> None:
+    """A one-line :class:`DataError` for a row whose label is missing (JSON ``null``), before a head parses it.
+
+    Example:
+        >>> require_label(None, file="train.jsonl", line=3)
+        Traceback (most recent call last):
+        ...
+        finechain.errors.DataError: train.jsonl:3: the label is null (fix: fill in the label or remove the row)
+    """
+    if raw is None:
+        raise DataError("the label is null", file=file, line=line, fix=fix)
+
+
 class HeadOptions(BaseModel):
     """Options every head has; a head type extends them with its own."""
 

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from finechain.errors import DataError
 from finechain.evaluate.metrics import classification_metrics
-from finechain.heads.base import Head, HeadOptions, PooledHeadOptions, RawLabel, WordPositions, softmax, stacked
+from finechain.heads.base import Head, HeadOptions, PooledHeadOptions, RawLabel, WordPositions, require_label, softmax, stacked
 from finechain.heads.predictions import ClassPrediction
 from finechain.heads.registry import register_head
 
@@ -127,7 +127,8 @@ class ClassificationHead(Head):
     @classmethod
     def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: HeadOptions) -> str:
         """Labels are strings; JSON numbers become their text (``1`` -> ``"1"``)."""
-        if isinstance(raw, bool) or raw is None or isinstance(raw, list | dict):
+        require_label(raw, file=file, line=line)
+        if isinstance(raw, bool | list | dict):
             raise DataError(f"label {raw!r} is not a single class name", file=file, line=line, fix="write one label per row")
         text = str(int(raw)) if isinstance(raw, float) and raw.is_integer() else str(raw).strip()
         if not text:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from finechain.errors import DataError
 from finechain.evaluate.metrics import multilabel_metrics
-from finechain.heads.base import Head, PooledHeadOptions, RawLabel, WordPositions, sigmoid, stacked
+from finechain.heads.base import Head, PooledHeadOptions, RawLabel, WordPositions, require_label, sigmoid, stacked
 from finechain.heads.predictions import LabelsPrediction
 from finechain.heads.registry import register_head
 
@@ -61,6 +61,7 @@ class MultiLabelHead(Head):
     @classmethod
     def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: Any) -> list[str]:
         """A JSON list, or a string split on ``label_separator`` (default ``|``)."""
+        require_label(raw, file=file, line=line, fix="write [] for a text with none of the labels, or fill them in")
         if isinstance(raw, str):
             separator = getattr(options, "label_separator", None) or "|"
             return sorted({part.strip() for part in raw.split(separator) if part.strip()})

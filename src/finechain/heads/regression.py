@@ -10,7 +10,7 @@ import numpy as np
 
 from finechain.errors import DataError
 from finechain.evaluate.metrics import regression_metrics
-from finechain.heads.base import Head, RawLabel, WordPositions, stacked
+from finechain.heads.base import Head, RawLabel, WordPositions, require_label, stacked
 from finechain.heads.predictions import ValuePrediction
 from finechain.heads.registry import register_head
 
@@ -53,6 +53,7 @@ class RegressionHead(Head):
     @classmethod
     def parse_label(cls, raw: RawLabel, *, file: str, line: int, options: Any) -> float:
         """A finite number."""
+        require_label(raw, file=file, line=line)
         try:
             value = float(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):
