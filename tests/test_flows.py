@@ -201,6 +201,10 @@ def test_cli_predict_and_eval_a_flow(trained: Path, monkeypatch: pytest.MonkeyPa
         (["predict", str(trained / "c"), "--flow", "nope", "--input", str(trained / "in.txt")], "unknown flow 'nope'"),
         (["predict", str(trained / "c"), "--flow", "triage", "--task", "topic"], "--flow runs every task"),
         (["eval", str(trained / "c"), "--data", str(trained / "combo_test.jsonl")], "give --task or --flow"),
+        (
+            ["eval", str(trained / "c"), "--flow", "triage", "--data", str(trained / "in.txt")],
+            "in.txt:1: stage 'topic': text column 'text' not found",
+        ),
     ]:
         code, _, err = cli(args, monkeypatch, capsys)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)

@@ -389,6 +389,10 @@ def test_tagging_spec_errors_through_data_loading(tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "c.csv", sentiment_rows(10, 0))
     with pytest.raises(DataError, match="format 'conll' is for tagging"):
         load_task_data(TaskSpec(name="c", train=csv, format="conll"), head_type("classification"), seed=0)
+    with pytest.raises(DataError, match=r"c\.csv: tagging tasks read CoNLL or JSONL files, not CSV \(fix: give it a \.conll"):
+        load_task_data(TaskSpec(name="n", type="tagging", train=csv), head_type("tagging"), seed=0)
+    with pytest.raises(DataError, match=r"d\.conll: a '\.conll' file holds tagged words, for tagging tasks; this is a classification"):
+        load_task_data(TaskSpec(name="c", train=dev), head_type("classification"), seed=0)
 
 
 def test_a_crf_grown_by_an_update_keeps_its_old_moves(tiny_backbone: Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finechain.data.conll import read_conll
+from finechain.data.conll import CONLL_SUFFIXES, read_conll
 from finechain.data.inputs import check_one_kind
 from finechain.data.readers import JSONL_SUFFIXES, Example, read_examples
 from finechain.data.split import subsample, validation_size, validation_split
@@ -78,6 +78,12 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
     if head_cls.token_level:
         options: Any = spec.head  # the tagging head's options say how CoNLL files are read
         kind = spec.format if spec.format != "auto" else "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "conll"
+        if spec.format == "auto" and path.suffix.lower() == ".csv":
+            raise DataError(
+                "tagging tasks read CoNLL or JSONL files, not CSV",
+                file=path,
+                fix='give it a .conll file (a word and its tag per line) or .jsonl ({"text": [words], "label": [tags]})',
+            )
         if kind == "jsonl":
             return _tagged_split(read_tagged_jsonl(path, spec.text_column, spec.label_column, options.strict_bio), str(path))
         if kind != "conll":
@@ -92,6 +98,12 @@ def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
         return Split([s.words for s in sentences], [s.tags for s in sentences], [s.line for s in sentences], str(path))
     if spec.format == "conll":
         raise DataError(f"format 'conll' is for tagging tasks, not {head_cls.type_name}", file=path, fix="use csv, tsv or jsonl")
+    if spec.format == "auto" and path.suffix.lower() in CONLL_SUFFIXES:
+        raise DataError(
+            f"a '{path.suffix}' file holds tagged words, for tagging tasks; this is a {head_cls.type_name} task",
+            file=path,
+            fix="give it a .csv, .tsv or .jsonl file of texts and labels",
+        )
     examples = read_examples(path, fmt=spec.format, text_column=spec.text_column, label_column=spec.label_column)
     return _parse(examples, head_cls, path, spec.head)
 

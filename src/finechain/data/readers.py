@@ -44,7 +44,8 @@ def detect_format(path: Path, fmt: Format) -> Literal["csv", "tsv", "jsonl"]:
         return "tsv"
     if suffix in {".csv", ".txt"}:
         return "csv"
-    raise DataError(f"cannot tell the format from the suffix '{suffix}'", file=path, fix="set format: csv, tsv or jsonl")
+    fix = "name it .csv, .tsv or .jsonl, or set the task's format: csv, tsv or jsonl"
+    raise DataError(f"cannot tell the format from the suffix '{suffix}'", file=path, fix=fix)
 
 
 def read_examples(

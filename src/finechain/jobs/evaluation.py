@@ -83,7 +83,11 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str
         head = engine.model.tasks[stage.task].head
         stored = specs.get(stage.task) if stage.chain is None else _stored_spec(chain_dir / stage.chain, stage.task)
         spec = TaskSpec.model_validate(stored or {"name": stage.task, "type": head.type_name})
-        split = read_split(data_path, spec, type(head))
+        try:
+            split = read_split(data_path, spec, type(head))
+        except FinechainError as error:  # one file serves every stage: say which stage could not read it
+            fix = f"{error.fix}; a flow's file holds every stage's fields (JSONL, one object per text)" if error.fix else None
+            raise type(error)(f"stage '{stage.key}': {error.message}", file=error.file, line=error.line, fix=fix) from None
         check_known_labels(split, head)
         golds[stage.key] = split.labels
         if texts is not None and len(split.texts) != len(texts):
