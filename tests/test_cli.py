@@ -105,7 +105,11 @@ def test_predict_from_stdin_and_file(trained: Path, tmp_path: Path, monkeypatch,
     assert code == 0, err
     assert len(out.splitlines()) == 30
     code, _, err = cli(["predict", str(trained), "-i", str(tmp_path / "test.csv")], monkeypatch, capsys)
-    assert code == 2 and "test.csv" in err and "'text'" in err
+    assert (
+        code == 2
+        and "test.csv:1: text column 'text' not found" in err
+        and "(fix: pass the field that holds the texts: finechain predict --text-column" in err
+    )
     code, _, err = cli(["predict", str(trained), "-t", "nope"], monkeypatch, capsys, stdin="x\n")
     assert code == 2 and "unknown task" in err
     code, _, err = cli(["predict", str(trained), "--device", "foo"], monkeypatch, capsys, stdin="x\n")

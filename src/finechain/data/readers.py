@@ -83,6 +83,7 @@ def _column_index(path: Path, header: list[str], column: str, role: str) -> int:
             file=path,
             line=1,
             fix=f"set {role}_column in the spec to one of {header}",
+            field=f"{role}_column",
         )
     return header.index(column)
 
@@ -149,6 +150,7 @@ def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | 
                     file=path,
                     line=number,
                     fix=f"set {role}_column in the spec",
+                    field=f"{role}_column",
                 )
         text = record[text_column]
         if words and isinstance(text, list) and text and all(isinstance(word, str) for word in text):
@@ -175,10 +177,16 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[Any]:
         ['a', 'b']
     """
     path = Path(path)
-    if path.suffix.lower() in JSONL_SUFFIXES:  # a text may also be a list of words (pre-split input for tagging)
-        examples = _read_jsonl(path, read_text_file(path), text_column, None, words=True)
-        check_one_kind([ex.text for ex in examples], [ex.line for ex in examples], path)
-        return [ex.text for ex in examples]
-    if path.suffix.lower() in {".csv", ".tsv"}:
-        return [ex.text for ex in read_examples(path, text_column=text_column, label_column=None)]
+    try:
+        if path.suffix.lower() in JSONL_SUFFIXES:  # a text may also be a list of words (pre-split input for tagging)
+            examples = _read_jsonl(path, read_text_file(path), text_column, None, words=True)
+            check_one_kind([ex.text for ex in examples], [ex.line for ex in examples], path)
+            return [ex.text for ex in examples]
+        if path.suffix.lower() in {".csv", ".tsv"}:
+            return [ex.text for ex in read_examples(path, text_column=text_column, label_column=None)]
+    except DataError as error:
+        if error.field != "text_column":
+            raise
+        fix = "pass the field that holds the texts: finechain predict --text-column NAME"  # there is no spec here
+        raise DataError(error.message, file=error.file, line=error.line, fix=fix, field=error.field) from None
     return [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
