@@ -150,6 +150,10 @@ def test_update_bad_inputs_are_one_line_errors(trained: Path, tmp_path: Path, mo
     write_csv(tmp_path / "bad.csv", [("a goal", "")])
     code, _, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "bad.csv"), "-q"], monkeypatch, capsys)
     assert code != 0 and "bad.csv:2" in err
+    write_csv(tmp_path / "renamed.csv", topic_rows(["tech", "sport"], 40, 3), header=("headline", "label"))
+    code, _, err = run_cli(["update", str(trained), "-t", "topic", "-d", str(tmp_path / "renamed.csv"), "-q"], monkeypatch, capsys)
+    assert code == 2 and "renamed.csv:1: text column 'text' not found" in err
+    assert "(fix: task 'topic' reads texts from 'text' and labels from 'label', as in training: name the file's columns so)" in err
 
 
 def test_an_interrupted_restore_says_what_it_left(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:

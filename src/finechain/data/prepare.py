@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,29 @@ def _parse(examples: list[Example], head_cls: type[Head], file: Path, options: H
             raise DataError("empty text", file=file, line=ex.line, fix="fill in the text or remove the row")
         labels.append(head_cls.parse_label(ex.label, file=str(file), line=ex.line, options=options))
     return Split([ex.text for ex in examples], labels, [ex.line for ex in examples], str(file))
+
+
+@contextmanager
+def trained_columns(spec: TaskSpec) -> Iterator[None]:
+    """Read files for a task already trained (``eval``, ``update``): a column the file lacks is named with the fix that
+    applies there, the file's columns, since the task reads those it was trained with (there is no spec to change).
+
+    Example:
+        >>> try:
+        ...     with trained_columns(TaskSpec(name="intent")):
+        ...         raise DataError("text column 'text' not found", file="new.csv", line=1, field="text_column")
+        ... except DataError as error:
+        ...     error.fix
+        "task 'intent' reads texts from 'text' and labels from 'label', as in training: name the file's columns so"
+    """
+    try:
+        yield
+    except DataError as error:
+        if error.field not in {"text_column", "label_column"}:
+            raise
+        columns = f"texts from '{spec.text_column}' and labels from '{spec.label_column}'"
+        fix = f"task '{spec.name}' reads {columns}, as in training: name the file's columns so"
+        raise DataError(error.message, file=error.file, line=error.line, fix=fix, field=error.field) from None
 
 
 def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finechain.data.prepare import Split, check_known_labels, read_split
-from finechain.errors import DataError, FinechainError
+from finechain.data.prepare import check_known_labels, read_split, trained_columns
+from finechain.errors import FinechainError
 from finechain.evaluate.report import write_report
 from finechain.flows.flow import allowed_after, saved_flow
-from finechain.heads import Head
 from finechain.inference import Engine
 from finechain.inference.exported import ExportedChain, is_exported
 from finechain.jobs.checking import manifest_tasks
@@ -52,7 +51,8 @@ def evaluate_file(
     _known_task(task, list(engine.model.tasks), chain_dir)
     head = engine.model.tasks[task].head
     spec = TaskSpec.model_validate(specs.get(task) or {"name": task, "type": head.type_name})
-    split = _read_gold(data_path, spec, type(head))
+    with trained_columns(spec):
+        split = read_split(data_path, spec, type(head))
     check_known_labels(split, head)
     scores = engine.score(task, split.texts, split.labels)
     name = data_path.stem if data_path.suffix.lower() in DATA_SUFFIXES else data_path.name  # eng.testa, eng.testb stay apart
@@ -85,7 +85,8 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str
         stored = specs.get(stage.task) if stage.chain is None else _stored_spec(chain_dir / stage.chain, stage.task)
         spec = TaskSpec.model_validate(stored or {"name": stage.task, "type": head.type_name})
         try:
-            split = _read_gold(data_path, spec, type(head))
+            with trained_columns(spec):
+                split = read_split(data_path, spec, type(head))
         except FinechainError as error:  # one file serves every stage: say which stage could not read it
             fix = f"{error.fix}; a flow's file holds every stage's fields (JSONL, one object per text)" if error.fix else None
             raise type(error)(f"stage '{stage.key}': {error.message}", file=error.file, line=error.line, fix=fix) from None
@@ -116,19 +117,6 @@ def evaluate_flow(chain_dir: Path, flow_name: str, data_path: Path, runtime: str
             right[i] = right[i] and agrees is not False
     scores["exact_match"] = sum(right) / len(right) if right else 0.0
     return scores
-
-
-def _read_gold(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:
-    """``read_split`` for a saved task: a column it cannot find is named with the fix that applies here (the file's
-    columns, since the task reads the ones it was trained with, and there is no spec to change)."""
-    try:
-        return read_split(path, spec, head_cls)
-    except DataError as error:
-        if error.field not in {"text_column", "label_column"}:
-            raise
-        columns = f"texts from '{spec.text_column}' and labels from '{spec.label_column}'"
-        fix = f"task '{spec.name}' reads {columns}, as in training: name the file's columns so"
-        raise DataError(error.message, file=error.file, line=error.line, fix=fix, field=error.field) from None
 
 
 def _stored_spec(folder: Path, task: str) -> dict[str, Any] | None:

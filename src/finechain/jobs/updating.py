@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from finechain.chain import Chain
-from finechain.data.prepare import Split, TaskData, load_task_data
+from finechain.data.prepare import Split, TaskData, load_task_data, trained_columns
 from finechain.errors import FinechainError, saying_on_interrupt
 from finechain.evaluate.metrics import LOWER_IS_BETTER
 from finechain.heads import head_type
@@ -104,7 +104,8 @@ def _old_data(chain: Chain, name: str, record: TaskRecord, spec: TaskSpec, old_d
     training file and every earlier update's)."""
     head_cls = head_type(spec.type)
     if old_data is not None:
-        return load_task_data(spec.model_copy(update={"train": old_data, "dev": None, "test": spec.test}), head_cls, seed)
+        with trained_columns(spec):
+            return load_task_data(spec.model_copy(update={"train": old_data, "dev": None, "test": spec.test}), head_cls, seed)
     files = [spec.train, *[Path(u["file"]) for u in (record.data or {}).get("updates", [])]]
     if files[0] is None:
         raise FinechainError(
@@ -173,7 +174,8 @@ def update_task(
         training = TrainingConfig.model_validate(record.training or {})
         seed = training.seed
         head_cls = head_type(spec.type)
-        new = load_task_data(spec.model_copy(update={"train": data, "dev": dev, "test": test}), head_cls, seed)
+        with trained_columns(spec):
+            new = load_task_data(spec.model_copy(update={"train": data, "dev": dev, "test": test}), head_cls, seed)
         old = _old_data(chain, name, record, spec, old_data, seed)
         old_task = chain.tasks[name]
         metric = record.metric or old_task.head.selection_metric(old.train.labels)
