@@ -162,6 +162,7 @@ def read_tagged_jsonl(path: str | Path, text_column: str = "text", label_column:
                 file=path,
                 line=number,
                 fix="set text_column / label_column in the spec",
+                field="text_column" if text_column not in record else "label_column",
             )
         row = tagged_row(record[text_column], record[label_column], path, number, strict)
         rows.append(row)
