@@ -184,6 +184,32 @@ def test_client_mistakes_are_json_4xx(
         assert error["field"].startswith(field), error
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "message", "field", "fix"),
+    [
+        ("predict", {"text": ["a"]}, "unknown field 'text'", "text", "did you mean 'texts'?"),
+        ("predict", {"texts": ["a"], "task": ["x"]}, "unknown field 'task'", "task", "did you mean 'tasks'?"),
+        ("predict", {"texts": ["a"], "extra": 1}, "unknown field 'extra'", "extra", "the fields are texts, tasks, timeout_ms"),
+        ("flows/f", {"texts": ["a"], "tasks": ["x"]}, "unknown field 'tasks'", "tasks", "the fields are texts, timeout_ms"),
+        ("predict", {"texts": [["a", 3]]}, "Input should be a valid string", "texts[0][1]", "see the schema"),  # the word-list form
+        ("predict", {"texts": ["a", None]}, "Input should be a valid string", "texts[1]", "see the schema"),
+        ("predict", b'{"texts": ["a"],}', "invalid JSON at character 16: Expecting property name", None, 'send {"texts": [...]}'),
+        ("predict", b"", "the request has no body", None, 'send {"texts": [...]}'),
+    ],
+)
+def test_a_body_that_does_not_fit_says_which_field_and_how(
+    served: Server, route: str, body: Any, message: str, field: str | None, fix: str
+) -> None:
+    """A misspelt field is named with the likely one; a field of several forms (texts: strings or word lists) points
+    at the item inside, without pydantic's form tags; bad JSON says where it stopped."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    response = httpx.post(f"{served.url}/v1/{route}", content=raw, headers=headers, timeout=30)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith(message) and error.get("field") == field and error["fix"].startswith(fix), error
+
+
 def test_raw_bodies_that_are_not_requests(served: Server) -> None:
     cases = {
         b"{not json": {422},

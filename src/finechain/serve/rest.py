@@ -6,6 +6,7 @@ sends can cause a 5xx or a stack trace in a response (a bug is logged with its t
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -59,6 +60,9 @@ class FlowRequest(BaseModel):
 
     texts: list[str] = Field(min_length=1, description="raw texts", examples=[["play some jazz"]])
     timeout_ms: float | None = Field(None, ge=1, description="answer within this many milliseconds, or get a 408")
+
+
+BODIES: dict[str, type[BaseModel]] = {"/v1/predict": PredictRequest, "/v1/flows/{name}": FlowRequest}  # route -> its body
 
 
 class ClassAnswer(BaseModel):
@@ -148,6 +152,48 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "still loading, or the server's own deadline passed (busy)",
     }.items()
 }
+
+
+SCHEMA = "see the schema at /openapi.json"
+
+
+def validation_error(errors: Sequence[Mapping[str, Any]], fields: Sequence[str] = ()) -> tuple[str, str, str | None, str]:
+    """``(code, message, field, fix)`` for a request body that does not fit its model (whose ``fields`` are given),
+    from pydantic's errors: a misspelt field is named with its likely meaning; JSON that does not parse says where and
+    why; otherwise the most specific error, where each alternative of a field (``texts``: strings or word lists)
+    failed, and its field without pydantic's alternative tags (``texts[0][1]``).
+
+    Example:
+        >>> validation_error([{"loc": ("body", "texts"), "msg": "Field required", "type": "missing"},
+        ...                   {"loc": ("body", "text"), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}],
+        ...                  ["texts", "tasks"])
+        ('invalid_request', "unknown field 'text'", 'text', "did you mean 'texts'? (see the schema at /openapi.json)")
+        >>> not_a_string = {"msg": "Input should be a valid string", "type": "string_type"}
+        >>> validation_error([{"loc": ("body", "texts", "list[str]", 0), **not_a_string},
+        ...                   {"loc": ("body", "texts", "list[list[str]]", 0, 1), **not_a_string}])
+        ('invalid_request', 'Input should be a valid string', 'texts[0][1]', 'see the schema at /openapi.json')
+    """
+    if not errors:
+        return "invalid_request", "invalid request", None, SCHEMA
+
+    def field(error: Mapping[str, Any]) -> str | None:
+        parts = [str(p) for p in error.get("loc", ()) if p != "body" and not (isinstance(p, str) and "[" in p)]  # no union tags
+        return "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts).lstrip(".") or None
+
+    for error in errors:
+        if error.get("type") == "json_invalid":  # its loc holds the character where parsing stopped
+            at = [p for p in error.get("loc", ()) if isinstance(p, int)]
+            why = str((error.get("ctx") or {}).get("error", "")) or "not JSON"
+            return "invalid_json", f"invalid JSON{f' at character {at[0]}' if at else ''}: {why}", None, 'send {"texts": [...]}'
+        if error.get("type") == "missing" and field(error) is None:
+            return "invalid_request", "the request has no body", None, 'send {"texts": [...]}'
+        if error.get("type") == "extra_forbidden" and (extra := field(error)):
+            meant = difflib.get_close_matches(extra, list(fields), n=1, cutoff=0.75)
+            fix = f"did you mean '{meant[0]}'? ({SCHEMA})" if meant else f"the fields are {', '.join(fields)} ({SCHEMA})"
+            return "invalid_request", f"unknown field '{extra}'", extra, fix if fields else SCHEMA
+    top = errors[0].get("loc", ())[:2]  # the first failing field; among its errors, the deepest (the most specific)
+    first = max((e for e in errors if e.get("loc", ())[:2] == top), key=lambda e: len(e.get("loc", ())))
+    return "invalid_request", str(first.get("msg", "invalid request")), field(first), SCHEMA
 
 
 def _error(status: int, code: str, message: str, field: str | None = None, fix: str | None = None, **headers: str) -> JSONResponse:
@@ -271,11 +317,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
-        field = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
-        code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_request"
-        return _error(422, code, str(first.get("msg", "invalid request")), field, "see the schema at /openapi.json")
+        body = BODIES.get(getattr(request.scope.get("route"), "path", ""))
+        return _error(422, *validation_error(error.errors(), list(body.model_fields) if body else []))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
