@@ -302,14 +302,18 @@ def test_grpc_answers_like_rest(served: Server) -> None:
         assert words.predictions[0].tasks["ner"].tagging.entities[0].HasField("first_word")
         tasks = stub.Tasks(pb.TasksRequest(), metadata=metadata)
         assert [t.name for t in tasks.tasks][:2] == ["sentiment", "sentiment_lora"] and tasks.split == 2
-        for request, code in (
-            (pb.PredictRequest(texts=["a"], tasks=["nope"]), grpc.StatusCode.INVALID_ARGUMENT),
-            (pb.PredictRequest(), grpc.StatusCode.INVALID_ARGUMENT),
-            (pb.PredictRequest(texts=["a"] * 9), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        for request, code, details in (
+            (
+                pb.PredictRequest(texts=["a"], tasks=["nope"]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "tasks: unknown task(s) ['nope'] (fix: this chain has",
+            ),
+            (pb.PredictRequest(), grpc.StatusCode.INVALID_ARGUMENT, "texts: texts must be a non-empty list (fix: send at least one text)"),
+            (pb.PredictRequest(texts=["a"] * 9), grpc.StatusCode.RESOURCE_EXHAUSTED, "texts: 9 texts; at most 8 per request (fix: split"),
         ):
             with pytest.raises(grpc.RpcError) as error:
                 stub.Predict(request, metadata=metadata)
-            assert error.value.code() == code
+            assert error.value.code() == code and (error.value.details() or "").startswith(details), error.value.details()
         with pytest.raises(grpc.RpcError) as error:
             stub.Predict(pb.PredictRequest(texts=["a"]))
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -87,7 +87,8 @@ class ChainServicer(pb_grpc.ChainServicer):
 
     async def _refuse(self, error: ClientError, context: grpc.aio.ServicerContext) -> None:
         where = f"{error.field}: " if error.field else ""
-        await context.abort(STATUS.get(error.status, grpc.StatusCode.INVALID_ARGUMENT), f"{where}{error.message}")
+        fix = f" (fix: {error.fix})" if error.fix else ""  # as REST's error body and the CLI's one line say it
+        await context.abort(STATUS.get(error.status, grpc.StatusCode.INVALID_ARGUMENT), f"{where}{error.message}{fix}")
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         """Answer the request's tasks for its texts."""
