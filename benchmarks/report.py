@@ -136,6 +136,8 @@ SUITE_TITLES = {
     "snips_chain_rates_split4_s14": "SNIPS intent + slots: the faster rates at split 4 on the AVX2 EPYC, a second seed (CPU)",
     "snips_chain_rates_split4_s15": "SNIPS intent + slots: the faster rates at split 4 on the AVX2 EPYC, a third seed (CPU)",
     "snips_chain_rates_augment": "SNIPS intent + slots: the faster rates, the slot tagger trained on augmented copies (CPU)",
+    "snips_chain_rates_augment_s14": "SNIPS intent + slots: the slot tagger trained on augmented copies, a second seed (CPU)",
+    "snips_chain_rates_augment_s15": "SNIPS intent + slots: the slot tagger trained on augmented copies, a third seed (CPU)",
     "sharing_trunk_lr": "Joint trunk rate: 5e-5 (the default) vs 2e-4 on four tasks, 2,000 examples each (CPU, validation and test)",
 }
 PEER_FIRST = {"hf-trainer": 0}
@@ -1075,6 +1077,8 @@ SECTIONS += [
     "snips_chain_rates_split4_s14",
     "snips_chain_rates_split4_s15",
     "snips_chain_rates_augment",
+    "snips_chain_rates_augment_s14",
+    "snips_chain_rates_augment_s15",
 ]
 TABLES = {
     "train": train_table,
