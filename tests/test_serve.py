@@ -210,6 +210,23 @@ def test_a_body_that_does_not_fit_says_which_field_and_how(
     assert error["message"].startswith(message) and error.get("field") == field and error["fix"].startswith(fix), error
 
 
+def test_a_port_in_use_is_a_one_line_error(served: Server) -> None:
+    """A second server on a taken port (REST or gRPC) stops at once with one line naming the port and the option to
+    change, before loading its chain; uvicorn used to exit from inside its event loop with a traceback, and gRPC's
+    shared-port option let a second server take half of the first one's calls."""
+    chain = served.process.args[4]  # the served chain folder
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for options, message in [
+        (["--port", str(served.port)], f"error: port {served.port} on 127.0.0.1 is taken (fix: choose another --port"),
+        (["--port", str(free_port()), "--grpc-port", str(served.grpc_port)], f"error: port {served.grpc_port} on 127.0.0.1 is taken"),
+    ]:
+        argv = [sys.executable, "-m", "finechain", "serve", chain, *options]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert httpx.get(f"{served.url}/readyz", timeout=5).status_code == 200  # the first server is untouched
+
+
 def test_raw_bodies_that_are_not_requests(served: Server) -> None:
     cases = {
         b"{not json": {422},

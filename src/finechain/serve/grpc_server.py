@@ -144,7 +144,8 @@ def grpc_lifespan(settings: ServeSettings) -> Callable[[ChainService], AbstractA
 
     @asynccontextmanager
     async def serving(service: ChainService) -> AsyncIterator[None]:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", settings.max_body_bytes)])
+        shared = 1 if settings.workers > 1 else 0  # workers share the port; one process alone must own it
+        server = grpc.aio.server(options=[("grpc.so_reuseport", shared), ("grpc.max_receive_message_length", settings.max_body_bytes)])
         pb_grpc.add_ChainServicer_to_server(ChainServicer(service, settings.api_key), server)
         server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await server.start()

@@ -8,9 +8,12 @@ child process and never imports PyTorch or holds a model itself (half a gigabyte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -42,6 +45,34 @@ def _config(settings: ServeSettings, app: object, **extra: object) -> uvicorn.Co
     )
 
 
+def check_free(host: str, port: int | None, option: str) -> None:
+    """A one-line :class:`~finechain.errors.FinechainError` when ``port`` on ``host`` cannot be listened on (another
+    server has it, or it needs privileges), checked before the server starts: uvicorn would log it and exit from
+    inside its event loop. Port 0 (any free port) and no port are always fine.
+
+    Example:
+        >>> check_free("127.0.0.1", 0, "--port")  # nothing to check: the system picks a free port
+    """
+    if not port:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: a closed one's port is free
+            probe.bind((host, port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise FinechainError(f"port {port} on {host} is taken", fix=f"choose another {option}, or stop what listens there") from None
+        why = error.strerror or str(error)
+        raise FinechainError(f"cannot listen on {host}:{port} ({why})", fix=f"check --host, or choose another {option}") from None
+
+
+async def _until_stopped(server: uvicorn.Server) -> None:
+    """``server.serve()``; a failed startup (uvicorn logs why, then exits from inside the loop) ends it quietly."""
+    with contextlib.suppress(SystemExit):
+        await server.serve()
+
+
 async def _serve_one(service: ChainService, announce: Callable[[str], None]) -> None:
     from finechain.serve.grpc_server import grpc_lifespan
     from finechain.serve.rest import create_app
@@ -49,7 +80,7 @@ async def _serve_one(service: ChainService, announce: Callable[[str], None]) -> 
     settings = service.settings
     app = create_app(settings, service, extra_lifespan=grpc_lifespan(settings) if settings.grpc_port is not None else None)
     server = uvicorn.Server(_config(settings, app))
-    serving = asyncio.get_running_loop().create_task(server.serve())
+    serving = asyncio.get_running_loop().create_task(_until_stopped(server))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
@@ -72,6 +103,8 @@ def serve(settings: ServeSettings, announce: Callable[[str], None] = lambda line
     # shapes for hours, so its memory grew with every round of load. 16 levelled off at the same speed (within noise).
     # Read when PyTorch first runs a kernel: set before this process, or a worker, loads a chain; a user's value wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
+    check_free(settings.host, settings.port, "--port")
+    check_free(settings.host, settings.grpc_port, "--grpc-port")
     if settings.workers == 1:
         asyncio.run(_serve_one(_loaded(settings), announce))
         return
