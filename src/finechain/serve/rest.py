@@ -6,7 +6,6 @@ sends can cause a 5xx or a stack trace in a response (a bug is logged with its t
 
 from __future__ import annotations
 
-import difflib
 import hmac
 import json
 import logging
@@ -29,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from finechain.serve.metrics import Metrics
 from finechain.serve.service import ChainService, ClientError
 from finechain.serve.settings import ServeSettings
+from finechain.spec.names import closest_name
 
 log = logging.getLogger("finechain.serve")
 access = logging.getLogger("finechain.serve.access")
@@ -188,8 +188,8 @@ def validation_error(errors: Sequence[Mapping[str, Any]], fields: Sequence[str] 
         if error.get("type") == "missing" and field(error) is None:
             return "invalid_request", "the request has no body", None, 'send {"texts": [...]}'
         if error.get("type") == "extra_forbidden" and (extra := field(error)):
-            meant = difflib.get_close_matches(extra, list(fields), n=1, cutoff=0.75)
-            fix = f"did you mean '{meant[0]}'? ({SCHEMA})" if meant else f"the fields are {', '.join(fields)} ({SCHEMA})"
+            meant = closest_name(extra, fields)
+            fix = f"did you mean '{meant}'? ({SCHEMA})" if meant else f"the fields are {', '.join(fields)} ({SCHEMA})"
             return "invalid_request", f"unknown field '{extra}'", extra, fix if fields else SCHEMA
     top = errors[0].get("loc", ())[:2]  # the first failing field; among its errors, the deepest (the most specific)
     first = max((e for e in errors if e.get("loc", ())[:2] == top), key=lambda e: len(e.get("loc", ())))

@@ -3,7 +3,6 @@ line naming the file, the line and the fix."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, get_args
 
@@ -14,6 +13,7 @@ from finechain.errors import SpecError
 from finechain.heads import HEADS, HeadOptions, head_type
 from finechain.io import read_text_file
 from finechain.spec.flows import FlowSpec, StageSpec, flow_problem
+from finechain.spec.names import closest_name
 from finechain.spec.schema import FLAT_HEAD_OPTIONS, ChainSpec, TaskSpec
 
 Lines = dict[tuple[Any, ...], int]
@@ -113,8 +113,8 @@ def _head_hint(name: str, kind: str | None) -> str | None:
     if owners and kind not in owners:
         return f"'{name}' is an option of {' and '.join(owners)} tasks, not of {kind} tasks: remove it"
     options = HEADS.get(kind).Options if kind in HEADS else HeadOptions
-    close = difflib.get_close_matches(name, list(options.model_fields), n=1, cutoff=0.75)
-    return f"did you mean '{close[0]}'?" if close else None
+    close = closest_name(name, options.model_fields)
+    return f"did you mean '{close}'?" if close else None
 
 
 def unknown_field_hint(model: type[BaseModel], loc: tuple[Any, ...], kind: str | None = None) -> str:
@@ -141,12 +141,12 @@ def unknown_field_hint(model: type[BaseModel], loc: tuple[Any, ...], kind: str |
     nested = _nested_model(holder.model_fields[training].annotation) if training else None
     if nested is not None and name in nested.model_fields:
         return f"move it under '{training}:'"
-    close = difflib.get_close_matches(str(name), list(holder.model_fields), n=1, cutoff=0.75)
+    close = closest_name(str(name), holder.model_fields)
     if close:
-        return f"did you mean '{close[0]}'?"
-    close = difflib.get_close_matches(str(name), list(nested.model_fields), n=1, cutoff=0.75) if nested is not None else []
+        return f"did you mean '{close}'?"
+    close = closest_name(str(name), nested.model_fields) if nested is not None else None
     if close:
-        return f"did you mean '{training}.{close[0]}'? (training settings go under '{training}:')"
+        return f"did you mean '{training}.{close}'? (training settings go under '{training}:')"
     return "remove or rename it"
 
 
