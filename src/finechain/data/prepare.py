@@ -12,7 +12,7 @@ from typing import Any
 
 from finechain.data.conll import CONLL_SUFFIXES, read_conll
 from finechain.data.inputs import check_one_kind
-from finechain.data.readers import JSONL_SUFFIXES, Example, read_examples
+from finechain.data.readers import JSONL_SUFFIXES, Example, column_fix, read_examples
 from finechain.data.split import subsample, validation_size, validation_split
 from finechain.data.tagged import TaggedRow, loose_entities_warning, read_tagged_jsonl, tagged_row
 from finechain.errors import DataError, InMemory, SpecError
@@ -84,14 +84,9 @@ def trained_columns(spec: TaskSpec) -> Iterator[None]:
         ...     error.fix
         "task 'intent' reads texts from 'text' and labels from 'label', as in training: name the file's columns so"
     """
-    try:
+    columns = f"texts from '{spec.text_column}' and labels from '{spec.label_column}'"
+    with column_fix(f"task '{spec.name}' reads {columns}, as in training: name the file's columns so"):
         yield
-    except DataError as error:
-        if error.field not in {"text_column", "label_column"}:
-            raise
-        columns = f"texts from '{spec.text_column}' and labels from '{spec.label_column}'"
-        fix = f"task '{spec.name}' reads {columns}, as in training: name the file's columns so"
-        raise DataError(error.message, file=error.file, line=error.line, fix=fix, field=error.field) from None
 
 
 def read_split(path: Path, spec: TaskSpec, head_cls: type[Head]) -> Split:

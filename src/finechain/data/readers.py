@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -166,6 +167,27 @@ def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | 
     return examples
 
 
+@contextmanager
+def column_fix(fix: str) -> Iterator[None]:
+    """A missing text or label column (or JSON field) raised inside is re-raised with ``fix``, for readers called where
+    the spec's ``text_column`` / ``label_column`` is not what the user can change.
+
+    Example:
+        >>> try:
+        ...     with column_fix("rename the column"):
+        ...         raise DataError("text column 'text' not found", file="new.csv", line=1, field="text_column")
+        ... except DataError as error:
+        ...     str(error)
+        "new.csv:1: text column 'text' not found (fix: rename the column)"
+    """
+    try:
+        yield
+    except DataError as error:
+        if error.field not in {"text_column", "label_column"}:
+            raise
+        raise DataError(error.message, file=error.file, line=error.line, fix=fix, field=error.field) from None
+
+
 def read_texts(path: str | Path, text_column: str = "text") -> list[Any]:
     """Read texts to predict: JSONL objects (whose text may be a list of words), a CSV/TSV with a text column, or
     plain lines.
@@ -177,16 +199,11 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[Any]:
         ['a', 'b']
     """
     path = Path(path)
-    try:
+    with column_fix("pass the field that holds the texts: finechain predict --text-column NAME"):  # there is no spec here
         if path.suffix.lower() in JSONL_SUFFIXES:  # a text may also be a list of words (pre-split input for tagging)
             examples = _read_jsonl(path, read_text_file(path), text_column, None, words=True)
             check_one_kind([ex.text for ex in examples], [ex.line for ex in examples], path)
             return [ex.text for ex in examples]
         if path.suffix.lower() in {".csv", ".tsv"}:
             return [ex.text for ex in read_examples(path, text_column=text_column, label_column=None)]
-    except DataError as error:
-        if error.field != "text_column":
-            raise
-        fix = "pass the field that holds the texts: finechain predict --text-column NAME"  # there is no spec here
-        raise DataError(error.message, file=error.file, line=error.line, fix=fix, field=error.field) from None
     return [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
